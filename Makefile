@@ -1,0 +1,55 @@
+# qwen-serve — the README's commands. `make` lists them.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PIP       := $(BIN)/pip
+STAMP     := $(VENV)/.installed
+REF_STAMP := $(VENV)/.reference
+
+.DEFAULT_GOAL := help
+.PHONY: help install reference test lint typecheck test-native serve download bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml native/CMakeLists.txt $(wildcard native/src/*.c native/src/*.h native/include/*.h)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q scikit-build-core
+	$(PIP) install -q --no-build-isolation -e ".[serve,test]"
+	touch $@
+
+install: $(STAMP) ## create .venv and build libqwen + the package into it
+
+# The official implementation (PyTorch) that the parity tests compare against.
+# torch==2.13.0 is a CPU build; qwen-asr is installed without its heavy extras.
+$(REF_STAMP): $(STAMP)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q transformers==4.57.6 accelerate==1.12.0 librosa
+	$(PIP) install -q --no-deps qwen-asr==0.0.6
+	$(PIP) install -q nagisa==0.2.11 soynlp==0.0.493 qwen-omni-utils sox
+	touch $@
+
+reference: $(REF_STAMP) ## install the official qwen-asr reference (torch, CPU)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check qwen_serve tests benchmarks
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy
+
+test: $(REF_STAMP) lint typecheck ## everything: lint, types, native + Python tests, parity vs the reference
+	$(BIN)/python -m pytest -q
+
+serve: $(STAMP) ## start the server (serve_config.yaml) on QWEN_HOST:QWEN_PORT
+	$(BIN)/python -m qwen_serve download --if-missing
+	RAY_AUTH_MODE=disabled $(BIN)/serve run serve_config.yaml
+
+download: $(STAMP) ## fetch Qwen/Qwen3-ASR-0.6B and -1.7B into ./models
+	$(BIN)/python -m qwen_serve download
+
+bench: $(REF_STAMP) ## speed vs the official implementation (full-size random 0.6B)
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean: ## remove build products
+	rm -rf build $(VENV)

@@ -1,0 +1,137 @@
+/*
+ * libqwen — Qwen3-ASR speech recognition inference on the CPU.
+ *
+ * Numbers in, token ids out: the library loads a Hugging Face checkpoint
+ * directory (config.json + *.safetensors), takes 16 kHz mono float32 PCM and
+ * a prompt as token ids, and produces generated token ids one at a time
+ * (pull-style: qwen_begin() then qwen_next() until QWEN_DONE).
+ *
+ * Thread safety: every function is safe to call from any thread as long as
+ * one context is not used by two threads at once. Contexts are independent:
+ * each has its own weights view, caches and thread pool; there is no
+ * process-global mutable state.
+ *
+ * Errors: functions return a qwen_status; on failure the context keeps a
+ * readable message (qwen_last_error). The library never exits or aborts on
+ * bad input.
+ */
+#ifndef QWEN_H
+#define QWEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define QWEN_API __declspec(dllexport)
+#else
+#define QWEN_API __attribute__((visibility("default")))
+#endif
+
+#define QWEN_VERSION_MAJOR 0
+#define QWEN_VERSION_MINOR 1
+#define QWEN_VERSION_PATCH 0
+
+typedef enum {
+    QWEN_OK = 0,
+    QWEN_DONE = 1,          /* qwen_next: generation finished (EOS or limit) */
+    QWEN_ERR_IO = -1,       /* file missing or unreadable */
+    QWEN_ERR_FORMAT = -2,   /* malformed config.json / safetensors */
+    QWEN_ERR_INVALID = -3,  /* bad argument (NULL, sizes, token ids, state) */
+    QWEN_ERR_NOMEM = -4,    /* allocation failed */
+    QWEN_ERR_ABORTED = -5,  /* the abort callback asked to stop */
+    QWEN_ERR_UNSUPPORTED = -6 /* dtype, ISA or feature not available */
+} qwen_status;
+
+/* Kernel instruction set. QWEN_ISA_AUTO picks the best the CPU supports. */
+typedef enum {
+    QWEN_ISA_AUTO = 0,
+    QWEN_ISA_SCALAR = 1,
+    QWEN_ISA_AVX2 = 2,      /* AVX2 + FMA + F16C */
+    QWEN_ISA_AVX512 = 3,    /* AVX-512 F/BW/VL (+ BF16 dot products when present) */
+} qwen_isa;
+
+typedef struct qwen_context qwen_context;
+
+/* Returns non-zero to stop the current call with QWEN_ERR_ABORTED. */
+typedef int (*qwen_abort_callback)(void *user_data);
+
+typedef struct {
+    int n_threads;          /* 0 = number of online CPUs */
+    qwen_isa isa;           /* kernel set; AUTO by default */
+    int max_context;        /* decoder KV cache capacity in tokens; 0 = grow as needed */
+} qwen_params;
+
+typedef struct {
+    int max_new_tokens;             /* 0 = until EOS or the KV capacity */
+    const int32_t *eos_ids;         /* stop tokens; NULL = the checkpoint's eos ids */
+    int n_eos_ids;
+    qwen_abort_callback abort_callback; /* checked between layers and tokens; may be NULL */
+    void *abort_user_data;
+} qwen_run_params;
+
+/* ==== Library ==== */
+QWEN_API const char *qwen_version(void);            /* "0.1.0" */
+QWEN_API qwen_params qwen_default_params(void);
+QWEN_API qwen_run_params qwen_default_run_params(void);
+QWEN_API qwen_isa qwen_best_isa(void);              /* what AUTO resolves to on this CPU */
+QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "scalar", "avx2", "avx512", "avx512bf16" */
+
+/* ==== Context ==== */
+/* Loads a checkpoint directory. On failure returns NULL and, if err is not
+ * NULL, writes a NUL-terminated message of at most err_size bytes. */
+QWEN_API qwen_context *qwen_load(const char *model_dir, const qwen_params *params,
+                                 char *err, size_t err_size);
+QWEN_API void qwen_free(qwen_context *ctx);
+QWEN_API const char *qwen_last_error(const qwen_context *ctx);
+QWEN_API qwen_isa qwen_get_isa(const qwen_context *ctx);  /* resolved kernel set */
+QWEN_API int qwen_get_threads(const qwen_context *ctx);
+
+/* Model facts read from config.json. Keys: "vocab_size", "hidden_size",
+ * "audio_token_id", "audio_start_token_id", "audio_end_token_id",
+ * "num_mel_bins", "encoder_layers", "decoder_layers", "output_dim".
+ * Returns -1 for an unknown key. */
+QWEN_API int64_t qwen_model_info(const qwen_context *ctx, const char *key);
+
+/* Number of audio tokens (encoder outputs) for n_samples of 16 kHz PCM: the
+ * prompt must hold exactly this many audio_token_id placeholders. */
+QWEN_API int64_t qwen_audio_token_count(const qwen_context *ctx, int64_t n_samples);
+
+/* ==== Transcription (pull-style) ==== */
+/* Runs mel -> encoder -> projector -> prefill. The prompt's audio
+ * placeholders (audio_token_id) are replaced, in order, by the audio
+ * embeddings. After QWEN_OK, call qwen_next() repeatedly. */
+QWEN_API qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_samples,
+                                const int32_t *prompt_ids, int n_prompt,
+                                const qwen_run_params *run);
+/* Produces the next greedy token in *token and returns QWEN_OK, or returns
+ * QWEN_DONE when an EOS id was produced (written to *token) or the limit was
+ * reached (*token = -1). */
+QWEN_API qwen_status qwen_next(qwen_context *ctx, int32_t *token);
+/* Logits of the last step (prefill's last position, or the last qwen_next).
+ * Valid until the next call on the context. *n_vocab receives the size. */
+QWEN_API const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab);
+
+/* Per-stage wall times of the current/last run, in milliseconds:
+ * "mel", "encoder", "prefill", "decode" (total of qwen_next calls). Counts:
+ * "n_prompt", "n_audio", "n_decoded". Returns -1 for an unknown key. */
+QWEN_API double qwen_get_timing(const qwen_context *ctx, const char *key);
+
+/* ==== Stages, for tests and tools (caller-owned buffers) ==== */
+/* Log-mel features [num_mel_bins, n_frames] (row-major, frames contiguous).
+ * Call with out = NULL to get n_frames in *n_frames. */
+QWEN_API qwen_status qwen_compute_mel(qwen_context *ctx, const float *pcm, int64_t n_samples,
+                                      float *out, int64_t *n_frames);
+/* Audio embeddings after the projector [n_tokens, output_dim]. Call with
+ * out = NULL to get n_tokens. */
+QWEN_API qwen_status qwen_encode_audio(qwen_context *ctx, const float *pcm, int64_t n_samples,
+                                       float *out, int64_t *n_tokens);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QWEN_H */

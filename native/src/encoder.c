@@ -1,0 +1,304 @@
+/*
+ * Encoder — the audio tower: mel frames are cut into chunks of 2 * n_window
+ * frames; each chunk goes through three 3x3 stride-2 Conv2D + GELU layers
+ * (downsample_hidden_size channels), is flattened per time step and
+ * projected to d_model, plus a sinusoidal position embedding that restarts
+ * in every chunk. Transformer layers (pre-LayerNorm, bidirectional attention
+ * inside windows of n_window_infer frames' worth of tokens, GELU FFN) follow,
+ * then ln_post and the projector proj2(gelu(proj1(x))) to the decoder width.
+ *
+ * Activations of the conv stem are kept channel-last ([F][T][C]) so that
+ * im2col copies runs of C channels; the conv weights are re-ordered to match
+ * once, at load time.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ==== Loading ==== */
+
+static const qw_tensor *need(qw_loader *L, const char *name, int64_t d0, int64_t d1) {
+    if (L->rc) return NULL;
+    const qw_tensor *t = qw_safetensors_find(&L->ctx->st, name);
+    int64_t numel = t ? 1 : 0;
+    if (t)
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+    if (!t || t->shape[0] != d0 || numel != d0 * (d1 ? d1 : 1)) {
+        snprintf(L->err, L->err_size, t ? "tensor %s has an unexpected shape" : "tensor %s is missing", name);
+        L->rc = QWEN_ERR_FORMAT;
+        return NULL;
+    }
+    return t;
+}
+
+int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols) {
+    const qw_tensor *t = need(L, name, rows, cols);
+    if (!t) return L->rc;
+    *m = (qw_mat){t->data, t->dtype, rows, cols};
+    return 0;
+}
+
+float *qw_load_vec(qw_loader *L, const char *name, int n) {
+    const qw_tensor *t = need(L, name, n, 0);
+    if (!t) return NULL;
+    float *v = qw_own(L->ctx, (size_t)n * sizeof(float));
+    if (!v) {
+        L->rc = QWEN_ERR_NOMEM;
+        return NULL;
+    }
+    L->ctx->k->to_f32(v, t->data, t->dtype, n);
+    return v;
+}
+
+/* Conv weight [Cout, Cin, 3, 3] -> owned f32 [Cout, 3, 3, Cin] for channel-last im2col. */
+static void load_conv(qw_loader *L, qw_mat *m, float **bias, const char *prefix, int cout, int cin) {
+    char name[256];
+    snprintf(name, sizeof(name), "%s.weight", prefix);
+    const qw_tensor *t = need(L, name, cout, (int64_t)cin * 9);
+    snprintf(name, sizeof(name), "%s.bias", prefix);
+    *bias = qw_load_vec(L, name, cout);
+    if (!t || L->rc) return;
+    float *w = qw_own(L->ctx, (size_t)cout * cin * 9 * sizeof(float));
+    float *row = malloc((size_t)cin * 9 * sizeof(float));
+    if (!w || !row) {
+        free(row);
+        L->rc = QWEN_ERR_NOMEM;
+        return;
+    }
+    size_t esize = t->dtype == QW_F32 ? 4 : 2;
+    for (int o = 0; o < cout; o++) {
+        L->ctx->k->to_f32(row, (const char *)t->data + (size_t)o * cin * 9 * esize, t->dtype, cin * 9);
+        for (int c = 0; c < cin; c++)
+            for (int k = 0; k < 9; k++) w[((size_t)o * 9 + k) * cin + c] = row[c * 9 + k];
+    }
+    free(row);
+    *m = (qw_mat){w, QW_F32, cout, cin * 9};
+}
+
+static int conv_out_len(int n) { return (n - 1) / 2 + 1; }
+
+int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size) {
+    const qw_config *c = &ctx->cfg;
+    qw_encoder *e = &ctx->enc;
+    qw_loader L = {ctx, err, err_size, 0};
+    const int C = c->ds_hidden, d = c->d_model;
+    const char *p = "thinker.audio_tower";
+    char name[256];
+#define NAME(...) (snprintf(name, sizeof(name), __VA_ARGS__), name)
+    load_conv(&L, &e->conv1, &e->conv1_b, NAME("%s.conv2d1", p), C, 1);
+    load_conv(&L, &e->conv2, &e->conv2_b, NAME("%s.conv2d2", p), C, C);
+    load_conv(&L, &e->conv3, &e->conv3_b, NAME("%s.conv2d3", p), C, C);
+    /* conv_out [d, C * F3] (feature c*F3 + f) -> owned [d, F3 * C] (feature f*C + c) */
+    const int F3 = conv_out_len(conv_out_len(conv_out_len(c->n_mels)));
+    const qw_tensor *co = need(&L, NAME("%s.conv_out.weight", p), d, (int64_t)C * F3);
+    if (co) {
+        size_t esize = co->dtype == QW_F32 ? 4 : 2;
+        char *w = qw_own(ctx, (size_t)d * C * F3 * esize);
+        if (!w) return QWEN_ERR_NOMEM;
+        for (int o = 0; o < d; o++)
+            for (int ch = 0; ch < C; ch++)
+                for (int f = 0; f < F3; f++)
+                    memcpy(w + ((size_t)o * F3 * C + (size_t)f * C + ch) * esize,
+                           (const char *)co->data + ((size_t)o * C * F3 + (size_t)ch * F3 + f) * esize, esize);
+        e->conv_out = (qw_mat){w, co->dtype, d, C * F3};
+    }
+    /* Sinusoids: [sin(t * inc_i) for i < d/2, cos(...)], inc_i = exp(-i * ln(1e4) / (d/2 - 1)) */
+    e->pos = qw_own(ctx, (size_t)c->max_source_positions * d * sizeof(float));
+    if (!e->pos) return QWEN_ERR_NOMEM;
+    const int half = d / 2;
+    for (int t = 0; t < c->max_source_positions; t++)
+        for (int i = 0; i < half; i++) {
+            float inc = expf(-(float)(log(10000.0) / (half - 1)) * (float)i);
+            float a = (float)t * inc;
+            e->pos[(size_t)t * d + i] = sinf(a);
+            e->pos[(size_t)t * d + half + i] = cosf(a);
+        }
+    e->layers = qw_own(ctx, (size_t)c->enc_layers * sizeof(qw_enc_layer));
+    if (!e->layers) return QWEN_ERR_NOMEM;
+    for (int l = 0; l < c->enc_layers && !L.rc; l++) {
+        qw_enc_layer *y = &e->layers[l];
+        char q[128];
+        snprintf(q, sizeof(q), "%s.layers.%d", p, l);
+        qw_load_mat(&L, &y->q, NAME("%s.self_attn.q_proj.weight", q), d, d);
+        qw_load_mat(&L, &y->k, NAME("%s.self_attn.k_proj.weight", q), d, d);
+        qw_load_mat(&L, &y->v, NAME("%s.self_attn.v_proj.weight", q), d, d);
+        qw_load_mat(&L, &y->o, NAME("%s.self_attn.out_proj.weight", q), d, d);
+        y->q_b = qw_load_vec(&L, NAME("%s.self_attn.q_proj.bias", q), d);
+        y->k_b = qw_load_vec(&L, NAME("%s.self_attn.k_proj.bias", q), d);
+        y->v_b = qw_load_vec(&L, NAME("%s.self_attn.v_proj.bias", q), d);
+        y->o_b = qw_load_vec(&L, NAME("%s.self_attn.out_proj.bias", q), d);
+        y->ln1_w = qw_load_vec(&L, NAME("%s.self_attn_layer_norm.weight", q), d);
+        y->ln1_b = qw_load_vec(&L, NAME("%s.self_attn_layer_norm.bias", q), d);
+        y->ln2_w = qw_load_vec(&L, NAME("%s.final_layer_norm.weight", q), d);
+        y->ln2_b = qw_load_vec(&L, NAME("%s.final_layer_norm.bias", q), d);
+        qw_load_mat(&L, &y->fc1, NAME("%s.fc1.weight", q), c->enc_ffn, d);
+        qw_load_mat(&L, &y->fc2, NAME("%s.fc2.weight", q), d, c->enc_ffn);
+        y->fc1_b = qw_load_vec(&L, NAME("%s.fc1.bias", q), c->enc_ffn);
+        y->fc2_b = qw_load_vec(&L, NAME("%s.fc2.bias", q), d);
+    }
+    e->ln_post_w = qw_load_vec(&L, NAME("%s.ln_post.weight", p), d);
+    e->ln_post_b = qw_load_vec(&L, NAME("%s.ln_post.bias", p), d);
+    qw_load_mat(&L, &e->proj1, NAME("%s.proj1.weight", p), d, d);
+    e->proj1_b = qw_load_vec(&L, NAME("%s.proj1.bias", p), d);
+    qw_load_mat(&L, &e->proj2, NAME("%s.proj2.weight", p), c->output_dim, d);
+    e->proj2_b = qw_load_vec(&L, NAME("%s.proj2.bias", p), c->output_dim);
+#undef NAME
+    return L.rc;
+}
+
+/* ==== Geometry ==== */
+
+/* Tokens of one chunk of n mel frames after the three stride-2 convs. */
+static int chunk_tokens(int n) { return conv_out_len(conv_out_len(conv_out_len(n))); }
+
+int64_t qw_encoder_tokens(const qwen_context *ctx, int64_t n_frames) {
+    const int cl = 2 * ctx->cfg.n_window;
+    int64_t full = n_frames / cl, tail = n_frames % cl;
+    return full * chunk_tokens(cl) + (tail ? chunk_tokens((int)tail) : 0);
+}
+
+/* ==== Conv stem ==== */
+
+/* One 3x3 stride-2 pad-1 conv as im2col + matmul, channel-last in and out:
+ * in[Fi][Ti][Cin] -> out[Fo][To][Cout], then GELU. */
+static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int Ti, int Cin, const qw_mat *W,
+                    const float *b, float *cols) {
+    const int Fo = conv_out_len(Fi), To = conv_out_len(Ti);
+    for (int fo = 0; fo < Fo; fo++)
+        for (int to = 0; to < To; to++) {
+            float *row = cols + ((size_t)fo * To + to) * 9 * Cin;
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++) {
+                    int fi = 2 * fo - 1 + ky, ti = 2 * to - 1 + kx;
+                    float *dst = row + (ky * 3 + kx) * Cin;
+                    if (fi < 0 || fi >= Fi || ti < 0 || ti >= Ti)
+                        memset(dst, 0, (size_t)Cin * sizeof(float));
+                    else
+                        memcpy(dst, in + ((size_t)fi * Ti + ti) * Cin, (size_t)Cin * sizeof(float));
+                }
+        }
+    qw_matmul(ctx, out, cols, W, b, Fo * To);
+    qw_gelu(out, (size_t)Fo * To * W->rows);
+}
+
+/* ==== Attention inside windows ==== */
+
+typedef struct {
+    qwen_context *ctx;
+    const float *q, *k, *v; /* [n, d] */
+    float *out;             /* [n, d] */
+    int n, d, heads, hd, window;
+} enc_attn_job;
+
+/* Task = (window, head). Bidirectional attention over the window's tokens. */
+static void enc_attn_task(void *arg, int t) {
+    enc_attn_job *j = arg;
+    const qw_kernels *k = j->ctx->k;
+    int w = t / j->heads, h = t % j->heads;
+    int s0 = w * j->window, s1 = s0 + j->window < j->n ? s0 + j->window : j->n;
+    int len = s1 - s0;
+    float *scores = malloc((size_t)len * sizeof(float));
+    if (!scores) return; /* cannot happen in practice; leaves zeros */
+    float scale = 1.0f / sqrtf((float)j->hd);
+    for (int i = s0; i < s1; i++) {
+        const float *qi = j->q + (size_t)i * j->d + h * j->hd;
+        for (int s = s0; s < s1; s++) scores[s - s0] = k->dot(qi, j->k + (size_t)s * j->d + h * j->hd, j->hd) * scale;
+        qw_softmax(scores, len);
+        float *o = j->out + (size_t)i * j->d + h * j->hd;
+        memset(o, 0, (size_t)j->hd * sizeof(float));
+        for (int s = s0; s < s1; s++) k->axpy(o, scores[s - s0], j->v + (size_t)s * j->d + h * j->hd, j->hd);
+    }
+    free(scores);
+}
+
+/* ==== Forward ==== */
+
+qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, float *out) {
+    const qw_config *c = &ctx->cfg;
+    const qw_encoder *e = &ctx->enc;
+    const int C = c->ds_hidden, d = c->d_model, F = c->n_mels;
+    const int cl = 2 * c->n_window;
+    const int n_chunks = (int)((n_frames + cl - 1) / cl);
+    const int64_t n_tok = qw_encoder_tokens(ctx, n_frames);
+    /* The official code pads every chunk to the longest one (a full chunk
+     * when there are several) before the convs; padding changes the last
+     * valid outputs through the conv biases, so we pad the same way. */
+    const int Lp = n_chunks > 1 ? cl : (int)n_frames;
+    const int F1 = conv_out_len(F), T1 = conv_out_len(Lp);
+    const int F2 = conv_out_len(F1), T2 = conv_out_len(T1);
+    const int F3 = conv_out_len(F2), T3 = conv_out_len(T2);
+    const int ffn = c->enc_ffn;
+    const int window = chunk_tokens(Lp) * (c->n_window_infer / cl);
+    if (T3 > c->max_source_positions) return qw_fail(ctx, QWEN_ERR_INVALID, "chunk longer than max_source_positions");
+
+    size_t n_cols = (size_t)F1 * T1 * 9 * C; /* the largest im2col (conv2 input side is smaller) */
+    size_t need = (size_t)F * Lp                 /* chunk input */
+                  + (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C + n_cols
+                  + (size_t)T3 * F3 * C          /* flattened */
+                  + (size_t)n_tok * d * 5        /* x, q, k, v, attn */
+                  + (size_t)n_tok * (ffn > d ? ffn : d);
+    float *buf = malloc(need * sizeof(float));
+    if (!buf) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the encoder (%lld tokens)", (long long)n_tok);
+    float *xin = buf, *a1 = xin + (size_t)F * Lp, *a2 = a1 + (size_t)F1 * T1 * C, *a3 = a2 + (size_t)F2 * T2 * C;
+    float *cols = a3 + (size_t)F3 * T3 * C, *flat = cols + n_cols;
+    float *x = flat + (size_t)T3 * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
+    float *v = kk + (size_t)n_tok * d, *att = v + (size_t)n_tok * d, *hbuf = att + (size_t)n_tok * d;
+
+    /* Conv stem, chunk by chunk. */
+    int64_t tok = 0;
+    for (int ch = 0; ch < n_chunks; ch++) {
+        if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
+        int64_t f0 = (int64_t)ch * cl;
+        int len = (int)(n_frames - f0 < cl ? n_frames - f0 : cl);
+        /* mel [F, n_frames] -> xin[F][Lp][1], zero padded */
+        for (int f = 0; f < F; f++) {
+            memcpy(xin + (size_t)f * Lp, mel + (size_t)f * n_frames + f0, (size_t)len * sizeof(float));
+            memset(xin + (size_t)f * Lp + len, 0, (size_t)(Lp - len) * sizeof(float));
+        }
+        conv3x3(ctx, a1, xin, F, Lp, 1, &e->conv1, e->conv1_b, cols);
+        conv3x3(ctx, a2, a1, F1, T1, C, &e->conv2, e->conv2_b, cols);
+        conv3x3(ctx, a3, a2, F2, T2, C, &e->conv3, e->conv3_b, cols);
+        int valid = chunk_tokens(len);
+        /* a3[F3][T3][C] -> flat[t][f*C + c] for the valid time steps */
+        for (int t = 0; t < valid; t++)
+            for (int f = 0; f < F3; f++)
+                memcpy(flat + ((size_t)t * F3 + f) * C, a3 + ((size_t)f * T3 + t) * C, (size_t)C * sizeof(float));
+        qw_matmul(ctx, x + (size_t)tok * d, flat, &e->conv_out, NULL, valid);
+        for (int t = 0; t < valid; t++)
+            for (int i = 0; i < d; i++) x[(size_t)(tok + t) * d + i] += e->pos[(size_t)t * d + i];
+        tok += valid;
+    }
+
+    /* Transformer layers. */
+    const int heads = c->enc_heads, hd = d / heads, n = (int)n_tok;
+    const int n_windows = (n + window - 1) / window;
+    for (int l = 0; l < c->enc_layers; l++) {
+        if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
+        const qw_enc_layer *y = &e->layers[l];
+        memcpy(hbuf, x, (size_t)n * d * sizeof(float));
+        for (int i = 0; i < n; i++) qw_layernorm(hbuf + (size_t)i * d, y->ln1_w, y->ln1_b, d, 1e-5f);
+        float *qkv_out[3] = {q, kk, v};
+        const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
+        const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
+        qw_matmul_n(ctx, 3, qkv_out, hbuf, qkv_w, qkv_b, n);
+        enc_attn_job job = {ctx, q, kk, v, att, n, d, heads, hd, window};
+        qw_pool_run(ctx->pool, n_windows * heads, enc_attn_task, &job);
+        qw_matmul(ctx, hbuf, att, &y->o, y->o_b, n);
+        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += hbuf[i];
+        memcpy(att, x, (size_t)n * d * sizeof(float));
+        for (int i = 0; i < n; i++) qw_layernorm(att + (size_t)i * d, y->ln2_w, y->ln2_b, d, 1e-5f);
+        qw_matmul(ctx, hbuf, att, &y->fc1, y->fc1_b, n);
+        qw_gelu(hbuf, (size_t)n * ffn);
+        qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n);
+        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += att[i];
+    }
+    for (int i = 0; i < n; i++) qw_layernorm(x + (size_t)i * d, e->ln_post_w, e->ln_post_b, d, 1e-5f);
+    qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
+    qw_gelu(q, (size_t)n * d);
+    qw_matmul(ctx, out, q, &e->proj2, e->proj2_b, n);
+    free(buf);
+    return QWEN_OK;
+}

@@ -1,0 +1,193 @@
+/*
+ * Internal types shared by the pipeline stages: config, weights, context.
+ * Nothing here is exported; the public API is include/qwen.h.
+ */
+#ifndef QWEN_INTERNAL_H
+#define QWEN_INTERNAL_H
+
+#include "../include/qwen.h"
+#include "kernels.h"
+#include "threadpool.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ==== Config (config.json) ==== */
+typedef struct {
+    /* audio encoder */
+    int n_mels;          /* num_mel_bins */
+    int d_model;         /* encoder width */
+    int enc_layers, enc_heads, enc_ffn;
+    int output_dim;      /* projector output = decoder hidden size */
+    int ds_hidden;       /* downsample_hidden_size: conv channels */
+    int n_window;        /* conv chunk = 2 * n_window mel frames */
+    int n_window_infer;  /* attention window in mel frames */
+    int max_source_positions;
+    /* text decoder */
+    int hidden, inter, dec_layers, n_heads, n_kv_heads, head_dim, vocab;
+    float rope_theta, rms_eps;
+    int attention_bias;
+    int tie_embeddings;
+    /* token ids */
+    int audio_token_id, audio_start_id, audio_end_id;
+} qw_config;
+
+int qw_config_load(const char *model_dir, qw_config *cfg, char *err, size_t err_size);
+
+/* ==== Safetensors (memory-mapped) ==== */
+typedef struct {
+    char *name;
+    qw_dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+    size_t nbytes;
+} qw_tensor;
+
+typedef struct {
+    qw_tensor *tensors;
+    int n_tensors;
+    void **maps;        /* one mapping per file */
+    size_t *map_sizes;
+    int n_maps;
+} qw_safetensors;
+
+int qw_safetensors_open(const char *model_dir, qw_safetensors *st, char *err, size_t err_size);
+void qw_safetensors_close(qw_safetensors *st);
+const qw_tensor *qw_safetensors_find(const qw_safetensors *st, const char *name);
+
+/* ==== Weights ==== */
+/* A matrix used by the kernels: [rows, cols] in the checkpoint dtype, or an
+ * owned, re-ordered copy made once at load time. */
+typedef struct {
+    const void *data;
+    qw_dtype dt;
+    int rows, cols;
+} qw_mat;
+
+typedef struct {
+    qw_mat q, k, v, o;          /* [d, d] each */
+    float *q_b, *k_b, *v_b, *o_b; /* [d] */
+    float *ln1_w, *ln1_b;       /* self_attn_layer_norm */
+    float *ln2_w, *ln2_b;       /* final_layer_norm */
+    qw_mat fc1, fc2;            /* [ffn, d], [d, ffn] */
+    float *fc1_b, *fc2_b;
+} qw_enc_layer;
+
+typedef struct {
+    qw_mat conv1, conv2, conv3; /* [C, 9*Cin] with k = (ky*3 + kx)*Cin + cin */
+    float *conv1_b, *conv2_b, *conv3_b;
+    qw_mat conv_out;            /* [d, F3*C] with feature = f*C + c (re-ordered) */
+    float *pos;                 /* [max_source_positions, d] sinusoids */
+    qw_enc_layer *layers;
+    float *ln_post_w, *ln_post_b;
+    qw_mat proj1, proj2;        /* [d, d], [output_dim, d] */
+    float *proj1_b, *proj2_b;
+} qw_encoder;
+
+typedef struct {
+    qw_mat q, k, v;             /* [H * hd, hidden], [KV * hd, hidden] x2 */
+    qw_mat o;                   /* [hidden, H * hd] */
+    float *q_b, *k_b, *v_b, *o_b; /* attention_bias only */
+    float *q_norm, *k_norm;     /* [hd] */
+    float *ln1, *ln2;           /* [hidden] */
+    qw_mat gate, up;            /* [inter, hidden] each */
+    qw_mat down;                /* [hidden, inter] */
+} qw_dec_layer;
+
+typedef struct {
+    qw_mat embed;               /* [vocab, hidden] */
+    qw_dec_layer *layers;
+    float *norm;                /* [hidden] */
+    qw_mat lm_head;             /* [vocab, hidden] (embed when tied) */
+    float *rope_inv_freq;       /* [hd / 2] */
+} qw_decoder;
+
+/* ==== Loading helpers (encoder.c) ==== */
+typedef struct {
+    struct qwen_context *ctx;
+    char *err;
+    size_t err_size;
+    int rc; /* first error, sticky */
+} qw_loader;
+
+/* A [rows, cols] weight used in place (checkpoint dtype). */
+int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols);
+/* A small vector widened to f32 once, owned by the context. */
+float *qw_load_vec(qw_loader *L, const char *name, int n);
+
+/* ==== Context ==== */
+struct qwen_context {
+    qw_config cfg;
+    qw_safetensors st;
+    qw_encoder enc;
+    qw_decoder dec;
+    void **owned;               /* buffers made at load time, freed with the context */
+    int n_owned, cap_owned;
+
+    const qw_kernels *k;
+    qwen_isa isa;
+    qw_pool *pool;
+    int n_threads;
+
+    /* mel front end, built once */
+    float *mel_filters;         /* [n_mels, n_fft/2 + 1] */
+    float *dft_basis;           /* [2 * (n_fft/2 + 1), n_fft]: cos, -sin rows interleaved, Hann-windowed */
+
+    /* decoder state */
+    float *k_cache, *v_cache;   /* [layers, cap, KV * hd] */
+    int kv_cap, n_past;
+    int32_t last_token;
+    int n_generated, max_new_tokens;
+    int32_t eos[8];
+    int n_eos;
+    int state;                  /* 0 idle, 1 generating, 2 done */
+    float *logits;              /* [vocab] */
+    float *x, *scratch;         /* decode-step activations */
+    size_t scratch_size;
+    qwen_abort_callback abort_cb;
+    void *abort_ud;
+
+    double t_mel, t_enc, t_prefill, t_decode;
+    int n_prompt, n_audio;
+
+    char err[512];
+};
+
+/* Errors: record a message on the context and return the status. */
+qwen_status qw_fail(qwen_context *ctx, qwen_status st, const char *fmt, ...);
+void *qw_own(qwen_context *ctx, size_t bytes); /* zeroed, freed with the context */
+double qw_now_ms(void);
+int qw_aborted(qwen_context *ctx);
+
+/* ==== Threaded building blocks (ops.c) ==== */
+/* C[M, N] = A[M, K] @ W^T (+ bias): output columns split across the pool. */
+void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M);
+/* Several products of the same A in one pool launch (fused QKV, gate/up):
+ * C[i][M, W[i].rows] = A @ W[i]^T (+ bias[i]), i < n <= 4. */
+void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
+                 const float *const *bias, int M);
+void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
+void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+void qw_gelu(float *x, size_t n);
+void qw_softmax(float *x, int n);
+
+/* ==== Stages ==== */
+int qw_mel_init(qwen_context *ctx);
+int64_t qw_mel_frames(int64_t n_samples);
+/* out[n_mels, n_frames] */
+qwen_status qw_mel(qwen_context *ctx, const float *pcm, int64_t n_samples, float *out, int64_t n_frames);
+
+int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size);
+int64_t qw_encoder_tokens(const qwen_context *ctx, int64_t n_frames);
+/* mel[n_mels, n_frames] -> out[n_tokens, output_dim] */
+qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, float *out);
+
+int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
+/* Runs tokens [n_past, n_past + n) through the decoder; x holds their input
+ * embeddings [n, hidden]. Writes logits of the last one to ctx->logits. */
+qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n);
+void qw_embed_token(qwen_context *ctx, int32_t id, float *out);
+int qw_kv_reserve(qwen_context *ctx, int n_tokens);
+
+#endif

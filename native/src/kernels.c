@@ -1,0 +1,40 @@
+/*
+ * Kernel dispatch — picks a kernel table from the CPU found at run time.
+ */
+#include "kernels.h"
+
+#include "../include/qwen.h"
+
+#include <stddef.h>
+
+/* QWEN_NO_SIMD builds the portable scalar library only. */
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
+#define QW_X86 1
+#endif
+
+int qw_best_isa(void) {
+#ifdef QW_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return QWEN_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return QWEN_ISA_AVX2;
+#endif
+    return QWEN_ISA_SCALAR;
+}
+
+const qw_kernels *qw_kernels_for(int isa, int *resolved_isa) {
+    int best = qw_best_isa();
+    if (isa == QWEN_ISA_AUTO) isa = best;
+    if (isa > best) return NULL;
+    if (resolved_isa) *resolved_isa = isa;
+    switch (isa) {
+#ifdef QW_X86
+    case QWEN_ISA_AVX512: return &qw_kernels_avx512;
+    case QWEN_ISA_AVX2: return &qw_kernels_avx2;
+#endif
+    case QWEN_ISA_SCALAR: return &qw_kernels_scalar;
+    default: return NULL;
+    }
+}

@@ -1,0 +1,55 @@
+/*
+ * Kernels — the hot loops, one table per instruction set.
+ *
+ * Every variant (scalar, AVX2+FMA+F16C, AVX-512) implements the same maths;
+ * the tests in native/tests check each against the scalar table. The table is
+ * chosen at run time (qw_kernels_for), never with -march=native, so one
+ * binary runs on any x86-64 (and the scalar table anywhere).
+ *
+ * Weights stay in the checkpoint's dtype (bf16, f16 or f32, memory-mapped)
+ * and are widened to f32 inside the kernels; activations are f32.
+ */
+#ifndef QWEN_KERNELS_H
+#define QWEN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2 } qw_dtype;
+
+typedef struct {
+    const char *name;
+    /* C[m, n] = sum_k A[m, k] * W[n, k] (+ bias[n])  for m in [0, M), n in [n0, n1)
+     *   A[M, K] f32 (row stride lda), W[N, K] in dtype wt (row stride K),
+     *   C[M, N] f32 (row stride ldc), bias[N] f32 or NULL.
+     * C = A @ W^T: one call computes a column slice [n0, n1) so that threads
+     * can split the output features; M = 1 is the decode matvec. */
+    void (*matmul)(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                   const float *bias, int M, int K, int n0, int n1);
+    /* sum_i a[i] * b[i] */
+    float (*dot)(const float *a, const float *b, int n);
+    /* y[i] += alpha * x[i] */
+    void (*axpy)(float *y, float alpha, const float *x, int n);
+    /* dst[i] = (float)src[i] for a row of weights (embedding lookup). */
+    void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
+} qw_kernels;
+
+extern const qw_kernels qw_kernels_scalar;
+extern const qw_kernels qw_kernels_avx2;   /* defined only on x86-64 builds */
+extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */
+
+/* Resolves an ISA request (see qwen_isa in qwen.h) to a table: AUTO picks the
+ * best the CPU supports; asking for one the CPU lacks returns NULL. */
+const qw_kernels *qw_kernels_for(int isa, int *resolved_isa);
+int qw_best_isa(void);
+
+/* Scalar conversions shared by all variants. */
+static inline float qw_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+float qw_f16_to_f32(uint16_t h);
+uint16_t qw_f32_to_bf16(float f); /* round to nearest even */
+
+#endif /* QWEN_KERNELS_H */

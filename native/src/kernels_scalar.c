@@ -1,0 +1,91 @@
+/*
+ * Kernels, portable scalar variant — the reference the SIMD variants are
+ * tested against, and the path for CPUs without AVX2.
+ */
+#include "kernels.h"
+
+#include <string.h>
+
+float qw_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0) {
+        if (man == 0) {
+            v.u = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do { e++; man <<= 1; } while ((man & 0x400) == 0);
+            v.u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        v.u = sign | 0x7f800000u | (man << 13);
+    } else {
+        v.u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    return v.f;
+}
+
+uint16_t qw_f32_to_bf16(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* NaN */
+    uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)((v.u + rounding) >> 16);
+}
+
+static float load_w(const void *W, qw_dtype wt, size_t i) {
+    switch (wt) {
+    case QW_BF16: return qw_bf16_to_f32(((const uint16_t *)W)[i]);
+    case QW_F16: return qw_f16_to_f32(((const uint16_t *)W)[i]);
+    default: return ((const float *)W)[i];
+    }
+}
+
+static void to_f32_scalar(float *dst, const void *src, qw_dtype dt, int n) {
+    if (dt == QW_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int i = 0; i < n; i++) dst[i] = load_w(src, dt, (size_t)i);
+}
+
+static float dot_scalar(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float alpha, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+/* C[M,N] = A[M,K] @ W[N,K]^T (+ bias), columns [n0, n1). One weight row is
+ * widened once into a small buffer and reused for every row of A. */
+static void matmul_scalar(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                          const float *bias, int M, int K, int n0, int n1) {
+    float wrow[1024];
+    for (int n = n0; n < n1; n++) {
+        const size_t base = (size_t)n * (size_t)K;
+        for (int m = 0; m < M; m++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
+        for (int k0 = 0; k0 < K; k0 += 1024) {
+            int kb = K - k0 < 1024 ? K - k0 : 1024;
+            for (int k = 0; k < kb; k++) wrow[k] = load_w(W, wt, base + (size_t)(k0 + k));
+            for (int m = 0; m < M; m++) {
+                const float *a = A + (size_t)m * lda + k0;
+                float s = 0.0f;
+                for (int k = 0; k < kb; k++) s += a[k] * wrow[k];
+                C[(size_t)m * ldc + n] += s;
+            }
+        }
+    }
+}
+
+const qw_kernels qw_kernels_scalar = {
+    .name = "scalar",
+    .matmul = matmul_scalar,
+    .dot = dot_scalar,
+    .axpy = axpy_scalar,
+    .to_f32 = to_f32_scalar,
+};

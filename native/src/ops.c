@@ -1,0 +1,101 @@
+/*
+ * Ops — threaded matmul on top of the kernel table, and the small
+ * element-wise layers (norms, activations, softmax).
+ */
+#include "internal.h"
+
+#include <math.h>
+
+/* ==== Threaded matmul ==== */
+
+typedef struct {
+    const qw_kernels *k;
+    int n;
+    float *const *C;
+    const float *A;
+    const qw_mat *const *W;
+    const float *const *bias;
+    int M;
+    int cols_per_task;
+    int tasks_per_mat[4];
+} mm_job;
+
+static void mm_task(void *arg, int t) {
+    mm_job *j = arg;
+    int i = 0;
+    while (t >= j->tasks_per_mat[i]) t -= j->tasks_per_mat[i++];
+    const qw_mat *W = j->W[i];
+    int n0 = t * j->cols_per_task;
+    int n1 = n0 + j->cols_per_task < W->rows ? n0 + j->cols_per_task : W->rows;
+    j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, j->bias ? j->bias[i] : NULL, j->M, W->cols,
+                 n0, n1);
+}
+
+void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
+                 const float *const *bias, int M) {
+    if (M <= 0) return;
+    /* Column slices: a few per thread for balance; multiples of 16 keep the
+     * SIMD kernels on their full-width path. Big M => more work per column. */
+    int total_rows = 0;
+    for (int i = 0; i < n; i++) total_rows += W[i]->rows;
+    int threads = ctx->n_threads;
+    int per = total_rows / (threads * (M > 1 ? 4 : 8)) + 1;
+    if (per < 16) per = 16;
+    per = (per + 15) & ~15;
+    mm_job j = {ctx->k, n, C, A, W, bias, M, per, {0}};
+    int tasks = 0;
+    for (int i = 0; i < n; i++) {
+        j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;
+        tasks += j.tasks_per_mat[i];
+    }
+    qw_pool_run(ctx->pool, tasks, mm_task, &j);
+}
+
+void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {
+    float *Cs[1] = {C};
+    const qw_mat *Ws[1] = {W};
+    const float *bs[1] = {bias};
+    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M);
+}
+
+/* ==== Element-wise ==== */
+
+/* LayerNorm over n features, in place: (x - mean) / sqrt(var + eps) * w + b */
+void qw_layernorm(float *x, const float *w, const float *b, int n, float eps) {
+    double mean = 0.0, var = 0.0;
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= n;
+    float inv = (float)(1.0 / sqrt(var + eps));
+    float m = (float)mean;
+    for (int i = 0; i < n; i++) x[i] = (x[i] - m) * inv * w[i] + b[i];
+}
+
+/* RMSNorm: out = x / sqrt(mean(x^2) + eps) * w (out may alias x) */
+void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+/* Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) */
+void qw_gelu(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+void qw_softmax(float *x, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    float inv = 1.0f / s;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}

@@ -1,0 +1,272 @@
+"""ctypes binding of libqwen (native/include/qwen.h).
+
+Kept in a plain module of its own: Ray Serve pickles deployment classes by
+value, and ctypes types defined next to a deployment break that. The
+library is found next to this file (lib/libqwen.so, installed by
+`pip install .`), or at the path in QWEN_LIBRARY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+QWEN_OK = 0
+QWEN_DONE = 1
+_STATUS_NAMES = {
+    -1: "io error",
+    -2: "format error",
+    -3: "invalid argument",
+    -4: "out of memory",
+    -5: "aborted",
+    -6: "unsupported",
+}
+ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+ISA_NAMES = {v: k for k, v in ISA.items()}
+
+_AbortCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [("n_threads", ctypes.c_int), ("isa", ctypes.c_int), ("max_context", ctypes.c_int)]
+
+
+class _RunParams(ctypes.Structure):
+    _fields_ = [
+        ("max_new_tokens", ctypes.c_int),
+        ("eos_ids", ctypes.POINTER(ctypes.c_int32)),
+        ("n_eos_ids", ctypes.c_int),
+        ("abort_callback", _AbortCallback),
+        ("abort_user_data", ctypes.c_void_p),
+    ]
+
+
+class NativeError(RuntimeError):
+    """An error reported by libqwen (status code and message)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{message} ({_STATUS_NAMES.get(status, status)})")
+        self.status = status
+
+
+class AbortedError(NativeError):
+    """The run was stopped through the abort callback."""
+
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def library_path() -> Path:
+    """QWEN_LIBRARY, else lib/ next to this file (a regular install), else the
+    package's lib/ in site-packages (an editable install keeps built files there)."""
+    env = os.environ.get("QWEN_LIBRARY")
+    if env:
+        return Path(env)
+    name = {"darwin": "libqwen.dylib", "win32": "qwen.dll"}.get(sys.platform, "libqwen.so")
+    here = Path(__file__).with_name("lib") / name
+    candidates = [here] + [Path(p) / "qwen_serve" / "engine" / "lib" / name for p in sys.path if p]
+    return next((c for c in candidates if c.exists()), here)
+
+
+def load_library() -> ctypes.CDLL:
+    """Loads libqwen once per process and declares its signatures."""
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        path = library_path()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"libqwen not found at {path}; build it with `pip install -e .` (or set QWEN_LIBRARY)"
+            )
+        lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
+        c = ctypes
+        f32p = np.ctypeslib.ndpointer(dtype=np.float32, flags="C_CONTIGUOUS")
+        sigs: dict[str, tuple[object, list[object]]] = {
+            "qwen_version": (c.c_char_p, []),
+            "qwen_default_params": (_Params, []),
+            "qwen_best_isa": (c.c_int, []),
+            "qwen_isa_name": (c.c_char_p, [c.c_int]),
+            "qwen_load": (c.c_void_p, [c.c_char_p, c.POINTER(_Params), c.c_char_p, c.c_size_t]),
+            "qwen_free": (None, [c.c_void_p]),
+            "qwen_last_error": (c.c_char_p, [c.c_void_p]),
+            "qwen_get_isa": (c.c_int, [c.c_void_p]),
+            "qwen_get_threads": (c.c_int, [c.c_void_p]),
+            "qwen_model_info": (c.c_int64, [c.c_void_p, c.c_char_p]),
+            "qwen_audio_token_count": (c.c_int64, [c.c_void_p, c.c_int64]),
+            "qwen_begin": (
+                c.c_int,
+                [c.c_void_p, f32p, c.c_int64, c.POINTER(c.c_int32), c.c_int, c.POINTER(_RunParams)],
+            ),
+            "qwen_next": (c.c_int, [c.c_void_p, c.POINTER(c.c_int32)]),
+            "qwen_last_logits": (c.POINTER(c.c_float), [c.c_void_p, c.POINTER(c.c_int)]),
+            "qwen_get_timing": (c.c_double, [c.c_void_p, c.c_char_p]),
+            "qwen_compute_mel": (c.c_int, [c.c_void_p, f32p, c.c_int64, c.c_void_p, c.POINTER(c.c_int64)]),
+            "qwen_encode_audio": (c.c_int, [c.c_void_p, f32p, c.c_int64, c.c_void_p, c.POINTER(c.c_int64)]),
+        }
+        for name, (restype, argtypes) in sigs.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        _lib = lib
+        return lib
+
+
+def version() -> str:
+    return load_library().qwen_version().decode()
+
+
+def best_isa() -> str:
+    return ISA_NAMES[load_library().qwen_best_isa()]
+
+
+def _pcm(pcm: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(pcm, dtype=np.float32)  # copies read-only or strided input
+    if a.ndim != 1:
+        raise ValueError(f"pcm must be 1-D, got shape {a.shape}")
+    return a
+
+
+class NativeModel:
+    """One libqwen context: a loaded checkpoint with its own caches and threads.
+
+    Not safe for use by two threads at once (the library's rule); distinct
+    instances are independent.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], threads: int | None = None, isa: str = "auto"):
+        if isa not in ISA:
+            raise ValueError(f"isa must be one of {sorted(ISA)}")
+        self._lib = load_library()
+        params = self._lib.qwen_default_params()
+        params.n_threads = int(threads or 0)
+        params.isa = ISA[isa]
+        err = ctypes.create_string_buffer(512)
+        ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
+        if not ctx:
+            message = err.value.decode(errors="replace")
+            if "cannot read" in message or "cannot open" in message or "no *.safetensors" in message:
+                raise FileNotFoundError(message)
+            raise ValueError(message)
+        self._ctx: int | None = ctx
+        self.vocab_size = int(self.info("vocab_size"))
+        self.audio_token_id = int(self.info("audio_token_id"))
+
+    # ---- life cycle -------------------------------------------------------
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.qwen_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> NativeModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def ctx(self) -> int:
+        if not self._ctx:
+            raise RuntimeError("the model is closed")
+        return self._ctx
+
+    def _check(self, status: int) -> int:
+        if status < 0:
+            message = self._lib.qwen_last_error(self.ctx).decode(errors="replace")
+            raise (AbortedError if status == -5 else NativeError)(status, message)
+        return status
+
+    # ---- facts ------------------------------------------------------------
+    @property
+    def isa(self) -> str:
+        return ISA_NAMES[self._lib.qwen_get_isa(self.ctx)]
+
+    @property
+    def threads(self) -> int:
+        return int(self._lib.qwen_get_threads(self.ctx))
+
+    def info(self, key: str) -> int:
+        value = int(self._lib.qwen_model_info(self.ctx, key.encode()))
+        if value < 0:
+            raise KeyError(key)
+        return value
+
+    def timing(self, key: str) -> float:
+        return float(self._lib.qwen_get_timing(self.ctx, key.encode()))
+
+    def audio_token_count(self, n_samples: int) -> int:
+        return int(self._lib.qwen_audio_token_count(self.ctx, int(n_samples)))
+
+    # ---- stages -----------------------------------------------------------
+    def mel(self, pcm: np.ndarray) -> np.ndarray:
+        """Log-mel features [num_mel_bins, n_frames]."""
+        a = _pcm(pcm)
+        n = ctypes.c_int64(0)
+        self._check(self._lib.qwen_compute_mel(self.ctx, a, a.size, None, ctypes.byref(n)))
+        out = np.zeros((self.info("num_mel_bins"), n.value), dtype=np.float32)
+        if n.value:
+            self._check(self._lib.qwen_compute_mel(self.ctx, a, a.size, out.ctypes.data, ctypes.byref(n)))
+        return out
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        """Audio embeddings after the projector [n_tokens, output_dim]."""
+        a = _pcm(pcm)
+        n = ctypes.c_int64(0)
+        self._check(self._lib.qwen_encode_audio(self.ctx, a, a.size, None, ctypes.byref(n)))
+        out = np.zeros((n.value, self.info("output_dim")), dtype=np.float32)
+        if n.value:
+            self._check(self._lib.qwen_encode_audio(self.ctx, a, a.size, out.ctypes.data, ctypes.byref(n)))
+        return out
+
+    # ---- generation -------------------------------------------------------
+    def generate(
+        self,
+        pcm: np.ndarray,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int = 0,
+        eos_ids: Sequence[int] | None = None,
+        should_abort: Callable[[], bool] | None = None,
+        with_logits: bool = False,
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """Greedy decoding; yields (token_id, logits or None) per generated token.
+
+        The stop token is yielded last. Closing the generator early leaves the
+        context ready for the next run. `should_abort` is polled inside the
+        encoder/prefill and between tokens.
+        """
+        a = _pcm(pcm)
+        ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
+        run = _RunParams()
+        run.max_new_tokens = int(max_new_tokens)
+        eos = (ctypes.c_int32 * len(eos_ids))(*eos_ids) if eos_ids else None
+        if eos is not None:
+            run.eos_ids = ctypes.cast(eos, ctypes.POINTER(ctypes.c_int32))
+            run.n_eos_ids = len(eos)
+        callback = _AbortCallback(lambda _ud: int(bool(should_abort()))) if should_abort else _AbortCallback()
+        run.abort_callback = callback
+        self._check(self._lib.qwen_begin(self.ctx, a, a.size, ids, len(prompt_ids), ctypes.byref(run)))
+        token = ctypes.c_int32(-1)
+        while True:
+            status = self._check(self._lib.qwen_next(self.ctx, ctypes.byref(token)))
+            if token.value < 0:
+                return
+            yield token.value, (self.last_logits() if with_logits else None)
+            if status == QWEN_DONE:
+                return
+
+    def last_logits(self) -> np.ndarray:
+        n = ctypes.c_int(0)
+        ptr = self._lib.qwen_last_logits(self.ctx, ctypes.byref(n))
+        return np.ctypeslib.as_array(ptr, shape=(n.value,)).copy()

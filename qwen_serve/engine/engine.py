@@ -1,0 +1,253 @@
+"""Engine: one loaded Qwen3-ASR checkpoint, text in and out.
+
+    with Engine("models/qwen3-asr-0.6b") as engine:
+        result = engine.transcribe(pcm)            # pcm: float32, 16 kHz, mono
+        for delta in engine.stream(pcm): ...
+
+The engine builds the official prompt, runs libqwen (mel -> encoder ->
+decoder, greedy), decodes ids with HF `tokenizers`, and parses the answer.
+Long audio is cut at quiet points into chunks of at most `max_chunk_seconds`
+and transcribed in order. An Engine is not thread-safe: one call at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ._native import NativeModel
+from .audio import SAMPLE_RATE, split_long_audio
+from .text import (
+    SUPPORTED_LANGUAGES,
+    IncrementalText,
+    load_chat_template,
+    load_tokenizer,
+    merge_languages,
+    normalize_language,
+    render_prompt,
+)
+from .types import Segment, Timings, Transcription, Usage
+
+DEFAULT_MAX_NEW_TOKENS = 512  # per chunk, as the official transformers backend
+DEFAULT_MAX_CHUNK_SECONDS = 60.0
+
+
+class Engine:
+    """A Qwen3-ASR checkpoint directory loaded into libqwen."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        threads: int | None = None,
+        isa: str = "auto",
+        max_chunk_seconds: float = DEFAULT_MAX_CHUNK_SECONDS,
+    ):
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").exists():
+            raise FileNotFoundError(f"no Qwen3-ASR checkpoint at {self.model_dir} (config.json missing)")
+        self.tokenizer, tok_config = load_tokenizer(self.model_dir)
+        self.chat_template = load_chat_template(self.model_dir, tok_config)
+        self._special_tokens = {
+            k: v for k, v in tok_config.items() if k.endswith("_token") and isinstance(v, str)
+        }
+        self.audio_token = str(tok_config.get("audio_token", "<|audio_pad|>"))
+        self.native = NativeModel(self.model_dir, threads=threads, isa=isa)
+        if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
+            raise ValueError(
+                f"tokenizer id of {self.audio_token} differs from config.json audio_token_id "
+                f"{self.native.audio_token_id}"
+            )
+        self.eos_ids = self._eos_ids()
+        self.supported_languages = self._languages()
+        self.max_chunk_seconds = float(max_chunk_seconds)
+        self._lock = threading.Lock()
+
+    def _eos_ids(self) -> list[int]:
+        ids = [self.tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        return [i for i in ids if i is not None] or [151645, 151643]
+
+    def _languages(self) -> list[str]:
+        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        langs = config.get("support_languages")
+        if isinstance(langs, list) and langs:
+            return [str(x) for x in langs]
+        return list(SUPPORTED_LANGUAGES)
+
+    # ---- life cycle -------------------------------------------------------
+    def close(self) -> None:
+        self.native.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- prompt -----------------------------------------------------------
+    def prompt_text(self, n_audio_tokens: int, context: str = "", language: str | None = None) -> str:
+        base = render_prompt(self.chat_template, context, self._special_tokens)
+        if base.count(self.audio_token) != 1:
+            raise ValueError("the chat template must render exactly one audio placeholder")
+        text = base.replace(self.audio_token, self.audio_token * n_audio_tokens, 1)
+        if language:
+            text += f"language {language}<asr_text>"
+        return text
+
+    def prompt_ids(self, n_samples: int, context: str = "", language: str | None = None) -> list[int]:
+        """Token ids of the official prompt for n_samples of audio."""
+        n_audio = self.native.audio_token_count(n_samples)
+        text = self.prompt_text(n_audio, context, language)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    # ---- transcription ----------------------------------------------------
+    def transcribe(
+        self,
+        pcm: np.ndarray,
+        language: str | None = None,
+        context: str = "",
+        max_new_tokens: int | None = None,
+    ) -> Transcription:
+        stream = self.stream(pcm, language=language, context=context, max_new_tokens=max_new_tokens)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(
+        self,
+        pcm: np.ndarray,
+        language: str | None = None,
+        context: str = "",
+        max_new_tokens: int | None = None,
+    ) -> TranscriptionStream:
+        """Text deltas as they are decoded; `.result` holds the Transcription at the end."""
+        forced = normalize_language(language) if language else None
+        audio = np.ascontiguousarray(pcm, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"pcm must be 1-D (mono), got shape {audio.shape}")
+        if not np.all(np.isfinite(audio)):
+            raise ValueError("pcm contains NaN or infinite samples")
+        limit = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else int(max_new_tokens)
+        if limit < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        return TranscriptionStream(self, audio, forced, context or "", limit)
+
+
+class TranscriptionStream:
+    """Iterator of text deltas; `result` is set once it is exhausted.
+
+    close() (or dropping it) stops decoding at the next token.
+    """
+
+    def __init__(self, engine: Engine, pcm: np.ndarray, language: str | None, context: str, limit: int):
+        self.result: Transcription | None = None
+        self._engine = engine
+        self._closed = False
+        self._gen = self._run(pcm, language, context, limit)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stops decoding. Safe from another thread: then the run stops at the next token."""
+        self._closed = True
+        # Running in another thread (ValueError): the abort flag stops it there.
+        with contextlib.suppress(ValueError):
+            self._gen.close()
+
+    def _should_abort(self) -> bool:
+        return self._closed
+
+    def _run(self, pcm: np.ndarray, language: str | None, context: str, limit: int) -> Iterator[str]:
+        engine = self._engine
+        native = engine.native
+        t_start = time.perf_counter()
+        duration = pcm.size / SAMPLE_RATE
+        chunks = split_long_audio(pcm, engine.max_chunk_seconds)
+        texts: list[str] = []
+        languages: list[str] = []
+        segments: list[Segment] = []
+        all_ids: list[int] = []
+        n_in = n_out = n_audio = 0
+        t = {"mel": 0.0, "encoder": 0.0, "prefill": 0.0, "decode": 0.0}
+        with engine._lock:
+            for chunk, offset in chunks:
+                if native.audio_token_count(chunk.size) == 0:
+                    continue  # shorter than one mel frame: nothing to hear
+                prompt = engine.prompt_ids(chunk.size, context, language)
+                inc = IncrementalText(engine.tokenizer, language)
+                sep = ""
+                if texts and texts[-1]:
+                    sep = _joiner(texts[-1])
+                first = True
+                chunk_ids: list[int] = []
+                for token, _ in native.generate(
+                    chunk,
+                    prompt,
+                    max_new_tokens=limit,
+                    eos_ids=engine.eos_ids,
+                    should_abort=self._should_abort,
+                ):
+                    chunk_ids.append(token)
+                    delta = inc.push(token)
+                    if delta:
+                        if first and sep and not _starts_cjk(delta):
+                            delta = sep + delta
+                        first = False
+                        yield delta
+                lang, text, delta = inc.finish()
+                if delta:
+                    if first and sep and not _starts_cjk(delta):
+                        delta = sep + delta
+                    yield delta
+                if texts and texts[-1] and text and not _starts_cjk(text):
+                    text = sep + text
+                texts.append(text)
+                languages.append(lang)
+                all_ids.extend(chunk_ids)
+                segments.append(Segment(offset, offset + chunk.size / SAMPLE_RATE, text.strip(), chunk_ids))
+                n_in += len(prompt)
+                n_out += len(chunk_ids)
+                n_audio += native.audio_token_count(chunk.size)
+                for key in t:
+                    t[key] += native.timing(key)
+        self.result = Transcription(
+            text="".join(texts),
+            language=merge_languages(languages) or None,
+            token_ids=all_ids,
+            usage=Usage(input_tokens=n_in, output_tokens=n_out, audio_tokens=n_audio),
+            timings=Timings(
+                mel_ms=t["mel"],
+                encoder_ms=t["encoder"],
+                prefill_ms=t["prefill"],
+                decode_ms=t["decode"],
+                total_ms=(time.perf_counter() - t_start) * 1e3,
+            ),
+            duration=duration,
+            segments=segments,
+        )
+
+
+def _starts_cjk(text: str) -> bool:
+    return bool(text) and _is_cjk(text.lstrip()[:1])
+
+
+def _is_cjk(ch: str) -> bool:
+    if not ch:
+        return False
+    o = ord(ch)
+    return 0x2E80 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF
+
+
+def _joiner(previous: str) -> str:
+    """Chunks of space-separated languages are joined with a space, CJK ones directly."""
+    return "" if _is_cjk(previous.rstrip()[-1:]) else " "

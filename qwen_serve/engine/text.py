@@ -1,0 +1,221 @@
+"""The text side of the engine: tokenizer, chat prompt, output parsing.
+
+Everything here follows the official `qwen-asr` package: the prompt is the
+checkpoint's own chat template rendered with a system message (the context)
+and one audio item, the single audio placeholder expanded to one
+`<|audio_pad|>` per encoder token, and `language X<asr_text>` appended when
+the language is forced. The model answers `language X<asr_text>transcript`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+ASR_TEXT_TAG = "<asr_text>"
+LANG_PREFIX = "language "
+
+# The languages the official package accepts (qwen_asr.inference.utils).
+SUPPORTED_LANGUAGES: tuple[str, ...] = (
+    "Chinese", "English", "Cantonese", "Arabic", "German", "French", "Spanish", "Portuguese",
+    "Indonesian", "Italian", "Korean", "Russian", "Thai", "Vietnamese", "Japanese", "Turkish",
+    "Hindi", "Malay", "Dutch", "Swedish", "Danish", "Finnish", "Polish", "Czech", "Filipino",
+    "Persian", "Greek", "Romanian", "Hungarian", "Macedonian",
+)  # fmt: skip
+
+# Qwen2's pre-tokenizer split, used when a checkpoint ships vocab.json +
+# merges.txt without a tokenizer.json.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def normalize_language(language: str) -> str:
+    """'cHINese' -> 'Chinese' (the official normalisation); ValueError when unsupported."""
+    s = str(language).strip()
+    if not s:
+        raise ValueError("language is empty")
+    name = s[:1].upper() + s[1:].lower()
+    if name not in SUPPORTED_LANGUAGES:
+        raise ValueError(f"unsupported language: {language!r}; supported: {', '.join(SUPPORTED_LANGUAGES)}")
+    return name
+
+
+def parse_output(raw: str, forced_language: str | None = None) -> tuple[str, str]:
+    """Splits the model's raw answer into (language, text), as the official parser does.
+
+    "language English<asr_text>Hello" -> ("English", "Hello"); no tag -> ("", raw);
+    "language None<asr_text>" -> ("", ""); with a forced language the whole answer is text.
+    """
+    s = (raw or "").strip()
+    if not s:
+        return "", ""
+    if forced_language:
+        return forced_language, s
+    if ASR_TEXT_TAG not in s:
+        return "", s
+    meta, text = s.split(ASR_TEXT_TAG, 1)
+    if "language none" in meta.lower():
+        return "", text.strip()
+    language = ""
+    for line in meta.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.lower().startswith(LANG_PREFIX):
+            value = line[len(LANG_PREFIX) :].strip()
+            if value:
+                language = value[:1].upper() + value[1:].lower()
+        break
+    return language, text.strip()
+
+
+def merge_languages(languages: Sequence[str]) -> str:
+    """["Chinese", "English", "English"] -> "Chinese,English" (drops empties and repeats)."""
+    out: list[str] = []
+    for lang in languages:
+        lang = (lang or "").strip()
+        if lang and (not out or out[-1] != lang):
+            out.append(lang)
+    return ",".join(out)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else {}
+
+
+def load_tokenizer(model_dir: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """HF `tokenizers` Tokenizer for a checkpoint, and its tokenizer_config.json."""
+    config_path = model_dir / "tokenizer_config.json"
+    config = _load_json(config_path) if config_path.exists() else {}
+    if (model_dir / "tokenizer.json").exists():
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    elif (model_dir / "vocab.json").exists() and (model_dir / "merges.txt").exists():
+        bpe = models.BPE.from_file(str(model_dir / "vocab.json"), str(model_dir / "merges.txt"))
+        tok = Tokenizer(bpe)
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tok.decoder = decoders.ByteLevel()
+    else:
+        raise FileNotFoundError(f"no tokenizer.json or vocab.json + merges.txt in {model_dir}")
+    added = config.get("added_tokens_decoder") or {}
+    for idx in sorted(added, key=int):
+        entry = added[idx]
+        token = AddedToken(
+            entry["content"],
+            single_word=entry.get("single_word", False),
+            lstrip=entry.get("lstrip", False),
+            rstrip=entry.get("rstrip", False),
+            normalized=entry.get("normalized", False),
+            special=entry.get("special", False),
+        )
+        if tok.token_to_id(entry["content"]) != int(idx):
+            if entry.get("special", False):
+                tok.add_special_tokens([token])
+            else:
+                tok.add_tokens([token])
+        if tok.token_to_id(entry["content"]) != int(idx):
+            raise ValueError(f"tokenizer: added token {entry['content']!r} does not get id {idx}")
+    return tok, config
+
+
+def load_chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str:
+    """The checkpoint's chat template: chat_template.jinja, chat_template.json or tokenizer_config.json."""
+    if (model_dir / "chat_template.jinja").exists():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if (model_dir / "chat_template.json").exists():
+        template = _load_json(model_dir / "chat_template.json").get("chat_template")
+        if isinstance(template, str):
+            return template
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, str):
+        return template
+    raise FileNotFoundError(f"no chat template in {model_dir}")
+
+
+def render_prompt(template: str, context: str, special_tokens: dict[str, str]) -> str:
+    """Renders the chat template as transformers' apply_chat_template does
+    (sandboxed jinja2, trim_blocks, lstrip_blocks), generation prompt on."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(f"chat template: {message}")
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, **_: Any) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    messages = [
+        {"role": "system", "content": context or ""},
+        {"role": "user", "content": [{"type": "audio", "audio": ""}]},
+    ]
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special_tokens)
+
+
+class IncrementalText:
+    """Turns generated ids into text deltas without splitting a UTF-8 character,
+    and keeps the `language X<asr_text>` prefix out of the deltas.
+
+    The deltas always concatenate to a prefix of the final parsed text; the
+    final text is parse_output() of the whole raw answer.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, forced_language: str | None):
+        self._tok = tokenizer
+        self._forced = forced_language
+        self.ids: list[int] = []
+        self.raw = ""
+        self.emitted = ""
+
+    def _visible(self) -> str:
+        """The part of the raw answer that is already known to be transcript text."""
+        if self._forced:
+            text = self.raw
+        else:
+            stripped = self.raw.lstrip()
+            if ASR_TEXT_TAG in stripped:
+                text = stripped.split(ASR_TEXT_TAG, 1)[1]
+            elif stripped.lower().startswith(LANG_PREFIX.strip()) or LANG_PREFIX.strip().startswith(
+                stripped.lower()
+            ):
+                return ""  # still inside the language prefix (or could be)
+            else:
+                text = stripped
+        # parse_output strips both ends: hold back whitespace at either edge.
+        return text.strip() if text.strip() else ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        raw = self._tok.decode(self.ids, skip_special_tokens=True)
+        if raw.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        self.raw = raw
+        visible = self._visible()
+        if not visible.startswith(self.emitted):
+            return ""  # cannot happen with a prefix-stable decoder; be safe
+        delta = visible[len(self.emitted) :]
+        self.emitted = visible
+        return delta
+
+    def finish(self) -> tuple[str, str, str]:
+        """(language, text, last delta) for the whole answer."""
+        self.raw = self._tok.decode(self.ids, skip_special_tokens=True)
+        language, text = parse_output(self.raw, self._forced)
+        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
+        self.emitted = text if delta or text == self.emitted else self.emitted
+        return language, text, delta
