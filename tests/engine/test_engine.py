@@ -1,0 +1,121 @@
+"""Engine on tiny checkpoints: results, streaming, usage, errors, life cycle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_serve.engine import Engine
+from qwen_serve.engine._native import AbortedError, NativeModel
+from qwen_serve.testing.clips import speech_like
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir: Path):
+    with Engine(tiny_dir, threads=2) as e:
+        yield e
+
+
+def test_transcribe_shape(engine: Engine) -> None:
+    pcm = speech_like(2.0)
+    r = engine.transcribe(pcm, max_new_tokens=16)
+    assert 1 <= len(r.token_ids) <= 16
+    assert r.usage.output_tokens == len(r.token_ids)
+    assert r.usage.audio_tokens == engine.native.audio_token_count(pcm.size) == 26
+    assert r.usage.input_tokens == len(engine.prompt_ids(pcm.size))
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.duration == pytest.approx(2.0)
+    assert len(r.segments) == 1 and r.segments[0].end == pytest.approx(2.0)
+    assert r.timings.encoder_ms > 0 and r.timings.prefill_ms > 0 and r.timings.total_ms > 0
+    # The text is the decoded, parsed answer.
+    raw = engine.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+    from qwen_serve.engine.text import parse_output
+
+    assert (r.language or "", r.text) == parse_output(raw)
+
+
+def test_stream_equals_transcribe(engine: Engine) -> None:
+    pcm = speech_like(3.0, seed=1)
+    whole = engine.transcribe(pcm, max_new_tokens=24)
+    stream = engine.stream(pcm, max_new_tokens=24)
+    deltas = list(stream)
+    assert stream.result is not None
+    assert "".join(deltas) == stream.result.text == whole.text
+    assert stream.result.token_ids == whole.token_ids
+    assert all(d for d in deltas)  # no empty deltas
+
+
+def test_deterministic_and_two_engines(tiny_dir: Path, engine: Engine) -> None:
+    pcm = speech_like(1.5, seed=2)
+    with Engine(tiny_dir, threads=1) as other:
+        a = engine.transcribe(pcm, max_new_tokens=12)
+        b = other.transcribe(pcm, max_new_tokens=12)
+    assert a.token_ids == b.token_ids
+
+
+def test_forced_language_prompt(engine: Engine) -> None:
+    text = engine.prompt_text(3, context="ctx here", language="English")
+    assert text.endswith("<|im_start|>assistant\nlanguage English<asr_text>")
+    assert "<|im_start|>system\nctx here<|im_end|>" in text
+    assert text.count("<|audio_pad|>") == 3
+    r = engine.transcribe(speech_like(1.0), language="english", max_new_tokens=8)
+    assert r.language == "English"
+    with pytest.raises(ValueError, match="unsupported language"):
+        engine.transcribe(speech_like(1.0), language="Klingon")
+
+
+def test_context_changes_prompt(engine: Engine) -> None:
+    assert len(engine.prompt_ids(16000, context="some words here")) > len(engine.prompt_ids(16000))
+
+
+def test_bad_input(engine: Engine) -> None:
+    with pytest.raises(ValueError):
+        engine.transcribe(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ValueError):
+        engine.transcribe(np.array([0.0, np.nan] * 1000, dtype=np.float32))
+    with pytest.raises(ValueError):
+        engine.transcribe(speech_like(1.0), max_new_tokens=0)
+    # Audio shorter than one mel frame has nothing to hear.
+    r = engine.transcribe(np.zeros(100, dtype=np.float32))
+    assert r.text == "" and r.token_ids == [] and r.usage.input_tokens == 0
+
+
+def test_stream_close_stops_and_engine_recovers(engine: Engine) -> None:
+    pcm = speech_like(2.0, seed=3)
+    stream = engine.stream(pcm, max_new_tokens=32)
+    stream.close()
+    assert stream.result is None
+    r = engine.transcribe(pcm, max_new_tokens=8)
+    assert len(r.token_ids) >= 1
+
+
+def test_abort_from_another_thread(tiny_dir: Path) -> None:
+    with NativeModel(tiny_dir, threads=1) as m:
+        pcm = speech_like(4.0)
+        n = m.audio_token_count(pcm.size)
+        ids = [m.info("audio_start_token_id")] + [m.audio_token_id] * n + [m.info("audio_end_token_id")]
+        flag = threading.Event()
+        flag.set()
+        with pytest.raises(AbortedError):
+            list(m.generate(pcm, ids, max_new_tokens=8, should_abort=flag.is_set))
+        # The context is usable after an abort.
+        assert len(list(m.generate(pcm, ids, max_new_tokens=3, eos_ids=[-1]))) == 3
+
+
+def test_long_audio_is_chunked(tiny_dir: Path) -> None:
+    with Engine(tiny_dir, threads=2, max_chunk_seconds=4.0) as e:
+        pcm = speech_like(10.0, seed=4)
+        r = e.transcribe(pcm, max_new_tokens=6)
+        assert len(r.segments) >= 2
+        assert r.segments[0].start == 0.0 and r.segments[-1].end == pytest.approx(10.0, abs=0.6)
+        assert r.token_ids == [t for s in r.segments for t in s.token_ids]
+        stream = e.stream(pcm, max_new_tokens=6)
+        assert "".join(stream) == r.text
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Engine(tmp_path / "nope")
