@@ -31,7 +31,9 @@ SAMPLE_RATE = 16000
 def test_audio(seconds: float) -> np.ndarray:
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    voice = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.25 * np.sin(2 * np.pi * 420 * t)
+    voice = (
+        np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.25 * np.sin(2 * np.pi * 420 * t)
+    )
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
     return (0.2 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
@@ -79,7 +81,10 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     model = Qwen3ASRForConditionalGeneration.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     processor = Qwen3ASRProcessor.from_pretrained(args.model_dir)
     load_s = time.perf_counter() - t0
-    messages = [{"role": "system", "content": ""}, {"role": "user", "content": [{"type": "audio", "audio": ""}]}]
+    messages = [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": [{"type": "audio", "audio": ""}]},
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     best: dict[str, float] = {}
     with torch.inference_mode():
@@ -97,13 +102,16 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
             model.thinker.generate(**inputs, max_new_tokens=1, **gen)
             first_ms = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
-            out = model.thinker.generate(**inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, **gen)
+            out = model.thinker.generate(
+                **inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, **gen
+            )
             all_ms = (time.perf_counter() - t0) * 1e3
             assert out.shape[1] - inputs["input_ids"].shape[1] == args.tokens
             run = {
                 "mel_ms": mel_ms,
                 "encoder_ms": encoder_ms,
-                "prefill_ms": first_ms - encoder_ms,  # generate(1) = encoder + prefill (+ the processor's tensors)
+                "prefill_ms": first_ms
+                - encoder_ms,  # generate(1) = encoder + prefill (+ the processor's tensors)
                 "decode_ms_per_token": (all_ms - first_ms) / (args.tokens - 1),
             }
             best = {k: min(v, best.get(k, v)) for k, v in run.items()}
@@ -131,8 +139,12 @@ def spawn(args: argparse.Namespace, which: str) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="full-0.6b", help="checkpoint preset to generate (full-0.6b, full-1.7b)")
-    p.add_argument("--model-dir", type=Path, default=None, help="use this checkpoint instead of generating one")
+    p.add_argument(
+        "--preset", default="full-0.6b", help="checkpoint preset to generate (full-0.6b, full-1.7b)"
+    )
+    p.add_argument(
+        "--model-dir", type=Path, default=None, help="use this checkpoint instead of generating one"
+    )
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
@@ -152,7 +164,9 @@ def main() -> None:
         if not (args.model_dir / "config.json").exists():
             print(f"generating {args.preset} into {args.model_dir} ...", flush=True)
             make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
-    print(f"checkpoint {args.model_dir}, {args.seconds:g} s audio, {args.threads} threads, {args.tokens} tokens")
+    print(
+        f"checkpoint {args.model_dir}, {args.seconds:g} s audio, {args.threads} threads, {args.tokens} tokens"
+    )
     ours = spawn(args, "ours")
     ref = None if args.skip_reference else spawn(args, "ref")
     rows = [

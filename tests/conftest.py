@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from qwen_serve.testing.checkpoint import make_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
-    return {preset: make_checkpoint(root / preset, preset=preset, seed=0) for preset in ("tiny-0.6b", "tiny-1.7b")}
+    return {
+        preset: make_checkpoint(root / preset, preset=preset, seed=0) for preset in ("tiny-0.6b", "tiny-1.7b")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ float *qw_load_vec(qw_loader *L, const char *name, int n) {
 
 /* Conv weight [Cout, Cin, 3, 3] -> owned f32 [Cout, 3, 3, Cin] for channel-last im2col. */
 static void load_conv(qw_loader *L, qw_mat *m, float **bias, const char *prefix, int cout, int cin) {
-    char name[256];
+    char name[320];
     snprintf(name, sizeof(name), "%s.weight", prefix);
     const qw_tensor *t = need(L, name, cout, (int64_t)cin * 9);
     snprintf(name, sizeof(name), "%s.bias", prefix);

@@ -83,21 +83,60 @@ static void axpy_avx2(float *y, float alpha, const float *x, int n) {
 
 /* ==== Decode: y[n] = W[n, :] . x (+ bias), n in [n0, n1) ==== */
 
+/* bf16 rows, K a multiple of 32: a 32-byte load holds 16 weights; the low
+ * halves of its dwords (even k) become floats by a shift, the high halves
+ * (odd k) by a mask, so x is split once into even (xe) and odd (xo) lanes.
+ * One row at a time is one sequential stream for the prefetcher: this
+ * reaches ~30 GB/s on two cores here, against ~24 GB/s for four
+ * interleaved rows. */
+static void matvec_bf16(float *y, const float *xe, const float *xo, const uint16_t *W, const float *bias, int K, int n0,
+                        int n1) {
+    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
+    for (int n = n0; n < n1; n++) {
+        const uint16_t *w = W + (size_t)n * K;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int k = 0; k < K; k += 32) {
+            __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + k));
+            __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + k + 16));
+            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xe + k / 2), a0);
+            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi_mask)), _mm256_loadu_ps(xo + k / 2), a1);
+            a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_loadu_ps(xe + k / 2 + 8), a2);
+            a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi_mask)), _mm256_loadu_ps(xo + k / 2 + 8), a3);
+        }
+        y[n] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + (bias ? bias[n] : 0.0f);
+    }
+}
+
 static void matvec(float *y, const float *x, const void *W, qw_dtype wt, const float *bias, int K, int n0, int n1) {
-    const int K8 = K & ~7;
+    const int K8 = K & ~7, K16 = K & ~15;
     int n = n0;
     for (; n + 4 <= n1; n += 4) {
         const size_t r0 = (size_t)n * K, r1 = r0 + K, r2 = r1 + K, r3 = r2 + K;
+        /* Two accumulators per row keep eight FMA chains in flight. */
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int k = 0; k < K8; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(load8_w(W, wt, r0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(load8_w(W, wt, r1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(load8_w(W, wt, r2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(load8_w(W, wt, r3 + k), xv, a3);
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+        int k = 0;
+        for (; k < K16; k += 16) {
+            __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+            a0 = _mm256_fmadd_ps(load8_w(W, wt, r0 + k), x0, a0);
+            a1 = _mm256_fmadd_ps(load8_w(W, wt, r1 + k), x0, a1);
+            a2 = _mm256_fmadd_ps(load8_w(W, wt, r2 + k), x0, a2);
+            a3 = _mm256_fmadd_ps(load8_w(W, wt, r3 + k), x0, a3);
+            b0 = _mm256_fmadd_ps(load8_w(W, wt, r0 + k + 8), x1, b0);
+            b1 = _mm256_fmadd_ps(load8_w(W, wt, r1 + k + 8), x1, b1);
+            b2 = _mm256_fmadd_ps(load8_w(W, wt, r2 + k + 8), x1, b2);
+            b3 = _mm256_fmadd_ps(load8_w(W, wt, r3 + k + 8), x1, b3);
         }
-        float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-        for (int k = K8; k < K; k++) {
+        for (; k < K8; k += 8) {
+            __m256 x0 = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(load8_w(W, wt, r0 + k), x0, a0);
+            a1 = _mm256_fmadd_ps(load8_w(W, wt, r1 + k), x0, a1);
+            a2 = _mm256_fmadd_ps(load8_w(W, wt, r2 + k), x0, a2);
+            a3 = _mm256_fmadd_ps(load8_w(W, wt, r3 + k), x0, a3);
+        }
+        float s[4] = {hsum(_mm256_add_ps(a0, b0)), hsum(_mm256_add_ps(a1, b1)), hsum(_mm256_add_ps(a2, b2)),
+                      hsum(_mm256_add_ps(a3, b3))};
+        for (k = K8; k < K; k++) {
             s[0] += load1_w(W, wt, r0 + k) * x[k];
             s[1] += load1_w(W, wt, r1 + k) * x[k];
             s[2] += load1_w(W, wt, r2 + k) * x[k];
@@ -156,7 +195,16 @@ static void matmul_avx2(float *C, int ldc, const float *A, int lda, const void *
                         int K, int n0, int n1) {
     if (M <= 0 || n1 <= n0) return;
     if (M == 1) {
-        matvec(C, A, W, wt, bias, K, n0, n1);
+        if (wt == QW_BF16 && K % 32 == 0 && K <= 16384) {
+            float xe[8192], xo[8192];
+            for (int k = 0; k < K / 2; k++) {
+                xe[k] = A[2 * k];
+                xo[k] = A[2 * k + 1];
+            }
+            matvec_bf16(C, xe, xo, (const uint16_t *)W, bias, K, n0, n1);
+        } else {
+            matvec(C, A, W, wt, bias, K, n0, n1);
+        }
         return;
     }
     float B[4 * (KB + 8)] __attribute__((aligned(32)));

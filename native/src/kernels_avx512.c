@@ -77,6 +77,24 @@ static void axpy_avx512(float *y, float alpha, const float *x, int n) {
 
 /* ==== Decode: y[n] = W[n, :] . x (+ bias), n in [n0, n1) ==== */
 
+/* bf16 rows, K a multiple of 32: one 64-byte load holds 32 weights; even k
+ * become floats by a shift, odd k by a mask, against x split once into even
+ * (xe) and odd (xo) lanes. One row at a time keeps one sequential stream. */
+static void matvec_bf16(float *y, const float *xe, const float *xo, const uint16_t *W, const float *bias, int K, int n0,
+                        int n1) {
+    const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
+    for (int n = n0; n < n1; n++) {
+        const uint16_t *w = W + (size_t)n * K;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 32) {
+            __m512i v = _mm512_loadu_si512((const void *)(w + k));
+            a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_loadu_ps(xe + k / 2), a0);
+            a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), _mm512_loadu_ps(xo + k / 2), a1);
+        }
+        y[n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + (bias ? bias[n] : 0.0f);
+    }
+}
+
 static void matvec(float *y, const float *x, const void *W, qw_dtype wt, const float *bias, int K, int n0, int n1) {
     const int K16 = K & ~15, kt = K - K16;
     const __mmask16 mt = (__mmask16)((1u << kt) - 1u);
@@ -153,7 +171,16 @@ static void matmul_avx512(float *C, int ldc, const float *A, int lda, const void
                           int M, int K, int n0, int n1) {
     if (M <= 0 || n1 <= n0) return;
     if (M == 1) {
-        matvec(C, A, W, wt, bias, K, n0, n1);
+        if (wt == QW_BF16 && K % 32 == 0 && K <= 16384) {
+            float xe[8192], xo[8192];
+            for (int k = 0; k < K / 2; k++) {
+                xe[k] = A[2 * k];
+                xo[k] = A[2 * k + 1];
+            }
+            matvec_bf16(C, xe, xo, (const uint16_t *)W, bias, K, n0, n1);
+        } else {
+            matvec(C, A, W, wt, bias, K, n0, n1);
+        }
         return;
     }
     float B[4 * (KB + 16)] __attribute__((aligned(64)));

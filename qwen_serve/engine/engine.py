@@ -16,7 +16,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,9 @@ class TranscriptionStream:
     def _should_abort(self) -> bool:
         return self._closed
 
-    def _run(self, pcm: np.ndarray, language: str | None, context: str, limit: int) -> Iterator[str]:
+    def _run(
+        self, pcm: np.ndarray, language: str | None, context: str, limit: int
+    ) -> Generator[str, None, None]:
         engine = self._engine
         native = engine.native
         t_start = time.perf_counter()

@@ -9,11 +9,13 @@ the language is forced. The model answers `language X<asr_text>transcript`.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 ASR_TEXT_TAG = "<asr_text>"
@@ -46,6 +48,75 @@ def normalize_language(language: str) -> str:
     return name
 
 
+REPEAT_THRESHOLD = 20  # the official package collapses a unit repeated more often than this
+REPEAT_MAX_UNIT = 20
+
+
+def _collapse_char_runs(s: str, limit: int) -> str:
+    out = []
+    for ch, group in itertools.groupby(s):
+        run = sum(1 for _ in group)
+        out.append(ch if run > limit else ch * run)
+    return "".join(out)
+
+
+def _collapse_pattern_runs(s: str, limit: int, max_unit: int) -> str:
+    """The first unit (1..max_unit chars) found repeated `limit` times in a row is kept once."""
+    n = len(s)
+    if n < 2 * limit:
+        return s
+    for i in range(n - 2 * limit + 1):
+        for k in range(1, max_unit + 1):
+            if i + k * limit > n:
+                break
+            unit = s[i : i + k]
+            if all(s[i + r * k : i + (r + 1) * k] == unit for r in range(1, limit)):
+                end = i + limit * k
+                while end + k <= n and s[end : end + k] == unit:
+                    end += k
+                return s[:i] + unit + _collapse_pattern_runs(s[end:], limit, max_unit)
+    return s
+
+
+def _periodic_streaks(s: str) -> list[tuple[int, int, int]]:
+    """For each unit length k: (k, longest run of s[j] == s[j+k], trailing run of it)."""
+    a = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
+    out = []
+    for k in range(1, REPEAT_MAX_UNIT + 1):
+        if a.size <= k:
+            out.append((k, 0, 0))
+            continue
+        eq = np.concatenate(([False], a[:-k] == a[k:], [False]))
+        edges = np.flatnonzero(np.diff(eq.astype(np.int8)))
+        runs = edges[1::2] - edges[::2]
+        longest = int(runs.max()) if runs.size else 0
+        trailing = int(runs[-1]) if runs.size and edges[-1] == a.size - k else 0
+        out.append((k, longest, trailing))
+    return out
+
+
+def fix_repetitions(s: str) -> str:
+    """Collapses runaway repetitions as the official parser does (a char or a
+    unit of up to 20 chars repeated more than 20 times is kept once)."""
+    if len(s) <= REPEAT_THRESHOLD:
+        return s
+    # Fast path: with no unit repeated `limit` times anywhere, both passes change nothing.
+    if all(longest < (REPEAT_THRESHOLD - 1) * k for k, longest, _ in _periodic_streaks(s)):
+        return s
+    return _collapse_pattern_runs(_collapse_char_runs(s, REPEAT_THRESHOLD), REPEAT_THRESHOLD, REPEAT_MAX_UNIT)
+
+
+def stable_length(s: str) -> int:
+    """How much of s no later text can change through fix_repetitions: the
+    tail that could still grow into a repeated run (periodic with a unit of
+    at most 20 chars, or the last 20 chars) is held back."""
+    r = len(s) - REPEAT_MAX_UNIT
+    for k, _, trailing in _periodic_streaks(s):
+        if trailing:
+            r = min(r, len(s) - trailing - k)
+    return max(r, 0)
+
+
 def parse_output(raw: str, forced_language: str | None = None) -> tuple[str, str]:
     """Splits the model's raw answer into (language, text), as the official parser does.
 
@@ -55,6 +126,7 @@ def parse_output(raw: str, forced_language: str | None = None) -> tuple[str, str
     s = (raw or "").strip()
     if not s:
         return "", ""
+    s = fix_repetitions(s)
     if forced_language:
         return forced_language, s
     if ASR_TEXT_TAG not in s:
@@ -183,21 +255,25 @@ class IncrementalText:
         self.emitted = ""
 
     def _visible(self) -> str:
-        """The part of the raw answer that is already known to be transcript text."""
+        """The part of the raw answer that is already final transcript text."""
+        raw = self.raw.strip()
+        if not raw:
+            return ""
+        # Text that can no longer change through the repetition fix.
+        stable = raw[: stable_length(raw)]
+        fixed = fix_repetitions(stable)
+        if not fix_repetitions(raw).startswith(fixed):
+            return self.emitted
         if self._forced:
-            text = self.raw
+            text = fixed
+        elif ASR_TEXT_TAG in fixed:
+            text = fixed.split(ASR_TEXT_TAG, 1)[1]
+        elif fixed.lower().startswith(LANG_PREFIX.strip()) or LANG_PREFIX.strip().startswith(fixed.lower()):
+            return ""  # still inside the language prefix (or could be)
         else:
-            stripped = self.raw.lstrip()
-            if ASR_TEXT_TAG in stripped:
-                text = stripped.split(ASR_TEXT_TAG, 1)[1]
-            elif stripped.lower().startswith(LANG_PREFIX.strip()) or LANG_PREFIX.strip().startswith(
-                stripped.lower()
-            ):
-                return ""  # still inside the language prefix (or could be)
-            else:
-                text = stripped
+            text = fixed
         # parse_output strips both ends: hold back whitespace at either edge.
-        return text.strip() if text.strip() else ""
+        return text.strip()
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)

@@ -90,7 +90,7 @@ def test_split_tiles_input_and_cuts_quiet() -> None:
     assert len(chunks) >= 5
     joined = np.concatenate([c for c, _ in chunks])
     assert np.array_equal(joined[: pcm.size], pcm)
-    for (c, off), (_, next_off) in zip(chunks, chunks[1:]):
+    for (c, off), (_, next_off) in zip(chunks, chunks[1:], strict=False):
         assert c.size <= 25 * SAMPLE_RATE
         assert next_off == pytest.approx(off + c.size / SAMPLE_RATE)
         cut = int(round(next_off * SAMPLE_RATE))
@@ -104,5 +104,64 @@ def test_split_equals_official() -> None:
     ours = split_long_audio(pcm, 30.0)
     theirs = utils.split_audio_into_chunks(pcm, SAMPLE_RATE, 30.0)
     assert [round(o, 6) for _, o in ours] == [round(o, 6) for _, o in theirs]
-    for (a, _), (b, _) in zip(ours, theirs):
+    for (a, _), (b, _) in zip(ours, theirs, strict=False):
         assert np.array_equal(a, b)
+
+
+REPEATS = [
+    "fuse" * 24,
+    "a" * 25 + "b",
+    "x" * 20,
+    "hello " + "ab" * 30 + " end",
+    "no repeats here at all, just a sentence that is long enough to be checked",
+    "啊" * 40,
+    "one two " * 25,
+    "abcdefghijklmnopqrstu" * 21 + "tail",
+    "z" * 21 + "y" * 30 + "ab" * 19,
+]
+
+
+@pytest.mark.parametrize("text", REPEATS)
+def test_repetition_fix(text: str) -> None:
+    from qwen_serve.engine.text import fix_repetitions
+
+    fixed = fix_repetitions(text)
+    assert len(fixed) <= len(text)
+    if text == "fuse" * 24:
+        assert fixed == "fuse"
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("text", REPEATS)
+def test_repetition_fix_equals_official(text: str) -> None:
+    utils = pytest.importorskip("qwen_asr.inference.utils")
+    from qwen_serve.engine.text import fix_repetitions
+
+    assert fix_repetitions(text) == utils.detect_and_fix_repetitions(text)
+    assert parse_output("language English<asr_text>" + text) == utils.parse_asr_output(
+        "language English<asr_text>" + text
+    )
+
+
+class _CharTokenizer:
+    """Decodes ids as characters: enough to drive IncrementalText."""
+
+    def __init__(self, alphabet: str):
+        self.alphabet = alphabet
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.alphabet[i] for i in ids)
+
+
+@pytest.mark.parametrize("text", ["language English<asr_text>" + t for t in REPEATS] + REPEATS)
+@pytest.mark.parametrize("forced", [None, "English"])
+def test_incremental_deltas_concatenate_to_final(text: str, forced: str | None) -> None:
+    from qwen_serve.engine.text import IncrementalText
+
+    alphabet = "".join(sorted(set(text)))
+    inc = IncrementalText(_CharTokenizer(alphabet), forced)  # type: ignore[arg-type]
+    deltas = [inc.push(alphabet.index(ch)) for ch in text]
+    language, final, last = inc.finish()
+    assert "".join(deltas) + last == final
+    assert (language, final) == parse_output(text, forced)
+    assert "<asr_text>" not in "".join(deltas) or forced
