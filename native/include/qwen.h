@@ -69,7 +69,9 @@ typedef struct {
     int max_new_tokens;             /* 0 = until EOS or the KV capacity */
     const int32_t *eos_ids;         /* stop tokens; NULL = the checkpoint's eos ids */
     int n_eos_ids;
-    qwen_abort_callback abort_callback; /* checked between layers and tokens; may be NULL */
+    qwen_abort_callback abort_callback; /* checked between layers and tokens; may be NULL. Used
+                                         * only for this run: until qwen_next returns QWEN_DONE or
+                                         * an error, or the next qwen_begin / stage call. */
     void *abort_user_data;
 } qwen_run_params;
 

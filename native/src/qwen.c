@@ -153,6 +153,7 @@ int64_t qwen_audio_token_count(const qwen_context *ctx, int64_t n_samples) {
 qwen_status qwen_compute_mel(qwen_context *ctx, const float *pcm, int64_t n_samples, float *out, int64_t *n_frames) {
     if (!ctx) return QWEN_ERR_INVALID;
     if (!n_frames || n_samples < 0 || (n_samples > 0 && !pcm)) return qw_fail(ctx, QWEN_ERR_INVALID, "bad arguments to qwen_compute_mel");
+    ctx->abort_cb = NULL;
     int64_t nf = qw_mel_frames(n_samples);
     if (out && *n_frames < nf) return qw_fail(ctx, QWEN_ERR_INVALID, "mel buffer too small: need %lld frames", (long long)nf);
     *n_frames = nf;
@@ -190,6 +191,8 @@ static qwen_status encode_pcm(qwen_context *ctx, const float *pcm, int64_t n_sam
 qwen_status qwen_encode_audio(qwen_context *ctx, const float *pcm, int64_t n_samples, float *out, int64_t *n_tokens) {
     if (!ctx) return QWEN_ERR_INVALID;
     if (!n_tokens || n_samples < 0 || (n_samples > 0 && !pcm)) return qw_fail(ctx, QWEN_ERR_INVALID, "bad arguments to qwen_encode_audio");
+    ctx->abort_cb = NULL; /* a stage call has no abort callback; drop any from an earlier run */
+    ctx->state = 0;
     int64_t n = qwen_audio_token_count(ctx, n_samples);
     if (out && *n_tokens < n) return qw_fail(ctx, QWEN_ERR_INVALID, "buffer too small: need %lld tokens", (long long)n);
     *n_tokens = n;
@@ -211,6 +214,7 @@ qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     const qw_config *c = &ctx->cfg;
     qwen_run_params rp = run ? *run : qwen_default_run_params();
     ctx->state = 0;
+    ctx->abort_cb = NULL; /* set below once the arguments are valid */
     ctx->n_past = 0;
     ctx->n_generated = 0;
     ctx->t_mel = ctx->t_enc = ctx->t_prefill = ctx->t_decode = 0;
@@ -246,7 +250,10 @@ qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     float *emb = NULL;
     int64_t got = 0;
     qwen_status st = encode_pcm(ctx, pcm, n_samples, &emb, &got);
-    if (st != QWEN_OK) return st;
+    if (st != QWEN_OK) {
+        ctx->abort_cb = NULL;
+        return st;
+    }
     /* Prompt embeddings with the audio spliced in. */
     const int H = c->hidden;
     float *x = malloc((size_t)n_prompt * H * sizeof(float));
@@ -266,7 +273,10 @@ qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     st = qw_decoder_forward(ctx, x, n_prompt);
     ctx->t_prefill = qw_now_ms() - t0;
     free(x);
-    if (st != QWEN_OK) return st;
+    if (st != QWEN_OK) {
+        ctx->abort_cb = NULL;
+        return st;
+    }
     if (!ctx->x) ctx->x = malloc((size_t)H * sizeof(float));
     if (!ctx->x) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory");
     ctx->state = 1;
@@ -289,6 +299,7 @@ qwen_status qwen_next(qwen_context *ctx, int32_t *token) {
     if (ctx->state != 1) return qw_fail(ctx, QWEN_ERR_INVALID, "qwen_next before a successful qwen_begin");
     if (qw_aborted(ctx)) {
         ctx->state = 0;
+        ctx->abort_cb = NULL;
         return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted");
     }
     double t0 = qw_now_ms();
@@ -297,6 +308,7 @@ qwen_status qwen_next(qwen_context *ctx, int32_t *token) {
         qwen_status st = qw_decoder_forward(ctx, ctx->x, 1);
         if (st != QWEN_OK) {
             ctx->state = 0;
+            ctx->abort_cb = NULL;
             return st;
         }
     }
@@ -308,9 +320,13 @@ qwen_status qwen_next(qwen_context *ctx, int32_t *token) {
     for (int i = 0; i < ctx->n_eos; i++)
         if (t == ctx->eos[i]) {
             ctx->state = 2;
+            ctx->abort_cb = NULL; /* the run is over: the callback may go away now */
             return QWEN_DONE;
         }
-    if (ctx->max_new_tokens && ctx->n_generated >= ctx->max_new_tokens) ctx->state = 2;
+    if (ctx->max_new_tokens && ctx->n_generated >= ctx->max_new_tokens) {
+        ctx->state = 2;
+        ctx->abort_cb = NULL;
+    }
     return QWEN_OK;
 }
 

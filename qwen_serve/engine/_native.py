@@ -256,6 +256,7 @@ class NativeModel:
             run.n_eos_ids = len(eos)
         callback = _AbortCallback(lambda _ud: int(bool(should_abort()))) if should_abort else _AbortCallback()
         run.abort_callback = callback
+        self._callback = callback  # C may hold the pointer until the run ends: keep it alive
         self._check(self._lib.qwen_begin(self.ctx, a, a.size, ids, len(prompt_ids), ctypes.byref(run)))
         token = ctypes.c_int32(-1)
         while True:

@@ -202,11 +202,13 @@ def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.nda
             return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
         return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     if name.endswith("embed_tokens.weight") or name.endswith("lm_head.weight"):
-        return rng.standard_normal(shape, dtype=np.float32)
+        return (EMBED_STD * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     fan_in = int(np.prod(shape[1:]))
     return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
 
 
+
+EMBED_STD = 1.0  # with tied embeddings (0.6B) the tiny model tends to repeat a token: fine, and it exercises the repetition fix
 _DTYPES = {"bf16": ("BF16", 2), "f16": ("F16", 2), "f32": ("F32", 4)}
 
 
@@ -220,14 +222,13 @@ def _encode(values: np.ndarray, dtype: str) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def _write_safetensors(
-    path: Path, tensors: list[tuple[str, tuple[int, ...]]], dtype: str, rng: np.random.Generator
-) -> None:
-    """Streams tensors to one safetensors file: the header first, then each tensor's bytes."""
+def _write_safetensors(path: Path, tensors: list[tuple[int, str, tuple[int, ...]]], dtype: str, seed: int) -> None:
+    """Streams tensors to one safetensors file: the header first, then each tensor's bytes.
+    Tensor i draws from its own generator (seed, i), so values do not depend on sharding."""
     st_dtype, size = _DTYPES[dtype]
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, shape in tensors:
+    for _, name, shape in tensors:
         n = int(np.prod(shape)) * size
         header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
@@ -236,8 +237,8 @@ def _write_safetensors(
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for name, shape in tensors:
-            f.write(_encode(_init(rng, name, shape), dtype))
+        for i, name, shape in tensors:
+            f.write(_encode(_init(np.random.default_rng([seed, i]), name, shape), dtype))
 
 
 def _tokenizer_config() -> dict[str, Any]:
@@ -319,20 +320,19 @@ def make_checkpoint(
         with gzip.open(TOKENIZER_DATA / f"{name}.gz", "rb") as src, open(out / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
 
-    rng = np.random.default_rng(seed)
-    tensors = list(tensor_shapes(config))
+    tensors = [(i, name, shape) for i, (name, shape) in enumerate(tensor_shapes(config))]
     for old in out.glob("*.safetensors*"):
         old.unlink()
     if shards <= 1:
-        _write_safetensors(out / "model.safetensors", tensors, dtype, rng)
+        _write_safetensors(out / "model.safetensors", tensors, dtype, seed)
     else:
         parts = [tensors[i::shards] for i in range(shards)]  # interleaved: every shard has both towers
         weight_map = {}
         total = 0
         for k, part in enumerate(parts, start=1):
             fname = f"model-{k:05d}-of-{shards:05d}.safetensors"
-            _write_safetensors(out / fname, part, dtype, rng)
-            for name, shape in part:
+            _write_safetensors(out / fname, part, dtype, seed)
+            for _, name, shape in part:
                 weight_map[name] = fname
                 total += int(np.prod(shape)) * _DTYPES[dtype][1]
         _write_json(

@@ -119,3 +119,20 @@ def test_long_audio_is_chunked(tiny_dir: Path) -> None:
 def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Engine(tmp_path / "nope")
+
+
+def test_stage_calls_after_runs(tiny_dir: Path) -> None:
+    """A finished or closed run leaves no stale abort callback behind (this crashed once)."""
+    import gc
+
+    with Engine(tiny_dir, threads=2) as e:
+        pcm = speech_like(1.0)
+        e.transcribe(pcm, max_new_tokens=4)
+        stream = e.stream(pcm, max_new_tokens=8)
+        next(iter(stream), None)
+        stream.close()
+        del stream
+        gc.collect()
+        for _ in range(3):
+            assert e.native.encode(speech_like(5.0)).shape[0] == 65
+            assert e.native.mel(pcm).shape == (128, 100)
