@@ -1,0 +1,59 @@
+"""`python -m qwen_serve transcribe` on real audio files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from qwen_serve.engine import Engine
+from qwen_serve.testing.clips import speech_like
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_serve", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    d = tiny_dirs["tiny-1.7b"]
+    pcm = speech_like(2.0, seed=5)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, pcm, 16000, subtype="FLOAT")
+    with Engine(d) as e:
+        expected = e.transcribe(pcm, max_new_tokens=12)
+    out = run_cli("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--json", str(wav))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["text"] == expected.text
+    assert got["usage"]["output_tokens"] == expected.usage.output_tokens
+    plain = run_cli("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", str(wav))
+    assert plain.stdout.rstrip("\n") == expected.text
+    streamed = run_cli("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--stream", str(wav))
+    assert streamed.stdout.rstrip("\n") == expected.text
+
+
+def test_stereo_44k_is_resampled(tmp_path: Path, tiny_dir: Path) -> None:
+    t = np.arange(44100) / 44100
+    stereo = (
+        np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], axis=1).astype(np.float32) * 0.3
+    )
+    wav = tmp_path / "stereo.wav"
+    sf.write(wav, stereo, 44100, subtype="PCM_16")
+    out = run_cli("transcribe", "--model-dir", str(tiny_dir), "--max-new-tokens", "4", "--json", str(wav))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["duration"] == 1.0
+
+
+def test_errors_are_clear(tmp_path: Path, tiny_dir: Path) -> None:
+    missing = run_cli("transcribe", "--model-dir", str(tmp_path / "none"), str(tmp_path / "a.wav"))
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    bad_lang = run_cli("transcribe", "--model-dir", str(tiny_dir), "--language", "Klingon", str(wav))
+    assert bad_lang.returncode == 2 and "unsupported language" in bad_lang.stderr
