@@ -39,6 +39,12 @@ def test_audio(seconds: float) -> np.ndarray:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). ru_maxrss would include the parent's
+    RSS at fork time: it survives execve."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

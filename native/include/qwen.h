@@ -51,7 +51,7 @@ typedef enum {
     QWEN_ISA_AUTO = 0,
     QWEN_ISA_SCALAR = 1,
     QWEN_ISA_AVX2 = 2,      /* AVX2 + FMA + F16C */
-    QWEN_ISA_AVX512 = 3,    /* AVX-512 F/BW/VL (+ BF16 dot products when present) */
+    QWEN_ISA_AVX512 = 3,    /* AVX-512 F/BW/VL/DQ */
 } qwen_isa;
 
 typedef struct qwen_context qwen_context;
@@ -80,7 +80,7 @@ QWEN_API const char *qwen_version(void);            /* "0.1.0" */
 QWEN_API qwen_params qwen_default_params(void);
 QWEN_API qwen_run_params qwen_default_run_params(void);
 QWEN_API qwen_isa qwen_best_isa(void);              /* what AUTO resolves to on this CPU */
-QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "scalar", "avx2", "avx512", "avx512bf16" */
+QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "auto", "scalar", "avx2", "avx512" */
 
 /* ==== Context ==== */
 /* Loads a checkpoint directory. On failure returns NULL and, if err is not

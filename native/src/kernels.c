@@ -15,8 +15,9 @@
 int qw_best_isa(void) {
 #ifdef QW_X86
     __builtin_cpu_init();
+    /* kernels_avx512.c is compiled for F/BW/VL/DQ (and FMA/F16C), nothing newer. */
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         return QWEN_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return QWEN_ISA_AVX2;

@@ -136,3 +136,18 @@ def test_stage_calls_after_runs(tiny_dir: Path) -> None:
         for _ in range(3):
             assert e.native.encode(speech_like(5.0)).shape[0] == 65
             assert e.native.mel(pcm).shape == (128, 100)
+
+
+def test_stream_never_splits_utf8(tiny_dirs: dict[str, Path]) -> None:
+    """tiny-1.7b answers with CJK, Thai and other multi-byte tokens: every delta is whole text."""
+    with Engine(tiny_dirs["tiny-1.7b"], threads=2) as e:
+        seen_multibyte = False
+        for seed in range(3):
+            pcm = speech_like(2.0 + seed, seed=seed)
+            stream = e.stream(pcm, max_new_tokens=24)
+            deltas = list(stream)
+            assert stream.result is not None
+            assert "".join(deltas) == stream.result.text
+            assert all("\ufffd" not in d for d in deltas)
+            seen_multibyte |= any(len(d.encode()) > len(d) for d in deltas)
+        assert seen_multibyte  # the check above was exercised
