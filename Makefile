@@ -43,7 +43,7 @@ test: $(REF_STAMP) lint typecheck ## everything: lint, types, native + Python te
 
 serve: $(STAMP) ## start the server (serve_config.yaml) on QWEN_HOST:QWEN_PORT
 	$(BIN)/python -m qwen_serve download --if-missing
-	RAY_AUTH_MODE=disabled $(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m qwen_serve serve serve_config.yaml
 
 download: $(STAMP) ## fetch Qwen/Qwen3-ASR-0.6B and -1.7B into ./models
 	$(BIN)/python -m qwen_serve download

@@ -1,4 +1,8 @@
-"""Command line: `python -m qwen_serve transcribe --model-dir DIR FILE ...`."""
+"""Command line.
+
+python -m qwen_serve transcribe --model-dir DIR FILE ...   # transcribe files with a local checkpoint
+python -m qwen_serve download [MODEL ...] [--if-missing]   # fetch Qwen/Qwen3-ASR-* into ./models
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ import numpy as np
 def read_audio(path: Path) -> np.ndarray:
     """A file as 16 kHz mono float32 (the service's decoder when installed, else soundfile)."""
     try:
-        from qwen_serve.audio import decode_audio  # PyAV-backed: M4A, WebM, ...
+        from qwen_serve.audio import decode_audio  # PyAV-backed: M4A, WebM, ... (the serve extra)
     except ImportError:
-        decode_audio = None
-    if decode_audio is not None:
+        pass
+    else:
         return decode_audio(path.read_bytes())
     import soundfile as sf
     import soxr
@@ -70,8 +74,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qwen-serve", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["download"]:  # its own parser: qwen_serve.download
+        from qwen_serve.download import main as download_main
+
+        return download_main(argv[1:])
+    if argv[:1] == ["serve"]:  # its own parser: qwen_serve.app
+        from qwen_serve.app import main as serve_main
+
+        return serve_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="qwen-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("download", help="fetch the checkpoints from Hugging Face (see `download --help`)")
+    sub.add_parser("serve", help="start the service from serve_config.yaml (see `serve --help`)")
     t = sub.add_parser("transcribe", help="transcribe audio files with a local checkpoint")
     t.add_argument("--model-dir", required=True, help="Hugging Face checkpoint directory")
     t.add_argument("--language", default=None, help='force a language, e.g. "English"')

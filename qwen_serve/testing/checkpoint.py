@@ -207,7 +207,6 @@ def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.nda
     return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
 
 
-
 EMBED_STD = 1.0  # with tied embeddings (0.6B) the tiny model tends to repeat a token: fine, and it exercises the repetition fix
 _DTYPES = {"bf16": ("BF16", 2), "f16": ("F16", 2), "f32": ("F32", 4)}
 
@@ -222,7 +221,9 @@ def _encode(values: np.ndarray, dtype: str) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def _write_safetensors(path: Path, tensors: list[tuple[int, str, tuple[int, ...]]], dtype: str, seed: int) -> None:
+def _write_safetensors(
+    path: Path, tensors: list[tuple[int, str, tuple[int, ...]]], dtype: str, seed: int
+) -> None:
     """Streams tensors to one safetensors file: the header first, then each tensor's bytes.
     Tensor i draws from its own generator (seed, i), so values do not depend on sharding."""
     st_dtype, size = _DTYPES[dtype]

@@ -70,7 +70,9 @@ def main() -> None:
                     "language": gen["language"],
                 }
             np.savez_compressed(HERE / f"{preset}.npz", **arrays)
-            (HERE / f"{preset}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            (HERE / f"{preset}.json").write_text(
+                json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             print(f"wrote {preset}")
 
 

@@ -32,7 +32,13 @@ def test_tokenizer_is_qwens(tiny_dir: Path) -> None:
     with Engine(tiny_dir) as e:
         tok = e.tokenizer
         assert tok.encode("Hello world").ids == [9707, 1879]
-        for text in ["你好，世界。", "佢哋喺度講廣東話", "emoji 🎉 ok", "  spaces\n\nand lines", "language English<asr_text>Hi"]:
+        for text in [
+            "你好，世界。",
+            "佢哋喺度講廣東話",
+            "emoji 🎉 ok",
+            "  spaces\n\nand lines",
+            "language English<asr_text>Hi",
+        ]:
             assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
         ids = {t: tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>",
                                                  "<|audio_end|>", "<|audio_pad|>", "<asr_text>")}  # fmt: skip
@@ -80,7 +86,10 @@ def test_official_processor_loads_and_renders(tiny_dir: Path) -> None:
     from qwen_asr.core.transformers_backend import Qwen3ASRProcessor
 
     processor = Qwen3ASRProcessor.from_pretrained(str(tiny_dir))
-    messages = [{"role": "system", "content": "ctx"}, {"role": "user", "content": [{"type": "audio", "audio": ""}]}]
+    messages = [
+        {"role": "system", "content": "ctx"},
+        {"role": "user", "content": [{"type": "audio", "audio": ""}]},
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text == (
         "<|im_start|>system\nctx<|im_end|>\n<|im_start|>user\n"

@@ -1,0 +1,180 @@
+/*
+ * Kernel microbenchmark — matmul of every kernel table the CPU runs, on the
+ * shapes of the real model (Qwen3-ASR 0.6B: decoder d=1024, ffn=3072,
+ * vocab=151936; encoder d=896, ffn=3584).
+ *
+ *   decode  (M = 1):      memory-bound; the weights rotate over copies that
+ *                         add up to more than the L3 cache, so every call
+ *                         reads them from DRAM. Figure of merit: GB/s of W.
+ *   prefill (M = 64..512): compute-bound. Figure of merit: GFLOP/s.
+ *
+ * Threads split the output columns [0, N) into contiguous slices (multiples
+ * of 16, like ops.c) and each runs its own loop; time is wall clock.
+ *
+ * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype]
+ * Built and run by benchmarks/bench_kernels.sh.
+ */
+#include "../native/include/qwen.h"
+#include "kernels.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ==== Set-up ==== */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint32_t rng = 1u;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng = rng * 1664525u + 1013904223u;
+    return (float)(rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static size_t dt_size(qw_dtype dt) { return dt == QW_F32 ? 4 : 2; }
+static const char *dt_name(qw_dtype dt) { return dt == QW_F32 ? "f32" : dt == QW_BF16 ? "bf16" : "f16"; }
+
+static void fill_weights(void *w, qw_dtype dt, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float f = frand() * 0.05f;
+        if (dt == QW_F32) ((float *)w)[i] = f;
+        else if (dt == QW_BF16) ((uint16_t *)w)[i] = qw_f32_to_bf16(f);
+        else ((uint16_t *)w)[i] = (uint16_t)(0x2000u + (rng >> 20)); /* small normal f16 values */
+    }
+}
+
+/* ==== Timed loop ==== */
+
+typedef struct {
+    const qw_kernels *k;
+    float *C;
+    const float *A;
+    const char *W; /* copies of W[N, K], `stride` bytes apart */
+    size_t stride;
+    int copies, reps;
+    qw_dtype dt;
+    int M, K, N, n0, n1;
+} job;
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    for (int r = 0; r < j->reps; r++)
+        for (int c = 0; c < j->copies; c++)
+            j->k->matmul(j->C, j->N, j->A, j->K, j->W + (size_t)c * j->stride, j->dt, NULL, j->M, j->K, j->n0, j->n1);
+    return NULL;
+}
+
+/* Runs `reps` passes over `copies` weight copies on `threads` threads; returns seconds. */
+static double timed(const qw_kernels *k, float *C, const float *A, const char *W, size_t stride, int copies, int reps,
+                    qw_dtype dt, int M, int K, int N, int threads) {
+    job jobs[16];
+    pthread_t tid[16];
+    int per = ((N + threads - 1) / threads + 15) & ~15;
+    double t0 = now();
+    for (int t = 0; t < threads; t++) {
+        int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+        jobs[t] = (job){k, C, A, W, stride, copies, reps, dt, M, K, N, n0, n1};
+        if (t > 0) pthread_create(&tid[t], NULL, run_job, &jobs[t]);
+    }
+    run_job(&jobs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return now() - t0;
+}
+
+static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int threads, double seconds) {
+    const size_t wbytes = (size_t)N * K * dt_size(dt);
+    /* Decode: enough copies to exceed a 32 MiB L3 several times over. */
+    int copies = M == 1 ? (int)((192u << 20) / wbytes) + 1 : 1;
+    if (copies > 64) copies = 64;
+    const size_t stride = (wbytes + 4095) & ~(size_t)4095;
+    char *W = aligned_alloc(4096, stride * copies);
+    float *A = aligned_alloc(64, ((size_t)M * K * sizeof(float) + 63) & ~(size_t)63);
+    float *C = aligned_alloc(64, ((size_t)M * N * sizeof(float) + 63) & ~(size_t)63);
+    if (!W || !A || !C) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int c = 0; c < copies; c++) fill_weights(W + (size_t)c * stride, dt, (size_t)N * K);
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = frand();
+    memset(C, 0, (size_t)M * N * sizeof(float));
+
+    /* Warm up once, size the run to about `seconds`, then measure. */
+    double t1 = timed(k, C, A, W, stride, copies, 1, dt, M, K, N, threads);
+    int reps = (int)(seconds / (t1 > 1e-6 ? t1 : 1e-6));
+    if (reps < 1) reps = 1;
+    double t = timed(k, C, A, W, stride, copies, reps, dt, M, K, N, threads);
+    double calls = (double)reps * copies;
+    double per_call = t / calls;
+    double gflops = 2.0 * M * K * N / per_call * 1e-9;
+    double gbs = (double)wbytes / per_call * 1e-9;
+    printf("%-7s %-7s %-4s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GFLOP/s  %6.1f GB/s\n", k->name,
+           M == 1 ? "decode" : "prefill", dt_name(dt), threads, M, K, N, per_call * 1e3, gflops, gbs);
+    fflush(stdout);
+    free(W);
+    free(A);
+    free(C);
+}
+
+/* ==== Cases ==== */
+
+int main(int argc, char **argv) {
+    int threads = 1;
+    double seconds = 0.4;
+    const char *only = NULL, *only_dt = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-s")) seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "-v")) only = argv[i + 1];
+        else if (!strcmp(argv[i], "-d")) only_dt = argv[i + 1];
+    }
+    if (threads < 1) threads = 1;
+    if (threads > 16) threads = 16;
+
+    /* (K, N) of the real projections. */
+    static const int decode[][2] = {
+        {1024, 3072},   /* decoder gate or up */
+        {3072, 1024},   /* decoder down */
+        {1024, 4096},   /* decoder fused q,k,v (2048 + 1024 + 1024) */
+        {896, 3584},    /* encoder fc1 */
+        {1024, 151936}, /* LM head */
+    };
+    static const int prefill[][2] = {
+        {1024, 3072}, /* decoder gate or up */
+        {3072, 1024}, /* decoder down */
+        {896, 3584},  /* encoder fc1 */
+        {3584, 896},  /* encoder fc2 */
+    };
+    static const int prefill_m[] = {64, 256, 512};
+
+    for (int isa = QWEN_ISA_SCALAR; isa <= QWEN_ISA_AVX512; isa++) {
+        const qw_kernels *k = qw_kernels_for(isa, NULL);
+        if (!k) {
+            printf("%s: not supported by this CPU, skipped\n", isa == QWEN_ISA_AVX2 ? "avx2" : "avx512");
+            continue;
+        }
+        if (only && strcmp(only, k->name)) continue;
+        const int scalar = isa == QWEN_ISA_SCALAR;
+        for (int dt = 0; dt < 3; dt++) {
+            if (only_dt && strcmp(only_dt, dt_name((qw_dtype)dt))) continue;
+            for (size_t s = 0; s < sizeof(decode) / sizeof(decode[0]); s++) {
+                if ((scalar || dt != QW_BF16) && s > 0) continue; /* one shape is enough there */
+                bench(k, (qw_dtype)dt, 1, decode[s][0], decode[s][1], threads, seconds);
+            }
+        }
+        for (int dt = 0; dt < 3; dt++) {
+            if (only_dt && strcmp(only_dt, dt_name((qw_dtype)dt))) continue;
+            for (size_t s = 0; s < sizeof(prefill) / sizeof(prefill[0]); s++)
+                for (size_t mi = 0; mi < sizeof(prefill_m) / sizeof(prefill_m[0]); mi++) {
+                    if ((scalar || dt != QW_BF16) && (s > 0 || mi > 0)) continue;
+                    bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
+                }
+        }
+    }
+    return 0;
+}

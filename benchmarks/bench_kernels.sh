@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds and runs the kernel microbenchmark (benchmarks/bench_kernels.c).
+#   benchmarks/bench_kernels.sh [-t threads] [-s seconds_per_case] [-v variant] [-d dtype]
+# The per-file ISA flags are those of native/CMakeLists.txt (never -march=native).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$root/build/kernels-bench"
+mkdir -p "$out"
+cc="${CC:-gcc}"
+cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -I"$root/native/src" -I"$root/native/include")
+"$cc" "${cflags[@]}" -c "$root/native/src/kernels.c" -o "$out/kernels.o"
+"$cc" "${cflags[@]}" -c "$root/native/src/kernels_scalar.c" -o "$out/kernels_scalar.o"
+"$cc" "${cflags[@]}" -mavx2 -mfma -mf16c -c "$root/native/src/kernels_avx2.c" -o "$out/kernels_avx2.o"
+"$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c \
+  -c "$root/native/src/kernels_avx512.c" -o "$out/kernels_avx512.o"
+"$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o -o "$out/bench_kernels" -lpthread -lm
+exec "$out/bench_kernels" "$@"

@@ -1,0 +1,35 @@
+"""`create_app()`: the FastAPI application of the ingress, built from settings and model backends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..settings import Settings
+from .auth import token_checker
+from .backend import ServedModel
+from .errors import install_error_handlers
+from .routes import build_router
+from .service import TranscriptionService
+
+DESCRIPTION = """\
+Speech to text with Qwen3-ASR, compatible with OpenAI's Audio API
+(`POST /v1/audio/transcriptions`). Every `/v1` route needs
+`Authorization: Bearer <QWEN_API_TOKEN>`. Errors use OpenAI's envelope
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    models: Mapping[str, ServedModel],
+    unavailable: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The HTTP app. `models`: id -> info + backend; `unavailable`: id -> why it cannot be served."""
+    app = FastAPI(title="qwen-serve", version=__version__, description=DESCRIPTION, docs_url="/docs")
+    install_error_handlers(app)
+    service = TranscriptionService(settings, models, unavailable or {})
+    app.include_router(build_router(service, token_checker(settings.api_tokens())))
+    return app

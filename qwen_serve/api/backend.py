@@ -1,0 +1,85 @@
+"""What the routes call to transcribe: a backend per model id, behind a small protocol.
+
+In the service a backend wraps a Ray Serve DeploymentHandle to that model's
+deployment (`HandleBackend`); tests can put anything with the same two
+methods behind it. Ray's errors are translated here into the two the routes
+know: ModelBusyError (backpressure) and ModelUnavailableError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..model.results import StreamItem, TranscriptResult
+
+
+class ModelBusyError(Exception):
+    """Too many requests are waiting for this model."""
+
+
+class ModelUnavailableError(Exception):
+    """The model cannot serve (its replicas fail to start or are gone)."""
+
+
+class ModelBackend(Protocol):
+    async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
+        """The whole result at once."""
+        ...
+
+    def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
+        """StreamStarted first (a replica took the request), then TextDelta items, then the TranscriptResult."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ingress knows about a model without loading it."""
+
+    id: str
+    created: int
+    languages: Sequence[str] = field(default_factory=tuple)
+    owned_by: str = "qwen"
+
+
+@dataclass
+class ServedModel:
+    info: ModelInfo
+    backend: ModelBackend
+
+
+class HandleBackend:
+    """A model deployment reached through its DeploymentHandle."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+
+    async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        try:
+            return await self._handle.transcribe.remote(pcm, language, context)
+        except BackPressureError as e:
+            raise ModelBusyError() from e
+        except DeploymentUnavailableError as e:
+            raise ModelUnavailableError() from e
+
+    async def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        gen = self._handle.options(stream=True).stream.remote(pcm, language, context)
+        finished = False
+        try:
+            async for item in gen:
+                yield item
+            finished = True
+        except BackPressureError as e:
+            raise ModelBusyError() from e
+        except DeploymentUnavailableError as e:
+            raise ModelUnavailableError() from e
+        finally:
+            if not finished:  # client gone or error: stop the replica's work too
+                gen.cancel()

@@ -1,0 +1,36 @@
+"""The ingress deployment: the FastAPI app on a Serve replica, holding one handle per model.
+
+The app is built on the replica (`__serve_build_asgi_app__`), from the
+settings and the handles the app builder passes in, so nothing is created at
+import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from ..settings import Settings
+from .app import create_app
+from .backend import HandleBackend, ModelInfo, ServedModel
+
+
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        settings: Settings,
+        models: dict[str, ModelInfo],
+        handles: dict[str, Any],
+        unavailable: dict[str, str],
+    ):
+        settings.warn_if_default_token()
+        served = {
+            model_id: ServedModel(models[model_id], HandleBackend(h)) for model_id, h in handles.items()
+        }
+        self._app = create_app(settings, served, unavailable)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app

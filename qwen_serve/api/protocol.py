@@ -1,0 +1,175 @@
+"""Request and response models of the OpenAI Audio API, in the order of OpenAI's reference.
+
+The shapes follow the official `openai` SDK types (`openai/types/audio/`,
+`openai/types/model.py`), so the SDK parses every response into its models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
+
+
+# ---- requests ----------------------------------------------------------------
+
+
+class TranscriptionRequest(BaseModel):
+    """Form fields of `POST /v1/audio/transcriptions` (the `file` part is handled apart).
+
+    Every field the SDK can send is listed, so that the ones this server does
+    not support are refused with a clear message instead of being ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    """ID of the model to use: see `GET /v1/models` (`qwen-asr-0.6b`, `qwen-asr-1.7b`)."""
+    chunking_strategy: Literal["auto"] | dict[str, Any] | None = None
+    """`auto` is accepted (long audio is always cut at quiet points); `server_vad` is not supported."""
+    include: list[str] = Field(default_factory=list)
+    """Extra information in the response. `logprobs` is not supported."""
+    known_speaker_names: list[str] = Field(default_factory=list)
+    """Diarization only; not supported."""
+    known_speaker_references: list[str] = Field(default_factory=list)
+    """Diarization only; not supported."""
+    keywords: list[str] = Field(default_factory=list)
+    """Not supported; put the words in `prompt` (the model's context) instead."""
+    language: str | None = None
+    """Language of the audio in ISO-639-1 (`en`, `zh`, ...), mapped to the model's language names."""
+    languages: list[str] = Field(default_factory=list)
+    """Possible languages; not supported (use `language`)."""
+    prompt: str = Field(default="", max_length=4000)
+    """Text handed to the model as context: names, terms, the previous transcript."""
+    response_format: ResponseFormat = "json"
+    """`json` (default), `text`, `srt`, `verbose_json` or `vtt`."""
+    stream: bool = False
+    """Server-sent events `transcript.text.delta` / `transcript.text.done` (with `json` or `text`)."""
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Accepted for compatibility; decoding is always greedy (temperature 0)."""
+    timestamp_granularities: list[str] = Field(default_factory=list)
+    """`segment` with `verbose_json` (segments are audio chunks); `word` is not supported."""
+
+
+# ---- responses ---------------------------------------------------------------
+
+
+class InputTokenDetails(BaseModel):
+    audio_tokens: int
+    """Input tokens that carry audio."""
+    text_tokens: int
+    """Input tokens of the prompt text (template, context, language)."""
+
+
+class TokenUsage(BaseModel):
+    """Token counts of the request (the `tokens` variant of OpenAI's usage)."""
+
+    type: Literal["tokens"] = "tokens"
+    input_tokens: int
+    """Prompt tokens fed to the decoder, audio tokens included (summed over chunks)."""
+    output_tokens: int
+    """Generated tokens, stop tokens included."""
+    total_tokens: int
+    input_token_details: InputTokenDetails | None = None
+
+
+class DurationUsage(BaseModel):
+    """Audio duration billed (the `duration` variant, used by `verbose_json`)."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class TranscriptionResponse(BaseModel):
+    """`response_format=json`."""
+
+    text: str
+    """The transcript."""
+    usage: TokenUsage | None = None
+
+
+class TranscriptionSegment(BaseModel):
+    """A segment of `verbose_json`: one audio chunk as the server cut it (not a phrase)."""
+
+    id: int
+    seek: int
+    """Start of the chunk in 10 ms frames."""
+    start: float
+    """Start of the chunk in seconds."""
+    end: float
+    """End of the chunk in seconds."""
+    text: str
+    tokens: list[int]
+    """Generated token ids of the chunk."""
+    temperature: float
+    """Always 0.0: decoding is greedy."""
+    avg_logprob: float
+    """Not computed by this server: always 0.0."""
+    compression_ratio: float
+    """zlib compression ratio of the segment text."""
+    no_speech_prob: float
+    """Not computed by this server: always 0.0."""
+
+
+class TranscriptionVerboseResponse(BaseModel):
+    """`response_format=verbose_json`."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    """Detected (or given) language as a lower-case English name, e.g. `english`."""
+    duration: float
+    """Audio duration in seconds."""
+    text: str
+    segments: list[TranscriptionSegment]
+    usage: DurationUsage
+
+
+class TextDeltaEvent(BaseModel):
+    """One SSE event with new text."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TextDoneEvent(BaseModel):
+    """The last SSE event: the whole text and the usage."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+    usage: TokenUsage
+
+
+class ModelCard(BaseModel):
+    """`GET /v1/models/{id}`."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    """Unix time the checkpoint was written."""
+    owned_by: str = "qwen"
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error body."""
+
+    error: ErrorDetail

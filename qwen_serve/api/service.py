@@ -1,0 +1,213 @@
+"""The transcription logic behind the routes: validate, decode, route, respond.
+
+Order of checks (cheapest first, and nothing wakes a model that is scaled to
+zero until the request is known to be good): form fields and unsupported
+options -> model id -> language -> audio decoding (in a worker thread) ->
+the model's backend. Streaming waits for the model to accept the request
+before the 200 goes out, so backpressure and start-up failures are still
+proper HTTP errors; anything after that travels as an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import numpy as np
+from fastapi import Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..audio import AudioError, AudioTooLongError, decode_audio
+from ..model.results import StreamItem, TextDelta, TranscriptResult
+from ..settings import Settings
+from . import formats
+from .backend import ModelBusyError, ModelUnavailableError, ServedModel
+from .errors import APIError, bad_request, internal_error
+from .forms import Upload
+from .languages import LanguageError, to_model_language
+from .protocol import TranscriptionRequest
+
+logger = logging.getLogger("ray.serve")
+
+RETRY_AFTER_BUSY_S = 2
+RETRY_AFTER_UNAVAILABLE_S = 10
+
+
+class TranscriptionService:
+    def __init__(self, settings: Settings, models: Mapping[str, ServedModel], unavailable: Mapping[str, str]):
+        self.settings = settings
+        self.models = dict(models)
+        self.unavailable = dict(unavailable)
+
+    # ---- checks ----------------------------------------------------------------
+    def model(self, model_id: str) -> ServedModel:
+        served = self.models.get(model_id)
+        if served is not None:
+            return served
+        if model_id in self.unavailable:
+            raise APIError(
+                503,
+                f"The model '{model_id}' is configured but its checkpoint is not installed on this server. "
+                f"{self.unavailable[model_id]}",
+                code="model_not_installed",
+                headers={"x-should-retry": "false"},
+            )
+        raise APIError(
+            404,
+            f"The model '{model_id}' does not exist. Available models: {', '.join(sorted(self.models)) or 'none'}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    @staticmethod
+    def check_supported(req: TranscriptionRequest) -> None:
+        """Options the SDK can send that would change the answer and that we cannot honour: 400."""
+        if req.response_format == "diarized_json":
+            raise bad_request(
+                "response_format 'diarized_json' is not supported: Qwen3-ASR does not identify speakers.",
+                param="response_format",
+                code="unsupported_value",
+            )
+        if req.include:
+            raise bad_request(
+                f"include[] {req.include} is not supported: this server does not return logprobs.",
+                param="include",
+                code="unsupported_value",
+            )
+        if req.known_speaker_names or req.known_speaker_references:
+            param = "known_speaker_names" if req.known_speaker_names else "known_speaker_references"
+            raise bad_request(f"{param}[] is not supported: there is no diarization.", param=param)
+        if req.keywords:
+            raise bad_request(
+                "keywords[] is not supported; put the words in 'prompt', which is given to the model as context.",
+                param="keywords",
+            )
+        if req.languages:
+            raise bad_request(
+                "languages[] is not supported; give one ISO-639-1 code in 'language'.", param="languages"
+            )
+        if isinstance(req.chunking_strategy, dict):
+            raise bad_request(
+                "chunking_strategy server_vad is not supported: long audio is always cut at quiet points. "
+                "Send 'auto' or leave it out.",
+                param="chunking_strategy",
+                code="unsupported_value",
+            )
+        for granularity in req.timestamp_granularities:
+            if granularity not in ("segment", "word"):
+                raise bad_request(
+                    f"Invalid value for 'timestamp_granularities': '{granularity}' (use 'segment').",
+                    param="timestamp_granularities",
+                )
+        if "word" in req.timestamp_granularities:
+            raise bad_request(
+                "Word timestamps are not supported (no forced aligner); segment timestamps are the boundaries "
+                "of the audio chunks. Use timestamp_granularities[]=segment.",
+                param="timestamp_granularities",
+                code="unsupported_value",
+            )
+        if req.timestamp_granularities and req.response_format != "verbose_json":
+            raise bad_request(
+                "timestamp_granularities[] requires response_format=verbose_json.",
+                param="timestamp_granularities",
+            )
+        if req.stream and req.response_format not in ("json", "text"):
+            raise bad_request(
+                f"stream=true is supported with response_format json or text, not '{req.response_format}'.",
+                param="stream",
+                code="unsupported_value",
+            )
+
+    async def decode(self, upload: Upload) -> np.ndarray:
+        try:
+            return await run_in_threadpool(
+                decode_audio, upload.data, max_seconds=self.settings.max_audio_seconds
+            )
+        except AudioTooLongError as e:
+            raise bad_request(str(e), param="file", code=e.code) from None
+        except AudioError as e:
+            raise bad_request(str(e), param="file", code=e.code) from None
+
+    # ---- the request -------------------------------------------------------------
+    async def transcribe(self, req: TranscriptionRequest, upload: Upload) -> Response:
+        self.check_supported(req)
+        served = self.model(req.model)
+        language = None
+        if req.language:
+            try:
+                language = to_model_language(req.language, served.info.languages)
+            except LanguageError as e:
+                raise bad_request(str(e), param="language", code="unsupported_language") from None
+        pcm = await self.decode(upload)
+        if req.stream:
+            return await self._stream(served, pcm, language, req.prompt)
+        try:
+            result = await served.backend.transcribe(pcm, language, req.prompt)
+        except Exception as e:
+            raise self._failure(req.model, e) from None
+        return formats.render(result, req.response_format, language)
+
+    async def _stream(
+        self, served: ServedModel, pcm: np.ndarray, language: str | None, prompt: str
+    ) -> Response:
+        items: AsyncIterator[StreamItem] = served.backend.stream(pcm, language, prompt)
+        model_id = served.info.id
+        try:
+            await items.__anext__()  # StreamStarted: a replica has the request
+        except Exception as e:
+            await _close(items)
+            raise self._failure(model_id, e) from None
+        except BaseException:  # cancelled: the client went away while waiting for a replica
+            await _close(items)
+            raise
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                result: TranscriptResult | None = None
+                async for item in items:
+                    if isinstance(item, TextDelta):
+                        yield formats.delta_event(item.text)
+                    elif isinstance(item, TranscriptResult):
+                        result = item
+                if result is None:
+                    raise RuntimeError("the model stream ended without a result")
+                yield formats.done_event(result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                yield formats.error_event(self._failure(model_id, e).body().model_dump())
+            finally:
+                await _close(items)
+            yield formats.DONE
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    def _failure(self, model_id: str, error: Exception) -> APIError:
+        """A backend exception as the client sees it (details only in the log)."""
+        if isinstance(error, APIError):
+            return error
+        if isinstance(error, ModelBusyError):
+            return APIError(
+                503,
+                f"The model '{model_id}' is busy: too many requests are waiting. Retry shortly.",
+                code="model_busy",
+                headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
+            )
+        if isinstance(error, ModelUnavailableError):
+            return APIError(
+                503,
+                f"The model '{model_id}' is unavailable right now.",
+                code="model_unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+            )
+        logger.error("transcription with %s failed", model_id, exc_info=error)
+        return internal_error()
+
+
+async def _close(items: AsyncIterator[StreamItem]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()

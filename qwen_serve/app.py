@@ -1,0 +1,175 @@
+"""The Ray Serve application: `import_path: qwen_serve.app:build_app` in serve_config.yaml.
+
+    serve run serve_config.yaml            # Ray's CLI; http_options of the file give host and port
+    python -m qwen_serve.app               # the same, with QWEN_HOST / QWEN_PORT applied on top
+
+`build_app(args)` validates the app args (a `Settings`, environment on top)
+and creates one deployment per model id plus the FastAPI ingress holding a
+handle to each. The pool and the model life cycle are Ray Serve autoscaling:
+
+    QWEN_MODEL_POOL_SIZE     -> max_replicas (one Engine per replica)
+    lazy load                -> min_replicas 0, initial_replicas 0: the first request starts a replica
+    QWEN_MODEL_IDLE_TIMEOUT  -> downscale_delay_s / downscale_to_zero_delay_s; 0 -> min_replicas 1
+    backpressure             -> max_ongoing_requests 1 per replica, max_queued_requests -> 503 + Retry-After
+
+Models whose checkpoint is missing are left out with a loud error naming the
+download command (requests for them get a 503 saying so); when none is
+present the build fails with that message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from .api.backend import ModelInfo
+from .api.ingress import Ingress
+from .api.languages import ISO_TO_MODEL
+from .download import COMMAND, checkpoint_problem, missing_checkpoint_message
+from .model.server import ModelServer
+from .settings import Settings
+
+logger = logging.getLogger("ray.serve")
+
+INGRESS_NAME = "Ingress"
+DEFAULT_DOWNSCALE_DELAY_S = 600.0
+
+
+def deployment_name(model_id: str) -> str:
+    """The Serve deployment of a model id."""
+    return f"Model:{model_id}"
+
+
+def autoscaling_config(settings: Settings) -> dict[str, Any]:
+    """Pool size and idle unload as Ray Serve autoscaling (see the module docstring)."""
+    idle = settings.model_idle_timeout
+    resident = idle == 0
+    config: dict[str, Any] = {
+        "min_replicas": 1 if resident else 0,
+        "initial_replicas": 1 if resident else 0,
+        "max_replicas": settings.model_pool_size,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 1.0,
+        "downscale_delay_s": DEFAULT_DOWNSCALE_DELAY_S if resident else idle,
+    }
+    if not resident:
+        config["downscale_to_zero_delay_s"] = idle
+    config.update(settings.autoscaling)
+    return config
+
+
+def model_info(model_id: str, model_dir: Path) -> ModelInfo:
+    """What the ingress needs to know about a model, read from its config.json (no weights loaded)."""
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    languages = config.get("support_languages") if isinstance(config, dict) else None
+    if not isinstance(languages, list) or not languages:
+        languages = list(dict.fromkeys(ISO_TO_MODEL.values()))
+    return ModelInfo(
+        id=model_id, created=int(config_path.stat().st_mtime), languages=tuple(map(str, languages))
+    )
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The app builder named by serve_config.yaml's import_path."""
+    settings = Settings.from_args(args)
+    settings.warn_if_default_token()
+
+    infos: dict[str, ModelInfo] = {}
+    handles: dict[str, Application] = {}
+    unavailable: dict[str, str] = {}
+    problems: list[str] = []
+    for model_id, spec in settings.models.items():
+        model_dir = settings.model_dir(model_id).expanduser().resolve()
+        problem = checkpoint_problem(model_dir)
+        if problem:
+            message = missing_checkpoint_message(model_id, model_dir, problem, spec.repo)
+            logger.error("%s The service starts without it.", message)
+            problems.append(message)
+            unavailable[model_id] = f"The operator can fetch it with `{COMMAND} {model_id}`."
+            continue
+        infos[model_id] = model_info(model_id, model_dir)
+        deployment = serve.deployment(
+            name=deployment_name(model_id),
+            autoscaling_config=autoscaling_config(settings),
+            max_ongoing_requests=1,  # one Engine runs one request at a time
+            max_queued_requests=settings.max_queued_requests,
+            ray_actor_options={"num_cpus": settings.model_num_cpus},
+            health_check_period_s=10,
+            graceful_shutdown_timeout_s=30,
+        )(ModelServer)
+        handles[model_id] = deployment.bind(
+            model_id, str(model_dir), settings.threads, settings.max_new_tokens, spec.repo
+        )
+    if not handles:
+        raise FileNotFoundError("No model checkpoint found. " + " ".join(problems))
+
+    ingress = serve.deployment(
+        name=INGRESS_NAME,
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 0},
+    )(Ingress)
+    return ingress.bind(settings, infos, handles, unavailable)
+
+
+# ---- launcher: `serve run` with QWEN_HOST / QWEN_PORT applied ------------------------------
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """serve_config.yaml with QWEN_HOST / QWEN_PORT (when set) on top of its http_options."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    http = config.setdefault("http_options", {})
+    if os.environ.get("QWEN_HOST"):
+        http["host"] = os.environ["QWEN_HOST"]
+    if os.environ.get("QWEN_PORT"):
+        http["port"] = int(os.environ["QWEN_PORT"])
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_serve.app", description="Start the service like `serve run`."
+    )
+    parser.add_argument("config", nargs="?", type=Path, default=Path("serve_config.yaml"))
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(load_config(args.config))
+    ray.init(address=args.address, namespace="serve")
+    serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    for app in schema.applications:
+        module, _, attr = app.import_path.replace(":", ".").rpartition(".")
+        target = getattr(importlib.import_module(module), attr)
+        application = target(app.args) if callable(target) and not isinstance(target, Application) else target
+        serve.run(application, name=app.name, route_prefix=app.route_prefix, blocking=False)
+    host, port = schema.http_options.host, schema.http_options.port
+    print(f"qwen-serve: listening on http://{host}:{port} (docs at /docs); Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

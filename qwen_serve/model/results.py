@@ -1,0 +1,71 @@
+"""What the model deployment sends to the ingress: plain data, no engine or Ray types.
+
+The ingress unpickles these, so this module imports nothing heavy (in
+particular not the engine and its ctypes binding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ResultSegment:
+    """One audio chunk of the transcript, placed by the chunk boundaries."""
+
+    start: float
+    end: float
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TranscriptResult:
+    """A finished transcription."""
+
+    text: str
+    language: str | None
+    """As the model names it ("English"), None when unknown."""
+    duration: float
+    """Audio seconds."""
+    input_tokens: int
+    output_tokens: int
+    audio_tokens: int
+    segments: list[ResultSegment] = field(default_factory=list)
+    engine_ms: float = 0.0
+    """Wall time the engine spent on the request."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_transcription(cls, t: Any) -> TranscriptResult:
+        """From the engine's Transcription (duck-typed: no engine import here)."""
+        return cls(
+            text=t.text,
+            language=t.language,
+            duration=float(t.duration),
+            input_tokens=int(t.usage.input_tokens),
+            output_tokens=int(t.usage.output_tokens),
+            audio_tokens=int(t.usage.audio_tokens),
+            segments=[ResultSegment(s.start, s.end, s.text, list(s.token_ids)) for s in t.segments],
+            engine_ms=float(t.timings.total_ms),
+        )
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """First item of every stream: a replica has taken the request."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text (one or more tokens' worth)."""
+
+    text: str
+
+
+StreamItem = StreamStarted | TextDelta | TranscriptResult
+"""A stream yields StreamStarted, then TextDelta items, then one TranscriptResult."""

@@ -1,0 +1,153 @@
+"""Service configuration: one settings object for the whole application.
+
+Values come from the application's `args` in serve_config.yaml, with the
+QWEN_* environment variables on top (an environment variable wins over the
+file). Nothing is read at import time: the app builder calls
+`Settings.from_args(args)` once and hands the object to the deployments.
+
+    QWEN_HOST, QWEN_PORT            listen address (http_options of the Serve config)
+    QWEN_MODEL_POOL_SIZE            replicas per model at most (default 2)
+    QWEN_MODEL_IDLE_TIMEOUT         seconds idle before a model is unloaded (0 = resident)
+    QWEN_API_TOKEN                  bearer token(s), comma-separated
+    QWEN_MODELS_DIR                 where checkpoint directories live (default ./models)
+    QWEN_MAX_UPLOAD_MB              largest upload accepted (default 25)
+    QWEN_MAX_AUDIO_SECONDS          longest audio accepted (default 1200)
+    QWEN_THREADS                    compute threads per model replica (default: the engine's)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+logger = logging.getLogger("qwen_serve")
+
+DEFAULT_API_TOKEN = "sk-test-key"
+
+
+class ModelSpec(BaseModel):
+    """One model the service offers: where its checkpoint lives and where to fetch it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    """Checkpoint directory; relative paths are taken under `models_dir`."""
+    repo: str | None = None
+    """Hugging Face repository the download command fetches it from."""
+
+
+DEFAULT_MODELS: dict[str, ModelSpec] = {
+    "qwen-asr-0.6b": ModelSpec(path="qwen3-asr-0.6b", repo="Qwen/Qwen3-ASR-0.6B"),
+    "qwen-asr-1.7b": ModelSpec(path="qwen3-asr-1.7b", repo="Qwen/Qwen3-ASR-1.7B"),
+}
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with (app args, then QWEN_* env on top)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QWEN_",
+        extra="forbid",
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    host: str = "0.0.0.0"
+    """Address the HTTP proxy listens on."""
+    port: int = Field(default=8011, ge=1, le=65535)
+    """Port the HTTP proxy listens on."""
+    model_pool_size: int = Field(default=2, ge=1)
+    """Most replicas (loaded engines) per model; Serve's `max_replicas`."""
+    model_idle_timeout: float = Field(default=300.0, ge=0)
+    """Seconds without requests before a model scales to zero replicas; 0 keeps one resident."""
+    api_token: SecretStr = SecretStr(DEFAULT_API_TOKEN)
+    """Accepted bearer tokens, comma-separated. Never logged."""
+    models_dir: Path = Path("models")
+    """Directory holding the checkpoint directories."""
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    """Model id -> checkpoint. Ids given in the config are added to (or replace) the defaults."""
+    max_upload_mb: float = Field(default=25.0, gt=0)
+    """Largest accepted upload in MiB (413 above it)."""
+    max_audio_seconds: float = Field(default=1200.0, gt=0)
+    """Longest accepted audio in seconds (400 above it)."""
+    threads: int | None = Field(default=None, ge=1)
+    """Compute threads per model replica; None lets the engine decide."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Generated tokens per audio chunk at most; None keeps the engine's default."""
+    model_num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs Ray reserves for each model replica."""
+    max_queued_requests: int = Field(default=16, ge=-1)
+    """Requests waiting for a busy model beyond which clients get 503 + Retry-After (-1: no limit)."""
+    ingress_replicas: int = Field(default=1, ge=1)
+    """Replicas of the HTTP ingress (it only parses, decodes audio and routes)."""
+    autoscaling: dict[str, Any] = Field(default_factory=dict)
+    """Extra Ray Serve autoscaling_config keys for the model deployments (e.g. look_back_period_s)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: QWEN_* variables override the app args of serve_config.yaml.
+        return env_settings, init_settings
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _merge_models(cls, value: Any) -> Any:
+        """A config's `models` adds ids to the defaults; a plain string is a checkpoint path."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = dict(DEFAULT_MODELS)
+        for model_id, spec in value.items():
+            if spec is None:  # `qwen-asr-1.7b: null` removes a default
+                merged.pop(model_id, None)
+            else:
+                merged[model_id] = {"path": spec} if isinstance(spec, str) else spec
+        return merged
+
+    @field_validator("api_token")
+    @classmethod
+    def _tokens_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not [t for t in value.get_secret_value().split(",") if t.strip()]:
+            raise ValueError("api_token must hold at least one token")
+        return value
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None = None) -> Settings:
+        """Settings from app args (serve_config.yaml), environment variables on top."""
+        return cls(**(args or {}))
+
+    # ---- derived values ----------------------------------------------------
+    def api_tokens(self) -> list[str]:
+        """The accepted bearer tokens."""
+        return [t.strip() for t in self.api_token.get_secret_value().split(",") if t.strip()]
+
+    @property
+    def uses_default_token(self) -> bool:
+        return DEFAULT_API_TOKEN in self.api_tokens()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def model_dir(self, model_id: str) -> Path:
+        """Checkpoint directory of a model id (absolute, or under models_dir)."""
+        path = Path(self.models[model_id].path).expanduser()
+        return path if path.is_absolute() else self.models_dir.expanduser() / path
+
+    def warn_if_default_token(self) -> None:
+        if self.uses_default_token:
+            logger.warning(
+                "\n" + "!" * 78 + "\n"
+                "!! QWEN_API_TOKEN is not set: the service accepts the public default token\n"
+                f"!! '{DEFAULT_API_TOKEN}'. Anyone who can reach this port can use it. Set\n"
+                "!! QWEN_API_TOKEN (comma-separated for several tokens) before exposing it.\n" + "!" * 78
+            )

@@ -1,0 +1,81 @@
+"""Settings: defaults, app args, environment on top, token handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from qwen_serve.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("QWEN_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults() -> None:
+    s = Settings.from_args()
+    assert (s.host, s.port, s.model_pool_size, s.model_idle_timeout) == ("0.0.0.0", 8011, 2, 300.0)
+    assert (s.max_upload_mb, s.max_audio_seconds, s.threads) == (25.0, 1200.0, None)
+    assert s.api_tokens() == ["sk-test-key"] and s.uses_default_token
+    assert s.max_upload_bytes == 25 * 1024 * 1024
+    assert s.model_dir("qwen-asr-0.6b") == Path("models/qwen3-asr-0.6b")
+    assert s.model_dir("qwen-asr-1.7b") == Path("models/qwen3-asr-1.7b")
+    assert s.models["qwen-asr-1.7b"].repo == "Qwen/Qwen3-ASR-1.7B"
+
+
+def test_env_wins_over_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_PORT", "9000")
+    monkeypatch.setenv("QWEN_MODEL_IDLE_TIMEOUT", "0")
+    monkeypatch.setenv("QWEN_MODELS_DIR", "/srv/models")
+    monkeypatch.setenv("QWEN_API_TOKEN", "sk-a, sk-b ,")
+    s = Settings.from_args({"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere"})
+    assert s.port == 9000 and s.model_pool_size == 3 and s.model_idle_timeout == 0
+    assert s.model_dir("qwen-asr-0.6b") == Path("/srv/models/qwen3-asr-0.6b")
+    assert s.api_tokens() == ["sk-a", "sk-b"] and not s.uses_default_token
+
+
+def test_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_API_TOKEN", "sk-very-secret")
+    s = Settings.from_args()
+    assert "sk-very-secret" not in repr(s) and "sk-very-secret" not in str(s.model_dump())
+
+
+def test_models_are_added(tmp_path: Path) -> None:
+    s = Settings.from_args(
+        {"models": {"my-asr": str(tmp_path / "ckpt"), "tuned": {"path": "tuned-dir", "repo": "me/tuned"}}}
+    )
+    assert set(s.models) == {"qwen-asr-0.6b", "qwen-asr-1.7b", "my-asr", "tuned"}
+    assert s.model_dir("my-asr") == tmp_path / "ckpt"
+    assert s.model_dir("tuned") == Path("models/tuned-dir")
+    s2 = Settings.from_args({"models": {"qwen-asr-1.7b": None}})
+    assert set(s2.models) == {"qwen-asr-0.6b"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"model_pool_size": 0},
+        {"model_idle_timeout": -1},
+        {"port": 70000},
+        {"api_token": " , "},
+        {"max_upload_mb": 0},
+        {"unknown_option": 1},
+        {"models": {"x": {"path": "p", "bogus": 1}}},
+    ],
+)
+def test_invalid(args: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings.from_args(args)
+
+
+def test_invalid_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_MODEL_POOL_SIZE", "many")
+    with pytest.raises(ValidationError):
+        Settings.from_args()

@@ -1,0 +1,100 @@
+"""The app builder without starting Ray: autoscaling mapping, deployments, missing checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ray.serve import Application
+
+from qwen_serve.app import autoscaling_config, build_app, deployment_name, load_config, model_info
+from qwen_serve.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("QWEN_"):
+            monkeypatch.delenv(key)
+
+
+def test_lazy_pool_with_idle_unload() -> None:
+    config = autoscaling_config(Settings.from_args({"model_pool_size": 3, "model_idle_timeout": 120}))
+    assert config["min_replicas"] == 0 and config["initial_replicas"] == 0
+    assert config["max_replicas"] == 3
+    assert config["downscale_to_zero_delay_s"] == 120 and config["downscale_delay_s"] == 120
+    assert config["target_ongoing_requests"] == 1
+
+
+def test_idle_timeout_zero_keeps_one_resident() -> None:
+    config = autoscaling_config(Settings.from_args({"model_idle_timeout": 0}))
+    assert config["min_replicas"] == 1 and config["initial_replicas"] == 1
+    assert "downscale_to_zero_delay_s" not in config
+
+
+def test_autoscaling_overrides_are_valid_ray_config() -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    settings = Settings.from_args({"autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2}})
+    config = AutoscalingConfig(**autoscaling_config(settings))
+    assert config.look_back_period_s == 2 and config.max_replicas == 2
+
+
+def _checkpoint(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"support_languages": ["English", "Chinese"]}')
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "vocab.json").write_text("{}")
+    return path
+
+
+def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    _checkpoint(tmp_path / "qwen3-asr-1.7b")
+    _checkpoint(tmp_path / "extra")
+    app = build_app({"models_dir": str(tmp_path), "models": {"my-asr": "extra"}, "api_token": "sk-x"})
+    assert isinstance(app, Application)
+    ingress = app._bound_deployment
+    settings, infos, handles, unavailable = ingress.init_args
+    assert set(handles) == set(infos) == {"qwen-asr-0.6b", "qwen-asr-1.7b", "my-asr"}
+    assert unavailable == {}
+    for model_id, bound in handles.items():
+        deployment = bound._bound_deployment
+        assert deployment.name == deployment_name(model_id)
+        assert deployment._deployment_config.max_ongoing_requests == 1
+        assert deployment._deployment_config.autoscaling_config.max_replicas == settings.model_pool_size
+        assert deployment.init_args[0] == model_id
+    assert infos["my-asr"].languages == ("English", "Chinese")
+
+
+def test_missing_checkpoint_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x"})
+    _, infos, handles, unavailable = app._bound_deployment.init_args
+    assert set(handles) == {"qwen-asr-0.6b"}
+    assert "python -m qwen_serve.download qwen-asr-1.7b" in unavailable["qwen-asr-1.7b"]
+    assert "python -m qwen_serve.download qwen-asr-1.7b" in caplog.text
+
+
+def test_no_checkpoint_at_all_fails_with_the_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as e:
+        build_app({"models_dir": str(tmp_path)})
+    message = str(e.value)
+    assert "python -m qwen_serve.download qwen-asr-0.6b" in message and "Qwen/Qwen3-ASR-1.7B" in message
+
+
+def test_model_info_defaults(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    info = model_info("m", d)
+    assert "English" in info.languages and "Cantonese" in info.languages and info.created > 0
+
+
+def test_launcher_applies_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert load_config(root / "serve_config.yaml")["http_options"] == {"host": "0.0.0.0", "port": 8011}
+    monkeypatch.setenv("QWEN_HOST", "127.0.0.1")
+    monkeypatch.setenv("QWEN_PORT", "9123")
+    assert load_config(root / "serve_config.yaml")["http_options"] == {"host": "127.0.0.1", "port": 9123}

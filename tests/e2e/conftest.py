@@ -1,0 +1,132 @@
+"""A real Ray Serve instance serving tiny checkpoints with the real Engine, once per session.
+
+Short autoscaling windows (metrics every 0.5 s, 2 s look-back, 4 s idle
+timeout) keep the life-cycle tests quick; the ingress listens on 127.0.0.1
+only. Clients are the official `openai` SDK.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from qwen_serve.testing.clips import speech_like
+
+TOKEN = "sk-e2e-token"
+SMALL = "qwen-asr-0.6b"
+LARGE = "qwen-asr-1.7b"
+APP = "qwen"
+IDLE_TIMEOUT_S = 4.0
+POOL_SIZE = 2
+MAX_NEW_TOKENS = 32
+MAX_QUEUED = 6
+
+
+def wav(seconds: float = 2.0, seed: int = 0, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    pcm = speech_like(seconds, seed=seed)
+    if rate != 16000:
+        import soxr
+
+        pcm = soxr.resample(pcm, 16000, rate)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    base_url: str
+    dirs: dict[str, Path]
+    initial_replicas: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def replicas(self, model_id: str) -> dict[str, int]:
+        from ray import serve
+
+        from qwen_serve.app import deployment_name
+
+        status = serve.status().applications[APP].deployments[deployment_name(model_id)]
+        return {str(k.value if hasattr(k, "value") else k): int(v) for k, v in status.replica_states.items()}
+
+    def running(self, model_id: str) -> int:
+        return self.replicas(model_id).get("RUNNING", 0)
+
+    def wait_for_running(self, model_id: str, count: int, timeout: float) -> float:
+        """Seconds until exactly `count` replicas are running (and nothing else is starting or stopping)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            states = self.replicas(model_id)
+            if states.get("RUNNING", 0) == count and sum(states.values()) == count:
+                return time.monotonic() - start
+            time.sleep(0.25)
+        raise AssertionError(
+            f"{model_id}: {self.replicas(model_id)} after {timeout} s, wanted {count} running"
+        )
+
+
+@pytest.fixture(scope="session")
+def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from qwen_serve.app import build_app
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("QWEN_")}
+    port = _free_port()
+    dirs = {SMALL: tiny_dirs["tiny-0.6b"], LARGE: tiny_dirs["tiny-1.7b"]}
+    args: dict[str, Any] = {
+        "api_token": f"{TOKEN},sk-e2e-other",
+        "models": {model_id: {"path": str(d)} for model_id, d in dirs.items()},
+        "model_pool_size": POOL_SIZE,
+        "model_idle_timeout": IDLE_TIMEOUT_S,
+        "threads": 1,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "model_num_cpus": 0.5,
+        "max_queued_requests": MAX_QUEUED,
+        "max_upload_mb": 2,
+        "max_audio_seconds": 150,
+        "autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
+    }
+    ray.init(include_dashboard=False, num_cpus=2, namespace="serve", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        svc = Service(base_url=f"http://127.0.0.1:{port}", dirs=dirs)
+        svc.initial_replicas = {m: svc.replicas(m) for m in dirs}
+        yield svc
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def engines(service: Service) -> Iterator[dict[str, Any]]:
+    """The real Engine on the same checkpoints, in this process, for reference results."""
+    from qwen_serve.engine import Engine
+
+    loaded = {model_id: Engine(d, threads=1) for model_id, d in service.dirs.items()}
+    yield loaded
+    for engine in loaded.values():
+        engine.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
