@@ -18,7 +18,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ITERS (1 << 15)
+#define SPIN_ITERS 2048 /* ~20-60 us: long spins starve other replicas' threads on a busy machine */
 
 struct qw_pool {
     int n_threads; /* including the caller */
