@@ -6,12 +6,14 @@
  *   decode  (M = 1):      memory-bound; the weights rotate over copies that
  *                         add up to more than the L3 cache, so every call
  *                         reads them from DRAM. Figure of merit: GB/s of W.
+ *   batch   (M = 4):      decode steps of 4 requests sharing one pass over
+ *                         the weights (also from DRAM); GB/s and GFLOP/s.
  *   prefill (M = 64..512): compute-bound. Figure of merit: GFLOP/s.
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock.
  *
- * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype]
+ * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype] [-m M]
  * Built and run by benchmarks/bench_kernels.sh.
  */
 #include "../native/include/qwen.h"
@@ -89,8 +91,8 @@ static double timed(const qw_kernels *k, float *C, const float *A, const char *W
 
 static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int threads, double seconds) {
     const size_t wbytes = (size_t)N * K * dt_size(dt);
-    /* Decode: enough copies to exceed a 32 MiB L3 several times over. */
-    int copies = M == 1 ? (int)((192u << 20) / wbytes) + 1 : 1;
+    /* Decode and batch: enough copies to exceed a 32 MiB L3 several times over. */
+    int copies = M < 8 ? (int)((192u << 20) / wbytes) + 1 : 1;
     if (copies > 64) copies = 64;
     const size_t stride = (wbytes + 4095) & ~(size_t)4095;
     char *W = aligned_alloc(4096, stride * copies);
@@ -114,7 +116,7 @@ static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int thr
     double gflops = 2.0 * M * K * N / per_call * 1e-9;
     double gbs = (double)wbytes / per_call * 1e-9;
     printf("%-7s %-7s %-4s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GFLOP/s  %6.1f GB/s\n", k->name,
-           M == 1 ? "decode" : "prefill", dt_name(dt), threads, M, K, N, per_call * 1e3, gflops, gbs);
+           M == 1 ? "decode" : M < 8 ? "batch" : "prefill", dt_name(dt), threads, M, K, N, per_call * 1e3, gflops, gbs);
     fflush(stdout);
     free(W);
     free(A);
@@ -127,11 +129,13 @@ int main(int argc, char **argv) {
     int threads = 1;
     double seconds = 0.4;
     const char *only = NULL, *only_dt = NULL;
+    int only_m = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-s")) seconds = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "-v")) only = argv[i + 1];
         else if (!strcmp(argv[i], "-d")) only_dt = argv[i + 1];
+        else if (!strcmp(argv[i], "-m")) only_m = atoi(argv[i + 1]);
     }
     if (threads < 1) threads = 1;
     if (threads > 16) threads = 16;
@@ -150,6 +154,7 @@ int main(int argc, char **argv) {
         {896, 3584},  /* encoder fc1 */
         {3584, 896},  /* encoder fc2 */
     };
+    static const int batch_m = 4;
     static const int prefill_m[] = {64, 256, 512};
 
     for (int isa = QWEN_ISA_SCALAR; isa <= QWEN_ISA_AVX512; isa++) {
@@ -164,7 +169,12 @@ int main(int argc, char **argv) {
             if (only_dt && strcmp(only_dt, dt_name((qw_dtype)dt))) continue;
             for (size_t s = 0; s < sizeof(decode) / sizeof(decode[0]); s++) {
                 if ((scalar || dt != QW_BF16) && s > 0) continue; /* one shape is enough there */
-                bench(k, (qw_dtype)dt, 1, decode[s][0], decode[s][1], threads, seconds);
+                if (!only_m || only_m == 1) bench(k, (qw_dtype)dt, 1, decode[s][0], decode[s][1], threads, seconds);
+            }
+            for (size_t s = 0; s < 2; s++) { /* batched decode: gate/up and down */
+                if (scalar || (dt != QW_BF16 && s > 0)) continue;
+                if (!only_m || only_m == batch_m)
+                    bench(k, (qw_dtype)dt, batch_m, decode[s][0], decode[s][1], threads, seconds);
             }
         }
         for (int dt = 0; dt < 3; dt++) {
@@ -172,6 +182,7 @@ int main(int argc, char **argv) {
             for (size_t s = 0; s < sizeof(prefill) / sizeof(prefill[0]); s++)
                 for (size_t mi = 0; mi < sizeof(prefill_m) / sizeof(prefill_m[0]); mi++) {
                     if ((scalar || dt != QW_BF16) && (s > 0 || mi > 0)) continue;
+                    if (only_m && only_m != prefill_m[mi]) continue;
                     bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
                 }
         }

@@ -1,22 +1,55 @@
 /*
- * Kernels, AVX-512 (F/BW/VL/DQ) variant (16 floats per vector).
+ * Kernels, AVX-512 (F/BW/VL/DQ + FMA + F16C) variant (16 floats per vector)
+ * — the hot loops under every projection of the encoder and decoder.
  *
- * The same two regimes and blocking as the AVX2 variant (see
- * kernels_avx2.c): a streaming matvec for decode, and for M > 1 a blocked
- * matmul whose weight tiles are widened once into an f32 buffer and reused
- * through a 3x4 micro-kernel. Tails use mask registers.
+ * The same two paths as the AVX2 variant (kernels_avx2.c explains the
+ * choices measured there); here, with 32 vector registers and mask
+ * registers:
+ *
+ *   rows path   (M < PACK_MIN_M). Memory-bound. M = 1: each weight row is
+ *               one sequential stream (with a software prefetch ahead of
+ *               it), widened in registers; M = 2..7: groups of RG rows meet
+ *               a chunk of K of all rows of A, each widened weight vector
+ *               used by up to 4 rows of A. Tails in K are masked loads.
+ *
+ *   packed path (M >= PACK_MIN_M; encoder, prefill). Compute-bound. A panel
+ *               of 32 weight rows x KB columns is widened once and transposed
+ *               into P[KB][32]; a 12x32 register tile of C (24 accumulators)
+ *               accumulates A[m, k] (broadcast) * P[k, 0:32] for twelve rows
+ *               of A: 2 loads of P and 12 broadcasts per 24 FMAs. A last panel of at most 16
+ *               columns uses a 12x16 tile instead of wasting half the FMAs.
+ *
+ * Exact f32 FMA throughout: A is never rounded to bf16 (no vdpbf16ps), so
+ * the results match the scalar reference to float rounding.
+ *
+ * native/tests/test_kernels.c can also include this file with
+ * QW_TEST_EMULATE_AVX512 defined, over portable implementations of the
+ * intrinsics (SIMDe), to test this code on CPUs without AVX-512.
  */
 #include "kernels.h"
 
+#ifndef QW_TEST_EMULATE_AVX512 /* else the test program provides the intrinsics */
 #include <immintrin.h>
-#include <string.h>
+#endif
 
-#define MB 48  /* rows of A per block (multiple of 3) */
-#define KB 512 /* columns of K per block (multiple of 16) */
+#define QW_INLINE static inline __attribute__((always_inline))
 
-/* ==== Loads ==== */
+#define PACK_MIN_M 8   /* M from which the packed path is taken */
+#define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
+#define RG 8           /* rows path: weight rows per group */
+#define RKC_A 4096     /* rows path: floats of A per chunk of K (16 KiB, in L1) */
+#define NR 32          /* packed path: columns of C per panel (2 vectors) */
+#define MR 12          /* packed path: rows of A per register tile */
+#define KB 256         /* packed path: depth of a panel (P = KB x NR floats = 32 KiB) */
+#define MB 192         /* packed path: rows of A per block (MB x KB floats = 192 KiB, in L2) */
 
-static inline __m512 load16_w(const void *W, qw_dtype dt, size_t i) {
+/* ==== Loads and reductions ==== */
+
+/* Mask of the first t (0..16) lanes. */
+QW_INLINE __mmask16 lanes(int t) { return (__mmask16)((1u << t) - 1u); }
+
+/* W[i .. i+16) widened to f32. */
+QW_INLINE __m512 widen16(const void *W, qw_dtype dt, size_t i) {
     switch (dt) {
     case QW_BF16: {
         __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)W + i));
@@ -27,193 +60,334 @@ static inline __m512 load16_w(const void *W, qw_dtype dt, size_t i) {
     }
 }
 
-/* The first n (< 16) elements, zeros after. */
-static inline __m512 load16_w_tail(const void *W, qw_dtype dt, size_t i, int n) {
-    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+/* W[i .. i+t) widened, zeros after (t in 0..16); masked loads read nothing past i + t. */
+QW_INLINE __m512 widen16_tail(const void *W, qw_dtype dt, size_t i, int t) {
     switch (dt) {
     case QW_BF16: {
-        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i);
+        __m256i h = _mm256_maskz_loadu_epi16(lanes(t), (const uint16_t *)W + i);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    case QW_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i));
-    default: return _mm512_maskz_loadu_ps(m, (const float *)W + i);
+    case QW_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes(t), (const uint16_t *)W + i));
+    default: return _mm512_maskz_loadu_ps(lanes(t), (const float *)W + i);
     }
+}
+
+/* W[i .. i+8) widened to f32 (for packing 8 x 8 blocks). */
+QW_INLINE __m256 widen8(const void *W, qw_dtype dt, size_t i) {
+    switch (dt) {
+    case QW_BF16: {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)W + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case QW_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i)));
+    default: return _mm256_loadu_ps((const float *)W + i);
+    }
+}
+
+QW_INLINE float load1(const void *W, qw_dtype dt, size_t i) {
+    switch (dt) {
+    case QW_BF16: return qw_bf16_to_f32(((const uint16_t *)W)[i]);
+    case QW_F16: return qw_f16_to_f32(((const uint16_t *)W)[i]);
+    default: return ((const float *)W)[i];
+    }
+}
+
+/* Asks for the `bytes` of weights PF_AHEAD bytes past w[k], a line at a time. */
+QW_INLINE void prefetch_w(const void *w, qw_dtype dt, int k, int bytes) {
+    const char *p = (const char *)w + (size_t)k * (dt == QW_F32 ? 4 : 2) + PF_AHEAD;
+    for (int o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
+QW_INLINE float hsum(__m512 v) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
 /* ==== Vector helpers ==== */
 
+/* dst[i] = (float)src[i] */
 static void to_f32_avx512(float *dst, const void *src, qw_dtype dt, int n) {
     int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16_w(src, dt, (size_t)i));
-    if (i < n) _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << (n - i)) - 1u), load16_w_tail(src, dt, (size_t)i, n - i));
+    for (; i + 64 <= n; i += 64) {
+        _mm512_storeu_ps(dst + i, widen16(src, dt, (size_t)i));
+        _mm512_storeu_ps(dst + i + 16, widen16(src, dt, (size_t)i + 16));
+        _mm512_storeu_ps(dst + i + 32, widen16(src, dt, (size_t)i + 32));
+        _mm512_storeu_ps(dst + i + 48, widen16(src, dt, (size_t)i + 48));
+    }
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, widen16(src, dt, (size_t)i));
+    if (i < n) _mm512_mask_storeu_ps(dst + i, lanes(n - i), widen16_tail(src, dt, (size_t)i, n - i));
 }
 
 /* sum_i a[i] * b[i] */
 static float dot_avx512(const float *a, const float *b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 32 <= n; i += 32) {
+    for (; i + 64 <= n; i += 64) {
         s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
         s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
     }
     for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
     if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        const __mmask16 m = lanes(n - i);
         s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    return hsum(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
 /* y[i] += alpha * x[i] */
 static void axpy_avx512(float *y, float alpha, const float *x, int n) {
-    __m512 a = _mm512_set1_ps(alpha);
+    const __m512 a = _mm512_set1_ps(alpha);
     int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + i + 16, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16)));
+    }
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        const __mmask16 m = lanes(n - i);
         _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
 
-/* ==== Decode: y[n] = W[n, :] . x (+ bias), n in [n0, n1) ==== */
+/* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :] ==== */
 
-/* bf16 rows, K a multiple of 32: one 64-byte load holds 32 weights; even k
- * become floats by a shift, odd k by a mask, against x split once into even
- * (xe) and odd (xo) lanes. One row at a time keeps one sequential stream. */
-static void matvec_bf16(float *y, const float *xe, const float *xo, const uint16_t *W, const float *bias, int K, int n0,
-                        int n1) {
-    const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
-    for (int n = n0; n < n1; n++) {
-        const uint16_t *w = W + (size_t)n * K;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int k = 0; k < K; k += 32) {
-            __m512i v = _mm512_loadu_si512((const void *)(w + k));
-            a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_loadu_ps(xe + k / 2), a0);
-            a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), _mm512_loadu_ps(xo + k / 2), a1);
-        }
-        y[n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + (bias ? bias[n] : 0.0f);
-    }
-}
-
-static void matvec(float *y, const float *x, const void *W, qw_dtype wt, const float *bias, int K, int n0, int n1) {
-    const int K16 = K & ~15, kt = K - K16;
-    const __mmask16 mt = (__mmask16)((1u << kt) - 1u);
-    const __m512 xt = _mm512_maskz_loadu_ps(mt, x + K16);
-    int n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const size_t r0 = (size_t)n * K, r1 = r0 + K, r2 = r1 + K, r3 = r2 + K;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (int k = 0; k < K16; k += 16) {
-            __m512 xv = _mm512_loadu_ps(x + k);
-            a0 = _mm512_fmadd_ps(load16_w(W, wt, r0 + k), xv, a0);
-            a1 = _mm512_fmadd_ps(load16_w(W, wt, r1 + k), xv, a1);
-            a2 = _mm512_fmadd_ps(load16_w(W, wt, r2 + k), xv, a2);
-            a3 = _mm512_fmadd_ps(load16_w(W, wt, r3 + k), xv, a3);
-        }
-        if (kt) {
-            a0 = _mm512_fmadd_ps(load16_w_tail(W, wt, r0 + K16, kt), xt, a0);
-            a1 = _mm512_fmadd_ps(load16_w_tail(W, wt, r1 + K16, kt), xt, a1);
-            a2 = _mm512_fmadd_ps(load16_w_tail(W, wt, r2 + K16, kt), xt, a2);
-            a3 = _mm512_fmadd_ps(load16_w_tail(W, wt, r3 + K16, kt), xt, a3);
-        }
-        y[n] = _mm512_reduce_add_ps(a0) + (bias ? bias[n] : 0.0f);
-        y[n + 1] = _mm512_reduce_add_ps(a1) + (bias ? bias[n + 1] : 0.0f);
-        y[n + 2] = _mm512_reduce_add_ps(a2) + (bias ? bias[n + 2] : 0.0f);
-        y[n + 3] = _mm512_reduce_add_ps(a3) + (bias ? bias[n + 3] : 0.0f);
-    }
-    for (; n < n1; n++) {
-        const size_t r = (size_t)n * K;
-        __m512 a = _mm512_setzero_ps();
-        for (int k = 0; k < K16; k += 16) a = _mm512_fmadd_ps(load16_w(W, wt, r + k), _mm512_loadu_ps(x + k), a);
-        if (kt) a = _mm512_fmadd_ps(load16_w_tail(W, wt, r + K16, kt), xt, a);
-        y[n] = _mm512_reduce_add_ps(a) + (bias ? bias[n] : 0.0f);
-    }
-}
-
-/* ==== Prefill / encoder: blocked matmul ==== */
-
-/* acc[i][j] = sum_k A[i][k] * B[j][k], i < MR (1..3), j < 4; B is the widened
- * weight tile [4][kp] (zero beyond kb), A rows are read with a masked tail. */
-static inline void micro(const float *A, int lda, const float *B, int kp, int kb, int MR, float out[3][4]) {
-    __m512 c[3][4];
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_ps();
-    const int k16 = kb & ~15;
+/* Decode, M = 1: w[0:K] . a[0:K]. Four accumulator chains over 64 weights
+ * per step; the row is one sequential stream. */
+QW_INLINE float row_dot(const float *a, const void *w, qw_dtype dt, int K) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
     int k = 0;
-    for (; k < k16; k += 16) {
-        __m512 b0 = _mm512_loadu_ps(B + k), b1 = _mm512_loadu_ps(B + kp + k);
-        __m512 b2 = _mm512_loadu_ps(B + 2 * kp + k), b3 = _mm512_loadu_ps(B + 3 * kp + k);
-        for (int i = 0; i < MR; i++) {
-            __m512 a = _mm512_loadu_ps(A + (size_t)i * lda + k);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-            c[i][2] = _mm512_fmadd_ps(a, b2, c[i][2]);
-            c[i][3] = _mm512_fmadd_ps(a, b3, c[i][3]);
-        }
+    for (; k + 64 <= K; k += 64) {
+        prefetch_w(w, dt, k, dt == QW_F32 ? 256 : 128);
+        s0 = _mm512_fmadd_ps(widen16(w, dt, (size_t)k), _mm512_loadu_ps(a + k), s0);
+        s1 = _mm512_fmadd_ps(widen16(w, dt, (size_t)k + 16), _mm512_loadu_ps(a + k + 16), s1);
+        s2 = _mm512_fmadd_ps(widen16(w, dt, (size_t)k + 32), _mm512_loadu_ps(a + k + 32), s2);
+        s3 = _mm512_fmadd_ps(widen16(w, dt, (size_t)k + 48), _mm512_loadu_ps(a + k + 48), s3);
     }
-    if (k < kb) {
-        __mmask16 m = (__mmask16)((1u << (kb - k)) - 1u);
-        __m512 b0 = _mm512_loadu_ps(B + k), b1 = _mm512_loadu_ps(B + kp + k);
-        __m512 b2 = _mm512_loadu_ps(B + 2 * kp + k), b3 = _mm512_loadu_ps(B + 3 * kp + k);
-        for (int i = 0; i < MR; i++) {
-            __m512 a = _mm512_maskz_loadu_ps(m, A + (size_t)i * lda + k);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-            c[i][2] = _mm512_fmadd_ps(a, b2, c[i][2]);
-            c[i][3] = _mm512_fmadd_ps(a, b3, c[i][3]);
-        }
-    }
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 4; j++) out[i][j] = _mm512_reduce_add_ps(c[i][j]);
+    for (; k + 16 <= K; k += 16) s0 = _mm512_fmadd_ps(widen16(w, dt, (size_t)k), _mm512_loadu_ps(a + k), s0);
+    if (k < K) s1 = _mm512_fmadd_ps(widen16_tail(w, dt, (size_t)k, K - k), _mm512_maskz_loadu_ps(lanes(K - k), a + k), s1);
+    return hsum(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
+
+QW_INLINE void matvec(float *C, const float *A, const void *W, qw_dtype dt, const float *bias, int K, int n0, int n1) {
+    const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
+    for (int n = n0; n < n1; n++) C[n] = row_dot(A, (const char *)W + (size_t)n * row, dt, K) + (bias ? bias[n] : 0.0f);
+}
+
+/* acc[r] += lanes of sum_{k0 <= k < k1} w[k] * A[r, k] for R (1..4) rows of
+ * A: each weight vector is widened once and used R times; two vectors of K
+ * per step give 2R independent chains. */
+QW_INLINE void rows_chunk(__m512 *acc, const float *A, int lda, const void *w, qw_dtype dt, int k0, int k1, int R) {
+    __m512 s[4][2];
+    for (int r = 0; r < R; r++) s[r][0] = acc[r], s[r][1] = _mm512_setzero_ps();
+    int k = k0;
+    for (; k + 32 <= k1; k += 32) {
+        prefetch_w(w, dt, k, dt == QW_F32 ? 128 : 64);
+        const __m512 w0 = widen16(w, dt, (size_t)k), w1 = widen16(w, dt, (size_t)k + 16);
+        for (int r = 0; r < R; r++) {
+            s[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(A + (size_t)r * lda + k), s[r][0]);
+            s[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(A + (size_t)r * lda + k + 16), s[r][1]);
+        }
+    }
+    if (k + 16 <= k1) {
+        const __m512 w0 = widen16(w, dt, (size_t)k);
+        for (int r = 0; r < R; r++) s[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(A + (size_t)r * lda + k), s[r][0]);
+        k += 16;
+    }
+    if (k < k1) {
+        const __m512 w0 = widen16_tail(w, dt, (size_t)k, k1 - k);
+        const __mmask16 m = lanes(k1 - k);
+        for (int r = 0; r < R; r++)
+            s[r][1] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, A + (size_t)r * lda + k), s[r][1]);
+    }
+    for (int r = 0; r < R; r++) acc[r] = _mm512_add_ps(s[r][0], s[r][1]);
+}
+
+/* Small M (2 .. PACK_MIN_M - 1), e.g. decode steps of several requests
+ * batched: RG weight rows at a time, K in chunks of kc columns so that the
+ * chunk of A (M x kc <= RKC_A floats) stays in L1 while it meets all RG
+ * rows; partial sums wait in acc between chunks. Every weight is read from
+ * memory once. */
+QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias,
+                         int M, int K, int n0, int n1) {
+    const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
+    const int kc = RKC_A / M / 32 * 32; /* 2 <= M < PACK_MIN_M: kc >= 512 */
+    __m512 acc[RG][PACK_MIN_M];
+    for (int n = n0; n < n1; n += RG) {
+        const int g1 = n1 - n < RG ? n1 - n : RG;
+        for (int g = 0; g < g1; g++)
+            for (int m = 0; m < M; m++) acc[g][m] = _mm512_setzero_ps();
+        for (int k0 = 0; k0 < K; k0 += kc) {
+            const int k1 = K - k0 < kc ? K : k0 + kc;
+            for (int g = 0; g < g1; g++) {
+                const void *w = (const char *)W + (size_t)(n + g) * row;
+                for (int m = 0; m < M; m += 4) {
+                    const float *a = A + (size_t)m * lda;
+                    switch (M - m) {
+                    case 1: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 1); break;
+                    case 2: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 2); break;
+                    case 3: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 3); break;
+                    default: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 4); break;
+                    }
+                }
+            }
+        }
+        for (int g = 0; g < g1; g++)
+            for (int m = 0; m < M; m++) C[(size_t)m * ldc + n + g] = hsum(acc[g][m]) + (bias ? bias[n + g] : 0.0f);
+    }
+}
+
+/* ==== Packed path: blocked C = A @ W^T ==== */
+
+/* In-register transpose of an 8x8 block: v[i][j] -> v[j][i]. */
+QW_INLINE void transpose8(__m256 v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);     /* column i */
+        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31); /* column i + 4 */
+    }
+}
+
+/* P[k][j] = W[n + j, k0 + k] widened, for k < kb, j < w (16 or 32, the row
+ * length of P); zero for j >= nr. */
+QW_INLINE void pack_panel(float *P, int w, const void *W, qw_dtype dt, int K, int n, int nr, int k0, int kb) {
+    for (int g = 0; g < w; g += 8) {
+        const int rows = nr - g < 0 ? 0 : nr - g < 8 ? nr - g : 8; /* valid rows in this group */
+        const size_t base = (size_t)(n + g) * (size_t)K + (size_t)k0;
+        int k = 0;
+        for (; k + 8 <= kb; k += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = i < rows ? widen8(W, dt, base + (size_t)i * K + k) : _mm256_setzero_ps();
+            transpose8(v);
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(P + (size_t)(k + j) * w + g, v[j]);
+        }
+        for (; k < kb; k++)
+            for (int i = 0; i < 8; i++) P[(size_t)k * w + g + i] = i < rows ? load1(W, dt, base + (size_t)i * K + k) : 0.0f;
+    }
+}
+
+/* C[0:R, 0:nr] = (first ? bias[0:nr] : C[0:R, 0:nr]) + A[0:R, 0:kb] @ P[0:kb, 0:16V]
+ * for R (1..MR) rows and V (1 or 2) vectors of columns: R*V accumulators;
+ * masks keep columns past nr unread and unwritten. */
+QW_INLINE void micro_tile(float *C, int ldc, const float *A, int lda, const float *P, int kb, int R, int V, int nr,
+                          int first, const float *bias) {
+    __m512 c[MR][2];
+    const __mmask16 m0 = lanes(nr < 16 ? nr : 16), m1 = lanes(nr > 16 ? nr - 16 : 0);
+    if (first) {
+        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+        if (bias) {
+            b0 = _mm512_maskz_loadu_ps(m0, bias);
+            if (V == 2) b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+        }
+        for (int r = 0; r < R; r++) c[r][0] = b0, c[r][1] = b1;
+    } else {
+        for (int r = 0; r < R; r++) {
+            c[r][0] = _mm512_maskz_loadu_ps(m0, C + (size_t)r * ldc);
+            if (V == 2) c[r][1] = _mm512_maskz_loadu_ps(m1, C + (size_t)r * ldc + 16);
+        }
+    }
+    for (int k = 0; k < kb; k++) {
+        const __m512 p0 = _mm512_loadu_ps(P + (size_t)k * 16 * V);
+        const __m512 p1 = V == 2 ? _mm512_loadu_ps(P + (size_t)k * 32 + 16) : p0;
+        for (int r = 0; r < R; r++) {
+            const __m512 a = _mm512_set1_ps(A[(size_t)r * lda + k]);
+            c[r][0] = _mm512_fmadd_ps(a, p0, c[r][0]);
+            if (V == 2) c[r][1] = _mm512_fmadd_ps(a, p1, c[r][1]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        _mm512_mask_storeu_ps(C + (size_t)r * ldc, m0, c[r][0]);
+        if (V == 2) _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16, m1, c[r][1]);
+    }
+}
+
+/* All rows [m0, m1) of the block against one packed panel of V vectors. */
+QW_INLINE void panel_rows(float *C, int ldc, const float *A, int lda, const float *P, int kb, int V, int nr, int first,
+                          const float *bias, int m0, int m1) {
+    for (int m = m0; m < m1; m += MR) {
+        float *c = C + (size_t)m * ldc;
+        const float *a = A + (size_t)m * lda;
+        switch (m1 - m) {
+        case 1: micro_tile(c, ldc, a, lda, P, kb, 1, V, nr, first, bias); break;
+        case 2: micro_tile(c, ldc, a, lda, P, kb, 2, V, nr, first, bias); break;
+        case 3: micro_tile(c, ldc, a, lda, P, kb, 3, V, nr, first, bias); break;
+        case 4: micro_tile(c, ldc, a, lda, P, kb, 4, V, nr, first, bias); break;
+        case 5: micro_tile(c, ldc, a, lda, P, kb, 5, V, nr, first, bias); break;
+        case 6: micro_tile(c, ldc, a, lda, P, kb, 6, V, nr, first, bias); break;
+        case 7: micro_tile(c, ldc, a, lda, P, kb, 7, V, nr, first, bias); break;
+        case 8: micro_tile(c, ldc, a, lda, P, kb, 8, V, nr, first, bias); break;
+        case 9: micro_tile(c, ldc, a, lda, P, kb, 9, V, nr, first, bias); break;
+        case 10: micro_tile(c, ldc, a, lda, P, kb, 10, V, nr, first, bias); break;
+        case 11: micro_tile(c, ldc, a, lda, P, kb, 11, V, nr, first, bias); break;
+        default: micro_tile(c, ldc, a, lda, P, kb, MR, V, nr, first, bias); break;
+        }
+    }
+}
+
+static void packed_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias, int M,
+                        int K, int n0, int n1) {
+    float P[KB * NR] __attribute__((aligned(64)));
+    for (int mb0 = 0; mb0 < M; mb0 += MB) {
+        const int mb1 = M - mb0 < MB ? M : mb0 + MB;
+        for (int k0 = 0; k0 < K; k0 += KB) {
+            const int kb = K - k0 < KB ? K - k0 : KB;
+            for (int n = n0; n < n1; n += NR) {
+                const int nr = n1 - n < NR ? n1 - n : NR;
+                const int V = nr > 16 ? 2 : 1; /* a narrow last panel packs and multiplies half */
+                switch (dt) {                  /* one specialised copy per dtype */
+                case QW_BF16: pack_panel(P, 16 * V, W, QW_BF16, K, n, nr, k0, kb); break;
+                case QW_F16: pack_panel(P, 16 * V, W, QW_F16, K, n, nr, k0, kb); break;
+                default: pack_panel(P, 16 * V, W, QW_F32, K, n, nr, k0, kb); break;
+                }
+                const float *bn = bias ? bias + n : NULL;
+                if (V == 2) panel_rows(C + n, ldc, A + k0, lda, P, kb, 2, nr, k0 == 0, bn, mb0, mb1);
+                else panel_rows(C + n, ldc, A + k0, lda, P, kb, 1, nr, k0 == 0, bn, mb0, mb1);
+            }
+        }
+    }
+}
+
+/* ==== matmul: C[m, n] = sum_k A[m, k] * W[n, k] (+ bias[n]), m < M, n0 <= n < n1 ==== */
 
 static void matmul_avx512(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt, const float *bias,
                           int M, int K, int n0, int n1) {
     if (M <= 0 || n1 <= n0) return;
-    if (M == 1) {
-        if (wt == QW_BF16 && K % 32 == 0 && K <= 16384) {
-            float xe[8192], xo[8192];
-            for (int k = 0; k < K / 2; k++) {
-                xe[k] = A[2 * k];
-                xo[k] = A[2 * k + 1];
-            }
-            matvec_bf16(C, xe, xo, (const uint16_t *)W, bias, K, n0, n1);
-        } else {
-            matvec(C, A, W, wt, bias, K, n0, n1);
-        }
+    if (K <= 0) { /* empty sums */
+        for (int m = 0; m < M; m++)
+            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
         return;
     }
-    float B[4 * (KB + 16)] __attribute__((aligned(64)));
-    for (int m = 0; m < M; m++)
-        for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
-    for (int m0 = 0; m0 < M; m0 += MB) {
-        const int mb = M - m0 < MB ? M - m0 : MB;
-        for (int k0 = 0; k0 < K; k0 += KB) {
-            const int kb = K - k0 < KB ? K - k0 : KB;
-            const int kp = (kb + 15) & ~15;
-            for (int n = n0; n < n1; n += 4) {
-                const int nr = n1 - n < 4 ? n1 - n : 4;
-                for (int j = 0; j < 4; j++) {
-                    float *dst = B + j * kp;
-                    if (j < nr) {
-                        to_f32_avx512(dst, (const char *)W + ((size_t)(n + j) * K + k0) * (wt == QW_F32 ? 4 : 2), wt, kb);
-                        memset(dst + kb, 0, (size_t)(kp - kb) * sizeof(float));
-                    } else {
-                        memset(dst, 0, (size_t)kp * sizeof(float));
-                    }
-                }
-                for (int i = 0; i < mb; i += 3) {
-                    const int mr = mb - i < 3 ? mb - i : 3;
-                    float out[3][4];
-                    const float *a = A + (size_t)(m0 + i) * lda + k0;
-                    if (mr == 3) micro(a, lda, B, kp, kb, 3, out);
-                    else if (mr == 2) micro(a, lda, B, kp, kb, 2, out);
-                    else micro(a, lda, B, kp, kb, 1, out);
-                    for (int r = 0; r < mr; r++)
-                        for (int j = 0; j < nr; j++) C[(size_t)(m0 + i + r) * ldc + n + j] += out[r][j];
-                }
-            }
-        }
+    if (M >= PACK_MIN_M) {
+        packed_path(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
+        return;
+    }
+    switch (wt) { /* one specialised copy per dtype */
+    case QW_BF16:
+        if (M == 1) matvec(C, A, W, QW_BF16, bias, K, n0, n1);
+        else rows_path(C, ldc, A, lda, W, QW_BF16, bias, M, K, n0, n1);
+        break;
+    case QW_F16:
+        if (M == 1) matvec(C, A, W, QW_F16, bias, K, n0, n1);
+        else rows_path(C, ldc, A, lda, W, QW_F16, bias, M, K, n0, n1);
+        break;
+    default:
+        if (M == 1) matvec(C, A, W, QW_F32, bias, K, n0, n1);
+        else rows_path(C, ldc, A, lda, W, QW_F32, bias, M, K, n0, n1);
+        break;
     }
 }
 

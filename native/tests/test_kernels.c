@@ -1,160 +1,376 @@
 /*
- * Kernel tests — every SIMD table against the scalar table on random data:
- * matmul (decode M = 1 and blocked M > 1, column slices, bias or not, all
- * weight dtypes, K with and without SIMD tails), dot, axpy, to_f32, and the
- * f16/bf16 conversions on special values. Tables the CPU cannot run are
- * reported as skipped. Tolerance: |simd - scalar| <= 1e-5 * sqrt(K) * (1 + |scalar|)
- * for values of order one (the two sum in different orders).
+ * Kernel tests — every SIMD kernel table against the scalar reference (and
+ * matmul also against a double-precision sum), on random data:
+ *
+ *   matmul   decode (M = 1), the rows path (M < 8) and the packed path
+ *            (M >= 8, across its M, N and K blocks), K with and without SIMD
+ *            tails, column slices [n0, n1) with n0 > 0 and n1 < N, all three
+ *            weight dtypes, bias or not, row strides larger than the rows;
+ *            M == 0 and n0 == n1 must leave C untouched.
+ *   dot, axpy, to_f32 on lengths around every vector width.
+ *   f16 / bf16 conversions: every f16 and bf16 value (subnormals, inf, NaN)
+ *            against an independent formula and against each table's to_f32;
+ *            f32 -> bf16 round-to-nearest-even on ties, overflow, NaN.
+ *
+ * Tolerance. A is uniform in [-1, 1), W uniform in [-1, 1) / sqrt(K) (then
+ * rounded to its dtype), bias uniform in [-1, 1): outputs are of order one.
+ * Two float sums of K terms in different orders may differ by about
+ * eps * sqrt(K) each (eps = 6e-8), so the check is
+ *     |simd - reference| <= 1e-5 * sqrt(K) * (1 + |reference|)
+ * with reference = the scalar table, and separately the double-precision sum
+ * of the same widened weights. Buffers are allocated to the exact size the
+ * kernel may touch, so AddressSanitizer sees any read or write past them.
+ *
+ * Tables the CPU cannot run are reported as skipped (not a failure). Built
+ * with -DQW_TEST_EMULATE_AVX512 (and SIMDe), the AVX-512 table is compiled
+ * from portable intrinsics and tested on any CPU.
+ *
+ * Exit status is non-zero on any failure; the last line reads
+ * "kernels: N passed, M failed".
  */
 #include "../include/qwen.h"
 #include "kernels.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef QW_TEST_EMULATE_AVX512
+/* ==== AVX-512 through SIMDe (CPUs without AVX-512) ==== */
+/* The AVX-512 kernels compiled over SIMDe's portable intrinsics. SIMDe's
+ * masked loads and stores access all 16 lanes, where the hardware touches
+ * only the selected ones — which the kernels rely on (tails at the end of a
+ * buffer, columns of C that belong to another thread) — so those three are
+ * replaced by exact versions. */
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
+#include <simde/x86/fma.h>
+
+static simde__m512 emu_maskz_loadu_ps(simde__mmask16 k, const void *p) {
+    float v[16] = {0};
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) v[i] = ((const float *)p)[i];
+    return simde_mm512_loadu_ps(v);
+}
+static simde__m256i emu_maskz_loadu_epi16(simde__mmask16 k, const void *p) {
+    uint16_t v[16] = {0};
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) v[i] = ((const uint16_t *)p)[i];
+    return simde_mm256_loadu_si256(v);
+}
+static void emu_mask_storeu_ps(void *p, simde__mmask16 k, simde__m512 a) {
+    float v[16];
+    simde_mm512_storeu_ps(v, a);
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) ((float *)p)[i] = v[i];
+}
+#undef _mm512_maskz_loadu_ps
+#undef _mm256_maskz_loadu_epi16
+#undef _mm512_mask_storeu_ps
+#define _mm512_maskz_loadu_ps(k, p) emu_maskz_loadu_ps(k, p)
+#define _mm256_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16(k, p)
+#define _mm512_mask_storeu_ps(p, k, a) emu_mask_storeu_ps(p, k, a)
+
+#include "kernels_avx512.c"
+#endif
+
 static int passed, failed;
 
-static void check(int ok, const char *what, const char *table, int M, int K, int n0, int n1, int dt) {
+/* ==== Reporting and data ==== */
+
+static void check(int ok, const char *table, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void check(int ok, const char *table, const char *fmt, ...) {
     if (ok) {
         passed++;
-    } else {
-        failed++;
-        fprintf(stderr, "FAIL %s [%s] M=%d K=%d n=[%d,%d) dtype=%d\n", what, table, M, K, n0, n1, dt);
+        return;
     }
+    failed++;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "FAIL [%s] ", table);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
 }
 
 static uint32_t rng = 12345u;
-static float frand(void) { /* uniform in [-1, 1) */
-    rng = rng * 1664525u + 1013904223u;
-    return (float)(rng >> 8) / (float)(1u << 23) - 1.0f;
+static uint32_t rand32(void) { /* xorshift32 */
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return rng;
+}
+static float frand(void) { return (float)(rand32() >> 8) / (float)(1u << 23) - 1.0f; } /* [-1, 1) */
+
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
-static uint16_t to_f16(float f) { /* round to nearest, normal range only (test data) */
-    union { float f; uint32_t u; } v = {f};
-    uint32_t sign = (v.u >> 16) & 0x8000, exp = (v.u >> 23) & 0xff, man = v.u & 0x7fffff;
-    if (exp < 113) return (uint16_t)sign; /* tiny -> 0 */
-    uint32_t h = sign | ((exp - 112) << 10) | (man >> 13);
-    if (man & 0x1000) h++;
-    return (uint16_t)h;
+/* f32 -> f16, round to nearest even, for finite test data. */
+static uint16_t to_f16(float f) {
+    const uint32_t u = f2u(f), sign = (u >> 16) & 0x8000u;
+    const float a = fabsf(f);
+    if (a >= 65520.0f) return (uint16_t)(sign | 0x7c00u);
+    if (a < ldexpf(1.0f, -14)) return (uint16_t)(sign | (uint32_t)lrintf(a * ldexpf(1.0f, 24))); /* subnormal */
+    int e;
+    float m = frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
+    uint32_t man = (uint32_t)lrintf(m * 2048.0f); /* 11 significant bits, ties to even */
+    if (man == 2048) man = 1024, e++;
+    return (uint16_t)(sign | ((uint32_t)(e + 14) << 10) | (man - 1024));
 }
 
-static void *make_weights(int N, int K, qw_dtype dt, float *ref) {
-    size_t n = (size_t)N * K;
-    void *w = malloc(n * (dt == QW_F32 ? 4 : 2));
+/* The value of an f16 from its fields (independent of qw_f16_to_f32). */
+static double f16_value(uint16_t h) {
+    const int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    const double s = (h & 0x8000) ? -1.0 : 1.0;
+    if (exp == 0) return s * ldexp(man, -24);
+    if (exp == 31) return man ? NAN : s * INFINITY;
+    return s * ldexp(1024 + man, exp - 25);
+}
+
+/* ==== Conversions ==== */
+
+static void test_conversions(const qw_kernels *const *tables, int n_tables) {
+    /* Every f16 value: scalar vs the formula, and each table's to_f32 vs scalar. */
+    uint16_t *h = malloc(65536 * sizeof(uint16_t));
+    float *f = malloc(65536 * sizeof(float));
+    int bad = 0;
+    for (int i = 0; i < 65536; i++) {
+        h[i] = (uint16_t)i;
+        const double want = f16_value((uint16_t)i);
+        const float got = qw_f16_to_f32((uint16_t)i);
+        if (isnan(want) ? !isnan(got) || !!signbit(got) != !!(i & 0x8000) : got != want || !!signbit(got) != !!(i & 0x8000))
+            bad++;
+    }
+    check(!bad, "scalar", "f16 -> f32 for all 65536 values (%d wrong)", bad);
+    check(qw_f16_to_f32(0x0001) == ldexpf(1.0f, -24) && qw_f16_to_f32(0x03ff) == ldexpf(1023.0f, -24) &&
+              qw_f16_to_f32(0x8001) == -ldexpf(1.0f, -24),
+          "scalar", "f16 subnormals");
+    check(qw_f16_to_f32(0x7bff) == 65504.0f && qw_f16_to_f32(0x0400) == ldexpf(1.0f, -14), "scalar", "f16 max / min normal");
+    check(isinf(qw_f16_to_f32(0x7c00)) && qw_f16_to_f32(0xfc00) < 0 && isnan(qw_f16_to_f32(0x7e00)) &&
+              isnan(qw_f16_to_f32(0x7c01)),
+          "scalar", "f16 inf / NaN");
+    check(f2u(qw_f16_to_f32(0x8000)) == 0x80000000u, "scalar", "f16 -0");
+
+    /* Every bf16 value: exactly the top half of the f32. */
+    bad = 0;
+    for (int i = 0; i < 65536; i++) bad += f2u(qw_bf16_to_f32((uint16_t)i)) != (uint32_t)i << 16;
+    check(!bad, "scalar", "bf16 -> f32 for all 65536 values (%d wrong)", bad);
+
+    /* f32 -> bf16: round to nearest, ties to even, NaN stays NaN. */
+    check(qw_f32_to_bf16(1.5f) == 0x3fc0 && qw_f32_to_bf16(-2.0f) == 0xc000, "scalar", "bf16 exact");
+    check(qw_f32_to_bf16(u2f(0x3f808000u)) == 0x3f80, "scalar", "bf16 tie, even below: down");
+    check(qw_f32_to_bf16(u2f(0x3f818000u)) == 0x3f82, "scalar", "bf16 tie, odd below: up");
+    check(qw_f32_to_bf16(u2f(0x3f808001u)) == 0x3f81 && qw_f32_to_bf16(u2f(0x3f807fffu)) == 0x3f80, "scalar",
+          "bf16 above / below the tie");
+    check(qw_f32_to_bf16(u2f(0x7f7fffffu)) == 0x7f80, "scalar", "bf16 overflow to inf (FLT_MAX rounds up)");
+    check(qw_f32_to_bf16(INFINITY) == 0x7f80 && qw_f32_to_bf16(-INFINITY) == 0xff80, "scalar", "bf16 inf");
+    check(isnan(qw_bf16_to_f32(qw_f32_to_bf16(NAN))) && isnan(qw_bf16_to_f32(qw_f32_to_bf16(u2f(0x7f800001u)))),
+          "scalar", "bf16 NaN (also one whose payload is only in the low bits)");
+    check(qw_f32_to_bf16(u2f(0x00010000u)) == 0x0001 && qw_f32_to_bf16(u2f(0x80008000u)) == 0x8000, "scalar",
+          "bf16 subnormals (tie to even rounds to -0)");
+    /* Random values: the result is the nearest bf16 (or a tie broken to even). */
+    bad = 0;
+    for (int i = 0; i < 100000; i++) {
+        uint32_t u = rand32();
+        if (((u >> 23) & 0xff) == 0xff) continue; /* inf / NaN covered above */
+        const uint16_t b = qw_f32_to_bf16(u2f(u));
+        const uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u, r = u & 0xffffu;
+        const uint32_t want = r < 0x8000u ? lo : r > 0x8000u ? hi : ((lo >> 16) & 1u) ? hi : lo;
+        bad += ((uint32_t)b << 16) != want;
+    }
+    check(!bad, "scalar", "f32 -> bf16 nearest-even on 100000 random values (%d wrong)", bad);
+
+    /* Each table's to_f32 on every f16 / bf16 value (NaNs: both NaN, same sign). */
+    float *g = malloc(65536 * sizeof(float));
+    for (int t = 0; t < n_tables; t++) {
+        for (int dt = QW_BF16; dt <= QW_F16; dt++) {
+            qw_kernels_scalar.to_f32(f, h, (qw_dtype)dt, 65536);
+            tables[t]->to_f32(g, h, (qw_dtype)dt, 65536);
+            bad = 0;
+            for (int i = 0; i < 65536; i++)
+                bad += isnan(f[i]) ? !isnan(g[i]) || !!signbit(f[i]) != !!signbit(g[i]) : f2u(f[i]) != f2u(g[i]);
+            check(!bad, tables[t]->name, "to_f32 %s on all 65536 values (%d differ)", dt == QW_BF16 ? "bf16" : "f16", bad);
+        }
+    }
+    free(g);
+    free(h);
+    free(f);
+}
+
+/* ==== Vector kernels ==== */
+
+static void test_vectors(const qw_kernels *t) {
+    static const int sizes[] = {0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 1031};
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        const int n = sizes[s];
+        const size_t bytes = (size_t)(n ? n : 1) * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes), *y0 = malloc(bytes), *y1 = malloc(bytes);
+        float *f0 = malloc(bytes), *f1 = malloc(bytes);
+        for (int i = 0; i < n; i++) a[i] = frand(), b[i] = frand(), y0[i] = y1[i] = frand();
+
+        const float d0 = qw_kernels_scalar.dot(a, b, n), d1 = t->dot(a, b, n);
+        check(fabsf(d0 - d1) <= 1e-5f * sqrtf((float)n + 1.0f) * (1.0f + fabsf(d0)), t->name, "dot n=%d: %g vs %g", n, d1, d0);
+
+        /* FMA vs multiply-then-add: at most one rounding apart. */
+        qw_kernels_scalar.axpy(y0, 0.37f, a, n);
+        t->axpy(y1, 0.37f, a, n);
+        int ok = 1;
+        for (int i = 0; i < n; i++) ok &= fabsf(y0[i] - y1[i]) <= 1e-6f * (1.0f + fabsf(y0[i]));
+        check(ok, t->name, "axpy n=%d", n);
+
+        for (int dt = 0; dt < 3; dt++) {
+            const size_t esize = dt == QW_F32 ? 4 : 2;
+            void *src = malloc((n ? n : 1) * esize); /* exact size: ASan sees over-reads */
+            for (int i = 0; i < n; i++) {
+                if (dt == QW_F32) ((float *)src)[i] = frand();
+                else ((uint16_t *)src)[i] = (uint16_t)rand32();
+            }
+            qw_kernels_scalar.to_f32(f0, src, (qw_dtype)dt, n);
+            t->to_f32(f1, src, (qw_dtype)dt, n);
+            ok = 1;
+            for (int i = 0; i < n; i++) ok &= isnan(f0[i]) ? isnan(f1[i]) : f2u(f0[i]) == f2u(f1[i]);
+            check(ok, t->name, "to_f32 n=%d dtype=%d", n, dt);
+            free(src);
+        }
+        free(a), free(b), free(y0), free(y1), free(f0), free(f1);
+    }
+}
+
+/* ==== matmul ==== */
+
+static const char *dt_name(qw_dtype dt) { return dt == QW_F32 ? "f32" : dt == QW_BF16 ? "bf16" : "f16"; }
+
+/* W[N, K] in dtype dt; wref gets the widened values. */
+static void *make_weights(int N, int K, qw_dtype dt, float *wref) {
+    const size_t n = (size_t)N * K;
+    const float scale = 1.0f / sqrtf((float)(K ? K : 1));
+    void *w = malloc((n ? n : 1) * (dt == QW_F32 ? 4 : 2));
     for (size_t i = 0; i < n; i++) {
-        float f = frand();
-        if (dt == QW_F32) ((float *)w)[i] = ref[i] = f;
-        else if (dt == QW_BF16) ref[i] = qw_bf16_to_f32(((uint16_t *)w)[i] = qw_f32_to_bf16(f));
-        else ref[i] = qw_f16_to_f32(((uint16_t *)w)[i] = to_f16(f));
+        const float f = frand() * scale;
+        if (dt == QW_F32) ((float *)w)[i] = wref[i] = f;
+        else if (dt == QW_BF16) wref[i] = qw_bf16_to_f32(((uint16_t *)w)[i] = qw_f32_to_bf16(f));
+        else wref[i] = qw_f16_to_f32(((uint16_t *)w)[i] = to_f16(f));
     }
     return w;
 }
 
+#define SENTINEL 7.25f
+
+/* One matmul call of table t against the scalar table and a double sum.
+ * lda = K + 3 and ldc = N + 3; A and C end exactly where the kernel's reach
+ * ends (the last row of A is K long), so ASan catches any overrun. */
 static void test_matmul(const qw_kernels *t, int M, int K, int N, int n0, int n1, qw_dtype dt, int with_bias) {
-    float *wref = malloc((size_t)N * K * sizeof(float));
+    const int lda = K + 3, ldc = N + 3;
+    float *wref = malloc(((size_t)N * K + 1) * sizeof(float));
     void *W = make_weights(N, K, dt, wref);
-    int lda = K + 3, ldc = N + 5; /* strides larger than the rows */
-    float *A = malloc((size_t)(M ? M : 1) * lda * sizeof(float));
-    float *bias = malloc((size_t)N * sizeof(float));
-    float *c0 = malloc((size_t)(M ? M : 1) * ldc * sizeof(float));
-    float *c1 = malloc((size_t)(M ? M : 1) * ldc * sizeof(float));
-    for (int i = 0; i < M * lda; i++) A[i] = frand();
+    const int rows = M ? M : 1; /* with M = 0, one row of C must stay untouched */
+    const size_t a_len = M ? (size_t)(M - 1) * lda + K : 0, c_len = (size_t)rows * ldc;
+    float *A = malloc((a_len + 1) * sizeof(float)), *bias = malloc((size_t)N * sizeof(float) + 1);
+    float *c0 = malloc((c_len + 1) * sizeof(float)), *c1 = malloc((c_len + 1) * sizeof(float));
+    for (size_t i = 0; i < a_len; i++) A[i] = frand();
     for (int i = 0; i < N; i++) bias[i] = frand();
-    for (int i = 0; i < (M ? M : 1) * ldc; i++) c0[i] = c1[i] = 7.0f; /* sentinel outside the slice */
-    qw_kernels_scalar.matmul(c0, ldc, A, lda, W, dt, with_bias ? bias : NULL, M, K, n0, n1);
-    t->matmul(c1, ldc, A, lda, W, dt, with_bias ? bias : NULL, M, K, n0, n1);
-    int ok = 1;
-    float tol = 1e-5f * sqrtf((float)K);
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N + 5; n++) {
-            float a = c0[(size_t)m * ldc + n], b = c1[(size_t)m * ldc + n];
-            if (n < n0 || n >= n1) ok &= b == 7.0f;           /* untouched */
-            else ok &= fabsf(a - b) <= tol * (1.0f + fabsf(a)); /* equal maths */
+    for (size_t i = 0; i < c_len; i++) c0[i] = c1[i] = SENTINEL;
+    const float *b = with_bias ? bias : NULL;
+
+    qw_kernels_scalar.matmul(c0, ldc, A, lda, W, dt, b, M, K, n0, n1);
+    t->matmul(c1, ldc, A, lda, W, dt, b, M, K, n0, n1);
+
+    const float tol = 1e-5f * sqrtf((float)(K ? K : 1));
+    int untouched = 1, vs_scalar = 1, vs_double = 1;
+    double worst = 0.0;
+    for (int m = 0; m < rows; m++)
+        for (int n = 0; n < ldc; n++) {
+            const float s = c0[(size_t)m * ldc + n], v = c1[(size_t)m * ldc + n];
+            if (m >= M || n < n0 || n >= n1) {
+                untouched &= v == SENTINEL && s == SENTINEL;
+                continue;
+            }
+            vs_scalar &= fabsf(v - s) <= tol * (1.0f + fabsf(s)); /* NaN fails too */
+            double ref = b ? b[n] : 0.0;
+            for (int k = 0; k < K; k++) ref += (double)A[(size_t)m * lda + k] * wref[(size_t)n * K + k];
+            const double err = fabs(ref - v) / (1.0 + fabs(ref));
+            vs_double &= err <= tol;
+            if (err > worst) worst = err;
         }
-    /* And against a double-precision reference on the widened weights. */
-    for (int m = 0; m < M && ok; m++)
-        for (int n = n0; n < n1; n++) {
-            double s = with_bias ? bias[n] : 0.0;
-            for (int k = 0; k < K; k++) s += (double)A[(size_t)m * lda + k] * wref[(size_t)n * K + k];
-            ok &= fabs(s - c1[(size_t)m * ldc + n]) <= tol * (1.0 + fabs(s));
-        }
-    check(ok, "matmul", t->name, M, K, n0, n1, dt);
-    free(wref); free(W); free(A); free(bias); free(c0); free(c1);
+    check(untouched && vs_scalar && vs_double, t->name,
+          "matmul M=%d K=%d N=%d n=[%d,%d) %s bias=%d: untouched=%d vs_scalar=%d vs_double=%d (worst rel. err %.3g, tol %.3g)",
+          M, K, N, n0, n1, dt_name(dt), with_bias, untouched, vs_scalar, vs_double, worst, tol);
+    free(wref), free(W), free(A), free(bias), free(c0), free(c1);
 }
 
-static void test_vectors(const qw_kernels *t) {
-    static const int sizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1000};
-    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-        int n = sizes[s];
-        float a[1000], b[1000], y0[1000], y1[1000], f0[1000], f1[1000];
-        uint16_t h[1000];
-        for (int i = 0; i < n; i++) {
-            a[i] = frand(); b[i] = frand(); y0[i] = y1[i] = frand();
-            h[i] = qw_f32_to_bf16(frand());
-        }
-        float d0 = qw_kernels_scalar.dot(a, b, n), d1 = t->dot(a, b, n);
-        check(fabsf(d0 - d1) <= 1e-5f * sqrtf((float)n + 1) * (1 + fabsf(d0)), "dot", t->name, 1, n, 0, 0, 0);
-        qw_kernels_scalar.axpy(y0, 0.37f, a, n);
-        t->axpy(y1, 0.37f, a, n);
-        int same = 1; /* FMA vs multiply-then-add: one rounding apart */
-        for (int i = 0; i < n; i++) same &= fabsf(y0[i] - y1[i]) <= 1e-6f * (1.0f + fabsf(y0[i]));
-        check(same, "axpy", t->name, 1, n, 0, 0, 0);
-        for (int dt = 0; dt < 3; dt++) {
-            const void *src = dt == QW_F32 ? (const void *)a : (const void *)h;
-            qw_kernels_scalar.to_f32(f0, src, (qw_dtype)dt, n);
-            t->to_f32(f1, src, (qw_dtype)dt, n);
-            check(memcmp(f0, f1, (size_t)n * sizeof(float)) == 0 || n == 0, "to_f32", t->name, 1, n, 0, 0, dt);
-        }
-    }
+static void test_matmuls(const qw_kernels *t) {
+    static const int Ms[] = {1, 2, 3, 4, 5, 7, 8, 13, 16, 33};
+    static const int Ks[] = {1, 7, 8, 15, 16, 17, 24, 40, 64, 96, 100, 120, 200, 257, 1024, 3072};
+    const int N = 37;
+    /* Column slices: all, inner (n0 > 0, n1 < N), one aligned panel, one column. */
+    static const int slices[][2] = {{0, 37}, {3, 29}, {16, 32}, {36, 37}};
+    for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++)
+        for (size_t ki = 0; ki < sizeof(Ks) / sizeof(Ks[0]); ki++)
+            for (int dt = 0; dt < 3; dt++)
+                for (size_t s = 0; s < sizeof(slices) / sizeof(slices[0]); s++)
+                    test_matmul(t, Ms[mi], Ks[ki], N, slices[s][0], slices[s][1], (qw_dtype)dt, (int)((s + dt) & 1));
+    /* Across the packed path's blocks (MB = 192 rows of A; KB = 512 columns
+     * of K for AVX2, 256 for AVX-512) and several panels, ragged slices. */
+    test_matmul(t, 200, 600, 70, 5, 66, QW_BF16, 1);
+    test_matmul(t, 197, 513, 48, 0, 48, QW_F16, 0);
+    test_matmul(t, 64, 896, 40, 8, 40, QW_F32, 1);
+    /* Decode shapes with many rows and a slice at the end of W. */
+    test_matmul(t, 1, 1024, 300, 0, 300, QW_BF16, 0);
+    test_matmul(t, 1, 3072, 64, 48, 64, QW_BF16, 1);
+    test_matmul(t, 1, 896, 35, 17, 35, QW_F16, 1);
+    /* Edge cases: empty slice, no rows, reversed slice, no columns of K. */
+    test_matmul(t, 4, 64, 8, 5, 5, QW_BF16, 1);
+    test_matmul(t, 40, 64, 8, 8, 8, QW_F32, 1);
+    test_matmul(t, 0, 64, 8, 0, 8, QW_BF16, 1);
+    test_matmul(t, 3, 64, 8, 6, 2, QW_F16, 0);
+    test_matmul(t, 3, 0, 8, 1, 7, QW_F32, 1);
+    test_matmul(t, 9, 0, 8, 0, 8, QW_BF16, 0);
 }
 
-static void test_conversions(void) {
-    /* f16: zero, one, max, smallest subnormal, inf, NaN, negative */
-    check(qw_f16_to_f32(0x0000) == 0.0f && qw_f16_to_f32(0x3c00) == 1.0f, "f16 basic", "scalar", 0, 0, 0, 0, 2);
-    check(qw_f16_to_f32(0x7bff) == 65504.0f && qw_f16_to_f32(0xc000) == -2.0f, "f16 max/neg", "scalar", 0, 0, 0, 0, 2);
-    check(qw_f16_to_f32(0x0001) == ldexpf(1.0f, -24) && qw_f16_to_f32(0x03ff) == ldexpf(1023.0f, -24), "f16 subnormal",
-          "scalar", 0, 0, 0, 0, 2);
-    check(isinf(qw_f16_to_f32(0x7c00)) && isnan(qw_f16_to_f32(0x7e00)), "f16 inf/nan", "scalar", 0, 0, 0, 0, 2);
-    /* bf16: exact round trip, round to nearest even, NaN stays NaN */
-    check(qw_bf16_to_f32(qw_f32_to_bf16(1.5f)) == 1.5f, "bf16 exact", "scalar", 0, 0, 0, 0, 1);
-    union { uint32_t u; float f; } v;
-    v.u = 0x3f808000u; /* halfway between two bf16 values, even below */
-    check(qw_f32_to_bf16(v.f) == 0x3f80, "bf16 ties to even (down)", "scalar", 0, 0, 0, 0, 1);
-    v.u = 0x3f818000u; /* halfway, odd below: rounds up */
-    check(qw_f32_to_bf16(v.f) == 0x3f82, "bf16 ties to even (up)", "scalar", 0, 0, 0, 0, 1);
-    check(isnan(qw_bf16_to_f32(qw_f32_to_bf16(NAN))), "bf16 nan", "scalar", 0, 0, 0, 0, 1);
-    check(isinf(qw_bf16_to_f32(qw_f32_to_bf16(INFINITY))), "bf16 inf", "scalar", 0, 0, 0, 0, 1);
-}
+/* ==== Main ==== */
 
 int main(void) {
-    test_conversions();
-    static const int Ms[] = {1, 2, 3, 5, 7, 16, 33, 50};
-    static const int Ks[] = {1, 7, 8, 15, 16, 17, 24, 32, 40, 64, 100, 513, 1024, 3072};
-    int skipped = 0;
+    const qw_kernels *tables[4];
+    int n_tables = 0;
+    int best = qw_best_isa(), resolved = -1;
+    check(qw_kernels_for(QWEN_ISA_AUTO, &resolved) != NULL && resolved == best, "dispatch", "AUTO resolves to the best ISA");
+    check(qw_kernels_for(QWEN_ISA_SCALAR, NULL) == &qw_kernels_scalar, "dispatch", "scalar always available");
+
     for (int isa = QWEN_ISA_AVX2; isa <= QWEN_ISA_AVX512; isa++) {
-        int resolved = 0;
-        const qw_kernels *t = qw_kernels_for(isa, &resolved);
+        const char *name = isa == QWEN_ISA_AVX2 ? "avx2" : "avx512";
+        const qw_kernels *t = qw_kernels_for(isa, NULL);
+        check(isa > best ? t == NULL : t != NULL, "dispatch", "%s available iff the CPU has it", name);
+#ifdef QW_TEST_EMULATE_AVX512
+        if (isa == QWEN_ISA_AVX512 && !t) {
+            printf("kernels: avx512 not supported by this CPU: testing the SIMDe-emulated build\n");
+            t = &qw_kernels_avx512;
+        }
+#endif
         if (!t) {
-            printf("kernels: %s not supported by this CPU: skipped\n", isa == QWEN_ISA_AVX2 ? "avx2" : "avx512");
-            skipped++;
+            printf("kernels: %s not supported by this CPU: skipped\n", name);
             continue;
         }
-        test_vectors(t);
-        for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++)
-            for (size_t ki = 0; ki < sizeof(Ks) / sizeof(Ks[0]); ki++)
-                for (int dt = 0; dt < 3; dt++) {
-                    int M = Ms[mi], K = Ks[ki], N = 13;
-                    if (M > 16 && K > 1024) continue; /* keep the run short */
-                    test_matmul(t, M, K, N, 0, N, (qw_dtype)dt, dt != 1);
-                    test_matmul(t, M, K, N, 3, 10, (qw_dtype)dt, dt == 1);
-                }
-        test_matmul(t, 4, 64, 8, 5, 5, QW_BF16, 1); /* empty slice */
-        test_matmul(t, 0, 64, 8, 0, 8, QW_BF16, 1); /* no rows */
-        test_matmul(t, 1, 1024, 300, 0, 300, QW_BF16, 0);
-        test_matmul(t, 100, 896, 40, 8, 40, QW_BF16, 1);
+        tables[n_tables++] = t;
     }
-    printf("kernels: %d passed, %d failed (%d kernel sets skipped)\n", passed, failed, skipped);
+
+    test_conversions(tables, n_tables);
+    for (int i = 0; i < n_tables; i++) {
+        const int before = failed;
+        test_vectors(tables[i]);
+        test_matmuls(tables[i]);
+        printf("kernels: %s tested, %d failures\n", tables[i]->name, failed - before);
+    }
+    printf("kernels: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

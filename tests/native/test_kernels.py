@@ -1,0 +1,100 @@
+"""The kernel test program (native/tests/test_kernels.c): every SIMD kernel table against the scalar one.
+
+Builds only the kernel test targets of native/ with CMake (so it does not depend on the rest of the
+library), plain and under AddressSanitizer, and runs them. The AVX-512 table runs on CPUs that have
+AVX-512; elsewhere it is tested through SIMDe's portable intrinsics when SIMDe (pip: simde-py) is
+installed or QWEN_SIMDE_INCLUDE names its headers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is required")
+
+VARIANTS = {
+    "release": ["-DCMAKE_BUILD_TYPE=Release"],
+    "asan": ["-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=address"],
+}
+SUMMARY = re.compile(r"^kernels: (\d+) passed, (\d+) failed$", re.MULTILINE)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else set()
+
+
+def simde_include() -> str | None:
+    """Headers of SIMDe >= 0.8 (the directory holding simde/), if any."""
+    if os.environ.get("QWEN_SIMDE_INCLUDE"):
+        return os.environ["QWEN_SIMDE_INCLUDE"]
+    try:
+        import simde_py  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(simde_py.get_include())
+
+
+def build(build_dir: Path, targets: list[str], *options: str) -> None:
+    subprocess.run(
+        ["cmake", "-S", str(ROOT / "native"), "-B", str(build_dir), "-DQWEN_BUILD_TESTS=ON", *options],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        ["cmake", "--build", str(build_dir), "-j2", "--target", *targets], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def run(program: Path) -> str:
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
+    proc = subprocess.run([str(program)], capture_output=True, text=True, env=env, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "AddressSanitizer" not in output, output
+    match = SUMMARY.search(proc.stdout)
+    assert match, output
+    passed, failed = int(match.group(1)), int(match.group(2))
+    assert failed == 0, output
+    assert passed >= 1000, output  # the matmul shape sweep ran, not just the conversions
+    return proc.stdout
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kernels(variant: str, tmp_path: Path) -> None:
+    build_dir = tmp_path / "build"
+    build(build_dir, ["test_kernels"], *VARIANTS[variant])
+    out = run(build_dir / "test_kernels")
+    flags = cpu_flags()
+    if {"avx2", "fma", "f16c"} <= flags:
+        assert "kernels: avx2 tested, 0 failures" in out, out  # the AVX2 path is always tested where it runs
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        assert "kernels: avx512 tested, 0 failures" in out, out
+    else:
+        assert "avx512 not supported by this CPU: skipped" in out, out
+
+
+def test_kernels_avx512_emulated(tmp_path: Path) -> None:
+    """Under AddressSanitizer only: SIMDe's headers take ~30 s to compile optimised."""
+    include = simde_include()
+    if include is None:
+        pytest.skip("SIMDe headers not found (pip install simde-py, or set QWEN_SIMDE_INCLUDE)")
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 only")
+    build_dir = tmp_path / "build"
+    build(build_dir, ["test_kernels_avx512_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
+    out = run(build_dir / "test_kernels_avx512_emulated")
+    assert "kernels: avx512 tested, 0 failures" in out, out
