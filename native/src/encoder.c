@@ -181,7 +181,7 @@ static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int 
                 }
         }
     qw_matmul(ctx, out, cols, W, b, Fo * To);
-    qw_gelu(out, (size_t)Fo * To * W->rows);
+    qw_gelu_mt(ctx, out, (size_t)Fo * To * W->rows);
 }
 
 /* ==== Attention inside windows ==== */
@@ -279,7 +279,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, flo
         if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
         const qw_enc_layer *y = &e->layers[l];
         memcpy(hbuf, x, (size_t)n * d * sizeof(float));
-        for (int i = 0; i < n; i++) qw_layernorm(hbuf + (size_t)i * d, y->ln1_w, y->ln1_b, d, 1e-5f);
+        qw_layernorm_rows(ctx, hbuf, y->ln1_w, y->ln1_b, n, d);
         float *qkv_out[3] = {q, kk, v};
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
@@ -289,15 +289,15 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, flo
         qw_matmul(ctx, hbuf, att, &y->o, y->o_b, n);
         for (size_t i = 0; i < (size_t)n * d; i++) x[i] += hbuf[i];
         memcpy(att, x, (size_t)n * d * sizeof(float));
-        for (int i = 0; i < n; i++) qw_layernorm(att + (size_t)i * d, y->ln2_w, y->ln2_b, d, 1e-5f);
+        qw_layernorm_rows(ctx, att, y->ln2_w, y->ln2_b, n, d);
         qw_matmul(ctx, hbuf, att, &y->fc1, y->fc1_b, n);
-        qw_gelu(hbuf, (size_t)n * ffn);
+        qw_gelu_mt(ctx, hbuf, (size_t)n * ffn);
         qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n);
         for (size_t i = 0; i < (size_t)n * d; i++) x[i] += att[i];
     }
-    for (int i = 0; i < n; i++) qw_layernorm(x + (size_t)i * d, e->ln_post_w, e->ln_post_b, d, 1e-5f);
+    qw_layernorm_rows(ctx, x, e->ln_post_w, e->ln_post_b, n, d);
     qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
-    qw_gelu(q, (size_t)n * d);
+    qw_gelu_mt(ctx, q, (size_t)n * d);
     qw_matmul(ctx, out, q, &e->proj2, e->proj2_b, n);
     free(buf);
     return QWEN_OK;

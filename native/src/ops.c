@@ -88,6 +88,38 @@ void qw_gelu(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
+/* ==== Threaded element-wise ==== */
+
+typedef struct {
+    float *x;
+    const float *w, *b;
+    size_t n;   /* elements (gelu) or rows (layernorm) */
+    int d;      /* row width (layernorm) */
+    size_t per; /* elements or rows per task */
+} ew_job;
+
+static void gelu_task(void *arg, int t) {
+    ew_job *j = arg;
+    size_t i0 = (size_t)t * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
+    qw_gelu(j->x + i0, i1 - i0);
+}
+
+void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
+    ew_job j = {x, NULL, NULL, n, 0, 1 << 14};
+    qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), gelu_task, &j);
+}
+
+static void layernorm_task(void *arg, int t) {
+    ew_job *j = arg;
+    size_t r0 = (size_t)t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
+    for (size_t r = r0; r < r1; r++) qw_layernorm(j->x + r * j->d, j->w, j->b, j->d, 1e-5f);
+}
+
+void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d) {
+    ew_job j = {x, w, b, (size_t)rows, d, 8};
+    qw_pool_run(ctx->pool, (rows + 7) / 8, layernorm_task, &j);
+}
+
 void qw_softmax(float *x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
