@@ -52,6 +52,10 @@ typedef enum {
     QWEN_ISA_SCALAR = 1,
     QWEN_ISA_AVX2 = 2,      /* AVX2 + FMA + F16C */
     QWEN_ISA_AVX512 = 3,    /* AVX-512 F/BW/VL/DQ */
+    QWEN_ISA_AVX512BF16 = 4, /* AVX-512 + AVX512_BF16 dot products for bf16 weights in the
+                              * encoder/prefill GEMM. Opt-in, never chosen by AUTO: it rounds
+                              * activations to bf16 there, so results differ slightly from the
+                              * f32 sets (and from the reference). */
 } qwen_isa;
 
 typedef struct qwen_context qwen_context;
@@ -80,7 +84,7 @@ QWEN_API const char *qwen_version(void);            /* "0.1.0" */
 QWEN_API qwen_params qwen_default_params(void);
 QWEN_API qwen_run_params qwen_default_run_params(void);
 QWEN_API qwen_isa qwen_best_isa(void);              /* what AUTO resolves to on this CPU */
-QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "auto", "scalar", "avx2", "avx512" */
+QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "auto", "scalar", "avx2", "avx512", "avx512bf16" */
 
 /* ==== Context ==== */
 /* Loads a checkpoint directory. On failure returns NULL and, if err is not

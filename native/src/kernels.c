@@ -27,6 +27,13 @@ int qw_best_isa(void) {
 
 const qw_kernels *qw_kernels_for(int isa, int *resolved_isa) {
     int best = qw_best_isa();
+#ifdef QW_X86
+    if (isa == QWEN_ISA_AVX512BF16) { /* opt-in only: AUTO never picks it */
+        if (best != QWEN_ISA_AVX512 || !__builtin_cpu_supports("avx512bf16")) return NULL;
+        if (resolved_isa) *resolved_isa = isa;
+        return &qw_kernels_avx512bf16;
+    }
+#endif
     if (isa == QWEN_ISA_AUTO) isa = best;
     if (isa > best) return NULL;
     if (resolved_isa) *resolved_isa = isa;

@@ -37,6 +37,7 @@ typedef struct {
 extern const qw_kernels qw_kernels_scalar;
 extern const qw_kernels qw_kernels_avx2;   /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */
+extern const qw_kernels qw_kernels_avx512bf16; /* opt-in: bf16 activations in the GEMM (x86-64 only) */
 
 /* Resolves an ISA request (see qwen_isa in qwen.h) to a table: AUTO picks the
  * best the CPU supports; asking for one the CPU lacks returns NULL. */

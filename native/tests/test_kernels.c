@@ -73,8 +73,17 @@ static void emu_mask_storeu_ps(void *p, simde__mmask16 k, simde__m512 a) {
 #define _mm512_maskz_loadu_ps(k, p) emu_maskz_loadu_ps(k, p)
 #define _mm256_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16(k, p)
 #define _mm512_mask_storeu_ps(p, k, a) emu_mask_storeu_ps(p, k, a)
+static simde__m512i emu_maskz_loadu_epi16_512(simde__mmask32 k, const void *p) {
+    uint16_t v[32] = {0};
+    for (int i = 0; i < 32; i++)
+        if (k >> i & 1) v[i] = ((const uint16_t *)p)[i];
+    return simde_mm512_loadu_si512(v);
+}
+#undef _mm512_maskz_loadu_epi16
+#define _mm512_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16_512(k, p)
 
 #include "kernels_avx512.c"
+#include "kernels_avx512bf16.c"
 #endif
 
 static int passed, failed;
@@ -338,6 +347,58 @@ static void test_matmuls(const qw_kernels *t) {
     test_matmul(t, 9, 0, 8, 0, 8, QW_BF16, 0);
 }
 
+/* ==== The BF16 set: C = bf16(A) @ W^T, exact in its inputs ==== */
+
+/* M >= 8 with bf16 weights takes the BF16 dot product, whose A is rounded to
+ * bf16: compared with a double-precision sum of the same rounded inputs.
+ * Everything else is delegated to the AVX-512 table and compared as usual. */
+static void test_matmul_bf16act(const qw_kernels *t, int M, int K, int N, int n0, int n1, qw_dtype dt, int with_bias) {
+    float *wref = malloc((size_t)N * K * sizeof(float));
+    void *W = make_weights(N, K, dt, wref);
+    const int lda = K + 3, ldc = N + 5;
+    float *A = malloc((size_t)(M ? M : 1) * lda * sizeof(float));
+    float *bias = malloc((size_t)N * sizeof(float));
+    float *C = malloc((size_t)(M ? M : 1) * ldc * sizeof(float));
+    for (int i = 0; i < M * lda; i++) A[i] = frand();
+    for (int i = 0; i < N; i++) bias[i] = frand();
+    for (int i = 0; i < (M ? M : 1) * ldc; i++) C[i] = 7.0f;
+    t->matmul(C, ldc, A, lda, W, dt, with_bias ? bias : NULL, M, K, n0, n1);
+    const int rounded = dt == QW_BF16 && M >= 8;
+    const double tol = 1e-5 * sqrt((double)(K > 0 ? K : 1));
+    int ok = 1;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N + 5; n++) {
+            float got = C[(size_t)m * ldc + n];
+            if (n < n0 || n >= n1) {
+                ok &= got == 7.0f;
+                continue;
+            }
+            double s = with_bias ? bias[n] : 0.0;
+            for (int k = 0; k < K; k++) {
+                float a = A[(size_t)m * lda + k];
+                if (rounded) a = qw_bf16_to_f32(qw_f32_to_bf16(a));
+                s += (double)a * wref[(size_t)n * K + k];
+            }
+            ok &= fabs(s - got) <= tol * (1.0 + fabs(s));
+        }
+    check(ok, t->name, "matmul (bf16 activations) M=%d K=%d N=%d n=[%d,%d) %s bias=%d", M, K, N, n0, n1, dt_name(dt),
+          with_bias);
+    free(wref); free(W); free(A); free(bias); free(C);
+}
+
+static void test_matmuls_bf16act(const qw_kernels *t) {
+    static const int Ms[] = {1, 3, 7, 8, 9, 13, 48, 50, 101};
+    static const int Ks[] = {1, 7, 16, 31, 32, 33, 64, 96, 257, 512, 513, 1030};
+    for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++)
+        for (size_t ki = 0; ki < sizeof(Ks) / sizeof(Ks[0]); ki++)
+            for (int dt = 0; dt < 3; dt++) {
+                test_matmul_bf16act(t, Ms[mi], Ks[ki], 13, 0, 13, (qw_dtype)dt, 1);
+                test_matmul_bf16act(t, Ms[mi], Ks[ki], 13, 3, 10, (qw_dtype)dt, 0);
+            }
+    test_matmul_bf16act(t, 0, 64, 8, 0, 8, QW_BF16, 1);
+    test_matmul_bf16act(t, 16, 64, 8, 5, 5, QW_BF16, 1);
+}
+
 /* ==== Main ==== */
 
 int main(void) {
@@ -364,12 +425,30 @@ int main(void) {
         tables[n_tables++] = t;
     }
 
+    /* The opt-in BF16 set rounds activations to bf16 in its GEMM: its own reference below. */
+    const qw_kernels *bf = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
+    check(bf == NULL || best == QWEN_ISA_AVX512, "dispatch", "avx512bf16 only with avx512");
+#ifdef QW_TEST_EMULATE_AVX512
+    if (!bf) {
+        printf("kernels: avx512bf16 not supported by this CPU: testing the SIMDe-emulated build\n");
+        bf = &qw_kernels_avx512bf16;
+    }
+#endif
+
     test_conversions(tables, n_tables);
     for (int i = 0; i < n_tables; i++) {
         const int before = failed;
         test_vectors(tables[i]);
         test_matmuls(tables[i]);
         printf("kernels: %s tested, %d failures\n", tables[i]->name, failed - before);
+    }
+    if (bf) {
+        const int before = failed;
+        test_vectors(bf);
+        test_matmuls_bf16act(bf);
+        printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
+    } else {
+        printf("kernels: avx512bf16 not supported by this CPU: skipped\n");
     }
     printf("kernels: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

@@ -28,7 +28,8 @@ _STATUS_NAMES = {
     -5: "aborted",
     -6: "unsupported",
 }
-ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+# avx512bf16 is opt-in (never "auto"): bf16 activations in the encoder/prefill GEMM.
+ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4}
 ISA_NAMES = {v: k for k, v in ISA.items()}
 
 _AbortCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)

@@ -151,3 +151,20 @@ def test_stream_never_splits_utf8(tiny_dirs: dict[str, Path]) -> None:
             assert all("\ufffd" not in d for d in deltas)
             seen_multibyte |= any(len(d.encode()) > len(d) for d in deltas)
         assert seen_multibyte  # the check above was exercised
+
+
+def test_bf16_kernel_set_is_opt_in(tiny_dir: Path) -> None:
+    """avx512bf16 is never chosen by auto; where the CPU lacks it, asking for it is a clear error,
+    and where it has it, the encoder agrees with the f32 kernels to bf16 precision."""
+    flags = Path("/proc/cpuinfo").read_text().split()
+    with NativeModel(tiny_dir) as auto:
+        assert auto.isa != "avx512bf16"
+        reference = auto.encode(speech_like(5.0))
+    if "avx512_bf16" not in flags or "avx512bw" not in flags:
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            NativeModel(tiny_dir, isa="avx512bf16")
+        return
+    with NativeModel(tiny_dir, isa="avx512bf16") as bf:
+        assert bf.isa == "avx512bf16"
+        out = bf.encode(speech_like(5.0))
+    assert np.abs(out - reference).max() <= 2e-2 * np.abs(reference).max()
