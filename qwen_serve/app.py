@@ -112,7 +112,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             graceful_shutdown_timeout_s=30,
         )(ModelServer)
         handles[model_id] = deployment.bind(
-            model_id, str(model_dir), settings.threads, settings.max_new_tokens, spec.repo
+            model_id,
+            str(model_dir),
+            threads=settings.threads,
+            max_new_tokens=settings.max_new_tokens,
+            repo=spec.repo,
+            isa=settings.isa,
         )
     if not handles:
         raise FileNotFoundError("No model checkpoint found. " + " ".join(problems))

@@ -13,13 +13,14 @@ file). Nothing is read at import time: the app builder calls
     QWEN_MAX_UPLOAD_MB              largest upload accepted (default 25)
     QWEN_MAX_AUDIO_SECONDS          longest audio accepted (default 1200)
     QWEN_THREADS                    compute threads per model replica (default: the engine's)
+    QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -76,6 +77,8 @@ class Settings(BaseSettings):
     """Longest accepted audio in seconds (400 above it)."""
     threads: int | None = Field(default=None, ge=1)
     """Compute threads per model replica; None lets the engine decide."""
+    isa: Literal["auto", "scalar", "avx2", "avx512", "avx512bf16"] = "auto"
+    """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generated tokens per audio chunk at most; None keeps the engine's default."""
     model_num_cpus: float = Field(default=1.0, ge=0)

@@ -27,13 +27,13 @@ from .results import StreamItem, StreamStarted, TextDelta, TranscriptResult
 
 logger = logging.getLogger("ray.serve")
 
-EngineFactory = Callable[[Path, "int | None"], Any]
+EngineFactory = Callable[[Path, "int | None", str], Any]
 
 
-def load_engine(model_dir: Path, threads: int | None) -> Any:
+def load_engine(model_dir: Path, threads: int | None, isa: str) -> Any:
     from qwen_serve.engine import Engine  # here, on the replica: keeps ctypes out of this module
 
-    return Engine(model_dir, threads=threads)
+    return Engine(model_dir, threads=threads, isa=isa)
 
 
 class _Done:
@@ -56,6 +56,7 @@ class ModelServer:
         threads: int | None = None,
         max_new_tokens: int | None = None,
         repo: str | None = None,
+        isa: str = "auto",
         engine_factory: EngineFactory | None = None,
     ):
         self.model_id = model_id
@@ -65,7 +66,7 @@ class ModelServer:
             problem = checkpoint_problem(self.model_dir)
             if problem:
                 raise FileNotFoundError(missing_checkpoint_message(model_id, self.model_dir, problem, repo))
-        self.engine = (engine_factory or load_engine)(self.model_dir, threads)
+        self.engine = (engine_factory or load_engine)(self.model_dir, threads, isa)
         self._closed = False
         logger.info("model %s loaded from %s", model_id, self.model_dir)
 

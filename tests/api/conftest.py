@@ -64,8 +64,8 @@ class Harness:
         self.app: FastAPI = create_app(settings, served, unavailable)
 
     def _factory(self, model_id: str) -> Callable[..., FakeEngine]:
-        def make(model_dir: Any, threads: int | None) -> FakeEngine:
-            engine = FakeEngine(model_dir, threads)
+        def make(model_dir: Any, threads: int | None, isa: str) -> FakeEngine:
+            engine = FakeEngine(model_dir, threads, isa)
             self.engines[model_id] = engine
             return engine
 

@@ -82,11 +82,12 @@ class FakeStream:
 
 
 class FakeEngine:
-    """Engine(model_dir, threads=None) with transcribe / stream / supported_languages / close."""
+    """Engine(model_dir, threads=None, isa="auto") with transcribe / stream / supported_languages / close."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, isa: str = "auto"):
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.isa = isa
         self.supported_languages = list(LANGUAGES)
         self.calls: list[dict[str, Any]] = []
         self.streams: list[FakeStream] = []

@@ -18,11 +18,12 @@ pytestmark = pytest.mark.anyio
 def _server(engine: FakeEngine | None = None) -> tuple[ModelServer, FakeEngine]:
     holder: dict[str, FakeEngine] = {}
 
-    def factory(model_dir: Path, threads: int | None) -> FakeEngine:
-        holder["e"] = engine or FakeEngine(model_dir, threads)
+    def factory(model_dir: Path, threads: int | None, isa: str) -> FakeEngine:
+        holder["e"] = engine or FakeEngine(model_dir, threads, isa)
         return holder["e"]
 
-    return ModelServer("m", "/models/m", threads=2, max_new_tokens=7, engine_factory=factory), holder.get("e")  # type: ignore[return-value]
+    server = ModelServer("m", "/models/m", threads=2, max_new_tokens=7, isa="avx2", engine_factory=factory)
+    return server, holder.get("e")  # type: ignore[return-value]
 
 
 def _pcm(seconds: float) -> np.ndarray:
@@ -45,7 +46,7 @@ async def test_stream_order_and_text() -> None:
         "max_new_tokens": 7,
         "writeable": True,
     }
-    assert engine.threads == 2
+    assert engine.threads == 2 and engine.isa == "avx2"
 
 
 async def test_transcribe_result() -> None:

@@ -22,7 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = Settings.from_args()
     assert (s.host, s.port, s.model_pool_size, s.model_idle_timeout) == ("0.0.0.0", 8011, 2, 300.0)
-    assert (s.max_upload_mb, s.max_audio_seconds, s.threads) == (25.0, 1200.0, None)
+    assert (s.max_upload_mb, s.max_audio_seconds, s.threads, s.isa) == (25.0, 1200.0, None, "auto")
     assert s.api_tokens() == ["sk-test-key"] and s.uses_default_token
     assert s.max_upload_bytes == 25 * 1024 * 1024
     assert s.model_dir("qwen-asr-0.6b") == Path("models/qwen3-asr-0.6b")
@@ -35,8 +35,10 @@ def test_env_wins_over_args(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN_MODEL_IDLE_TIMEOUT", "0")
     monkeypatch.setenv("QWEN_MODELS_DIR", "/srv/models")
     monkeypatch.setenv("QWEN_API_TOKEN", "sk-a, sk-b ,")
-    s = Settings.from_args({"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere"})
+    monkeypatch.setenv("QWEN_ISA", "avx512bf16")
+    s = Settings.from_args({"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere", "isa": "avx2"})
     assert s.port == 9000 and s.model_pool_size == 3 and s.model_idle_timeout == 0
+    assert s.isa == "avx512bf16"
     assert s.model_dir("qwen-asr-0.6b") == Path("/srv/models/qwen3-asr-0.6b")
     assert s.api_tokens() == ["sk-a", "sk-b"] and not s.uses_default_token
 
@@ -67,6 +69,7 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"api_token": " , "},
         {"max_upload_mb": 0},
         {"unknown_option": 1},
+        {"isa": "neon"},
         {"models": {"x": {"path": "p", "bogus": 1}}},
     ],
 )

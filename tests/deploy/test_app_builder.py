@@ -53,7 +53,9 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "qwen3-asr-0.6b")
     _checkpoint(tmp_path / "qwen3-asr-1.7b")
     _checkpoint(tmp_path / "extra")
-    app = build_app({"models_dir": str(tmp_path), "models": {"my-asr": "extra"}, "api_token": "sk-x"})
+    app = build_app(
+        {"models_dir": str(tmp_path), "models": {"my-asr": "extra"}, "api_token": "sk-x", "isa": "avx2", "threads": 1}
+    )
     assert isinstance(app, Application)
     ingress = app._bound_deployment
     settings, infos, handles, unavailable = ingress.init_args
@@ -64,7 +66,8 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
         assert deployment.name == deployment_name(model_id)
         assert deployment._deployment_config.max_ongoing_requests == 1
         assert deployment._deployment_config.autoscaling_config.max_replicas == settings.model_pool_size
-        assert deployment.init_args[0] == model_id
+        assert deployment.init_args == (model_id, str((tmp_path / settings.models[model_id].path).resolve()))
+        assert deployment.init_kwargs["isa"] == "avx2" and deployment.init_kwargs["threads"] == 1
     assert infos["my-asr"].languages == ("English", "Chinese")
 
 
