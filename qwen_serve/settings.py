@@ -13,7 +13,7 @@ file). Nothing is read at import time: the app builder calls
     QWEN_MAX_UPLOAD_MB              largest upload accepted (default 25)
     QWEN_MAX_AUDIO_SECONDS          longest audio accepted (default 1200)
     QWEN_THREADS                    compute threads per model replica (default: the engine's)
-    QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16
+    QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     """Longest accepted audio in seconds (400 above it)."""
     threads: int | None = Field(default=None, ge=1)
     """Compute threads per model replica; None lets the engine decide."""
-    isa: Literal["auto", "scalar", "avx2", "avx512", "avx512bf16"] = "auto"
+    isa: Literal["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"] = "auto"
     """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generated tokens per audio chunk at most; None keeps the engine's default."""

@@ -56,6 +56,7 @@ typedef enum {
                               * encoder/prefill GEMM. Opt-in, never chosen by AUTO: it rounds
                               * activations to bf16 there, so results differ slightly from the
                               * f32 sets (and from the reference). */
+    QWEN_ISA_NEON = 5,       /* AArch64 Advanced SIMD (every AArch64 CPU has it) */
 } qwen_isa;
 
 typedef struct qwen_context qwen_context;
@@ -84,7 +85,7 @@ QWEN_API const char *qwen_version(void);            /* "0.1.0" */
 QWEN_API qwen_params qwen_default_params(void);
 QWEN_API qwen_run_params qwen_default_run_params(void);
 QWEN_API qwen_isa qwen_best_isa(void);              /* what AUTO resolves to on this CPU */
-QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "auto", "scalar", "avx2", "avx512", "avx512bf16" */
+QWEN_API const char *qwen_isa_name(qwen_isa isa);   /* "auto", "scalar", "avx2", "avx512", "avx512bf16", "neon" */
 
 /* ==== Context ==== */
 /* Loads a checkpoint directory. On failure returns NULL and, if err is not

@@ -11,6 +11,9 @@
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
 #define QW_X86 1
 #endif
+#if (defined(__aarch64__) || defined(_M_ARM64)) && !defined(QWEN_NO_SIMD)
+#define QW_ARM 1
+#endif
 
 int qw_best_isa(void) {
 #ifdef QW_X86
@@ -21,6 +24,9 @@ int qw_best_isa(void) {
         return QWEN_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return QWEN_ISA_AVX2;
+#endif
+#ifdef QW_ARM
+    return QWEN_ISA_NEON;
 #endif
     return QWEN_ISA_SCALAR;
 }
@@ -35,6 +41,13 @@ const qw_kernels *qw_kernels_for(int isa, int *resolved_isa) {
     }
 #endif
     if (isa == QWEN_ISA_AUTO) isa = best;
+#ifdef QW_ARM
+    if (isa == QWEN_ISA_NEON) {
+        if (resolved_isa) *resolved_isa = isa;
+        return &qw_kernels_neon;
+    }
+    if (isa != QWEN_ISA_SCALAR) return NULL; /* x86 sets on ARM */
+#endif
     if (isa > best) return NULL;
     if (resolved_isa) *resolved_isa = isa;
     switch (isa) {

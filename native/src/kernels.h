@@ -1,7 +1,7 @@
 /*
  * Kernels — the hot loops, one table per instruction set.
  *
- * Every variant (scalar, AVX2+FMA+F16C, AVX-512) implements the same maths;
+ * Every variant (scalar, AVX2+FMA+F16C, AVX-512, NEON) implements the same maths;
  * the tests in native/tests check each against the scalar table. The table is
  * chosen at run time (qw_kernels_for), never with -march=native, so one
  * binary runs on any x86-64 (and the scalar table anywhere).
@@ -38,6 +38,7 @@ extern const qw_kernels qw_kernels_scalar;
 extern const qw_kernels qw_kernels_avx2;   /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512bf16; /* opt-in: bf16 activations in the GEMM (x86-64 only) */
+extern const qw_kernels qw_kernels_neon;   /* defined only on AArch64 builds */
 
 /* Resolves an ISA request (see qwen_isa in qwen.h) to a table: AUTO picks the
  * best the CPU supports; asking for one the CPU lacks returns NULL. */

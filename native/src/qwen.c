@@ -59,6 +59,7 @@ const char *qwen_isa_name(qwen_isa isa) {
     case QWEN_ISA_AVX2: return "avx2";
     case QWEN_ISA_AVX512: return "avx512";
     case QWEN_ISA_AVX512BF16: return "avx512bf16";
+    case QWEN_ISA_NEON: return "neon";
     default: return "unknown";
     }
 }

@@ -23,7 +23,8 @@
  *
  * Tables the CPU cannot run are reported as skipped (not a failure). Built
  * with -DQW_TEST_EMULATE_AVX512 (and SIMDe), the AVX-512 table is compiled
- * from portable intrinsics and tested on any CPU.
+ * from portable intrinsics and tested on any CPU; with -DQW_TEST_EMULATE_NEON
+ * the same holds for the NEON table (SIMDe's NEON emulation).
  *
  * Exit status is non-zero on any failure; the last line reads
  * "kernels: N passed, M failed".
@@ -84,6 +85,12 @@ static simde__m512i emu_maskz_loadu_epi16_512(simde__mmask32 k, const void *p) {
 
 #include "kernels_avx512.c"
 #include "kernels_avx512bf16.c"
+#endif
+
+#ifdef QW_TEST_EMULATE_NEON
+/* ==== NEON through SIMDe (CPUs other than AArch64) ==== */
+#define QW_NEON_SIMDE 1
+#include "kernels_neon.c"
 #endif
 
 static int passed, failed;
@@ -402,20 +409,30 @@ static void test_matmuls_bf16act(const qw_kernels *t) {
 /* ==== Main ==== */
 
 int main(void) {
-    const qw_kernels *tables[4];
+    const qw_kernels *tables[5];
     int n_tables = 0;
     int best = qw_best_isa(), resolved = -1;
     check(qw_kernels_for(QWEN_ISA_AUTO, &resolved) != NULL && resolved == best, "dispatch", "AUTO resolves to the best ISA");
     check(qw_kernels_for(QWEN_ISA_SCALAR, NULL) == &qw_kernels_scalar, "dispatch", "scalar always available");
 
-    for (int isa = QWEN_ISA_AVX2; isa <= QWEN_ISA_AVX512; isa++) {
-        const char *name = isa == QWEN_ISA_AVX2 ? "avx2" : "avx512";
+    static const int sets[] = {QWEN_ISA_AVX2, QWEN_ISA_AVX512, QWEN_ISA_NEON};
+    for (int s = 0; s < 3; s++) {
+        const int isa = sets[s];
+        const char *name = isa == QWEN_ISA_AVX2 ? "avx2" : isa == QWEN_ISA_AVX512 ? "avx512" : "neon";
         const qw_kernels *t = qw_kernels_for(isa, NULL);
-        check(isa > best ? t == NULL : t != NULL, "dispatch", "%s available iff the CPU has it", name);
+        /* x86 sets are ordered (AVX-512 implies AVX2); NEON stands alone. */
+        const int has = isa == QWEN_ISA_NEON ? best == QWEN_ISA_NEON : best != QWEN_ISA_NEON && isa <= best;
+        check(has ? t != NULL : t == NULL, "dispatch", "%s available iff the CPU has it", name);
 #ifdef QW_TEST_EMULATE_AVX512
         if (isa == QWEN_ISA_AVX512 && !t) {
             printf("kernels: avx512 not supported by this CPU: testing the SIMDe-emulated build\n");
             t = &qw_kernels_avx512;
+        }
+#endif
+#ifdef QW_TEST_EMULATE_NEON
+        if (isa == QWEN_ISA_NEON && !t) {
+            printf("kernels: neon not supported by this CPU: testing the SIMDe-emulated build\n");
+            t = &qw_kernels_neon;
         }
 #endif
         if (!t) {

@@ -29,7 +29,7 @@ _STATUS_NAMES = {
     -6: "unsupported",
 }
 # avx512bf16 is opt-in (never "auto"): bf16 activations in the encoder/prefill GEMM.
-ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4}
+ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4, "neon": 5}
 ISA_NAMES = {v: k for k, v in ISA.items()}
 
 _AbortCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
@@ -127,6 +127,14 @@ def version() -> str:
 
 def best_isa() -> str:
     return ISA_NAMES[load_library().qwen_best_isa()]
+
+
+def exact_isas() -> list[str]:
+    """The exact (f32) kernel sets this CPU runs, scalar first; avx512bf16 is not exact."""
+    best = best_isa()
+    if best == "neon":
+        return ["scalar", "neon"]
+    return [i for i in ("scalar", "avx2", "avx512") if ISA[i] <= ISA[best]]
 
 
 def _pcm(pcm: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qwen_serve.engine import Engine
-from qwen_serve.engine._native import AbortedError, NativeModel
+from qwen_serve.engine._native import AbortedError, NativeModel, best_isa, exact_isas
 from qwen_serve.testing.clips import speech_like
 
 
@@ -168,3 +168,12 @@ def test_bf16_kernel_set_is_opt_in(tiny_dir: Path) -> None:
         assert bf.isa == "avx512bf16"
         out = bf.encode(speech_like(5.0))
     assert np.abs(out - reference).max() <= 2e-2 * np.abs(reference).max()
+
+
+def test_kernel_sets_of_another_architecture_are_refused(tiny_dir: Path) -> None:
+    """neon on x86-64 and the x86 sets on AArch64 are clear errors, never a crash."""
+    other = "avx2" if best_isa() == "neon" else "neon"
+    with pytest.raises(ValueError, match=f"kernel set '{other}' is not supported by this CPU"):
+        NativeModel(tiny_dir, isa=other)
+    with NativeModel(tiny_dir, isa="auto") as auto:
+        assert auto.isa == best_isa() and auto.isa in exact_isas()

@@ -2,8 +2,8 @@
 
 Builds only the kernel test targets of native/ with CMake (so it does not depend on the rest of the
 library), plain and under AddressSanitizer, and runs them. The AVX-512 table runs on CPUs that have
-AVX-512; elsewhere it is tested through SIMDe's portable intrinsics when SIMDe (pip: simde-py) is
-installed or QWEN_SIMDE_INCLUDE names its headers.
+AVX-512 and the NEON table on AArch64; elsewhere both are tested through SIMDe's portable intrinsics
+when SIMDe (pip: simde-py) is installed or QWEN_SIMDE_INCLUDE names its headers.
 """
 
 from __future__ import annotations
@@ -85,16 +85,21 @@ def test_kernels(variant: str, tmp_path: Path) -> None:
         assert "kernels: avx512 tested, 0 failures" in out, out
     else:
         assert "avx512 not supported by this CPU: skipped" in out, out
+    if os.uname().machine in ("aarch64", "arm64"):
+        assert "kernels: neon tested, 0 failures" in out, out
 
 
-def test_kernels_avx512_emulated(tmp_path: Path) -> None:
-    """Under AddressSanitizer only: SIMDe's headers take ~30 s to compile optimised."""
+@pytest.mark.parametrize("table", ["avx512", "neon"])
+def test_kernels_emulated(table: str, tmp_path: Path) -> None:
+    """A table this CPU cannot run, compiled over SIMDe (AVX-512 or NEON emulation) and checked like
+    the others. Under AddressSanitizer only: SIMDe's headers take ~30 s to compile optimised."""
     include = simde_include()
     if include is None:
         pytest.skip("SIMDe headers not found (pip install simde-py, or set QWEN_SIMDE_INCLUDE)")
     if os.uname().machine != "x86_64":
-        pytest.skip("x86-64 only")
+        pytest.skip("x86-64 only (AArch64 runs the real NEON table in test_kernels)")
+    target = f"test_kernels_{table}_emulated"
     build_dir = tmp_path / "build"
-    build(build_dir, ["test_kernels_avx512_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
-    out = run(build_dir / "test_kernels_avx512_emulated")
-    assert "kernels: avx512 tested, 0 failures" in out, out
+    build(build_dir, [target], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
+    out = run(build_dir / target)
+    assert f"kernels: {table} tested, 0 failures" in out, out
