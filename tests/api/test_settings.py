@@ -69,7 +69,7 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"api_token": " , "},
         {"max_upload_mb": 0},
         {"unknown_option": 1},
-        {"isa": "neon"},
+        {"isa": "sse2"},
         {"models": {"x": {"path": "p", "bogus": 1}}},
     ],
 )
