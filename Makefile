@@ -14,8 +14,10 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml native/CMakeLists.txt $(wildcard native/src/*.c native/src/*.h native/include/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip setuptools
 	$(PIP) install -q scikit-build-core
+	# simde-py ships only an sdist: build it in pip's isolated environment
+	$(PIP) install -q "simde-py>=0.8.2"
 	$(PIP) install -q --no-build-isolation -e ".[serve,test]"
 	touch $@
 
