@@ -157,10 +157,11 @@ int main(int argc, char **argv) {
     static const int batch_m = 4;
     static const int prefill_m[] = {64, 256, 512};
 
-    for (int isa = QWEN_ISA_SCALAR; isa <= QWEN_ISA_AVX512; isa++) {
+    static const char *isa_names[] = {"auto", "scalar", "avx2", "avx512", "avx512bf16"};
+    for (int isa = QWEN_ISA_SCALAR; isa <= QWEN_ISA_AVX512BF16; isa++) {
         const qw_kernels *k = qw_kernels_for(isa, NULL);
         if (!k) {
-            printf("%s: not supported by this CPU, skipped\n", isa == QWEN_ISA_AVX2 ? "avx2" : "avx512");
+            if (!only || !strcmp(only, isa_names[isa])) printf("%s: not supported by this CPU, skipped\n", isa_names[isa]);
             continue;
         }
         if (only && strcmp(only, k->name)) continue;
