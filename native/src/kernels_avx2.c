@@ -27,12 +27,10 @@
  * 16-bit left shift, f16 with F16C (vcvtph2ps). Tails in M, N and K are
  * handled in place (masks, zero-padded panels), so any shape works.
  */
-#include "kernels.h"
-
-#include <immintrin.h>
+#include <immintrin.h> /* native even in the emulated AVX-512 test, which defines QW_TEST_EMULATE_AVX512 for all its files */
 #include <string.h>
 
-#define QW_INLINE static inline __attribute__((always_inline))
+#include "kernels_x86.h"
 
 #define PACK_MIN_M 8 /* M from which the packed path beats the rows path */
 #define PF_AHEAD 1024 /* rows path: software prefetch distance along a weight row, bytes */
@@ -233,25 +231,6 @@ QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void 
 }
 
 /* ==== Packed path: blocked C = A @ W^T ==== */
-
-/* In-register transpose of an 8x8 block: v[i][j] -> v[j][i]. */
-QW_INLINE void transpose8(__m256 v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
-        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-    }
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);     /* column i */
-        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31); /* column i + 4 */
-    }
-}
 
 /* P[k][j] = W[n + j, k0 + k] widened, for k < kb, j < NR; zero for j >= nr. */
 QW_INLINE void pack_panel(float *P, const void *W, qw_dtype dt, int K, int n, int nr, int k0, int kb) {

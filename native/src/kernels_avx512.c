@@ -26,27 +26,18 @@
  * QW_TEST_EMULATE_AVX512 defined, over portable implementations of the
  * intrinsics (SIMDe), to test this code on CPUs without AVX-512.
  */
-#include "kernels.h"
-
-#ifndef QW_TEST_EMULATE_AVX512 /* else the test program provides the intrinsics */
-#include <immintrin.h>
-#endif
-
-#define QW_INLINE static inline __attribute__((always_inline))
+#include "kernels_avx512_tile.h"
 
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
 #define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
 #define RG 8           /* rows path: weight rows per group */
 #define RKC_A 4096     /* rows path: floats of A per chunk of K (16 KiB, in L1) */
 #define NR 32          /* packed path: columns of C per panel (2 vectors) */
-#define MR 12          /* packed path: rows of A per register tile */
+#define MR QW_TILE_MR   /* packed path: rows of A per register tile (12) */
 #define KB 256         /* packed path: depth of a panel (P = KB x NR floats = 32 KiB) */
 #define MB 192         /* packed path: rows of A per block (MB x KB floats = 192 KiB, in L2) */
 
 /* ==== Loads and reductions ==== */
-
-/* Mask of the first t (0..16) lanes. */
-QW_INLINE __mmask16 lanes(int t) { return (__mmask16)((1u << t) - 1u); }
 
 /* W[i .. i+16) widened to f32. */
 QW_INLINE __m512 widen16(const void *W, qw_dtype dt, size_t i) {
@@ -243,25 +234,6 @@ QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void 
 
 /* ==== Packed path: blocked C = A @ W^T ==== */
 
-/* In-register transpose of an 8x8 block: v[i][j] -> v[j][i]. */
-QW_INLINE void transpose8(__m256 v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
-        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-    }
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);     /* column i */
-        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31); /* column i + 4 */
-    }
-}
-
 /* P[k][j] = W[n + j, k0 + k] widened, for k < kb, j < w (16 or 32, the row
  * length of P); zero for j >= nr. */
 QW_INLINE void pack_panel(float *P, int w, const void *W, qw_dtype dt, int K, int n, int nr, int k0, int kb) {
@@ -283,23 +255,10 @@ QW_INLINE void pack_panel(float *P, int w, const void *W, qw_dtype dt, int K, in
 /* C[0:R, 0:nr] = (first ? bias[0:nr] : C[0:R, 0:nr]) + A[0:R, 0:kb] @ P[0:kb, 0:16V]
  * for R (1..MR) rows and V (1 or 2) vectors of columns: R*V accumulators;
  * masks keep columns past nr unread and unwritten. */
-QW_INLINE void micro_tile(float *C, int ldc, const float *A, int lda, const float *P, int kb, int R, int V, int nr,
+QW_INLINE void micro_tile(int R, float *C, int ldc, const float *A, int lda, const float *P, int kb, int V, int nr,
                           int first, const float *bias) {
     __m512 c[MR][2];
-    const __mmask16 m0 = lanes(nr < 16 ? nr : 16), m1 = lanes(nr > 16 ? nr - 16 : 0);
-    if (first) {
-        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-        if (bias) {
-            b0 = _mm512_maskz_loadu_ps(m0, bias);
-            if (V == 2) b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-        }
-        for (int r = 0; r < R; r++) c[r][0] = b0, c[r][1] = b1;
-    } else {
-        for (int r = 0; r < R; r++) {
-            c[r][0] = _mm512_maskz_loadu_ps(m0, C + (size_t)r * ldc);
-            if (V == 2) c[r][1] = _mm512_maskz_loadu_ps(m1, C + (size_t)r * ldc + 16);
-        }
-    }
+    tile_load(c, C, ldc, R, V, nr, first, bias);
     for (int k = 0; k < kb; k++) {
         const __m512 p0 = _mm512_loadu_ps(P + (size_t)k * 16 * V);
         const __m512 p1 = V == 2 ? _mm512_loadu_ps(P + (size_t)k * 32 + 16) : p0;
@@ -309,10 +268,7 @@ QW_INLINE void micro_tile(float *C, int ldc, const float *A, int lda, const floa
             if (V == 2) c[r][1] = _mm512_fmadd_ps(a, p1, c[r][1]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        _mm512_mask_storeu_ps(C + (size_t)r * ldc, m0, c[r][0]);
-        if (V == 2) _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16, m1, c[r][1]);
-    }
+    tile_store(C, ldc, c, R, V, nr);
 }
 
 /* All rows [m0, m1) of the block against one packed panel of V vectors. */
@@ -321,20 +277,7 @@ QW_INLINE void panel_rows(float *C, int ldc, const float *A, int lda, const floa
     for (int m = m0; m < m1; m += MR) {
         float *c = C + (size_t)m * ldc;
         const float *a = A + (size_t)m * lda;
-        switch (m1 - m) {
-        case 1: micro_tile(c, ldc, a, lda, P, kb, 1, V, nr, first, bias); break;
-        case 2: micro_tile(c, ldc, a, lda, P, kb, 2, V, nr, first, bias); break;
-        case 3: micro_tile(c, ldc, a, lda, P, kb, 3, V, nr, first, bias); break;
-        case 4: micro_tile(c, ldc, a, lda, P, kb, 4, V, nr, first, bias); break;
-        case 5: micro_tile(c, ldc, a, lda, P, kb, 5, V, nr, first, bias); break;
-        case 6: micro_tile(c, ldc, a, lda, P, kb, 6, V, nr, first, bias); break;
-        case 7: micro_tile(c, ldc, a, lda, P, kb, 7, V, nr, first, bias); break;
-        case 8: micro_tile(c, ldc, a, lda, P, kb, 8, V, nr, first, bias); break;
-        case 9: micro_tile(c, ldc, a, lda, P, kb, 9, V, nr, first, bias); break;
-        case 10: micro_tile(c, ldc, a, lda, P, kb, 10, V, nr, first, bias); break;
-        case 11: micro_tile(c, ldc, a, lda, P, kb, 11, V, nr, first, bias); break;
-        default: micro_tile(c, ldc, a, lda, P, kb, MR, V, nr, first, bias); break;
-        }
+        QW_TILE_ROWS(m1 - m, micro_tile, c, ldc, a, lda, P, kb, V, nr, first, bias);
     }
 }
 

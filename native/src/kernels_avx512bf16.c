@@ -10,38 +10,32 @@
  * near ties. Everything else (decode, f16/f32 weights, dot, axpy, to_f32)
  * runs the AVX-512 table.
  *
- * C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n]), 3x4 tiles of C, each
- * a 512-bit accumulator over pairs of k; both operands are read contiguously
- * along K, so no packing is needed.
+ * C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n]), blocked like the
+ * AVX-512 packed path: a panel of 32 weight rows x KB columns is transposed
+ * in pairs of k (the dot product's operand layout, "VNNI" order) into
+ * P[k/2][32][2]; a 12x32 register tile of C (24 accumulators) meets, per
+ * pair of k, one broadcast pair of A per row and 2 vectors of P: 24 dot
+ * products (32 multiply-adds each) per 2 loads and 12 broadcasts, and no
+ * horizontal sums. A is rounded to bf16 once per block of MB x KB.
  */
-#include "kernels.h"
+#include "kernels_avx512_tile.h"
 
 #include <string.h>
 
-#ifndef QW_TEST_EMULATE_AVX512 /* else the test program provides the intrinsics */
-#include <immintrin.h>
-#endif
-
-#define BF_MB 48  /* rows of A per block (multiple of 3) */
-#define BF_KB 512 /* columns of K per block (multiple of 32) */
-
-/* Sum of the 16 lanes. */
-static inline float bf_hsum(__m512 v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#define BF_NR 32  /* columns of C per panel (2 vectors) */
+#define BF_MR QW_TILE_MR /* rows of A per register tile (12) */
+#define BF_KB 256 /* depth of a panel, even (P = KB/2 x 32 pairs of bf16 = 16 KiB) */
+#define BF_MB 96  /* rows of A per block (MB x KB bf16 = 48 KiB) */
 
 /* Reinterprets 32 bf16 values as the dot product's operand type. */
-static inline __m512bh bf_as_bh(__m512i v) {
+QW_INLINE __m512bh bf_as_bh(__m512i v) {
     __m512bh r;
     memcpy(&r, &v, sizeof(r));
     return r;
 }
 
-/* dst[i] = bf16(src[i]) for i < n (round to nearest even, NaN kept quiet), zeros up to np. */
+/* dst[i] = bf16(src[i]) for i < n (round to nearest even, NaN kept quiet),
+ * zeros up to np: bit for bit qw_f32_to_bf16. */
 static void bf_round_row(uint16_t *dst, const float *src, int n, int np) {
     int i = 0;
     const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
@@ -50,73 +44,94 @@ static void bf_round_row(uint16_t *dst, const float *src, int n, int np) {
         __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
         __mmask16 nan = _mm512_cmp_ps_mask(_mm512_castsi512_ps(u), _mm512_castsi512_ps(u), _CMP_UNORD_Q);
         r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
-        uint32_t lanes[16];
-        _mm512_storeu_si512((void *)lanes, _mm512_srli_epi32(r, 16));
-        for (int j = 0; j < 16; j++) dst[i + j] = (uint16_t)lanes[j];
+        /* top halves, sign-extended so that the saturating narrowing keeps their bits */
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtsepi32_epi16(_mm512_srai_epi32(r, 16)));
     }
     for (; i < n; i++) dst[i] = qw_f32_to_bf16(src[i]);
     for (; i < np; i++) dst[i] = 0;
 }
 
-/* out[i][j] = sum over k < kp of A[i][k] * W_j[k]; A rows of bf16 (stride lda, zero-padded to kp),
- * W_j rows of bf16 (stride ldw) whose last kb - (kp - 32) values are read with a mask. */
-static inline void bf_micro(const uint16_t *A, int lda, const uint16_t *W, size_t ldw, int kb, int mr, int nr,
-                         float out[3][4]) {
-    __m512 c[3][4];
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 4; j++) c[i][j] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 32 <= kb; k += 32) {
-        __m512i w[4];
-        for (int j = 0; j < 4; j++) w[j] = _mm512_loadu_si512((const void *)(W + (size_t)(j < nr ? j : 0) * ldw + k));
-        for (int i = 0; i < mr; i++) {
-            __m512bh a = bf_as_bh(_mm512_loadu_si512((const void *)(A + (size_t)i * lda + k)));
-            for (int j = 0; j < 4; j++) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, bf_as_bh(w[j]));
+/* One pair of k as a 32-bit word: W[row, k], W[row, k + 1] (zero past kb). */
+QW_INLINE uint32_t bf_pair(const uint16_t *w, int k, int kb) {
+    const uint32_t lo = w[k], hi = k + 1 < kb ? w[k + 1] : 0;
+    return lo | hi << 16;
+}
+
+/* P[q][j] = (W[n + j, k0 + 2q], W[n + j, k0 + 2q + 1]) for q < kb/2 rounded up,
+ * j < w (16 or 32, the row length of P); zero for j >= nr and past kb. */
+static void bf_pack_panel(uint32_t *P, int w, const uint16_t *W, int K, int n, int nr, int k0, int kb) {
+    const int kq = (kb + 1) / 2;
+    for (int g = 0; g < w; g += 8) {
+        const int rows = nr - g < 0 ? 0 : nr - g < 8 ? nr - g : 8; /* valid rows in this group */
+        const uint16_t *base = W + (size_t)(n + g) * (size_t)K + (size_t)k0;
+        int q = 0;
+        for (; 2 * q + 16 <= kb; q += 8) { /* 8 pairs = 16 values of each of 8 rows */
+            __m256 v[8]; /* 8 pairs of each of 8 rows, moved as 32-bit lanes */
+            for (int i = 0; i < 8; i++)
+                v[i] = i < rows ? _mm256_loadu_ps((const float *)(const void *)(base + (size_t)i * K + 2 * q)) : _mm256_setzero_ps();
+            transpose8(v);
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps((float *)(void *)(P + (size_t)(q + j) * w + g), v[j]);
+        }
+        for (; q < kq; q++)
+            for (int i = 0; i < 8; i++) P[(size_t)q * w + g + i] = i < rows ? bf_pair(base + (size_t)i * K, 2 * q, kb) : 0;
+    }
+}
+
+/* C[0:R, 0:nr] = (first ? bias[0:nr] : C[0:R, 0:nr]) + Ab[0:R, 0:2kq] @ P[0:kq, 0:16V]
+ * for R (1..BF_MR) rows and V (1 or 2) vectors of columns; Ab rows of bf16
+ * (stride lda, even, zero-padded to 2kq). Masks keep columns past nr
+ * unread and unwritten. */
+QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int kq, int V,
+                       int nr, int first, const float *bias) {
+    __m512 c[BF_MR][2];
+    tile_load(c, C, ldc, R, V, nr, first, bias);
+    const uint32_t *a32 = (const uint32_t *)(const void *)Ab;
+    const int lda32 = lda / 2;
+    for (int q = 0; q < kq; q++) {
+        const __m512bh p0 = bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * 16 * V)));
+        const __m512bh p1 = V == 2 ? bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * 32 + 16))) : p0;
+        for (int r = 0; r < R; r++) {
+            const __m512bh a = bf_as_bh(_mm512_set1_epi32((int)a32[(size_t)r * lda32 + q]));
+            c[r][0] = _mm512_dpbf16_ps(c[r][0], a, p0);
+            if (V == 2) c[r][1] = _mm512_dpbf16_ps(c[r][1], a, p1);
         }
     }
-    if (k < kb) { /* K tail: masked weight loads; A is zero-padded */
-        const __mmask32 m = (__mmask32)((1ull << (kb - k)) - 1ull);
-        __m512i w[4];
-        for (int j = 0; j < 4; j++) w[j] = _mm512_maskz_loadu_epi16(m, W + (size_t)(j < nr ? j : 0) * ldw + k);
-        for (int i = 0; i < mr; i++) {
-            __m512bh a = bf_as_bh(_mm512_loadu_si512((const void *)(A + (size_t)i * lda + k)));
-            for (int j = 0; j < 4; j++) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, bf_as_bh(w[j]));
-        }
+    tile_store(C, ldc, c, R, V, nr);
+}
+
+/* All rows [0, mb) of the block against one packed panel of V vectors. */
+QW_INLINE void bf_panel_rows(float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int kq, int V, int nr,
+                             int first, const float *bias, int mb) {
+    for (int m = 0; m < mb; m += BF_MR) {
+        float *c = C + (size_t)m * ldc;
+        const uint16_t *a = Ab + (size_t)m * lda;
+        QW_TILE_ROWS(mb - m, bf_tile, c, ldc, a, lda, P, kq, V, nr, first, bias);
     }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < 4; j++) out[i][j] = bf_hsum(c[i][j]);
 }
 
 static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
                               const float *bias, int M, int K, int n0, int n1) {
-    if (wt != QW_BF16 || M < 8) {
+    if (wt != QW_BF16 || M < 8 || K <= 0) {
         qw_kernels_avx512.matmul(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
         return;
     }
     if (n1 <= n0) return;
-    uint16_t Ab[BF_MB * BF_KB]; /* 48 KiB: the block of A, rounded to bf16 */
-    const uint16_t *Wb = (const uint16_t *)W;
-    for (int m = 0; m < M; m++)
-        for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
-    for (int m0 = 0; m0 < M; m0 += BF_MB) {
-        const int mb = M - m0 < BF_MB ? M - m0 : BF_MB;
+    uint16_t Ab[BF_MB * BF_KB] __attribute__((aligned(64))); /* 48 KiB: the block of A, rounded to bf16 */
+    uint32_t P[BF_KB / 2 * BF_NR] __attribute__((aligned(64))); /* 16 KiB: the panel of W */
+    for (int mb0 = 0; mb0 < M; mb0 += BF_MB) {
+        const int mb = M - mb0 < BF_MB ? M - mb0 : BF_MB;
         for (int k0 = 0; k0 < K; k0 += BF_KB) {
             const int kb = K - k0 < BF_KB ? K - k0 : BF_KB;
-            const int kp = (kb + 31) & ~31;
-            for (int i = 0; i < mb; i++) bf_round_row(Ab + (size_t)i * kp, A + (size_t)(m0 + i) * lda + k0, kb, kp);
-            for (int n = n0; n < n1; n += 4) {
-                const int nr = n1 - n < 4 ? n1 - n : 4;
-                const uint16_t *w = Wb + (size_t)n * K + k0;
-                for (int i = 0; i < mb; i += 3) {
-                    const int mr = mb - i < 3 ? mb - i : 3;
-                    float out[3][4];
-                    const uint16_t *a = Ab + (size_t)i * kp;
-                    if (mr == 3) bf_micro(a, kp, w, (size_t)K, kb, 3, nr, out);
-                    else if (mr == 2) bf_micro(a, kp, w, (size_t)K, kb, 2, nr, out);
-                    else bf_micro(a, kp, w, (size_t)K, kb, 1, nr, out);
-                    for (int r = 0; r < mr; r++)
-                        for (int j = 0; j < nr; j++) C[(size_t)(m0 + i + r) * ldc + n + j] += out[r][j];
-                }
+            const int kq = (kb + 1) / 2, kp = 2 * kq;
+            for (int i = 0; i < mb; i++) bf_round_row(Ab + (size_t)i * kp, A + (size_t)(mb0 + i) * lda + k0, kb, kp);
+            for (int n = n0; n < n1; n += BF_NR) {
+                const int nr = n1 - n < BF_NR ? n1 - n : BF_NR;
+                const int V = nr > 16 ? 2 : 1; /* a narrow last panel packs and multiplies half */
+                bf_pack_panel(P, 16 * V, (const uint16_t *)W, K, n, nr, k0, kb);
+                float *c = C + (size_t)mb0 * ldc + n;
+                const float *bn = bias ? bias + n : NULL;
+                if (V == 2) bf_panel_rows(c, ldc, Ab, kp, P, kq, 2, nr, k0 == 0, bn, mb);
+                else bf_panel_rows(c, ldc, Ab, kp, P, kq, 1, nr, k0 == 0, bn, mb);
             }
         }
     }

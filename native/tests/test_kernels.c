@@ -402,6 +402,12 @@ static void test_matmuls_bf16act(const qw_kernels *t) {
                 test_matmul_bf16act(t, Ms[mi], Ks[ki], 13, 0, 13, (qw_dtype)dt, 1);
                 test_matmul_bf16act(t, Ms[mi], Ks[ki], 13, 3, 10, (qw_dtype)dt, 0);
             }
+    /* Several panels of 32 columns (full, partial, under 16), blocks of rows
+     * and of K (odd tails), a slice [n0, n1) that starts inside a panel. */
+    test_matmul_bf16act(t, 12, 256, 64, 0, 64, QW_BF16, 1);
+    test_matmul_bf16act(t, 200, 601, 70, 0, 70, QW_BF16, 1);
+    test_matmul_bf16act(t, 109, 513, 83, 5, 81, QW_BF16, 0);
+    test_matmul_bf16act(t, 25, 1030, 49, 17, 49, QW_BF16, 1);
     test_matmul_bf16act(t, 0, 64, 8, 0, 8, QW_BF16, 1);
     test_matmul_bf16act(t, 16, 64, 8, 5, 5, QW_BF16, 1);
 }

@@ -1,0 +1,36 @@
+/*
+ * Pieces shared by the x86 kernel files (kernels_avx2.c, kernels_avx512.c,
+ * kernels_avx512bf16.c; each compiled with at least AVX2 flags).
+ */
+#ifndef QWEN_KERNELS_X86_H
+#define QWEN_KERNELS_X86_H
+
+#include "kernels.h"
+
+#ifndef QW_TEST_EMULATE_AVX512 /* else the test program provides the intrinsics */
+#include <immintrin.h>
+#endif
+
+#define QW_INLINE static inline __attribute__((always_inline))
+
+/* In-register transpose of an 8x8 block of 32-bit lanes: v[i][j] -> v[j][i]
+ * (packs weight panels; also moves pairs of bf16 as one lane). */
+QW_INLINE void transpose8(__m256 v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);     /* column i */
+        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31); /* column i + 4 */
+    }
+}
+
+#endif /* QWEN_KERNELS_X86_H */
