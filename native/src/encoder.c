@@ -61,21 +61,20 @@ static void load_conv(qw_loader *L, qw_mat *m, float **bias, const char *prefix,
     snprintf(name, sizeof(name), "%s.bias", prefix);
     *bias = qw_load_vec(L, name, cout);
     if (!t || L->rc) return;
-    float *w = qw_own(L->ctx, (size_t)cout * cin * 9 * sizeof(float));
-    float *row = malloc((size_t)cin * 9 * sizeof(float));
-    if (!w || !row) {
-        free(row);
+    /* Re-ordered [cout][cin][3][3] -> [cout][3][3][cin], kept in the checkpoint's
+     * dtype: the values are unchanged, the kernels widen them as for any weight. */
+    const size_t esize = t->dtype == QW_F32 ? 4 : 2;
+    char *w = qw_own(L->ctx, (size_t)cout * cin * 9 * esize);
+    if (!w) {
         L->rc = QWEN_ERR_NOMEM;
         return;
     }
-    size_t esize = t->dtype == QW_F32 ? 4 : 2;
-    for (int o = 0; o < cout; o++) {
-        L->ctx->k->to_f32(row, (const char *)t->data + (size_t)o * cin * 9 * esize, t->dtype, cin * 9);
+    const char *src = t->data;
+    for (int o = 0; o < cout; o++)
         for (int c = 0; c < cin; c++)
-            for (int k = 0; k < 9; k++) w[((size_t)o * 9 + k) * cin + c] = row[c * 9 + k];
-    }
-    free(row);
-    *m = (qw_mat){w, QW_F32, cout, cin * 9};
+            for (int k = 0; k < 9; k++)
+                memcpy(w + (((size_t)o * 9 + k) * cin + c) * esize, src + (((size_t)o * cin + c) * 9 + k) * esize, esize);
+    *m = (qw_mat){w, t->dtype, cout, cin * 9};
 }
 
 static int conv_out_len(int n) { return (n - 1) / 2 + 1; }
