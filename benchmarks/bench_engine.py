@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_engine.py                     # full-size random 0.6B, 10 s, 2 threads
     .venv/bin/python benchmarks/bench_engine.py --preset full-1.7b
     .venv/bin/python benchmarks/bench_engine.py --model-dir models/qwen3-asr-0.6b   # real weights
+    .venv/bin/python benchmarks/bench_engine.py --isa auto,avx512bf16   # several kernel sets, one column each
 
 Each side runs in its own subprocess (so peak RSS is its own) on the same
 checkpoint and the same audio, and reports mel, encoder, prefill and
@@ -163,7 +164,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32, help="decode steps to time")
     p.add_argument("--repeat", type=int, default=2, help="runs per side; the best is kept")
-    p.add_argument("--isa", default="auto")
+    p.add_argument("--isa", default="auto", help="kernel set(s), comma-separated: auto,avx512bf16")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -180,7 +181,9 @@ def main() -> None:
     print(
         f"checkpoint {args.model_dir}, {args.seconds:g} s audio, {args.threads} threads, {args.tokens} tokens"
     )
-    ours = spawn(args, "ours")
+    ours = []
+    for isa in args.isa.split(","):  # one worker per kernel set, one after another
+        ours.append(spawn(argparse.Namespace(**{**vars(args), "isa": isa}), "ours"))
     ref = None if args.skip_reference else spawn(args, "ref")
     rows = [
         ("mel", "mel_ms", "ms"),
@@ -190,16 +193,17 @@ def main() -> None:
         ("peak RSS", "peak_rss_mb", "MB"),
         ("load", "load_s", "s"),
     ]
-    print(f"\nlibqwen kernels: {ours['isa']}; prompt {ours['prompt_tokens']} tokens")
-    print(f"{'stage':<16}{'libqwen':>12}{'official':>12}{'speed-up':>10}")
+    print(f"\nprompt {ours[0]['prompt_tokens']} tokens; speed-up = official / libqwen")
+    header = f"{'stage':<16}" + "".join(f"{'libqwen ' + str(o['isa']):>20}" for o in ours)
+    if ref is not None:
+        header += f"{'official':>14}" + "".join(f"{'speed-up':>10}" for _ in ours)
+    print(header)
     for label, key, unit in rows:
-        a = float(ours[key])
-        if ref is None:
-            print(f"{label:<16}{a:>10.1f} {unit}")
-            continue
-        b = float(ref[key])
-        print(f"{label:<16}{a:>10.1f}{unit:>2}{b:>10.1f}{unit:>2}{b / a:>9.2f}x")
-
+        line = f"{label:<16}" + "".join(f"{float(o[key]):>17.1f} {unit:<2}" for o in ours)
+        if ref is not None:
+            b = float(ref[key])
+            line += f"{b:>11.1f} {unit:<2}" + "".join(f"{b / float(o[key]):>9.2f}x" for o in ours)
+        print(line)
 
 if __name__ == "__main__":
     main()
