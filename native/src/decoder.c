@@ -186,7 +186,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n) {
         float *gu_out[2] = {g, u};
         const qw_mat *gu_w[2] = {&y->gate, &y->up};
         qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, n);
-        for (size_t i = 0; i < (size_t)n * I; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i]; /* SiLU(gate) * up */
+        qw_swiglu_mt(ctx, g, u, (size_t)n * I); /* SiLU(gate) * up */
         qw_matmul(ctx, h, g, &y->down, NULL, n);
         for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
     }

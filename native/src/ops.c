@@ -88,6 +88,11 @@ void qw_gelu(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
+/* SwiGLU: g[i] = SiLU(g[i]) * u[i], SiLU(x) = x / (1 + exp(-x)) */
+void qw_swiglu(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 /* ==== Threaded element-wise ==== */
 
 typedef struct {
@@ -107,6 +112,17 @@ static void gelu_task(void *arg, int t) {
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
     ew_job j = {x, NULL, NULL, n, 0, 1 << 14};
     qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), gelu_task, &j);
+}
+
+static void swiglu_task(void *arg, int t) {
+    ew_job *j = arg;
+    size_t i0 = (size_t)t * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
+    qw_swiglu(j->x + i0, j->w + i0, i1 - i0);
+}
+
+void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n) {
+    ew_job j = {g, u, NULL, n, 0, 1 << 14};
+    qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), swiglu_task, &j);
 }
 
 static void layernorm_task(void *arg, int t) {
