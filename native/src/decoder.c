@@ -102,25 +102,19 @@ typedef struct {
     int n, n_past, heads, kv_heads, hd;
 } dec_attn_job;
 
-/* Task = (query token, head): causal attention over positions 0..n_past+i. */
+/* Task = (head, block of up to ATT_QB queries): causal attention over
+ * positions 0 .. n_past + i for query i (qw_attention). */
+#define ATT_QB 64
+
 static void dec_attn_task(void *arg, int t) {
     dec_attn_job *j = arg;
-    const qw_kernels *k = j->ctx->k;
-    int i = t / j->heads, h = t % j->heads;
-    int kvh = h / (j->heads / j->kv_heads);
-    int len = j->n_past + i + 1;
-    const size_t kvrow = (size_t)j->kv_heads * j->hd;
-    float stack[1024];
-    float *scores = len <= 1024 ? stack : malloc((size_t)len * sizeof(float));
-    if (!scores) return;
-    const float *qi = j->q + ((size_t)i * j->heads + h) * j->hd;
-    float scale = 1.0f / sqrtf((float)j->hd);
-    for (int s = 0; s < len; s++) scores[s] = k->dot(qi, j->kc + (size_t)s * kvrow + (size_t)kvh * j->hd, j->hd) * scale;
-    qw_softmax(scores, len);
-    float *o = j->out + ((size_t)i * j->heads + h) * j->hd;
-    memset(o, 0, (size_t)j->hd * sizeof(float));
-    for (int s = 0; s < len; s++) k->axpy(o, scores[s], j->vc + (size_t)s * kvrow + (size_t)kvh * j->hd, j->hd);
-    if (scores != stack) free(scores);
+    const int nb = (j->n + ATT_QB - 1) / ATT_QB;
+    const int h = t / nb, i0 = t % nb * ATT_QB, m = j->n - i0 < ATT_QB ? j->n - i0 : ATT_QB;
+    const int kvh = h / (j->heads / j->kv_heads), hd = j->hd;
+    const size_t kvrow = (size_t)j->kv_heads * hd, qrow = (size_t)j->heads * hd;
+    const size_t at = (size_t)i0 * qrow + (size_t)h * hd;
+    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, j->kc + (size_t)kvh * hd,
+                 j->vc + (size_t)kvh * hd, (int)kvrow, j->n_past + i0 + m, hd, j->n_past + i0);
 }
 
 /* NeoX rotation of one head: pairs (i, i + hd/2). */
@@ -179,7 +173,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n) {
             memcpy(vc + (size_t)(p0 + i) * nk, v + (size_t)i * nk, (size_t)nk * sizeof(float));
         }
         dec_attn_job job = {ctx, q, kc, vc, att, n, p0, nh, nkv, hd};
-        qw_pool_run(ctx->pool, n * nh, dec_attn_task, &job);
+        qw_pool_run(ctx->pool, nh * ((n + ATT_QB - 1) / ATT_QB), dec_attn_task, &job);
         qw_matmul(ctx, h, att, &y->o, y->o_b, n);
         for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
         for (int i = 0; i < n; i++) qw_rmsnorm(h + (size_t)i * H, x + (size_t)i * H, y->ln2, H, c->rms_eps);

@@ -195,22 +195,10 @@ typedef struct {
 /* Task = (window, head). Bidirectional attention over the window's tokens. */
 static void enc_attn_task(void *arg, int t) {
     enc_attn_job *j = arg;
-    const qw_kernels *k = j->ctx->k;
-    int w = t / j->heads, h = t % j->heads;
-    int s0 = w * j->window, s1 = s0 + j->window < j->n ? s0 + j->window : j->n;
-    int len = s1 - s0;
-    float *scores = malloc((size_t)len * sizeof(float));
-    if (!scores) return; /* cannot happen in practice; leaves zeros */
-    float scale = 1.0f / sqrtf((float)j->hd);
-    for (int i = s0; i < s1; i++) {
-        const float *qi = j->q + (size_t)i * j->d + h * j->hd;
-        for (int s = s0; s < s1; s++) scores[s - s0] = k->dot(qi, j->k + (size_t)s * j->d + h * j->hd, j->hd) * scale;
-        qw_softmax(scores, len);
-        float *o = j->out + (size_t)i * j->d + h * j->hd;
-        memset(o, 0, (size_t)j->hd * sizeof(float));
-        for (int s = s0; s < s1; s++) k->axpy(o, scores[s - s0], j->v + (size_t)s * j->d + h * j->hd, j->hd);
-    }
-    free(scores);
+    const int w = t / j->heads, h = t % j->heads;
+    const int s0 = w * j->window, s1 = s0 + j->window < j->n ? s0 + j->window : j->n;
+    const size_t at = (size_t)s0 * j->d + (size_t)h * j->hd;
+    qw_attention(j->ctx->k, j->out + at, j->d, j->q + at, j->d, s1 - s0, j->k + at, j->v + at, j->d, s1 - s0, j->hd, -1);
 }
 
 /* ==== Forward ==== */

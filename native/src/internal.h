@@ -176,6 +176,15 @@ void qw_gelu_mt(qwen_context *ctx, float *x, size_t n);
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n);
 void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d);
 void qw_softmax(float *x, int n);
+/* One head's attention for m queries over T keys, single-threaded:
+ *   out[r] = softmax(q[r] . keys[s] / sqrt(hd) for s < len_r) @ vals[0:len_r]
+ * with len_r = T (causal0 < 0: bidirectional) or min(T, causal0 + r + 1).
+ * Rows of q, out, keys and vals have strides ldq, ldo, ldkv. From 8 queries
+ * on it runs on the matmul kernel (keys copied contiguous, values
+ * transposed, S = Q K^T, O = P V); for fewer (decode), or without memory
+ * for that, one dot and one axpy per key with an online softmax. */
+void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,
+                  const float *vals, int ldkv, int T, int hd, int causal0);
 
 /* ==== Stages ==== */
 int qw_mel_init(qwen_context *ctx);

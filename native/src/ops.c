@@ -5,6 +5,8 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* ==== Threaded matmul ==== */
 
@@ -146,4 +148,64 @@ void qw_softmax(float *x, int n) {
     }
     float inv = 1.0f / s;
     for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* ==== Attention of one head ==== */
+
+#define ATT_GEMM_MIN 8 /* queries from which the GEMM way pays for its copies */
+
+/* Few queries (decode), or no memory for the GEMM way: per query, one pass
+ * over the keys with a running maximum (online softmax), one dot and one
+ * axpy per key, no buffer. */
+static void attention_rows(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m,
+                           const float *keys, const float *vals, int ldkv, int T, int hd, int causal0) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int r = 0; r < m; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *o = out + (size_t)r * ldo;
+        const int len = causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
+        float mx = -INFINITY, sum = 0.0f;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int s = 0; s < len; s++) {
+            const float v = k->dot(qr, keys + (size_t)s * ldkv, hd) * scale;
+            if (v > mx) { /* a new maximum: rescale what was summed so far */
+                const float f = expf(mx - v);
+                for (int d = 0; d < hd; d++) o[d] *= f;
+                sum *= f;
+                mx = v;
+            }
+            const float e = expf(v - mx);
+            sum += e;
+            k->axpy(o, e, vals + (size_t)s * ldkv, hd);
+        }
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,
+                  const float *vals, int ldkv, int T, int hd, int causal0) {
+    if (m <= 0 || T <= 0) return;
+    float *Kc = m < ATT_GEMM_MIN ? NULL : malloc(((size_t)2 * T * hd + (size_t)m * T) * sizeof(float));
+    if (!Kc) {
+        attention_rows(k, out, ldo, q, ldq, m, keys, vals, ldkv, T, hd, causal0);
+        return;
+    }
+    float *Vt = Kc + (size_t)T * hd, *S = Vt + (size_t)T * hd; /* [T][hd], [hd][T], [m][T] */
+    for (int s = 0; s < T; s++) {
+        memcpy(Kc + (size_t)s * hd, keys + (size_t)s * ldkv, (size_t)hd * sizeof(float));
+        const float *vs = vals + (size_t)s * ldkv;
+        for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = vs[d];
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    k->matmul(S, T, q, ldq, Kc, QW_F32, NULL, m, hd, 0, T); /* S = Q K^T */
+    for (int r = 0; r < m; r++) {
+        float *row = S + (size_t)r * T;
+        const int len = causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
+        for (int s = 0; s < len; s++) row[s] *= scale;
+        qw_softmax(row, len);
+        for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
+    }
+    k->matmul(out, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd); /* O = P V */
+    free(Kc);
 }
