@@ -35,7 +35,7 @@ $(REF_STAMP): $(STAMP)
 reference: $(REF_STAMP) ## install the official qwen-asr reference (torch, CPU)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check qwen_serve tests benchmarks
+	$(BIN)/ruff check qwen_serve tests benchmarks native/tools
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy

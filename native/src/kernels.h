@@ -32,6 +32,8 @@ typedef struct {
     void (*axpy)(float *y, float alpha, const float *x, int n);
     /* dst[i] = (float)src[i] for a row of weights (embedding lookup). */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
+    /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */
+    void (*gelu)(float *x, int n);
 } qw_kernels;
 
 extern const qw_kernels qw_kernels_scalar;

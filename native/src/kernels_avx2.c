@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "kernels_x86.h"
+#include "kernels_gelu.h"
 
 #define PACK_MIN_M 8 /* M from which the packed path beats the rows path */
 #define PF_AHEAD 1024 /* rows path: software prefetch distance along a weight row, bytes */
@@ -352,10 +353,13 @@ static void matmul_avx2(float *C, int ldc, const float *A, int lda, const void *
     }
 }
 
+static void gelu_avx2(float *x, int n) { qw_gelu_erf_row(x, n); }
+
 const qw_kernels qw_kernels_avx2 = {
     .name = "avx2",
     .matmul = matmul_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
     .to_f32 = to_f32_avx2,
+    .gelu = gelu_avx2,
 };

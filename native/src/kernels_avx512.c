@@ -27,6 +27,7 @@
  * intrinsics (SIMDe), to test this code on CPUs without AVX-512.
  */
 #include "kernels_avx512_tile.h"
+#include "kernels_gelu.h"
 
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
 #define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
@@ -334,10 +335,13 @@ static void matmul_avx512(float *C, int ldc, const float *A, int lda, const void
     }
 }
 
+static void gelu_avx512(float *x, int n) { qw_gelu_erf_row(x, n); }
+
 const qw_kernels qw_kernels_avx512 = {
     .name = "avx512",
     .matmul = matmul_avx512,
     .dot = dot_avx512,
     .axpy = axpy_avx512,
     .to_f32 = to_f32_avx512,
+    .gelu = gelu_avx512,
 };

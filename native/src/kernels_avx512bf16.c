@@ -140,6 +140,7 @@ static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const 
 static float dot_bf16set(const float *a, const float *b, int n) { return qw_kernels_avx512.dot(a, b, n); }
 static void axpy_bf16set(float *y, float alpha, const float *x, int n) { qw_kernels_avx512.axpy(y, alpha, x, n); }
 static void to_f32_bf16set(float *dst, const void *src, qw_dtype dt, int n) { qw_kernels_avx512.to_f32(dst, src, dt, n); }
+static void gelu_bf16set(float *x, int n) { qw_kernels_avx512.gelu(x, n); }
 
 const qw_kernels qw_kernels_avx512bf16 = {
     .name = "avx512bf16",
@@ -147,4 +148,5 @@ const qw_kernels qw_kernels_avx512bf16 = {
     .dot = dot_bf16set,
     .axpy = axpy_bf16set,
     .to_f32 = to_f32_bf16set,
+    .gelu = gelu_bf16set,
 };

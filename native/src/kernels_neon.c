@@ -19,6 +19,7 @@
  * (QW_NEON_SIMDE), so CI checks it without an ARM machine.
  */
 #include "kernels.h"
+#include "kernels_gelu.h"
 
 #ifdef QW_NEON_SIMDE
 #define SIMDE_ENABLE_NATIVE_ALIASES
@@ -120,10 +121,13 @@ static void to_f32_neon(float *dst, const void *src, qw_dtype dt, int n) {
     for (; i < n; i++) dst[i] = load1(src, dt, (size_t)i);
 }
 
+static void gelu_neon(float *x, int n) { qw_gelu_erf_row(x, n); }
+
 const qw_kernels qw_kernels_neon = {
     .name = "neon",
     .matmul = matmul_neon,
     .dot = dot_neon,
     .axpy = axpy_neon,
     .to_f32 = to_f32_neon,
+    .gelu = gelu_neon,
 };

@@ -3,6 +3,7 @@
  * tested against, and the path for CPUs without AVX2.
  */
 #include "kernels.h"
+#include "kernels_gelu.h"
 
 #include <string.h>
 
@@ -82,10 +83,13 @@ static void matmul_scalar(float *C, int ldc, const float *A, int lda, const void
     }
 }
 
+static void gelu_scalar(float *x, int n) { qw_gelu_erf_row(x, n); }
+
 const qw_kernels qw_kernels_scalar = {
     .name = "scalar",
     .matmul = matmul_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
     .to_f32 = to_f32_scalar,
+    .gelu = gelu_scalar,
 };

@@ -85,11 +85,6 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
-/* Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) */
-void qw_gelu(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
-}
-
 /* SwiGLU: g[i] = SiLU(g[i]) * u[i], SiLU(x) = x / (1 + exp(-x)) */
 void qw_swiglu(float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -98,6 +93,7 @@ void qw_swiglu(float *g, const float *u, size_t n) {
 /* ==== Threaded element-wise ==== */
 
 typedef struct {
+    const qw_kernels *k;
     float *x;
     const float *w, *b;
     size_t n;   /* elements (gelu) or rows (layernorm) */
@@ -108,11 +104,11 @@ typedef struct {
 static void gelu_task(void *arg, int t) {
     ew_job *j = arg;
     size_t i0 = (size_t)t * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
-    qw_gelu(j->x + i0, i1 - i0);
+    j->k->gelu(j->x + i0, (int)(i1 - i0));
 }
 
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
-    ew_job j = {x, NULL, NULL, n, 0, 1 << 14};
+    ew_job j = {ctx->k, x, NULL, NULL, n, 0, 1 << 14};
     qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), gelu_task, &j);
 }
 
@@ -123,7 +119,7 @@ static void swiglu_task(void *arg, int t) {
 }
 
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n) {
-    ew_job j = {g, u, NULL, n, 0, 1 << 14};
+    ew_job j = {ctx->k, g, u, NULL, n, 0, 1 << 14};
     qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), swiglu_task, &j);
 }
 
@@ -134,7 +130,7 @@ static void layernorm_task(void *arg, int t) {
 }
 
 void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d) {
-    ew_job j = {x, w, b, (size_t)rows, d, 8};
+    ew_job j = {ctx->k, x, w, b, (size_t)rows, d, 8};
     qw_pool_run(ctx->pool, (rows + 7) / 8, layernorm_task, &j);
 }
 

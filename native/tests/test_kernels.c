@@ -354,6 +354,34 @@ static void test_matmuls(const qw_kernels *t) {
     test_matmul(t, 9, 0, 8, 0, 8, QW_BF16, 0);
 }
 
+/* ==== GELU: against the exact erf in double precision ==== */
+
+static void test_gelu(const qw_kernels *t) {
+    enum { N = 48011 };
+    static float x[N];
+    for (int i = 0; i < N - 11; i++) x[i] = -12.0f + 24.0f * (float)i / (float)(N - 12); /* odd length: vector tails */
+    const float special[11] = {0.0f, -0.0f, 1e-30f, -1e-30f, 3.925f * 1.41421356f, -3.925f * 1.41421356f, 1e4f, -1e4f,
+                               INFINITY, 0.5f, -0.5f};
+    for (int i = 0; i < 11; i++) x[N - 11 + i] = special[i];
+    static float y[N];
+    memcpy(y, x, sizeof(x));
+    t->gelu(y, N);
+    int bad = 0;
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        const double v = x[i], exact = isinf(v) ? (v > 0 ? v : 0.0) : 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+        const double err = isinf(exact) ? (y[i] == exact ? 0.0 : INFINITY) : fabs(y[i] - exact);
+        const double tol = 2.2e-7 * fabs(v) + 2e-7 * fabs(exact); /* erf within 4.2e-7, times v/2 */
+        if (!(err <= tol)) bad++;
+        if (!isinf(err) && err > worst) worst = err;
+    }
+    check(!bad, t->name, "gelu on %d values in [-12, 12] and special ones (%d off; largest error %.2g)", N, bad, worst);
+    float nan = NAN;
+    t->gelu(&nan, 1);
+    check(isnan(nan), t->name, "gelu(NaN) is NaN");
+    check(fabs(y[N - 4]) == 0.0f && y[N - 5] == 1e4f, t->name, "gelu(-1e4) = 0 and gelu(1e4) = 1e4 exactly");
+}
+
 /* ==== The BF16 set: C = bf16(A) @ W^T, exact in its inputs ==== */
 
 /* M >= 8 with bf16 weights takes the BF16 dot product, whose A is rounded to
@@ -462,12 +490,14 @@ int main(void) {
     for (int i = 0; i < n_tables; i++) {
         const int before = failed;
         test_vectors(tables[i]);
+        test_gelu(tables[i]);
         test_matmuls(tables[i]);
         printf("kernels: %s tested, %d failures\n", tables[i]->name, failed - before);
     }
     if (bf) {
         const int before = failed;
         test_vectors(bf);
+        test_gelu(bf);
         test_matmuls_bf16act(bf);
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
     } else {
