@@ -169,8 +169,8 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
                  const float *const *bias, int M);
 void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
-void qw_swiglu(float *g, const float *u, size_t n); /* g = SiLU(g) * u */
-/* Across the pool: GELU (the kernel table's) and SwiGLU over n elements; LayerNorm (eps 1e-5) over rows of width d. */
+/* Across the pool: GELU (the kernel table's) and SwiGLU (g = SiLU(g) * u) over n
+ * elements; LayerNorm (eps 1e-5) over rows of width d. */
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n);
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n);
 void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d);

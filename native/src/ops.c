@@ -86,7 +86,7 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
 }
 
 /* SwiGLU: g[i] = SiLU(g[i]) * u[i], SiLU(x) = x / (1 + exp(-x)) */
-void qw_swiglu(float *g, const float *u, size_t n) {
+static void swiglu(float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
@@ -115,7 +115,7 @@ void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
 static void swiglu_task(void *arg, int t) {
     ew_job *j = arg;
     size_t i0 = (size_t)t * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
-    qw_swiglu(j->x + i0, j->w + i0, i1 - i0);
+    swiglu(j->x + i0, j->w + i0, i1 - i0);
 }
 
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n) {
@@ -150,6 +150,11 @@ void qw_softmax(float *x, int n) {
 
 #define ATT_GEMM_MIN 8 /* queries from which the GEMM way pays for its copies */
 
+/* Keys that query r sees: all T, or the causal prefix up to position causal0 + r. */
+static inline int attention_len(int causal0, int r, int T) {
+    return causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
+}
+
 /* Few queries (decode), or no memory for the GEMM way: per query, one pass
  * over the keys with a running maximum (online softmax), one dot and one
  * axpy per key, no buffer. */
@@ -159,7 +164,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     for (int r = 0; r < m; r++) {
         const float *qr = q + (size_t)r * ldq;
         float *o = out + (size_t)r * ldo;
-        const int len = causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
+        const int len = attention_len(causal0, r, T);
         float mx = -INFINITY, sum = 0.0f;
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int s = 0; s < len; s++) {
@@ -197,7 +202,7 @@ void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int 
     k->matmul(S, T, q, ldq, Kc, QW_F32, NULL, m, hd, 0, T); /* S = Q K^T */
     for (int r = 0; r < m; r++) {
         float *row = S + (size_t)r * T;
-        const int len = causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
+        const int len = attention_len(causal0, r, T);
         for (int s = 0; s < len; s++) row[s] *= scale;
         qw_softmax(row, len);
         for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
