@@ -9,11 +9,17 @@
  *   batch   (M = 4):      decode steps of 4 requests sharing one pass over
  *                         the weights (also from DRAM); GB/s and GFLOP/s.
  *   prefill (M = 64..512): compute-bound. Figure of merit: GFLOP/s.
+ *   rows    (M = 1, 4, 8, 16): matmul_rows, the batch-invariant kernel of
+ *                         continuous batching, on the decoder's projections
+ *                         (weights from DRAM, as in decode): GB/s of W and
+ *                         GFLOP/s; M = 1 is the floor the others are held to.
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock.
  *
- * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype] [-m M]
+ * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype] [-m M] [-c all|rows]
+ * (-c rows: only the matmul_rows cases. Compiled with -DBENCH_NO_ROWS, e.g.
+ * against an older kernels.h, those cases time matmul instead.)
  * Built and run by benchmarks/bench_kernels.sh.
  */
 #include "../native/include/qwen.h"
@@ -59,29 +65,35 @@ typedef struct {
     const float *A;
     const char *W; /* copies of W[N, K], `stride` bytes apart */
     size_t stride;
-    int copies, reps;
+    int copies, reps, rows; /* rows: time matmul_rows instead of matmul */
     qw_dtype dt;
     int M, K, N, n0, n1;
 } job;
 
 static void *run_job(void *arg) {
     job *j = arg;
+#ifdef BENCH_NO_ROWS
+    void (*mm)(float *, int, const float *, int, const void *, qw_dtype, const float *, int, int, int, int) = j->k->matmul;
+#else
+    void (*mm)(float *, int, const float *, int, const void *, qw_dtype, const float *, int, int, int, int) =
+        j->rows ? j->k->matmul_rows : j->k->matmul;
+#endif
     for (int r = 0; r < j->reps; r++)
         for (int c = 0; c < j->copies; c++)
-            j->k->matmul(j->C, j->N, j->A, j->K, j->W + (size_t)c * j->stride, j->dt, NULL, j->M, j->K, j->n0, j->n1);
+            mm(j->C, j->N, j->A, j->K, j->W + (size_t)c * j->stride, j->dt, NULL, j->M, j->K, j->n0, j->n1);
     return NULL;
 }
 
 /* Runs `reps` passes over `copies` weight copies on `threads` threads; returns seconds. */
 static double timed(const qw_kernels *k, float *C, const float *A, const char *W, size_t stride, int copies, int reps,
-                    qw_dtype dt, int M, int K, int N, int threads) {
+                    int rows, qw_dtype dt, int M, int K, int N, int threads) {
     job jobs[16];
     pthread_t tid[16];
     int per = ((N + threads - 1) / threads + 15) & ~15;
     double t0 = now();
     for (int t = 0; t < threads; t++) {
         int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
-        jobs[t] = (job){k, C, A, W, stride, copies, reps, dt, M, K, N, n0, n1};
+        jobs[t] = (job){k, C, A, W, stride, copies, reps, rows, dt, M, K, N, n0, n1};
         if (t > 0) pthread_create(&tid[t], NULL, run_job, &jobs[t]);
     }
     run_job(&jobs[0]);
@@ -89,10 +101,11 @@ static double timed(const qw_kernels *k, float *C, const float *A, const char *W
     return now() - t0;
 }
 
-static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int threads, double seconds) {
+/* rows: matmul_rows, weights from DRAM whatever M. */
+static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int threads, double seconds, int rows) {
     const size_t wbytes = (size_t)N * K * dt_size(dt);
     /* Decode and batch: enough copies to exceed a 32 MiB L3 several times over. */
-    int copies = M < 8 ? (int)((192u << 20) / wbytes) + 1 : 1;
+    int copies = M < 8 || rows ? (int)((192u << 20) / wbytes) + 1 : 1;
     if (copies > 64) copies = 64;
     const size_t stride = (wbytes + 4095) & ~(size_t)4095;
     char *W = aligned_alloc(4096, stride * copies);
@@ -107,16 +120,16 @@ static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int thr
     memset(C, 0, (size_t)M * N * sizeof(float));
 
     /* Warm up once, size the run to about `seconds`, then measure. */
-    double t1 = timed(k, C, A, W, stride, copies, 1, dt, M, K, N, threads);
+    double t1 = timed(k, C, A, W, stride, copies, 1, rows, dt, M, K, N, threads);
     int reps = (int)(seconds / (t1 > 1e-6 ? t1 : 1e-6));
     if (reps < 1) reps = 1;
-    double t = timed(k, C, A, W, stride, copies, reps, dt, M, K, N, threads);
+    double t = timed(k, C, A, W, stride, copies, reps, rows, dt, M, K, N, threads);
     double calls = (double)reps * copies;
     double per_call = t / calls;
     double gflops = 2.0 * M * K * N / per_call * 1e-9;
     double gbs = (double)wbytes / per_call * 1e-9;
     printf("%-7s %-7s %-4s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GFLOP/s  %6.1f GB/s\n", k->name,
-           M == 1 ? "decode" : M < 8 ? "batch" : "prefill", dt_name(dt), threads, M, K, N, per_call * 1e3, gflops, gbs);
+           rows ? "rows" : M == 1 ? "decode" : M < 8 ? "batch" : "prefill", dt_name(dt), threads, M, K, N, per_call * 1e3, gflops, gbs);
     fflush(stdout);
     free(W);
     free(A);
@@ -128,7 +141,7 @@ static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int thr
 int main(int argc, char **argv) {
     int threads = 1;
     double seconds = 0.4;
-    const char *only = NULL, *only_dt = NULL;
+    const char *only = NULL, *only_dt = NULL, *cases = "all";
     int only_m = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
@@ -136,7 +149,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-v")) only = argv[i + 1];
         else if (!strcmp(argv[i], "-d")) only_dt = argv[i + 1];
         else if (!strcmp(argv[i], "-m")) only_m = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-c")) cases = argv[i + 1];
     }
+    const int only_rows = !strcmp(cases, "rows");
     if (threads < 1) threads = 1;
     if (threads > 16) threads = 16;
 
@@ -154,6 +169,13 @@ int main(int argc, char **argv) {
         {896, 3584},  /* encoder fc1 */
         {3584, 896},  /* encoder fc2 */
     };
+    static const int rows_shapes[][2] = {
+        {1024, 1024}, /* decoder k or v (fused: 2048 + 1024 + 1024) */
+        {1024, 2048}, /* decoder q */
+        {1024, 3072}, /* decoder gate or up */
+        {3072, 1024}, /* decoder down */
+    };
+    static const int rows_m[] = {1, 4, 8, 16};
     static const int batch_m = 4;
     static const int prefill_m[] = {64, 256, 512};
 
@@ -166,16 +188,23 @@ int main(int argc, char **argv) {
         }
         if (only && strcmp(only, k->name)) continue;
         const int scalar = isa == QWEN_ISA_SCALAR;
+        if (!scalar && isa != QWEN_ISA_AVX512BF16) /* matmul_rows, bf16 (avx512bf16 runs the avx512 one) */
+            for (size_t s = 0; s < sizeof(rows_shapes) / sizeof(rows_shapes[0]); s++)
+                for (size_t mi = 0; mi < sizeof(rows_m) / sizeof(rows_m[0]); mi++) {
+                    if ((only_dt && strcmp(only_dt, "bf16")) || (only_m && only_m != rows_m[mi])) continue;
+                    bench(k, QW_BF16, rows_m[mi], rows_shapes[s][0], rows_shapes[s][1], threads, seconds, 1);
+                }
+        if (only_rows) continue;
         for (int dt = 0; dt < 3; dt++) {
             if (only_dt && strcmp(only_dt, dt_name((qw_dtype)dt))) continue;
             for (size_t s = 0; s < sizeof(decode) / sizeof(decode[0]); s++) {
                 if ((scalar || dt != QW_BF16) && s > 0) continue; /* one shape is enough there */
-                if (!only_m || only_m == 1) bench(k, (qw_dtype)dt, 1, decode[s][0], decode[s][1], threads, seconds);
+                if (!only_m || only_m == 1) bench(k, (qw_dtype)dt, 1, decode[s][0], decode[s][1], threads, seconds, 0);
             }
             for (size_t s = 0; s < 2; s++) { /* batched decode: gate/up and down */
                 if (scalar || (dt != QW_BF16 && s > 0)) continue;
                 if (!only_m || only_m == batch_m)
-                    bench(k, (qw_dtype)dt, batch_m, decode[s][0], decode[s][1], threads, seconds);
+                    bench(k, (qw_dtype)dt, batch_m, decode[s][0], decode[s][1], threads, seconds, 0);
             }
         }
         for (int dt = 0; dt < 3; dt++) {
@@ -184,7 +213,7 @@ int main(int argc, char **argv) {
                 for (size_t mi = 0; mi < sizeof(prefill_m) / sizeof(prefill_m[0]); mi++) {
                     if ((scalar || dt != QW_BF16) && (s > 0 || mi > 0)) continue;
                     if (only_m && only_m != prefill_m[mi]) continue;
-                    bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
+                    bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds, 0);
                 }
         }
     }

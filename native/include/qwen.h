@@ -3,8 +3,12 @@
  *
  * Numbers in, token ids out: the library loads a Hugging Face checkpoint
  * directory (config.json + *.safetensors), takes 16 kHz mono float32 PCM and
- * a prompt as token ids, and produces generated token ids one at a time
- * (pull-style: qwen_begin() then qwen_next() until QWEN_DONE).
+ * a prompt as token ids, and produces generated token ids. A context holds up
+ * to max_sequences sequences (slots), each with its own KV cache: sequences
+ * are added at any time (qwen_seq_add) and qwen_step() advances all of them,
+ * every decoding sequence by one token with one pass over the weights. Each
+ * sequence gets exactly the token ids it would get alone. qwen_begin() /
+ * qwen_next() are the batch-of-one case (pull-style, until QWEN_DONE).
  *
  * Thread safety: every function is safe to call from any thread as long as
  * one context is not used by two threads at once. Contexts are independent:
@@ -43,7 +47,8 @@ typedef enum {
     QWEN_ERR_INVALID = -3,  /* bad argument (NULL, sizes, token ids, state) */
     QWEN_ERR_NOMEM = -4,    /* allocation failed */
     QWEN_ERR_ABORTED = -5,  /* the abort callback asked to stop */
-    QWEN_ERR_UNSUPPORTED = -6 /* dtype, ISA or feature not available */
+    QWEN_ERR_UNSUPPORTED = -6, /* dtype, ISA or feature not available */
+    QWEN_ERR_BUSY = -7      /* qwen_seq_add: no free slot, or the KV budget is reserved; retry later */
 } qwen_status;
 
 /* Kernel instruction set. QWEN_ISA_AUTO picks the best the CPU supports. */
@@ -67,16 +72,19 @@ typedef int (*qwen_abort_callback)(void *user_data);
 typedef struct {
     int n_threads;          /* 0 = number of online CPUs */
     qwen_isa isa;           /* kernel set; AUTO by default */
-    int max_context;        /* decoder KV cache capacity in tokens; 0 = grow as needed */
+    int max_context;        /* KV capacity of one sequence in tokens (prompt + generated); 0 = 8192 */
+    int max_sequences;      /* slots: sequences held at once; 0 = 1 */
+    int64_t kv_budget_tokens; /* KV tokens reserved across all sequences at most; 0 = no limit */
+    int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 64 */
 } qwen_params;
 
 typedef struct {
-    int max_new_tokens;             /* 0 = until EOS or the KV capacity */
+    int max_new_tokens;             /* 0 = until EOS or max_context */
     const int32_t *eos_ids;         /* stop tokens; NULL = the checkpoint's eos ids */
     int n_eos_ids;
     qwen_abort_callback abort_callback; /* checked between layers and tokens; may be NULL. Used
-                                         * only for this run: until qwen_next returns QWEN_DONE or
-                                         * an error, or the next qwen_begin / stage call. */
+                                         * only while the sequence runs: until it ends (QWEN_DONE
+                                         * or an error), is aborted, or the next qwen_begin. */
     void *abort_user_data;
 } qwen_run_params;
 
@@ -107,10 +115,65 @@ QWEN_API int64_t qwen_model_info(const qwen_context *ctx, const char *key);
  * prompt must hold exactly this many audio_token_id placeholders. */
 QWEN_API int64_t qwen_audio_token_count(const qwen_context *ctx, int64_t n_samples);
 
-/* ==== Transcription (pull-style) ==== */
-/* Runs mel -> encoder -> projector -> prefill. The prompt's audio
- * placeholders (audio_token_id) are replaced, in order, by the audio
- * embeddings. After QWEN_OK, call qwen_next() repeatedly. */
+/* ==== Sequences: many transcriptions in one context ==== */
+/* A sequence's KV cache holds n_prompt + max_new_tokens tokens (max_context
+ * when max_new_tokens is 0, and never more): it is reserved against
+ * kv_budget_tokens when the sequence is added and released when it ends. */
+
+/* Adds a sequence: validates the prompt (its audio placeholders must number
+ * qwen_audio_token_count(n_samples)), computes its mel features, reserves a
+ * slot and its KV cache, and writes the slot index to *seq. The encoder and
+ * the prefill run later, inside qwen_step. The PCM and the prompt are not
+ * used after the call returns. QWEN_ERR_BUSY: no free slot or not enough of
+ * the KV budget left (nothing was changed; try again after a sequence ends). */
+QWEN_API qwen_status qwen_seq_add(qwen_context *ctx, const float *pcm, int64_t n_samples,
+                                  const int32_t *prompt_ids, int n_prompt, const qwen_run_params *run,
+                                  int *seq);
+
+typedef struct {
+    int seq;            /* slot index */
+    int32_t token;      /* the token generated in this step, or -1 */
+    qwen_status status; /* QWEN_OK: running; QWEN_DONE: ended (EOS or limit); < 0: failed. On
+                         * anything but QWEN_OK the slot is free again at once. */
+} qwen_event;
+
+/* One scheduling step. First at most one unit of admission work for the
+ * oldest sequence that needs it: one encoder window (n_window_infer mel
+ * frames, 8 s of audio) or one prefill chunk of prefill_chunk prompt tokens
+ * (the last one gives that sequence its first token). Then one decode step
+ * for every sequence that was decoding: one new token each, one pass over
+ * the weights for all of them. So a decoding sequence waits at most one
+ * admission unit between two of its tokens. Writes an event per sequence
+ * that produced a token, ended or failed (at most max_sequences events;
+ * events needs room for that many) and their number to *n_events.
+ * Returns QWEN_DONE when no sequence was left to run, QWEN_OK otherwise,
+ * or an error for bad arguments. Errors of one sequence are reported in its
+ * event and end only that sequence. */
+QWEN_API qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events);
+
+/* Ends a sequence at once and frees its slot and KV cache; no event follows. */
+QWEN_API qwen_status qwen_seq_abort(qwen_context *ctx, int seq);
+
+/* Logits [n_vocab] behind a sequence's token of the last qwen_step. Valid
+ * until the next qwen_step / qwen_seq_add on the context; NULL if the
+ * sequence produced no token in that step. */
+QWEN_API const float *qwen_seq_logits(const qwen_context *ctx, int seq, int *n_vocab);
+
+/* Per-sequence times in milliseconds ("mel", "encoder", "prefill", and
+ * "decode": the wall time of the decode steps it took part in, shared with
+ * the sequences in the same steps) and counts ("n_prompt", "n_audio",
+ * "n_decoded"). Valid while the sequence runs and after it ended, until its
+ * slot is taken by the next qwen_seq_add. -1 for an unknown key or slot. */
+QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *key);
+
+/* Context facts: "active" (sequences held), "free_slots", "kv_reserved" and
+ * "kv_budget" (tokens; 0 = no limit), "max_sequences". -1 for an unknown key. */
+QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
+
+/* ==== Transcription, batch of one (pull-style) ==== */
+/* Ends every sequence in the context, then adds this one and runs its
+ * encoder and prefill (qwen_step until its first token). After QWEN_OK,
+ * call qwen_next() repeatedly. */
 QWEN_API qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_samples,
                                 const int32_t *prompt_ids, int n_prompt,
                                 const qwen_run_params *run);
@@ -122,7 +185,7 @@ QWEN_API qwen_status qwen_next(qwen_context *ctx, int32_t *token);
  * Valid until the next call on the context. *n_vocab receives the size. */
 QWEN_API const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab);
 
-/* Per-stage wall times of the current/last run, in milliseconds:
+/* Per-stage wall times of the current/last qwen_begin run, in milliseconds:
  * "mel", "encoder", "prefill", "decode" (total of qwen_next calls). Counts:
  * "n_prompt", "n_audio", "n_decoded". Returns -1 for an unknown key. */
 QWEN_API double qwen_get_timing(const qwen_context *ctx, const char *key);

@@ -68,53 +68,39 @@ void qw_embed_token(qwen_context *ctx, int32_t id, float *out) {
     ctx->k->to_f32(out, (const char *)E->data + (size_t)id * E->cols * esize, E->dt, E->cols);
 }
 
-int qw_kv_reserve(qwen_context *ctx, int n_tokens) {
-    if (n_tokens <= ctx->kv_cap) return QWEN_OK;
-    const qw_config *c = &ctx->cfg;
-    int cap = ctx->kv_cap ? ctx->kv_cap : 256;
-    while (cap < n_tokens) cap *= 2;
-    const size_t row = (size_t)c->n_kv_heads * c->head_dim;
-    float *k = malloc((size_t)c->dec_layers * cap * row * sizeof(float));
-    float *v = malloc((size_t)c->dec_layers * cap * row * sizeof(float));
-    if (!k || !v) {
-        free(k); free(v);
-        return QWEN_ERR_NOMEM;
-    }
-    for (int l = 0; l < c->dec_layers && ctx->n_past; l++) {
-        memcpy(k + (size_t)l * cap * row, ctx->k_cache + (size_t)l * ctx->kv_cap * row, (size_t)ctx->n_past * row * sizeof(float));
-        memcpy(v + (size_t)l * cap * row, ctx->v_cache + (size_t)l * ctx->kv_cap * row, (size_t)ctx->n_past * row * sizeof(float));
-    }
-    free(ctx->k_cache);
-    free(ctx->v_cache);
-    ctx->k_cache = k;
-    ctx->v_cache = v;
-    ctx->kv_cap = cap;
-    return QWEN_OK;
-}
-
 /* ==== Attention ==== */
 
 typedef struct {
     qwen_context *ctx;
-    const float *q;       /* [n, H * hd] */
-    const float *kc, *vc; /* layer cache [cap, KV * hd] */
-    float *out;           /* [n, H * hd] */
-    int n, n_past, heads, kv_heads, hd;
+    const qw_dec_group *groups;
+    const int *row0, *task0;  /* per group: its first row, its first task */
+    int n_groups;
+    const float *q;           /* [rows, H * hd] */
+    float *out;               /* [rows, H * hd] */
+    int layer, heads, kv_heads, hd;
 } dec_attn_job;
 
-/* Task = (head, block of up to ATT_QB queries): causal attention over
- * positions 0 .. n_past + i for query i (qw_attention). */
+/* Task = (group, head, block of up to ATT_QB queries): causal attention of
+ * the group's rows over its sequence's cache, positions 0 .. n_past + i for
+ * its query i (qw_attention). */
 #define ATT_QB 64
 
 static void dec_attn_task(void *arg, int t) {
     dec_attn_job *j = arg;
-    const int nb = (j->n + ATT_QB - 1) / ATT_QB;
-    const int h = t / nb, i0 = t % nb * ATT_QB, m = j->n - i0 < ATT_QB ? j->n - i0 : ATT_QB;
+    int g = 0;
+    while (g + 1 < j->n_groups && t >= j->task0[g + 1]) g++;
+    t -= j->task0[g];
+    const qw_dec_group *G = &j->groups[g];
+    const qw_seq *s = G->s;
+    const int nb = (G->n + ATT_QB - 1) / ATT_QB;
+    const int h = t / nb, i0 = t % nb * ATT_QB, m = G->n - i0 < ATT_QB ? G->n - i0 : ATT_QB;
     const int kvh = h / (j->heads / j->kv_heads), hd = j->hd;
     const size_t kvrow = (size_t)j->kv_heads * hd, qrow = (size_t)j->heads * hd;
-    const size_t at = (size_t)i0 * qrow + (size_t)h * hd;
-    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, j->kc + (size_t)kvh * hd,
-                 j->vc + (size_t)kvh * hd, (int)kvrow, j->n_past + i0 + m, hd, j->n_past + i0);
+    const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)h * hd;
+    const size_t layer = (size_t)j->layer * s->cap * kvrow;
+    const int p0 = s->n_past; /* before this pass: the group's rows sit at p0 .. p0 + n - 1 */
+    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, s->k + layer + (size_t)kvh * hd,
+                 s->v + layer + (size_t)kvh * hd, (int)kvrow, p0 + i0 + m, hd, p0 + i0);
 }
 
 /* NeoX rotation of one head: pairs (i, i + hd/2). */
@@ -131,13 +117,22 @@ static void rope(float *x, const float *inv_freq, int hd, int pos) {
 
 /* ==== Forward ==== */
 
-qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n) {
+qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,
+                               float *logits) {
     const qw_config *c = &ctx->cfg;
     const qw_decoder *D = &ctx->dec;
     const int H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     const int nq = nh * hd, nk = nkv * hd, I = c->inter;
-    if (qw_kv_reserve(ctx, ctx->n_past + n)) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for the KV cache");
-    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I);
+    int n = 0, n_logits = 0, n_tasks = 0;
+    for (int g = 0; g < n_groups; g++) {
+        const qw_seq *s = groups[g].s;
+        if (groups[g].n <= 0 || s->n_past + groups[g].n > s->cap)
+            return qw_fail(ctx, QWEN_ERR_INVALID, "decoder pass past a sequence's KV capacity");
+        n += groups[g].n;
+        n_logits += groups[g].want_logits;
+    }
+    if (n_groups <= 0) return QWEN_OK;
+    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I) + (size_t)n_logits * H + 2 * (size_t)n_groups;
     if (need > ctx->scratch_size) {
         free(ctx->scratch);
         ctx->scratch = malloc(need * sizeof(float));
@@ -145,8 +140,17 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n) {
         if (!ctx->scratch) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the decoder");
     }
     float *h = ctx->scratch, *q = h + (size_t)n * H, *kk = q + (size_t)n * nq, *v = kk + (size_t)n * nk;
-    float *att = v + (size_t)n * nk, *g = att + (size_t)n * nq, *u = g + (size_t)n * I;
-    const int p0 = ctx->n_past;
+    float *att = v + (size_t)n * nk, *g_ = att + (size_t)n * nq, *u = g_ + (size_t)n * I;
+    float *last = u + (size_t)n * I;                     /* [n_logits, H] */
+    int *row0 = (int *)(last + (size_t)n_logits * H);    /* [n_groups] */
+    int *task0 = row0 + n_groups;                        /* [n_groups] */
+    for (int g = 0, r = 0; g < n_groups; r += groups[g].n, g++) {
+        row0[g] = r;
+        task0[g] = n_tasks;
+        n_tasks += nh * ((groups[g].n + ATT_QB - 1) / ATT_QB);
+    }
+    void (*mm)(qwen_context *, float *, const float *, const qw_mat *, const float *, int) =
+        rows_invariant ? qw_matmul_rows : qw_matmul;
 
     for (int l = 0; l < c->dec_layers; l++) {
         if (n > 1 && qw_aborted(ctx)) return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted");
@@ -155,39 +159,45 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n) {
         float *qkv_out[3] = {q, kk, v};
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
-        qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n);
-        float *kc = ctx->k_cache + (size_t)l * ctx->kv_cap * nk;
-        float *vc = ctx->v_cache + (size_t)l * ctx->kv_cap * nk;
-        for (int i = 0; i < n; i++) {
-            for (int hh = 0; hh < nh; hh++) {
-                float *qh = q + (size_t)i * nq + (size_t)hh * hd;
-                qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
-                rope(qh, D->rope_inv_freq, hd, p0 + i);
+        qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n, rows_invariant);
+        for (int g = 0; g < n_groups; g++) {
+            qw_seq *s = groups[g].s;
+            float *kc = s->k + (size_t)l * s->cap * nk, *vc = s->v + (size_t)l * s->cap * nk;
+            for (int i = row0[g]; i < row0[g] + groups[g].n; i++) {
+                const int pos = s->n_past + i - row0[g];
+                for (int hh = 0; hh < nh; hh++) {
+                    float *qh = q + (size_t)i * nq + (size_t)hh * hd;
+                    qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
+                    rope(qh, D->rope_inv_freq, hd, pos);
+                }
+                for (int hh = 0; hh < nkv; hh++) {
+                    float *kh = kk + (size_t)i * nk + (size_t)hh * hd;
+                    qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
+                    rope(kh, D->rope_inv_freq, hd, pos);
+                }
+                memcpy(kc + (size_t)pos * nk, kk + (size_t)i * nk, (size_t)nk * sizeof(float));
+                memcpy(vc + (size_t)pos * nk, v + (size_t)i * nk, (size_t)nk * sizeof(float));
             }
-            for (int hh = 0; hh < nkv; hh++) {
-                float *kh = kk + (size_t)i * nk + (size_t)hh * hd;
-                qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
-                rope(kh, D->rope_inv_freq, hd, p0 + i);
-            }
-            memcpy(kc + (size_t)(p0 + i) * nk, kk + (size_t)i * nk, (size_t)nk * sizeof(float));
-            memcpy(vc + (size_t)(p0 + i) * nk, v + (size_t)i * nk, (size_t)nk * sizeof(float));
         }
-        dec_attn_job job = {ctx, q, kc, vc, att, n, p0, nh, nkv, hd};
-        qw_pool_run(ctx->pool, nh * ((n + ATT_QB - 1) / ATT_QB), dec_attn_task, &job);
-        qw_matmul(ctx, h, att, &y->o, y->o_b, n);
+        dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
+        qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);
+        mm(ctx, h, att, &y->o, y->o_b, n);
         for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
         for (int i = 0; i < n; i++) qw_rmsnorm(h + (size_t)i * H, x + (size_t)i * H, y->ln2, H, c->rms_eps);
-        float *gu_out[2] = {g, u};
+        float *gu_out[2] = {g_, u};
         const qw_mat *gu_w[2] = {&y->gate, &y->up};
-        qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, n);
-        qw_swiglu_mt(ctx, g, u, (size_t)n * I); /* SiLU(gate) * up */
-        qw_matmul(ctx, h, g, &y->down, NULL, n);
+        qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, n, rows_invariant);
+        qw_swiglu_mt(ctx, g_, u, (size_t)n * I); /* SiLU(gate) * up */
+        mm(ctx, h, g_, &y->down, NULL, n);
         for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
     }
-    ctx->n_past += n;
-    /* Final norm and LM head on the last position only. */
-    float *last = h;
-    qw_rmsnorm(last, x + (size_t)(n - 1) * H, D->norm, H, c->rms_eps);
-    qw_matmul(ctx, ctx->logits, last, &D->lm_head, NULL, 1);
+    for (int g = 0; g < n_groups; g++) groups[g].s->n_past += groups[g].n;
+    /* Final norm and the LM head on the last row of each group that wants
+     * logits, in one GEMM. */
+    if (!n_logits) return QWEN_OK;
+    for (int g = 0, r = 0; g < n_groups; g++)
+        if (groups[g].want_logits)
+            qw_rmsnorm(last + (size_t)(r++) * H, x + (size_t)(row0[g] + groups[g].n - 1) * H, D->norm, H, c->rms_eps);
+    mm(ctx, logits, last, &D->lm_head, NULL, n_logits);
     return QWEN_OK;
 }

@@ -20,44 +20,11 @@
 
 /* ==== Loading ==== */
 
-static const qw_tensor *need(qw_loader *L, const char *name, int64_t d0, int64_t d1) {
-    if (L->rc) return NULL;
-    const qw_tensor *t = qw_safetensors_find(&L->ctx->st, name);
-    int64_t numel = t ? 1 : 0;
-    if (t)
-        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
-    if (!t || t->shape[0] != d0 || numel != d0 * (d1 ? d1 : 1)) {
-        snprintf(L->err, L->err_size, t ? "tensor %s has an unexpected shape" : "tensor %s is missing", name);
-        L->rc = QWEN_ERR_FORMAT;
-        return NULL;
-    }
-    return t;
-}
-
-int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols) {
-    const qw_tensor *t = need(L, name, rows, cols);
-    if (!t) return L->rc;
-    *m = (qw_mat){t->data, t->dtype, rows, cols};
-    return 0;
-}
-
-float *qw_load_vec(qw_loader *L, const char *name, int n) {
-    const qw_tensor *t = need(L, name, n, 0);
-    if (!t) return NULL;
-    float *v = qw_own(L->ctx, (size_t)n * sizeof(float));
-    if (!v) {
-        L->rc = QWEN_ERR_NOMEM;
-        return NULL;
-    }
-    L->ctx->k->to_f32(v, t->data, t->dtype, n);
-    return v;
-}
-
 /* Conv weight [Cout, Cin, 3, 3] -> owned f32 [Cout, 3, 3, Cin] for channel-last im2col. */
 static void load_conv(qw_loader *L, qw_mat *m, float **bias, const char *prefix, int cout, int cin) {
     char name[320];
     snprintf(name, sizeof(name), "%s.weight", prefix);
-    const qw_tensor *t = need(L, name, cout, (int64_t)cin * 9);
+    const qw_tensor *t = qw_need_tensor(L, name, cout, (int64_t)cin * 9);
     snprintf(name, sizeof(name), "%s.bias", prefix);
     *bias = qw_load_vec(L, name, cout);
     if (!t || L->rc) return;
@@ -92,7 +59,7 @@ int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size) {
     load_conv(&L, &e->conv3, &e->conv3_b, NAME("%s.conv2d3", p), C, C);
     /* conv_out [d, C * F3] (feature c*F3 + f) -> owned [d, F3 * C] (feature f*C + c) */
     const int F3 = conv_out_len(conv_out_len(conv_out_len(c->n_mels)));
-    const qw_tensor *co = need(&L, NAME("%s.conv_out.weight", p), d, (int64_t)C * F3);
+    const qw_tensor *co = qw_need_tensor(&L, NAME("%s.conv_out.weight", p), d, (int64_t)C * F3);
     if (co) {
         size_t esize = co->dtype == QW_F32 ? 4 : 2;
         char *w = qw_own(ctx, (size_t)d * C * F3 * esize);
@@ -159,6 +126,27 @@ int64_t qw_encoder_tokens(const qwen_context *ctx, int64_t n_frames) {
     return full * chunk_tokens(cl) + (tail ? chunk_tokens((int)tail) : 0);
 }
 
+/* Conv chunks per encoder window: attention stays inside n_window_infer frames. */
+static int chunks_per_window(const qw_config *c) {
+    const int w = c->n_window_infer / (2 * c->n_window);
+    return w > 0 ? w : 1;
+}
+
+static int n_conv_chunks(const qwen_context *ctx, int64_t n_frames) {
+    const int cl = 2 * ctx->cfg.n_window;
+    return (int)((n_frames + cl - 1) / cl);
+}
+
+int qw_encoder_windows(const qwen_context *ctx, int64_t n_frames) {
+    const int cpw = chunks_per_window(&ctx->cfg);
+    return (n_conv_chunks(ctx, n_frames) + cpw - 1) / cpw;
+}
+
+int64_t qw_encoder_window_start(const qwen_context *ctx, int64_t n_frames, int w) {
+    const int64_t f = (int64_t)w * chunks_per_window(&ctx->cfg) * 2 * ctx->cfg.n_window;
+    return qw_encoder_tokens(ctx, f < n_frames ? f : n_frames);
+}
+
 /* ==== Conv stem ==== */
 
 /* One 3x3 stride-2 pad-1 conv as im2col + matmul, channel-last in and out:
@@ -203,13 +191,15 @@ static void enc_attn_task(void *arg, int t) {
 
 /* ==== Forward ==== */
 
-qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, float *out) {
+qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int w0, int w1, float *out) {
     const qw_config *c = &ctx->cfg;
     const qw_encoder *e = &ctx->enc;
     const int C = c->ds_hidden, d = c->d_model, F = c->n_mels;
     const int cl = 2 * c->n_window;
-    const int n_chunks = (int)((n_frames + cl - 1) / cl);
-    const int64_t n_tok = qw_encoder_tokens(ctx, n_frames);
+    const int n_chunks = n_conv_chunks(ctx, n_frames), cpw = chunks_per_window(c);
+    const int ch0 = w0 * cpw, ch1 = w1 * cpw < n_chunks ? w1 * cpw : n_chunks; /* this call's conv chunks */
+    const int64_t n_tok = qw_encoder_window_start(ctx, n_frames, w1) - qw_encoder_window_start(ctx, n_frames, w0);
+    if (n_tok <= 0) return QWEN_OK;
     /* The official code pads every chunk to the longest one (a full chunk
      * when there are several) before the convs; padding changes the last
      * valid outputs through the conv biases, so we pad the same way. */
@@ -218,7 +208,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, flo
     const int F2 = conv_out_len(F1), T2 = conv_out_len(T1);
     const int F3 = conv_out_len(F2), T3 = conv_out_len(T2);
     const int ffn = c->enc_ffn;
-    const int window = chunk_tokens(Lp) * (c->n_window_infer / cl);
+    const int window = chunk_tokens(Lp) * cpw;
     if (T3 > c->max_source_positions) return qw_fail(ctx, QWEN_ERR_INVALID, "chunk longer than max_source_positions");
 
     size_t n_cols = (size_t)F1 * T1 * 9 * C; /* the largest im2col (conv2 input side is smaller) */
@@ -236,7 +226,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, flo
 
     /* Conv stem, chunk by chunk. */
     int64_t tok = 0;
-    for (int ch = 0; ch < n_chunks; ch++) {
+    for (int ch = ch0; ch < ch1; ch++) {
         if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
         int64_t f0 = (int64_t)ch * cl;
         int len = (int)(n_frames - f0 < cl ? n_frames - f0 : cl);
@@ -270,7 +260,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, flo
         float *qkv_out[3] = {q, kk, v};
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
-        qw_matmul_n(ctx, 3, qkv_out, hbuf, qkv_w, qkv_b, n);
+        qw_matmul_n(ctx, 3, qkv_out, hbuf, qkv_w, qkv_b, n, 0);
         enc_attn_job job = {ctx, q, kk, v, att, n, d, heads, hd, window};
         qw_pool_run(ctx->pool, n_windows * heads, enc_attn_task, &job);
         qw_matmul(ctx, hbuf, att, &y->o, y->o_b, n);

@@ -103,7 +103,7 @@ typedef struct {
     float *rope_inv_freq;       /* [hd / 2] */
 } qw_decoder;
 
-/* ==== Loading helpers (encoder.c) ==== */
+/* ==== Loading helpers (weights.c) ==== */
 typedef struct {
     struct qwen_context *ctx;
     char *err;
@@ -111,10 +111,56 @@ typedef struct {
     int rc; /* first error, sticky */
 } qw_loader;
 
+/* The tensor `name`, checked to be [d0, d1] (d1 = 0: a vector of d0); NULL and L->rc set otherwise. */
+const qw_tensor *qw_need_tensor(qw_loader *L, const char *name, int64_t d0, int64_t d1);
 /* A [rows, cols] weight used in place (checkpoint dtype). */
 int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols);
 /* A small vector widened to f32 once, owned by the context. */
 float *qw_load_vec(qw_loader *L, const char *name, int n);
+
+/* ==== Sequences (batch.c) ==== */
+typedef enum { QW_SEQ_FREE = 0, QW_SEQ_ENCODE, QW_SEQ_PREFILL, QW_SEQ_DECODE, QW_SEQ_ENDED } qw_seq_state;
+
+typedef struct {
+    qw_seq_state state;
+    int64_t order;              /* admission order: the oldest gets the next admission unit */
+    /* what was asked */
+    int32_t *prompt;            /* [n_prompt] */
+    int n_prompt, max_new;
+    int32_t eos[8];
+    int n_eos;
+    qwen_abort_callback abort_cb;
+    void *abort_ud;
+    /* admission work */
+    float *mel;                 /* [n_mels, n_frames], freed once encoded */
+    int64_t n_frames;
+    float *emb;                 /* [n_audio, hidden] audio embeddings, freed after the prefill */
+    int n_audio, windows_done, n_windows;
+    int n_prefilled, audio_used;  /* prompt tokens run; audio rows of emb spliced in so far */
+    /* decoder state */
+    float *k, *v;               /* [layers, cap, KV * hd] */
+    int cap, n_past;
+    int32_t last_token;
+    int n_generated;
+    const float *logits;        /* behind the last token (valid until the next step) */
+    /* timings, ms */
+    double t_mel, t_enc, t_prefill, t_decode;
+} qw_seq;
+
+/* One group of rows of a decoder pass: n consecutive tokens of one sequence
+ * from position s->n_past on; the pass appends them to its KV cache. */
+typedef struct {
+    qw_seq *s;
+    int n;
+    int want_logits;            /* logits of the group's last row */
+} qw_dec_group;
+
+struct qwen_context;
+/* Frees a sequence's buffers and its KV reservation; the slot can be taken again. */
+void qw_seq_release(struct qwen_context *ctx, qw_seq *s);
+/* Slots and step buffers from the params (qwen_load), and their release (qwen_free). */
+int qw_batch_init(struct qwen_context *ctx, const qwen_params *p);
+void qw_batch_free(struct qwen_context *ctx);
 
 /* ==== Context ==== */
 struct qwen_context {
@@ -134,22 +180,24 @@ struct qwen_context {
     float *mel_filters;         /* [n_mels, n_fft/2 + 1] */
     float *dft_basis;           /* [2 * (n_fft/2 + 1), n_fft]: cos, -sin rows interleaved, Hann-windowed */
 
-    /* decoder state */
-    float *k_cache, *v_cache;   /* [layers, cap, KV * hd] */
-    int kv_cap, n_past;
-    int32_t last_token;
-    int n_generated, max_new_tokens;
-    int32_t eos[8];
-    int n_eos;
-    int state;                  /* 0 idle, 1 generating, 2 done */
-    float *logits;              /* [vocab] */
-    float *x, *scratch;         /* decode-step activations */
+    /* sequences */
+    qw_seq *seqs;               /* [max_seqs] */
+    int max_seqs, max_context, prefill_chunk;
+    int64_t kv_budget, kv_reserved, n_admitted;
+    qw_dec_group *groups;       /* [max_seqs]: the decode pass of a step */
+    qwen_event *events;         /* [max_seqs]: qwen_begin / qwen_next's step */
+    float *step_logits;         /* [max_seqs, vocab]: logits of the last decode step */
+    float *prefill_logits;      /* [vocab]: logits of the last prefill chunk */
+    float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;
-    qwen_abort_callback abort_cb;
+    qwen_abort_callback abort_cb; /* the running unit's (qw_aborted), or NULL */
     void *abort_ud;
 
-    double t_mel, t_enc, t_prefill, t_decode;
-    int n_prompt, n_audio;
+    /* qwen_begin / qwen_next: the batch of one */
+    int one_seq;                /* its slot, or -1 */
+    int32_t one_pending;        /* a token produced but not yet returned by qwen_next (-1: none) */
+    qwen_status one_pending_st; /* and the step's status for it */
+    int one_state;              /* 0 idle, 1 generating, 2 done */
 
     char err[512];
 };
@@ -163,10 +211,12 @@ int qw_aborted(qwen_context *ctx);
 /* ==== Threaded building blocks (ops.c) ==== */
 /* C[M, N] = A[M, K] @ W^T (+ bias): output columns split across the pool. */
 void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M);
+/* The same with the kernel table's matmul_rows: each row of C bitwise what M = 1 gives. */
+void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M);
 /* Several products of the same A in one pool launch (fused QKV, gate/up):
  * C[i][M, W[i].rows] = A @ W[i]^T (+ bias[i]), i < n <= 4. */
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
-                 const float *const *bias, int M);
+                 const float *const *bias, int M, int rows_invariant);
 void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Across the pool: GELU (the kernel table's) and SwiGLU (g = SiLU(g) * u) over n
@@ -193,14 +243,23 @@ qwen_status qw_mel(qwen_context *ctx, const float *pcm, int64_t n_samples, float
 
 int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size);
 int64_t qw_encoder_tokens(const qwen_context *ctx, int64_t n_frames);
-/* mel[n_mels, n_frames] -> out[n_tokens, output_dim] */
-qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, float *out);
+/* Encoder windows (n_window_infer mel frames each; the last may be shorter) of n_frames. */
+int qw_encoder_windows(const qwen_context *ctx, int64_t n_frames);
+/* mel[n_mels, n_frames] -> out[n_tokens, output_dim] for the windows [w0, w1):
+ * out receives their tokens only, from the first token of window w0. The
+ * windows are independent, so any split gives the tokens of the whole. */
+qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int w0, int w1, float *out);
+/* The first token of window w. */
+int64_t qw_encoder_window_start(const qwen_context *ctx, int64_t n_frames, int w);
 
 int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
-/* Runs tokens [n_past, n_past + n) through the decoder; x holds their input
- * embeddings [n, hidden]. Writes logits of the last one to ctx->logits. */
-qwen_status qw_decoder_forward(qwen_context *ctx, float *x, int n);
+/* Runs the groups' tokens through the decoder; x holds their input
+ * embeddings [sum of n, hidden], group after group (overwritten). Writes
+ * logits [groups wanting them, vocab], in group order. With rows_invariant,
+ * every GEMM computes each row as it would alone (matmul_rows): a decode
+ * step of many sequences gives each the logits it gets alone. */
+qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,
+                               float *logits);
 void qw_embed_token(qwen_context *ctx, int32_t id, float *out);
-int qw_kv_reserve(qwen_context *ctx, int n_tokens);
 
 #endif

@@ -26,6 +26,13 @@ typedef struct {
      * can split the output features; M = 1 is the decode matvec. */
     void (*matmul)(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
                    const float *bias, int M, int K, int n0, int n1);
+    /* C[m, n] = sum_k A[m, k] * W[n, k] (+ bias[n]), same arguments as matmul, for any M >= 1, with
+     * every element computed exactly as M = 1 computes it: C[m, n] depends only on A[m, :], W[n, :],
+     * bias[n], K and wt, bitwise - never on M, on other rows, on m, or on [n0, n1). Decode steps of
+     * many sequences batched in one call use it, so each sequence gets the result it gets alone.
+     * Never takes the packed path. */
+    void (*matmul_rows)(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                        const float *bias, int M, int K, int n0, int n1);
     /* sum_i a[i] * b[i] */
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += alpha * x[i] */

@@ -35,8 +35,6 @@
 
 #define PACK_MIN_M 8 /* M from which the packed path beats the rows path */
 #define PF_AHEAD 1024 /* rows path: software prefetch distance along a weight row, bytes */
-#define RG 8         /* rows path: weight rows per group */
-#define RKC_A 4096   /* rows path: floats of A per chunk of K (16 KiB, in L1) */
 #define NR 16        /* packed path: columns of C per panel (2 vectors) */
 #define MR 6         /* packed path: rows of A per register tile */
 #define KB 512       /* packed path: depth of a panel (P = KB x NR floats = 32 KiB) */
@@ -144,90 +142,109 @@ static void axpy_avx2(float *y, float alpha, const float *x, int n) {
     }
 }
 
-/* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :] ==== */
+/* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
 
-/* Decode, M = 1: w[0:K] . a[0:K]. Four accumulator chains; the row
- * is one sequential stream. */
-QW_INLINE float row_dot(const float *a, const void *w, qw_dtype dt, int K) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+/* One order of operations per output element, whatever the tile computing
+ * it: the 8-wide blocks of k, b = 0, 1, ... (the last one masked when 8 does
+ * not divide K), go to chain b mod 2 in increasing k, each chain an FMA
+ * accumulator of 8 lanes starting at zero; then hsum(chain 0 + chain 1) +
+ * bias[n]. Every (weight row, row of A) pair of a tile has its own two
+ * chains, so the tile shape, M, the row's place in A and the column slice
+ * change only which pairs share a loop, never an element's arithmetic.
+ *
+ * C[j, n + i] = the above for i < RW weight rows and j < RA rows of A
+ * (2 RW RA accumulators, at most 12 of the 16 registers; RW, RA constants,
+ * the loops unrolled). Each widened weight vector meets RA rows of A (FMA
+ * memory operands); software prefetch PF_AHEAD bytes ahead along each row. */
+QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                         const float *bias, int K, int n) {
+    const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
+    const char *w = (const char *)W + (size_t)n * row;
+    __m256 s[6][3][2];
+    for (int i = 0; i < RW; i++)
+        for (int j = 0; j < RA; j++) s[i][j][0] = s[i][j][1] = _mm256_setzero_ps();
     int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        prefetch_w(w, dt, k);
-        s0 = _mm256_fmadd_ps(widen8(w, dt, (size_t)k), _mm256_loadu_ps(a + k), s0);
-        s1 = _mm256_fmadd_ps(widen8(w, dt, (size_t)k + 8), _mm256_loadu_ps(a + k + 8), s1);
-        s2 = _mm256_fmadd_ps(widen8(w, dt, (size_t)k + 16), _mm256_loadu_ps(a + k + 16), s2);
-        s3 = _mm256_fmadd_ps(widen8(w, dt, (size_t)k + 24), _mm256_loadu_ps(a + k + 24), s3);
-    }
-    for (; k + 8 <= K; k += 8) s0 = _mm256_fmadd_ps(widen8(w, dt, (size_t)k), _mm256_loadu_ps(a + k), s0);
-    if (k < K) s1 = _mm256_fmadd_ps(widen8_tail(w, dt, (size_t)k, K - k), _mm256_maskload_ps(a + k, lane_mask(K - k)), s1);
-    return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-}
-
-QW_INLINE void matvec(float *C, const float *A, const void *W, qw_dtype dt, const float *bias, int K, int n0, int n1) {
-    const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
-    for (int n = n0; n < n1; n++) C[n] = row_dot(A, (const char *)W + (size_t)n * row, dt, K) + (bias ? bias[n] : 0.0f);
-}
-
-/* acc[r] += lanes of sum_{k0 <= k < k1} w[k] * A[r, k] for R (1..4) rows of
- * A: each weight vector is widened once and used R times; two vectors of K
- * per step give 2R independent chains. */
-QW_INLINE void rows_chunk(__m256 *acc, const float *A, int lda, const void *w, qw_dtype dt, int k0, int k1, int R) {
-    __m256 s[4][2];
-    for (int r = 0; r < R; r++) s[r][0] = acc[r], s[r][1] = _mm256_setzero_ps();
-    int k = k0;
-    for (; k + 16 <= k1; k += 16) {
-        if (!(k & 31)) prefetch_w(w, dt, k);
-        const __m256 w0 = widen8(w, dt, (size_t)k), w1 = widen8(w, dt, (size_t)k + 8);
-        for (int r = 0; r < R; r++) {
-            s[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(A + (size_t)r * lda + k), s[r][0]);
-            s[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(A + (size_t)r * lda + k + 8), s[r][1]);
-        }
-    }
-    if (k + 8 <= k1) {
-        const __m256 w0 = widen8(w, dt, (size_t)k);
-        for (int r = 0; r < R; r++) s[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(A + (size_t)r * lda + k), s[r][0]);
-        k += 8;
-    }
-    if (k < k1) {
-        const __m256 w0 = widen8_tail(w, dt, (size_t)k, k1 - k);
-        const __m256i m = lane_mask(k1 - k);
-        for (int r = 0; r < R; r++)
-            s[r][1] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(A + (size_t)r * lda + k, m), s[r][1]);
-    }
-    for (int r = 0; r < R; r++) acc[r] = _mm256_add_ps(s[r][0], s[r][1]);
-}
-
-/* Small M (2 .. PACK_MIN_M - 1), e.g. decode steps of several requests
- * batched: RG weight rows at a time, K in chunks of kc columns so that the
- * chunk of A (M x kc <= RKC_A floats) stays in L1 while it meets all RG
- * rows; partial sums wait in acc between chunks. Every weight is read from
- * memory once. */
-QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias,
-                         int M, int K, int n0, int n1) {
-    const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
-    const int kc = RKC_A / M / 16 * 16; /* 2 <= M < PACK_MIN_M: kc >= 256 */
-    __m256 acc[RG][PACK_MIN_M];
-    for (int n = n0; n < n1; n += RG) {
-        const int g1 = n1 - n < RG ? n1 - n : RG;
-        for (int g = 0; g < g1; g++)
-            for (int m = 0; m < M; m++) acc[g][m] = _mm256_setzero_ps();
-        for (int k0 = 0; k0 < K; k0 += kc) {
-            const int k1 = K - k0 < kc ? K : k0 + kc;
-            for (int g = 0; g < g1; g++) {
-                const void *w = (const char *)W + (size_t)(n + g) * row;
-                for (int m = 0; m < M; m += 4) {
-                    const float *a = A + (size_t)m * lda;
-                    switch (M - m) {
-                    case 1: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 1); break;
-                    case 2: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 2); break;
-                    case 3: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 3); break;
-                    default: rows_chunk(&acc[g][m], a, lda, w, dt, k0, k1, 4); break;
-                    }
-                }
+    for (; k + 16 <= K; k += 16) {
+        for (int i = 0; i < RW; i++) {
+            const void *wi = w + (size_t)i * row;
+            if (!(k & 31)) prefetch_w(wi, dt, k);
+            const __m256 w0 = widen8(wi, dt, (size_t)k), w1 = widen8(wi, dt, (size_t)k + 8);
+            for (int j = 0; j < RA; j++) {
+                s[i][j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(A + (size_t)j * lda + k), s[i][j][0]);
+                s[i][j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(A + (size_t)j * lda + k + 8), s[i][j][1]);
             }
         }
-        for (int g = 0; g < g1; g++)
-            for (int m = 0; m < M; m++) C[(size_t)m * ldc + n + g] = hsum(acc[g][m]) + (bias ? bias[n + g] : 0.0f);
+    }
+    if (k + 8 <= K) { /* block k/8, even: chain 0 */
+        for (int i = 0; i < RW; i++) {
+            const __m256 w0 = widen8(w + (size_t)i * row, dt, (size_t)k);
+            for (int j = 0; j < RA; j++)
+                s[i][j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(A + (size_t)j * lda + k), s[i][j][0]);
+        }
+        k += 8;
+    }
+    if (k < K) { /* the masked block K/8: chain (K/8) mod 2 */
+        const int c = (K >> 3) & 1;
+        const __m256i m = lane_mask(K - k);
+        for (int i = 0; i < RW; i++) {
+            const __m256 w0 = widen8_tail(w + (size_t)i * row, dt, (size_t)k, K - k);
+            for (int j = 0; j < RA; j++)
+                s[i][j][c] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(A + (size_t)j * lda + k, m), s[i][j][c]);
+        }
+    }
+    for (int j = 0; j < RA; j++)
+        for (int i = 0; i < RW; i++)
+            C[(size_t)j * ldc + n + i] = hsum(_mm256_add_ps(s[i][j][0], s[i][j][1])) + (bias ? bias[n + i] : 0.0f);
+}
+
+/* All rows of A against weight rows [n, n + RW): A in tiles of RA rows,
+ * then the M mod RA rows left one tile of that height. The RW weight rows
+ * stay in L1/L2 while every tile of A meets them. */
+QW_INLINE void rows_group(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                          const float *bias, int M, int K, int n) {
+    int m = 0;
+    for (; m + RA <= M; m += RA) rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n);
+    float *c = C + (size_t)m * ldc;
+    const float *a = A + (size_t)m * lda;
+    switch (M - m) {
+    case 0: break;
+    case 1: rows_tile(RW, 1, c, ldc, a, lda, W, dt, bias, K, n); break;
+    default: if (RA > 2) rows_tile(RW, 2, c, ldc, a, lda, W, dt, bias, K, n); break;
+    }
+}
+
+/* Weight rows [n0, n1) in groups of RW, the last n1 - n0 mod RW one at a time. */
+QW_INLINE void rows_cols(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                         const float *bias, int M, int K, int n0, int n1) {
+    int n = n0;
+    for (; n + RW <= n1; n += RW) rows_group(RW, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
+    for (; n < n1; n++) rows_group(1, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
+}
+
+/* Tiles by M: one row of A meets 6 weight rows (12 chains); 2 rows, 3; from
+ * 3 rows on 2 x 3 (12 accumulators, 4 widened weight vectors, A as memory
+ * operands: 10 loads per 12 FMAs). */
+QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias,
+                         int M, int K, int n0, int n1) {
+    switch (M) {
+    case 1: rows_cols(6, 1, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    case 2: rows_cols(3, 2, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    default: rows_cols(2, 3, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    }
+}
+
+static void matmul_rows_avx2(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                             const float *bias, int M, int K, int n0, int n1) {
+    if (M <= 0 || n1 <= n0) return;
+    if (K <= 0) { /* empty sums */
+        for (int m = 0; m < M; m++)
+            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
+        return;
+    }
+    switch (wt) { /* one specialised copy per dtype */
+    case QW_BF16: rows_path(C, ldc, A, lda, W, QW_BF16, bias, M, K, n0, n1); break;
+    case QW_F16: rows_path(C, ldc, A, lda, W, QW_F16, bias, M, K, n0, n1); break;
+    default: rows_path(C, ldc, A, lda, W, QW_F32, bias, M, K, n0, n1); break;
     }
 }
 
@@ -327,30 +344,12 @@ static void packed_path(float *C, int ldc, const float *A, int lda, const void *
 
 static void matmul_avx2(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt, const float *bias, int M,
                         int K, int n0, int n1) {
-    if (M <= 0 || n1 <= n0) return;
-    if (K <= 0) { /* empty sums */
-        for (int m = 0; m < M; m++)
-            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
+    if (M < PACK_MIN_M || K <= 0) {
+        matmul_rows_avx2(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
         return;
     }
-    if (M >= PACK_MIN_M) {
-        packed_path(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
-        return;
-    }
-    switch (wt) { /* one specialised copy per dtype */
-    case QW_BF16:
-        if (M == 1) matvec(C, A, W, QW_BF16, bias, K, n0, n1);
-        else rows_path(C, ldc, A, lda, W, QW_BF16, bias, M, K, n0, n1);
-        break;
-    case QW_F16:
-        if (M == 1) matvec(C, A, W, QW_F16, bias, K, n0, n1);
-        else rows_path(C, ldc, A, lda, W, QW_F16, bias, M, K, n0, n1);
-        break;
-    default:
-        if (M == 1) matvec(C, A, W, QW_F32, bias, K, n0, n1);
-        else rows_path(C, ldc, A, lda, W, QW_F32, bias, M, K, n0, n1);
-        break;
-    }
+    if (n1 <= n0) return;
+    packed_path(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
 }
 
 static void gelu_avx2(float *x, int n) { qw_gelu_erf_row(x, n); }
@@ -358,6 +357,7 @@ static void gelu_avx2(float *x, int n) { qw_gelu_erf_row(x, n); }
 const qw_kernels qw_kernels_avx2 = {
     .name = "avx2",
     .matmul = matmul_avx2,
+    .matmul_rows = matmul_rows_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
     .to_f32 = to_f32_avx2,

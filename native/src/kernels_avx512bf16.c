@@ -137,6 +137,11 @@ static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const 
     }
 }
 
+/* Exact f32, A never rounded: the AVX-512 table's. */
+static void matmul_rows_bf16set(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                                const float *bias, int M, int K, int n0, int n1) {
+    qw_kernels_avx512.matmul_rows(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
+}
 static float dot_bf16set(const float *a, const float *b, int n) { return qw_kernels_avx512.dot(a, b, n); }
 static void axpy_bf16set(float *y, float alpha, const float *x, int n) { qw_kernels_avx512.axpy(y, alpha, x, n); }
 static void to_f32_bf16set(float *dst, const void *src, qw_dtype dt, int n) { qw_kernels_avx512.to_f32(dst, src, dt, n); }
@@ -145,6 +150,7 @@ static void gelu_bf16set(float *x, int n) { qw_kernels_avx512.gelu(x, n); }
 const qw_kernels qw_kernels_avx512bf16 = {
     .name = "avx512bf16",
     .matmul = matmul_avx512bf16,
+    .matmul_rows = matmul_rows_bf16set,
     .dot = dot_bf16set,
     .axpy = axpy_bf16set,
     .to_f32 = to_f32_bf16set,

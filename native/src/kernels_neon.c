@@ -3,17 +3,19 @@
  * (Apple Silicon, Graviton, Ampere). Advanced SIMD is part of every AArch64
  * CPU, so this file needs no extra compile flags and no run-time probe.
  *
- * matmul, C = A @ W^T (+ bias), walks the weight rows front to back (one
- * sequential stream per thread, with a software prefetch ahead, which is
- * what the memory-bound decode step needs) and meets each widened chunk of
- * a weight row with up to four rows of A at a time, two vectors of K each
- * (8 accumulators). Every weight is widened once per group of four rows of
- * A: simple, exact, and good enough for the compute-bound encoder/prefill
- * until a packed path like kernels_avx2.c's is worth its code here.
+ * matmul, C = A @ W^T (+ bias), is the batch-invariant rows path
+ * (matmul_rows) for every M: a register tile of a few weight rows x a few
+ * rows of A, two 4-lane FMA chains per output element in one fixed order
+ * (see the section below), so C[m, n] never depends on M, on the other rows
+ * or on the column slice. The weight rows are walked front to back with a
+ * software prefetch ahead (the memory-bound decode step); every weight is
+ * widened once per tile of rows of A: simple, exact, and good enough for the
+ * compute-bound encoder/prefill until a packed path like kernels_avx2.c's
+ * is worth its code here.
  *
  * Weights are widened in the kernel: bf16 by a 16-bit left shift, f16 with
- * the AArch64 conversion instruction (fcvtl), f32 as is. Tails in K are
- * handled by scalar code, so nothing past a row is read.
+ * the AArch64 conversion instruction (fcvtl), f32 as is. A tail in K is
+ * copied into a zero-padded vector, so nothing past a row is read.
  *
  * On x86 the tests compile this file over SIMDe's NEON emulation
  * (QW_NEON_SIMDE), so CI checks it without an ARM machine.
@@ -32,7 +34,6 @@
 
 #define QW_INLINE static inline __attribute__((always_inline))
 #define PF_AHEAD 512 /* prefetch distance along a weight row, in elements */
-#define MG 4         /* rows of A per pass over a weight row */
 
 /* W[i .. i+4) widened to f32. */
 QW_INLINE float32x4_t widen4(const void *W, qw_dtype dt, size_t i) {
@@ -56,40 +57,115 @@ QW_INLINE void prefetch_row(const void *W, qw_dtype dt, size_t i) {
     __builtin_prefetch((const char *)W + i * es, 0, 0);
 }
 
-/* C[m0 .. m0+mg, n] += A[m0 .. m0+mg, :] . W[n, :]  for mg in 1..MG. */
-QW_INLINE void rows_dot(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, int mg,
-                        int K, int n) {
+/* ==== matmul: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
+
+/* One order of operations per output element, whatever the tile computing
+ * it: the 4-wide blocks of k, b = 0, 1, ... (the last one zero-padded when 4
+ * does not divide K), go to chain b mod 2 in increasing k, each chain an FMA
+ * accumulator of 4 lanes starting at zero; then vaddvq(chain 0 + chain 1) +
+ * bias[n]. Every (weight row, row of A) pair of a tile has its own two
+ * chains, so the tile shape, M, the row's place in A and the column slice
+ * change only which pairs share a loop, never an element's arithmetic.
+ *
+ * C[j, n + i] = the above for i < RW weight rows and j < RA rows of A
+ * (2 RW RA accumulators; RW, RA constants, the loops unrolled). */
+QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                         const float *bias, int K, int n) {
     const size_t base = (size_t)n * (size_t)K;
-    float32x4_t acc[MG][2];
-    for (int r = 0; r < MG; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    float32x4_t s[8][4][2];
+    for (int i = 0; i < RW; i++)
+        for (int j = 0; j < RA; j++) s[i][j][0] = s[i][j][1] = vdupq_n_f32(0.0f);
     int k = 0;
     for (; k + 8 <= K; k += 8) {
-        if ((k & 63) == 0) prefetch_row(W, dt, base + (size_t)k + PF_AHEAD);
-        const float32x4_t w0 = widen4(W, dt, base + (size_t)k);
-        const float32x4_t w1 = widen4(W, dt, base + (size_t)k + 4);
-        for (int r = 0; r < mg; r++) {
-            const float *a = A + (size_t)r * lda + k;
-            acc[r][0] = vfmaq_f32(acc[r][0], vld1q_f32(a), w0);
-            acc[r][1] = vfmaq_f32(acc[r][1], vld1q_f32(a + 4), w1);
+        for (int i = 0; i < RW; i++) {
+            const size_t wi = base + (size_t)i * K;
+            if ((k & 63) == 0) prefetch_row(W, dt, wi + (size_t)k + PF_AHEAD);
+            const float32x4_t w0 = widen4(W, dt, wi + (size_t)k), w1 = widen4(W, dt, wi + (size_t)k + 4);
+            for (int j = 0; j < RA; j++) {
+                const float *a = A + (size_t)j * lda + k;
+                s[i][j][0] = vfmaq_f32(s[i][j][0], vld1q_f32(a), w0);
+                s[i][j][1] = vfmaq_f32(s[i][j][1], vld1q_f32(a + 4), w1);
+            }
         }
     }
-    for (int r = 0; r < mg; r++) {
-        float s = vaddvq_f32(vaddq_f32(acc[r][0], acc[r][1]));
-        const float *a = A + (size_t)r * lda;
-        for (int kk = k; kk < K; kk++) s += a[kk] * load1(W, dt, base + (size_t)kk);
-        C[(size_t)r * ldc + n] += s;
+    if (k + 4 <= K) { /* block k/4, even: chain 0 */
+        for (int i = 0; i < RW; i++) {
+            const float32x4_t w0 = widen4(W, dt, base + (size_t)i * K + (size_t)k);
+            for (int j = 0; j < RA; j++) s[i][j][0] = vfmaq_f32(s[i][j][0], vld1q_f32(A + (size_t)j * lda + k), w0);
+        }
+        k += 4;
+    }
+    if (k < K) { /* block K/4, zero-padded (nothing past the rows is read): chain (K/4) mod 2 */
+        const int c = (K >> 2) & 1, t = K - k;
+        for (int i = 0; i < RW; i++) {
+            float wt[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int q = 0; q < t; q++) wt[q] = load1(W, dt, base + (size_t)i * K + (size_t)(k + q));
+            const float32x4_t w0 = vld1q_f32(wt);
+            for (int j = 0; j < RA; j++) {
+                float at[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                memcpy(at, A + (size_t)j * lda + k, (size_t)t * sizeof(float));
+                s[i][j][c] = vfmaq_f32(s[i][j][c], vld1q_f32(at), w0);
+            }
+        }
+    }
+    for (int j = 0; j < RA; j++)
+        for (int i = 0; i < RW; i++)
+            C[(size_t)j * ldc + n + i] = vaddvq_f32(vaddq_f32(s[i][j][0], s[i][j][1])) + (bias ? bias[n + i] : 0.0f);
+}
+
+/* All rows of A against weight rows [n, n + RW): A in tiles of RA rows, the
+ * M mod RA rows left one tile of that height. */
+QW_INLINE void rows_group(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                          const float *bias, int M, int K, int n) {
+    int m = 0;
+    for (; m + RA <= M; m += RA) rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n);
+    float *c = C + (size_t)m * ldc;
+    const float *a = A + (size_t)m * lda;
+    switch (M - m) {
+    case 0: break;
+    case 1: rows_tile(RW, 1, c, ldc, a, lda, W, dt, bias, K, n); break;
+    case 2: if (RA > 2) rows_tile(RW, 2, c, ldc, a, lda, W, dt, bias, K, n); break;
+    default: if (RA > 3) rows_tile(RW, 3, c, ldc, a, lda, W, dt, bias, K, n); break;
     }
 }
 
+/* Weight rows [n0, n1) in groups of RW, the last n1 - n0 mod RW one at a time. */
+QW_INLINE void rows_cols(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
+                         const float *bias, int M, int K, int n0, int n1) {
+    int n = n0;
+    for (; n + RW <= n1; n += RW) rows_group(RW, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
+    for (; n < n1; n++) rows_group(1, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
+}
+
+/* Tiles by M (32 registers; A is loaded into registers, no memory operands
+ * here): one row of A meets 8 weight rows (16 chains); 2 rows, 4; from 3 rows
+ * on 2 x 4 (16 accumulators, 4 widened weight vectors, 8 of A). */
+static void matmul_rows_neon(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                             const float *bias, int M, int K, int n0, int n1) {
+    if (M <= 0 || n1 <= n0) return;
+    if (K <= 0) { /* empty sums */
+        for (int m = 0; m < M; m++)
+            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
+        return;
+    }
+#define QW_NEON_ROWS(DT)                                                                    \
+    switch (M) {                                                                            \
+    case 1: rows_cols(8, 1, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;              \
+    case 2: rows_cols(4, 2, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;              \
+    default: rows_cols(2, 4, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;             \
+    }
+    switch (wt) { /* one specialised copy per dtype */
+    case QW_BF16: QW_NEON_ROWS(QW_BF16); break;
+    case QW_F16: QW_NEON_ROWS(QW_F16); break;
+    default: QW_NEON_ROWS(QW_F32); break;
+    }
+#undef QW_NEON_ROWS
+}
+
+/* No packed path yet: matmul is the rows path for every M. */
 static void matmul_neon(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
                         const float *bias, int M, int K, int n0, int n1) {
-    for (int m = 0; m < M; m++)
-        for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? bias[n] : 0.0f;
-    for (int m0 = 0; m0 < M; m0 += MG) {
-        const int mg = M - m0 < MG ? M - m0 : MG;
-        for (int n = n0; n < n1; n++)
-            rows_dot(C + (size_t)m0 * ldc, ldc, A + (size_t)m0 * lda, lda, W, wt, mg, K, n);
-    }
+    matmul_rows_neon(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
 }
 
 static float dot_neon(const float *a, const float *b, int n) {
@@ -126,6 +202,7 @@ static void gelu_neon(float *x, int n) { qw_gelu_erf_row(x, n); }
 const qw_kernels qw_kernels_neon = {
     .name = "neon",
     .matmul = matmul_neon,
+    .matmul_rows = matmul_rows_neon,
     .dot = dot_neon,
     .axpy = axpy_neon,
     .to_f32 = to_f32_neon,

@@ -63,7 +63,10 @@ static void axpy_scalar(float *y, float alpha, const float *x, int n) {
 }
 
 /* C[M,N] = A[M,K] @ W[N,K]^T (+ bias), columns [n0, n1). One weight row is
- * widened once into a small buffer and reused for every row of A. */
+ * widened once into a small buffer and reused for every row of A. Each
+ * element's order is fixed whatever M, m or the slice: bias (or 0), then
+ * plus the float sum, in increasing k, of each chunk of 1024 columns, so
+ * the same function is matmul_rows (batch-invariant) too. */
 static void matmul_scalar(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
                           const float *bias, int M, int K, int n0, int n1) {
     float wrow[1024];
@@ -88,6 +91,7 @@ static void gelu_scalar(float *x, int n) { qw_gelu_erf_row(x, n); }
 const qw_kernels qw_kernels_scalar = {
     .name = "scalar",
     .matmul = matmul_scalar,
+    .matmul_rows = matmul_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
     .to_f32 = to_f32_scalar,

@@ -17,7 +17,7 @@ typedef struct {
     const float *A;
     const qw_mat *const *W;
     const float *const *bias;
-    int M;
+    int M, rows_invariant;
     int cols_per_task;
     int tasks_per_mat[4];
 } mm_job;
@@ -29,12 +29,15 @@ static void mm_task(void *arg, int t) {
     const qw_mat *W = j->W[i];
     int n0 = t * j->cols_per_task;
     int n1 = n0 + j->cols_per_task < W->rows ? n0 + j->cols_per_task : W->rows;
-    j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, j->bias ? j->bias[i] : NULL, j->M, W->cols,
-                 n0, n1);
+    const float *b = j->bias ? j->bias[i] : NULL;
+    if (j->rows_invariant)
+        j->k->matmul_rows(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
+    else
+        j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
-                 const float *const *bias, int M) {
+                 const float *const *bias, int M, int rows_invariant) {
     if (M <= 0) return;
     /* Column slices: a few per thread for balance; multiples of 16 keep the
      * SIMD kernels on their full-width path. Big M => more work per column. */
@@ -44,7 +47,7 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     int per = total_rows / (threads * (M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
-    mm_job j = {ctx->k, n, C, A, W, bias, M, per, {0}};
+    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}};
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;
@@ -57,7 +60,14 @@ void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, con
     float *Cs[1] = {C};
     const qw_mat *Ws[1] = {W};
     const float *bs[1] = {bias};
-    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M);
+    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, 0);
+}
+
+void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {
+    float *Cs[1] = {C};
+    const qw_mat *Ws[1] = {W};
+    const float *bs[1] = {bias};
+    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, 1);
 }
 
 /* ==== Element-wise ==== */

@@ -17,6 +17,164 @@ static int passed, failed;
         else { failed++; fprintf(stderr, "FAIL: %s\n", what); }  \
     } while (0)
 
+/* ==== Batching: every sequence gets exactly the tokens it gets alone ==== */
+
+#define N_CLIPS 10
+#define SLOTS 8
+#define MAX_GEN 40
+
+/* FNV-1a over the bytes of the logits: equal hashes for bitwise-equal logits. */
+static uint64_t hash_logits(const float *x, int n) {
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *b = (const unsigned char *)x;
+    for (size_t i = 0; x && i < (size_t)n * sizeof(float); i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static float *make_clip(int n, int seed) {
+    float *pcm = malloc((size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++)
+        pcm[i] = 0.1f * (float)(((i + seed * 131) * (7919 + seed * 2)) % 200 - 100) / 100.0f;
+    return pcm;
+}
+
+/* audio start, placeholders, audio end, then `extra` text tokens */
+static int32_t *make_prompt(qwen_context *c, int64_t n_audio, int extra, int *n) {
+    *n = (int)n_audio + 2 + extra;
+    int32_t *ids = malloc((size_t)*n * sizeof(int32_t));
+    ids[0] = (int32_t)qwen_model_info(c, "audio_start_token_id");
+    for (int i = 0; i < n_audio; i++) ids[1 + i] = (int32_t)qwen_model_info(c, "audio_token_id");
+    ids[n_audio + 1] = (int32_t)qwen_model_info(c, "audio_end_token_id");
+    for (int i = 0; i < extra; i++) ids[n_audio + 2 + i] = 100 + 37 * i;
+    return ids;
+}
+
+static void test_batch(const char *model) {
+    /* Mixed lengths: under one encoder window, two windows (> 8 s), a
+     * prompt longer than one prefill chunk; mixed limits. */
+    const int samples[N_CLIPS] = {8000, 16000, 40000, 150000, 24000, 12000, 30000, 4000, 20000, 56000};
+    const int extra[N_CLIPS] = {0, 3, 1, 0, 80, 2, 0, 5, 1, 0};
+    const int limit[N_CLIPS] = {40, 24, 30, 36, 20, 32, 28, 34, 14, 11};
+    /* No EOS ids that a tiny random model hits: each runs to its limit (more decode steps shared). */
+    const int32_t eos[1] = {0x7fffffff};
+    float *pcm[N_CLIPS];
+    int32_t *prompt[N_CLIPS];
+    int n_prompt[N_CLIPS];
+    int32_t alone[N_CLIPS][MAX_GEN], batch[N_CLIPS][MAX_GEN];
+    uint64_t h_alone[N_CLIPS][MAX_GEN], h_batch[N_CLIPS][MAX_GEN];
+    int vocab = 0;
+    int n_alone[N_CLIPS] = {0}, n_batch[N_CLIPS] = {0};
+    char err[512];
+
+    /* Alone: the batch-of-one API, one thread. */
+    qwen_params p1 = qwen_default_params();
+    p1.n_threads = 1;
+    qwen_context *one = qwen_load(model, &p1, err, sizeof(err));
+    CHECK(one != NULL, "load for the alone runs");
+    if (!one) return;
+    qwen_run_params rp = qwen_default_run_params();
+    rp.eos_ids = eos;
+    rp.n_eos_ids = 1;
+    for (int i = 0; i < N_CLIPS; i++) {
+        pcm[i] = make_clip(samples[i], i);
+        prompt[i] = make_prompt(one, qwen_audio_token_count(one, samples[i]), extra[i], &n_prompt[i]);
+        rp.max_new_tokens = limit[i];
+        int32_t tok;
+        CHECK(qwen_begin(one, pcm[i], samples[i], prompt[i], n_prompt[i], &rp) == QWEN_OK, "begin alone");
+        qwen_status st;
+        while ((st = qwen_next(one, &tok)) == QWEN_OK || (st == QWEN_DONE && tok >= 0))
+            if (tok >= 0 && n_alone[i] < MAX_GEN) {
+                const float *lg = qwen_last_logits(one, &vocab);
+                h_alone[i][n_alone[i]] = hash_logits(lg, vocab);
+                alone[i][n_alone[i]++] = tok;
+            }
+        CHECK(n_alone[i] == limit[i], "alone: runs to its limit");
+    }
+    qwen_free(one);
+
+    /* Together: SLOTS slots, two threads; clips join as slots free up, one mid-decode. */
+    qwen_params pb = qwen_default_params();
+    pb.max_sequences = SLOTS;
+    pb.n_threads = 2;
+    qwen_context *c = qwen_load(model, &pb, err, sizeof(err));
+    CHECK(c != NULL && qwen_get_info(c, "max_sequences") == SLOTS, "load with SLOTS slots");
+    if (!c) return;
+    int clip_in[SLOTS], next_clip = 0, steps = 0, max_active = 0, max_decoding = 0;
+    for (int i = 0; i < SLOTS; i++) clip_in[i] = -1;
+    qwen_event ev[SLOTS];
+    for (;;) {
+        /* admit the next clip when a slot is free; clip 1 waits until the others decode */
+        while (next_clip < N_CLIPS && qwen_get_info(c, "free_slots") > 0 && (next_clip != 1 || steps >= 6)) {
+            rp.max_new_tokens = limit[next_clip];
+            int seq = -1;
+            CHECK(qwen_seq_add(c, pcm[next_clip], samples[next_clip], prompt[next_clip], n_prompt[next_clip], &rp, &seq) ==
+                      QWEN_OK && seq >= 0 && seq < SLOTS,
+                  "seq_add");
+            if (seq < 0) break;
+            clip_in[seq] = next_clip++;
+        }
+        int n = 0;
+        qwen_status st = qwen_step(c, ev, &n);
+        if (st == QWEN_DONE && next_clip == N_CLIPS) break;
+        CHECK(st == QWEN_OK || st == QWEN_DONE, "step");
+        if (st < 0) break;
+        steps++;
+        int active = (int)qwen_get_info(c, "active");
+        max_active = active > max_active ? active : max_active;
+        max_decoding = n > max_decoding ? n : max_decoding;
+        for (int e = 0; e < n; e++) {
+            const int clip = clip_in[ev[e].seq];
+            CHECK(clip >= 0 && ev[e].status >= 0, "event of a running clip, no failure");
+            if (clip >= 0 && ev[e].token >= 0 && n_batch[clip] < MAX_GEN) {
+                const float *lg = qwen_seq_logits(c, ev[e].seq, &vocab);
+                CHECK(lg != NULL && vocab > 0, "logits behind each batched token");
+                h_batch[clip][n_batch[clip]] = hash_logits(lg, vocab);
+                batch[clip][n_batch[clip]++] = ev[e].token;
+            }
+        }
+        if (steps > 400) break;
+    }
+    CHECK(max_active == SLOTS && max_decoding == SLOTS, "all slots decoded in one step");
+    for (int i = 0; i < N_CLIPS; i++) {
+        char what[96];
+        snprintf(what, sizeof(what), "clip %d: batched tokens == alone (%d vs %d)", i, n_batch[i], n_alone[i]);
+        CHECK(n_batch[i] == n_alone[i] && memcmp(batch[i], alone[i], (size_t)n_alone[i] * sizeof(int32_t)) == 0, what);
+        snprintf(what, sizeof(what), "clip %d: batched logits bitwise == alone", i);
+        CHECK(n_batch[i] == n_alone[i] && memcmp(h_batch[i], h_alone[i], (size_t)n_alone[i] * sizeof(uint64_t)) == 0, what);
+    }
+    CHECK(qwen_get_info(c, "active") == 0 && qwen_get_info(c, "kv_reserved") == 0, "all slots and KV free at the end");
+    qwen_free(c);
+
+    /* Slots, budget and abort. */
+    qwen_params pk = qwen_default_params();
+    pk.max_sequences = 2;
+    pk.kv_budget_tokens = n_prompt[0] + limit[0]; /* exactly one clip-0 sequence */
+    c = qwen_load(model, &pk, err, sizeof(err));
+    CHECK(c != NULL, "load with a KV budget");
+    if (c) {
+        int s0 = -1, s1 = -1, n = 0;
+        rp.max_new_tokens = limit[0];
+        CHECK(qwen_seq_add(c, pcm[0], samples[0], prompt[0], n_prompt[0], &rp, &s0) == QWEN_OK, "first fits the budget");
+        CHECK(qwen_seq_add(c, pcm[0], samples[0], prompt[0], n_prompt[0], &rp, &s1) == QWEN_ERR_BUSY && s1 == -1 &&
+                  strstr(qwen_last_error(c), "budget"),
+              "second: KV budget reserved -> busy");
+        rp.max_new_tokens = limit[0] + 1;
+        CHECK(qwen_seq_add(c, pcm[0], samples[0], prompt[0], n_prompt[0], &rp, &s1) == QWEN_ERR_BUSY &&
+                  strstr(qwen_last_error(c), "whole budget"),
+              "more than the whole budget -> busy");
+        rp.max_new_tokens = limit[0];
+        CHECK(qwen_step(c, ev, &n) == QWEN_OK && qwen_seq_abort(c, s0) == QWEN_OK, "step, then abort");
+        CHECK(qwen_get_info(c, "active") == 0 && qwen_get_info(c, "kv_reserved") == 0, "abort frees slot and KV");
+        CHECK(qwen_seq_add(c, pcm[0], samples[0], prompt[0], n_prompt[0], &rp, &s1) == QWEN_OK, "fits again after abort");
+        CHECK(qwen_seq_abort(c, 7) == QWEN_ERR_INVALID && qwen_step(c, NULL, &n) == QWEN_ERR_INVALID, "bad arguments");
+        qwen_free(c); /* frees the running sequence too (ASan checks) */
+    }
+    for (int i = 0; i < N_CLIPS; i++) {
+        free(pcm[i]);
+        free(prompt[i]);
+    }
+}
+
 static void write_bytes(const char *path, const char *data, size_t len) {
     FILE *f = fopen(path, "wb");
     if (f) { fwrite(data, 1, len, f); fclose(f); }
@@ -105,6 +263,7 @@ int main(void) {
         }
         qwen_free(a);
         qwen_free(b);
+        test_batch(model);
     }
     printf("api: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

@@ -7,6 +7,10 @@
  *            tails, column slices [n0, n1) with n0 > 0 and n1 < N, all three
  *            weight dtypes, bias or not, row strides larger than the rows;
  *            M == 0 and n0 == n1 must leave C untouched.
+ *   matmul_rows the same way over M = 1..33 and K around every vector width,
+ *            and bit for bit batch-invariant: each row of a call with M rows
+ *            equals the row computed alone (M = 1), also through column
+ *            slices split at odd points, and matmul for M < 8 equals it.
  *   dot, axpy, to_f32 on lengths around every vector width.
  *   f16 / bf16 conversions: every f16 and bf16 value (subnormals, inf, NaN)
  *            against an independent formula and against each table's to_f32;
@@ -283,10 +287,12 @@ static void *make_weights(int N, int K, qw_dtype dt, float *wref) {
 
 #define SENTINEL 7.25f
 
-/* One matmul call of table t against the scalar table and a double sum.
- * lda = K + 3 and ldc = N + 3; A and C end exactly where the kernel's reach
- * ends (the last row of A is K long), so ASan catches any overrun. */
-static void test_matmul(const qw_kernels *t, int M, int K, int N, int n0, int n1, qw_dtype dt, int with_bias) {
+/* One matmul (rows: matmul_rows) call of table t against the scalar table's
+ * and a double sum. lda = K + 3 and ldc = N + 3; A and C end exactly where
+ * the kernel's reach ends (the last row of A is K long), so ASan catches any
+ * overrun. */
+static void test_matmul_fn(const qw_kernels *t, int rows_fn, int M, int K, int N, int n0, int n1, qw_dtype dt,
+                           int with_bias) {
     const int lda = K + 3, ldc = N + 3;
     float *wref = malloc(((size_t)N * K + 1) * sizeof(float));
     void *W = make_weights(N, K, dt, wref);
@@ -299,8 +305,13 @@ static void test_matmul(const qw_kernels *t, int M, int K, int N, int n0, int n1
     for (size_t i = 0; i < c_len; i++) c0[i] = c1[i] = SENTINEL;
     const float *b = with_bias ? bias : NULL;
 
-    qw_kernels_scalar.matmul(c0, ldc, A, lda, W, dt, b, M, K, n0, n1);
-    t->matmul(c1, ldc, A, lda, W, dt, b, M, K, n0, n1);
+    if (rows_fn) {
+        qw_kernels_scalar.matmul_rows(c0, ldc, A, lda, W, dt, b, M, K, n0, n1);
+        t->matmul_rows(c1, ldc, A, lda, W, dt, b, M, K, n0, n1);
+    } else {
+        qw_kernels_scalar.matmul(c0, ldc, A, lda, W, dt, b, M, K, n0, n1);
+        t->matmul(c1, ldc, A, lda, W, dt, b, M, K, n0, n1);
+    }
 
     const float tol = 1e-5f * sqrtf((float)(K ? K : 1));
     int untouched = 1, vs_scalar = 1, vs_double = 1;
@@ -320,9 +331,14 @@ static void test_matmul(const qw_kernels *t, int M, int K, int N, int n0, int n1
             if (err > worst) worst = err;
         }
     check(untouched && vs_scalar && vs_double, t->name,
-          "matmul M=%d K=%d N=%d n=[%d,%d) %s bias=%d: untouched=%d vs_scalar=%d vs_double=%d (worst rel. err %.3g, tol %.3g)",
-          M, K, N, n0, n1, dt_name(dt), with_bias, untouched, vs_scalar, vs_double, worst, tol);
+          "%s M=%d K=%d N=%d n=[%d,%d) %s bias=%d: untouched=%d vs_scalar=%d vs_double=%d (worst rel. err %.3g, tol %.3g)",
+          rows_fn ? "matmul_rows" : "matmul", M, K, N, n0, n1, dt_name(dt), with_bias, untouched, vs_scalar, vs_double,
+          worst, tol);
     free(wref), free(W), free(A), free(bias), free(c0), free(c1);
+}
+
+static void test_matmul(const qw_kernels *t, int M, int K, int N, int n0, int n1, qw_dtype dt, int with_bias) {
+    test_matmul_fn(t, 0, M, K, N, n0, n1, dt, with_bias);
 }
 
 static void test_matmuls(const qw_kernels *t) {
@@ -352,6 +368,75 @@ static void test_matmuls(const qw_kernels *t) {
     test_matmul(t, 3, 64, 8, 6, 2, QW_F16, 0);
     test_matmul(t, 3, 0, 8, 1, 7, QW_F32, 1);
     test_matmul(t, 9, 0, 8, 0, 8, QW_BF16, 0);
+}
+
+/* ==== matmul_rows: exact like matmul, and batch-invariant bit for bit ==== */
+
+/* Bitwise: C = matmul_rows(A[M, K]) over [0, N) at once must equal, row by
+ * row, matmul_rows of that row alone (copied to a buffer of its own, M = 1),
+ * also when computed through column slices split at odd points; and
+ * matmul for M < 8 (below the packed path of every SIMD set) must equal it. */
+static void test_rows_invariance(const qw_kernels *t, int M, int K, int N, qw_dtype dt, int with_bias) {
+    const int lda = K + 5, ldc = N + 2;
+    float *wref = malloc(((size_t)N * K + 1) * sizeof(float));
+    void *W = make_weights(N, K, dt, wref);
+    const size_t a_len = (size_t)(M - 1) * lda + K, c_len = (size_t)M * ldc;
+    float *A = malloc(a_len * sizeof(float)), *bias = malloc((size_t)N * sizeof(float));
+    float *full = malloc(c_len * sizeof(float)), *split = malloc(c_len * sizeof(float));
+    float *one = malloc((size_t)K * sizeof(float)), *c1 = malloc((size_t)N * sizeof(float));
+    for (size_t i = 0; i < a_len; i++) A[i] = frand();
+    for (int i = 0; i < N; i++) bias[i] = frand();
+    for (size_t i = 0; i < c_len; i++) full[i] = split[i] = SENTINEL;
+    const float *b = with_bias ? bias : NULL;
+
+    t->matmul_rows(full, ldc, A, lda, W, dt, b, M, K, 0, N);
+    /* Slices [0, 1), [1, s1), [s1, s2), [s2, N) at odd points. */
+    const int s1 = N / 3 | 1, s2 = s1 + (N - s1) / 2 + 1 < N ? s1 + (N - s1) / 2 + 1 : N;
+    const int cuts[5] = {0, 1 < N ? 1 : N, s1 > 1 && s1 < N ? s1 : 1 < N ? 1 : N, s2, N};
+    for (int i = 0; i < 4; i++) t->matmul_rows(split, ldc, A, lda, W, dt, b, M, K, cuts[i], cuts[i + 1]);
+    int alone = 1, slices = 1, mm = 1;
+    for (int m = 0; m < M; m++) {
+        memcpy(one, A + (size_t)m * lda, (size_t)K * sizeof(float));
+        t->matmul_rows(c1, N, one, K, W, dt, b, 1, K, 0, N);
+        alone &= !memcmp(c1, full + (size_t)m * ldc, (size_t)N * sizeof(float));
+        slices &= !memcmp(split + (size_t)m * ldc, full + (size_t)m * ldc, (size_t)N * sizeof(float));
+    }
+    if (M < 8) {
+        for (size_t i = 0; i < c_len; i++) split[i] = SENTINEL;
+        t->matmul(split, ldc, A, lda, W, dt, b, M, K, 0, N);
+        for (int m = 0; m < M; m++) mm &= !memcmp(split + (size_t)m * ldc, full + (size_t)m * ldc, (size_t)N * sizeof(float));
+    }
+    check(alone && slices && mm, t->name,
+          "matmul_rows bitwise invariance M=%d K=%d N=%d %s bias=%d: each row alone=%d, sliced=%d, matmul=%d", M, K, N,
+          dt_name(dt), with_bias, alone, slices, mm);
+    free(wref), free(W), free(A), free(bias), free(full), free(split), free(one), free(c1);
+}
+
+static void test_matmuls_rows(const qw_kernels *t) {
+    static const int Ms[] = {1, 2, 3, 4, 5, 7, 8, 12, 13, 16, 17, 20, 33};
+    static const int Ks[] = {1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 1000, 1024};
+    const int N = 37;
+    /* Column slices: all, inner with odd bounds, one column at the end. */
+    static const int slices[][2] = {{0, 37}, {3, 29}, {5, 36}, {36, 37}};
+    for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++)
+        for (size_t ki = 0; ki < sizeof(Ks) / sizeof(Ks[0]); ki++)
+            for (int dt = 0; dt < 3; dt++) {
+                for (size_t s = 0; s < sizeof(slices) / sizeof(slices[0]); s++)
+                    test_matmul_fn(t, 1, Ms[mi], Ks[ki], N, slices[s][0], slices[s][1], (qw_dtype)dt,
+                                   (int)((s + dt) & 1));
+                test_rows_invariance(t, Ms[mi], Ks[ki], N, (qw_dtype)dt, (int)((mi + dt) & 1));
+            }
+    /* Decoder shapes (a slice of them), with N not a multiple of any tile. */
+    test_matmul_fn(t, 1, 16, 3072, 50, 7, 49, QW_BF16, 1);
+    test_rows_invariance(t, 9, 3072, 29, QW_BF16, 0);
+    test_rows_invariance(t, 32, 1024, 41, QW_BF16, 1);
+    test_rows_invariance(t, 6, 1024, 53, QW_F16, 1);
+    /* Edge cases: empty slice, no rows, reversed slice, no columns of K. */
+    test_matmul_fn(t, 1, 4, 64, 8, 5, 5, QW_BF16, 1);
+    test_matmul_fn(t, 1, 0, 64, 8, 0, 8, QW_BF16, 1);
+    test_matmul_fn(t, 1, 3, 64, 8, 6, 2, QW_F16, 0);
+    test_matmul_fn(t, 1, 3, 0, 8, 1, 7, QW_F32, 1);
+    test_matmul_fn(t, 1, 20, 0, 8, 0, 8, QW_BF16, 0);
 }
 
 /* ==== GELU: against the exact erf in double precision ==== */
@@ -492,6 +577,7 @@ int main(void) {
         test_vectors(tables[i]);
         test_gelu(tables[i]);
         test_matmuls(tables[i]);
+        test_matmuls_rows(tables[i]);
         printf("kernels: %s tested, %d failures\n", tables[i]->name, failed - before);
     }
     if (bf) {
@@ -499,6 +585,7 @@ int main(void) {
         test_vectors(bf);
         test_gelu(bf);
         test_matmuls_bf16act(bf);
+        test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
     } else {
         printf("kernels: avx512bf16 not supported by this CPU: skipped\n");

@@ -1,6 +1,6 @@
 """The inference engine: libqwen (C) through ctypes, plus tokenizer and prompt."""
 
-from .engine import Engine, TranscriptionStream
+from .engine import Engine, EngineBusy, TranscriptionStream
 from .types import Segment, Timings, Transcription, Usage
 
-__all__ = ["Engine", "Segment", "Timings", "Transcription", "TranscriptionStream", "Usage"]
+__all__ = ["Engine", "EngineBusy", "Segment", "Timings", "Transcription", "TranscriptionStream", "Usage"]

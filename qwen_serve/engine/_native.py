@@ -27,7 +27,9 @@ _STATUS_NAMES = {
     -4: "out of memory",
     -5: "aborted",
     -6: "unsupported",
+    -7: "busy",
 }
+QWEN_ERR_BUSY = -7
 # avx512bf16 is opt-in (never "auto"): bf16 activations in the encoder/prefill GEMM.
 ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4, "neon": 5}
 ISA_NAMES = {v: k for k, v in ISA.items()}
@@ -36,7 +38,18 @@ _AbortCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
 
 class _Params(ctypes.Structure):
-    _fields_ = [("n_threads", ctypes.c_int), ("isa", ctypes.c_int), ("max_context", ctypes.c_int)]
+    _fields_ = [
+        ("n_threads", ctypes.c_int),
+        ("isa", ctypes.c_int),
+        ("max_context", ctypes.c_int),
+        ("max_sequences", ctypes.c_int),
+        ("kv_budget_tokens", ctypes.c_int64),
+        ("prefill_chunk", ctypes.c_int),
+    ]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [("seq", ctypes.c_int), ("token", ctypes.c_int32), ("status", ctypes.c_int)]
 
 
 class _RunParams(ctypes.Structure):
@@ -59,6 +72,10 @@ class NativeError(RuntimeError):
 
 class AbortedError(NativeError):
     """The run was stopped through the abort callback."""
+
+
+class BusyError(NativeError):
+    """No free sequence slot, or not enough of the KV budget left (try again later)."""
 
 
 _lib: ctypes.CDLL | None = None
@@ -112,6 +129,23 @@ def load_library() -> ctypes.CDLL:
             "qwen_get_timing": (c.c_double, [c.c_void_p, c.c_char_p]),
             "qwen_compute_mel": (c.c_int, [c.c_void_p, f32p, c.c_int64, c.c_void_p, c.POINTER(c.c_int64)]),
             "qwen_encode_audio": (c.c_int, [c.c_void_p, f32p, c.c_int64, c.c_void_p, c.POINTER(c.c_int64)]),
+            "qwen_seq_add": (
+                c.c_int,
+                [
+                    c.c_void_p,
+                    f32p,
+                    c.c_int64,
+                    c.POINTER(c.c_int32),
+                    c.c_int,
+                    c.POINTER(_RunParams),
+                    c.POINTER(c.c_int),
+                ],
+            ),
+            "qwen_step": (c.c_int, [c.c_void_p, c.POINTER(_Event), c.POINTER(c.c_int)]),
+            "qwen_seq_abort": (c.c_int, [c.c_void_p, c.c_int]),
+            "qwen_seq_logits": (c.POINTER(c.c_float), [c.c_void_p, c.c_int, c.POINTER(c.c_int)]),
+            "qwen_seq_timing": (c.c_double, [c.c_void_p, c.c_int, c.c_char_p]),
+            "qwen_get_info": (c.c_int64, [c.c_void_p, c.c_char_p]),
         }
         for name, (restype, argtypes) in sigs.items():
             fn = getattr(lib, name)
@@ -151,13 +185,26 @@ class NativeModel:
     instances are independent.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], threads: int | None = None, isa: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        threads: int | None = None,
+        isa: str = "auto",
+        max_sequences: int = 1,
+        kv_budget_tokens: int = 0,
+        max_context: int = 0,
+        prefill_chunk: int = 0,
+    ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
         self._lib = load_library()
         params = self._lib.qwen_default_params()
         params.n_threads = int(threads or 0)
         params.isa = ISA[isa]
+        params.max_sequences = int(max_sequences)
+        params.kv_budget_tokens = int(kv_budget_tokens)
+        params.max_context = int(max_context)
+        params.prefill_chunk = int(prefill_chunk)
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -168,6 +215,9 @@ class NativeModel:
         self._ctx: int | None = ctx
         self.vocab_size = int(self.info("vocab_size"))
         self.audio_token_id = int(self.info("audio_token_id"))
+        self.max_sequences = int(self.context_info("max_sequences"))
+        self._events = (_Event * self.max_sequences)()
+        self._seq_callbacks: dict[int, object] = {}
 
     # ---- life cycle -------------------------------------------------------
     def close(self) -> None:
@@ -193,9 +243,14 @@ class NativeModel:
 
     def _check(self, status: int) -> int:
         if status < 0:
-            message = self._lib.qwen_last_error(self.ctx).decode(errors="replace")
-            raise (AbortedError if status == -5 else NativeError)(status, message)
+            raise self.error(status)
         return status
+
+    def error(self, status: int) -> NativeError:
+        """The exception for a failed status, with the context's last message."""
+        message = self._lib.qwen_last_error(self.ctx).decode(errors="replace")
+        kind = {-5: AbortedError, QWEN_ERR_BUSY: BusyError}.get(status, NativeError)
+        return kind(status, message)
 
     # ---- facts ------------------------------------------------------------
     @property
@@ -208,6 +263,13 @@ class NativeModel:
 
     def info(self, key: str) -> int:
         value = int(self._lib.qwen_model_info(self.ctx, key.encode()))
+        if value < 0:
+            raise KeyError(key)
+        return value
+
+    def context_info(self, key: str) -> int:
+        """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context"."""
+        value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)
         return value
@@ -280,3 +342,49 @@ class NativeModel:
         n = ctypes.c_int(0)
         ptr = self._lib.qwen_last_logits(self.ctx, ctypes.byref(n))
         return np.ctypeslib.as_array(ptr, shape=(n.value,)).copy()
+
+    # ---- sequences (one caller thread at a time) ----------------------------
+    def seq_add(
+        self,
+        pcm: np.ndarray,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int = 0,
+        eos_ids: Sequence[int] | None = None,
+    ) -> int:
+        """Adds a sequence; returns its slot. BusyError when no slot or KV budget is free."""
+        a = _pcm(pcm)
+        ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
+        run = _RunParams()
+        run.max_new_tokens = int(max_new_tokens)
+        eos = (ctypes.c_int32 * len(eos_ids))(*eos_ids) if eos_ids else None
+        if eos is not None:
+            run.eos_ids = ctypes.cast(eos, ctypes.POINTER(ctypes.c_int32))
+            run.n_eos_ids = len(eos)
+        seq = ctypes.c_int(-1)
+        self._check(
+            self._lib.qwen_seq_add(
+                self.ctx, a, a.size, ids, len(prompt_ids), ctypes.byref(run), ctypes.byref(seq)
+            )
+        )
+        return seq.value
+
+    def step(self) -> list[tuple[int, int, int]] | None:
+        """One scheduling step: (slot, token or -1, status) per sequence that produced a
+        token, ended (QWEN_DONE) or failed (< 0); None when no sequence was left."""
+        n = ctypes.c_int(0)
+        status = self._check(self._lib.qwen_step(self.ctx, self._events, ctypes.byref(n)))
+        if status == QWEN_DONE:
+            return None
+        return [(e.seq, e.token, e.status) for e in self._events[: n.value]]
+
+    def seq_abort(self, seq: int) -> None:
+        self._check(self._lib.qwen_seq_abort(self.ctx, int(seq)))
+
+    def seq_logits(self, seq: int) -> np.ndarray | None:
+        """Logits behind the sequence's token of the last step (a copy)."""
+        n = ctypes.c_int(0)
+        ptr = self._lib.qwen_seq_logits(self.ctx, int(seq), ctypes.byref(n))
+        return np.ctypeslib.as_array(ptr, shape=(n.value,)).copy() if ptr else None
+
+    def seq_timing(self, seq: int, key: str) -> float:
+        return float(self._lib.qwen_seq_timing(self.ctx, int(seq), key.encode()))

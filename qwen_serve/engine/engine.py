@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._native import NativeModel
-from .audio import SAMPLE_RATE, split_long_audio
+from .chunking import SAMPLE_RATE, split_long_audio
 from .text import (
     SUPPORTED_LANGUAGES,
     IncrementalText,
@@ -36,6 +36,12 @@ from .types import Segment, Timings, Transcription, Usage
 
 DEFAULT_MAX_NEW_TOKENS = 512  # per chunk, as the official transformers backend
 DEFAULT_MAX_CHUNK_SECONDS = 60.0
+DEFAULT_MAX_BATCH = 8
+
+
+class EngineBusy(RuntimeError):
+    """The engine cannot take the request now: its waiting queue is full, or the request
+    needs more KV cache than the whole budget. Try again later (HTTP 503)."""
 
 
 class Engine:
@@ -47,6 +53,9 @@ class Engine:
         threads: int | None = None,
         isa: str = "auto",
         max_chunk_seconds: float = DEFAULT_MAX_CHUNK_SECONDS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        kv_budget_tokens: int | None = None,
+        max_waiting: int | None = None,
     ):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
@@ -66,7 +75,12 @@ class Engine:
         self.eos_ids = self._eos_ids()
         self.supported_languages = self._languages()
         self.max_chunk_seconds = float(max_chunk_seconds)
+        self.max_batch = int(max_batch)
         self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, int]:
+        """Sequences decoding now and requests waiting for a slot."""
+        return {"max_batch": self.max_batch, "active": 0, "waiting": 0}
 
     def _eos_ids(self) -> list[int]:
         ids = [self.tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwen_serve.engine.audio import SAMPLE_RATE, split_long_audio
+from qwen_serve.engine.chunking import SAMPLE_RATE, split_long_audio
 from qwen_serve.engine.text import (
     SUPPORTED_LANGUAGES,
     merge_languages,

@@ -1,0 +1,347 @@
+/*
+ * Batch — the sequences of a context and the scheduling step: qwen_seq_add,
+ * qwen_step, qwen_seq_abort and their getters (include/qwen.h).
+ *
+ * A step does at most one unit of admission work for the oldest sequence
+ * that needs it (one encoder window, or one prefill chunk), then one decode
+ * step for every sequence that was decoding, all of them in one decoder
+ * pass: the weights are streamed once for the whole batch. The decode pass
+ * uses the rows-invariant GEMM (matmul_rows) and per-sequence attention, and
+ * a sequence's encoder windows and prefill chunks depend on that sequence
+ * alone, so every sequence gets the token ids it gets alone.
+ *
+ * The KV cache of a sequence is one block of cap tokens per layer for keys
+ * and one for values, malloc'ed when it is added (pages are only touched as
+ * the cache fills) and freed the moment it ends.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SEQUENCES 256
+
+static int32_t argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int seq_running(const qw_seq *s) { return s->state != QW_SEQ_FREE && s->state != QW_SEQ_ENDED; }
+
+static qw_seq *seq_at(const qwen_context *ctx, int seq) {
+    return ctx && seq >= 0 && seq < ctx->max_seqs ? &ctx->seqs[seq] : NULL;
+}
+
+void qw_seq_release(qwen_context *ctx, qw_seq *s) {
+    if (seq_running(s)) ctx->kv_reserved -= s->cap;
+    free(s->prompt);
+    free(s->mel);
+    free(s->emb);
+    free(s->k);
+    free(s->v);
+    s->prompt = NULL;
+    s->mel = s->emb = s->k = s->v = NULL;
+    s->abort_cb = NULL;
+    s->state = QW_SEQ_ENDED; /* timings stay readable until the slot is taken again */
+}
+
+/* ==== Adding a sequence ==== */
+
+qwen_status qwen_seq_add(qwen_context *ctx, const float *pcm, int64_t n_samples, const int32_t *prompt_ids, int n_prompt,
+                         const qwen_run_params *run, int *seq) {
+    if (!ctx) return QWEN_ERR_INVALID;
+    if (!seq) return qw_fail(ctx, QWEN_ERR_INVALID, "seq is NULL");
+    *seq = -1;
+    const qw_config *c = &ctx->cfg;
+    qwen_run_params rp = run ? *run : qwen_default_run_params();
+    if (n_samples < 0 || (n_samples > 0 && !pcm) || !prompt_ids || n_prompt <= 0)
+        return qw_fail(ctx, QWEN_ERR_INVALID, "a sequence needs PCM and a non-empty prompt");
+    if (rp.max_new_tokens < 0 || rp.n_eos_ids < 0 || rp.n_eos_ids > 8 || (rp.n_eos_ids && !rp.eos_ids))
+        return qw_fail(ctx, QWEN_ERR_INVALID, "bad run parameters");
+    int n_placeholders = 0;
+    for (int i = 0; i < n_prompt; i++) {
+        if (prompt_ids[i] < 0 || prompt_ids[i] >= c->vocab)
+            return qw_fail(ctx, QWEN_ERR_INVALID, "prompt token %d is out of the vocabulary", prompt_ids[i]);
+        n_placeholders += prompt_ids[i] == c->audio_token_id;
+    }
+    const int64_t n_audio = qwen_audio_token_count(ctx, n_samples);
+    if (n_placeholders != n_audio)
+        return qw_fail(ctx, QWEN_ERR_INVALID, "the prompt has %d audio placeholders but the audio gives %lld tokens",
+                       n_placeholders, (long long)n_audio);
+    int64_t cap = rp.max_new_tokens ? (int64_t)n_prompt + rp.max_new_tokens : ctx->max_context;
+    if (cap > ctx->max_context) cap = ctx->max_context;
+    if (n_prompt >= cap)
+        return qw_fail(ctx, QWEN_ERR_INVALID, "a prompt of %d tokens leaves no room in max_context (%d tokens)", n_prompt,
+                       ctx->max_context);
+    if (ctx->kv_budget && cap > ctx->kv_budget)
+        return qw_fail(ctx, QWEN_ERR_BUSY, "the sequence needs %lld KV tokens, more than the whole budget of %lld",
+                       (long long)cap, (long long)ctx->kv_budget);
+    int slot = -1;
+    for (int i = 0; i < ctx->max_seqs && slot < 0; i++)
+        if (!seq_running(&ctx->seqs[i])) slot = i;
+    if (slot < 0) return qw_fail(ctx, QWEN_ERR_BUSY, "all %d sequence slots are in use", ctx->max_seqs);
+    if (ctx->kv_budget && ctx->kv_reserved + cap > ctx->kv_budget)
+        return qw_fail(ctx, QWEN_ERR_BUSY, "the KV budget is reserved: %lld of %lld tokens in use, %lld needed",
+                       (long long)ctx->kv_reserved, (long long)ctx->kv_budget, (long long)cap);
+
+    qw_seq *s = &ctx->seqs[slot];
+    memset(s, 0, sizeof(*s));
+    const int64_t nf = qw_mel_frames(n_samples);
+    const size_t kv = (size_t)c->dec_layers * (size_t)cap * c->n_kv_heads * c->head_dim * sizeof(float);
+    s->prompt = malloc((size_t)n_prompt * sizeof(int32_t));
+    s->k = malloc(kv);
+    s->v = malloc(kv);
+    if (n_audio > 0) {
+        s->mel = malloc((size_t)c->n_mels * (size_t)nf * sizeof(float));
+        s->emb = malloc((size_t)n_audio * c->hidden * sizeof(float));
+    }
+    if (!s->prompt || !s->k || !s->v || (n_audio > 0 && (!s->mel || !s->emb))) {
+        qw_seq_release(ctx, s);
+        s->state = QW_SEQ_FREE;
+        return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for a sequence of %lld KV tokens", (long long)cap);
+    }
+    memcpy(s->prompt, prompt_ids, (size_t)n_prompt * sizeof(int32_t));
+    s->n_prompt = n_prompt;
+    s->max_new = rp.max_new_tokens;
+    if (rp.n_eos_ids) {
+        memcpy(s->eos, rp.eos_ids, (size_t)rp.n_eos_ids * sizeof(int32_t));
+        s->n_eos = rp.n_eos_ids;
+    } else { /* <|im_end|>, <|endoftext|>: what the official generate() stops on */
+        s->eos[0] = 151645;
+        s->eos[1] = 151643;
+        s->n_eos = 2;
+    }
+    s->cap = (int)cap;
+    s->n_audio = (int)n_audio;
+    s->n_frames = nf;
+    s->last_token = -1;
+    if (n_audio > 0) {
+        ctx->abort_cb = NULL;
+        const double t0 = qw_now_ms();
+        qwen_status st = qw_mel(ctx, pcm, n_samples, s->mel, nf);
+        s->t_mel = qw_now_ms() - t0;
+        if (st != QWEN_OK) {
+            qw_seq_release(ctx, s);
+            s->state = QW_SEQ_FREE;
+            return st;
+        }
+        s->n_windows = qw_encoder_windows(ctx, nf);
+    }
+    s->state = n_audio > 0 ? QW_SEQ_ENCODE : QW_SEQ_PREFILL;
+    s->order = ctx->n_admitted++;
+    s->abort_cb = rp.abort_callback;
+    s->abort_ud = rp.abort_user_data;
+    ctx->kv_reserved += cap;
+    *seq = slot;
+    return QWEN_OK;
+}
+
+/* ==== Tokens ==== */
+
+/* Records token t of sequence s: QWEN_DONE (and the sequence released) on
+ * an EOS id, at max_new_tokens, or when its KV cache cannot take t. */
+static qwen_status take_token(qwen_context *ctx, qw_seq *s, int32_t t) {
+    s->last_token = t;
+    s->n_generated++;
+    int end = s->max_new && s->n_generated >= s->max_new;
+    end |= s->n_past >= s->cap; /* no room to feed t back */
+    for (int i = 0; i < s->n_eos; i++) end |= t == s->eos[i];
+    if (!end) return QWEN_OK;
+    qw_seq_release(ctx, s);
+    return QWEN_DONE;
+}
+
+static void emit(qwen_event *ev, int *n, int seq, int32_t token, qwen_status st) {
+    ev[*n] = (qwen_event){seq, token, st};
+    (*n)++;
+}
+
+/* ==== Admission work: one encoder window or one prefill chunk ==== */
+
+static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) {
+    const qw_config *c = &ctx->cfg;
+    const int H = c->hidden;
+    *token = -1;
+    ctx->abort_cb = s->abort_cb;
+    ctx->abort_ud = s->abort_ud;
+    qwen_status st;
+    if (s->state == QW_SEQ_ENCODE) {
+        const int w = s->windows_done;
+        float *out = s->emb + (size_t)qw_encoder_window_start(ctx, s->n_frames, w) * H;
+        const double t0 = qw_now_ms();
+        st = qw_encode(ctx, s->mel, s->n_frames, w, w + 1, out);
+        s->t_enc += qw_now_ms() - t0;
+        ctx->abort_cb = NULL;
+        if (st != QWEN_OK) return st;
+        if (++s->windows_done == s->n_windows) {
+            free(s->mel);
+            s->mel = NULL;
+            s->state = QW_SEQ_PREFILL;
+        }
+        return QWEN_OK;
+    }
+    /* A prefill chunk: the prompt's embeddings with the audio spliced in. */
+    const int p0 = s->n_prefilled;
+    const int n = s->n_prompt - p0 < ctx->prefill_chunk ? s->n_prompt - p0 : ctx->prefill_chunk;
+    float *x = malloc((size_t)n * H * sizeof(float));
+    if (!x) {
+        ctx->abort_cb = NULL;
+        return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for the prompt");
+    }
+    for (int i = 0; i < n; i++) {
+        const int32_t id = s->prompt[p0 + i];
+        if (id == c->audio_token_id)
+            memcpy(x + (size_t)i * H, s->emb + (size_t)(s->audio_used++) * H, (size_t)H * sizeof(float));
+        else
+            qw_embed_token(ctx, id, x + (size_t)i * H);
+    }
+    const int last = p0 + n == s->n_prompt;
+    const qw_dec_group g = {s, n, last};
+    const double t0 = qw_now_ms();
+    st = qw_decoder_forward(ctx, x, &g, 1, 0, ctx->prefill_logits);
+    s->t_prefill += qw_now_ms() - t0;
+    ctx->abort_cb = NULL;
+    free(x);
+    if (st != QWEN_OK) return st;
+    s->n_prefilled += n;
+    if (!last) return QWEN_OK;
+    free(s->emb);
+    s->emb = NULL;
+    s->state = QW_SEQ_DECODE;
+    s->logits = ctx->prefill_logits;
+    *token = argmax(ctx->prefill_logits, c->vocab);
+    return take_token(ctx, s, *token);
+}
+
+/* ==== The step ==== */
+
+qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
+    if (!ctx) return QWEN_ERR_INVALID;
+    if (!events || !n_events) return qw_fail(ctx, QWEN_ERR_INVALID, "events and n_events are required");
+    *n_events = 0;
+    const qw_config *c = &ctx->cfg;
+    const int H = c->hidden;
+    int held = 0;
+    qw_seq *admit = NULL;
+    for (int i = 0; i < ctx->max_seqs; i++) {
+        qw_seq *s = &ctx->seqs[i];
+        s->logits = NULL;
+        if (!seq_running(s)) continue;
+        held++;
+        if (s->abort_cb && s->abort_cb(s->abort_ud)) {
+            qw_seq_release(ctx, s);
+            emit(events, n_events, i, -1, qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"));
+            continue;
+        }
+        if (s->state != QW_SEQ_DECODE && (!admit || s->order < admit->order)) admit = s;
+    }
+    if (!held) return QWEN_DONE;
+
+    /* Those decoding now take this step's decode pass; the one admitted below waits for the next. */
+    qw_dec_group *groups = ctx->groups;
+    int m = 0;
+    for (int i = 0; i < ctx->max_seqs; i++)
+        if (ctx->seqs[i].state == QW_SEQ_DECODE) groups[m++] = (qw_dec_group){&ctx->seqs[i], 1, 1};
+
+    if (admit) {
+        const int slot = (int)(admit - ctx->seqs);
+        int32_t token;
+        qwen_status st = admission_unit(ctx, admit, &token);
+        if (st < 0) qw_seq_release(ctx, admit);
+        if (st < 0 || token >= 0) emit(events, n_events, slot, token, st);
+    }
+    if (!m) return QWEN_OK;
+
+    float *x = malloc((size_t)m * H * sizeof(float));
+    qwen_status st = x ? QWEN_OK : qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for a decode step");
+    for (int i = 0; i < m && x; i++) qw_embed_token(ctx, groups[i].s->last_token, x + (size_t)i * H);
+    const double t0 = qw_now_ms();
+    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m, 1, ctx->step_logits);
+    const double dt = qw_now_ms() - t0;
+    free(x);
+    for (int i = 0; i < m; i++) {
+        qw_seq *s = groups[i].s;
+        const int slot = (int)(s - ctx->seqs);
+        if (st != QWEN_OK) {
+            qw_seq_release(ctx, s);
+            emit(events, n_events, slot, -1, st);
+            continue;
+        }
+        s->t_decode += dt;
+        s->logits = ctx->step_logits + (size_t)i * c->vocab;
+        const int32_t t = argmax(s->logits, c->vocab);
+        emit(events, n_events, slot, t, take_token(ctx, s, t));
+    }
+    return QWEN_OK;
+}
+
+/* ==== Ending and reading sequences ==== */
+
+qwen_status qwen_seq_abort(qwen_context *ctx, int seq) {
+    qw_seq *s = seq_at(ctx, seq);
+    if (!ctx) return QWEN_ERR_INVALID;
+    if (!s || s->state == QW_SEQ_FREE) return qw_fail(ctx, QWEN_ERR_INVALID, "no sequence in slot %d", seq);
+    if (seq_running(s)) qw_seq_release(ctx, s);
+    return QWEN_OK; /* an ended sequence: nothing left to stop */
+}
+
+const float *qwen_seq_logits(const qwen_context *ctx, int seq, int *n_vocab) {
+    const qw_seq *s = seq_at(ctx, seq);
+    if (!s) return NULL;
+    if (n_vocab) *n_vocab = ctx->cfg.vocab;
+    return s->logits;
+}
+
+double qwen_seq_timing(const qwen_context *ctx, int seq, const char *key) {
+    const qw_seq *s = seq_at(ctx, seq);
+    if (!s || !key || s->state == QW_SEQ_FREE) return -1;
+    if (!strcmp(key, "mel")) return s->t_mel;
+    if (!strcmp(key, "encoder")) return s->t_enc;
+    if (!strcmp(key, "prefill")) return s->t_prefill;
+    if (!strcmp(key, "decode")) return s->t_decode;
+    if (!strcmp(key, "n_prompt")) return s->n_prompt;
+    if (!strcmp(key, "n_audio")) return s->n_audio;
+    if (!strcmp(key, "n_decoded")) return s->n_generated;
+    return -1;
+}
+
+int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
+    if (!ctx || !key) return -1;
+    int active = 0;
+    for (int i = 0; i < ctx->max_seqs; i++) active += seq_running(&ctx->seqs[i]);
+    if (!strcmp(key, "active")) return active;
+    if (!strcmp(key, "free_slots")) return ctx->max_seqs - active;
+    if (!strcmp(key, "max_sequences")) return ctx->max_seqs;
+    if (!strcmp(key, "kv_reserved")) return ctx->kv_reserved;
+    if (!strcmp(key, "kv_budget")) return ctx->kv_budget;
+    if (!strcmp(key, "max_context")) return ctx->max_context;
+    return -1;
+}
+
+/* ==== Context set-up ==== */
+
+int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
+    ctx->max_seqs = p->max_sequences > 0 ? p->max_sequences : 1;
+    if (ctx->max_seqs > MAX_SEQUENCES) ctx->max_seqs = MAX_SEQUENCES;
+    ctx->max_context = p->max_context > 0 ? p->max_context : 8192;
+    ctx->prefill_chunk = p->prefill_chunk > 0 ? p->prefill_chunk : 64;
+    ctx->kv_budget = p->kv_budget_tokens > 0 ? p->kv_budget_tokens : 0;
+    ctx->seqs = calloc((size_t)ctx->max_seqs, sizeof(qw_seq));
+    ctx->groups = calloc((size_t)ctx->max_seqs, sizeof(qw_dec_group));
+    ctx->events = calloc((size_t)ctx->max_seqs, sizeof(qwen_event));
+    ctx->step_logits = malloc((size_t)ctx->max_seqs * ctx->cfg.vocab * sizeof(float));
+    ctx->prefill_logits = malloc((size_t)ctx->cfg.vocab * sizeof(float));
+    ctx->one_seq = -1;
+    return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->prefill_logits ? QWEN_OK : QWEN_ERR_NOMEM;
+}
+
+void qw_batch_free(qwen_context *ctx) {
+    for (int i = 0; ctx->seqs && i < ctx->max_seqs; i++) qw_seq_release(ctx, &ctx->seqs[i]);
+    free(ctx->seqs);
+    free(ctx->groups);
+    free(ctx->events);
+    free(ctx->step_logits);
+    free(ctx->prefill_logits);
+}
