@@ -6,23 +6,28 @@
 
 The engine builds the official prompt, runs libqwen (mel -> encoder ->
 decoder, greedy), decodes ids with HF `tokenizers`, and parses the answer.
-Long audio is cut at quiet points into chunks of at most `max_chunk_seconds`
-and transcribed in order. An Engine is not thread-safe: one call at a time.
+Long audio is cut at quiet points into chunks of at most `max_chunk_seconds`;
+the chunks decode as parallel sequences and their text comes out in order.
+
+An Engine serves many requests at once: `transcribe` and `stream` are safe
+from any thread, concurrently. Up to `max_batch` sequences decode together
+(one pass over the weights per token for all of them) on the scheduler
+thread (scheduler.py); each gets exactly the tokens it gets alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ._native import NativeModel
+from ._native import QWEN_DONE, NativeModel
 from .chunking import SAMPLE_RATE, split_long_audio
+from .scheduler import TIMING_KEYS, ChunkJob, EngineBusy, Request, Scheduler, TokenEvent
 from .text import (
     SUPPORTED_LANGUAGES,
     IncrementalText,
@@ -38,10 +43,7 @@ DEFAULT_MAX_NEW_TOKENS = 512  # per chunk, as the official transformers backend
 DEFAULT_MAX_CHUNK_SECONDS = 60.0
 DEFAULT_MAX_BATCH = 8
 
-
-class EngineBusy(RuntimeError):
-    """The engine cannot take the request now: its waiting queue is full, or the request
-    needs more KV cache than the whole budget. Try again later (HTTP 503)."""
+__all__ = ["Engine", "EngineBusy", "TranscriptionStream"]
 
 
 class Engine:
@@ -66,7 +68,15 @@ class Engine:
             k: v for k, v in tok_config.items() if k.endswith("_token") and isinstance(v, str)
         }
         self.audio_token = str(tok_config.get("audio_token", "<|audio_pad|>"))
-        self.native = NativeModel(self.model_dir, threads=threads, isa=isa)
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.native = NativeModel(
+            self.model_dir,
+            threads=threads,
+            isa=isa,
+            max_sequences=max_batch,
+            kv_budget_tokens=int(kv_budget_tokens or 0),
+        )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(
                 f"tokenizer id of {self.audio_token} differs from config.json audio_token_id "
@@ -76,11 +86,16 @@ class Engine:
         self.supported_languages = self._languages()
         self.max_chunk_seconds = float(max_chunk_seconds)
         self.max_batch = int(max_batch)
-        self._lock = threading.Lock()
+        self._scheduler = Scheduler(
+            self.native,
+            max_waiting=max_batch if max_waiting is None else int(max_waiting),
+            kv_budget_tokens=int(kv_budget_tokens or 0),
+        )
 
     def stats(self) -> dict[str, int]:
-        """Sequences decoding now and requests waiting for a slot."""
-        return {"max_batch": self.max_batch, "active": 0, "waiting": 0}
+        """Sequences holding a slot ("active"; the most at once so far: "peak_active"), requests
+        waiting for their first one ("waiting"), and "max_batch"."""
+        return self._scheduler.stats()
 
     def _eos_ids(self) -> list[int]:
         ids = [self.tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")]
@@ -95,6 +110,8 @@ class Engine:
 
     # ---- life cycle -------------------------------------------------------
     def close(self) -> None:
+        """Stops the scheduler (running requests end with AbortedError) and frees the model."""
+        self._scheduler.close()
         self.native.close()
 
     def __enter__(self) -> Engine:
@@ -140,7 +157,9 @@ class Engine:
         context: str = "",
         max_new_tokens: int | None = None,
     ) -> TranscriptionStream:
-        """Text deltas as they are decoded; `.result` holds the Transcription at the end."""
+        """Text deltas as they are decoded; `.result` holds the Transcription at the end.
+
+        The request is queued at once (EngineBusy when it cannot be taken)."""
         forced = normalize_language(language) if language else None
         audio = np.ascontiguousarray(pcm, dtype=np.float32)
         if audio.ndim != 1:
@@ -150,20 +169,34 @@ class Engine:
         limit = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else int(max_new_tokens)
         if limit < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        return TranscriptionStream(self, audio, forced, context or "", limit)
+        chunks = [
+            (chunk, offset)
+            for chunk, offset in split_long_audio(audio, self.max_chunk_seconds)
+            if self.native.audio_token_count(chunk.size)  # shorter than one mel frame: nothing to hear
+        ]
+        jobs = [
+            ChunkJob(chunk, self.prompt_ids(chunk.size, context or "", forced), limit) for chunk, _ in chunks
+        ]
+        request = Request(jobs, self.eos_ids)
+        if jobs:
+            self._scheduler.submit(request)
+        return TranscriptionStream(self, request, [offset for _, offset in chunks], audio.size, forced)
 
 
 class TranscriptionStream:
     """Iterator of text deltas; `result` is set once it is exhausted.
 
-    close() (or dropping it) stops decoding at the next token.
+    close() (or dropping it) stops decoding: the request's sequences end at once.
     """
 
-    def __init__(self, engine: Engine, pcm: np.ndarray, language: str | None, context: str, limit: int):
+    def __init__(
+        self, engine: Engine, request: Request, offsets: list[float], n_samples: int, language: str | None
+    ):
         self.result: Transcription | None = None
         self._engine = engine
-        self._closed = False
-        self._gen = self._run(pcm, language, context, limit)
+        self._request = request
+        self._pending: dict[int, list[TokenEvent]] = {}  # events of later chunks, until their turn
+        self._gen = self._run(offsets, n_samples, language)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -172,54 +205,57 @@ class TranscriptionStream:
         return next(self._gen)
 
     def close(self) -> None:
-        """Stops decoding. Safe from another thread: then the run stops at the next token."""
-        self._closed = True
-        # Running in another thread (ValueError): the abort flag stops it there.
-        with contextlib.suppress(ValueError):
+        """Stops decoding; safe from any thread (an iteration running there ends with AbortedError)."""
+        self._engine._scheduler.cancel(self._request)
+        with contextlib.suppress(ValueError):  # ValueError: iterating in another thread right now
             self._gen.close()
 
-    def _should_abort(self) -> bool:
-        return self._closed
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._engine._scheduler.cancel(self._request)
 
-    def _run(
-        self, pcm: np.ndarray, language: str | None, context: str, limit: int
-    ) -> Generator[str, None, None]:
+    def _event(self, chunk: int) -> TokenEvent:
+        """The next event of `chunk`, keeping those of later chunks for their turn."""
+        pending = self._pending.get(chunk)
+        if pending:
+            return pending.pop(0)
+        while True:
+            event = self._request.events.get()
+            if event.error is not None:
+                raise event.error
+            if event.chunk == chunk:
+                return event
+            self._pending.setdefault(event.chunk, []).append(event)
+
+    def _run(self, offsets: list[float], n_samples: int, language: str | None) -> Generator[str, None, None]:
         engine = self._engine
-        native = engine.native
         t_start = time.perf_counter()
-        duration = pcm.size / SAMPLE_RATE
-        chunks = split_long_audio(pcm, engine.max_chunk_seconds)
         texts: list[str] = []
         languages: list[str] = []
         segments: list[Segment] = []
         all_ids: list[int] = []
         n_in = n_out = n_audio = 0
-        t = {"mel": 0.0, "encoder": 0.0, "prefill": 0.0, "decode": 0.0}
-        with engine._lock:
-            for chunk, offset in chunks:
-                if native.audio_token_count(chunk.size) == 0:
-                    continue  # shorter than one mel frame: nothing to hear
-                prompt = engine.prompt_ids(chunk.size, context, language)
+        t = dict.fromkeys(TIMING_KEYS, 0.0)
+        try:
+            for index, (job, offset) in enumerate(zip(self._request.chunks, offsets, strict=True)):
                 inc = IncrementalText(engine.tokenizer, language)
-                sep = ""
-                if texts and texts[-1]:
-                    sep = _joiner(texts[-1])
+                sep = _joiner(texts[-1]) if texts and texts[-1] else ""
                 first = True
                 chunk_ids: list[int] = []
-                for token, _ in native.generate(
-                    chunk,
-                    prompt,
-                    max_new_tokens=limit,
-                    eos_ids=engine.eos_ids,
-                    should_abort=self._should_abort,
-                ):
-                    chunk_ids.append(token)
-                    delta = inc.push(token)
-                    if delta:
-                        if first and sep and not _starts_cjk(delta):
-                            delta = sep + delta
-                        first = False
-                        yield delta
+                while True:
+                    event = self._event(index)
+                    if event.token >= 0:
+                        chunk_ids.append(event.token)
+                        delta = inc.push(event.token)
+                        if delta:
+                            if first and sep and not _starts_cjk(delta):
+                                delta = sep + delta
+                            first = False
+                            yield delta
+                    if event.status == QWEN_DONE:
+                        for key in t:
+                            t[key] += event.timings.get(key, 0.0)
+                        break
                 lang, text, delta = inc.finish()
                 if delta:
                     if first and sep and not _starts_cjk(delta):
@@ -230,12 +266,13 @@ class TranscriptionStream:
                 texts.append(text)
                 languages.append(lang)
                 all_ids.extend(chunk_ids)
-                segments.append(Segment(offset, offset + chunk.size / SAMPLE_RATE, text.strip(), chunk_ids))
-                n_in += len(prompt)
+                n_chunk = job.pcm.size
+                segments.append(Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids))
+                n_in += len(job.prompt)
                 n_out += len(chunk_ids)
-                n_audio += native.audio_token_count(chunk.size)
-                for key in t:
-                    t[key] += native.timing(key)
+                n_audio += engine.native.audio_token_count(n_chunk)
+        finally:
+            engine._scheduler.cancel(self._request)  # no-op once finished; stops it when closed early
         self.result = Transcription(
             text="".join(texts),
             language=merge_languages(languages) or None,
@@ -248,7 +285,7 @@ class TranscriptionStream:
                 decode_ms=t["decode"],
                 total_ms=(time.perf_counter() - t_start) * 1e3,
             ),
-            duration=duration,
+            duration=n_samples / SAMPLE_RATE,
             segments=segments,
         )
 

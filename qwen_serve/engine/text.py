@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+# The languages the official package accepts (qwen_asr.inference.utils): one table for the
+# whole project, re-exported here for the engine's callers.
+from ..languages import SUPPORTED_LANGUAGES
+
 ASR_TEXT_TAG = "<asr_text>"
 LANG_PREFIX = "language "
-
-# The languages the official package accepts (qwen_asr.inference.utils).
-SUPPORTED_LANGUAGES: tuple[str, ...] = (
-    "Chinese", "English", "Cantonese", "Arabic", "German", "French", "Spanish", "Portuguese",
-    "Indonesian", "Italian", "Korean", "Russian", "Thai", "Vietnamese", "Japanese", "Turkish",
-    "Hindi", "Malay", "Dutch", "Swedish", "Danish", "Finnish", "Polish", "Czech", "Filipino",
-    "Persian", "Greek", "Romanian", "Hungarian", "Macedonian",
-)  # fmt: skip
 
 # Qwen2's pre-tokenizer split, used when a checkpoint ships vocab.json +
 # merges.txt without a tokenizer.json.
