@@ -1,17 +1,26 @@
-"""The service's speed through real HTTP: `serve run` start-up, cold and warm latency, ingress
-overhead, and throughput with 1, 2 and 4 concurrent clients at pool size 2.
+"""The service's speed through real HTTP: continuous batching against one request per replica.
 
-    .venv/bin/python benchmarks/bench_serve.py                           # tiny checkpoint
-    .venv/bin/python benchmarks/bench_serve.py --model-dir /path/full-0.6b   # e.g. a full-size random 0.6B:
-        python -m qwen_serve.testing.checkpoint /path/full-0.6b --preset full-0.6b
+    .venv/bin/python benchmarks/bench_serve.py                # full-size random 0.6B (generated once, ~1.8 GB)
+    .venv/bin/python benchmarks/bench_serve.py --quick        # tiny checkpoint, 1/2/4 clients: does it run?
+    .venv/bin/python benchmarks/bench_serve.py --model-dir models/qwen3-asr-0.6b   # real weights
 
-It writes a Serve config for a temporary models directory, starts
-`serve run` as users do (on 127.0.0.1 only), and talks HTTP with keep-alive
-clients. "Engine time" is what the replica's Engine reports
-(x-engine-time-ms), so "ingress overhead" = end-to-end latency - engine time:
-upload, form parsing, audio decoding, Serve routing and the response. Random
-weights never emit a stop token, so every request generates --max-new-tokens
-tokens (default 32, about what 5 s of speech needs).
+Two configurations in one run, one after the other on the same machine,
+checkpoint and clip:
+
+    defaults    the shipped settings (QWEN_MAX_BATCH 8, pool size 2, threads = the replica's CPUs)
+    old         one request per replica: QWEN_MAX_BATCH=1, pool size 2, 1 thread a replica
+
+For each it writes a Serve config for a temporary models directory, starts
+`serve run` as users do (on 127.0.0.1 only), measures start-up, a cold and
+warm requests (the ingress overhead is end-to-end latency minus the engine
+time the replica reports in x-engine-time-ms: upload, form parsing, audio
+decoding, Serve routing and the response), then runs 1, 2, 4, 8 and 16
+closed-loop keep-alive clients (each sends its next request when the last
+one is answered) and records requests/s and p50/p99 latency. The first
+configuration also measures scale to zero and the cold start after it. The
+result is one markdown table, the two configurations side by side. Random
+weights never emit a stop token, so every request generates
+--max-new-tokens tokens (default 32, about what 5 s of speech needs).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
+import platform
 import signal
 import socket
 import subprocess
@@ -27,7 +36,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -42,6 +53,22 @@ from qwen_serve.testing.clips import speech_like  # noqa: E402
 MODEL = "qwen-asr-0.6b"
 TOKEN = "sk-bench"
 APP = "qwen"
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "defaults": {},  # the shipped settings
+    "old": {"max_batch": 1, "model_pool_size": 2, "threads": 1, "model_num_cpus": 1},
+}
+"""App args on top of the common ones; "defaults" changes nothing."""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def free_port() -> int:
@@ -60,39 +87,51 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
+    """The checkpoint to serve and how to name it in the report."""
+    from qwen_serve.testing.checkpoint import make_checkpoint
+
+    if args.model_dir:
+        return Path(args.model_dir).resolve(), str(args.model_dir)
+    preset = "tiny-0.6b" if args.quick else "full-0.6b"
+    path = args.cache_dir / preset
+    if not (path / "config.json").exists():
+        print(f"generating {preset} into {path} ...", flush=True)
+        make_checkpoint(path, preset=preset, seed=0, dtype="bf16")
+    return path, f"random {preset} checkpoint"
+
+
 class Server:
-    def __init__(self, args: argparse.Namespace, workdir: Path):
+    """`serve run` of one configuration in its own working directory."""
+
+    def __init__(self, args: argparse.Namespace, model_dir: Path, workdir: Path, overrides: dict[str, Any]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         models = workdir / "models"
-        models.mkdir()
-        if args.model_dir:
-            (models / "qwen3-asr-0.6b").symlink_to(Path(args.model_dir).resolve())
-        else:
-            from qwen_serve.testing.checkpoint import make_checkpoint
-
-            make_checkpoint(models / "qwen3-asr-0.6b", preset="tiny-0.6b", seed=0)
+        models.mkdir(parents=True)
+        (models / "qwen3-asr-0.6b").symlink_to(model_dir)
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"] = {"host": "127.0.0.1", "port": self.port}
         app_args = config["applications"][0]["args"]
+        for key in ("max_batch", "threads", "model_num_cpus", "kv_budget_tokens"):
+            app_args.pop(key, None)  # the settings' own defaults, unless the configuration says
         app_args.update(
             models_dir=str(models),
             models={"qwen-asr-1.7b": None},  # only the 0.6B slot
-            model_pool_size=2,
             model_idle_timeout=args.idle_timeout,
-            threads=args.threads,
             max_new_tokens=args.max_new_tokens,
-            model_num_cpus=0.5,
-            max_queued_requests=64,
+            max_queued_requests=256,  # closed-loop clients: nobody should see a 503
             autoscaling={"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
         )
+        app_args.update(overrides)
         self.config_path = workdir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log = open(workdir / "serve.log", "w")  # noqa: SIM115
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
-        env = dict(os.environ, QWEN_API_TOKEN=TOKEN, RAY_AUTH_MODE="disabled")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_") or k == "QWEN_LIBRARY"}
+        env.update(QWEN_API_TOKEN=TOKEN, RAY_AUTH_MODE="disabled")
         serve = str(Path(sys.executable).with_name("serve"))
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
@@ -138,7 +177,7 @@ def transcribe(http: httpx.Client, url: str, data: bytes) -> tuple[float, float]
     return elapsed, float(r.headers["x-engine-time-ms"]) / 1e3
 
 
-def running_replicas(url: str) -> int:
+def running_replicas() -> int:
     """RUNNING replicas of the model, from `serve status` (the CLI, as an operator would)."""
     serve = str(Path(sys.executable).with_name("serve"))
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -148,16 +187,29 @@ def running_replicas(url: str) -> int:
     return int((deployment.get("replica_states") or {}).get("RUNNING", 0))
 
 
-def throughput(url: str, data: bytes, clients: int, seconds: float) -> tuple[float, float]:
-    """(requests/s, p50 latency) with `clients` closed-loop clients for `seconds`."""
+@dataclass
+class Cell:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    replicas: int
+
+
+def closed_loop(url: str, data: bytes, clients: int, seconds: float) -> tuple[float, list[float]]:
+    """(requests/s, latencies) with `clients` closed-loop clients for `seconds`."""
     latencies: list[float] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def run() -> None:
-        with httpx.Client(timeout=300) as http:
+        with httpx.Client(timeout=600) as http:
             while time.monotonic() < stop:
-                e2e, _ = transcribe(http, url, data)
+                try:
+                    e2e, _ = transcribe(http, url, data)
+                except BaseException as e:  # reported below
+                    errors.append(e)
+                    return
                 with lock:
                     latencies.append(e2e)
 
@@ -167,7 +219,72 @@ def throughput(url: str, data: bytes, clients: int, seconds: float) -> tuple[flo
         t.start()
     for t in threads:
         t.join()
-    return len(latencies) / (time.monotonic() - t0), percentile(latencies, 50)
+    if errors:
+        raise SystemExit(f"{clients} clients: {errors[0]!r}")
+    return len(latencies) / (time.monotonic() - t0), latencies
+
+
+@dataclass
+class Report:
+    startup_s: float = 0.0
+    cold_s: float = 0.0
+    warm_p50_ms: float = 0.0
+    warm_p99_ms: float = 0.0
+    overhead_p50_ms: float = 0.0
+    idle_s: float | None = None
+    cold_again_s: float | None = None
+    cells: dict[int, Cell] = field(default_factory=dict)
+
+
+def measure(args: argparse.Namespace, model_dir: Path, name: str, data: bytes, first: bool) -> Report:
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix=f"bench-serve-{name}-") as tmp:
+        server = Server(args, model_dir, Path(tmp), CONFIGS[name])
+        try:
+            report.startup_s = server.start()
+            with httpx.Client(timeout=600) as http:
+                report.cold_s, _ = transcribe(http, server.url, data)
+                warm = [transcribe(http, server.url, data) for _ in range(args.warm)]
+            report.warm_p50_ms = percentile([w[0] * 1e3 for w in warm], 50)
+            report.warm_p99_ms = percentile([w[0] * 1e3 for w in warm], 99)
+            report.overhead_p50_ms = percentile([(w[0] - w[1]) * 1e3 for w in warm], 50)
+            if first and not args.quick:
+                t0 = time.monotonic()
+                while running_replicas() > 0 and time.monotonic() - t0 < 120:
+                    time.sleep(1.0)
+                report.idle_s = time.monotonic() - t0
+                with httpx.Client(timeout=600) as http:
+                    report.cold_again_s, _ = transcribe(http, server.url, data)
+            for clients in args.clients:
+                closed_loop(server.url, data, clients, args.warmup)  # let the autoscaler settle
+                rps, latencies = closed_loop(server.url, data, clients, args.duration)
+                report.cells[clients] = Cell(
+                    rps, percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3, running_replicas()
+                )
+                cell = report.cells[clients]
+                print(
+                    f"  {name}, {clients:2d} client(s): {cell.rps:6.2f} req/s, p50 {cell.p50_ms:.0f} ms, "
+                    f"p99 {cell.p99_ms:.0f} ms, {cell.replicas} replica(s)",
+                    flush=True,
+                )
+        finally:
+            server.stop()
+    return report
+
+
+def table(reports: dict[str, Report], clients: list[int]) -> str:
+    names = list(reports)
+    head = "| clients | " + " | ".join(f"{n} req/s | {n} p50 ms | {n} p99 ms" for n in names)
+    if len(names) == 2:
+        head += f" | req/s {names[0]} / {names[1]}"
+    lines = [head + " |", "|" + "---|" * (1 + 3 * len(names) + (len(names) == 2))]
+    for c in clients:
+        cells = [reports[n].cells[c] for n in names]
+        row = f"| {c} | " + " | ".join(f"{x.rps:.2f} | {x.p50_ms:.0f} | {x.p99_ms:.0f}" for x in cells)
+        if len(names) == 2:
+            row += f" | {cells[0].rps / cells[1].rps:.2f}x"
+        lines.append(row + " |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -175,62 +292,70 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model-dir", help="checkpoint to serve as qwen-asr-0.6b (default: a tiny random one)"
+        "--model-dir", help="checkpoint to serve as qwen-asr-0.6b (default: a generated random one)"
     )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny checkpoint, 1/2/4 clients, short steps")
+    parser.add_argument("--configs", default="defaults,old", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--clients", default=None, help="client counts, comma-separated (default 1,2,4,8,16)")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="engine threads per replica")
     parser.add_argument("--idle-timeout", type=float, default=5.0, help="QWEN_MODEL_IDLE_TIMEOUT for the run")
-    parser.add_argument("--warm", type=int, default=30, help="sequential warm requests")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per throughput step")
-    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each step")
+    parser.add_argument("--warm", type=int, default=None, help="sequential warm requests (default 30)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per client count (default 20)")
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="unmeasured seconds before each (default 5)"
+    )
     args = parser.parse_args()
+    quick = args.quick
+    args.clients = [int(c) for c in (args.clients or ("1,2,4" if quick else "1,2,4,8,16")).split(",")]
+    args.warm = args.warm if args.warm is not None else (5 if quick else 30)
+    args.duration = args.duration if args.duration is not None else (4.0 if quick else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 5.0)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
 
+    model_dir, what = checkpoint(args)
     data = clip(args.seconds)
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        server = Server(args, Path(tmp))
-        try:
-            what = args.model_dir or "tiny random 0.6B checkpoint"
-            print(
-                f"qwen-serve benchmark: {what}, {args.seconds:g} s clip, {args.max_new_tokens} new tokens, "
-                f"{args.threads} thread(s)/replica, pool size 2, {os.cpu_count()} cores"
-            )
-            print(f"serve run -> port answering:        {server.start():7.2f} s")
-            with httpx.Client(timeout=300) as http:
-                e2e, engine = transcribe(http, server.url, data)
-                print(f"cold request (scale from zero):     {e2e:7.2f} s  (engine {engine:.2f} s)")
-                warm = [transcribe(http, server.url, data) for _ in range(args.warm)]
-            e2e_ms = [w[0] * 1e3 for w in warm]
-            overhead_ms = [(w[0] - w[1]) * 1e3 for w in warm]
-            print(
-                f"warm latency p50 / p99:             {percentile(e2e_ms, 50):7.1f} / {percentile(e2e_ms, 99):.1f} ms "
-                f"(engine p50 {percentile([w[1] * 1e3 for w in warm], 50):.1f} ms)"
-            )
-            print(
-                f"ingress overhead p50 / p99:         {percentile(overhead_ms, 50):7.1f} / {percentile(overhead_ms, 99):.1f} ms"
-            )
+    print(
+        f"qwen-serve benchmark: {what}, {args.seconds:g} s clip, {args.max_new_tokens} new tokens, "
+        f"{os.cpu_count()} cores ({cpu_model()})",
+        flush=True,
+    )
+    reports: dict[str, Report] = {}
+    for i, name in enumerate(names):
+        print(f"{name}: {CONFIGS[name] or 'shipped settings'}", flush=True)
+        reports[name] = measure(args, model_dir, name, data, first=i == 0)
 
-            # Scale to zero, then a second cold start (replica start + model load, fresh metrics path).
-            t0 = time.monotonic()
-            while running_replicas(server.url) > 0 and time.monotonic() - t0 < 120:
-                time.sleep(1.0)
-            print(
-                f"idle -> 0 replicas after:           {time.monotonic() - t0:7.2f} s (idle timeout {args.idle_timeout:g} s)"
-            )
-            with httpx.Client(timeout=300) as http:
-                e2e, engine = transcribe(http, server.url, data)
-            print(f"cold request after scale-down:      {e2e:7.2f} s  (engine {engine:.2f} s)")
-
-            for clients in (1, 2, 4):
-                throughput(server.url, data, clients, args.warmup)  # let the autoscaler settle
-                rps, p50 = throughput(server.url, data, clients, args.duration)
-                print(
-                    f"throughput, {clients} client(s):            {rps:7.2f} req/s  (p50 {p50 * 1e3:.0f} ms, "
-                    f"{running_replicas(server.url)} replicas)"
-                )
-        finally:
-            server.stop()
-            shutil.rmtree(Path(tmp) / "models", ignore_errors=True)
+    print(
+        f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {what}; {args.seconds:g} s clip, {args.max_new_tokens} new tokens"
+    )
+    print("| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    rows = [
+        ("serve run -> port answering", lambda r: f"{r.startup_s:.1f} s"),
+        ("cold request (scale from zero)", lambda r: f"{r.cold_s:.2f} s"),
+        ("warm latency p50 / p99", lambda r: f"{r.warm_p50_ms:.0f} / {r.warm_p99_ms:.0f} ms"),
+        ("ingress overhead p50", lambda r: f"{r.overhead_p50_ms:.1f} ms"),
+    ]
+    for label, fmt in rows:
+        print(f"| {label} | " + " | ".join(fmt(reports[n]) for n in names) + " |")
+    first = reports[names[0]]
+    if first.idle_s is not None and first.cold_again_s is not None:
+        print(
+            f"\n{names[0]}: idle -> 0 replicas after {first.idle_s:.1f} s (idle timeout {args.idle_timeout:g} s); "
+            f"cold request after scale-down {first.cold_again_s:.2f} s"
+        )
+    print("\n" + table(reports, args.clients))
+    print(
+        "\nreplicas at the end of each step: "
+        + "; ".join(
+            f"{n} " + ", ".join(f"{c}: {reports[n].cells[c].replicas}" for c in args.clients) for n in names
+        )
+    )
     return 0
 
 

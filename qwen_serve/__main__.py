@@ -17,7 +17,7 @@ import numpy as np
 def read_audio(path: Path) -> np.ndarray:
     """A file as 16 kHz mono float32 (the service's decoder when installed, else soundfile)."""
     try:
-        from qwen_serve.audio import decode_audio  # PyAV-backed: M4A, WebM, ... (the serve extra)
+        from qwen_serve.audio_decoding import decode_audio  # PyAV-backed: M4A, WebM, ... (the serve extra)
     except ImportError:
         pass
     else:

@@ -7,10 +7,20 @@
 and creates one deployment per model id plus the FastAPI ingress holding a
 handle to each. The pool and the model life cycle are Ray Serve autoscaling:
 
-    QWEN_MODEL_POOL_SIZE     -> max_replicas (one Engine per replica)
+    QWEN_MODEL_POOL_SIZE     -> max_replicas (one batching Engine per replica)
+    QWEN_MAX_BATCH           -> max_ongoing_requests and target_ongoing_requests per replica
     lazy load                -> min_replicas 0, initial_replicas 0: the first request starts a replica
     QWEN_MODEL_IDLE_TIMEOUT  -> downscale_delay_s / downscale_to_zero_delay_s; 0 -> min_replicas 1
-    backpressure             -> max_ongoing_requests 1 per replica, max_queued_requests -> 503 + Retry-After
+    backpressure             -> max_queued_requests -> 503 + Retry-After (and the engine's EngineBusy)
+
+A replica decodes up to max_batch requests together, one pass over the
+weights per token for all of them, so a second replica of the same model
+pays only when the first is full: the autoscaling target is max_batch
+ongoing requests per replica, i.e. Serve scales up once every running
+replica holds max_batch and more requests are queued. A replica reserves
+`model_num_cpus` (1: both models fit a 2-core machine) and computes on all
+the node's CPUs (`threads`), so one request alone is as fast as the engine
+with every core.
 
 Models whose checkpoint is missing are left out with a loud error naming the
 download command (requests for them get a 503 saying so); when none is
@@ -34,8 +44,8 @@ from ray.serve import Application
 
 from .api.backend import ModelInfo
 from .api.ingress import Ingress
-from .api.languages import ISO_TO_MODEL
 from .download import COMMAND, checkpoint_problem, missing_checkpoint_message
+from .languages import SUPPORTED_LANGUAGES
 from .model.server import ModelServer
 from .settings import Settings
 
@@ -58,7 +68,7 @@ def autoscaling_config(settings: Settings) -> dict[str, Any]:
         "min_replicas": 1 if resident else 0,
         "initial_replicas": 1 if resident else 0,
         "max_replicas": settings.model_pool_size,
-        "target_ongoing_requests": 1,
+        "target_ongoing_requests": settings.max_batch,  # scale up only when replicas are full
         "upscale_delay_s": 1.0,
         "downscale_delay_s": DEFAULT_DOWNSCALE_DELAY_S if resident else idle,
     }
@@ -77,7 +87,7 @@ def model_info(model_id: str, model_dir: Path) -> ModelInfo:
         config = {}
     languages = config.get("support_languages") if isinstance(config, dict) else None
     if not isinstance(languages, list) or not languages:
-        languages = list(dict.fromkeys(ISO_TO_MODEL.values()))
+        languages = list(SUPPORTED_LANGUAGES)
     return ModelInfo(
         id=model_id, created=int(config_path.stat().st_mtime), languages=tuple(map(str, languages))
     )
@@ -105,7 +115,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         deployment = serve.deployment(
             name=deployment_name(model_id),
             autoscaling_config=autoscaling_config(settings),
-            max_ongoing_requests=1,  # one Engine runs one request at a time
+            max_ongoing_requests=settings.max_batch,  # the engine decodes them together
             max_queued_requests=settings.max_queued_requests,
             ray_actor_options={"num_cpus": settings.model_num_cpus},
             health_check_period_s=10,
@@ -118,6 +128,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_new_tokens=settings.max_new_tokens,
             repo=spec.repo,
             isa=settings.isa,
+            max_batch=settings.max_batch,
+            kv_budget_tokens=settings.kv_budget_tokens,
         )
     if not handles:
         raise FileNotFoundError("No model checkpoint found. " + " ".join(problems))

@@ -12,7 +12,9 @@ file). Nothing is read at import time: the app builder calls
     QWEN_MODELS_DIR                 where checkpoint directories live (default ./models)
     QWEN_MAX_UPLOAD_MB              largest upload accepted (default 25)
     QWEN_MAX_AUDIO_SECONDS          longest audio accepted (default 1200)
-    QWEN_THREADS                    compute threads per model replica (default: the engine's)
+    QWEN_MAX_BATCH                  requests a model replica takes at once and decodes together (default 8)
+    QWEN_KV_BUDGET_TOKENS           KV-cache tokens a replica reserves across them (default: sized from max_batch)
+    QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
 """
 
@@ -76,13 +78,23 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(default=1200.0, gt=0)
     """Longest accepted audio in seconds (400 above it)."""
     threads: int | None = Field(default=None, ge=1)
-    """Compute threads per model replica; None lets the engine decide."""
+    """Compute threads per model replica; None: all CPUs of the node the replica runs on (as Ray
+    counts them), so that one request alone gets every core."""
     isa: Literal["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"] = "auto"
     """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generated tokens per audio chunk at most; None keeps the engine's default."""
     model_num_cpus: float = Field(default=1.0, ge=0)
-    """CPUs Ray reserves for each model replica."""
+    """CPUs Ray reserves for each model replica (a scheduling unit: 1 lets both models be resident on
+    a 2-core machine; the replica computes on all the node's cores, see `threads`)."""
+    max_batch: int = Field(default=8, ge=1)
+    """Requests one model replica takes at once (Serve's max_ongoing_requests) and decodes together,
+    one pass over the weights per token for all of them. Autoscaling adds a replica only when the
+    running ones hold this many and more wait. 1 is the old one-request-at-a-time behaviour."""
+    kv_budget_tokens: int | None = Field(default=None, ge=1)
+    """KV-cache tokens (prompt plus generated, summed over sequences) a replica reserves for its
+    batch; None sizes it from max_batch. A request that does not fit waits for room; one that
+    needs more than the whole budget, or finds the engine's waiting line full, gets 503."""
     max_queued_requests: int = Field(default=16, ge=-1)
     """Requests waiting for a busy model beyond which clients get 503 + Retry-After (-1: no limit)."""
     ingress_replicas: int = Field(default=1, ge=1)

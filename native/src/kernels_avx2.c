@@ -4,16 +4,22 @@
  *
  * matmul, C = A @ W^T (+ bias), takes one of two paths:
  *
- *   rows path   (M < PACK_MIN_M). Memory-bound: every weight is read from
- *               DRAM once and widened in registers.
+ *   rows path   (matmul_rows for any M; matmul for M < PACK_MIN_M).
+ *               Memory-bound: every weight is read from DRAM once and
+ *               widened in registers. Batch-invariant: one fixed order of
+ *               operations per output element (two 8-lane chains over
+ *               alternate blocks of k, a masked tail block, a fixed
+ *               horizontal sum, then the bias), whatever the register tile,
+ *               so a row's result never depends on M, on the other rows or
+ *               on the column slice.
  *               M = 1 (decode): one row at a time, front to back, so each
  *               thread reads one sequential stream, with a software prefetch
  *               PF_AHEAD bytes ahead. Measured here (1 thread, bf16, weights
  *               not in cache): ~19 GB/s, the core's read bandwidth, where
  *               four interleaved rows reached 11-13 GB/s.
- *               M = 2..7 (decode steps of several requests batched): groups
- *               of RG rows meet a chunk of K of all M rows of A (in L1), each
- *               widened weight vector used by up to 4 rows of A at a time.
+ *               M > 1 (decode steps of several sequences batched): tiles of
+ *               2 weight rows x 3 rows of A, the next weight rows prefetched
+ *               while the tiles of A reuse the current ones from cache.
  *
  *   packed path (M >= PACK_MIN_M; encoder, prefill). Compute-bound. A panel
  *               of 16 weight rows x KB columns is widened once and transposed
@@ -155,11 +161,15 @@ static void axpy_avx2(float *y, float alpha, const float *x, int n) {
  * C[j, n + i] = the above for i < RW weight rows and j < RA rows of A
  * (2 RW RA accumulators, at most 12 of the 16 registers; RW, RA constants,
  * the loops unrolled). Each widened weight vector meets RA rows of A (FMA
- * memory operands); software prefetch PF_AHEAD bytes ahead along each row. */
+ * memory operands). Software prefetch: pf == 1 (M = 1), PF_AHEAD bytes
+ * ahead along the row; pf == 2 (the first tile of A of a group), the next
+ * group's RW rows, so that they arrive while the other tiles of A reuse
+ * this group from cache; pf == 0, none. */
 QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
-                         const float *bias, int K, int n) {
+                         const float *bias, int K, int n, int pf) {
     const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
     const char *w = (const char *)W + (size_t)n * row;
+    const char *next = w + (size_t)RW * row; /* pf == 2: the next group's rows, at the same offsets */
     __m256 s[6][3][2];
     for (int i = 0; i < RW; i++)
         for (int j = 0; j < RA; j++) s[i][j][0] = s[i][j][1] = _mm256_setzero_ps();
@@ -167,7 +177,8 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
     for (; k + 16 <= K; k += 16) {
         for (int i = 0; i < RW; i++) {
             const void *wi = w + (size_t)i * row;
-            if (!(k & 31)) prefetch_w(wi, dt, k);
+            if (pf == 1 && !(k & 31)) prefetch_w(wi, dt, k);
+            if (pf == 2 && !(k & 31)) prefetch_w(next + (size_t)i * row - PF_AHEAD, dt, k);
             const __m256 w0 = widen8(wi, dt, (size_t)k), w1 = widen8(wi, dt, (size_t)k + 8);
             for (int j = 0; j < RA; j++) {
                 s[i][j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(A + (size_t)j * lda + k), s[i][j][0]);
@@ -183,13 +194,15 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
         }
         k += 8;
     }
-    if (k < K) { /* the masked block K/8: chain (K/8) mod 2 */
-        const int c = (K >> 3) & 1;
+    if (k < K) { /* the masked block K/8: chain (K/8) mod 2 (constant indices keep s in registers) */
         const __m256i m = lane_mask(K - k);
         for (int i = 0; i < RW; i++) {
             const __m256 w0 = widen8_tail(w + (size_t)i * row, dt, (size_t)k, K - k);
-            for (int j = 0; j < RA; j++)
-                s[i][j][c] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(A + (size_t)j * lda + k, m), s[i][j][c]);
+            for (int j = 0; j < RA; j++) {
+                const __m256 a = _mm256_maskload_ps(A + (size_t)j * lda + k, m);
+                if ((K >> 3) & 1) s[i][j][1] = _mm256_fmadd_ps(w0, a, s[i][j][1]);
+                else s[i][j][0] = _mm256_fmadd_ps(w0, a, s[i][j][0]);
+            }
         }
     }
     for (int j = 0; j < RA; j++)
@@ -203,13 +216,15 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
 QW_INLINE void rows_group(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
                           const float *bias, int M, int K, int n) {
     int m = 0;
-    for (; m + RA <= M; m += RA) rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n);
+    for (; m + RA <= M; m += RA)
+        rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n, M == 1 ? 1 : m ? 0 : 2);
     float *c = C + (size_t)m * ldc;
     const float *a = A + (size_t)m * lda;
+    const int pf = m ? 0 : 2;
     switch (M - m) {
     case 0: break;
-    case 1: rows_tile(RW, 1, c, ldc, a, lda, W, dt, bias, K, n); break;
-    default: if (RA > 2) rows_tile(RW, 2, c, ldc, a, lda, W, dt, bias, K, n); break;
+    case 1: rows_tile(RW, 1, c, ldc, a, lda, W, dt, bias, K, n, M == 1 ? 1 : pf); break;
+    default: if (RA > 2) rows_tile(RW, 2, c, ldc, a, lda, W, dt, bias, K, n, pf); break;
     }
 }
 
@@ -221,13 +236,15 @@ QW_INLINE void rows_cols(int RW, int RA, float *C, int ldc, const float *A, int 
     for (; n < n1; n++) rows_group(1, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
 }
 
-/* Tiles by M: one row of A meets 6 weight rows (12 chains); 2 rows, 3; from
- * 3 rows on 2 x 3 (12 accumulators, 4 widened weight vectors, A as memory
- * operands: 10 loads per 12 FMAs). */
+/* Tiles by M: one row of A meets one weight row at a time (2 chains, one
+ * sequential stream per thread, as measured best for the AVX-512 set and as
+ * the old matvec found here); 2 rows of A, 3 weight rows; from 3 rows on
+ * 2 x 3 (12 accumulators, 4 widened weight vectors, A as memory operands:
+ * 10 loads per 12 FMAs). */
 QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias,
                          int M, int K, int n0, int n1) {
     switch (M) {
-    case 1: rows_cols(6, 1, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    case 1: rows_cols(1, 1, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
     case 2: rows_cols(3, 2, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
     default: rows_cols(2, 3, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
     }

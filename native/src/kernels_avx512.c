@@ -6,11 +6,17 @@
  * choices measured there); here, with 32 vector registers and mask
  * registers:
  *
- *   rows path   (M < PACK_MIN_M). Memory-bound. M = 1: each weight row is
- *               one sequential stream (with a software prefetch ahead of
- *               it), widened in registers; M = 2..7: groups of RG rows meet
- *               a chunk of K of all rows of A, each widened weight vector
- *               used by up to 4 rows of A. Tails in K are masked loads.
+ *   rows path   (matmul_rows for any M; matmul for M < PACK_MIN_M).
+ *               Batch-invariant: one fixed order of operations per output
+ *               element (two 16-lane chains over alternate blocks of k, a
+ *               masked tail block, a fixed horizontal sum, then the bias),
+ *               whatever the register tile, so a row's result never depends
+ *               on M, on the other rows or on the column slice. M = 1: each
+ *               weight row is one sequential stream (software prefetch
+ *               ahead of it), widened in registers; M > 1: tiles of 3 weight
+ *               rows x 4 rows of A (fewer weight rows for M < 4 use more
+ *               weight rows per tile), the next weight rows prefetched while
+ *               the tiles of A reuse the current ones from cache.
  *
  *   packed path (M >= PACK_MIN_M; encoder, prefill). Compute-bound. A panel
  *               of 32 weight rows x KB columns is widened once and transposed
@@ -31,6 +37,12 @@
 
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
 #define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
+#define RW1 1          /* rows path: weight rows per register tile for 1, 2, 3 and 4+ rows of A */
+#define RW2 6
+#define RW3 4
+#define RW4 3
+#define RA4 4          /* rows path: rows of A per register tile from 4 rows on */
+_Static_assert(RW1 <= 6 && RW2 <= 6 && RW3 <= 6 && RW4 <= 6 && RA4 <= 4, "rows_tile's accumulators are s[6][4][2]");
 #define NR 32          /* packed path: columns of C per panel (2 vectors) */
 #define MR QW_TILE_MR   /* packed path: rows of A per register tile (12) */
 #define KB 256         /* packed path: depth of a panel (P = KB x NR floats = 32 KiB) */
@@ -156,20 +168,25 @@ static void axpy_avx512(float *y, float alpha, const float *x, int n) {
  *
  * C[j, n + i] = the above for i < RW weight rows and j < RA rows of A
  * (2 RW RA accumulators; RW, RA constants, the loops unrolled). Each
- * widened weight vector meets RA rows of A (FMA memory operands); software
- * prefetch PF_AHEAD bytes ahead along each weight row. */
+ * widened weight vector meets RA rows of A (FMA memory operands). Software
+ * prefetch: pf == 1 (M = 1), PF_AHEAD bytes ahead along the row; pf == 2
+ * (the first tile of A of a group), the next group's RW rows, so that they
+ * arrive while the other tiles of A reuse this group from cache; pf == 0,
+ * none. */
 QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
-                         const float *bias, int K, int n) {
+                         const float *bias, int K, int n, int pf) {
     const size_t row = (size_t)K * (dt == QW_F32 ? 4 : 2);
     const char *w = (const char *)W + (size_t)n * row;
-    __m512 s[12][4][2];
+    const char *next = w + (size_t)RW * row; /* pf == 2: the next group's rows, at the same offsets */
+    __m512 s[6][4][2]; /* the first RW x RA used: RW <= 6, RA <= 4 (rows_path) */
     for (int i = 0; i < RW; i++)
         for (int j = 0; j < RA; j++) s[i][j][0] = s[i][j][1] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 32 <= K; k += 32) {
         for (int i = 0; i < RW; i++) {
             const void *wi = w + (size_t)i * row;
-            prefetch_w(wi, dt, k, dt == QW_F32 ? 128 : 64);
+            if (pf == 1) prefetch_w(wi, dt, k, dt == QW_F32 ? 128 : 64);
+            if (pf == 2) prefetch_w(next + (size_t)i * row - PF_AHEAD, dt, k, dt == QW_F32 ? 128 : 64);
             const __m512 w0 = widen16(wi, dt, (size_t)k), w1 = widen16(wi, dt, (size_t)k + 16);
             for (int j = 0; j < RA; j++) {
                 s[i][j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(A + (size_t)j * lda + k), s[i][j][0]);
@@ -185,13 +202,15 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
         }
         k += 16;
     }
-    if (k < K) { /* the masked block K/16: chain (K/16) mod 2 */
-        const int c = (K >> 4) & 1;
+    if (k < K) { /* the masked block K/16: chain (K/16) mod 2 (constant indices keep s in registers) */
         const __mmask16 m = lanes(K - k);
         for (int i = 0; i < RW; i++) {
             const __m512 w0 = widen16_tail(w + (size_t)i * row, dt, (size_t)k, K - k);
-            for (int j = 0; j < RA; j++)
-                s[i][j][c] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, A + (size_t)j * lda + k), s[i][j][c]);
+            for (int j = 0; j < RA; j++) {
+                const __m512 a = _mm512_maskz_loadu_ps(m, A + (size_t)j * lda + k);
+                if ((K >> 4) & 1) s[i][j][1] = _mm512_fmadd_ps(w0, a, s[i][j][1]);
+                else s[i][j][0] = _mm512_fmadd_ps(w0, a, s[i][j][0]);
+            }
         }
     }
     for (int j = 0; j < RA; j++)
@@ -205,14 +224,17 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
 QW_INLINE void rows_group(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
                           const float *bias, int M, int K, int n) {
     int m = 0;
-    for (; m + RA <= M; m += RA) rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n);
+    for (; m + RA <= M; m += RA)
+        rows_tile(RW, RA, C + (size_t)m * ldc, ldc, A + (size_t)m * lda, lda, W, dt, bias, K, n, M == 1 ? 1 : m ? 0 : 2);
     float *c = C + (size_t)m * ldc;
     const float *a = A + (size_t)m * lda;
-    switch (M - m) {
-    case 0: break;
-    case 1: rows_tile(RW, 1, c, ldc, a, lda, W, dt, bias, K, n); break;
-    case 2: if (RA > 2) rows_tile(RW, 2, c, ldc, a, lda, W, dt, bias, K, n); break;
-    default: if (RA > 3) rows_tile(RW, 3, c, ldc, a, lda, W, dt, bias, K, n); break;
+    const int pf = m ? 0 : 2;
+    switch (M - m) { /* < RA: the guards keep impossible heights uncompiled */
+#define QW_ROWS_LEFT(r) case r: if (RA > r) rows_tile(RW, r, c, ldc, a, lda, W, dt, bias, K, n, r == 1 && M == 1 ? 1 : pf); break;
+    QW_ROWS_LEFT(1) QW_ROWS_LEFT(2) QW_ROWS_LEFT(3) QW_ROWS_LEFT(4) QW_ROWS_LEFT(5) QW_ROWS_LEFT(6)
+    QW_ROWS_LEFT(7) QW_ROWS_LEFT(8) QW_ROWS_LEFT(9) QW_ROWS_LEFT(10) QW_ROWS_LEFT(11)
+#undef QW_ROWS_LEFT
+    default: break;
     }
 }
 
@@ -225,17 +247,20 @@ QW_INLINE void rows_cols(int RW, int RA, float *C, int ldc, const float *A, int 
     for (; n < n1; n++) rows_group(1, RA, C, ldc, A, lda, W, dt, bias, M, K, n);
 }
 
-/* Tiles by M: one row of A meets 12 weight rows (24 chains: one stream per
- * weight row keeps the FMAs fed at DRAM speed); 2 rows, 6; 3 rows, 4; from 4
- * rows on 3 x 4 (24 accumulators, 6 widened weight vectors, 14 loads per 24
- * FMAs: FMA-bound). */
+/* Tiles by M (measured on Zen 4, 2 threads, bf16 K = 1024 N = 3072, weights
+ * from DRAM): one row of A meets one weight row at a time, 2 chains: one
+ * sequential stream per thread, 31-35 GB/s, where 2, 4, 8 or 12 interleaved
+ * rows (4-24 chains) reached 18-20 GB/s. 2 rows of A, 6 weight rows; 3, 4;
+ * from 4 rows on 3 x 4 (24 accumulators, 6 widened weight vectors, 14 loads
+ * per 24 FMAs: FMA-bound, ~75% of the FMA peak at M = 16 with the next
+ * group prefetched; without that prefetch ~50%). */
 QW_INLINE void rows_path(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt, const float *bias,
                          int M, int K, int n0, int n1) {
     switch (M) {
-    case 1: rows_cols(12, 1, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
-    case 2: rows_cols(6, 2, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
-    case 3: rows_cols(4, 3, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
-    default: rows_cols(3, 4, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    case 1: rows_cols(RW1, 1, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    case 2: rows_cols(RW2, 2, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    case 3: rows_cols(RW3, 3, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
+    default: rows_cols(RW4, RA4, C, ldc, A, lda, W, dt, bias, M, K, n0, n1); break;
     }
 }
 

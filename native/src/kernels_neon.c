@@ -32,7 +32,11 @@
 
 #include <string.h>
 
+#ifdef QW_TEST_EMULATE_NEON /* as in kernels_x86.h: keep the emulated test's compile quick */
+#define QW_INLINE static inline
+#else
 #define QW_INLINE static inline __attribute__((always_inline))
+#endif
 #define PF_AHEAD 512 /* prefetch distance along a weight row, in elements */
 
 /* W[i .. i+4) widened to f32. */
@@ -72,7 +76,7 @@ QW_INLINE void prefetch_row(const void *W, qw_dtype dt, size_t i) {
 QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int lda, const void *W, qw_dtype dt,
                          const float *bias, int K, int n) {
     const size_t base = (size_t)n * (size_t)K;
-    float32x4_t s[8][4][2];
+    float32x4_t s[4][4][2]; /* the first RW x RA used */
     for (int i = 0; i < RW; i++)
         for (int j = 0; j < RA; j++) s[i][j][0] = s[i][j][1] = vdupq_n_f32(0.0f);
     int k = 0;
@@ -95,8 +99,8 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
         }
         k += 4;
     }
-    if (k < K) { /* block K/4, zero-padded (nothing past the rows is read): chain (K/4) mod 2 */
-        const int c = (K >> 2) & 1, t = K - k;
+    if (k < K) { /* block K/4, zero-padded (nothing past a row is read): chain (K/4) mod 2 */
+        const int t = K - k;
         for (int i = 0; i < RW; i++) {
             float wt[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             for (int q = 0; q < t; q++) wt[q] = load1(W, dt, base + (size_t)i * K + (size_t)(k + q));
@@ -104,7 +108,8 @@ QW_INLINE void rows_tile(int RW, int RA, float *C, int ldc, const float *A, int 
             for (int j = 0; j < RA; j++) {
                 float at[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 memcpy(at, A + (size_t)j * lda + k, (size_t)t * sizeof(float));
-                s[i][j][c] = vfmaq_f32(s[i][j][c], vld1q_f32(at), w0);
+                if ((K >> 2) & 1) s[i][j][1] = vfmaq_f32(s[i][j][1], vld1q_f32(at), w0);
+                else s[i][j][0] = vfmaq_f32(s[i][j][0], vld1q_f32(at), w0); /* constant indices: s in registers */
             }
         }
     }
@@ -138,8 +143,10 @@ QW_INLINE void rows_cols(int RW, int RA, float *C, int ldc, const float *A, int 
 }
 
 /* Tiles by M (32 registers; A is loaded into registers, no memory operands
- * here): one row of A meets 8 weight rows (16 chains); 2 rows, 4; from 3 rows
- * on 2 x 4 (16 accumulators, 4 widened weight vectors, 8 of A). */
+ * here): one row of A meets one weight row at a time (one sequential stream
+ * per thread, as the previous matvec here and as measured best on x86; not
+ * measured on ARM); 2 rows, 4 weight rows; from 3 rows on 2 x 4 (16
+ * accumulators, 4 widened weight vectors, 8 of A). */
 static void matmul_rows_neon(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
                              const float *bias, int M, int K, int n0, int n1) {
     if (M <= 0 || n1 <= n0) return;
@@ -150,7 +157,7 @@ static void matmul_rows_neon(float *C, int ldc, const float *A, int lda, const v
     }
 #define QW_NEON_ROWS(DT)                                                                    \
     switch (M) {                                                                            \
-    case 1: rows_cols(8, 1, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;              \
+    case 1: rows_cols(1, 1, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;              \
     case 2: rows_cols(4, 2, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;              \
     default: rows_cols(2, 4, C, ldc, A, lda, W, DT, bias, M, K, n0, n1); break;             \
     }

@@ -3,7 +3,9 @@
 In the service a backend wraps a Ray Serve DeploymentHandle to that model's
 deployment (`HandleBackend`); tests can put anything with the same two
 methods behind it. Ray's errors are translated here into the two the routes
-know: ModelBusyError (backpressure) and ModelUnavailableError.
+know: ModelBusyError (Serve's backpressure: its queue for the model is full;
+or the replica's engine refused the request: `ReplicaBusy`) and
+ModelUnavailableError.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..model.results import StreamItem, TranscriptResult
+from ..model.results import ReplicaBusy, StreamItem, TranscriptResult
 
 
 class ModelBusyError(Exception):
-    """Too many requests are waiting for this model."""
+    """Too many requests are waiting for this model, or its engine has no room for this one."""
 
 
 class ModelUnavailableError(Exception):
@@ -62,7 +64,7 @@ class HandleBackend:
 
         try:
             return await self._handle.transcribe.remote(pcm, language, context)
-        except BackPressureError as e:
+        except (BackPressureError, ReplicaBusy) as e:
             raise ModelBusyError() from e
         except DeploymentUnavailableError as e:
             raise ModelUnavailableError() from e
@@ -76,7 +78,7 @@ class HandleBackend:
             async for item in gen:
                 yield item
             finished = True
-        except BackPressureError as e:
+        except (BackPressureError, ReplicaBusy) as e:
             raise ModelBusyError() from e
         except DeploymentUnavailableError as e:
             raise ModelUnavailableError() from e

@@ -13,8 +13,8 @@ import zlib
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from ..languages import to_response_language
 from ..model.results import ResultSegment, TranscriptResult
-from .languages import to_response_language
 from .protocol import (
     DurationUsage,
     InputTokenDetails,

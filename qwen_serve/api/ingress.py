@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from ray import serve
 
 from ..settings import Settings
-from .app import create_app
 from .backend import HandleBackend, ModelInfo, ServedModel
+from .http_app import create_app
 
 
 @serve.ingress()

@@ -19,14 +19,14 @@ from fastapi import Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..audio import AudioError, AudioTooLongError, decode_audio
+from ..audio_decoding import AudioError, AudioTooLongError, decode_audio
+from ..languages import LanguageError, to_model_language
 from ..model.results import StreamItem, TextDelta, TranscriptResult
 from ..settings import Settings
 from . import formats
 from .backend import ModelBusyError, ModelUnavailableError, ServedModel
 from .errors import APIError, bad_request, internal_error
 from .forms import Upload
-from .languages import LanguageError, to_model_language
 from .protocol import TranscriptionRequest
 
 logger = logging.getLogger("ray.serve")

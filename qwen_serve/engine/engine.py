@@ -70,12 +70,15 @@ class Engine:
         self.audio_token = str(tok_config.get("audio_token", "<|audio_pad|>"))
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if kv_budget_tokens is None:  # room for max_batch sequences of the longest chunk
+            per_sequence = int(max_chunk_seconds * 13) + 64 + DEFAULT_MAX_NEW_TOKENS  # 13 audio tokens a second
+            kv_budget_tokens = max_batch * per_sequence
         self.native = NativeModel(
             self.model_dir,
             threads=threads,
             isa=isa,
             max_sequences=max_batch,
-            kv_budget_tokens=int(kv_budget_tokens or 0),
+            kv_budget_tokens=kv_budget_tokens,
         )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(
@@ -89,7 +92,7 @@ class Engine:
         self._scheduler = Scheduler(
             self.native,
             max_waiting=max_batch if max_waiting is None else int(max_waiting),
-            kv_budget_tokens=int(kv_budget_tokens or 0),
+            kv_budget_tokens=kv_budget_tokens,
         )
 
     def stats(self) -> dict[str, int]:

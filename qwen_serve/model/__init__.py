@@ -1,6 +1,14 @@
-"""The model deployment (one Engine per replica) and the plain results it returns."""
+"""The model deployment (one batching Engine per replica) and the plain results it returns."""
 
-from .results import ResultSegment, StreamItem, StreamStarted, TextDelta, TranscriptResult
+from .results import ReplicaBusy, ResultSegment, StreamItem, StreamStarted, TextDelta, TranscriptResult
 from .server import ModelServer
 
-__all__ = ["ModelServer", "ResultSegment", "StreamItem", "StreamStarted", "TextDelta", "TranscriptResult"]
+__all__ = [
+    "ModelServer",
+    "ReplicaBusy",
+    "ResultSegment",
+    "StreamItem",
+    "StreamStarted",
+    "TextDelta",
+    "TranscriptResult",
+]

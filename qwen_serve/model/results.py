@@ -55,6 +55,12 @@ class TranscriptResult:
         )
 
 
+class ReplicaBusy(Exception):
+    """The replica's engine cannot take the request now (its waiting line is full, or the request
+    needs more KV cache than the whole budget). Raised before anything has started; the ingress
+    answers 503 + Retry-After, as for Serve's own backpressure."""
+
+
 @dataclass(frozen=True)
 class StreamStarted:
     """First item of every stream: a replica has taken the request."""

@@ -1,14 +1,24 @@
-"""The model deployment: one Engine per replica, driven from Ray Serve's event loop.
+"""The model deployment: one batching Engine per replica, driven from Ray Serve's event loop.
 
 `ModelServer` is a plain class; the app builder turns it into one Serve
 deployment per model id. It must not import the engine (ctypes) at module
 level: Serve may pickle the deployment class by value, and ctypes types next
 to it break that. The engine is created in `__init__`, on the replica.
 
-Every request runs the engine's token loop in a worker thread; text deltas
-cross to the event loop through an asyncio queue as they are decoded. When
-the caller goes away (client disconnect -> Serve cancels the request), the
-engine stream is closed and libqwen stops at the next token.
+One replica serves up to `max_batch` requests at once (Serve's
+`max_ongoing_requests`); the engine's scheduler thread decodes them together.
+Each request is submitted to the engine on the event loop (submission does
+not block), so a request the engine cannot take (`EngineBusy`: its waiting
+line is full, or it needs more KV cache than the whole budget) fails before
+anything has started, as `ReplicaBusy`, which the ingress answers with 503 +
+Retry-After like Serve's own backpressure. The engine's stream is a blocking
+iterator, so every accepted request has a worker thread from the replica's
+own pool, sized to what the engine can hold (slots + waiting line): the
+event loop's default executor has min(32, cpus + 4) threads and would
+silently cap concurrency on a small machine. Text deltas cross to the event
+loop through an asyncio queue as they are decoded. When the caller goes
+away (client disconnect -> Serve cancels the request), the engine stream is
+closed, which frees its slot at once.
 """
 
 from __future__ import annotations
@@ -16,24 +26,121 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..download import checkpoint_problem, missing_checkpoint_message
-from .results import StreamItem, StreamStarted, TextDelta, TranscriptResult
+from .results import ReplicaBusy, StreamItem, StreamStarted, TextDelta, TranscriptResult
+
+if TYPE_CHECKING:
+    from ..engine.types import Transcription
 
 logger = logging.getLogger("ray.serve")
 
-EngineFactory = Callable[[Path, "int | None", str], Any]
+DEFAULT_MAX_BATCH = 8
 
 
-def load_engine(model_dir: Path, threads: int | None, isa: str) -> Any:
+# ---- what the deployment needs from an engine ------------------------------------
+
+
+class EngineStream(Protocol):
+    """One submitted request: text deltas as they are decoded, then `result`."""
+
+    @property
+    def result(self) -> Transcription | None:
+        """The whole Transcription once the iterator is exhausted; None before."""
+        ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __next__(self) -> str:
+        """The next text delta; blocks until one is decoded; StopIteration at the end."""
+        ...
+
+    def close(self) -> None:
+        """Cancels the request and frees its slot at once; safe from any thread, a no-op when done."""
+        ...
+
+
+class BatchingEngine(Protocol):
+    """What the deployment relies on (qwen_serve.engine.Engine; tests/api/fakes.py's FakeEngine).
+
+    `stream` may be called from any thread, any number of times at once, and
+    submits at once: it raises the engine's `EngineBusy` there when the
+    request cannot be taken, never later.
+    """
+
+    def stream(
+        self,
+        pcm: np.ndarray,
+        language: str | None = None,
+        context: str = "",
+        max_new_tokens: int | None = None,
+    ) -> EngineStream: ...
+
+    def stats(self) -> Mapping[str, int]:
+        """{"max_batch", "active" (sequences decoding), "waiting" (requests waiting for a slot)}."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineFactory(Protocol):
+    """Builds the engine of a replica; `Engine`'s own signature."""
+
+    def __call__(
+        self,
+        model_dir: Path,
+        *,
+        threads: int | None,
+        isa: str,
+        max_batch: int,
+        kv_budget_tokens: int | None,
+        max_waiting: int | None,
+    ) -> BatchingEngine: ...
+
+
+def load_engine(
+    model_dir: Path,
+    *,
+    threads: int | None,
+    isa: str,
+    max_batch: int,
+    kv_budget_tokens: int | None,
+    max_waiting: int | None,
+) -> BatchingEngine:
     from qwen_serve.engine import Engine  # here, on the replica: keeps ctypes out of this module
 
-    return Engine(model_dir, threads=threads, isa=isa)
+    return Engine(
+        model_dir,
+        threads=threads,
+        isa=isa,
+        max_batch=max_batch,
+        kv_budget_tokens=kv_budget_tokens,
+        max_waiting=max_waiting,
+    )
+
+
+def node_cpus() -> int | None:
+    """CPUs of the node this replica runs on, as Ray counts them (container limits included);
+    None outside Ray. Ray's `num_cpus` of a replica is a scheduling reservation, not a limit:
+    a replica computes on all the node's cores, so one request alone is as fast as an engine
+    with all cores, and the replicas that share a node share its cores."""
+    import ray
+
+    if not ray.is_initialized():  # get_runtime_context() would start a cluster
+        return None
+    node = ray.get_runtime_context().get_node_id()
+    for info in ray.nodes():
+        if info.get("NodeID") == node:
+            cpus = float(info.get("Resources", {}).get("CPU", 0.0))
+            return max(1, math.floor(cpus)) if cpus > 0 else None
+    return None
 
 
 class _Done:
@@ -57,6 +164,9 @@ class ModelServer:
         max_new_tokens: int | None = None,
         repo: str | None = None,
         isa: str = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        kv_budget_tokens: int | None = None,
+        max_waiting: int | None = None,
         engine_factory: EngineFactory | None = None,
     ):
         self.model_id = model_id
@@ -66,9 +176,27 @@ class ModelServer:
             problem = checkpoint_problem(self.model_dir)
             if problem:
                 raise FileNotFoundError(missing_checkpoint_message(model_id, self.model_dir, problem, repo))
-        self.engine = (engine_factory or load_engine)(self.model_dir, threads, isa)
+        self.threads = threads if threads is not None else node_cpus()
+        self.engine: BatchingEngine = (engine_factory or load_engine)(
+            self.model_dir,
+            threads=self.threads,
+            isa=isa,
+            max_batch=max_batch,
+            kv_budget_tokens=kv_budget_tokens,
+            max_waiting=max_waiting,
+        )
+        # One thread per request the engine can hold; busy requests never take one.
+        capacity = max_batch + (max_batch if max_waiting is None else max_waiting)
+        self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"{model_id}-stream")
         self._closed = False
-        logger.info("model %s loaded from %s", model_id, self.model_dir)
+        self._cancelled = 0
+        logger.info(
+            "model %s loaded from %s (max_batch %d, %s threads)",
+            model_id,
+            self.model_dir,
+            max_batch,
+            self.threads or "all",
+        )
 
     # ---- requests --------------------------------------------------------------
     async def transcribe(
@@ -86,22 +214,42 @@ class ModelServer:
     async def stream(
         self, pcm: np.ndarray, language: str | None = None, context: str = ""
     ) -> AsyncIterator[StreamItem]:
-        """StreamStarted, then TextDelta items as tokens are decoded, then the TranscriptResult."""
-        yield StreamStarted()
+        """StreamStarted once the engine has taken the request, then TextDelta items, then the result.
+
+        ReplicaBusy instead of StreamStarted when the engine cannot take it.
+        """
         async with contextlib.aclosing(self._run(pcm, language, context)) as items:
             async for item in items:
                 yield item
 
+    async def stats(self) -> dict[str, int]:
+        """The engine's stats ({"max_batch", "active", "waiting"}, and whatever else it reports),
+        "cancelled" (requests stopped mid-decode because their caller went away) and "threads"
+        when known. A call through the handle counts as one ongoing request of the replica."""
+        stats = {**self.engine.stats(), "cancelled": self._cancelled}
+        if self.threads is not None:
+            stats["threads"] = self.threads
+        return stats
+
+    def _submit(self, pcm: np.ndarray, language: str | None, context: str) -> EngineStream:
+        from qwen_serve.engine import EngineBusy  # loaded on the replica already (see the module doc)
+
+        if not pcm.flags.writeable:  # arrays from Ray's object store are read-only
+            pcm = np.array(pcm, dtype=np.float32)
+        try:
+            return self.engine.stream(
+                pcm, language=language, context=context, max_new_tokens=self.max_new_tokens
+            )
+        except EngineBusy as e:
+            logger.info("model %s: engine busy (%s)", self.model_id, e)
+            raise ReplicaBusy(str(e)) from None
+
     async def _run(
         self, pcm: np.ndarray, language: str | None, context: str
     ) -> AsyncGenerator[StreamItem, None]:
-        if not pcm.flags.writeable:  # arrays from Ray's object store are read-only
-            pcm = np.array(pcm, dtype=np.float32)
+        stream = self._submit(pcm, language, context)  # before the first item: busy fails the call
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        stream = self.engine.stream(
-            pcm, language=language, context=context, max_new_tokens=self.max_new_tokens
-        )
 
         def put(item: Any) -> None:
             if not loop.is_closed():
@@ -115,8 +263,10 @@ class ModelServer:
             except BaseException as e:  # reported on the loop; aborted runs end here too
                 put(_Failed(e))
 
-        worker = loop.run_in_executor(None, work)
+        ended = False  # the engine's stream ran to its end (result or error)
         try:
+            yield StreamStarted()
+            loop.run_in_executor(self._executor, work)
             while True:
                 batch = [await queue.get()]
                 while not queue.empty():  # coalesce what arrived meanwhile into one message
@@ -125,14 +275,16 @@ class ModelServer:
                 if text:
                     yield TextDelta(text)
                 last = batch[-1]  # _Done / _Failed always come last
+                ended = isinstance(last, (_Done, _Failed))
                 if isinstance(last, _Done):
                     yield TranscriptResult.from_transcription(last.result)
                     return
                 if isinstance(last, _Failed):
                     raise last.error
         finally:
-            stream.close()  # no-op when finished; otherwise libqwen stops at the next token
-            if not worker.done():
+            stream.close()  # no-op when finished; otherwise frees the slot now
+            if not ended:
+                self._cancelled += 1
                 logger.info("model %s: request cancelled, decoding stopped", self.model_id)
 
     # ---- Serve hooks -------------------------------------------------------------
@@ -145,3 +297,4 @@ class ModelServer:
         if engine is not None and not getattr(self, "_closed", True):
             self._closed = True
             engine.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)

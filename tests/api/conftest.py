@@ -45,13 +45,15 @@ def wav_bytes(seconds: float = 2.0, rate: int = 16000, channels: int = 1, subtyp
 class Harness:
     """The app plus what is behind it, so tests can look at the engines and handles."""
 
-    def __init__(self, settings: Settings, busy: bool = False):
+    def __init__(self, settings: Settings, busy: bool = False, **server_options: Any):
         self.settings = settings
         self.engines: dict[str, FakeEngine] = {}
         self.handles: dict[str, FakeHandle] = {}
         served = {}
         for model_id in (MODEL, MODEL_B):
-            server = ModelServer(model_id, f"/models/{model_id}", engine_factory=self._factory(model_id))
+            server = ModelServer(
+                model_id, f"/models/{model_id}", engine_factory=self._factory(model_id), **server_options
+            )
             handle = FakeHandle(server, busy=busy)
             self.handles[model_id] = handle
             info = ModelInfo(
@@ -64,8 +66,8 @@ class Harness:
         self.app: FastAPI = create_app(settings, served, unavailable)
 
     def _factory(self, model_id: str) -> Callable[..., FakeEngine]:
-        def make(model_dir: Any, threads: int | None, isa: str) -> FakeEngine:
-            engine = FakeEngine(model_dir, threads, isa)
+        def make(model_dir: Any, **options: Any) -> FakeEngine:
+            engine = FakeEngine(model_dir, **options)
             self.engines[model_id] = engine
             return engine
 

@@ -2,6 +2,11 @@
 
 The fake engine "hears" one word per half second of audio, so tests know the
 text to expect; it records every call so tests can check what reached it.
+Like the batching Engine it holds `max_batch` streams decoding plus
+`max_waiting` waiting, and raises the real `EngineBusy` at submission when
+full or when a request needs more KV cache than `kv_budget_tokens`
+(13 audio tokens a second + 9). mypy checks it against the deployment's
+`BatchingEngine` / `EngineFactory` protocols (bottom of this file).
 """
 
 from __future__ import annotations
@@ -10,14 +15,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qwen_serve.engine import EngineBusy
 from qwen_serve.engine.types import Segment, Timings, Transcription, Usage
 
 SAMPLE_RATE = 16000
 LANGUAGES = ["Chinese", "English", "Cantonese", "German", "French", "Spanish", "Japanese", "Filipino"]
+
+
+def kv_tokens(samples: int) -> int:
+    """KV-cache tokens the fake reserves for a request."""
+    return round(samples / SAMPLE_RATE * 13) + 9
 
 
 def expected_words(seconds: float, start: int = 0) -> list[str]:
@@ -28,21 +39,29 @@ class FakeStream:
     def __init__(self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str):
         self.result: Transcription | None = None
         self.closed = False
+        self._engine = engine
         self._gen = self._run(engine, pcm, language, context)
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
-        return next(self._gen)
+        try:
+            return next(self._gen)
+        except BaseException:
+            self._engine._release(self)
+            raise
 
     def close(self) -> None:
         self.closed = True
+        self._engine._release(self)
 
     def _run(self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str) -> Iterator[str]:
         duration = pcm.size / SAMPLE_RATE
         chunk = int(engine.chunk_seconds * SAMPLE_RATE)
-        segments, ids, texts = [], [], []
+        segments: list[Segment] = []
+        ids: list[int] = []
+        texts: list[str] = []
         word_index = 0
         for start in range(0, max(pcm.size, 1), chunk):
             seconds = min(pcm.size - start, chunk) / SAMPLE_RATE
@@ -51,13 +70,15 @@ class FakeStream:
             text = " ".join(words)
             if texts:
                 text = " " + text
-            chunk_ids = []
+            chunk_ids: list[int] = []
             for i, piece in enumerate(text.split(" ")):
                 if self.closed:
                     return
                 if engine.fail_after is not None and word_index - len(words) + i >= engine.fail_after:
                     raise RuntimeError("/secret/path/libqwen.so: native failure")
                 time.sleep(engine.token_delay)
+                if engine.hold is not None and (ids or chunk_ids):
+                    engine.hold.wait(timeout=30)  # every stream stops after its first token until set
                 chunk_ids.append(1000 + len(ids) + len(chunk_ids))
                 yield piece if i == 0 else " " + piece
             texts.append(text)
@@ -82,18 +103,33 @@ class FakeStream:
 
 
 class FakeEngine:
-    """Engine(model_dir, threads=None, isa="auto") with transcribe / stream / supported_languages / close."""
+    """Engine(model_dir, threads, isa, max_batch, kv_budget_tokens, max_waiting) with transcribe /
+    stream / stats / supported_languages / close."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, isa: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        threads: int | None = None,
+        isa: str = "auto",
+        max_batch: int = 8,
+        kv_budget_tokens: int | None = None,
+        max_waiting: int | None = None,
+    ):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.isa = isa
+        self.max_batch = max_batch
+        self.kv_budget_tokens = kv_budget_tokens
+        self.max_waiting = max_batch if max_waiting is None else max_waiting
+        self.open: list[FakeStream] = []
+        """Submitted streams not yet finished or closed: the first max_batch decode, the rest wait."""
         self.supported_languages = list(LANGUAGES)
         self.calls: list[dict[str, Any]] = []
         self.streams: list[FakeStream] = []
         self.chunk_seconds = 30.0
         self.token_delay = 0.0
         self.fail_after: int | None = None
+        self.hold: threading.Event | None = None
         self.closed = False
         self._lock = threading.Lock()
 
@@ -119,6 +155,11 @@ class FakeEngine:
     ) -> FakeStream:
         if pcm.ndim != 1 or pcm.dtype != np.float32:
             raise ValueError("pcm must be 1-D float32")
+        if self.kv_budget_tokens is not None and kv_tokens(pcm.size) > self.kv_budget_tokens:
+            raise EngineBusy(f"needs {kv_tokens(pcm.size)} KV tokens, the budget is {self.kv_budget_tokens}")
+        with self._lock:
+            if len(self.open) >= self.max_batch + self.max_waiting:
+                raise EngineBusy(f"{len(self.open) - self.max_batch} requests waiting already")
         self.calls.append(
             {
                 "samples": pcm.size,
@@ -129,8 +170,24 @@ class FakeEngine:
             }
         )
         stream = FakeStream(self, pcm, language, context)
+        with self._lock:
+            self.open.append(stream)
         self.streams.append(stream)
         return stream
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            n = len(self.open)
+        return {
+            "max_batch": self.max_batch,
+            "active": min(n, self.max_batch),
+            "waiting": max(0, n - self.max_batch),
+        }
+
+    def _release(self, stream: FakeStream) -> None:
+        with self._lock:
+            if stream in self.open:
+                self.open.remove(stream)
 
     def close(self) -> None:
         self.closed = True
@@ -216,3 +273,10 @@ class FakeHandle:
                 return _Response(method(pcm, *args))
 
         return _Method()
+
+
+if TYPE_CHECKING:  # the fake satisfies what the deployment relies on (mypy checks this file)
+    from qwen_serve.model.server import BatchingEngine, EngineFactory
+
+    _engine: BatchingEngine = FakeEngine("/models/m")
+    _factory: EngineFactory = FakeEngine

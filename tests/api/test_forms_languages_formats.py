@@ -11,8 +11,13 @@ import webvtt
 from qwen_serve.api.errors import APIError
 from qwen_serve.api.formats import compression_ratio, to_srt, to_vtt, verbose
 from qwen_serve.api.forms import fields_to_dict, parse_transcription_form
-from qwen_serve.api.languages import ISO_TO_MODEL, LanguageError, to_model_language, to_response_language
-from qwen_serve.engine.text import SUPPORTED_LANGUAGES
+from qwen_serve.languages import (
+    ISO_TO_MODEL,
+    SUPPORTED_LANGUAGES,
+    LanguageError,
+    to_model_language,
+    to_response_language,
+)
 from qwen_serve.model.results import ResultSegment, TranscriptResult
 
 # ---- forms --------------------------------------------------------------------
@@ -88,8 +93,15 @@ def test_iso_codes(value: str, name: str) -> None:
     assert to_model_language(value, SUPPORTED_LANGUAGES) == name
 
 
-def test_every_model_language_has_a_code() -> None:
-    assert set(ISO_TO_MODEL.values()) == set(SUPPORTED_LANGUAGES)
+def test_one_language_table() -> None:
+    """The engine's names, the ingress's codes and the app builder's default come from one table."""
+    from qwen_serve import app, languages
+    from qwen_serve.engine import text
+
+    assert text.SUPPORTED_LANGUAGES is languages.SUPPORTED_LANGUAGES
+    assert app.SUPPORTED_LANGUAGES is languages.SUPPORTED_LANGUAGES
+    assert set(ISO_TO_MODEL.values()) == set(SUPPORTED_LANGUAGES) and len(SUPPORTED_LANGUAGES) == 30
+    assert all(len(code) in (2, 3) and code.islower() for code in ISO_TO_MODEL)
 
 
 @pytest.mark.parametrize("value", ["xx", "klingon", "", "sw"])

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from qwen_serve.model import ModelServer, StreamStarted, TextDelta, TranscriptResult
+from qwen_serve.model import ModelServer, ReplicaBusy, StreamStarted, TextDelta, TranscriptResult
 
 from .fakes import FakeEngine, expected_words
 
 pytestmark = pytest.mark.anyio
 
 
-def _server(engine: FakeEngine | None = None) -> tuple[ModelServer, FakeEngine]:
+def _server(**options: Any) -> tuple[ModelServer, FakeEngine]:
     holder: dict[str, FakeEngine] = {}
 
-    def factory(model_dir: Path, threads: int | None, isa: str) -> FakeEngine:
-        holder["e"] = engine or FakeEngine(model_dir, threads, isa)
+    def factory(model_dir: Path, **engine_options: Any) -> FakeEngine:
+        holder["e"] = FakeEngine(model_dir, **engine_options)
         return holder["e"]
 
-    server = ModelServer("m", "/models/m", threads=2, max_new_tokens=7, isa="avx2", engine_factory=factory)
-    return server, holder.get("e")  # type: ignore[return-value]
+    options = {"threads": 2, "max_new_tokens": 7, "isa": "avx2", **options}
+    server = ModelServer("m", "/models/m", engine_factory=factory, **options)
+    return server, holder["e"]
 
 
 def _pcm(seconds: float) -> np.ndarray:
@@ -47,6 +50,7 @@ async def test_stream_order_and_text() -> None:
         "writeable": True,
     }
     assert engine.threads == 2 and engine.isa == "avx2"
+    assert (engine.max_batch, engine.kv_budget_tokens, engine.max_waiting) == (8, None, 8)
 
 
 async def test_transcribe_result() -> None:
@@ -98,3 +102,85 @@ def test_missing_checkpoint_message(tmp_path: Path) -> None:
 def test_health() -> None:
     server, _ = _server()
     server.check_health()
+
+
+def test_engine_options_are_passed() -> None:
+    _, engine = _server(max_batch=3, kv_budget_tokens=4096, max_waiting=1)
+    assert (engine.max_batch, engine.kv_budget_tokens, engine.max_waiting) == (3, 4096, 1)
+
+
+def test_threads_default_outside_ray_is_the_engines() -> None:
+    """Without Ray there is no reservation to follow: the engine picks (all online CPUs)."""
+    import ray
+
+    assert not ray.is_initialized()
+    server, engine = _server(threads=None)
+    assert engine.threads is None and server.threads is None
+    assert not ray.is_initialized()  # and asking did not start a cluster
+
+
+async def test_as_many_concurrent_streams_as_max_batch() -> None:
+    """max_batch requests decode at once, beyond the default executor's min(32, cpus + 4) threads."""
+    batch = 40
+    server, engine = _server(max_batch=batch)
+    engine.hold = threading.Event()  # streams stop after their first token until released
+    gens = [server.stream(_pcm(1.0 + i / 10), None, "") for i in range(batch)]
+    for gen in gens:
+        assert isinstance(await gen.__anext__(), StreamStarted)
+    # Each first delta needs its own worker thread inside the engine at the same time.
+    firsts = await asyncio.wait_for(asyncio.gather(*(gen.__anext__() for gen in gens)), timeout=10)
+    assert all(isinstance(item, TextDelta) for item in firsts)
+    assert engine.stats() == {"max_batch": batch, "active": batch, "waiting": 0}
+    engine.hold.set()
+    texts = []
+    for gen, first in zip(gens, firsts, strict=True):
+        items = [first] + [item async for item in gen]
+        assert isinstance(items[-1], TranscriptResult)
+        texts.append("".join(i.text for i in items if isinstance(i, TextDelta)))
+    assert texts == [" ".join(expected_words(1.0 + i / 10)) for i in range(batch)]
+    assert engine.stats()["active"] == 0
+    assert await server.stats() == {
+        "max_batch": batch,
+        "active": 0,
+        "waiting": 0,
+        "cancelled": 0,
+        "threads": 2,
+    }
+
+
+async def test_busy_engine_is_replica_busy_before_anything_starts() -> None:
+    server, engine = _server(max_batch=1, max_waiting=0)
+    engine.token_delay = 0.05
+    running = server.stream(_pcm(5.0), None, "")
+    assert isinstance(await running.__anext__(), StreamStarted)
+    with pytest.raises(ReplicaBusy):
+        await server.stream(_pcm(1.0), None, "").__anext__()  # no StreamStarted first
+    with pytest.raises(ReplicaBusy):
+        await server.transcribe(_pcm(1.0))
+    assert len(engine.streams) == 1
+    await running.aclose()
+    assert engine.stats()["active"] == 0
+    assert (await server.transcribe(_pcm(1.0))).text == " ".join(expected_words(1.0))  # room again
+
+
+async def test_request_larger_than_the_kv_budget_is_busy() -> None:
+    server, _ = _server(kv_budget_tokens=100)
+    assert (await server.transcribe(_pcm(2.0))).text  # 35 tokens fit
+    with pytest.raises(ReplicaBusy, match="KV"):
+        await server.transcribe(_pcm(10.0))  # 139 do not
+
+
+async def test_cancel_frees_the_slot_and_spares_the_others() -> None:
+    server, engine = _server(max_batch=4)
+    engine.token_delay = 0.02
+    gone = server.stream(_pcm(20.0), None, "")
+    assert isinstance(await gone.__anext__(), StreamStarted)
+    others = [asyncio.ensure_future(server.transcribe(_pcm(s))) for s in (1.0, 2.0, 3.0)]
+    await gone.__anext__()
+    assert engine.stats()["active"] == 4
+    await gone.aclose()
+    assert engine.stats()["active"] == 3  # at once, not when the others finish
+    assert (await server.stats())["cancelled"] == 1
+    results = await asyncio.gather(*others)
+    assert [r.text for r in results] == [" ".join(expected_words(s)) for s in (1.0, 2.0, 3.0)]
+    assert engine.stats()["active"] == 0

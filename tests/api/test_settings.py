@@ -28,6 +28,16 @@ def test_defaults() -> None:
     assert s.model_dir("qwen-asr-0.6b") == Path("models/qwen3-asr-0.6b")
     assert s.model_dir("qwen-asr-1.7b") == Path("models/qwen3-asr-1.7b")
     assert s.models["qwen-asr-1.7b"].repo == "Qwen/Qwen3-ASR-1.7B"
+    assert (s.max_batch, s.kv_budget_tokens, s.model_num_cpus) == (8, None, 1.0)
+
+
+def test_batching_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_MAX_BATCH", "16")
+    monkeypatch.setenv("QWEN_KV_BUDGET_TOKENS", "32768")
+    monkeypatch.setenv("QWEN_THREADS", "3")
+    s = Settings.from_args({"max_batch": 4, "kv_budget_tokens": 1000})
+    assert (s.max_batch, s.kv_budget_tokens, s.threads) == (16, 32768, 3)
+    assert Settings.from_args({"max_batch": 1}).max_batch == 16  # env still wins
 
 
 def test_env_wins_over_args(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,6 +80,9 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"max_upload_mb": 0},
         {"unknown_option": 1},
         {"isa": "sse2"},
+        {"max_batch": 0},
+        {"kv_budget_tokens": 0},
+        {"max_waiting": 2},  # not a setting: Serve's queue (max_queued_requests) is the waiting line
         {"models": {"x": {"path": "p", "bogus": 1}}},
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import openai
 import pytest
 import srt
@@ -11,7 +12,7 @@ import webvtt
 from fastapi.testclient import TestClient
 from openai import AsyncOpenAI
 
-from .conftest import MODEL, MODEL_B, TOKEN, Harness, wav_bytes
+from .conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings, wav_bytes
 from .fakes import expected_words
 
 pytestmark = pytest.mark.anyio
@@ -360,6 +361,46 @@ def test_backpressure_503_retry_after(harness: Harness, client: TestClient) -> N
     assert r.headers["retry-after"] == "2"
     err = _assert_envelope(r.json())
     assert err["type"] == "service_unavailable_error"
+
+
+def test_request_over_the_kv_budget_is_503_retry_after() -> None:
+    """The engine refuses at submission (EngineBusy): 503 + Retry-After, streamed or not, never a 500."""
+    harness = Harness(make_settings(), kv_budget_tokens=20)  # 0.5 s needs 15 tokens, 2 s needs 35
+    with TestClient(harness.app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        short = c.post(
+            "/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(0.5))}, data={"model": MODEL}
+        )
+        assert short.status_code == 200 and short.json()["text"] == "w0"
+        for stream in ("false", "true"):
+            r = c.post(
+                "/v1/audio/transcriptions",
+                files={"file": ("a.wav", wav_bytes(2.0))},
+                data={"model": MODEL, "stream": stream},
+            )
+            assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+            err = _assert_envelope(r.json())
+            assert (err["type"], err["code"]) == ("service_unavailable_error", "model_busy")
+            assert "KV" not in err["message"]  # the engine's words stay in the log
+    assert [call["samples"] for call in harness.engines[MODEL].calls] == [8000]
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_full_engine_queue_is_503_then_recovers(stream: str) -> None:
+    """max_batch 1 and no waiting line: while one request holds the slot, the next gets 503."""
+    harness = Harness(make_settings(), max_batch=1, max_waiting=0)
+    engine = harness.engines[MODEL]
+    holder = engine.stream(np.zeros(16000, dtype=np.float32))  # submitted, holds the only slot
+    assert engine.stats() == {"max_batch": 1, "active": 1, "waiting": 0}
+    with TestClient(harness.app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        post = {"files": {"file": ("a.wav", wav_bytes(2.0))}, "data": {"model": MODEL, "stream": stream}}
+        r = c.post("/v1/audio/transcriptions", **post)
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert _assert_envelope(r.json())["code"] == "model_busy"
+        holder.close()  # frees the slot at once
+        r = c.post("/v1/audio/transcriptions", **post)
+        assert r.status_code == 200
+        assert TWO_SECONDS in r.text
+    assert engine.stats()["active"] == 0
 
 
 def test_engine_failure_is_500_without_details(client: TestClient, harness: Harness) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qwen_serve.audio import (
+from qwen_serve.audio_decoding import (
     AudioError,
     AudioTooLongError,
     EmptyAudioError,

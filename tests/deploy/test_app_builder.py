@@ -24,7 +24,16 @@ def test_lazy_pool_with_idle_unload() -> None:
     assert config["min_replicas"] == 0 and config["initial_replicas"] == 0
     assert config["max_replicas"] == 3
     assert config["downscale_to_zero_delay_s"] == 120 and config["downscale_delay_s"] == 120
-    assert config["target_ongoing_requests"] == 1
+    assert config["target_ongoing_requests"] == 8  # a replica is full at max_batch (default 8)
+
+
+def test_replicas_take_max_batch_and_scale_when_full() -> None:
+    config = autoscaling_config(Settings.from_args({"max_batch": 3}))
+    assert config["target_ongoing_requests"] == 3
+    config = autoscaling_config(
+        Settings.from_args({"max_batch": 3, "autoscaling": {"target_ongoing_requests": 2}})
+    )
+    assert config["target_ongoing_requests"] == 2  # the autoscaling arg still wins
 
 
 def test_idle_timeout_zero_keeps_one_resident() -> None:
@@ -54,7 +63,15 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "qwen3-asr-1.7b")
     _checkpoint(tmp_path / "extra")
     app = build_app(
-        {"models_dir": str(tmp_path), "models": {"my-asr": "extra"}, "api_token": "sk-x", "isa": "avx2", "threads": 1}
+        {
+            "models_dir": str(tmp_path),
+            "models": {"my-asr": "extra"},
+            "api_token": "sk-x",
+            "isa": "avx2",
+            "threads": 1,
+            "max_batch": 5,
+            "kv_budget_tokens": 20000,
+        }
     )
     assert isinstance(app, Application)
     ingress = app._bound_deployment
@@ -64,10 +81,15 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     for model_id, bound in handles.items():
         deployment = bound._bound_deployment
         assert deployment.name == deployment_name(model_id)
-        assert deployment._deployment_config.max_ongoing_requests == 1
+        assert deployment._deployment_config.max_ongoing_requests == 5
+        assert deployment._deployment_config.autoscaling_config.target_ongoing_requests == 5
         assert deployment._deployment_config.autoscaling_config.max_replicas == settings.model_pool_size
         assert deployment.init_args == (model_id, str((tmp_path / settings.models[model_id].path).resolve()))
         assert deployment.init_kwargs["isa"] == "avx2" and deployment.init_kwargs["threads"] == 1
+        assert (
+            deployment.init_kwargs["max_batch"] == 5 and deployment.init_kwargs["kv_budget_tokens"] == 20000
+        )
+        assert deployment.ray_actor_options["num_cpus"] == 1.0
     assert infos["my-asr"].languages == ("English", "Chinese")
 
 

@@ -3,6 +3,13 @@
 Short autoscaling windows (metrics every 0.5 s, 2 s look-back, 4 s idle
 timeout) keep the life-cycle tests quick; the ingress listens on 127.0.0.1
 only. Clients are the official `openai` SDK.
+
+The main app ("qwen", both models) runs the default max_batch (8) with a
+generous Serve queue, so that 16 clients at once are all served. A second,
+small app ("limits", only the 1.7B, one resident replica, started on first
+use) has the tight limits the backpressure tests need: max_batch 4, a Serve
+queue of 2, and a KV budget that three short requests fit but one 60 s chunk
+does not.
 """
 
 from __future__ import annotations
@@ -28,7 +35,14 @@ APP = "qwen"
 IDLE_TIMEOUT_S = 4.0
 POOL_SIZE = 2
 MAX_NEW_TOKENS = 32
-MAX_QUEUED = 6
+MAX_QUEUED = 32
+LIMITS_APP = "limits"
+LIMITS_MAX_BATCH = 4
+LIMITS_MAX_QUEUED = 2
+LIMITS_MAX_NEW_TOKENS = 300  # long enough that streams are still decoding when a client hangs up
+# KV tokens per request = prompt (15 + 13 per second of audio) + LIMITS_MAX_NEW_TOKENS: clips of
+# 1, 2 and 3 s need 328 + 341 + 354 = 1023 together (they fit), one 60 s chunk 1095 (never fits).
+LIMITS_KV_BUDGET = 1050
 
 
 def wav(seconds: float = 2.0, seed: int = 0, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
@@ -85,7 +99,8 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
 
     from qwen_serve.app import build_app
 
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("QWEN_")}
+    # Settings come from the args below only; QWEN_LIBRARY (which libqwen to load) is not one.
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("QWEN_") and k != "QWEN_LIBRARY"}
     port = _free_port()
     dirs = {SMALL: tiny_dirs["tiny-0.6b"], LARGE: tiny_dirs["tiny-1.7b"]}
     args: dict[str, Any] = {
@@ -112,6 +127,41 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
         serve.shutdown()
         ray.shutdown()
         os.environ.update(saved)
+
+
+@dataclass
+class Limits:
+    base_url: str
+    handle: Any
+    """DeploymentHandle of the app's 1.7B deployment (one replica)."""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.handle.stats.remote().result(timeout_s=30))
+
+
+@pytest.fixture(scope="session")
+def limits(service: Service) -> Limits:
+    """The small app with tight limits, next to the main one (same Serve instance and proxy)."""
+    from ray import serve
+
+    from qwen_serve.app import build_app, deployment_name
+
+    args: dict[str, Any] = {
+        "api_token": TOKEN,
+        "models": {SMALL: None, LARGE: {"path": str(service.dirs[LARGE])}},
+        "model_pool_size": 1,
+        "model_idle_timeout": 0,  # one replica, resident: the handle's stats() reach it
+        "threads": 1,
+        "model_num_cpus": 0,  # the main app holds the 2 CPUs
+        "max_batch": LIMITS_MAX_BATCH,
+        "max_queued_requests": LIMITS_MAX_QUEUED,
+        "kv_budget_tokens": LIMITS_KV_BUDGET,
+        "max_new_tokens": LIMITS_MAX_NEW_TOKENS,
+        "max_upload_mb": 4,
+    }
+    serve.run(build_app(args), name=LIMITS_APP, route_prefix=f"/{LIMITS_APP}")
+    handle = serve.get_deployment_handle(deployment_name(LARGE), app_name=LIMITS_APP)
+    return Limits(base_url=f"{service.base_url}/{LIMITS_APP}", handle=handle)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,18 @@ import openai
 import pytest
 from openai import OpenAI
 
-from .conftest import IDLE_TIMEOUT_S, LARGE, POOL_SIZE, SMALL, TOKEN, Service, wav
+from .conftest import (
+    IDLE_TIMEOUT_S,
+    LARGE,
+    LIMITS_MAX_BATCH,
+    LIMITS_MAX_QUEUED,
+    POOL_SIZE,
+    SMALL,
+    TOKEN,
+    Limits,
+    Service,
+    wav,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +45,7 @@ def test_load_on_first_request_pool_cap_and_idle_unload(service: Service, client
     warm_s = time.monotonic() - t0
     assert warm_s < cold_s
 
-    # Concurrent load: the pool grows to its size and never beyond.
+    # Concurrent load beyond one replica's max_batch (8): the pool grows to its size and never beyond.
     seen: Counter[int] = Counter()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -56,7 +67,7 @@ def test_load_on_first_request_pool_cap_and_idle_unload(service: Service, client
                 return
 
     watcher = threading.Thread(target=watch)
-    workers = [threading.Thread(target=load) for _ in range(4)]
+    workers = [threading.Thread(target=load) for _ in range(12)]
     watcher.start()
     for w in workers:
         w.start()
@@ -82,16 +93,17 @@ def test_load_on_first_request_pool_cap_and_idle_unload(service: Service, client
     assert service.running(model) == 1
 
 
-def test_backpressure_is_503_with_retry_after(service: Service) -> None:
-    """More requests than replicas + max_queued_requests: the overflow gets 503 + Retry-After."""
+def test_backpressure_is_503_with_retry_after(limits: Limits) -> None:
+    """More requests than max_batch + max_queued_requests (4 + 2): the overflow gets 503 + Retry-After."""
     statuses: list[int] = []
     retry_after: list[str | None] = []
     lock = threading.Lock()
-    data = wav(8.0)
-    barrier = threading.Barrier(16)
+    data = wav(4.0)
+    clients = 4 * (LIMITS_MAX_BATCH + LIMITS_MAX_QUEUED)
+    barrier = threading.Barrier(clients)
 
     def send() -> None:
-        c = OpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+        c = OpenAI(base_url=f"{limits.base_url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
         barrier.wait()
         try:
             c.audio.transcriptions.create(model=LARGE, file=("c.wav", data))
@@ -103,7 +115,7 @@ def test_backpressure_is_503_with_retry_after(service: Service) -> None:
             statuses.append(status)
             retry_after.append(header)
 
-    threads = [threading.Thread(target=send) for _ in range(16)]
+    threads = [threading.Thread(target=send) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -112,3 +124,4 @@ def test_backpressure_is_503_with_retry_after(service: Service) -> None:
     assert statuses.count(503) >= 1, statuses
     assert statuses.count(200) >= 1, statuses
     assert all(h == "2" for s, h in zip(statuses, retry_after, strict=True) if s == 503)
+    assert limits.stats()["active"] == 0

@@ -13,7 +13,7 @@ import pytest
 import srt
 import webvtt
 
-from qwen_serve.audio import decode_audio
+from qwen_serve.audio_decoding import decode_audio
 
 from .conftest import LARGE, MAX_NEW_TOKENS, SMALL, TOKEN, Service, wav
 

@@ -111,7 +111,7 @@ def test_cancel_frees_the_slot_and_spares_the_others(
 
 
 def test_busy_when_the_queue_is_full(tiny_dir: Path) -> None:
-    with Engine(tiny_dir, threads=2, max_batch=1, max_waiting=0) as e:
+    with Engine(tiny_dir, threads=2, max_batch=1, max_waiting=0, kv_budget_tokens=0) as e:  # 0: no budget
         first = e.stream(speech_like(9.0, seed=3), max_new_tokens=4000)
         _wait_until(lambda: e.stats()["active"] == 1)
         with pytest.raises(EngineBusy):

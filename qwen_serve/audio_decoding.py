@@ -22,7 +22,7 @@ import soxr
 
 SAMPLE_RATE = 16000
 
-logger = logging.getLogger("qwen_serve.audio")
+logger = logging.getLogger("qwen_serve.audio_decoding")
 
 # Demuxers FFmpeg may use for uploads. Playlist and script demuxers (hls,
 # concat, ...) are not here: they open other files or URLs by name.

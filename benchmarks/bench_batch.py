@@ -1,0 +1,122 @@
+"""Continuous batching in libqwen: decode step time by batch size, and a long file's wall time.
+
+    .venv/bin/python benchmarks/bench_batch.py                      # full-size random 0.6B, 2 threads
+    .venv/bin/python benchmarks/bench_batch.py --preset full-1.7b --long-seconds 0
+
+1. Decode step: B sequences (5 s clips) decode together; one step advances all of them with one
+   pass over the weights. Reported per batch size: ms per step, ms per token, tokens/s, and the
+   step time against batch 1 in the same run (sequential decoding costs B x the batch-1 step).
+2. Long audio: a file of --long-seconds (default 600) transcribed by `Engine.transcribe` with
+   max_batch 1 (its 60 s chunks one after another, the old behaviour) and with --max-batch (its
+   chunks as parallel sequences), --long-tokens tokens per chunk (random weights never stop early;
+   real speech gives ~150-200 tokens a minute).
+
+Weights are random (generated in the exact HF layout, bf16), so the text means nothing; the
+work per token is the real model's. Name the CPU next to every figure (printed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+from bench_engine import test_audio
+
+from qwen_serve.engine import Engine
+from qwen_serve.engine._native import NativeModel
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def decode_steps(model_dir: Path, threads: int, batches: list[int], steps: int) -> list[dict[str, float]]:
+    pcm = test_audio(5.0)
+    rows = []
+    with NativeModel(model_dir, threads=threads, max_sequences=max(batches)) as m:
+        n_audio = m.audio_token_count(pcm.size)
+        prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
+        for b in batches:
+            # long enough for the first to keep decoding while the others are admitted (3 units each)
+            seqs = [m.seq_add(pcm, prompt, max_new_tokens=4 * b + steps + 8, eos_ids=[-1]) for _ in range(b)]
+            started: set[int] = set()
+            while len(started) < b:  # admission: encoders and prefills, until each has its first token
+                started.update(seq for seq, token, _ in (m.step() or []) if token >= 0)
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                events = m.step() or []
+                times.append((time.perf_counter() - t0) * 1e3)
+                assert len(events) == b, "every sequence decodes in each step"
+            for s in seqs:
+                m.seq_abort(s)
+            times.sort()
+            step_ms = times[len(times) // 2]  # median
+            rows.append({"batch": b, "step_ms": step_ms, "token_ms": step_ms / b, "tokens_s": b * 1e3 / step_ms})
+    return rows
+
+
+def long_file(model_dir: Path, threads: int, seconds: float, tokens: int, max_batch: int) -> dict[str, float]:
+    pcm = test_audio(seconds)
+    with Engine(model_dir, threads=threads, max_batch=max_batch) as e:
+        t0 = time.perf_counter()
+        r = e.transcribe(pcm, max_new_tokens=tokens)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "chunks": len(r.segments), "tokens": len(r.token_ids)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="full-0.6b")
+    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", default="1,2,4,8,16")
+    p.add_argument("--steps", type=int, default=12, help="decode steps timed per batch size (median kept)")
+    p.add_argument("--long-seconds", type=float, default=600.0, help="0 skips the long-file part")
+    p.add_argument("--long-tokens", type=int, default=160, help="tokens per 60 s chunk")
+    p.add_argument("--max-batch", type=int, default=16)
+    args = p.parse_args()
+    if args.model_dir is None:
+        from qwen_serve.testing.checkpoint import make_checkpoint
+
+        args.model_dir = args.cache_dir / args.preset
+        if not (args.model_dir / "config.json").exists():
+            print(f"generating {args.preset} into {args.model_dir} ...", flush=True)
+            make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")
+
+    rows = decode_steps(args.model_dir, args.threads, [int(b) for b in args.batches.split(",")], args.steps)
+    one = rows[0]["step_ms"]
+    print("\n| batch | step | per token | tokens/s | step / batch-1 step | sequential (B x batch-1) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['step_ms']:.1f} ms | {r['token_ms']:.1f} ms | {r['tokens_s']:.1f} | "
+            f"{r['step_ms'] / one:.2f}x | {r['batch'] * one:.0f} ms |"
+        )
+
+    if args.long_seconds > 0:
+        print(f"\n{args.long_seconds:g} s file, {args.long_tokens} tokens per chunk:")
+        before = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, 1)
+        after = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, args.max_batch)
+        print("| engine | chunks | tokens | wall time |")
+        print("|---|---|---|---|")
+        print(f"| max_batch 1 (chunks in turn) | {before['chunks']} | {before['tokens']} | {before['wall_s']:.1f} s |")
+        print(
+            f"| max_batch {args.max_batch} (chunks in parallel) | {after['chunks']} | {after['tokens']} | "
+            f"{after['wall_s']:.1f} s ({before['wall_s'] / after['wall_s']:.2f}x) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
