@@ -19,24 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 from bench_engine import test_audio
+from bench_serve import cpu_model
 
 from qwen_serve.engine import Engine
 from qwen_serve.engine._native import NativeModel
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def decode_steps(model_dir: Path, threads: int, batches: list[int], steps: int) -> list[dict[str, float]]:
@@ -93,7 +83,7 @@ def main() -> None:
         if not (args.model_dir / "config.json").exists():
             print(f"generating {args.preset} into {args.model_dir} ...", flush=True)
             make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")
 
     rows = decode_steps(args.model_dir, args.threads, [int(b) for b in args.batches.split(",")], args.steps)
     one = rows[0]["step_ms"]

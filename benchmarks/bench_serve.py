@@ -57,6 +57,9 @@ APP = "qwen"
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},  # the shipped settings
     "old": {"max_batch": 1, "model_pool_size": 2, "threads": 1, "model_num_cpus": 1},
+    # candidates for the defaults (--configs defaults,batch16,old)
+    "batch16": {"max_batch": 16},
+    "batch4": {"max_batch": 4},
 }
 """App args on top of the common ones; "defaults" changes nothing."""
 

@@ -231,8 +231,7 @@ QW_INLINE void rows_group(int RW, int RA, float *C, int ldc, const float *A, int
     const int pf = m ? 0 : 2;
     switch (M - m) { /* < RA: the guards keep impossible heights uncompiled */
 #define QW_ROWS_LEFT(r) case r: if (RA > r) rows_tile(RW, r, c, ldc, a, lda, W, dt, bias, K, n, r == 1 && M == 1 ? 1 : pf); break;
-    QW_ROWS_LEFT(1) QW_ROWS_LEFT(2) QW_ROWS_LEFT(3) QW_ROWS_LEFT(4) QW_ROWS_LEFT(5) QW_ROWS_LEFT(6)
-    QW_ROWS_LEFT(7) QW_ROWS_LEFT(8) QW_ROWS_LEFT(9) QW_ROWS_LEFT(10) QW_ROWS_LEFT(11)
+    QW_ROWS_LEFT(1) QW_ROWS_LEFT(2) QW_ROWS_LEFT(3) /* RA <= 4 */
 #undef QW_ROWS_LEFT
     default: break;
     }

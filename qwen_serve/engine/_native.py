@@ -171,6 +171,17 @@ def exact_isas() -> list[str]:
     return [i for i in ("scalar", "avx2", "avx512") if ISA[i] <= ISA[best]]
 
 
+def _run_params(max_new_tokens: int, eos_ids: Sequence[int] | None) -> tuple[_RunParams, object]:
+    """qwen_run_params for a run; the second item is the EOS array, to keep alive for the call."""
+    run = _RunParams()
+    run.max_new_tokens = int(max_new_tokens)
+    eos = (ctypes.c_int32 * len(eos_ids))(*eos_ids) if eos_ids else None
+    if eos is not None:
+        run.eos_ids = ctypes.cast(eos, ctypes.POINTER(ctypes.c_int32))
+        run.n_eos_ids = len(eos)
+    return run, eos
+
+
 def _pcm(pcm: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(pcm, dtype=np.float32)  # copies read-only or strided input
     if a.ndim != 1:
@@ -319,12 +330,7 @@ class NativeModel:
         """
         a = _pcm(pcm)
         ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
-        run = _RunParams()
-        run.max_new_tokens = int(max_new_tokens)
-        eos = (ctypes.c_int32 * len(eos_ids))(*eos_ids) if eos_ids else None
-        if eos is not None:
-            run.eos_ids = ctypes.cast(eos, ctypes.POINTER(ctypes.c_int32))
-            run.n_eos_ids = len(eos)
+        run, _eos = _run_params(max_new_tokens, eos_ids)
         callback = _AbortCallback(lambda _ud: int(bool(should_abort()))) if should_abort else _AbortCallback()
         run.abort_callback = callback
         self._callback = callback  # C may hold the pointer until the run ends: keep it alive
@@ -354,12 +360,7 @@ class NativeModel:
         """Adds a sequence; returns its slot. BusyError when no slot or KV budget is free."""
         a = _pcm(pcm)
         ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
-        run = _RunParams()
-        run.max_new_tokens = int(max_new_tokens)
-        eos = (ctypes.c_int32 * len(eos_ids))(*eos_ids) if eos_ids else None
-        if eos is not None:
-            run.eos_ids = ctypes.cast(eos, ctypes.POINTER(ctypes.c_int32))
-            run.n_eos_ids = len(eos)
+        run, _eos = _run_params(max_new_tokens, eos_ids)
         seq = ctypes.c_int(-1)
         self._check(
             self._lib.qwen_seq_add(
