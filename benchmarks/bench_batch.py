@@ -6,7 +6,9 @@
 1. Decode step: B sequences (5 s clips) decode together; one step advances all of them with one
    pass over the weights. Reported per batch size: ms per step, ms per token, tokens/s, and the
    step time against batch 1 in the same run (sequential decoding costs B x the batch-1 step).
-2. Long audio: a file of --long-seconds (default 600) transcribed by `Engine.transcribe` with
+2. The engine alone (no Ray): one 5 s request's latency and stages (the reference for the
+   service's one-client latency), and requests/s of --clients closed-loop threads, 32 tokens each.
+3. Long audio: a file of --long-seconds (default 600) transcribed by `Engine.transcribe` with
    max_batch 1 (its 60 s chunks one after another, the old behaviour) and with --max-batch (its
    chunks as parallel sequences), --long-tokens tokens per chunk (random weights never stop early;
    real speech gives ~150-200 tokens a minute).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +37,9 @@ def decode_steps(model_dir: Path, threads: int, batches: list[int], steps: int) 
     rows = []
     with NativeModel(model_dir, threads=threads, max_sequences=max(batches)) as m:
         n_audio = m.audio_token_count(pcm.size)
-        prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
+        prompt = (
+            [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
+        )
         for b in batches:
             # long enough for the first to keep decoding while the others are admitted (3 units each)
             seqs = [m.seq_add(pcm, prompt, max_new_tokens=4 * b + steps + 8, eos_ids=[-1]) for _ in range(b)]
@@ -51,8 +56,48 @@ def decode_steps(model_dir: Path, threads: int, batches: list[int], steps: int) 
                 m.seq_abort(s)
             times.sort()
             step_ms = times[len(times) // 2]  # median
-            rows.append({"batch": b, "step_ms": step_ms, "token_ms": step_ms / b, "tokens_s": b * 1e3 / step_ms})
+            rows.append(
+                {"batch": b, "step_ms": step_ms, "token_ms": step_ms / b, "tokens_s": b * 1e3 / step_ms}
+            )
     return rows
+
+
+def engine_clients(model_dir: Path, threads: int, clients: list[int], seconds: float) -> None:
+    from qwen_serve.testing.clips import speech_like
+
+    pcm = speech_like(5.0, seed=0)
+    with Engine(model_dir, threads=threads, max_batch=max(clients + [1])) as e:
+        e.transcribe(pcm, max_new_tokens=32)  # warm
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = e.transcribe(pcm, max_new_tokens=32)
+            runs.append((time.perf_counter() - t0, r.timings))
+        wall, t = min(runs, key=lambda x: x[0])
+        print(
+            f"\none 5 s request alone: {wall:.2f} s (encoder {t.encoder_ms:.0f} ms, prefill "
+            f"{t.prefill_ms:.0f} ms, decode {t.decode_ms:.0f} ms)"
+        )
+        for n in clients:
+            done: list[float] = []
+            stop = time.perf_counter() + seconds
+
+            def loop(done: list[float], stop: float) -> None:
+                while time.perf_counter() < stop:
+                    t0 = time.perf_counter()
+                    e.transcribe(pcm, max_new_tokens=32)
+                    done.append(time.perf_counter() - t0)
+
+            workers = [threading.Thread(target=loop, args=(done, stop)) for _ in range(n)]
+            t0 = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            p50 = sorted(done)[len(done) // 2]
+            print(
+                f"{n} closed-loop clients: {len(done) / (time.perf_counter() - t0):.2f} req/s, p50 {p50:.1f} s"
+            )
 
 
 def long_file(model_dir: Path, threads: int, seconds: float, tokens: int, max_batch: int) -> dict[str, float]:
@@ -75,6 +120,8 @@ def main() -> None:
     p.add_argument("--long-seconds", type=float, default=600.0, help="0 skips the long-file part")
     p.add_argument("--long-tokens", type=int, default=160, help="tokens per 60 s chunk")
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--clients", default="4,8", help="engine-alone closed-loop clients; empty skips")
+    p.add_argument("--client-seconds", type=float, default=40.0)
     args = p.parse_args()
     if args.model_dir is None:
         from qwen_serve.testing.checkpoint import make_checkpoint
@@ -95,13 +142,20 @@ def main() -> None:
             f"{r['step_ms'] / one:.2f}x | {r['batch'] * one:.0f} ms |"
         )
 
+    if args.clients:
+        engine_clients(
+            args.model_dir, args.threads, [int(c) for c in args.clients.split(",")], args.client_seconds
+        )
+
     if args.long_seconds > 0:
         print(f"\n{args.long_seconds:g} s file, {args.long_tokens} tokens per chunk:")
         before = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, 1)
         after = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, args.max_batch)
         print("| engine | chunks | tokens | wall time |")
         print("|---|---|---|---|")
-        print(f"| max_batch 1 (chunks in turn) | {before['chunks']} | {before['tokens']} | {before['wall_s']:.1f} s |")
+        print(
+            f"| max_batch 1 (chunks in turn) | {before['chunks']} | {before['tokens']} | {before['wall_s']:.1f} s |"
+        )
         print(
             f"| max_batch {args.max_batch} (chunks in parallel) | {after['chunks']} | {after['tokens']} | "
             f"{after['wall_s']:.1f} s ({before['wall_s'] / after['wall_s']:.2f}x) |"
