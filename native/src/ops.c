@@ -56,18 +56,20 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     qw_pool_run(ctx->pool, tasks, mm_task, &j);
 }
 
-void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {
+static void matmul_one(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M,
+                       int rows_invariant) {
     float *Cs[1] = {C};
     const qw_mat *Ws[1] = {W};
     const float *bs[1] = {bias};
-    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, 0);
+    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, rows_invariant);
+}
+
+void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {
+    matmul_one(ctx, C, A, W, bias, M, 0);
 }
 
 void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {
-    float *Cs[1] = {C};
-    const qw_mat *Ws[1] = {W};
-    const float *bs[1] = {bias};
-    qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, 1);
+    matmul_one(ctx, C, A, W, bias, M, 1);
 }
 
 /* ==== Element-wise ==== */

@@ -273,7 +273,7 @@ class TranscriptionStream:
                 segments.append(Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids))
                 n_in += len(job.prompt)
                 n_out += len(chunk_ids)
-                n_audio += engine.native.audio_token_count(n_chunk)
+                n_audio += job.prompt.count(engine.native.audio_token_id)
         finally:
             engine._scheduler.cancel(self._request)  # no-op once finished; stops it when closed early
         self.result = Transcription(
