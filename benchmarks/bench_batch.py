@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_batch.py                      # full-size random 0.6B, 2 threads
     .venv/bin/python benchmarks/bench_batch.py --preset full-1.7b --long-seconds 0
+    .venv/bin/python benchmarks/bench_batch.py --precision exact,fast --clients "" --long-seconds 0
 
 1. Decode step: B sequences (5 s clips) decode together; one step advances all of them with one
    pass over the weights. Reported per batch size: ms per step, ms per token, tokens/s, and the
@@ -25,48 +26,39 @@ import threading
 import time
 from pathlib import Path
 
-from bench_engine import test_audio
+from bench_engine import batch_step_ms, test_audio
 from bench_serve import cpu_model
 
 from qwen_serve.engine import Engine
 from qwen_serve.engine._native import NativeModel
 
 
-def decode_steps(model_dir: Path, threads: int, batches: list[int], steps: int) -> list[dict[str, float]]:
+def decode_steps(
+    model_dir: Path, threads: int, batches: list[int], steps: int, precision: str = "exact"
+) -> list[dict[str, float]]:
     pcm = test_audio(5.0)
     rows = []
-    with NativeModel(model_dir, threads=threads, max_sequences=max(batches)) as m:
+    with NativeModel(model_dir, threads=threads, max_sequences=max(batches), precision=precision) as m:
+        print(f"\nprecision {precision}: kernels {m.kernels}")
         n_audio = m.audio_token_count(pcm.size)
         prompt = (
             [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
         )
         for b in batches:
-            # long enough for the first to keep decoding while the others are admitted (3 units each)
-            seqs = [m.seq_add(pcm, prompt, max_new_tokens=4 * b + steps + 8, eos_ids=[-1]) for _ in range(b)]
-            started: set[int] = set()
-            while len(started) < b:  # admission: encoders and prefills, until each has its first token
-                started.update(seq for seq, token, _ in (m.step() or []) if token >= 0)
-            times = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                events = m.step() or []
-                times.append((time.perf_counter() - t0) * 1e3)
-                assert len(events) == b, "every sequence decodes in each step"
-            for s in seqs:
-                m.seq_abort(s)
-            times.sort()
-            step_ms = times[len(times) // 2]  # median
+            step_ms = batch_step_ms(m, pcm, prompt, b, steps)
             rows.append(
                 {"batch": b, "step_ms": step_ms, "token_ms": step_ms / b, "tokens_s": b * 1e3 / step_ms}
             )
     return rows
 
 
-def engine_clients(model_dir: Path, threads: int, clients: list[int], seconds: float) -> None:
+def engine_clients(
+    model_dir: Path, threads: int, clients: list[int], seconds: float, precision: str = "exact"
+) -> None:
     from qwen_serve.testing.clips import speech_like
 
     pcm = speech_like(5.0, seed=0)
-    with Engine(model_dir, threads=threads, max_batch=max(clients + [1])) as e:
+    with Engine(model_dir, threads=threads, max_batch=max(clients + [1]), precision=precision) as e:
         e.transcribe(pcm, max_new_tokens=32)  # warm
         runs = []
         for _ in range(3):
@@ -75,7 +67,7 @@ def engine_clients(model_dir: Path, threads: int, clients: list[int], seconds: f
             runs.append((time.perf_counter() - t0, r.timings))
         wall, t = min(runs, key=lambda x: x[0])
         print(
-            f"\none 5 s request alone: {wall:.2f} s (encoder {t.encoder_ms:.0f} ms, prefill "
+            f"\n[{precision}] one 5 s request alone: {wall:.2f} s (encoder {t.encoder_ms:.0f} ms, prefill "
             f"{t.prefill_ms:.0f} ms, decode {t.decode_ms:.0f} ms)"
         )
         for n in clients:
@@ -96,13 +88,15 @@ def engine_clients(model_dir: Path, threads: int, clients: list[int], seconds: f
                 w.join()
             p50 = sorted(done)[len(done) // 2]
             print(
-                f"{n} closed-loop clients: {len(done) / (time.perf_counter() - t0):.2f} req/s, p50 {p50:.1f} s"
+                f"[{precision}] {n} closed-loop clients: {len(done) / (time.perf_counter() - t0):.2f} req/s, p50 {p50:.1f} s"
             )
 
 
-def long_file(model_dir: Path, threads: int, seconds: float, tokens: int, max_batch: int) -> dict[str, float]:
+def long_file(
+    model_dir: Path, threads: int, seconds: float, tokens: int, max_batch: int, precision: str = "exact"
+) -> dict[str, float]:
     pcm = test_audio(seconds)
-    with Engine(model_dir, threads=threads, max_batch=max_batch) as e:
+    with Engine(model_dir, threads=threads, max_batch=max_batch, precision=precision) as e:
         t0 = time.perf_counter()
         r = e.transcribe(pcm, max_new_tokens=tokens)
         wall = time.perf_counter() - t0
@@ -122,6 +116,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--clients", default="4,8", help="engine-alone closed-loop clients; empty skips")
     p.add_argument("--client-seconds", type=float, default=40.0)
+    p.add_argument("--precision", default="exact,fast", help="precisions to measure, each in turn")
     args = p.parse_args()
     if args.model_dir is None:
         from qwen_serve.testing.checkpoint import make_checkpoint
@@ -132,34 +127,46 @@ def main() -> None:
             make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")
 
-    rows = decode_steps(args.model_dir, args.threads, [int(b) for b in args.batches.split(",")], args.steps)
-    one = rows[0]["step_ms"]
-    print("\n| batch | step | per token | tokens/s | step / batch-1 step | sequential (B x batch-1) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['batch']} | {r['step_ms']:.1f} ms | {r['token_ms']:.1f} ms | {r['tokens_s']:.1f} | "
-            f"{r['step_ms'] / one:.2f}x | {r['batch'] * one:.0f} ms |"
+    precisions = args.precision.split(",")
+    for precision in precisions:
+        rows = decode_steps(
+            args.model_dir, args.threads, [int(b) for b in args.batches.split(",")], args.steps, precision
         )
+        one = rows[0]["step_ms"]
+        print("| batch | step | per token | tokens/s | step / batch-1 step | sequential (B x batch-1) |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['batch']} | {r['step_ms']:.1f} ms | {r['token_ms']:.1f} ms | {r['tokens_s']:.1f} | "
+                f"{r['step_ms'] / one:.2f}x | {r['batch'] * one:.0f} ms |"
+            )
 
     if args.clients:
-        engine_clients(
-            args.model_dir, args.threads, [int(c) for c in args.clients.split(",")], args.client_seconds
-        )
+        for precision in precisions:
+            engine_clients(
+                args.model_dir,
+                args.threads,
+                [int(c) for c in args.clients.split(",")],
+                args.client_seconds,
+                precision,
+            )
 
     if args.long_seconds > 0:
         print(f"\n{args.long_seconds:g} s file, {args.long_tokens} tokens per chunk:")
-        before = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, 1)
-        after = long_file(args.model_dir, args.threads, args.long_seconds, args.long_tokens, args.max_batch)
         print("| engine | chunks | tokens | wall time |")
         print("|---|---|---|---|")
-        print(
-            f"| max_batch 1 (chunks in turn) | {before['chunks']} | {before['tokens']} | {before['wall_s']:.1f} s |"
-        )
-        print(
-            f"| max_batch {args.max_batch} (chunks in parallel) | {after['chunks']} | {after['tokens']} | "
-            f"{after['wall_s']:.1f} s ({before['wall_s'] / after['wall_s']:.2f}x) |"
-        )
+        base = 0.0
+        for precision in precisions:
+            for mb in (1, args.max_batch):
+                r = long_file(
+                    args.model_dir, args.threads, args.long_seconds, args.long_tokens, mb, precision
+                )
+                base = base or r["wall_s"]
+                how = "chunks in turn" if mb == 1 else "chunks in parallel"
+                print(
+                    f"| {precision}, max_batch {mb} ({how}) | {r['chunks']} | {r['tokens']} | "
+                    f"{r['wall_s']:.1f} s ({base / r['wall_s']:.2f}x) |"
+                )
 
 
 if __name__ == "__main__":

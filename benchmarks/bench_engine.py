@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/bench_engine.py                     # full-size random 0.6B, 10 s, 2 threads
     .venv/bin/python benchmarks/bench_engine.py --preset full-1.7b
     .venv/bin/python benchmarks/bench_engine.py --model-dir models/qwen3-asr-0.6b   # real weights
-    .venv/bin/python benchmarks/bench_engine.py --isa auto,avx512bf16   # several kernel sets, one column each
+    .venv/bin/python benchmarks/bench_engine.py --configs exact:avx2,fast:auto   # chosen columns
 
-Each side runs in its own subprocess (so peak RSS is its own) on the same
-checkpoint and the same audio, and reports mel, encoder, prefill and
-per-token decode times. The official side is qwen-asr's transformers
+Columns: precision "exact" on every exact kernel set the CPU has, precision "fast" (int8 decoder
+weights, bf16 encoder where the CPU has it), and the official implementation. Each runs in its own
+subprocess (so peak RSS is its own) on the same checkpoint and the same audio, and reports mel,
+encoder, prefill, per-token decode times at batch 1 and batch 8 (8 sequences advanced by one
+step), the whole clip end to end (mel to the last of --tokens tokens), peak RSS and load time. The official side is qwen-asr's transformers
 backend in float32 (what runs on a CPU without bf16 matmul units); its
 encoder attends across the whole clip (its sdpa path ignores the 8 s
 windows), which for 10 s costs a little more than windows would.
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,21 +52,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def batch_step_ms(native: Any, pcm: np.ndarray, prompt: list[int], batch: int, steps: int) -> float:
+    """Median time of one decode step that advances `batch` sequences together (after all of
+    them have been admitted: encoder and prefill done)."""
+    seqs = [
+        native.seq_add(pcm, prompt, max_new_tokens=4 * batch + steps + 8, eos_ids=[-1]) for _ in range(batch)
+    ]
+    started: set[int] = set()
+    while len(started) < batch:  # admission: encoders and prefills, until each has its first token
+        started.update(seq for seq, token, _ in (native.step() or []) if token >= 0)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        events = native.step() or []
+        times.append((time.perf_counter() - t0) * 1e3)
+        assert len(events) == batch, "every sequence decodes in each step"
+    for seq in seqs:
+        native.seq_abort(seq)
+    return sorted(times)[len(times) // 2]
+
+
 def run_ours(args: argparse.Namespace) -> dict[str, float]:
     from qwen_serve.engine import Engine
 
     pcm = test_audio(args.seconds)
+    precision, isa = args.config.split(":")
     t0 = time.perf_counter()
-    engine = Engine(args.model_dir, threads=args.threads, isa=args.isa)
+    engine = Engine(args.model_dir, threads=args.threads, isa=isa, precision=precision, max_batch=8)
     load_s = time.perf_counter() - t0
     native = engine.native
     prompt = engine.prompt_ids(pcm.size)
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         # Never stop early: an id that cannot occur as the only stop token.
+        t0 = time.perf_counter()
         tokens = list(native.generate(pcm, prompt, max_new_tokens=args.tokens, eos_ids=[-1]))
+        wall_s = time.perf_counter() - t0
         assert len(tokens) == args.tokens
         run = {
+            "end_to_end_s": wall_s,
             "mel_ms": native.timing("mel"),
             "encoder_ms": native.timing("encoder"),
             "prefill_ms": native.timing("prefill"),
@@ -71,7 +98,12 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
             "decode_ms_per_token": native.timing("decode") / (args.tokens - 1),
         }
         best = {k: min(v, best.get(k, v)) for k, v in run.items()}
-    best.update(load_s=load_s, prompt_tokens=len(prompt), peak_rss_mb=peak_rss_mb(), isa=native.isa)  # type: ignore[dict-item]
+    rss = peak_rss_mb()  # before the batch part: its 8 KV caches are not the single request's
+    short = engine.prompt_ids(test_audio(5.0).size)
+    best["decode8_ms_per_token"] = batch_step_ms(native, test_audio(5.0), short, 8, 8) / 8
+    best.update(load_s=load_s, prompt_tokens=len(prompt), peak_rss_mb=rss, kernels=native.kernels)  # type: ignore[dict-item]
+    best["label"] = f"{precision} {native.kernels}"  # type: ignore[assignment]
+    engine.close()
     return best
 
 
@@ -96,7 +128,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     best: dict[str, float] = {}
     with torch.inference_mode():
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t_start = t0 = time.perf_counter()
             inputs = processor(text=[text], audio=[pcm], return_tensors="pt", padding=True)
             mel_ms = (time.perf_counter() - t0) * 1e3
             feats = inputs["input_features"][0]
@@ -104,6 +136,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
             t0 = time.perf_counter()
             model.thinker.audio_tower(feats[:, :n_frames], feature_lens=torch.tensor([n_frames]))
             encoder_ms = (time.perf_counter() - t0) * 1e3
+            t_encoder_only = time.perf_counter() - t0  # not part of generate(): taken out of end_to_end
             # The forward pass generate() starts with: encoder + prefill of the whole prompt.
             t0 = time.perf_counter()
             out = model.thinker(**inputs, use_cache=True)
@@ -123,6 +156,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
                 cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
             decode_ms = (time.perf_counter() - t0) * 1e3 / (args.tokens - 1)
             run = {
+                "end_to_end_s": time.perf_counter() - t_start - t_encoder_only,
                 "mel_ms": mel_ms,
                 "encoder_ms": encoder_ms,
                 "prefill_ms": prefill_ms,
@@ -141,7 +175,7 @@ def worker_main(args: argparse.Namespace) -> None:
 def spawn(args: argparse.Namespace, which: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", which, "--model-dir", str(args.model_dir)]
     cmd += ["--seconds", str(args.seconds), "--threads", str(args.threads), "--tokens", str(args.tokens)]
-    cmd += ["--repeat", str(args.repeat), "--isa", args.isa]
+    cmd += ["--repeat", str(args.repeat), "--config", args.config]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -164,7 +198,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32, help="decode steps to time")
     p.add_argument("--repeat", type=int, default=2, help="runs per side; the best is kept")
-    p.add_argument("--isa", default="auto", help="kernel set(s), comma-separated: auto,avx512bf16")
+    p.add_argument(
+        "--configs",
+        default="all",
+        help="precision:isa columns, comma-separated (exact:avx512,fast:auto); all = exact on every "
+        "exact kernel set the CPU has, then fast:auto",
+    )
+    p.add_argument("--config", default="exact:auto", help=argparse.SUPPRESS)
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,29 +221,45 @@ def main() -> None:
     print(
         f"checkpoint {args.model_dir}, {args.seconds:g} s audio, {args.threads} threads, {args.tokens} tokens"
     )
+    if args.configs == "all":
+        from qwen_serve.engine._native import exact_isas
+
+        args.configs = ",".join([f"exact:{i}" for i in exact_isas() if i != "scalar"] + ["fast:auto"])
+    from bench_serve import cpu_model
+
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     ours = []
-    for isa in args.isa.split(","):  # one worker per kernel set, one after another
-        ours.append(spawn(argparse.Namespace(**{**vars(args), "isa": isa}), "ours"))
+    for config in args.configs.split(","):  # one worker per column, one after another
+        ours.append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
     ref = None if args.skip_reference else spawn(args, "ref")
     rows = [
         ("mel", "mel_ms", "ms"),
         ("encoder", "encoder_ms", "ms"),
         ("prefill", "prefill_ms", "ms"),
         ("decode / token", "decode_ms_per_token", "ms"),
+        ("decode / tok, b8", "decode8_ms_per_token", "ms"),
+        ("end to end", "end_to_end_s", "s"),
         ("peak RSS", "peak_rss_mb", "MB"),
         ("load", "load_s", "s"),
     ]
-    print(f"\nprompt {ours[0]['prompt_tokens']} tokens; speed-up = official / libqwen")
-    header = f"{'stage':<16}" + "".join(f"{'libqwen ' + str(o['isa']):>20}" for o in ours)
+    print(
+        f"\nprompt {ours[0]['prompt_tokens']} tokens; speed-up = official / libqwen (official: batch 1 only)"
+    )
+    head = ["stage"] + [str(o["label"]) for o in ours]
     if ref is not None:
-        header += f"{'official':>14}" + "".join(f"{'speed-up':>10}" for _ in ours)
-    print(header)
+        head += ["official (PyTorch f32)"] + [f"speed-up, {o['label']}" for o in ours]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for label, key, unit in rows:
-        line = f"{label:<16}" + "".join(f"{float(o[key]):>17.1f} {unit:<2}" for o in ours)
+        cells = [label] + [
+            f"{float(o[key]):.2f} {unit}" if unit == "s" else f"{float(o[key]):.1f} {unit}" for o in ours
+        ]
         if ref is not None:
-            b = float(ref[key])
-            line += f"{b:>11.1f} {unit:<2}" + "".join(f"{b / float(o[key]):>9.2f}x" for o in ours)
-        print(line)
+            b = float(ref.get(key, float("nan")))
+            cells += [f"{b:.2f} {unit}" if unit == "s" else f"{b:.1f} {unit}"]
+            cells += [f"{b / float(o[key]):.2f}x" for o in ours]
+        print("| " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

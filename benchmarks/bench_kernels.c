@@ -13,6 +13,12 @@
  *                         continuous batching, on the decoder's projections
  *                         (weights from DRAM, as in decode): GB/s of W and
  *                         GFLOP/s; M = 1 is the floor the others are held to.
+ *   amx     (M = 64..512): qw_amx_matmul (amx.h, bf16 weights packed once
+ *                         for the tiles) on the prefill shapes, each next to
+ *                         the avx512bf16 table's matmul (or the best table the
+ *                         CPU has) on the same data; only where the CPU has
+ *                         AMX and the OS grants it ("amx: not available on
+ *                         this CPU" otherwise). Select it with -v amx.
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
@@ -24,6 +30,7 @@
  * Built and run by benchmarks/bench_kernels.sh.
  */
 #include "../native/include/qwen.h"
+#include "amx.h"
 #include "kernels.h"
 
 #include <pthread.h>
@@ -143,6 +150,69 @@ static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int thr
     free(C);
 }
 
+/* ==== AMX ==== */
+
+typedef struct {
+    float *C;
+    const float *A;
+    const void *P; /* qw_amx_pack of W */
+    int reps, M, K, N, n0, n1;
+} amx_job;
+
+static void *run_amx_job(void *arg) {
+    amx_job *j = arg;
+    for (int r = 0; r < j->reps; r++) qw_amx_matmul(j->C, j->N, j->A, j->K, j->P, NULL, j->M, j->N, j->K, j->n0, j->n1);
+    return NULL;
+}
+
+/* `reps` calls of qw_amx_matmul on `threads` threads (column slices as in timed); returns seconds. */
+static double timed_amx(float *C, const float *A, const void *P, int reps, int M, int K, int N, int threads) {
+    amx_job jobs[16];
+    pthread_t tid[16];
+    int per = ((N + threads - 1) / threads + 15) & ~15;
+    double t0 = now();
+    for (int t = 0; t < threads; t++) {
+        int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+        jobs[t] = (amx_job){C, A, P, reps, M, K, N, n0, n1};
+        if (t > 0) pthread_create(&tid[t], NULL, run_amx_job, &jobs[t]);
+    }
+    run_amx_job(&jobs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return now() - t0;
+}
+
+/* qw_amx_matmul on bf16 W[N, K], M rows, next to table `ref` on the same data. */
+static void bench_amx(const qw_kernels *ref, int M, int K, int N, int threads, double seconds) {
+    const size_t wbytes = (size_t)N * K * 2, pbytes = qw_amx_packed_size(N, K);
+    uint16_t *W = aligned_alloc(4096, (wbytes + 4095) & ~(size_t)4095);
+    void *P = aligned_alloc(64, pbytes);
+    float *A = aligned_alloc(64, ((size_t)M * K * sizeof(float) + 63) & ~(size_t)63);
+    float *C = aligned_alloc(64, ((size_t)M * N * sizeof(float) + 63) & ~(size_t)63);
+    if (!W || !P || !A || !C) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    fill_weights(W, QW_BF16, (size_t)N * K);
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = frand();
+    qw_amx_pack(P, W, QW_BF16, N, K);
+    double t1 = timed_amx(C, A, P, 1, M, K, N, threads);
+    int reps = (int)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6));
+    if (reps < 1) reps = 1;
+    double per_call = 1e30;
+    for (int r = 0; r < ROUNDS; r++) {
+        double t = timed_amx(C, A, P, reps, M, K, N, threads) / reps;
+        if (t < per_call) per_call = t;
+    }
+    printf("%-7s %-7s %-4s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GFLOP/s  %6.1f GB/s\n", "amx", "prefill", "bf16",
+           threads, M, K, N, per_call * 1e3, 2.0 * M * K * N / per_call * 1e-9, (double)wbytes / per_call * 1e-9);
+    fflush(stdout);
+    free(W);
+    free(P);
+    free(A);
+    free(C);
+    bench(ref, QW_BF16, M, K, N, threads, seconds, 0); /* the reference, same shape */
+}
+
 /* ==== Cases ==== */
 
 int main(int argc, char **argv) {
@@ -222,6 +292,20 @@ int main(int argc, char **argv) {
                     if (only_m && only_m != prefill_m[mi]) continue;
                     bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds, 0);
                 }
+        }
+    }
+    if (!only_rows && (!only || !strcmp(only, "amx"))) {
+        if (!qw_amx_available()) {
+            printf("amx: not available on this CPU\n");
+        } else {
+            const qw_kernels *ref = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
+            if (!ref) ref = qw_kernels_for(QWEN_ISA_AUTO, NULL);
+            if (!only_dt || !strcmp(only_dt, "bf16"))
+                for (size_t s = 0; s < sizeof(prefill) / sizeof(prefill[0]); s++)
+                    for (size_t mi = 0; mi < sizeof(prefill_m) / sizeof(prefill_m[0]); mi++) {
+                        if (only_m && only_m != prefill_m[mi]) continue;
+                        bench_amx(ref, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
+                    }
         }
     }
     return 0;

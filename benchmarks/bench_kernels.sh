@@ -15,5 +15,7 @@ cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -I"$root/native/src" -
   -c "$root/native/src/kernels_avx512.c" -o "$out/kernels_avx512.o"
 "$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c \
   -c "$root/native/src/kernels_avx512bf16.c" -o "$out/kernels_avx512bf16.o"
+"$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mamx-tile -mamx-bf16 -mfma -mf16c \
+  -c "$root/native/src/kernels_amx.c" -o "$out/kernels_amx.o"
 "$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o -o "$out/bench_kernels" -lpthread -lm
 exec "$out/bench_kernels" "$@"

@@ -128,6 +128,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_new_tokens=settings.max_new_tokens,
             repo=spec.repo,
             isa=settings.isa,
+            precision=settings.precision,
             max_batch=settings.max_batch,
             kv_budget_tokens=settings.kv_budget_tokens,
         )

@@ -16,6 +16,7 @@ file). Nothing is read at import time: the app builder calls
     QWEN_KV_BUDGET_TOKENS           KV-cache tokens a replica reserves across them (default: sized from max_batch)
     QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
+    QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     counts them), so that one request alone gets every core."""
     isa: Literal["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"] = "auto"
     """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
+    precision: Literal["exact", "fast"] = "fast"
+    """libqwen precision: "fast" runs the decoder's linears on int8 weights (quantized at load, half
+    the memory traffic of bf16 per token) and the encoder on bf16 dot products where the CPU has
+    them; "exact" is f32 throughout, token for token the official implementation. README:
+    "Precision" has the measured speed and distance between the two."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generated tokens per audio chunk at most; None keeps the engine's default."""
     model_num_cpus: float = Field(default=1.0, ge=0)

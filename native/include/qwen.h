@@ -64,6 +64,19 @@ typedef enum {
     QWEN_ISA_NEON = 5,       /* AArch64 Advanced SIMD (every AArch64 CPU has it) */
 } qwen_isa;
 
+/* Numerical precision of a context.
+ * EXACT: f32 arithmetic throughout (weights widened from the checkpoint's dtype): greedy tokens
+ *   match the official implementation.
+ * FAST: the decoder's linear layers run on int8 weights (quantized once at load, per group of 64
+ *   along K, replacing the checkpoint's pages in memory) with activations quantized per row and
+ *   group when each product is taken; with QWEN_ISA_AUTO the encoder uses bf16 dot products where
+ *   the CPU has them (avx512bf16). Embeddings and the LM head keep the checkpoint's weights.
+ *   Results differ from EXACT by quantization noise (README: what was measured). */
+typedef enum {
+    QWEN_PRECISION_EXACT = 0,
+    QWEN_PRECISION_FAST = 1,
+} qwen_precision;
+
 typedef struct qwen_context qwen_context;
 
 /* Returns non-zero to stop the current call with QWEN_ERR_ABORTED. */
@@ -76,6 +89,7 @@ typedef struct {
     int max_sequences;      /* slots: sequences held at once; 0 = 1 */
     int64_t kv_budget_tokens; /* KV tokens reserved across all sequences at most; 0 = no limit */
     int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 64 */
+    qwen_precision precision; /* EXACT by default */
 } qwen_params;
 
 typedef struct {
@@ -103,6 +117,10 @@ QWEN_API qwen_context *qwen_load(const char *model_dir, const qwen_params *param
 QWEN_API void qwen_free(qwen_context *ctx);
 QWEN_API const char *qwen_last_error(const qwen_context *ctx);
 QWEN_API qwen_isa qwen_get_isa(const qwen_context *ctx);  /* resolved kernel set */
+QWEN_API qwen_precision qwen_get_precision(const qwen_context *ctx);
+QWEN_API const char *qwen_precision_name(qwen_precision precision); /* "exact", "fast" */
+/* The kernels in use, e.g. "avx512" or "avx512bf16 + int8 avx512vnni" (FAST). */
+QWEN_API const char *qwen_get_kernels(const qwen_context *ctx);
 QWEN_API int qwen_get_threads(const qwen_context *ctx);
 
 /* Model facts read from config.json. Keys: "vocab_size", "hidden_size",

@@ -46,6 +46,10 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
         qw_load_mat(&L, &y->gate, NAME("%s.mlp.gate_proj.weight", p), c->inter, H);
         qw_load_mat(&L, &y->up, NAME("%s.mlp.up_proj.weight", p), c->inter, H);
         qw_load_mat(&L, &y->down, NAME("%s.mlp.down_proj.weight", p), H, c->inter);
+        if (ctx->precision == QWEN_PRECISION_FAST) { /* int8 copies replace the linears */
+            qw_mat *lin[7] = {&y->q, &y->k, &y->v, &y->o, &y->gate, &y->up, &y->down};
+            for (int i = 0; i < 7; i++) qw_quantize_mat(&L, lin[i]);
+        }
     }
     D->norm = qw_load_vec(&L, "thinker.model.norm.weight", H);
     if (!L.rc) {
@@ -64,7 +68,7 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
 
 void qw_embed_token(qwen_context *ctx, int32_t id, float *out) {
     const qw_mat *E = &ctx->dec.embed;
-    size_t esize = E->dt == QW_F32 ? 4 : 2;
+    size_t esize = E->dt == QW_F32 ? 4 : 2; /* never QW_Q8: embeddings keep the checkpoint's dtype */
     ctx->k->to_f32(out, (const char *)E->data + (size_t)id * E->cols * esize, E->dt, E->cols);
 }
 
@@ -139,6 +143,9 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         ctx->scratch_size = ctx->scratch ? need : 0;
         if (!ctx->scratch) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the decoder");
     }
+    const int kmax = H > nq ? (H > I ? H : I) : (nq > I ? nq : I); /* the widest K of the int8 linears */
+    if (ctx->precision == QWEN_PRECISION_FAST && qw_q8_reserve(ctx, n, kmax))
+        return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the decoder");
     float *h = ctx->scratch, *q = h + (size_t)n * H, *kk = q + (size_t)n * nq, *v = kk + (size_t)n * nk;
     float *att = v + (size_t)n * nk, *g_ = att + (size_t)n * nq, *u = g_ + (size_t)n * I;
     float *last = u + (size_t)n * I;                     /* [n_logits, H] */

@@ -7,6 +7,7 @@
 
 #include "../include/qwen.h"
 #include "kernels.h"
+#include "quant.h"
 #include "threadpool.h"
 
 #include <stddef.h>
@@ -58,7 +59,8 @@ const qw_tensor *qw_safetensors_find(const qw_safetensors *st, const char *name)
 
 /* ==== Weights ==== */
 /* A matrix used by the kernels: [rows, cols] in the checkpoint dtype, or an
- * owned, re-ordered copy made once at load time. */
+ * owned, re-ordered copy made once at load time; dt QW_Q8: data is a qw_q8
+ * (int8, packed at load for precision FAST). */
 typedef struct {
     const void *data;
     qw_dtype dt;
@@ -117,6 +119,9 @@ const qw_tensor *qw_need_tensor(qw_loader *L, const char *name, int64_t d0, int6
 int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols);
 /* A small vector widened to f32 once, owned by the context. */
 float *qw_load_vec(qw_loader *L, const char *name, int n);
+/* Replaces m (a checkpoint matrix) by its int8 copy (quant.h), packed across the pool; the
+ * checkpoint's pages it came from are given back to the OS. */
+int qw_quantize_mat(qw_loader *L, qw_mat *m);
 
 /* ==== Sequences (batch.c) ==== */
 typedef enum { QW_SEQ_FREE = 0, QW_SEQ_ENCODE, QW_SEQ_PREFILL, QW_SEQ_DECODE, QW_SEQ_ENDED } qw_seq_state;
@@ -173,6 +178,11 @@ struct qwen_context {
 
     const qw_kernels *k;
     qwen_isa isa;
+    qwen_precision precision;
+    const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
+    uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
+    size_t q8_act_size;
+    char kernels_name[64];
     qw_pool *pool;
     int n_threads;
 
@@ -217,6 +227,10 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
  * C[i][M, W[i].rows] = A @ W[i]^T (+ bias[i]), i < n <= 4. */
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                  const float *const *bias, int M, int rows_invariant);
+/* Bytes of the quantized activations of rows x K, and making sure the context holds that many
+ * (before a pass over int8 weights; -1: out of memory). */
+size_t qw_q8_act_bytes(int rows, int K);
+int qw_q8_reserve(qwen_context *ctx, int rows, int K);
 void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Across the pool: GELU (the kernel table's) and SwiGLU (g = SiLU(g) * u) over n

@@ -15,7 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2 } qw_dtype;
+/* QW_Q8: int8 weights packed at load (quant.h); only qw_matmul_n (ops.c) takes them,
+ * through the context's int8 table, never a qw_kernels entry. */
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3 } qw_dtype;
 
 typedef struct {
     const char *name;

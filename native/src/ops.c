@@ -20,6 +20,8 @@ typedef struct {
     int M, rows_invariant;
     int cols_per_task;
     int tasks_per_mat[4];
+    const qw_q8_kernels *q8;
+    qw_q8_act act;              /* A quantized by rows, for int8 weights */
 } mm_job;
 
 static void mm_task(void *arg, int t) {
@@ -30,7 +32,9 @@ static void mm_task(void *arg, int t) {
     int n0 = t * j->cols_per_task;
     int n1 = n0 + j->cols_per_task < W->rows ? n0 + j->cols_per_task : W->rows;
     const float *b = j->bias ? j->bias[i] : NULL;
-    if (j->rows_invariant)
+    if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
+        j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
+    else if (j->rows_invariant)
         j->k->matmul_rows(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
     else
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
@@ -47,7 +51,17 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     int per = total_rows / (threads * (M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
-    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}};
+    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}};
+    if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
+        const qw_q8 *q = W[0]->data;
+        if (qw_q8_act_bytes(M, q->K) > ctx->q8_act_size) { /* qw_q8_reserve was not called: a bug */
+            qw_fail(ctx, QWEN_ERR_INVALID, "int8 activation buffer not reserved for %d rows", M);
+            return;
+        }
+        float *scale = (float *)(void *)(ctx->q8_act + (((size_t)M * (size_t)q->Kp + 63) & ~(size_t)63));
+        qw_q8_quantize_rows(ctx->q8_act, scale, A, q->K, M, q->K, q->Kp, q->ng);
+        j.act = (qw_q8_act){ctx->q8_act, scale, M, q->Kp, q->ng};
+    }
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;
@@ -62,6 +76,20 @@ static void matmul_one(qwen_context *ctx, float *C, const float *A, const qw_mat
     const qw_mat *Ws[1] = {W};
     const float *bs[1] = {bias};
     qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, rows_invariant);
+}
+
+size_t qw_q8_act_bytes(int rows, int K) {
+    const size_t Kp = ((size_t)K + 3) & ~(size_t)3, ng = ((size_t)K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+    return (((size_t)rows * Kp + 63) & ~(size_t)63) + (size_t)rows * ng * sizeof(float);
+}
+
+int qw_q8_reserve(qwen_context *ctx, int rows, int K) {
+    const size_t need = qw_q8_act_bytes(rows, K);
+    if (need <= ctx->q8_act_size) return 0;
+    free(ctx->q8_act);
+    ctx->q8_act = malloc(need);
+    ctx->q8_act_size = ctx->q8_act ? need : 0;
+    return ctx->q8_act ? 0 : -1;
 }
 
 void qw_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M) {

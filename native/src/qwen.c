@@ -14,7 +14,7 @@
 
 const char *qwen_version(void) { return "0.1.0"; }
 
-qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0}; }
+qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT}; }
 
 qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL}; }
 
@@ -32,6 +32,14 @@ const char *qwen_isa_name(qwen_isa isa) {
     }
 }
 
+const char *qwen_precision_name(qwen_precision precision) {
+    switch (precision) {
+    case QWEN_PRECISION_EXACT: return "exact";
+    case QWEN_PRECISION_FAST: return "fast";
+    default: return "unknown";
+    }
+}
+
 /* ==== Context ==== */
 
 void qwen_free(qwen_context *ctx) {
@@ -42,6 +50,7 @@ void qwen_free(qwen_context *ctx) {
     for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
     free(ctx->owned);
     free(ctx->scratch);
+    free(ctx->q8_act);
     free(ctx);
 }
 
@@ -62,7 +71,16 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
         snprintf(err, err_size, "out of memory");
         return NULL;
     }
+    if (p.precision != QWEN_PRECISION_EXACT && p.precision != QWEN_PRECISION_FAST) {
+        snprintf(err, err_size, "unknown precision %d", (int)p.precision);
+        qwen_free(ctx);
+        return NULL;
+    }
+    ctx->precision = p.precision;
     int isa = 0;
+    /* FAST with AUTO: bf16 dot products in the encoder where the CPU has them. */
+    if (p.precision == QWEN_PRECISION_FAST && p.isa == QWEN_ISA_AUTO && qw_kernels_for(QWEN_ISA_AVX512BF16, NULL))
+        p.isa = QWEN_ISA_AVX512BF16;
     ctx->k = qw_kernels_for(p.isa, &isa);
     if (!ctx->k) {
         snprintf(err, err_size, "kernel set '%s' is not supported by this CPU", qwen_isa_name(p.isa));
@@ -70,17 +88,21 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
         return NULL;
     }
     ctx->isa = (qwen_isa)isa;
+    ctx->q8 = qw_q8_for(isa);
+    if (p.precision == QWEN_PRECISION_FAST)
+        snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s + int8 %s", ctx->k->name, ctx->q8->name);
+    else
+        snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s", ctx->k->name);
     int n = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = n > 0 ? n : 1;
-    int rc = qw_config_load(model_dir, &ctx->cfg, err, err_size);
+    ctx->pool = qw_pool_create(ctx->n_threads); /* before the weights: FAST packs them across it */
+    int rc = ctx->pool ? 0 : QWEN_ERR_NOMEM;
+    if (!rc) rc = qw_config_load(model_dir, &ctx->cfg, err, err_size);
     if (!rc) rc = qw_safetensors_open(model_dir, &ctx->st, err, err_size);
     if (!rc) rc = qw_encoder_load(ctx, err, err_size);
     if (!rc) rc = qw_decoder_load(ctx, err, err_size);
     if (!rc && qw_mel_init(ctx)) rc = QWEN_ERR_NOMEM;
-    if (!rc) {
-        ctx->pool = qw_pool_create(ctx->n_threads);
-        if (!ctx->pool || qw_batch_init(ctx, &p)) rc = QWEN_ERR_NOMEM;
-    }
+    if (!rc && qw_batch_init(ctx, &p)) rc = QWEN_ERR_NOMEM;
     if (rc) {
         if (rc == QWEN_ERR_NOMEM && !err[0]) snprintf(err, err_size, "out of memory");
         qwen_free(ctx);
@@ -92,6 +114,8 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
 
 const char *qwen_last_error(const qwen_context *ctx) { return ctx ? ctx->err : "context is NULL"; }
 qwen_isa qwen_get_isa(const qwen_context *ctx) { return ctx ? ctx->isa : QWEN_ISA_AUTO; }
+qwen_precision qwen_get_precision(const qwen_context *ctx) { return ctx ? ctx->precision : QWEN_PRECISION_EXACT; }
+const char *qwen_get_kernels(const qwen_context *ctx) { return ctx ? ctx->kernels_name : ""; }
 int qwen_get_threads(const qwen_context *ctx) { return ctx ? ctx->n_threads : 0; }
 
 int64_t qwen_model_info(const qwen_context *ctx, const char *key) {

@@ -1,11 +1,15 @@
 /*
  * Weights — the loaders every stage uses: a checkpoint tensor checked for its
  * shape and used in place (a matrix, in the checkpoint's dtype), or a small
- * vector widened to f32 once and owned by the context.
+ * vector widened to f32 once and owned by the context; for precision FAST,
+ * the int8 copy of a matrix that replaces it.
  */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 const qw_tensor *qw_need_tensor(qw_loader *L, const char *name, int64_t d0, int64_t d1) {
     if (L->rc) return NULL;
@@ -40,3 +44,48 @@ float *qw_load_vec(qw_loader *L, const char *name, int n) {
     return v;
 }
 
+
+/* ==== Int8 copies (precision FAST) ==== */
+
+typedef struct {
+    qw_q8 *W;
+    const void *src;
+    qw_dtype dt;
+    int per; /* column blocks per task */
+    int blocks;
+} pack_job;
+
+static void pack_task(void *arg, int t) {
+    pack_job *j = arg;
+    const int b0 = t * j->per, b1 = b0 + j->per < j->blocks ? b0 + j->per : j->blocks;
+    qw_q8_pack(j->W, j->src, j->dt, b0, b1);
+}
+
+/* Gives the whole pages inside [p, p + n) back to the OS: they are clean
+ * pages of the read-only checkpoint mapping, re-read from the file only if
+ * touched again (never, once their int8 copy replaces them). */
+static void drop_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int qw_quantize_mat(qw_loader *L, qw_mat *m) {
+    if (L->rc || m->dt == QW_Q8) return L->rc;
+    size_t qb, sb, zb;
+    qw_q8_sizes(m->rows, m->cols, &qb, &sb, &zb);
+    qw_q8 *W = qw_own(L->ctx, sizeof(qw_q8));
+    char *mem = W ? qw_own(L->ctx, qb + sb + zb) : NULL;
+    if (!mem) {
+        snprintf(L->err, L->err_size, "out of memory for the int8 weights");
+        return L->rc = QWEN_ERR_NOMEM;
+    }
+    qw_q8_init(W, m->rows, m->cols, mem, mem + qb, mem + qb + sb);
+    const int blocks = (m->rows + 15) / 16;
+    pack_job j = {W, m->data, m->dt, 8, blocks};
+    qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
+    const size_t esize = m->dt == QW_F32 ? 4 : 2;
+    drop_pages(m->data, (size_t)m->rows * (size_t)m->cols * esize);
+    *m = (qw_mat){W, QW_Q8, m->rows, m->cols};
+    return 0;
+}

@@ -49,7 +49,7 @@ static int32_t *make_prompt(qwen_context *c, int64_t n_audio, int extra, int *n)
     return ids;
 }
 
-static void test_batch(const char *model) {
+static void test_batch(const char *model, qwen_precision precision) {
     /* Mixed lengths: under one encoder window, two windows (> 8 s), a
      * prompt longer than one prefill chunk; mixed limits. */
     const int samples[N_CLIPS] = {8000, 16000, 40000, 150000, 24000, 12000, 30000, 4000, 20000, 56000};
@@ -69,6 +69,7 @@ static void test_batch(const char *model) {
     /* Alone: the batch-of-one API, one thread. */
     qwen_params p1 = qwen_default_params();
     p1.n_threads = 1;
+    p1.precision = precision;
     qwen_context *one = qwen_load(model, &p1, err, sizeof(err));
     CHECK(one != NULL, "load for the alone runs");
     if (!one) return;
@@ -94,6 +95,7 @@ static void test_batch(const char *model) {
 
     /* Together: SLOTS slots, two threads; clips join as slots free up, one mid-decode. */
     qwen_params pb = qwen_default_params();
+    pb.precision = precision;
     pb.max_sequences = SLOTS;
     pb.n_threads = 2;
     qwen_context *c = qwen_load(model, &pb, err, sizeof(err));
@@ -263,7 +265,24 @@ int main(void) {
         }
         qwen_free(a);
         qwen_free(b);
-        test_batch(model);
+        test_batch(model, QWEN_PRECISION_EXACT);
+        /* FAST: int8 decoder weights; the same contract (bitwise alone == batched) */
+        test_batch(model, QWEN_PRECISION_FAST);
+        qwen_params pf = qwen_default_params();
+        pf.precision = QWEN_PRECISION_FAST;
+        qwen_context *f = qwen_load(model, &pf, err, sizeof(err));
+        CHECK(f && qwen_get_precision(f) == QWEN_PRECISION_FAST && strstr(qwen_get_kernels(f), "int8"),
+              "fast context names its int8 kernels");
+        qwen_free(f);
+        pf.precision = (qwen_precision)7;
+        CHECK(qwen_load(model, &pf, err, sizeof(err)) == NULL && strstr(err, "precision"), "bad precision");
+        qwen_context *e = qwen_load(model, NULL, err, sizeof(err));
+        CHECK(e && qwen_get_precision(e) == QWEN_PRECISION_EXACT && !strstr(qwen_get_kernels(e), "int8"),
+              "exact by default");
+        qwen_free(e);
+        CHECK(!strcmp(qwen_precision_name(QWEN_PRECISION_FAST), "fast") &&
+                  !strcmp(qwen_precision_name(QWEN_PRECISION_EXACT), "exact"),
+              "precision names");
     }
     printf("api: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

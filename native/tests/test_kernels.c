@@ -42,58 +42,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simde_exact.h" /* QW_TEST_EMULATE_*: SIMDe, lane-exact where the kernels rely on it */
+
 #ifdef QW_TEST_EMULATE_AVX512
 /* ==== AVX-512 through SIMDe (CPUs without AVX-512) ==== */
-/* The AVX-512 kernels compiled over SIMDe's portable intrinsics. SIMDe's
- * masked loads and stores access all 16 lanes, where the hardware touches
- * only the selected ones — which the kernels rely on (tails at the end of a
- * buffer, columns of C that belong to another thread) — so those three are
- * replaced by exact versions. */
-#define SIMDE_ENABLE_NATIVE_ALIASES
-#include <simde/x86/avx512.h>
-#include <simde/x86/f16c.h>
-#include <simde/x86/fma.h>
-
-static simde__m512 emu_maskz_loadu_ps(simde__mmask16 k, const void *p) {
-    float v[16] = {0};
-    for (int i = 0; i < 16; i++)
-        if (k >> i & 1) v[i] = ((const float *)p)[i];
-    return simde_mm512_loadu_ps(v);
-}
-static simde__m256i emu_maskz_loadu_epi16(simde__mmask16 k, const void *p) {
-    uint16_t v[16] = {0};
-    for (int i = 0; i < 16; i++)
-        if (k >> i & 1) v[i] = ((const uint16_t *)p)[i];
-    return simde_mm256_loadu_si256(v);
-}
-static void emu_mask_storeu_ps(void *p, simde__mmask16 k, simde__m512 a) {
-    float v[16];
-    simde_mm512_storeu_ps(v, a);
-    for (int i = 0; i < 16; i++)
-        if (k >> i & 1) ((float *)p)[i] = v[i];
-}
-#undef _mm512_maskz_loadu_ps
-#undef _mm256_maskz_loadu_epi16
-#undef _mm512_mask_storeu_ps
-#define _mm512_maskz_loadu_ps(k, p) emu_maskz_loadu_ps(k, p)
-#define _mm256_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16(k, p)
-#define _mm512_mask_storeu_ps(p, k, a) emu_mask_storeu_ps(p, k, a)
-static simde__m512i emu_maskz_loadu_epi16_512(simde__mmask32 k, const void *p) {
-    uint16_t v[32] = {0};
-    for (int i = 0; i < 32; i++)
-        if (k >> i & 1) v[i] = ((const uint16_t *)p)[i];
-    return simde_mm512_loadu_si512(v);
-}
-#undef _mm512_maskz_loadu_epi16
-#define _mm512_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16_512(k, p)
-
 #include "kernels_avx512.c"
 #include "kernels_avx512bf16.c"
 #endif
 
 #ifdef QW_TEST_EMULATE_NEON
 /* ==== NEON through SIMDe (CPUs other than AArch64) ==== */
-#define QW_NEON_SIMDE 1
 #include "kernels_neon.c"
 #endif
 

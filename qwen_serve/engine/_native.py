@@ -33,6 +33,8 @@ QWEN_ERR_BUSY = -7
 # avx512bf16 is opt-in (never "auto"): bf16 activations in the encoder/prefill GEMM.
 ISA = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512bf16": 4, "neon": 5}
 ISA_NAMES = {v: k for k, v in ISA.items()}
+PRECISION = {"exact": 0, "fast": 1}
+PRECISION_NAMES = {v: k for k, v in PRECISION.items()}
 
 _AbortCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
@@ -45,6 +47,7 @@ class _Params(ctypes.Structure):
         ("max_sequences", ctypes.c_int),
         ("kv_budget_tokens", ctypes.c_int64),
         ("prefill_chunk", ctypes.c_int),
+        ("precision", ctypes.c_int),
     ]
 
 
@@ -117,6 +120,8 @@ def load_library() -> ctypes.CDLL:
             "qwen_free": (None, [c.c_void_p]),
             "qwen_last_error": (c.c_char_p, [c.c_void_p]),
             "qwen_get_isa": (c.c_int, [c.c_void_p]),
+            "qwen_get_precision": (c.c_int, [c.c_void_p]),
+            "qwen_get_kernels": (c.c_char_p, [c.c_void_p]),
             "qwen_get_threads": (c.c_int, [c.c_void_p]),
             "qwen_model_info": (c.c_int64, [c.c_void_p, c.c_char_p]),
             "qwen_audio_token_count": (c.c_int64, [c.c_void_p, c.c_int64]),
@@ -205,9 +210,12 @@ class NativeModel:
         kv_budget_tokens: int = 0,
         max_context: int = 0,
         prefill_chunk: int = 0,
+        precision: str = "exact",
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
+        if precision not in PRECISION:
+            raise ValueError(f"precision must be one of {sorted(PRECISION)}")
         self._lib = load_library()
         params = self._lib.qwen_default_params()
         params.n_threads = int(threads or 0)
@@ -216,6 +224,7 @@ class NativeModel:
         params.kv_budget_tokens = int(kv_budget_tokens)
         params.max_context = int(max_context)
         params.prefill_chunk = int(prefill_chunk)
+        params.precision = PRECISION[precision]
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -267,6 +276,15 @@ class NativeModel:
     @property
     def isa(self) -> str:
         return ISA_NAMES[self._lib.qwen_get_isa(self.ctx)]
+
+    @property
+    def precision(self) -> str:
+        return PRECISION_NAMES[self._lib.qwen_get_precision(self.ctx)]
+
+    @property
+    def kernels(self) -> str:
+        """The kernels in use, e.g. "avx512" or "avx512bf16 + int8 avx512vnni"."""
+        return str(self._lib.qwen_get_kernels(self.ctx).decode())
 
     @property
     def threads(self) -> int:

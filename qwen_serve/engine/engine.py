@@ -58,6 +58,7 @@ class Engine:
         max_batch: int = DEFAULT_MAX_BATCH,
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
+        precision: str = "exact",
     ):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
@@ -79,6 +80,7 @@ class Engine:
             isa=isa,
             max_sequences=max_batch,
             kv_budget_tokens=kv_budget_tokens,
+            precision=precision,
         )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(

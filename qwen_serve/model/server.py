@@ -99,6 +99,7 @@ class EngineFactory(Protocol):
         *,
         threads: int | None,
         isa: str,
+        precision: str,
         max_batch: int,
         kv_budget_tokens: int | None,
         max_waiting: int | None,
@@ -110,6 +111,7 @@ def load_engine(
     *,
     threads: int | None,
     isa: str,
+    precision: str,
     max_batch: int,
     kv_budget_tokens: int | None,
     max_waiting: int | None,
@@ -120,6 +122,7 @@ def load_engine(
         model_dir,
         threads=threads,
         isa=isa,
+        precision=precision,
         max_batch=max_batch,
         kv_budget_tokens=kv_budget_tokens,
         max_waiting=max_waiting,
@@ -164,6 +167,7 @@ class ModelServer:
         max_new_tokens: int | None = None,
         repo: str | None = None,
         isa: str = "auto",
+        precision: str = "exact",
         max_batch: int = DEFAULT_MAX_BATCH,
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
@@ -181,6 +185,7 @@ class ModelServer:
             self.model_dir,
             threads=self.threads,
             isa=isa,
+            precision=precision,
             max_batch=max_batch,
             kv_budget_tokens=kv_budget_tokens,
             max_waiting=max_waiting,
@@ -191,10 +196,11 @@ class ModelServer:
         self._closed = False
         self._cancelled = 0
         logger.info(
-            "model %s loaded from %s (max_batch %d, %s threads)",
+            "model %s loaded from %s (max_batch %d, precision %s, %s threads)",
             model_id,
             self.model_dir,
             max_batch,
+            precision,
             self.threads or "all",
         )
 

@@ -103,7 +103,7 @@ class FakeStream:
 
 
 class FakeEngine:
-    """Engine(model_dir, threads, isa, max_batch, kv_budget_tokens, max_waiting) with transcribe /
+    """Engine(model_dir, threads, isa, precision, max_batch, kv_budget_tokens, max_waiting) with transcribe /
     stream / stats / supported_languages / close."""
 
     def __init__(
@@ -111,6 +111,7 @@ class FakeEngine:
         model_dir: str | Path,
         threads: int | None = None,
         isa: str = "auto",
+        precision: str = "exact",
         max_batch: int = 8,
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
@@ -118,6 +119,7 @@ class FakeEngine:
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.isa = isa
+        self.precision = precision
         self.max_batch = max_batch
         self.kv_budget_tokens = kv_budget_tokens
         self.max_waiting = max_batch if max_waiting is None else max_waiting

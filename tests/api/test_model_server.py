@@ -24,7 +24,7 @@ def _server(**options: Any) -> tuple[ModelServer, FakeEngine]:
         holder["e"] = FakeEngine(model_dir, **engine_options)
         return holder["e"]
 
-    options = {"threads": 2, "max_new_tokens": 7, "isa": "avx2", **options}
+    options = {"threads": 2, "max_new_tokens": 7, "isa": "avx2", "precision": "fast", **options}
     server = ModelServer("m", "/models/m", engine_factory=factory, **options)
     return server, holder["e"]
 
@@ -49,7 +49,7 @@ async def test_stream_order_and_text() -> None:
         "max_new_tokens": 7,
         "writeable": True,
     }
-    assert engine.threads == 2 and engine.isa == "avx2"
+    assert engine.threads == 2 and engine.isa == "avx2" and engine.precision == "fast"
     assert (engine.max_batch, engine.kv_budget_tokens, engine.max_waiting) == (8, None, 8)
 
 

@@ -23,6 +23,7 @@ def test_defaults() -> None:
     s = Settings.from_args()
     assert (s.host, s.port, s.model_pool_size, s.model_idle_timeout) == ("0.0.0.0", 8011, 2, 300.0)
     assert (s.max_upload_mb, s.max_audio_seconds, s.threads, s.isa) == (25.0, 1200.0, None, "auto")
+    assert s.precision == "fast"
     assert s.api_tokens() == ["sk-test-key"] and s.uses_default_token
     assert s.max_upload_bytes == 25 * 1024 * 1024
     assert s.model_dir("qwen-asr-0.6b") == Path("models/qwen3-asr-0.6b")
@@ -46,9 +47,12 @@ def test_env_wins_over_args(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN_MODELS_DIR", "/srv/models")
     monkeypatch.setenv("QWEN_API_TOKEN", "sk-a, sk-b ,")
     monkeypatch.setenv("QWEN_ISA", "avx512bf16")
-    s = Settings.from_args({"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere", "isa": "avx2"})
+    monkeypatch.setenv("QWEN_PRECISION", "exact")
+    s = Settings.from_args(
+        {"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere", "isa": "avx2", "precision": "fast"}
+    )
     assert s.port == 9000 and s.model_pool_size == 3 and s.model_idle_timeout == 0
-    assert s.isa == "avx512bf16"
+    assert s.isa == "avx512bf16" and s.precision == "exact"
     assert s.model_dir("qwen-asr-0.6b") == Path("/srv/models/qwen3-asr-0.6b")
     assert s.api_tokens() == ["sk-a", "sk-b"] and not s.uses_default_token
 
@@ -80,6 +84,7 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"max_upload_mb": 0},
         {"unknown_option": 1},
         {"isa": "sse2"},
+        {"precision": "int4"},
         {"max_batch": 0},
         {"kv_budget_tokens": 0},
         {"max_waiting": 2},  # not a setting: Serve's queue (max_queued_requests) is the waiting line

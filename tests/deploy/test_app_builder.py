@@ -68,6 +68,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
             "models": {"my-asr": "extra"},
             "api_token": "sk-x",
             "isa": "avx2",
+            "precision": "exact",
             "threads": 1,
             "max_batch": 5,
             "kv_budget_tokens": 20000,
@@ -86,6 +87,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
         assert deployment._deployment_config.autoscaling_config.max_replicas == settings.model_pool_size
         assert deployment.init_args == (model_id, str((tmp_path / settings.models[model_id].path).resolve()))
         assert deployment.init_kwargs["isa"] == "avx2" and deployment.init_kwargs["threads"] == 1
+        assert deployment.init_kwargs["precision"] == "exact"
         assert (
             deployment.init_kwargs["max_batch"] == 5 and deployment.init_kwargs["kv_budget_tokens"] == 20000
         )

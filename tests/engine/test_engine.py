@@ -177,3 +177,66 @@ def test_kernel_sets_of_another_architecture_are_refused(tiny_dir: Path) -> None
         NativeModel(tiny_dir, isa=other)
     with NativeModel(tiny_dir, isa="auto") as auto:
         assert auto.isa == best_isa() and auto.isa in exact_isas()
+
+
+def _greedy(
+    model: NativeModel, pcm: np.ndarray, prompt: list[int], n: int
+) -> tuple[list[int], list[np.ndarray]]:
+    steps = list(model.generate(pcm, prompt, max_new_tokens=n, eos_ids=[-2], with_logits=True))
+    return [t for t, _ in steps], [lg for _, lg in steps if lg is not None]
+
+
+def test_fast_precision_is_close_to_exact(tiny_dir: Path, engine: Engine) -> None:
+    """precision="fast" (int8 decoder linears) stays within quantization noise of "exact": every
+    step's logits within 15% of the exact logits' spread (measured here: at most 8%, README), and
+    the same greedy token wherever the exact top-2 margin is clear of that noise. Teacher-forced:
+    after a differing token the fast model restarts from the exact prefix."""
+    with NativeModel(tiny_dir, precision="fast") as fast:
+        assert fast.precision == "fast" and "int8" in fast.kernels
+        assert engine.native.precision == "exact" and "int8" not in engine.native.kernels
+        compared = clear = 0
+        for i, seconds in enumerate((1.5, 4.0, 9.0)):  # 9 s: two encoder windows
+            pcm = speech_like(seconds, seed=10 + i)
+            prompt = engine.prompt_ids(pcm.size)
+            ref_tokens, ref_logits = _greedy(engine.native, pcm, prompt, 12)
+            t = 0
+            while t < len(ref_tokens):
+                tokens, logits = _greedy(fast, pcm, prompt + ref_tokens[:t], len(ref_tokens) - t)
+                for tok, lg in zip(tokens, logits, strict=True):
+                    ref = ref_logits[t]
+                    spread = float(ref.std())
+                    assert np.abs(lg - ref).max() <= 0.15 * spread, (seconds, t)
+                    top2 = np.sort(ref)[-2:]
+                    if top2[1] - top2[0] > 0.3 * spread:
+                        assert tok == ref_tokens[t], (seconds, t)
+                        clear += 1
+                    compared += 1
+                    t += 1
+                    if tok != ref_tokens[t - 1]:
+                        break
+        assert compared == 36 and clear > 0
+
+
+def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
+    """With the encoder on the same exact kernels, every int8 table gives the scalar table's
+    tokens, and logits that differ only by the f32 encoder's rounding (the int8 products are
+    bitwise equal across tables: native/tests/test_quant.c)."""
+    pcm = speech_like(3.0, seed=3)
+    results = {}
+    for isa in exact_isas():
+        with NativeModel(tiny_dir, isa=isa, precision="fast") as m:
+            prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
+            prompt.append(m.info("audio_end_token_id"))
+            results[isa] = _greedy(m, pcm, prompt, 8)
+    ref_tokens, ref_logits = results["scalar"]
+    for isa, (tokens, logits) in results.items():
+        assert tokens == ref_tokens, isa
+        for a, b in zip(logits, ref_logits, strict=True):
+            assert np.abs(a - b).max() <= 1e-3 * float(np.abs(b).max()), isa
+
+
+def test_unknown_precision_is_refused(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        NativeModel(tiny_dir, precision="int4")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Engine(tiny_dir, precision="half")

@@ -1,4 +1,5 @@
-"""The kernel test program (native/tests/test_kernels.c): every SIMD kernel table against the scalar one.
+"""The kernel test programs: every SIMD kernel table against the scalar one (native/tests/test_kernels.c),
+and every int8 weight table (precision "fast") likewise (native/tests/test_quant.c).
 
 Builds only the kernel test targets of native/ with CMake (so it does not depend on the rest of the
 library), plain and under AddressSanitizer, and runs them. The AVX-512 table runs on CPUs that have
@@ -24,7 +25,7 @@ VARIANTS = {
     "release": ["-DCMAKE_BUILD_TYPE=Release"],
     "asan": ["-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=address"],
 }
-SUMMARY = re.compile(r"^kernels: (\d+) passed, (\d+) failed$", re.MULTILINE)
+SUMMARY = re.compile(r"^(kernels|quant): (\d+) passed, (\d+) failed$", re.MULTILINE)
 
 
 def cpu_flags() -> set[str]:
@@ -59,7 +60,7 @@ def build(build_dir: Path, targets: list[str], *options: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def run(program: Path) -> str:
+def run(program: Path, minimum: int = 1000) -> str:
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
     proc = subprocess.run([str(program)], capture_output=True, text=True, env=env, timeout=600)
     output = proc.stdout + proc.stderr
@@ -67,9 +68,9 @@ def run(program: Path) -> str:
     assert "AddressSanitizer" not in output, output
     match = SUMMARY.search(proc.stdout)
     assert match, output
-    passed, failed = int(match.group(1)), int(match.group(2))
+    passed, failed = int(match.group(2)), int(match.group(3))
     assert failed == 0, output
-    assert passed >= 1000, output  # the matmul shape sweep ran, not just the conversions
+    assert passed >= minimum, output  # the shape sweep ran, not just the conversions
     return proc.stdout
 
 
@@ -103,3 +104,35 @@ def test_kernels_emulated(table: str, tmp_path: Path) -> None:
     build(build_dir, [target], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
     out = run(build_dir / target)
     assert f"kernels: {table} tested, 0 failures" in out, out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_int8_kernels(variant: str, tmp_path: Path) -> None:
+    """Packing, the row quantizer, and each int8 table the CPU runs bit for bit against the scalar one,
+    which is held to double precision and to the quantization bound."""
+    build_dir = tmp_path / "build"
+    build(build_dir, ["test_quant"], *VARIANTS[variant])
+    out = run(build_dir / "test_quant", minimum=5000)
+    assert "quant: scalar tested" in out, out
+    flags = cpu_flags()
+    if {"avx2", "fma"} <= flags:
+        assert "quant: avx2 tested" in out, out
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags:
+        assert "quant: avx512vnni tested" in out, out
+    else:
+        assert "avx512vnni not supported by this CPU: skipped" in out, out
+    if os.uname().machine in ("aarch64", "arm64"):
+        assert "quant: neon tested" in out, out
+
+
+def test_int8_kernels_emulated(tmp_path: Path) -> None:
+    """The VNNI and NEON int8 tables compiled over SIMDe and checked like the others (ASan build)."""
+    include = simde_include()
+    if include is None:
+        pytest.skip("SIMDe headers not found (pip install simde-py, or set QWEN_SIMDE_INCLUDE)")
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 only (AArch64 runs the real NEON table in test_int8_kernels)")
+    build_dir = tmp_path / "build"
+    build(build_dir, ["test_quant_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
+    out = run(build_dir / "test_quant_emulated", minimum=5000)
+    assert "quant: avx512vnni (SIMDe) tested" in out and "quant: neon (SIMDe) tested" in out, out

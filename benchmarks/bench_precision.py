@@ -1,0 +1,108 @@
+"""How far precision "fast" is from "exact": logits and greedy tokens, teacher-forced.
+
+For each clip, the exact context decodes greedily and keeps every step's logits. The fast context
+then walks the same token sequence: it decodes greedily too, and where its token differs from the
+exact one it is restarted from the exact prefix (prompt + exact tokens so far), so that every step
+compares the two precisions on the same input. Per step:
+
+  error   max |fast - exact| over the vocabulary, divided by the spread of the exact logits
+          (their standard deviation);
+  margin  exact top-1 minus top-2 logit, in the same units;
+  agree   whether both pick the same token.
+
+Printed: the error's median / p99 / max, agreement over all steps, and over the steps whose exact
+margin is clear (more than twice the p99 error: a flip there would not be a near tie). Random
+weights give flatter logits than trained ones, so near ties are more common here than on a real
+checkpoint; the error figures carry over, the agreement share is a lower bound in that sense.
+
+    python benchmarks/bench_precision.py --model tiny          # the tiny checkpoint (made if missing)
+    python benchmarks/bench_precision.py --model full-0.6b --clips 4 --tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from bench_serve import cpu_model
+
+from qwen_serve.engine.engine import Engine
+from qwen_serve.testing.checkpoint import make_checkpoint
+from qwen_serve.testing.clips import speech_like
+
+
+def greedy(engine: Engine, pcm: np.ndarray, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
+    tokens, logits = [], []
+    for token, lg in engine.native.generate(pcm, prompt, max_new_tokens=n, eos_ids=[-2], with_logits=True):
+        tokens.append(token)
+        assert lg is not None
+        logits.append(lg)
+    return tokens, logits
+
+
+def compare(exact: Engine, fast: Engine, pcm: np.ndarray, n: int) -> list[tuple[float, float, bool]]:
+    prompt = exact.prompt_ids(pcm.size)
+    ref_tokens, ref_logits = greedy(exact, pcm, prompt, n)
+    steps: list[tuple[float, float, bool]] = []
+    t = 0
+    while t < len(ref_tokens):
+        got_tokens, got_logits = greedy(fast, pcm, prompt + ref_tokens[:t], len(ref_tokens) - t)
+        for tok, lg in zip(got_tokens, got_logits, strict=True):
+            ref = ref_logits[t]
+            spread = float(ref.std())
+            top2 = np.partition(ref, -2)[-2:]
+            margin = float(abs(top2[1] - top2[0])) / spread
+            steps.append((float(np.abs(lg - ref).max()) / spread, margin, tok == ref_tokens[t]))
+            t += 1
+            if tok != ref_tokens[t - 1]:
+                break  # restart from the exact prefix
+    return steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, or a checkpoint directory")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if args.model in ("tiny", "full-0.6b"):
+        model_dir = args.cache_dir / ("tiny-0.6b" if args.model == "tiny" else "full-0.6b")
+        if not (model_dir / "config.json").exists():
+            make_checkpoint(model_dir, preset="tiny-0.6b" if args.model == "tiny" else "full-0.6b")
+    else:
+        model_dir = Path(args.model)
+    exact = Engine(model_dir, threads=args.threads, precision="exact")
+    fast = Engine(model_dir, threads=args.threads, precision="fast")
+    print(
+        f"CPU: {cpu_model()}; model {model_dir.name}; exact: {exact.native.kernels}; fast: {fast.native.kernels}"
+    )
+    steps: list[tuple[float, float, bool]] = []
+    for i in range(args.clips):
+        pcm = speech_like(args.seconds * (0.6 + 0.8 * (i % 4) / 3), seed=100 + i)
+        steps += compare(exact, fast, pcm, args.tokens)
+    err = np.array([s[0] for s in steps])
+    margin = np.array([s[1] for s in steps])
+    agree = np.array([s[2] for s in steps])
+    clear = margin > 2 * np.percentile(err, 99)
+    print(f"steps {len(steps)} over {args.clips} clips")
+    print(
+        f"logit error / spread: median {np.median(err):.4f}  p99 {np.percentile(err, 99):.4f}  max {err.max():.4f}"
+    )
+    print(f"exact top-2 margin / spread: median {np.median(margin):.3f}")
+    print(f"greedy agreement: all steps {agree.mean():.1%} ({agree.sum()}/{agree.size})")
+    if clear.any():
+        print(
+            f"greedy agreement where the margin is clear (> 2 x p99 error): {agree[clear].mean():.1%} "
+            f"({agree[clear].sum()}/{clear.sum()}, {clear.mean():.0%} of the steps)"
+        )
+    exact.close()
+    fast.close()
+
+
+if __name__ == "__main__":
+    main()

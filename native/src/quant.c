@@ -1,0 +1,140 @@
+/*
+ * Int8 weights — packing and quantizing (shared by every table), the scalar
+ * reference product and the choice of table. The maths and the layout are
+ * in quant.h.
+ */
+#include "quant.h"
+
+#include "../include/qwen.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ==== Layout ==== */
+
+static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+void qw_q8_sizes(int N, int K, size_t *q_bytes, size_t *scale_bytes, size_t *zsum_bytes) {
+    const size_t blocks = ((size_t)N + 15) / 16, Kp = ((size_t)K + 3) & ~(size_t)3;
+    const size_t ng = ((size_t)K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+    *q_bytes = round64(blocks * 16 * Kp);
+    *scale_bytes = round64(blocks * ng * 16 * sizeof(float));
+    *zsum_bytes = round64(blocks * ng * 16 * sizeof(int32_t));
+}
+
+void qw_q8_init(qw_q8 *W, int N, int K, void *q, void *scale, void *zsum) {
+    *W = (qw_q8){q, scale, zsum, N, K, (K + 3) & ~3, (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP};
+}
+
+/* ==== Quantizing ==== */
+
+/* round(x * inv) clamped to [-127, 127]; NaN -> 0. */
+static inline int q8_round(float x, float inv) {
+    float r = x * inv;
+    if (!(r == r)) return 0;
+    r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+    return (int)nearbyintf(r);
+}
+
+/* dst[i] = src[row, k0 + i] widened to f32, i < n. */
+static void widen(float *dst, const void *src, qw_dtype dt, size_t at, int n) {
+    for (int i = 0; i < n; i++)
+        dst[i] = dt == QW_F32    ? ((const float *)src)[at + (size_t)i]
+                 : dt == QW_BF16 ? qw_bf16_to_f32(((const uint16_t *)src)[at + (size_t)i])
+                                 : qw_f16_to_f32(((const uint16_t *)src)[at + (size_t)i]);
+}
+
+void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
+    const int K = W->K, Kp = W->Kp, ng = W->ng;
+    float w[QW_Q8_GROUP];
+    for (int b = b0; b < b1; b++) {
+        int8_t *qb = W->q + (size_t)b * 16 * Kp;
+        float *sb = W->scale + (size_t)b * ng * 16;
+        int32_t *zb = W->zsum + (size_t)b * ng * 16;
+        for (int j = 0; j < 16; j++) {
+            const int n = b * 16 + j;
+            for (int g = 0; g < ng; g++) {
+                const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
+                const int kend = g == ng - 1 ? Kp : k1; /* the last group takes the zero padding */
+                float amax = 0.0f;
+                if (n < W->N) {
+                    widen(w, src, dt, (size_t)n * (size_t)K + (size_t)k0, k1 - k0);
+                    for (int k = 0; k < k1 - k0; k++) amax = fmaxf(amax, fabsf(w[k]));
+                }
+                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+                int32_t sum = 0;
+                for (int k = k0; k < kend; k++) {
+                    const int v = n < W->N && k < K ? q8_round(w[k - k0], inv) : 0;
+                    qb[(size_t)(k / 4) * 64 + (size_t)j * 4 + (size_t)(k % 4)] = (int8_t)v;
+                    sum += v;
+                }
+                sb[g * 16 + j] = amax / 127.0f;
+                zb[g * 16 + j] = -128 * sum;
+            }
+        }
+    }
+}
+
+void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        uint8_t *qm = q + (size_t)m * Kp;
+        for (int g = 0; g < ng; g++) {
+            const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
+            float amax = 0.0f;
+            for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(a[k]));
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            for (int k = k0; k < k1; k++) qm[k] = (uint8_t)(q8_round(a[k], inv) + 128);
+            scale[(size_t)m * ng + g] = amax / 127.0f;
+        }
+        for (int k = K; k < Kp; k++) qm[k] = 128;
+    }
+}
+
+/* ==== Scalar product (the reference) ==== */
+
+static void matmul_q8_scalar(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
+                             int n1) {
+    const int Kp = W->Kp, ng = W->ng;
+    for (int n = n0; n < n1; n++) {
+        const int b = n / 16, j = n % 16;
+        const int8_t *qb = W->q + (size_t)b * 16 * Kp;
+        const float *sb = W->scale + (size_t)b * ng * 16;
+        for (int m = 0; m < M; m++) {
+            const uint8_t *qa = A->q + (size_t)m * Kp;
+            float acc = 0.0f;
+            for (int g = 0; g < ng; g++) {
+                const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < Kp ? k0 + QW_Q8_GROUP : Kp;
+                int32_t d = 0;
+                for (int k = k0; k < k1; k++) d += ((int32_t)qa[k] - 128) * qb[(size_t)(k / 4) * 64 + (size_t)j * 4 + (size_t)(k % 4)];
+                acc = fmaf((float)d, sb[g * 16 + j] * A->scale[(size_t)m * ng + g], acc);
+            }
+            C[(size_t)m * ldc + n] = bias ? acc + bias[n] : acc;
+        }
+    }
+}
+
+const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar};
+
+/* ==== Dispatch ==== */
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
+#define QW_X86 1
+#endif
+#if (defined(__aarch64__) || defined(_M_ARM64)) && !defined(QWEN_NO_SIMD)
+#define QW_ARM 1
+#endif
+
+const qw_q8_kernels *qw_q8_for(int isa) {
+#ifdef QW_X86
+    __builtin_cpu_init();
+    if ((isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && __builtin_cpu_supports("avx512vnni"))
+        return &qw_q8_avx512vnni;
+    if (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16 || isa == QWEN_ISA_AVX2) return &qw_q8_avx2;
+#endif
+#ifdef QW_ARM
+    if (isa == QWEN_ISA_NEON) return &qw_q8_neon;
+#endif
+    (void)isa;
+    return &qw_q8_scalar;
+}

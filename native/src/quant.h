@@ -1,0 +1,83 @@
+/*
+ * Int8 weights — the decoder's linears quantized once at load (precision
+ * "fast"), and the kernels that multiply them, one table per instruction set.
+ *
+ * Weights: W[N, K] -> q[n, k] = round(W[n, k] / sw[n, g]) in [-127, 127],
+ * sw[n, g] = max |W[n, k in g]| / 127, for groups g of QW_Q8_GROUP
+ * consecutive k (the last group may be shorter).
+ *
+ * Activations: each row of A is quantized the same way when the product is
+ * taken (per row, per group): qa[m, k] = round(A[m, k] / sa[m, g]). They are
+ * stored offset by 128 as unsigned bytes (qa + 128 in [1, 255]), the operand
+ * type of the u8 x s8 dot product (VNNI vpdpbusd).
+ *
+ * Product, for every table bit for bit (the integer sums are exact, and the
+ * float steps are the same operations in the same order):
+ *   d[m, n, g] = sum_{k in g} qa[m, k] * q[n, k]                (int32, exact)
+ *   acc = 0; for g in order: acc = fma((float)d[m, n, g], sw[n, g] * sa[m, g], acc)
+ *   C[m, n] = acc (+ bias[n])
+ * so C[m, n] depends on A[m, :] and W[n, :] only: any M, any column slice,
+ * any table gives the same bits (batch invariance holds by construction).
+ *
+ * Packed layout, blocks of 16 output columns (N padded to 16 with zero rows,
+ * K padded to a multiple of 4 with zeros):
+ *   q     [N16 / 16][Kp / 4][16][4]   int8: 4 consecutive k of 16 columns per
+ *                                     64 bytes (one 512-bit dot-product operand)
+ *   scale [N16 / 16][ng][16]          f32 sw
+ *   zsum  [N16 / 16][ng][16]          int32 -128 * sum_{k in g} q[n, k]: the
+ *                                     offset of qa + 128 taken back out
+ */
+#ifndef QWEN_QUANT_H
+#define QWEN_QUANT_H
+
+#include "kernels.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QW_Q8_GROUP 64
+
+typedef struct {
+    int8_t *q;
+    float *scale;
+    int32_t *zsum;
+    int N, K, Kp, ng; /* ng = groups along K */
+} qw_q8;
+
+/* A quantized by rows: q [M, Kp] (qa + 128, zero-padded k hold 128), scale [M, ng]. */
+typedef struct {
+    const uint8_t *q;
+    const float *scale;
+    int M, Kp, ng;
+} qw_q8_act;
+
+typedef struct {
+    const char *name;
+    /* C[m, n] = sum_g fma order above (+ bias[n]) for m < M, n in [n0, n1):
+     * n0 a multiple of 16, n1 a multiple of 16 or W->N; C row stride ldc. */
+    void (*matmul)(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0, int n1);
+} qw_q8_kernels;
+
+extern const qw_q8_kernels qw_q8_scalar;
+extern const qw_q8_kernels qw_q8_avx2;       /* x86-64 builds */
+extern const qw_q8_kernels qw_q8_avx512vnni; /* x86-64 builds */
+extern const qw_q8_kernels qw_q8_neon;       /* AArch64 builds */
+
+/* The int8 table for a resolved kernel set (QWEN_ISA_*): the same instruction
+ * set, or the best the CPU has below it (AVX-512 without VNNI: AVX2). */
+const qw_q8_kernels *qw_q8_for(int isa);
+
+/* Bytes of the three arrays of a packed [N, K] matrix (q, scale, zsum), each a multiple of 64. */
+void qw_q8_sizes(int N, int K, size_t *q_bytes, size_t *scale_bytes, size_t *zsum_bytes);
+/* Points W at caller-provided arrays of qw_q8_sizes and sets its shape. */
+void qw_q8_init(qw_q8 *W, int N, int K, void *q, void *scale, void *zsum);
+/* Quantizes and packs the column blocks [b0, b1) (16 columns each) of
+ * src[N, K] (row stride K, dtype dt); blocks are independent, so threads may
+ * pack disjoint ranges. */
+void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
+
+/* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
+ * as described above (the same code for every table). */
+void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
+
+#endif /* QWEN_QUANT_H */

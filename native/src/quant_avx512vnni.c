@@ -1,0 +1,90 @@
+/*
+ * Int8 weights, AVX-512 VNNI product (quant.h has the maths and layout).
+ *
+ * One 64-byte row of the packed weights holds 4 consecutive k of 16 columns:
+ * the B operand of vpdpbusd as it is. A register tile of R rows x 32 columns
+ * (2 vectors) keeps R x 2 int32 sums of the current group and R x 2 f32
+ * accumulators; per 4 k it takes 2 weight loads, R broadcasts of 4 activation
+ * bytes and 2R dot products (64 multiply-adds each), and no horizontal sums.
+ * The int32 sums start at zsum (-128 x the group's weight sum), which takes
+ * the +128 offset of the activations back out, so they are exactly
+ * sum qa * q. Each group ends with acc = fma(float(d), sw * sa, acc), the
+ * order quant.h prescribes: the same bits as the scalar table.
+ */
+#include "kernels_x86.h"
+#include "quant.h"
+
+#define Q8_MR 6 /* rows of C per register tile */
+
+QW_INLINE __mmask16 q8_lanes(int t) { return (__mmask16)((1u << t) - 1u); }
+
+/* C[0:R, n:n+nr] for R rows from the packed column blocks b (and b + 1 when V == 2). */
+QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int V,
+                       int nr, const float *bias) {
+    const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
+    const int8_t *q0 = W->q + (size_t)b * 16 * Kp, *q1 = q0 + (size_t)16 * Kp;
+    const float *s0 = W->scale + (size_t)b * ng * 16;
+    const int32_t *z0 = W->zsum + (size_t)b * ng * 16;
+    __m512 f[Q8_MR][2];
+    for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        const int kq0 = g * (QW_Q8_GROUP / 4), kq1 = kq0 + QW_Q8_GROUP / 4 < kq4 ? kq0 + QW_Q8_GROUP / 4 : kq4;
+        const __m512i zg0 = _mm512_loadu_si512((const void *)(z0 + g * 16));
+        const __m512i zg1 = V == 2 ? _mm512_loadu_si512((const void *)(z0 + (size_t)ng * 16 + g * 16)) : zg0;
+        __m512i d[Q8_MR][2];
+        for (int r = 0; r < R; r++) d[r][0] = zg0, d[r][1] = zg1;
+        for (int kq = kq0; kq < kq1; kq++) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)(q0 + (size_t)kq * 64));
+            const __m512i w1 = V == 2 ? _mm512_loadu_si512((const void *)(q1 + (size_t)kq * 64)) : w0;
+            for (int r = 0; r < R; r++) {
+                int32_t a4;
+                __builtin_memcpy(&a4, qa + (size_t)r * Kp + (size_t)kq * 4, 4);
+                const __m512i a = _mm512_set1_epi32(a4);
+                d[r][0] = _mm512_dpbusd_epi32(d[r][0], a, w0);
+                if (V == 2) d[r][1] = _mm512_dpbusd_epi32(d[r][1], a, w1);
+            }
+        }
+        const __m512 sw0 = _mm512_loadu_ps(s0 + g * 16);
+        const __m512 sw1 = V == 2 ? _mm512_loadu_ps(s0 + (size_t)ng * 16 + g * 16) : sw0;
+        for (int r = 0; r < R; r++) {
+            const __m512 s = _mm512_set1_ps(sa[(size_t)r * ng + g]);
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[r][0]), _mm512_mul_ps(sw0, s), f[r][0]);
+            if (V == 2) f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[r][1]), _mm512_mul_ps(sw1, s), f[r][1]);
+        }
+    }
+    const __mmask16 m0 = q8_lanes(nr < 16 ? nr : 16), m1 = q8_lanes(nr > 16 ? nr - 16 : 0);
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (bias) {
+        b0 = _mm512_maskz_loadu_ps(m0, bias);
+        if (V == 2) b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    }
+    for (int r = 0; r < R; r++) {
+        _mm512_mask_storeu_ps(C + (size_t)r * ldc, m0, bias ? _mm512_add_ps(f[r][0], b0) : f[r][0]);
+        if (V == 2) _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16, m1, bias ? _mm512_add_ps(f[r][1], b1) : f[r][1]);
+    }
+}
+
+#define Q8_TILE(R, ...) q8_tile(R, __VA_ARGS__)
+
+static void matmul_q8_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
+                           int n1) {
+    for (int n = n0; n < n1; n += 32) {
+        const int nr = n1 - n < 32 ? n1 - n : 32, V = nr > 16 ? 2 : 1;
+        const float *bn = bias ? bias + n : NULL;
+        for (int m = 0; m < M; m += Q8_MR) {
+            float *c = C + (size_t)m * ldc + n;
+            const uint8_t *qa = A->q + (size_t)m * A->Kp;
+            const float *sa = A->scale + (size_t)m * A->ng;
+            switch (M - m < Q8_MR ? M - m : Q8_MR) {
+            case 1: Q8_TILE(1, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            case 2: Q8_TILE(2, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            case 3: Q8_TILE(3, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            case 4: Q8_TILE(4, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            case 5: Q8_TILE(5, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            default: Q8_TILE(Q8_MR, c, ldc, qa, sa, W, n / 16, V, nr, bn); break;
+            }
+        }
+    }
+}
+
+const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni};

@@ -1,0 +1,354 @@
+/*
+ * Int8 weight tests (quant.h): the packing and the row quantizer, and every
+ * int8 product table against the scalar one and against double precision.
+ *
+ *   packing    every weight within half a step of its group's scale
+ *              (|W - q * sw| <= sw / 2), sw = max |W in group| / 127, zero
+ *              rows and k past N and K, zsum = -128 * the group's sum of q;
+ *              f32, bf16 and f16 sources; K not a multiple of the group.
+ *   rows       the same for activations (offset by 128), padding = 128.
+ *   products   for M = 1..17, 33, K around the group and the 4-k step,
+ *              N not a multiple of 16, column slices [n0, n1), bias or not,
+ *              ldc larger than N: (1) bit for bit the scalar table; (2) the
+ *              scalar table within 1e-5 * sqrt(K) * (1 + |ref|) of the
+ *              double-precision sum of the dequantized operands
+ *              sum_g sw * sa * d; (3) within the quantization bound of the
+ *              product of the unquantized f32 operands, in double:
+ *              sum_k |a| |dw| + |w| |da| + |da| |dw| with |dw| <= sw / 2,
+ *              |da| <= sa / 2 (plus the float slack of (2)); (4) each row of
+ *              an M-row call bit for bit the row computed alone; C outside
+ *              the rows and columns asked for untouched.
+ *
+ * Tables the CPU cannot run are skipped. Built with -DQW_TEST_EMULATE_AVX512
+ * (and SIMDe) the VNNI table is compiled from portable intrinsics; with
+ * -DQW_TEST_EMULATE_NEON the NEON table (SIMDe's NEON). Last line:
+ * "quant: N passed, M failed"; exit status non-zero on any failure.
+ */
+#include "../include/qwen.h"
+#include "kernels.h"
+#include "quant.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "simde_exact.h" /* QW_TEST_EMULATE_*: SIMDe, lane-exact where the kernels rely on it */
+
+#ifdef QW_TEST_EMULATE_AVX512
+#define qw_q8_avx512vnni qw_q8_avx512vnni_emulated
+#include "quant_avx512vnni.c"
+#undef qw_q8_avx512vnni
+#endif
+
+#ifdef QW_TEST_EMULATE_NEON
+#define qw_q8_neon qw_q8_neon_emulated
+#include "quant_neon.c"
+#undef qw_q8_neon
+#endif
+
+static int passed, failed;
+
+static void check(int ok, const char *table, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void check(int ok, const char *table, const char *fmt, ...) {
+    if (ok) {
+        passed++;
+        return;
+    }
+    failed++;
+    if (failed > 50) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "FAIL [%s] ", table);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static uint32_t rng = 2024u;
+static uint32_t rand32(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return rng;
+}
+static float frand(void) { return (float)(rand32() >> 8) / (float)(1u << 23) - 1.0f; } /* [-1, 1) */
+
+/* f32 -> f16 (nearest even) for finite, normal test data. */
+static uint16_t to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t mant = u & 0x7fffffu;
+    if (e <= 0) return (uint16_t)sign;
+    uint32_t r = mant >> 13, rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (r & 1u))) r++;
+    return (uint16_t)(sign | ((uint32_t)e << 10)) + (uint16_t)r;
+}
+
+/* ==== A packed matrix owning its arrays ==== */
+
+typedef struct {
+    qw_q8 W;
+    void *q, *s, *z;
+    float *wf; /* the weights as the kernels' source dtype widened to f32 [N, K] */
+} packed;
+
+static packed make_packed(int N, int K, qw_dtype dt, float amp) {
+    packed p;
+    size_t qb, sb, zb;
+    qw_q8_sizes(N, K, &qb, &sb, &zb);
+    p.q = aligned_alloc(64, qb);
+    p.s = aligned_alloc(64, sb);
+    p.z = aligned_alloc(64, zb);
+    memset(p.q, 0x5a, qb);
+    qw_q8_init(&p.W, N, K, p.q, p.s, p.z);
+    p.wf = malloc((size_t)N * K * sizeof(float));
+    void *src = malloc((size_t)N * K * 4);
+    for (size_t i = 0; i < (size_t)N * K; i++) {
+        float w = frand() * amp;
+        if (rand32() % 50 == 0) w *= 8.0f; /* outliers: groups with uneven ranges */
+        if (dt == QW_F32) ((float *)src)[i] = w, p.wf[i] = w;
+        else if (dt == QW_BF16) {
+            const uint16_t h = qw_f32_to_bf16(w);
+            ((uint16_t *)src)[i] = h;
+            p.wf[i] = qw_bf16_to_f32(h);
+        } else {
+            const uint16_t h = to_f16(w);
+            ((uint16_t *)src)[i] = h;
+            p.wf[i] = qw_f16_to_f32(h);
+        }
+    }
+    const int blocks = (N + 15) / 16;
+    qw_q8_pack(&p.W, src, dt, 0, blocks / 2); /* two halves, as two threads would */
+    qw_q8_pack(&p.W, src, dt, blocks / 2, blocks);
+    free(src);
+    return p;
+}
+
+static void free_packed(packed *p) {
+    free(p->q);
+    free(p->s);
+    free(p->z);
+    free(p->wf);
+}
+
+static int8_t qat(const qw_q8 *W, int n, int k) {
+    return W->q[(size_t)(n / 16) * 16 * W->Kp + (size_t)(k / 4) * 64 + (size_t)(n % 16) * 4 + (size_t)(k % 4)];
+}
+static float sat(const qw_q8 *W, int n, int g) { return W->scale[(size_t)(n / 16) * W->ng * 16 + (size_t)g * 16 + n % 16]; }
+static int32_t zat(const qw_q8 *W, int n, int g) { return W->zsum[(size_t)(n / 16) * W->ng * 16 + (size_t)g * 16 + n % 16]; }
+
+/* ==== Packing and the row quantizer ==== */
+
+/* |x - q * s| <= s / 2, up to the rounding of x / s in float (2 ulps of x). */
+static int near_step(float x, int q, float s) { return fabs((double)x - (double)q * s) <= 0.5 * s + 0x1p-22 * fabs(x); }
+
+static void test_packing(void) {
+    const qw_dtype dts[3] = {QW_F32, QW_BF16, QW_F16};
+    const int Ns[3] = {16, 37, 64}, Ks[4] = {4, 64, 100, 288};
+    for (int d = 0; d < 3; d++)
+        for (int ni = 0; ni < 3; ni++)
+            for (int ki = 0; ki < 4; ki++) {
+                const int N = Ns[ni], K = Ks[ki];
+                packed p = make_packed(N, K, dts[d], 0.5f);
+                const qw_q8 *W = &p.W;
+                int ok = W->Kp == ((K + 3) & ~3) && W->ng == (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+                for (int n = 0; n < (N + 15) / 16 * 16 && ok; n++)
+                    for (int g = 0; g < W->ng && ok; g++) {
+                        const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
+                        const int kend = g == W->ng - 1 ? W->Kp : k1;
+                        float amax = 0.0f;
+                        for (int k = k0; k < k1 && n < N; k++) amax = fmaxf(amax, fabsf(p.wf[(size_t)n * K + k]));
+                        const float sw = sat(W, n, g);
+                        ok = ok && sw == amax / 127.0f;
+                        int32_t sum = 0;
+                        for (int k = k0; k < kend; k++) {
+                            const int q = qat(W, n, k);
+                            sum += q;
+                            ok = ok && q >= -127 && q <= 127;
+                            if (n >= N || k >= K) ok = ok && q == 0;
+                            else ok = ok && near_step(p.wf[(size_t)n * K + k], q, sw);
+                        }
+                        ok = ok && zat(W, n, g) == -128 * sum;
+                    }
+                check(ok, "pack", "dtype %d N %d K %d", d, N, K);
+                free_packed(&p);
+            }
+    /* rows */
+    const int Ms[2] = {1, 5};
+    for (int mi = 0; mi < 2; mi++)
+        for (int ki = 0; ki < 4; ki++) {
+            const int M = Ms[mi], K = Ks[ki], Kp = (K + 3) & ~3, ng = (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP, lda = K + 3;
+            float *A = malloc((size_t)M * lda * sizeof(float));
+            for (int i = 0; i < M * lda; i++) A[i] = frand() * 3.0f;
+            if (K >= 64) for (int k = 0; k < 64; k++) A[k] = 0.0f; /* a group of zeros: scale 0 */
+            uint8_t *q = malloc((size_t)M * Kp);
+            float *s = malloc((size_t)M * ng * sizeof(float));
+            qw_q8_quantize_rows(q, s, A, lda, M, K, Kp, ng);
+            int ok = 1;
+            for (int m = 0; m < M; m++)
+                for (int k = 0; k < Kp; k++) {
+                    if (k >= K) {
+                        ok = ok && q[(size_t)m * Kp + k] == 128;
+                        continue;
+                    }
+                    const float sa = s[(size_t)m * ng + k / QW_Q8_GROUP], a = A[(size_t)m * lda + k];
+                    const int qa = (int)q[(size_t)m * Kp + k] - 128;
+                    ok = ok && qa >= -127 && qa <= 127 && near_step(a, qa, sa);
+                }
+            check(ok, "rows", "M %d K %d", M, K);
+            free(A);
+            free(q);
+            free(s);
+        }
+}
+
+/* ==== Products ==== */
+
+typedef struct {
+    int M, K, N, n0, n1, ldc, bias;
+    qw_dtype dt;
+} shape;
+
+static int same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0; }
+
+static void test_table(const qw_q8_kernels *t, int shallow) {
+    const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 33};
+    const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
+    const int Ns[] = {16, 17, 40, 64, 100};
+    const int nM = shallow ? 6 : (int)(sizeof(Ms) / sizeof(Ms[0]));
+    for (int ki = 0; ki < (int)(sizeof(Ks) / sizeof(Ks[0])); ki++)
+        for (int ni = 0; ni < (int)(sizeof(Ns) / sizeof(Ns[0])); ni++) {
+            const int K = Ks[ki], N = Ns[ni];
+            const qw_dtype dt = (qw_dtype)((ki + ni) % 3);
+            packed p = make_packed(N, K, dt, 1.0f / sqrtf((float)K));
+            const qw_q8 *W = &p.W;
+            float *bias = malloc((size_t)N * sizeof(float));
+            for (int n = 0; n < N; n++) bias[n] = frand();
+            for (int mi = 0; mi < nM; mi++) {
+                const int M = Ms[mi];
+                for (int slice = 0; slice < 2; slice++) {
+                    const int n0 = slice && N > 16 ? 16 : 0, n1 = slice && N > 32 ? 32 : N;
+                    const int ldc = N + 5, use_bias = (mi + slice) % 2;
+                    const float *b = use_bias ? bias : NULL;
+                    const int Kp = W->Kp, ng = W->ng, lda = K + 1;
+                    float *A = malloc((size_t)M * lda * sizeof(float));
+                    for (int i = 0; i < M * lda; i++) A[i] = frand();
+                    uint8_t *qa = malloc((size_t)M * Kp);
+                    float *sa = malloc((size_t)M * ng * sizeof(float));
+                    qw_q8_quantize_rows(qa, sa, A, lda, M, K, Kp, ng);
+                    const qw_q8_act act = {qa, sa, M, Kp, ng};
+                    float *C = malloc((size_t)M * ldc * sizeof(float)), *R = malloc((size_t)M * ldc * sizeof(float));
+                    for (int i = 0; i < M * ldc; i++) C[i] = R[i] = 1234.5f;
+                    t->matmul(C, ldc, &act, W, b, M, n0, n1);
+                    qw_q8_scalar.matmul(R, ldc, &act, W, b, M, n0, n1);
+                    int bits = 1, untouched = 1, dq = 1, fq = 1;
+                    double worst_dq = 0, worst_fq = 0;
+                    for (int m = 0; m < M; m++)
+                        for (int n = 0; n < ldc; n++) {
+                            const float c = C[(size_t)m * ldc + n];
+                            if (n < n0 || n >= n1) {
+                                untouched = untouched && c == 1234.5f;
+                                continue;
+                            }
+                            bits = bits && same_bits(c, R[(size_t)m * ldc + n]);
+                            /* (2) the dequantized operands in double */
+                            double ref = b ? b[n] : 0.0, fref = ref, bound = 0.0;
+                            for (int g = 0; g < ng; g++) {
+                                double dsum = 0;
+                                const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
+                                const double sw = sat(W, n, g), s = sa[(size_t)m * ng + g];
+                                for (int k = k0; k < k1; k++) {
+                                    dsum += (double)((int)qa[(size_t)m * Kp + k] - 128) * qat(W, n, k);
+                                    const double a = A[(size_t)m * lda + k], w = p.wf[(size_t)n * K + k];
+                                    fref += a * w;
+                                    bound += fabs(a) * sw / 2 + fabs(w) * s / 2 + s * sw / 4;
+                                }
+                                ref += dsum * (double)(float)(sw * s);
+                            }
+                            const double tol = 1e-5 * sqrt((double)K) * (1.0 + fabs(ref));
+                            const double e1 = fabs(R[(size_t)m * ldc + n] - ref), e2 = fabs(R[(size_t)m * ldc + n] - fref);
+                            if (e1 > tol) dq = 0;
+                            if (e2 > bound * (1.0 + 1e-3) + tol) fq = 0;
+                            if (e1 / tol > worst_dq) worst_dq = e1 / tol;
+                            if (e2 / (bound + tol) > worst_fq) worst_fq = e2 / (bound + tol);
+                        }
+                    check(bits, t->name, "bitwise vs scalar M %d K %d N %d [%d, %d)", M, K, N, n0, n1);
+                    check(untouched, t->name, "columns outside [%d, %d) written (M %d K %d N %d)", n0, n1, M, K, N);
+                    if (t == &qw_q8_scalar) {
+                        check(dq, t->name, "vs double of the quantized operands M %d K %d N %d (worst %.2f tol)", M, K, N, worst_dq);
+                        check(fq, t->name, "vs f32 operands beyond the quantization bound M %d K %d N %d (worst %.2f)", M, K, N,
+                              worst_fq);
+                    }
+                    /* (4) each row alone */
+                    int inv = 1;
+                    for (int m = 0; m < M && inv; m++) {
+                        float *one = malloc((size_t)ldc * sizeof(float));
+                        const qw_q8_act a1 = {qa + (size_t)m * Kp, sa + (size_t)m * ng, 1, Kp, ng};
+                        t->matmul(one, ldc, &a1, W, b, 1, n0, n1);
+                        for (int n = n0; n < n1; n++) inv = inv && same_bits(one[n], C[(size_t)m * ldc + n]);
+                        free(one);
+                    }
+                    check(inv, t->name, "row alone differs M %d K %d N %d", M, K, N);
+                    free(A);
+                    free(qa);
+                    free(sa);
+                    free(C);
+                    free(R);
+                }
+            }
+            free(bias);
+            free_packed(&p);
+        }
+}
+
+static __attribute__((unused)) int cpu_has(const char *what) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!strcmp(what, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!strcmp(what, "avx512vnni"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(__aarch64__)
+    if (!strcmp(what, "neon")) return 1;
+#endif
+    return 0;
+}
+
+int main(void) {
+    test_packing();
+    test_table(&qw_q8_scalar, 0);
+    printf("quant: scalar tested\n");
+#if defined(__x86_64__) && !defined(QWEN_NO_SIMD)
+    if (cpu_has("avx2")) {
+        test_table(&qw_q8_avx2, 0);
+        printf("quant: avx2 tested\n");
+    } else {
+        printf("quant: avx2 not supported by this CPU: skipped\n");
+    }
+    if (cpu_has("avx512vnni")) {
+        test_table(&qw_q8_avx512vnni, 0);
+        printf("quant: avx512vnni tested\n");
+    } else {
+        printf("quant: avx512vnni not supported by this CPU: skipped\n");
+    }
+#endif
+#if defined(__aarch64__) && !defined(QWEN_NO_SIMD)
+    test_table(&qw_q8_neon, 0);
+    printf("quant: neon tested\n");
+#endif
+#ifdef QW_TEST_EMULATE_AVX512
+    test_table(&qw_q8_avx512vnni_emulated, 1);
+    printf("quant: avx512vnni (SIMDe) tested\n");
+#endif
+#ifdef QW_TEST_EMULATE_NEON
+    test_table(&qw_q8_neon_emulated, 1);
+    printf("quant: neon (SIMDe) tested\n");
+#endif
+    printf("quant: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
