@@ -57,6 +57,7 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
             qw_load_mat(&L, &D->lm_head, "thinker.lm_head.weight", c->vocab, H);
         else
             D->lm_head = D->embed; /* tied */
+        if (ctx->amx) qw_amx_mat(&L, &D->lm_head); /* a tied embedding keeps its own pages */
     }
 #undef NAME
     if (L.rc) return L.rc;

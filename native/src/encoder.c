@@ -112,6 +112,15 @@ int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size) {
     qw_load_mat(&L, &e->proj2, NAME("%s.proj2.weight", p), c->output_dim, d);
     e->proj2_b = qw_load_vec(&L, NAME("%s.proj2.bias", p), c->output_dim);
 #undef NAME
+    if (ctx->amx) { /* FAST with AMX: every encoder matrix on bf16 tiles */
+        qw_mat *m[] = {&e->conv1, &e->conv2, &e->conv3, &e->conv_out, &e->proj1, &e->proj2};
+        for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) qw_amx_mat(&L, m[i]);
+        for (int l = 0; l < c->enc_layers; l++) {
+            qw_enc_layer *y = &e->layers[l];
+            qw_mat *ml[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
+            for (int i = 0; i < 6; i++) qw_amx_mat(&L, ml[i]);
+        }
+    }
     return L.rc;
 }
 

@@ -122,6 +122,8 @@ float *qw_load_vec(qw_loader *L, const char *name, int n);
 /* Replaces m (a checkpoint matrix) by its int8 copy (quant.h), packed across the pool; the
  * checkpoint's pages it came from are given back to the OS. */
 int qw_quantize_mat(qw_loader *L, qw_mat *m);
+/* Replaces m by its AMX tile copy (amx.h; precision FAST on CPUs with AMX), the same way. */
+int qw_amx_mat(qw_loader *L, qw_mat *m);
 
 /* ==== Sequences (batch.c) ==== */
 typedef enum { QW_SEQ_FREE = 0, QW_SEQ_ENCODE, QW_SEQ_PREFILL, QW_SEQ_DECODE, QW_SEQ_ENDED } qw_seq_state;
@@ -180,6 +182,7 @@ struct qwen_context {
     qwen_isa isa;
     qwen_precision precision;
     const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
+    int amx;                    /* FAST on a CPU with AMX: encoder and LM head on bf16 tiles */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
     char kernels_name[64];

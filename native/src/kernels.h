@@ -15,9 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* QW_Q8: int8 weights packed at load (quant.h); only qw_matmul_n (ops.c) takes them,
- * through the context's int8 table, never a qw_kernels entry. */
-typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3 } qw_dtype;
+/* QW_Q8: int8 weights packed at load (quant.h); QW_AMX: bf16 weights packed at load into
+ * AMX tiles (amx.h). Only qw_matmul_n (ops.c) takes them, never a qw_kernels entry. */
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4 } qw_dtype;
 
 typedef struct {
     const char *name;

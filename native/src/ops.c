@@ -4,6 +4,8 @@
  */
 #include "internal.h"
 
+#include "amx.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,8 @@ static void mm_task(void *arg, int t) {
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
+    else if (W->dt == QW_AMX) /* each element one chain over k: batch-invariant too (amx.h) */
+        qw_amx_matmul(j->C[i], W->rows, j->A, W->cols, W->data, b, j->M, W->rows, W->cols, n0, n1);
     else if (j->rows_invariant)
         j->k->matmul_rows(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
     else

@@ -5,6 +5,8 @@
  */
 #include "internal.h"
 
+#include "amx.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,9 +80,11 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     }
     ctx->precision = p.precision;
     int isa = 0;
-    /* FAST with AUTO: bf16 dot products in the encoder where the CPU has them. */
-    if (p.precision == QWEN_PRECISION_FAST && p.isa == QWEN_ISA_AUTO && qw_kernels_for(QWEN_ISA_AVX512BF16, NULL))
-        p.isa = QWEN_ISA_AVX512BF16;
+    /* FAST with AUTO: the encoder and the LM head on AMX bf16 tiles where the CPU has them
+     * (and the OS grants them), else bf16 dot products where it has those. A kernel set asked
+     * for by name is used as it is (with the int8 decoder). */
+    const int fast_auto = p.precision == QWEN_PRECISION_FAST && p.isa == QWEN_ISA_AUTO;
+    if (fast_auto && qw_kernels_for(QWEN_ISA_AVX512BF16, NULL)) p.isa = QWEN_ISA_AVX512BF16;
     ctx->k = qw_kernels_for(p.isa, &isa);
     if (!ctx->k) {
         snprintf(err, err_size, "kernel set '%s' is not supported by this CPU", qwen_isa_name(p.isa));
@@ -89,8 +93,10 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     }
     ctx->isa = (qwen_isa)isa;
     ctx->q8 = qw_q8_for(isa);
+    ctx->amx = fast_auto && (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && qw_amx_available();
     if (p.precision == QWEN_PRECISION_FAST)
-        snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s + int8 %s", ctx->k->name, ctx->q8->name);
+        snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s%s + int8 %s", ctx->k->name,
+                 ctx->amx ? " + amx" : "", ctx->q8->name);
     else
         snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s", ctx->k->name);
     int n = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);

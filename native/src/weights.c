@@ -6,6 +6,8 @@
  */
 #include "internal.h"
 
+#include "amx.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -64,7 +66,12 @@ static void pack_task(void *arg, int t) {
 /* Gives the whole pages inside [p, p + n) back to the OS: they are clean
  * pages of the read-only checkpoint mapping, re-read from the file only if
  * touched again (never, once their int8 copy replaces them). */
-static void drop_pages(const void *p, size_t n) {
+static void drop_pages(const qwen_context *ctx, const void *p, size_t n) {
+    int mapped = 0; /* only pages of the checkpoint's mappings: an owned copy must stay */
+    for (int i = 0; i < ctx->st.n_maps; i++)
+        mapped |= (const char *)p >= (const char *)ctx->st.maps[i] &&
+                  (const char *)p + n <= (const char *)ctx->st.maps[i] + ctx->st.map_sizes[i];
+    if (!mapped) return;
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
@@ -85,7 +92,21 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     pack_job j = {W, m->data, m->dt, 8, blocks};
     qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
     const size_t esize = m->dt == QW_F32 ? 4 : 2;
-    drop_pages(m->data, (size_t)m->rows * (size_t)m->cols * esize);
+    drop_pages(L->ctx, m->data, (size_t)m->rows * (size_t)m->cols * esize);
     *m = (qw_mat){W, QW_Q8, m->rows, m->cols};
+    return 0;
+}
+
+int qw_amx_mat(qw_loader *L, qw_mat *m) {
+    if (L->rc || m->dt == QW_AMX || m->dt == QW_Q8) return L->rc;
+    char *mem = qw_own(L->ctx, qw_amx_packed_size(m->rows, m->cols) + 64);
+    if (!mem) {
+        snprintf(L->err, L->err_size, "out of memory for the AMX weights");
+        return L->rc = QWEN_ERR_NOMEM;
+    }
+    void *packed = mem + (64 - (uintptr_t)mem % 64) % 64;
+    qw_amx_pack(packed, m->data, m->dt, m->rows, m->cols);
+    drop_pages(L->ctx, m->data, (size_t)m->rows * (size_t)m->cols * (m->dt == QW_F32 ? 4 : 2));
+    *m = (qw_mat){packed, QW_AMX, m->rows, m->cols};
     return 0;
 }

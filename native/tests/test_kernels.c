@@ -55,44 +55,10 @@
 #include "kernels_neon.c"
 #endif
 
-static int passed, failed;
-
 /* ==== Reporting and data ==== */
 
-static void check(int ok, const char *table, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void check(int ok, const char *table, const char *fmt, ...) {
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL [%s] ", table);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static uint32_t rng = 12345u;
-static uint32_t rand32(void) { /* xorshift32 */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
-static float frand(void) { return (float)(rand32() >> 8) / (float)(1u << 23) - 1.0f; } /* [-1, 1) */
-
-static uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#define TEST_SEED 12345u
+#include "test_util.h"
 
 /* f32 -> f16, round to nearest even, for finite test data. */
 static uint16_t to_f16(float f) {

@@ -48,32 +48,8 @@
 #undef qw_q8_neon
 #endif
 
-static int passed, failed;
-
-static void check(int ok, const char *table, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void check(int ok, const char *table, const char *fmt, ...) {
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    if (failed > 50) return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL [%s] ", table);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static uint32_t rng = 2024u;
-static uint32_t rand32(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
-static float frand(void) { return (float)(rand32() >> 8) / (float)(1u << 23) - 1.0f; } /* [-1, 1) */
+#define TEST_SEED 2024u
+#include "test_util.h"
 
 /* f32 -> f16 (nearest even) for finite, normal test data. */
 static uint16_t to_f16(float f) {

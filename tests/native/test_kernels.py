@@ -1,5 +1,7 @@
 """The kernel test programs: every SIMD kernel table against the scalar one (native/tests/test_kernels.c),
-and every int8 weight table (precision "fast") likewise (native/tests/test_quant.c).
+every int8 weight table (precision "fast") likewise (native/tests/test_quant.c), and the AMX-BF16 GEMM
+through the portable tile emulation on any CPU, natively where the CPU has AMX (native/tests/test_amx.c);
+then the whole library with its AMX kernel emulated (precision "fast" on tiles without AMX hardware).
 
 Builds only the kernel test targets of native/ with CMake (so it does not depend on the rest of the
 library), plain and under AddressSanitizer, and runs them. The AVX-512 table runs on CPUs that have
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ VARIANTS = {
     "release": ["-DCMAKE_BUILD_TYPE=Release"],
     "asan": ["-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=address"],
 }
-SUMMARY = re.compile(r"^(kernels|quant): (\d+) passed, (\d+) failed$", re.MULTILINE)
+SUMMARY = re.compile(r"^(kernels|quant|amx): (\d+) passed, (\d+) failed$", re.MULTILINE)
 
 
 def cpu_flags() -> set[str]:
@@ -136,3 +139,77 @@ def test_int8_kernels_emulated(tmp_path: Path) -> None:
     build(build_dir, ["test_quant_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
     out = run(build_dir / "test_quant_emulated", minimum=5000)
     assert "quant: avx512vnni (SIMDe) tested" in out and "quant: neon (SIMDe) tested" in out, out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_amx_kernel(variant: str, tmp_path: Path) -> None:
+    """The emulated kernel (bit for bit the TDPBF16PS chain, and within the double-sum bound) on 960
+    shapes and the edge cases; the hardware path where /proc/cpuinfo lists amx_tile and amx_bf16."""
+    build_dir = tmp_path / "build"
+    build(build_dir, ["test_amx"], *VARIANTS[variant])
+    out = run(build_dir / "test_amx", minimum=1300)
+    assert "amx: emulated kernel tested, 0 failures" in out, out
+    if os.uname().machine == "x86_64" and {"amx_tile", "amx_bf16"} <= cpu_flags():
+        assert "native AMX: tested, 0 failures" in out, out
+    else:
+        assert "native AMX: not available on this CPU (emulated only)" in out, out
+        assert "qw_amx_available() = 1" not in out, out
+
+
+def test_library_with_emulated_amx(tmp_path: Path, tiny_dir: Path) -> None:
+    """precision "fast" with AMX through the whole library: built with QWEN_AMX_EMULATE, libqwen puts
+    the encoder and the LM head on (emulated) tiles on any x86-64 CPU. The C API test's batching
+    contract (each sequence's logits in a batch bitwise those it gets alone) and the engine's
+    precision tests (fast within quantization noise of exact) must hold there too."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the AMX kernel is x86-64 only")
+    build_dir = tmp_path / "build"
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "native"),
+            "-B",
+            str(build_dir),
+            "-DQWEN_BUILD_TESTS=ON",
+            "-DQWEN_AMX_EMULATE=ON",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        ["cmake", "--build", str(build_dir), "-j2", "--target", "qwen", "test_api"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = dict(os.environ, QWEN_TEST_MODEL=str(tiny_dir))
+    api = subprocess.run([str(build_dir / "test_api")], capture_output=True, text=True, env=env, timeout=900)
+    assert api.returncode == 0 and ", 0 failed" in api.stdout, api.stdout + api.stderr
+    env = dict(os.environ, QWEN_LIBRARY=str(build_dir / "libqwen.so"))
+    check = (
+        "from qwen_serve.engine._native import NativeModel; import sys; "
+        "m = NativeModel(sys.argv[1], precision='fast'); print(m.kernels)"
+    )
+    kernels = subprocess.run(
+        [sys.executable, "-c", check, str(tiny_dir)], capture_output=True, text=True, env=env, check=True
+    )
+    assert "amx" in kernels.stdout, kernels.stdout
+    tests = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests/engine/test_engine.py"),
+            "-k",
+            "fast",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert tests.returncode == 0 and " passed" in tests.stdout, tests.stdout + tests.stderr

@@ -1,0 +1,373 @@
+/*
+ * Kernels, AMX-BF16 — the GEMM of amx.h on Intel AMX tiles (Sapphire Rapids
+ * and later): C = bf16(A) @ W^T (+ bias), f32 accumulation.
+ *
+ * Tiles (palette 1: 8 registers of up to 16 rows x 64 bytes):
+ *   tmm0..3  C, a 32x32 block of f32 as 2x2 tiles of 16x16:
+ *            tmm0 rows 0-15 x cols 0-15, tmm1 rows 0-15 x cols 16-31,
+ *            tmm2 rows 16-31 x cols 0-15, tmm3 rows 16-31 x cols 16-31
+ *   tmm4, 5  A, rows 0-15 / 16-31 of the block x 32 k (bf16), from the panel
+ *   tmm6, 7  B, 32 k x cols 0-15 / 16-31: one packed tile each
+ * Per step of 32 k: 4 tile loads (2 KiB of A, 2 KiB of B) feed 4 TDPBF16PS
+ * (16x16x32 each, 32 K multiply-adds); each A tile meets 2 B tiles and each B
+ * tile 2 A tiles.
+ *
+ * Packed W (qw_amx_pack): 1 KiB tiles T[nt][kt], nt-major (tile (nt, kt) at
+ * byte (nt * KT + kt) * 1024, KT = ceil(K / 32)); row q of the tile holds
+ * W[16 nt + j, 32 kt + 2 q + e] at bf16 index 2 j + e (j < 16, e < 2): the
+ * pairs of k interleaved, the layout TDPBF16PS takes as its B operand.
+ * Zeros pad N to a multiple of 16 and K to a multiple of 32, so every step
+ * loads whole tiles, and a slice [n0, n1) with n0 % 16 == 0 starts on a tile.
+ *
+ * A panel: up to PANEL_BYTES of A (a multiple of 32 rows, at least 32),
+ * rounded to bf16 once per call into a heap buffer of row stride Kp =
+ * 32 KT (zeros from K to Kp). For each panel, for each 32-column block of
+ * [n0, n1), for each 32-row block of the panel: zero the C tiles, step
+ * through K, store. A column block's B tiles (64 Kp bytes) stay in L2 across
+ * the panel's rows; the panel streams from L2 once per column block.
+ *
+ * Edges: the last row block of R < 32 rows runs with tiles configured to
+ * min(R, 16) and R - 16 rows (tmm2, 3, 5 unused when R <= 16): the config is
+ * loaded again once for it. A last column block of at most 16 columns uses
+ * tmm0 and tmm2 only. Columns past n1 (N not a multiple of 16) are computed
+ * on the zero padding and dropped: whole column blocks are stored straight
+ * into C (bias added in place), a partial one into a 32x32 scratch from
+ * which nr columns (+ bias) are copied.
+ *
+ * If the panel cannot be allocated, the same blocks run with A rounded per
+ * 32x32 step into a 2 KiB stack buffer instead (the same bits, slower).
+ *
+ * Order of operations: a C tile accumulates from zero through every k step
+ * in turn, and TDPBF16PS (Intel Intrinsics Guide pseudo-code) adds its pairs
+ * in order, so C[m, n] is the f32 chain over k = 0, 1, ..., Kp - 1 of
+ * acc += bf16(A[m, k]) * W[n, k], then + bias[n]: independent of M, of the
+ * blocking and of the slice.
+ *
+ * Compiled with -DQW_AMX_EMULATE (native/tests/test_amx.c includes this file
+ * so), the tile intrinsics are amx_emulate.h's portable model, the public
+ * functions are named qw_amx_emu_* (so that they link next to the native
+ * ones) and the probe answers 1. Everything else is plain C, the same in
+ * both builds.
+ */
+#ifndef QW_AMX_EMULATE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* syscall() */
+#endif
+#endif
+
+#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_KEEP_NAMES) /* KEEP_NAMES: the library itself emulated */
+#define qw_amx_available qw_amx_emu_available
+#define qw_amx_packed_size qw_amx_emu_packed_size
+#define qw_amx_pack qw_amx_emu_pack
+#define qw_amx_matmul qw_amx_emu_matmul
+#endif
+
+#include "amx.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef QW_AMX_EMULATE
+#include "amx_emulate.h"
+#define AMX_INLINE static inline
+#else
+#include <immintrin.h>
+#include <pthread.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#define AMX_INLINE static inline __attribute__((always_inline))
+#endif
+
+#define AMX_TROWS 16  /* rows of a tile (A, C), pairs of k in a B tile */
+#define AMX_KSTEP 32  /* k per step: bf16 per row of an A tile */
+#define AMX_TCOLS 16  /* f32 columns of a C tile = columns of a B tile */
+#define AMX_MB 32     /* rows of C per block (2 A tiles) */
+#define AMX_NB 32     /* columns of C per block (2 B tiles) */
+#define AMX_TILE 512  /* bf16 per packed tile (1 KiB) */
+#define PANEL_BYTES (512u << 10) /* A panel in bf16: with a column block's B tiles, in L2 */
+
+/* GCC's AMX intrinsics are asm statements that do not say they read memory
+ * (TILELOADD takes its pointer in a register; LDTILECFG names 8 of its 64
+ * bytes). A compiler barrier on the buffer makes the stores that fill it
+ * (tile config, A panel, step buffer) happen before the tile instructions
+ * read it, and keeps them from being dropped as dead. */
+#define AMX_BARRIER(p) __asm__ __volatile__("" : : "r"(p) : "memory")
+
+/* ==== Probe and packing (no CPU requirement) ==== */
+
+/* These run on any x86-64, also without AVX: the file's AVX-512 / AMX flags
+ * are switched off for them. */
+#if !defined(QW_AMX_EMULATE) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("no-avx")
+#define AMX_PORTABLE_REGION 1
+#endif
+
+static inline int round_up(int x, int to) { return (x + to - 1) / to * to; }
+
+#ifdef QW_AMX_EMULATE
+int qw_amx_available(void) { return 1; } /* the emulation runs anywhere */
+#else
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+#if defined(__x86_64__) && defined(__linux__)
+static void amx_cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
+    __asm__ __volatile__("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+#endif
+
+static int amx_detect(void) {
+#if defined(__x86_64__) && defined(__linux__)
+    unsigned r[4];
+    amx_cpuid(0, 0, r);
+    if (r[0] < 7) return 0;
+    amx_cpuid(1, 0, r);
+    if (!(r[2] & (1u << 27))) return 0; /* OSXSAVE: xgetbv may be executed */
+    amx_cpuid(7, 0, r);
+    if (!(r[3] & (1u << 24)) || !(r[3] & (1u << 22))) return 0; /* AMX-TILE, AMX-BF16 */
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & (3u << 17)) != (3u << 17)) return 0; /* XTILECFG, XTILEDATA enabled by the OS */
+    /* Linux >= 5.16 hands out the 8 KiB of tile data per process on request. */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int amx_present; /* the cached probe, written once under amx_once */
+static void amx_probe(void) { amx_present = amx_detect(); }
+
+int qw_amx_available(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_present;
+}
+#endif
+
+size_t qw_amx_packed_size(int N, int K) {
+    if (N <= 0 || K <= 0) return 0;
+    return (size_t)round_up(N, AMX_TCOLS) * (size_t)round_up(K, AMX_KSTEP) * sizeof(uint16_t);
+}
+
+/* W[i] as bf16 (nearest even, as qw_f32_to_bf16). */
+static uint16_t amx_weight(const void *W, qw_dtype wt, size_t i) {
+    switch (wt) {
+    case QW_BF16: return ((const uint16_t *)W)[i];
+    case QW_F16: return qw_f32_to_bf16(qw_f16_to_f32(((const uint16_t *)W)[i]));
+    case QW_F32: return qw_f32_to_bf16(((const float *)W)[i]);
+    default: return 0;
+    }
+}
+
+void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
+    if (N <= 0 || K <= 0) return;
+    uint16_t *P = (uint16_t *)dst;
+    const int NT = round_up(N, AMX_TCOLS) / AMX_TCOLS, KT = round_up(K, AMX_KSTEP) / AMX_KSTEP;
+    for (int nt = 0; nt < NT; nt++)
+        for (int kt = 0; kt < KT; kt++) {
+            uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE; /* [q][j][e] */
+            for (int j = 0; j < AMX_TCOLS; j++) {
+                const int n = nt * AMX_TCOLS + j;
+                for (int i = 0; i < AMX_KSTEP; i++) { /* i = 2 q + e */
+                    const int k = kt * AMX_KSTEP + i;
+                    tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] =
+                        n < N && k < K ? amx_weight(W, wt, (size_t)n * K + k) : 0;
+                }
+            }
+        }
+}
+
+#ifdef AMX_PORTABLE_REGION
+#pragma GCC pop_options
+#undef AMX_PORTABLE_REGION
+#endif
+
+/* ==== The GEMM ==== */
+
+/* The 64-byte operand of LDTILECFG (palette 1). */
+typedef struct {
+    uint8_t palette_id, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16]; /* bytes per row of tmm0..7; 8..15 reserved (zero) */
+    uint8_t rows[16];   /* rows of tmm0..7; 8..15 reserved (zero) */
+} __attribute__((aligned(64))) amx_tilecfg;
+_Static_assert(sizeof(amx_tilecfg) == 64, "LDTILECFG reads 64 bytes");
+
+/* Configures the tiles for blocks of r0 + r1 rows (r0 in 1..16, r1 in 0..16; tmm2, 3, 5 unused when r1 = 0). */
+static void amx_configure(int r0, int r1) {
+    amx_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette_id = 1;
+    const int rows[8] = {r0, r0, r1, r1, r0, r1, AMX_TROWS, AMX_TROWS}; /* C00 C01 C10 C11 A0 A1 B0 B1 */
+    for (int t = 0; t < 8; t++)
+        if (rows[t]) cfg.rows[t] = (uint8_t)rows[t], cfg.colsb[t] = 64;
+    AMX_BARRIER(&cfg);
+    _tile_loadconfig(&cfg);
+}
+
+/* bf16(f), nearest even, NaN kept quiet: bit for bit qw_f32_to_bf16. */
+static inline uint16_t amx_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* dst[r, i] = bf16(A[r, k0 + i]) for k0 + i < K, else 0; r < rows, i < kw (row stride ds). */
+static void amx_round(uint16_t *dst, size_t ds, const float *A, int lda, int rows, int k0, int kw, int K) {
+    const int valid = K - k0 < 0 ? 0 : K - k0 < kw ? K - k0 : kw;
+    for (int r = 0; r < rows; r++) {
+        uint16_t *d = dst + (size_t)r * ds;
+        const float *a = A + (size_t)r * lda + k0;
+        for (int i = 0; i < valid; i++) d[i] = amx_bf16(a[i]);
+        for (int i = valid; i < kw; i++) d[i] = 0;
+    }
+}
+
+typedef struct {
+    float *C;          /* C[m0, n]: the block's first element */
+    int ldc;
+    const uint16_t *Ab; /* the block's rows of the A panel (stride Kp), or NULL: round A per step */
+    const float *A;    /* A[m0, 0] (for the per-step rounding) */
+    int lda;
+    const uint16_t *B0, *B1; /* tiles (nt, 0) and (nt + 1, 0) of packed */
+    const float *bias; /* bias + n, or NULL */
+    int mb, nr, K, KT;
+} amx_block_args;
+
+/* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
+AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
+    const size_t Kp = (size_t)b->KT * AMX_KSTEP;
+    uint16_t step[AMX_MB * AMX_KSTEP] __attribute__((aligned(64))); /* 2 KiB: A per step, without a panel */
+    _tile_zero(0);
+    if (TWO_N) _tile_zero(1);
+    if (TWO_M) _tile_zero(2);
+    if (TWO_M && TWO_N) _tile_zero(3);
+    for (int kt = 0; kt < b->KT; kt++) {
+        const uint16_t *a = step; /* rows of 32 k of A in bf16, row stride as */
+        size_t as = AMX_KSTEP;
+        if (b->Ab) {
+            a = b->Ab + (size_t)kt * AMX_KSTEP, as = Kp;
+        } else {
+            AMX_BARRIER(step);
+            amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
+            AMX_BARRIER(step);
+        }
+        _tile_loadd(4, a, as * 2);
+        if (TWO_M) _tile_loadd(5, a + AMX_TROWS * as, as * 2);
+        _tile_loadd(6, b->B0 + (size_t)kt * AMX_TILE, 64);
+        if (TWO_N) _tile_loadd(7, b->B1 + (size_t)kt * AMX_TILE, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (TWO_N) _tile_dpbf16ps(1, 4, 7);
+        if (TWO_M) _tile_dpbf16ps(2, 5, 6);
+        if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+    }
+    const int whole = b->nr == (TWO_N ? 2 : 1) * AMX_TCOLS;
+    float S[AMX_MB * AMX_NB] __attribute__((aligned(64))); /* 4 KiB: a partial block */
+    float *c = whole ? b->C : S;
+    const size_t ldc = whole ? (size_t)b->ldc : AMX_NB;
+    _tile_stored(0, c, ldc * 4);
+    if (TWO_N) _tile_stored(1, c + AMX_TCOLS, ldc * 4);
+    if (TWO_M) _tile_stored(2, c + AMX_TROWS * ldc, ldc * 4);
+    if (TWO_M && TWO_N) _tile_stored(3, c + AMX_TROWS * ldc + AMX_TCOLS, ldc * 4);
+    const int nr = b->nr;
+    if (whole) {
+        if (b->bias)
+            for (int r = 0; r < b->mb; r++) {
+                float *cr = b->C + (size_t)r * b->ldc;
+                for (int j = 0; j < nr; j++) cr[j] += b->bias[j];
+            }
+    } else {
+        for (int r = 0; r < b->mb; r++) {
+            float *cr = b->C + (size_t)r * b->ldc;
+            const float *sr = S + (size_t)r * AMX_NB;
+            if (b->bias)
+                for (int j = 0; j < nr; j++) cr[j] = sr[j] + b->bias[j];
+            else
+                for (int j = 0; j < nr; j++) cr[j] = sr[j];
+        }
+    }
+}
+
+/* Rows [0, rows) of the panel (rows: a multiple of 32, or one last block of
+ * 1..31 rows) against every column block of [n0, n1); tiles configured for
+ * blocks of min(rows, 32) rows. */
+static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t *panel, const uint16_t *packed,
+                     const float *bias, int rows, int K, int n0, int n1) {
+    const int KT = round_up(K, AMX_KSTEP) / AMX_KSTEP;
+    const size_t Kp = (size_t)KT * AMX_KSTEP;
+    for (int n = n0; n < n1; n += AMX_NB) {
+        amx_block_args b;
+        b.ldc = ldc, b.lda = lda, b.K = K, b.KT = KT;
+        b.nr = n1 - n < AMX_NB ? n1 - n : AMX_NB;
+        b.B0 = packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
+        b.B1 = b.B0 + (size_t)KT * AMX_TILE; /* read only when nr > 16 */
+        b.bias = bias ? bias + n : NULL;
+        for (int m = 0; m < rows; m += AMX_MB) {
+            b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
+            b.C = C + (size_t)m * ldc + n;
+            b.A = A + (size_t)m * lda;
+            b.Ab = panel ? panel + (size_t)m * Kp : NULL;
+            switch ((b.mb > AMX_TROWS) << 1 | (b.nr > AMX_TCOLS)) {
+            case 3: amx_block(&b, 1, 1); break;
+            case 2: amx_block(&b, 1, 0); break;
+            case 1: amx_block(&b, 0, 1); break;
+            default: amx_block(&b, 0, 0); break;
+            }
+        }
+    }
+}
+
+/* qw_amx_matmul; stepwise: round A per step (the path taken when the panel cannot be allocated). */
+static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
+                       int K, int n0, int n1, int stepwise) {
+    if (n1 > N) n1 = N;
+    if (M <= 0 || n0 < 0 || n1 <= n0) return;
+    if (K <= 0) { /* no k: the bias (or zeros), as an empty tile chain gives it */
+        for (int m = 0; m < M; m++)
+            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? 0.0f + bias[n] : 0.0f;
+        return;
+    }
+    const size_t Kp = (size_t)round_up(K, AMX_KSTEP), row_bytes = Kp * sizeof(uint16_t);
+    int P = (int)(PANEL_BYTES / row_bytes) / AMX_MB * AMX_MB; /* rows per panel */
+    if (P < AMX_MB) P = AMX_MB;
+    if (P > M) P = M;
+    uint16_t *panel = NULL; /* row stride Kp, 64-byte aligned rows */
+    if (!stepwise) panel = aligned_alloc(64, (size_t)P * row_bytes);
+    int config = -1; /* rows of the blocks the tiles are configured for */
+    for (int p0 = 0; p0 < M; p0 += P) {
+        const int pr = M - p0 < P ? M - p0 : P, whole = pr / AMX_MB * AMX_MB;
+        const float *Ap = A + (size_t)p0 * lda;
+        if (panel) {
+            AMX_BARRIER(panel);
+            amx_round(panel, Kp, Ap, lda, pr, 0, (int)Kp, K);
+            AMX_BARRIER(panel);
+        }
+        float *Cp = C + (size_t)p0 * ldc;
+        if (whole) {
+            if (config != AMX_MB) amx_configure(AMX_TROWS, AMX_TROWS), config = AMX_MB;
+            amx_rows(Cp, ldc, Ap, lda, panel, (const uint16_t *)packed, bias, whole, K, n0, n1);
+        }
+        if (pr > whole) { /* the last rows of A: one block of 1..31 rows */
+            const int r = pr - whole;
+            if (config != r) amx_configure(r < AMX_TROWS ? r : AMX_TROWS, r > AMX_TROWS ? r - AMX_TROWS : 0), config = r;
+            amx_rows(Cp + (size_t)whole * ldc, ldc, Ap + (size_t)whole * lda, lda,
+                     panel ? panel + (size_t)whole * Kp : NULL, (const uint16_t *)packed, bias, r, K, n0, n1);
+        }
+    }
+    _tile_release();
+    if (panel) AMX_BARRIER(panel);
+    free(panel);
+}
+
+void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
+                   int K, int n0, int n1) {
+    amx_matmul(C, ldc, A, lda, packed, bias, M, N, K, n0, n1, 0);
+}
