@@ -20,6 +20,12 @@
  *                         AMX and the OS grants it ("amx: not available on
  *                         this CPU" otherwise). Select it with -v amx.
  *
+ *   int8    (M = 1, 4, 8, 16, 64): the int8 weight product of precision
+ *                         "fast" (quant.h) of each int8 table the CPU runs, on
+ *                         the decoder's projections and the LM head, weights
+ *                         from DRAM; GB/s of the packed bytes (int8 + scales
+ *                         + sums) and GOP/s. Select it with -v int8.
+ *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
  * fastest of 5 rounds.
@@ -32,6 +38,7 @@
 #include "../native/include/qwen.h"
 #include "amx.h"
 #include "kernels.h"
+#include "quant.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -148,6 +155,74 @@ static void bench(const qw_kernels *k, qw_dtype dt, int M, int K, int N, int thr
     free(W);
     free(A);
     free(C);
+}
+
+/* ==== Int8 weights (precision "fast") ==== */
+
+typedef struct {
+    const qw_q8_kernels *t;
+    float *C;
+    const qw_q8_act *A;
+    const qw_q8 *W; /* [copies] */
+    int copies, reps, M, n0, n1;
+} q8_job;
+
+static void *run_q8_job(void *arg) {
+    q8_job *j = arg;
+    for (int r = 0; r < j->reps; r++)
+        for (int c = 0; c < j->copies; c++) j->t->matmul(j->C, j->W[c].N, j->A, &j->W[c], NULL, j->M, j->n0, j->n1);
+    return NULL;
+}
+
+static double timed_q8(const qw_q8_kernels *t, float *C, const qw_q8_act *A, const qw_q8 *W, int copies, int reps,
+                       int M, int N, int threads) {
+    q8_job jobs[16];
+    pthread_t tid[16];
+    int per = ((N + threads - 1) / threads + 15) & ~15;
+    double t0 = now();
+    for (int i = 0; i < threads; i++) {
+        int n0 = i * per < N ? i * per : N, n1 = n0 + per < N ? n0 + per : N;
+        jobs[i] = (q8_job){t, C, A, W, copies, reps, M, n0, n1};
+        if (i > 0) pthread_create(&tid[i], NULL, run_q8_job, &jobs[i]);
+    }
+    run_q8_job(&jobs[0]);
+    for (int i = 1; i < threads; i++) pthread_join(tid[i], NULL);
+    return now() - t0;
+}
+
+static void bench_q8(const qw_q8_kernels *t, int M, int K, int N, int threads, double seconds) {
+    size_t qb, sb, zb;
+    qw_q8_sizes(N, K, &qb, &sb, &zb);
+    const size_t bytes = qb + sb + zb;
+    int copies = (int)((192u << 20) / bytes) + 1;
+    if (copies > 64) copies = 64;
+    qw_q8 *W = malloc((size_t)copies * sizeof(qw_q8));
+    char *mem = aligned_alloc(4096, ((bytes * copies) + 4095) & ~(size_t)4095);
+    uint16_t *src = malloc((size_t)N * K * 2);
+    fill_weights(src, QW_BF16, (size_t)N * K);
+    for (int c = 0; c < copies; c++) {
+        char *m = mem + (size_t)c * bytes;
+        qw_q8_init(&W[c], N, K, m, m + qb, m + qb + sb);
+        qw_q8_pack(&W[c], src, QW_BF16, 0, (N + 15) / 16);
+    }
+    float *A = malloc((size_t)M * K * sizeof(float)), *C = malloc((size_t)M * N * sizeof(float));
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = frand();
+    uint8_t *qa = malloc((size_t)M * W[0].Kp);
+    float *sa = malloc((size_t)M * W[0].ng * sizeof(float));
+    qw_q8_quantize_rows(qa, sa, A, K, M, K, W[0].Kp, W[0].ng);
+    const qw_q8_act act = {qa, sa, M, W[0].Kp, W[0].ng};
+    double t1 = timed_q8(t, C, &act, W, copies, 1, M, N, threads);
+    int reps = (int)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6));
+    if (reps < 1) reps = 1;
+    double per_call = 1e30;
+    for (int r = 0; r < ROUNDS; r++) {
+        double x = timed_q8(t, C, &act, W, copies, reps, M, N, threads) / ((double)reps * copies);
+        if (x < per_call) per_call = x;
+    }
+    printf("int8 %-10s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GOP/s   %6.1f GB/s\n", t->name, threads, M, K, N,
+           per_call * 1e3, 2.0 * M * K * N / per_call * 1e-9, (double)bytes / per_call * 1e-9);
+    fflush(stdout);
+    free(W), free(mem), free(src), free(A), free(C), free(qa), free(sa);
 }
 
 /* ==== AMX ==== */
@@ -291,6 +366,21 @@ int main(int argc, char **argv) {
                     if ((scalar || dt != QW_BF16) && (s > 0 || mi > 0)) continue;
                     if (only_m && only_m != prefill_m[mi]) continue;
                     bench(k, (qw_dtype)dt, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds, 0);
+                }
+        }
+    }
+    if (!only_rows && (!only || !strcmp(only, "int8"))) {
+        static const int q8_shapes[][2] = {{1024, 3072}, {3072, 1024}, {1024, 4096}, {1024, 151936}};
+        static const int q8_m[] = {1, 4, 8, 16, 64};
+        const qw_q8_kernels *tables[3] = {qw_q8_for(QWEN_ISA_AVX512), qw_q8_for(QWEN_ISA_AVX2), NULL};
+        if (tables[1] == tables[0]) tables[1] = NULL; /* one table below AVX-512 VNNI: not twice */
+        for (int ti = 0; ti < 2; ti++) {
+            if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
+            for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
+                for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {
+                    if (only_m && only_m != q8_m[mi]) continue;
+                    if (s == 3 && q8_m[mi] > 16) continue;
+                    bench_q8(tables[ti], q8_m[mi], q8_shapes[s][0], q8_shapes[s][1], threads, seconds);
                 }
         }
     }

@@ -7,7 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/build/kernels-bench"
 mkdir -p "$out"
 cc="${CC:-gcc}"
-cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -I"$root/native/src" -I"$root/native/include")
+cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -DQWEN_HAVE_AMX -I"$root/native/src" -I"$root/native/include")
 "$cc" "${cflags[@]}" -c "$root/native/src/kernels.c" -o "$out/kernels.o"
 "$cc" "${cflags[@]}" -c "$root/native/src/kernels_scalar.c" -o "$out/kernels_scalar.o"
 "$cc" "${cflags[@]}" -mavx2 -mfma -mf16c -c "$root/native/src/kernels_avx2.c" -o "$out/kernels_avx2.o"
@@ -17,5 +17,9 @@ cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -I"$root/native/src" -
   -c "$root/native/src/kernels_avx512bf16.c" -o "$out/kernels_avx512bf16.o"
 "$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mamx-tile -mamx-bf16 -mfma -mf16c \
   -c "$root/native/src/kernels_amx.c" -o "$out/kernels_amx.o"
-"$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o -o "$out/bench_kernels" -lpthread -lm
+"$cc" "${cflags[@]}" -c "$root/native/src/quant.c" -o "$out/quant.o"
+"$cc" "${cflags[@]}" -mavx2 -mfma -mf16c -c "$root/native/src/quant_avx2.c" -o "$out/quant_avx2.o"
+"$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma \
+  -c "$root/native/src/quant_avx512vnni.c" -o "$out/quant_avx512vnni.o"
+"$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o "$out"/quant*.o -o "$out/bench_kernels" -lpthread -lm
 exec "$out/bench_kernels" "$@"

@@ -16,7 +16,8 @@ weights give flatter logits than trained ones, so near ties are more common here
 checkpoint; the error figures carry over, the agreement share is a lower bound in that sense.
 
     python benchmarks/bench_precision.py --model tiny          # the tiny checkpoint (made if missing)
-    python benchmarks/bench_precision.py --model full-0.6b --clips 4 --tokens 32
+    python benchmarks/bench_precision.py --model full-0.6b --clips 6 --tokens 24
+    python benchmarks/bench_precision.py --model full-0.6b --isa avx512   # the int8 decoder's share alone
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--isa", default="auto", help="kernel set of the fast side (avx512: f32 encoder, int8 decoder)"
+    )
     args = p.parse_args()
     if args.model in ("tiny", "full-0.6b"):
         model_dir = args.cache_dir / ("tiny-0.6b" if args.model == "tiny" else "full-0.6b")
@@ -77,7 +81,7 @@ def main() -> None:
     else:
         model_dir = Path(args.model)
     exact = Engine(model_dir, threads=args.threads, precision="exact")
-    fast = Engine(model_dir, threads=args.threads, precision="fast")
+    fast = Engine(model_dir, threads=args.threads, precision="fast", isa=args.isa)
     print(
         f"CPU: {cpu_model()}; model {model_dir.name}; exact: {exact.native.kernels}; fast: {fast.native.kernels}"
     )

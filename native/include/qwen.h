@@ -67,12 +67,12 @@ typedef enum {
 /* Numerical precision of a context.
  * EXACT: f32 arithmetic throughout (weights widened from the checkpoint's dtype): greedy tokens
  *   match the official implementation.
- * FAST: the decoder's linear layers run on int8 weights (quantized once at load, per group of 64
- *   along K, replacing the checkpoint's pages in memory) with activations quantized per row and
- *   group when each product is taken. With QWEN_ISA_AUTO, the encoder and the LM head run on AMX
- *   bf16 tiles where the CPU has AMX and the OS grants it (packed once at load), else the encoder
- *   uses bf16 dot products where the CPU has them (avx512bf16); a kernel set named in isa is used
- *   as it is. Embeddings keep the checkpoint's weights. A sequence's logits in a batch are still
+ * FAST: the decoder's linear layers and the LM head run on int8 weights (quantized once at load,
+ *   per group of 64 along K, replacing the checkpoint's pages in memory) with activations quantized
+ *   per row and group when each product is taken. With QWEN_ISA_AUTO, the encoder runs on AMX bf16
+ *   tiles where the CPU has AMX and the OS grants it (packed once at load), else on bf16 dot
+ *   products where the CPU has them (avx512bf16); a kernel set named in isa is used as it is.
+ *   Token embeddings keep the checkpoint's weights. A sequence's logits in a batch are still
  *   bitwise those it gets alone. Results differ from EXACT by quantization noise (README). */
 typedef enum {
     QWEN_PRECISION_EXACT = 0,

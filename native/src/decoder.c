@@ -57,7 +57,10 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
             qw_load_mat(&L, &D->lm_head, "thinker.lm_head.weight", c->vocab, H);
         else
             D->lm_head = D->embed; /* tied */
-        if (ctx->amx) qw_amx_mat(&L, &D->lm_head); /* a tied embedding keeps its own pages */
+        /* FAST: the LM head in int8 too (README: no greedy token changed on the test sets; half the
+         * bytes of bf16 per step). A tied embedding keeps its own entry: only the rows looked up are
+         * read back from the checkpoint's file. */
+        if (ctx->precision == QWEN_PRECISION_FAST) qw_quantize_mat(&L, &D->lm_head);
     }
 #undef NAME
     if (L.rc) return L.rc;

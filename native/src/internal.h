@@ -182,7 +182,7 @@ struct qwen_context {
     qwen_isa isa;
     qwen_precision precision;
     const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
-    int amx;                    /* FAST on a CPU with AMX: encoder and LM head on bf16 tiles */
+    int amx;                    /* FAST on a CPU with AMX: the encoder on bf16 tiles */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
     char kernels_name[64];

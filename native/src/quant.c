@@ -28,12 +28,18 @@ void qw_q8_init(qw_q8 *W, int N, int K, void *q, void *scale, void *zsum) {
 
 /* ==== Quantizing ==== */
 
+/* max(m, |x|) without a libm call (vectorizes; a NaN x leaves m, as fmaxf does). */
+static inline float absmax(float m, float x) {
+    const float a = fabsf(x);
+    return a > m ? a : m;
+}
+
 /* round(x * inv) clamped to [-127, 127]; NaN -> 0. */
 static inline int q8_round(float x, float inv) {
     float r = x * inv;
     if (!(r == r)) return 0;
     r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-    return (int)nearbyintf(r);
+    return (int)lrintf(r); /* nearest even (the default rounding); one instruction with -fno-math-errno */
 }
 
 /* dst[i] = src[row, k0 + i] widened to f32, i < n. */
@@ -59,7 +65,7 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
                 float amax = 0.0f;
                 if (n < W->N) {
                     widen(w, src, dt, (size_t)n * (size_t)K + (size_t)k0, k1 - k0);
-                    for (int k = 0; k < k1 - k0; k++) amax = fmaxf(amax, fabsf(w[k]));
+                    for (int k = 0; k < k1 - k0; k++) amax = absmax(amax, w[k]);
                 }
                 const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
                 int32_t sum = 0;
@@ -82,7 +88,7 @@ void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int 
         for (int g = 0; g < ng; g++) {
             const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
             float amax = 0.0f;
-            for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(a[k]));
+            for (int k = k0; k < k1; k++) amax = absmax(amax, a[k]);
             const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
             for (int k = k0; k < k1; k++) qm[k] = (uint8_t)(q8_round(a[k], inv) + 128);
             scale[(size_t)m * ng + g] = amax / 127.0f;

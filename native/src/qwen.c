@@ -80,7 +80,7 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     }
     ctx->precision = p.precision;
     int isa = 0;
-    /* FAST with AUTO: the encoder and the LM head on AMX bf16 tiles where the CPU has them
+    /* FAST with AUTO: the encoder on AMX bf16 tiles where the CPU has them
      * (and the OS grants them), else bf16 dot products where it has those. A kernel set asked
      * for by name is used as it is (with the int8 decoder). */
     const int fast_auto = p.precision == QWEN_PRECISION_FAST && p.isa == QWEN_ISA_AUTO;

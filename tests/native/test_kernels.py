@@ -158,7 +158,7 @@ def test_amx_kernel(variant: str, tmp_path: Path) -> None:
 
 def test_library_with_emulated_amx(tmp_path: Path, tiny_dir: Path) -> None:
     """precision "fast" with AMX through the whole library: built with QWEN_AMX_EMULATE, libqwen puts
-    the encoder and the LM head on (emulated) tiles on any x86-64 CPU. The C API test's batching
+    the encoder on (emulated) tiles on any x86-64 CPU. The C API test's batching
     contract (each sequence's logits in a batch bitwise those it gets alone) and the engine's
     precision tests (fast within quantization noise of exact) must hold there too."""
     if os.uname().machine != "x86_64":
