@@ -56,8 +56,9 @@ APP = "qwen"
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},  # the shipped settings
-    "old": {"max_batch": 1, "model_pool_size": 2, "threads": 1, "model_num_cpus": 1},
-    # candidates for the defaults (--configs defaults,batch16,old)
+    "old": {"max_batch": 1, "model_pool_size": 2, "threads": 1, "model_num_cpus": 1, "precision": "exact"},
+    "exact": {"precision": "exact"},  # batching, f32 (the defaults before precision "fast")
+    # candidates for the defaults (--configs defaults,exact,batch16,old)
     "batch16": {"max_batch": 16},
     "batch4": {"max_batch": 4},
 }
