@@ -248,7 +248,8 @@ void qw_softmax(float *x, int n);
  * Rows of q, out, keys and vals have strides ldq, ldo, ldkv. From 8 queries
  * on it runs on the matmul kernel (keys copied contiguous, values
  * transposed, S = Q K^T, O = P V); for fewer (decode), or without memory
- * for that, one dot and one axpy per key with an online softmax. */
+ * for that, per query the scores of all keys in one dot_rows call, the
+ * softmax, and one axpy_rows over the values (kernels.h). */
 void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,
                   const float *vals, int ldkv, int T, int hd, int causal0);
 

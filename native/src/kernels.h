@@ -39,6 +39,16 @@ typedef struct {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += alpha * x[i] */
     void (*axpy)(float *y, float alpha, const float *x, int n);
+    /* out[r] = sum_i q[i] * rows[r * ld + i]  for r in [0, n_rows), i in [0, n)
+     *   q[n], rows[n_rows, n] (row stride ld), out[n_rows].
+     * Each out[r] is bitwise this table's dot(q, rows + r * ld, n) (the same accumulators, order
+     * and horizontal sum), a few rows at a time in one call: the scores of one attention query. */
+    void (*dot_rows)(float *out, const float *q, const float *rows, int ld, int n_rows, int n);
+    /* y[i] += alpha[r] * rows[r * ld + i]  for r = 0, 1, .., n_rows - 1 in turn, i in [0, n)
+     *   y[n], alpha[n_rows], rows[n_rows, n] (row stride ld).
+     * Bitwise n_rows calls of this table's axpy(y, alpha[r], rows + r * ld, n) in order of r, with
+     * y held in registers across the rows (blocks of n): an attention query's P V. */
+    void (*axpy_rows)(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n);
     /* dst[i] = (float)src[i] for a row of weights (embedding lookup). */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */

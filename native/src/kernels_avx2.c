@@ -148,6 +148,101 @@ static void axpy_avx2(float *y, float alpha, const float *x, int n) {
     }
 }
 
+/* ==== Many rows against one vector (attention of one query) ==== */
+
+/* [hsum(a), hsum(b), hsum(c), hsum(d)], each bitwise hsum's: the same pairs
+ * of lanes added in the same tree, four vectors per instruction. */
+QW_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    /* lo + hi: [a.lo + a.hi | b.lo + b.hi], [c.. | d..]; s_i = v_i + v_{i+4} */
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    /* [s0 + s2, s1 + s3] of a and c (low half), b and d (high half) */
+    const __m256 u = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xee));
+    /* (s0 + s2) + (s1 + s3): a, c in lanes 0, 2; b, d in lanes 4, 6 */
+    const __m256 w = _mm256_add_ps(u, _mm256_permute_ps(u, 0xb1));
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(w, _mm256_setr_epi32(0, 4, 2, 6, 0, 0, 0, 0)));
+}
+
+/* out[r] = dot_avx2(q, rows + r * ld, n) for R (1..3) rows side by side: each
+ * row its own four chains, fed as dot_avx2 feeds them (4R + 1 registers),
+ * then one hsum4. */
+QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+    __m256 s[3][4];
+    const float *x[3];
+    for (int r = 0; r < R; r++) {
+        x[r] = rows + (size_t)r * ld;
+        for (int j = 0; j < 4; j++) s[r][j] = _mm256_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 4; j++) {
+            const __m256 qv = _mm256_loadu_ps(q + i + 8 * j);
+            for (int r = 0; r < R; r++) s[r][j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(x[r] + i + 8 * j), s[r][j]);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        for (int r = 0; r < R; r++) s[r][0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(x[r] + i), s[r][0]);
+    }
+    if (i < n) {
+        const __m256i m = lane_mask(n - i);
+        const __m256 qv = _mm256_maskload_ps(q + i, m);
+        for (int r = 0; r < R; r++) s[r][1] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(x[r] + i, m), s[r][1]);
+    }
+    __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int r = 0; r < R; r++) c[r] = _mm256_add_ps(_mm256_add_ps(s[r][0], s[r][1]), _mm256_add_ps(s[r][2], s[r][3]));
+    float t[4];
+    _mm_storeu_ps(t, hsum4(c[0], c[1], c[2], c[3]));
+    for (int r = 0; r < R; r++) out[r] = t[r];
+}
+
+/* out[r] = dot_avx2(q, rows + r * ld, n), bitwise, three rows at a time. */
+static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    int r = 0;
+    for (; r + 3 <= n_rows; r += 3) dot_tile(3, out + r, q, rows + (size_t)r * ld, ld, n);
+    switch (n_rows - r) {
+    case 2: dot_tile(2, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    case 1: dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    default: break;
+    }
+}
+
+/* y[0 : 8V + t) += alpha[r] * rows[r][0 : 8V + t) for every row r in order,
+ * the V vectors (and a masked one of t < 8 lanes) of y in registers
+ * throughout; per lane the FMA axpy_avx2 does, in the same order. */
+QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows, int t) {
+    __m256 v[8], vt = _mm256_setzero_ps();
+    const __m256i m = lane_mask(t);
+    for (int j = 0; j < V; j++) v[j] = _mm256_loadu_ps(y + 8 * j);
+    if (t) vt = _mm256_maskload_ps(y + 8 * V, m);
+    for (int r = 0; r < n_rows; r++) {
+        const __m256 a = _mm256_broadcast_ss(alpha + r);
+        const float *x = rows + (size_t)r * ld;
+        for (int j = 0; j < V; j++) v[j] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + 8 * j), v[j]);
+        if (t) vt = _mm256_fmadd_ps(a, _mm256_maskload_ps(x + 8 * V, m), vt);
+    }
+    for (int j = 0; j < V; j++) _mm256_storeu_ps(y + 8 * j, v[j]);
+    if (t) _mm256_maskstore_ps(y + 8 * V, m, vt);
+}
+
+/* axpy_avx2(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks of
+ * 64 columns (8 of the 16 registers), then the rest in one block. */
+static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    if (n_rows <= 0) return;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) axpy_block(8, y + i, alpha, rows + i, ld, n_rows, 0);
+    const int t = (n - i) & 7;
+    switch ((n - i) >> 3) {
+    case 0: if (t) axpy_block(0, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 1: axpy_block(1, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 2: axpy_block(2, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 3: axpy_block(3, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 4: axpy_block(4, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 5: axpy_block(5, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 6: axpy_block(6, y + i, alpha, rows + i, ld, n_rows, t); break;
+    default: axpy_block(7, y + i, alpha, rows + i, ld, n_rows, t); break;
+    }
+}
+
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
 
 /* One order of operations per output element, whatever the tile computing
@@ -377,6 +472,8 @@ const qw_kernels qw_kernels_avx2 = {
     .matmul_rows = matmul_rows_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
+    .dot_rows = dot_rows_avx2,
+    .axpy_rows = axpy_rows_avx2,
     .to_f32 = to_f32_avx2,
     .gelu = gelu_avx2,
 };

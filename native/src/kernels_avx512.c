@@ -156,6 +156,105 @@ static void axpy_avx512(float *y, float alpha, const float *x, int n) {
     }
 }
 
+/* ==== Many rows against one vector (attention of one query) ==== */
+
+/* [hsum(a), hsum(b), hsum(c), hsum(d)], each bitwise hsum's: the same pairs
+ * of lanes added in the same tree, four vectors per instruction. */
+QW_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    /* 512 -> 256: [a.lo + a.hi | b.lo + b.hi] (h_i = v_i + v_{i+8}), the same for c, d */
+    const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+    /* 256 -> 128: s_i = h_i + h_{i+4}, one 128-bit lane per vector: [s(a), s(b), s(c), s(d)] */
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+    /* [s0 + s2, s1 + s3, ..], then (s0 + s2) + (s1 + s3) in lanes 0, 4, 8, 12 */
+    const __m512 u = _mm512_add_ps(s, _mm512_shuffle_ps(s, s, 0x4e));
+    const __m512 w = _mm512_add_ps(u, _mm512_shuffle_ps(u, u, 0xb1));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, w));
+}
+
+/* out[r] = dot_avx512(q, rows + r * ld, n) for R (1..4) rows side by side:
+ * each row its own four chains, fed as dot_avx512 feeds them (4R + 1
+ * registers), then one hsum4. */
+QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+    __m512 s[4][4];
+    const float *x[4];
+    for (int r = 0; r < R; r++) {
+        x[r] = rows + (size_t)r * ld;
+        for (int j = 0; j < 4; j++) s[r][j] = _mm512_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++) {
+            const __m512 qv = _mm512_loadu_ps(q + i + 16 * j);
+            for (int r = 0; r < R; r++) s[r][j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x[r] + i + 16 * j), s[r][j]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        for (int r = 0; r < R; r++) s[r][0] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x[r] + i), s[r][0]);
+    }
+    if (i < n) {
+        const __mmask16 m = lanes(n - i);
+        const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+        for (int r = 0; r < R; r++) s[r][1] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x[r] + i), s[r][1]);
+    }
+    __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int r = 0; r < R; r++) c[r] = _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), _mm512_add_ps(s[r][2], s[r][3]));
+    float t[4];
+    _mm_storeu_ps(t, hsum4(c[0], c[1], c[2], c[3]));
+    for (int r = 0; r < R; r++) out[r] = t[r];
+}
+
+/* out[r] = dot_avx512(q, rows + r * ld, n), bitwise, four rows at a time. */
+static void dot_rows_avx512(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4) dot_tile(4, out + r, q, rows + (size_t)r * ld, ld, n);
+    switch (n_rows - r) {
+    case 3: dot_tile(3, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    case 2: dot_tile(2, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    case 1: dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    default: break;
+    }
+}
+
+/* y[0 : 16V + t) += alpha[r] * rows[r][0 : 16V + t) for every row r in
+ * order, the V vectors (and a masked one of t < 16 lanes) of y in registers
+ * throughout; per lane the FMA axpy_avx512 does, in the same order. */
+QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows, int t) {
+    __m512 v[8], vt = _mm512_setzero_ps();
+    const __mmask16 m = lanes(t);
+    for (int j = 0; j < V; j++) v[j] = _mm512_loadu_ps(y + 16 * j);
+    if (t) vt = _mm512_maskz_loadu_ps(m, y + 16 * V);
+    for (int r = 0; r < n_rows; r++) {
+        const __m512 a = _mm512_set1_ps(alpha[r]);
+        const float *x = rows + (size_t)r * ld;
+        for (int j = 0; j < V; j++) v[j] = _mm512_fmadd_ps(a, _mm512_loadu_ps(x + 16 * j), v[j]);
+        if (t) vt = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + 16 * V), vt);
+    }
+    for (int j = 0; j < V; j++) _mm512_storeu_ps(y + 16 * j, v[j]);
+    if (t) _mm512_mask_storeu_ps(y + 16 * V, m, vt);
+}
+
+/* axpy_avx512(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks
+ * of 128 columns (8 registers: a head of 128 in one pass over the rows), then
+ * the rest in one block. */
+static void axpy_rows_avx512(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    if (n_rows <= 0) return;
+    int i = 0;
+    for (; i + 128 <= n; i += 128) axpy_block(8, y + i, alpha, rows + i, ld, n_rows, 0);
+    const int t = (n - i) & 15;
+    switch ((n - i) >> 4) {
+    case 0: if (t) axpy_block(0, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 1: axpy_block(1, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 2: axpy_block(2, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 3: axpy_block(3, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 4: axpy_block(4, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 5: axpy_block(5, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 6: axpy_block(6, y + i, alpha, rows + i, ld, n_rows, t); break;
+    default: axpy_block(7, y + i, alpha, rows + i, ld, n_rows, t); break;
+    }
+}
+
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
 
 /* One order of operations per output element, whatever the tile computing
@@ -370,6 +469,8 @@ const qw_kernels qw_kernels_avx512 = {
     .matmul_rows = matmul_rows_avx512,
     .dot = dot_avx512,
     .axpy = axpy_avx512,
+    .dot_rows = dot_rows_avx512,
+    .axpy_rows = axpy_rows_avx512,
     .to_f32 = to_f32_avx512,
     .gelu = gelu_avx512,
 };

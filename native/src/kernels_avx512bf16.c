@@ -7,8 +7,8 @@
  * rounded to bf16 (nearest even) once per block. That rounding (8 bits of
  * mantissa) is why this set is opt-in: results differ from the f32 sets by
  * about 1e-3 relative, so greedy tokens can differ from the reference on
- * near ties. Everything else (decode, f16/f32 weights, dot, axpy, to_f32)
- * runs the AVX-512 table.
+ * near ties. Everything else (decode, f16/f32 weights, dot, axpy, dot_rows,
+ * axpy_rows, to_f32) runs the AVX-512 table.
  *
  * C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n]), blocked like the
  * AVX-512 packed path: a panel of 32 weight rows x KB columns is transposed
@@ -144,6 +144,12 @@ static void matmul_rows_bf16set(float *C, int ldc, const float *A, int lda, cons
 }
 static float dot_bf16set(const float *a, const float *b, int n) { return qw_kernels_avx512.dot(a, b, n); }
 static void axpy_bf16set(float *y, float alpha, const float *x, int n) { qw_kernels_avx512.axpy(y, alpha, x, n); }
+static void dot_rows_bf16set(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    qw_kernels_avx512.dot_rows(out, q, rows, ld, n_rows, n);
+}
+static void axpy_rows_bf16set(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    qw_kernels_avx512.axpy_rows(y, alpha, rows, ld, n_rows, n);
+}
 static void to_f32_bf16set(float *dst, const void *src, qw_dtype dt, int n) { qw_kernels_avx512.to_f32(dst, src, dt, n); }
 static void gelu_bf16set(float *x, int n) { qw_kernels_avx512.gelu(x, n); }
 
@@ -153,6 +159,8 @@ const qw_kernels qw_kernels_avx512bf16 = {
     .matmul_rows = matmul_rows_bf16set,
     .dot = dot_bf16set,
     .axpy = axpy_bf16set,
+    .dot_rows = dot_rows_bf16set,
+    .axpy_rows = axpy_rows_bf16set,
     .to_f32 = to_f32_bf16set,
     .gelu = gelu_bf16set,
 };

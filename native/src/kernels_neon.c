@@ -194,6 +194,68 @@ static void axpy_neon(float *y, float alpha, const float *x, int n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+/* out[r] = dot_neon(q, rows + r * ld, n), bitwise, four rows side by side:
+ * each row its own two chains (8 accumulators), fed as dot_neon feeds them,
+ * then its own vaddvq_f32 and scalar tail. (A pairwise vpaddq_f32 tree for
+ * four rows would give the same bits on AArch64, but SIMDe's vaddvq_f32 sums
+ * in another order, so the emulated test could not hold it to dot_neon.) */
+QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+    float32x4_t s[4][2];
+    const float *x[4];
+    for (int r = 0; r < R; r++) {
+        x[r] = rows + (size_t)r * ld;
+        s[r][0] = s[r][1] = vdupq_n_f32(0.0f);
+    }
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t q0 = vld1q_f32(q + i), q1 = vld1q_f32(q + i + 4);
+        for (int r = 0; r < R; r++) {
+            s[r][0] = vfmaq_f32(s[r][0], q0, vld1q_f32(x[r] + i));
+            s[r][1] = vfmaq_f32(s[r][1], q1, vld1q_f32(x[r] + i + 4));
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float v = vaddvq_f32(vaddq_f32(s[r][0], s[r][1]));
+        for (int k = i; k < n; k++) v += q[k] * x[r][k];
+        out[r] = v;
+    }
+}
+
+static void dot_rows_neon(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4) dot_tile(4, out + r, q, rows + (size_t)r * ld, ld, n);
+    for (; r < n_rows; r++) dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n);
+}
+
+/* y[0 : 4V) += alpha[r] * rows[r][0 : 4V) for every row r in order, the V
+ * vectors of y in registers throughout; per lane axpy_neon's FMA. */
+QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows) {
+    float32x4_t v[16];
+    for (int j = 0; j < V; j++) v[j] = vld1q_f32(y + 4 * j);
+    for (int r = 0; r < n_rows; r++) {
+        const float32x4_t a = vdupq_n_f32(alpha[r]);
+        const float *x = rows + (size_t)r * ld;
+        for (int j = 0; j < V; j++) v[j] = vfmaq_f32(v[j], a, vld1q_f32(x + 4 * j));
+    }
+    for (int j = 0; j < V; j++) vst1q_f32(y + 4 * j, v[j]);
+}
+
+/* axpy_neon(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks of
+ * 64 columns (16 of the 32 registers), then of 16, then of 4, then the
+ * scalar tail of axpy_neon, each element across all rows. */
+static void axpy_rows_neon(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    if (n_rows <= 0) return;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) axpy_block(16, y + i, alpha, rows + i, ld, n_rows);
+    for (; i + 16 <= n; i += 16) axpy_block(4, y + i, alpha, rows + i, ld, n_rows);
+    for (; i + 4 <= n; i += 4) axpy_block(1, y + i, alpha, rows + i, ld, n_rows);
+    for (; i < n; i++) {
+        float v = y[i];
+        for (int r = 0; r < n_rows; r++) v += alpha[r] * rows[(size_t)r * ld + i];
+        y[i] = v;
+    }
+}
+
 static void to_f32_neon(float *dst, const void *src, qw_dtype dt, int n) {
     if (dt == QW_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
@@ -212,6 +274,8 @@ const qw_kernels qw_kernels_neon = {
     .matmul_rows = matmul_rows_neon,
     .dot = dot_neon,
     .axpy = axpy_neon,
+    .dot_rows = dot_rows_neon,
+    .axpy_rows = axpy_rows_neon,
     .to_f32 = to_f32_neon,
     .gelu = gelu_neon,
 };

@@ -62,6 +62,45 @@ static void axpy_scalar(float *y, float alpha, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
+/* out[r] = dot(q, rows + r * ld, n): four rows at a time, each its own sum in
+ * increasing i, as dot_scalar. */
+static void dot_rows_scalar(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    int r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        const float *r0 = rows + (size_t)r * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        for (int i = 0; i < n; i++) {
+            s0 += q[i] * r0[i];
+            s1 += q[i] * r1[i];
+            s2 += q[i] * r2[i];
+            s3 += q[i] * r3[i];
+        }
+        out[r] = s0, out[r + 1] = s1, out[r + 2] = s2, out[r + 3] = s3;
+    }
+    for (; r < n_rows; r++) out[r] = dot_scalar(q, rows + (size_t)r * ld, n);
+}
+
+/* axpy(y, alpha[r], rows + r * ld, n) for r in order: per element, the same
+ * updates in the same order, blocks of 32 elements of y kept local (in
+ * registers) across the rows, then each element of the tail likewise. */
+static void axpy_rows_scalar(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    int i0 = 0;
+    for (; i0 + 32 <= n; i0 += 32) {
+        float v[32];
+        memcpy(v, y + i0, sizeof(v));
+        for (int r = 0; r < n_rows; r++) {
+            const float *x = rows + (size_t)r * ld + i0;
+            for (int i = 0; i < 32; i++) v[i] += alpha[r] * x[i];
+        }
+        memcpy(y + i0, v, sizeof(v));
+    }
+    for (; i0 < n; i0++) {
+        float v = y[i0];
+        for (int r = 0; r < n_rows; r++) v += alpha[r] * rows[(size_t)r * ld + i0];
+        y[i0] = v;
+    }
+}
+
 /* C[M,N] = A[M,K] @ W[N,K]^T (+ bias), columns [n0, n1). One weight row is
  * widened once into a small buffer and reused for every row of A. Each
  * element's order is fixed whatever M, m or the slice: bias (or 0), then
@@ -94,6 +133,8 @@ const qw_kernels qw_kernels_scalar = {
     .matmul_rows = matmul_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
+    .dot_rows = dot_rows_scalar,
+    .axpy_rows = axpy_rows_scalar,
     .to_f32 = to_f32_scalar,
     .gelu = gelu_scalar,
 };

@@ -199,18 +199,41 @@ static inline int attention_len(int causal0, int r, int T) {
     return causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
 }
 
-/* Few queries (decode), or no memory for the GEMM way: per query, one pass
- * over the keys with a running maximum (online softmax), one dot and one
- * axpy per key, no buffer. */
+/* Few queries (decode), or no memory for the GEMM way. Per query: the scores
+ * of all len keys in one dot_rows call into a buffer (on the stack up to
+ * 4096 keys, else malloc'ed), times scale, qw_softmax (normalised), then
+ * out = one axpy_rows of the probabilities over the values. Should that
+ * malloc fail: one pass over the keys with a running maximum (online
+ * softmax), one dot and one axpy per key, no buffer. Single-threaded; each
+ * query's result depends on its own q, keys and values only. */
 static void attention_rows(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m,
                            const float *keys, const float *vals, int ldkv, int T, int hd, int causal0) {
+    enum { ATT_STACK = 4096 }; /* scores on the stack: 16 KiB */
     const float scale = 1.0f / sqrtf((float)hd);
+    float stack[ATT_STACK], *heap = NULL;
+    int heap_len = 0;
     for (int r = 0; r < m; r++) {
         const float *qr = q + (size_t)r * ldq;
         float *o = out + (size_t)r * ldo;
         const int len = attention_len(causal0, r, T);
-        float mx = -INFINITY, sum = 0.0f;
+        float *p = stack;
+        if (len > ATT_STACK) {
+            if (len > heap_len) {
+                free(heap);
+                heap = malloc((size_t)len * sizeof(float));
+                heap_len = heap ? len : 0;
+            }
+            p = heap;
+        }
         memset(o, 0, (size_t)hd * sizeof(float));
+        if (p) {
+            k->dot_rows(p, qr, keys, ldkv, len, hd);
+            for (int s = 0; s < len; s++) p[s] *= scale;
+            qw_softmax(p, len);
+            k->axpy_rows(o, p, vals, ldkv, len, hd);
+            continue;
+        }
+        float mx = -INFINITY, sum = 0.0f;
         for (int s = 0; s < len; s++) {
             const float v = k->dot(qr, keys + (size_t)s * ldkv, hd) * scale;
             if (v > mx) { /* a new maximum: rescale what was summed so far */
@@ -226,6 +249,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
         const float inv = 1.0f / sum;
         for (int d = 0; d < hd; d++) o[d] *= inv;
     }
+    free(heap);
 }
 
 void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,

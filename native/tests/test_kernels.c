@@ -12,6 +12,9 @@
  *            equals the row computed alone (M = 1), also through column
  *            slices split at odd points, and matmul for M < 8 equals it.
  *   dot, axpy, to_f32 on lengths around every vector width.
+ *   dot_rows, axpy_rows bit for bit each table's dot per row and its axpy row
+ *            after row, over n around every vector width and 1..9, 37 rows
+ *            with a row stride larger than n; y past [0, n) untouched.
  *   f16 / bf16 conversions: every f16 and bf16 value (subnormals, inf, NaN)
  *            against an independent formula and against each table's to_f32;
  *            f32 -> bf16 round-to-nearest-even on ties, overflow, NaN.
@@ -363,6 +366,57 @@ static void test_matmuls_rows(const qw_kernels *t) {
     test_matmul_fn(t, 1, 20, 0, 8, 0, 8, QW_BF16, 0);
 }
 
+/* ==== dot_rows, axpy_rows: the table's dot and axpy, bitwise ==== */
+
+/* One (n, n_rows) case: dot_rows against dot on each row, axpy_rows against
+ * n_rows axpy calls in order, on exact-size buffers (rows end where the last
+ * row ends; out, alpha and one y of exactly n_rows, n_rows, n floats), and on
+ * a y inside guards that must stay untouched. */
+static void test_rows_case(const qw_kernels *t, int n, int n_rows, int ld) {
+    enum { G = 17 }; /* guard floats either side of y */
+    const size_t len = (size_t)(n_rows - 1) * ld + n, nn = n ? (size_t)n : 1;
+    float *rows = malloc((len ? len : 1) * sizeof(float)), *q = malloc(nn * sizeof(float));
+    float *out = malloc((size_t)n_rows * sizeof(float)), *alpha = malloc((size_t)n_rows * sizeof(float));
+    float *y0 = malloc(nn * sizeof(float)), *y1 = malloc(nn * sizeof(float)), *yg = malloc((nn + 2 * G) * sizeof(float));
+    for (size_t i = 0; i < len; i++) rows[i] = frand();
+    for (int i = 0; i < n; i++) q[i] = frand(), y0[i] = y1[i] = yg[G + i] = frand();
+    for (int r = 0; r < n_rows; r++) alpha[r] = frand();
+    for (int i = 0; i < G; i++) yg[i] = yg[G + n + i] = SENTINEL;
+
+    t->dot_rows(out, q, rows, ld, n_rows, n);
+    int dots = 1;
+    for (int r = 0; r < n_rows; r++) dots &= f2u(out[r]) == f2u(t->dot(q, rows + (size_t)r * ld, n));
+    check(dots, t->name, "dot_rows n=%d rows=%d ld=%d: bitwise dot per row", n, n_rows, ld);
+
+    for (int r = 0; r < n_rows; r++) t->axpy(y0, alpha[r], rows + (size_t)r * ld, n);
+    t->axpy_rows(y1, alpha, rows, ld, n_rows, n);
+    t->axpy_rows(yg + G, alpha, rows, ld, n_rows, n);
+    int guards = 1;
+    for (int i = 0; i < G; i++) guards &= yg[i] == SENTINEL && yg[G + n + i] == SENTINEL;
+    check(!memcmp(y0, y1, (size_t)n * sizeof(float)) && !memcmp(y0, yg + G, (size_t)n * sizeof(float)) && guards,
+          t->name, "axpy_rows n=%d rows=%d ld=%d: bitwise sequential axpy (exact y %d, guarded y %d, guards %d)", n,
+          n_rows, ld, !memcmp(y0, y1, (size_t)n * sizeof(float)), !memcmp(y0, yg + G, (size_t)n * sizeof(float)),
+          guards);
+    free(rows), free(q), free(out), free(alpha), free(y0), free(y1), free(yg);
+}
+
+static void test_rows_vectors(const qw_kernels *t) {
+    static const int counts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 37};
+    for (int n = 0; n <= 129; n++) {
+        if (n > 70 && n < 128) continue;
+        for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++)
+            test_rows_case(t, n, counts[c], n + 1 + (int)(c % 4) * 5); /* ld = n + 1, + 6, + 11, + 16 */
+    }
+    /* Decode shape: head dim 128 in a KV cache row of 8 heads, a long sequence. */
+    test_rows_case(t, 128, 1001, 1024);
+    /* No rows: nothing written. */
+    float out = SENTINEL, y[3] = {SENTINEL, SENTINEL, SENTINEL}, x[3] = {1.0f, 2.0f, 3.0f}, a = 1.0f;
+    t->dot_rows(&out, x, x, 3, 0, 3);
+    t->axpy_rows(y, &a, x, 3, 0, 3);
+    check(out == SENTINEL && y[0] == SENTINEL && y[1] == SENTINEL && y[2] == SENTINEL, t->name,
+          "dot_rows, axpy_rows with no rows leave out and y untouched");
+}
+
 /* ==== GELU: against the exact erf in double precision ==== */
 
 static void test_gelu(const qw_kernels *t) {
@@ -496,9 +550,15 @@ int main(void) {
 #endif
 
     test_conversions(tables, n_tables);
+    {
+        const int before = failed;
+        test_rows_vectors(&qw_kernels_scalar);
+        printf("kernels: scalar dot_rows / axpy_rows tested, %d failures\n", failed - before);
+    }
     for (int i = 0; i < n_tables; i++) {
         const int before = failed;
         test_vectors(tables[i]);
+        test_rows_vectors(tables[i]);
         test_gelu(tables[i]);
         test_matmuls(tables[i]);
         test_matmuls_rows(tables[i]);
@@ -507,6 +567,7 @@ int main(void) {
     if (bf) {
         const int before = failed;
         test_vectors(bf);
+        test_rows_vectors(bf);
         test_gelu(bf);
         test_matmuls_bf16act(bf);
         test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
