@@ -166,10 +166,13 @@ def limits(service: Service) -> Limits:
 
 @pytest.fixture(scope="session")
 def engines(service: Service) -> Iterator[dict[str, Any]]:
-    """The real Engine on the same checkpoints, in this process, for reference results."""
+    """The real Engine on the same checkpoints, in this process, for reference results: at the
+    precision the service runs by default (its args above leave it unset)."""
     from qwen_serve.engine import Engine
+    from qwen_serve.settings import Settings
 
-    loaded = {model_id: Engine(d, threads=1) for model_id, d in service.dirs.items()}
+    precision = Settings.model_fields["precision"].default
+    loaded = {model_id: Engine(d, threads=1, precision=precision) for model_id, d in service.dirs.items()}
     yield loaded
     for engine in loaded.values():
         engine.close()
