@@ -50,6 +50,10 @@ void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K);
  * per thread: each call loads its tile config and releases it). */
 void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
                    int K, int n0, int n1);
+/* 1 when a small product with partial tiles (qw_amx_pack + qw_amx_matmul) agrees with a
+ * double-precision sum; qwen_load runs it once before it puts a model on the tiles, and keeps
+ * the other kernels if it fails. Only after qw_amx_available() returned 1. */
+int qw_amx_selfcheck(void);
 #else /* a build without kernels_amx.c (AArch64, portable): AMX is never available */
 static inline int qw_amx_available(void) { return 0; }
 static inline size_t qw_amx_packed_size(int N, int K) { return (size_t)N * (size_t)K * 0; }
@@ -60,6 +64,7 @@ static inline void qw_amx_matmul(float *C, int ldc, const float *A, int lda, con
                                  int M, int N, int K, int n0, int n1) {
     (void)C, (void)ldc, (void)A, (void)lda, (void)packed, (void)bias, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
+static inline int qw_amx_selfcheck(void) { return 0; }
 #endif
 
 #endif /* QWEN_AMX_H */

@@ -93,7 +93,8 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     }
     ctx->isa = (qwen_isa)isa;
     ctx->q8 = qw_q8_for(isa);
-    ctx->amx = fast_auto && (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && qw_amx_available();
+    ctx->amx = fast_auto && (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && qw_amx_available() &&
+               qw_amx_selfcheck(); /* a unit that disagrees with double precision is never used */
     if (p.precision == QWEN_PRECISION_FAST)
         snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s%s + int8 %s", ctx->k->name,
                  ctx->amx ? " + amx" : "", ctx->q8->name);

@@ -674,7 +674,10 @@ static void test_probe(void) {
     for (int t = 0; t < 4; t++) pthread_join(tid[t], NULL), same &= answers[t] == avail;
     check(same, "probe", "the same answer from every call and thread");
     native = avail;
+    if (native) check(qw_amx_selfcheck() == 1, "native", "the load-time self-check passes on this CPU");
 #endif
+    /* the load-time self-check, on the emulated unit (the code qwen_load runs before using the tiles) */
+    check(qw_amx_emu_selfcheck() == 1, "emulated", "self-check passes");
 }
 
 int main(void) {
