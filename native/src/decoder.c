@@ -88,9 +88,11 @@ typedef struct {
     int layer, heads, kv_heads, hd;
 } dec_attn_job;
 
-/* Task = (group, head, block of up to ATT_QB queries): causal attention of
- * the group's rows over its sequence's cache, positions 0 .. n_past + i for
- * its query i (qw_attention). */
+/* Task = (group, KV head, block of up to ATT_QB queries): causal attention
+ * of the group's rows over its sequence's cache, positions 0 .. n_past + i
+ * for its query i (qw_attention), for each query head that shares the KV
+ * head in turn, so that the second one reads the keys and values from cache
+ * rather than memory. Each head's result is what it is computed alone. */
 #define ATT_QB 64
 
 static void dec_attn_task(void *arg, int t) {
@@ -101,14 +103,16 @@ static void dec_attn_task(void *arg, int t) {
     const qw_dec_group *G = &j->groups[g];
     const qw_seq *s = G->s;
     const int nb = (G->n + ATT_QB - 1) / ATT_QB;
-    const int h = t / nb, i0 = t % nb * ATT_QB, m = G->n - i0 < ATT_QB ? G->n - i0 : ATT_QB;
-    const int kvh = h / (j->heads / j->kv_heads), hd = j->hd;
+    const int kvh = t / nb, i0 = t % nb * ATT_QB, m = G->n - i0 < ATT_QB ? G->n - i0 : ATT_QB;
+    const int group = j->heads / j->kv_heads, hd = j->hd;
     const size_t kvrow = (size_t)j->kv_heads * hd, qrow = (size_t)j->heads * hd;
-    const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)h * hd;
     const size_t layer = (size_t)j->layer * s->cap * kvrow;
     const int p0 = s->n_past; /* before this pass: the group's rows sit at p0 .. p0 + n - 1 */
-    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, s->k + layer + (size_t)kvh * hd,
-                 s->v + layer + (size_t)kvh * hd, (int)kvrow, p0 + i0 + m, hd, p0 + i0);
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)h * hd;
+        qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, s->k + layer + (size_t)kvh * hd,
+                     s->v + layer + (size_t)kvh * hd, (int)kvrow, p0 + i0 + m, hd, p0 + i0);
+    }
 }
 
 /* NeoX rotation of one head: pairs (i, i + hd/2). */
@@ -158,7 +162,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     for (int g = 0, r = 0; g < n_groups; r += groups[g].n, g++) {
         row0[g] = r;
         task0[g] = n_tasks;
-        n_tasks += nh * ((groups[g].n + ATT_QB - 1) / ATT_QB);
+        n_tasks += nkv * ((groups[g].n + ATT_QB - 1) / ATT_QB);
     }
     void (*mm)(qwen_context *, float *, const float *, const qw_mat *, const float *, int) =
         rows_invariant ? qw_matmul_rows : qw_matmul;
