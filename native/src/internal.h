@@ -230,9 +230,8 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
  * C[i][M, W[i].rows] = A @ W[i]^T (+ bias[i]), i < n <= 4. */
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                  const float *const *bias, int M, int rows_invariant);
-/* Bytes of the quantized activations of rows x K, and making sure the context holds that many
- * (before a pass over int8 weights; -1: out of memory). */
-size_t qw_q8_act_bytes(int rows, int K);
+/* Makes sure the context holds the quantized activations of rows x K (qw_q8_act_bytes), before a
+ * pass over int8 weights; -1: out of memory. */
 int qw_q8_reserve(qwen_context *ctx, int rows, int K);
 void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

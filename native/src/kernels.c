@@ -7,13 +7,6 @@
 
 #include <stddef.h>
 
-/* QWEN_NO_SIMD builds the portable scalar library only. */
-#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
-#define QW_X86 1
-#endif
-#if (defined(__aarch64__) || defined(_M_ARM64)) && !defined(QWEN_NO_SIMD)
-#define QW_ARM 1
-#endif
 
 int qw_best_isa(void) {
 #ifdef QW_X86

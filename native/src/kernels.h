@@ -55,6 +55,15 @@ typedef struct {
     void (*gelu)(float *x, int n);
 } qw_kernels;
 
+/* QWEN_NO_SIMD builds the portable scalar library only; otherwise the
+ * architecture's SIMD tables are built and chosen at run time. */
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
+#define QW_X86 1
+#endif
+#if (defined(__aarch64__) || defined(_M_ARM64)) && !defined(QWEN_NO_SIMD)
+#define QW_ARM 1
+#endif
+
 extern const qw_kernels qw_kernels_scalar;
 extern const qw_kernels qw_kernels_avx2;   /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */

@@ -62,9 +62,7 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
             qw_fail(ctx, QWEN_ERR_INVALID, "int8 activation buffer not reserved for %d rows", M);
             return;
         }
-        float *scale = (float *)(void *)(ctx->q8_act + (((size_t)M * (size_t)q->Kp + 63) & ~(size_t)63));
-        qw_q8_quantize_rows(ctx->q8_act, scale, A, q->K, M, q->K, q->Kp, q->ng);
-        j.act = (qw_q8_act){ctx->q8_act, scale, M, q->Kp, q->ng};
+        j.act = qw_q8_quantize(ctx->q8_act, A, q->K, M, q);
     }
     int tasks = 0;
     for (int i = 0; i < n; i++) {
@@ -80,11 +78,6 @@ static void matmul_one(qwen_context *ctx, float *C, const float *A, const qw_mat
     const qw_mat *Ws[1] = {W};
     const float *bs[1] = {bias};
     qw_matmul_n(ctx, 1, Cs, A, Ws, bias ? bs : NULL, M, rows_invariant);
-}
-
-size_t qw_q8_act_bytes(int rows, int K) {
-    const size_t Kp = ((size_t)K + 3) & ~(size_t)3, ng = ((size_t)K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
-    return (((size_t)rows * Kp + 63) & ~(size_t)63) + (size_t)rows * ng * sizeof(float);
 }
 
 int qw_q8_reserve(qwen_context *ctx, int rows, int K) {

@@ -42,14 +42,6 @@ static inline int q8_round(float x, float inv) {
     return (int)lrintf(r); /* nearest even (the default rounding); one instruction with -fno-math-errno */
 }
 
-/* dst[i] = src[row, k0 + i] widened to f32, i < n. */
-static void widen(float *dst, const void *src, qw_dtype dt, size_t at, int n) {
-    for (int i = 0; i < n; i++)
-        dst[i] = dt == QW_F32    ? ((const float *)src)[at + (size_t)i]
-                 : dt == QW_BF16 ? qw_bf16_to_f32(((const uint16_t *)src)[at + (size_t)i])
-                                 : qw_f16_to_f32(((const uint16_t *)src)[at + (size_t)i]);
-}
-
 void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
     const int K = W->K, Kp = W->Kp, ng = W->ng;
     float w[QW_Q8_GROUP];
@@ -64,7 +56,8 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
                 const int kend = g == ng - 1 ? Kp : k1; /* the last group takes the zero padding */
                 float amax = 0.0f;
                 if (n < W->N) {
-                    widen(w, src, dt, (size_t)n * (size_t)K + (size_t)k0, k1 - k0);
+                    const size_t at = (size_t)n * (size_t)K + (size_t)k0;
+                    qw_kernels_scalar.to_f32(w, (const char *)src + at * (dt == QW_F32 ? 4 : 2), dt, k1 - k0);
                     for (int k = 0; k < k1 - k0; k++) amax = absmax(amax, w[k]);
                 }
                 const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
@@ -79,6 +72,18 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
             }
         }
     }
+}
+
+size_t qw_q8_act_bytes(int M, int K) {
+    const size_t Kp = ((size_t)K + 3) & ~(size_t)3, ng = ((size_t)K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+    return round64((size_t)M * Kp) + (size_t)M * ng * sizeof(float);
+}
+
+qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W) {
+    uint8_t *q = buf;
+    float *scale = (float *)(void *)(q + round64((size_t)M * (size_t)W->Kp));
+    qw_q8_quantize_rows(q, scale, A, lda, M, W->K, W->Kp, W->ng);
+    return (qw_q8_act){q, scale, M, W->Kp, W->ng};
 }
 
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
@@ -123,13 +128,6 @@ static void matmul_q8_scalar(float *C, int ldc, const qw_q8_act *A, const qw_q8 
 const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar};
 
 /* ==== Dispatch ==== */
-
-#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QWEN_NO_SIMD)
-#define QW_X86 1
-#endif
-#if (defined(__aarch64__) || defined(_M_ARM64)) && !defined(QWEN_NO_SIMD)
-#define QW_ARM 1
-#endif
 
 const qw_q8_kernels *qw_q8_for(int isa) {
 #ifdef QW_X86

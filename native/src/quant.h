@@ -79,5 +79,9 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
 /* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
  * as described above (the same code for every table). */
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
+/* Bytes of the quantized activations of M rows of K (q, then scale, 64-byte aligned), and those
+ * rows of A quantized for W's K into buf (at least qw_q8_act_bytes(M, W->K) bytes). */
+size_t qw_q8_act_bytes(int M, int K);
+qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W);
 
 #endif /* QWEN_QUANT_H */
