@@ -1,9 +1,9 @@
 """How far precision "fast" is from "exact": logits and greedy tokens, teacher-forced.
 
-For each clip, the exact context decodes greedily and keeps every step's logits. The fast context
-then walks the same token sequence: it decodes greedily too, and where its token differs from the
-exact one it is restarted from the exact prefix (prompt + exact tokens so far), so that every step
-compares the two precisions on the same input. Per step:
+For each clip, qwen_serve.testing.precision.teacher_forced: the exact context decodes greedily and
+keeps every step's logits; the fast context walks the same token sequence, restarted from the exact
+prefix where its token differs, so that every step compares the two precisions on the same input.
+Per step:
 
   error   max |fast - exact| over the vocabulary, divided by the spread of the exact logits
           (their standard deviation);
@@ -32,34 +32,7 @@ from bench_serve import cpu_model
 from qwen_serve.engine.engine import Engine
 from qwen_serve.testing.checkpoint import make_checkpoint
 from qwen_serve.testing.clips import speech_like
-
-
-def greedy(engine: Engine, pcm: np.ndarray, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
-    tokens, logits = [], []
-    for token, lg in engine.native.generate(pcm, prompt, max_new_tokens=n, eos_ids=[-2], with_logits=True):
-        tokens.append(token)
-        assert lg is not None
-        logits.append(lg)
-    return tokens, logits
-
-
-def compare(exact: Engine, fast: Engine, pcm: np.ndarray, n: int) -> list[tuple[float, float, bool]]:
-    prompt = exact.prompt_ids(pcm.size)
-    ref_tokens, ref_logits = greedy(exact, pcm, prompt, n)
-    steps: list[tuple[float, float, bool]] = []
-    t = 0
-    while t < len(ref_tokens):
-        got_tokens, got_logits = greedy(fast, pcm, prompt + ref_tokens[:t], len(ref_tokens) - t)
-        for tok, lg in zip(got_tokens, got_logits, strict=True):
-            ref = ref_logits[t]
-            spread = float(ref.std())
-            top2 = np.partition(ref, -2)[-2:]
-            margin = float(abs(top2[1] - top2[0])) / spread
-            steps.append((float(np.abs(lg - ref).max()) / spread, margin, tok == ref_tokens[t]))
-            t += 1
-            if tok != ref_tokens[t - 1]:
-                break  # restart from the exact prefix
-    return steps
+from qwen_serve.testing.precision import Step, teacher_forced
 
 
 def main() -> None:
@@ -85,13 +58,13 @@ def main() -> None:
     print(
         f"CPU: {cpu_model()}; model {model_dir.name}; exact: {exact.native.kernels}; fast: {fast.native.kernels}"
     )
-    steps: list[tuple[float, float, bool]] = []
+    steps: list[Step] = []
     for i in range(args.clips):
         pcm = speech_like(args.seconds * (0.6 + 0.8 * (i % 4) / 3), seed=100 + i)
-        steps += compare(exact, fast, pcm, args.tokens)
-    err = np.array([s[0] for s in steps])
-    margin = np.array([s[1] for s in steps])
-    agree = np.array([s[2] for s in steps])
+        steps += teacher_forced(exact.native, fast.native, pcm, exact.prompt_ids(pcm.size), args.tokens)
+    err = np.array([s.error for s in steps])
+    margin = np.array([s.margin for s in steps])
+    agree = np.array([s.agree for s in steps])
     clear = margin > 2 * np.percentile(err, 99)
     print(f"steps {len(steps)} over {args.clips} clips")
     print(

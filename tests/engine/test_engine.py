@@ -11,6 +11,7 @@ import pytest
 from qwen_serve.engine import Engine
 from qwen_serve.engine._native import AbortedError, NativeModel, best_isa, exact_isas
 from qwen_serve.testing.clips import speech_like
+from qwen_serve.testing.precision import greedy, teacher_forced
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +180,6 @@ def test_kernel_sets_of_another_architecture_are_refused(tiny_dir: Path) -> None
         assert auto.isa == best_isa() and auto.isa in exact_isas()
 
 
-def _greedy(
-    model: NativeModel, pcm: np.ndarray, prompt: list[int], n: int
-) -> tuple[list[int], list[np.ndarray]]:
-    steps = list(model.generate(pcm, prompt, max_new_tokens=n, eos_ids=[-2], with_logits=True))
-    return [t for t, _ in steps], [lg for _, lg in steps if lg is not None]
-
-
 def test_fast_precision_is_close_to_exact(tiny_dir: Path, engine: Engine) -> None:
     """precision="fast" (int8 decoder linears and LM head) stays within quantization noise of "exact": every
     step's logits within 15% of the exact logits' spread (measured on 512 steps: at most 10%, README), and
@@ -197,23 +191,14 @@ def test_fast_precision_is_close_to_exact(tiny_dir: Path, engine: Engine) -> Non
         compared = clear = 0
         for i, seconds in enumerate((1.5, 4.0, 9.0)):  # 9 s: two encoder windows
             pcm = speech_like(seconds, seed=10 + i)
-            prompt = engine.prompt_ids(pcm.size)
-            ref_tokens, ref_logits = _greedy(engine.native, pcm, prompt, 12)
-            t = 0
-            while t < len(ref_tokens):
-                tokens, logits = _greedy(fast, pcm, prompt + ref_tokens[:t], len(ref_tokens) - t)
-                for tok, lg in zip(tokens, logits, strict=True):
-                    ref = ref_logits[t]
-                    spread = float(ref.std())
-                    assert np.abs(lg - ref).max() <= 0.15 * spread, (seconds, t)
-                    top2 = np.sort(ref)[-2:]
-                    if top2[1] - top2[0] > 0.3 * spread:
-                        assert tok == ref_tokens[t], (seconds, t)
-                        clear += 1
-                    compared += 1
-                    t += 1
-                    if tok != ref_tokens[t - 1]:
-                        break
+            for t, step in enumerate(
+                teacher_forced(engine.native, fast, pcm, engine.prompt_ids(pcm.size), 12)
+            ):
+                assert step.error <= 0.15, (seconds, t)
+                if step.margin > 0.3:
+                    assert step.agree, (seconds, t)
+                    clear += 1
+                compared += 1
         assert compared == 36 and clear > 0
 
 
@@ -227,7 +212,7 @@ def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
         with NativeModel(tiny_dir, isa=isa, precision="fast") as m:
             prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
             prompt.append(m.info("audio_end_token_id"))
-            results[isa] = _greedy(m, pcm, prompt, 8)
+            results[isa] = greedy(m, pcm, prompt, 8)
     ref_tokens, ref_logits = results["scalar"]
     for isa, (tokens, logits) in results.items():
         assert tokens == ref_tokens, isa

@@ -164,25 +164,7 @@ def test_library_with_emulated_amx(tmp_path: Path, tiny_dir: Path) -> None:
     if os.uname().machine != "x86_64":
         pytest.skip("the AMX kernel is x86-64 only")
     build_dir = tmp_path / "build"
-    subprocess.run(
-        [
-            "cmake",
-            "-S",
-            str(ROOT / "native"),
-            "-B",
-            str(build_dir),
-            "-DQWEN_BUILD_TESTS=ON",
-            "-DQWEN_AMX_EMULATE=ON",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    proc = subprocess.run(
-        ["cmake", "--build", str(build_dir), "-j2", "--target", "qwen", "test_api"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    build(build_dir, ["qwen", "test_api"], "-DQWEN_AMX_EMULATE=ON")
     env = dict(os.environ, QWEN_TEST_MODEL=str(tiny_dir))
     api = subprocess.run([str(build_dir / "test_api")], capture_output=True, text=True, env=env, timeout=900)
     assert api.returncode == 0 and ", 0 failed" in api.stdout, api.stdout + api.stderr
