@@ -77,6 +77,12 @@ static void drop_pages(const qwen_context *ctx, const void *p, size_t n) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* m becomes its packed copy (data, dt); the checkpoint pages it was read from go back to the OS. */
+static void replace_mat(qwen_context *ctx, qw_mat *m, const void *data, qw_dtype dt) {
+    drop_pages(ctx, m->data, (size_t)m->rows * (size_t)m->cols * (m->dt == QW_F32 ? 4 : 2));
+    *m = (qw_mat){data, dt, m->rows, m->cols};
+}
+
 int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     if (L->rc || m->dt == QW_Q8) return L->rc;
     size_t qb, sb, zb;
@@ -91,9 +97,7 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     const int blocks = (m->rows + 15) / 16;
     pack_job j = {W, m->data, m->dt, 8, blocks};
     qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
-    const size_t esize = m->dt == QW_F32 ? 4 : 2;
-    drop_pages(L->ctx, m->data, (size_t)m->rows * (size_t)m->cols * esize);
-    *m = (qw_mat){W, QW_Q8, m->rows, m->cols};
+    replace_mat(L->ctx, m, W, QW_Q8);
     return 0;
 }
 
@@ -106,7 +110,6 @@ int qw_amx_mat(qw_loader *L, qw_mat *m) {
     }
     void *packed = mem + (64 - (uintptr_t)mem % 64) % 64;
     qw_amx_pack(packed, m->data, m->dt, m->rows, m->cols);
-    drop_pages(L->ctx, m->data, (size_t)m->rows * (size_t)m->cols * (m->dt == QW_F32 ? 4 : 2));
-    *m = (qw_mat){packed, QW_AMX, m->rows, m->cols};
+    replace_mat(L->ctx, m, packed, QW_AMX);
     return 0;
 }
