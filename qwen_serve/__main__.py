@@ -1,6 +1,7 @@
 """Command line.
 
 python -m qwen_serve transcribe --model-dir DIR FILE ...   # transcribe files with a local checkpoint
+python -m qwen_serve transcribe --model-dir DIR --aligner-dir ALIGNER --words FILE   # ... with word times
 python -m qwen_serve download [MODEL ...] [--if-missing]   # fetch Qwen/Qwen3-ASR-* into ./models
 """
 
@@ -33,9 +34,19 @@ def read_audio(path: Path) -> np.ndarray:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from qwen_serve.engine import Engine
+    import contextlib
 
-    with Engine(args.model_dir, threads=args.threads, isa=args.isa) as engine:
+    from qwen_serve.engine import Aligner, Engine
+
+    if args.words and not args.aligner_dir:
+        raise ValueError("--words needs --aligner-dir (a Qwen3-ForcedAligner checkpoint)")
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(Engine(args.model_dir, threads=args.threads, isa=args.isa))
+        aligner = (
+            stack.enter_context(Aligner(args.aligner_dir, threads=args.threads, isa=args.isa))
+            if args.words
+            else None
+        )
         for name in args.files:
             pcm = read_audio(Path(name))
             if args.stream:
@@ -51,6 +62,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                     pcm, language=args.language, context=args.context, max_new_tokens=args.max_new_tokens
                 )
             assert result is not None
+            words = aligner.align_transcription(pcm, result) if aligner is not None else None
             if args.json:
                 print(
                     json.dumps(
@@ -64,12 +76,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                                 "output_tokens": result.usage.output_tokens,
                             },
                             "timings_ms": vars(result.timings),
+                            **(
+                                {"words": [{"word": w.word, "start": w.start, "end": w.end} for w in words]}
+                                if words is not None
+                                else {}
+                            ),
                         },
                         ensure_ascii=False,
                     )
                 )
             elif not args.stream:
                 print(result.text)
+            if words is not None and not args.json:
+                for w in words:
+                    print(f"{w.start:8.3f} {w.end:8.3f}  {w.word}")
     return 0
 
 
@@ -98,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-new-tokens", type=int, default=None)
     t.add_argument("--stream", action="store_true", help="print text as it is decoded")
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
+    t.add_argument("--aligner-dir", default=None, help="Qwen3-ForcedAligner checkpoint directory (for --words)")
+    t.add_argument("--words", action="store_true", help="word timestamps (start, end in seconds, word)")
     t.add_argument("files", nargs="+")
     t.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)

@@ -25,6 +25,12 @@ with every core.
 Models whose checkpoint is missing are left out with a loud error naming the
 download command (requests for them get a 503 saying so); when none is
 present the build fails with that message.
+
+The forced aligner (word timestamps, subtitle cues) is one more deployment,
+`Aligner:qwen3-forcedaligner-0.6b`, with the models' pool size and life
+cycle (lazy load, scale to zero). It is optional: without its checkpoint the
+service runs as before and a word-level request gets a 400 naming the
+download command.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ from .api.backend import ModelInfo
 from .api.ingress import Ingress
 from .download import COMMAND, checkpoint_problem, missing_checkpoint_message
 from .languages import SUPPORTED_LANGUAGES
+from .model.aligner_server import AlignerServer
 from .model.server import ModelServer
-from .settings import Settings
+from .settings import ALIGNER_ID, Settings
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,7 +67,12 @@ def deployment_name(model_id: str) -> str:
     return f"Model:{model_id}"
 
 
-def autoscaling_config(settings: Settings) -> dict[str, Any]:
+ALIGNER_MAX_ONGOING = 4
+"""Requests an aligner replica holds at once; it runs them one after another (each is one forward
+pass on all the replica's threads), so more would only wait there instead of in Serve's queue."""
+
+
+def autoscaling_config(settings: Settings, target_ongoing: int | None = None) -> dict[str, Any]:
     """Pool size and idle unload as Ray Serve autoscaling (see the module docstring)."""
     idle = settings.model_idle_timeout
     resident = idle == 0
@@ -68,7 +80,8 @@ def autoscaling_config(settings: Settings) -> dict[str, Any]:
         "min_replicas": 1 if resident else 0,
         "initial_replicas": 1 if resident else 0,
         "max_replicas": settings.model_pool_size,
-        "target_ongoing_requests": settings.max_batch,  # scale up only when replicas are full
+        # scale up only when replicas are full
+        "target_ongoing_requests": settings.max_batch if target_ongoing is None else target_ongoing,
         "upscale_delay_s": 1.0,
         "downscale_delay_s": DEFAULT_DOWNSCALE_DELAY_S if resident else idle,
     }
@@ -135,13 +148,53 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     if not handles:
         raise FileNotFoundError("No model checkpoint found. " + " ".join(problems))
 
+    aligner, aligner_missing = aligner_deployment(settings)
     ingress = serve.deployment(
         name=INGRESS_NAME,
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": 0},
     )(Ingress)
-    return ingress.bind(settings, infos, handles, unavailable)
+    return ingress.bind(settings, infos, handles, unavailable, aligner, aligner_missing)
+
+
+def aligner_deployment(settings: Settings) -> tuple[Application | None, str]:
+    """The forced aligner's deployment, or None and why word timestamps are off (for the 400)."""
+    aligner_dir = settings.aligner_dir()
+    if aligner_dir is None:
+        return None, "The forced aligner is turned off on this server (QWEN_ALIGNER is empty)."
+    aligner_dir = aligner_dir.expanduser().resolve()
+    problem = checkpoint_problem(aligner_dir)
+    if problem:
+        logger.warning(
+            "Word timestamps are off: the forced aligner has no usable checkpoint at %s (%s). "
+            "Fetch it with `%s %s` to enable them.",
+            aligner_dir,
+            problem,
+            COMMAND,
+            ALIGNER_ID,
+        )
+        return None, (
+            "Word timestamps need the forced aligner, which is not installed on this server. "
+            f"The operator can fetch it with `{COMMAND} {ALIGNER_ID}`."
+        )
+    deployment = serve.deployment(
+        name=aligner_deployment_name(),
+        autoscaling_config=autoscaling_config(settings, target_ongoing=1),
+        max_ongoing_requests=ALIGNER_MAX_ONGOING,
+        max_queued_requests=settings.max_queued_requests,
+        ray_actor_options={"num_cpus": settings.model_num_cpus},
+        health_check_period_s=10,
+        graceful_shutdown_timeout_s=30,
+    )(AlignerServer)
+    app = deployment.bind(
+        str(aligner_dir), threads=settings.threads, isa=settings.isa, precision=settings.precision
+    )
+    return app, ""
+
+
+def aligner_deployment_name() -> str:
+    return f"Aligner:{ALIGNER_ID}"
 
 
 # ---- launcher: `serve run` with QWEN_HOST / QWEN_PORT applied ------------------------------

@@ -1,7 +1,8 @@
-"""Fetch the Qwen3-ASR checkpoints from Hugging Face into the models directory.
+"""Fetch the Qwen3-ASR checkpoints (and the forced aligner) from Hugging Face into the models directory.
 
-    python -m qwen_serve.download                    # every configured model (both by default)
+    python -m qwen_serve.download                    # every configured checkpoint (both models + the aligner)
     python -m qwen_serve.download qwen-asr-0.6b      # one model
+    python -m qwen_serve.download qwen3-forcedaligner-0.6b   # the forced aligner (word timestamps)
     python -m qwen_serve.download --if-missing       # only what is not there yet
 
 Model ids, directories and repositories come from the same settings as the
@@ -46,20 +47,19 @@ def missing_checkpoint_message(model_id: str, model_dir: Path, problem: str, rep
 
 
 def download(model_id: str, settings: Settings) -> Path:
-    """Downloads one model's checkpoint; returns its directory."""
+    """Downloads one checkpoint (a model id, or the forced aligner's id); returns its directory."""
     from huggingface_hub import snapshot_download
 
-    spec = settings.models[model_id]
-    if not spec.repo:
+    target, repo = settings.checkpoints()[model_id]
+    if not repo:
         raise ValueError(
             f"model '{model_id}' has no Hugging Face repository configured (models.{model_id}.repo)"
         )
-    target = settings.model_dir(model_id)
     target.mkdir(parents=True, exist_ok=True)
-    snapshot_download(repo_id=spec.repo, local_dir=str(target))
+    snapshot_download(repo_id=repo, local_dir=str(target))
     problem = checkpoint_problem(target)
     if problem:
-        raise RuntimeError(f"downloaded {spec.repo} into {target}, but {problem}")
+        raise RuntimeError(f"downloaded {repo} into {target}, but {problem}")
     return target
 
 
@@ -100,21 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.models_dir:  # the command line wins over the environment too
         settings = settings.model_copy(update={"models_dir": args.models_dir})
 
-    wanted = args.models or list(settings.models)
-    unknown = [m for m in wanted if m not in settings.models]
+    known = settings.checkpoints()
+    wanted = args.models or list(known)
+    unknown = [m for m in wanted if m not in known]
     if unknown:
         print(
-            f"error: unknown model id(s): {', '.join(unknown)}; known: {', '.join(settings.models)}",
+            f"error: unknown model id(s): {', '.join(unknown)}; known: {', '.join(known)}",
             file=sys.stderr,
         )
         return 2
     failed = 0
     for model_id in wanted:
-        target = settings.model_dir(model_id)
+        target, repo = known[model_id]
         if args.if_missing and checkpoint_problem(target) is None:
             print(f"{model_id}: present at {target}")
             continue
-        print(f"{model_id}: downloading {settings.models[model_id].repo} into {target} ...", flush=True)
+        print(f"{model_id}: downloading {repo} into {target} ...", flush=True)
         try:
             download(model_id, settings)
         except Exception as e:  # network, auth, disk: report and go on with the next model

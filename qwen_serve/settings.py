@@ -17,6 +17,8 @@ file). Nothing is read at import time: the app builder calls
     QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
     QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
+    QWEN_ALIGNER                    forced-aligner checkpoint for word timestamps and subtitle cues
+                                    (default qwen3-forcedaligner-0.6b under QWEN_MODELS_DIR; "" turns it off)
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
     "qwen-asr-0.6b": ModelSpec(path="qwen3-asr-0.6b", repo="Qwen/Qwen3-ASR-0.6B"),
     "qwen-asr-1.7b": ModelSpec(path="qwen3-asr-1.7b", repo="Qwen/Qwen3-ASR-1.7B"),
 }
+
+ALIGNER_ID = "qwen3-forcedaligner-0.6b"
+"""The forced aligner's id (its Serve deployment, the download command's argument)."""
+ALIGNER_REPO = "Qwen/Qwen3-ForcedAligner-0.6B"
 
 
 class Settings(BaseSettings):
@@ -107,6 +113,11 @@ class Settings(BaseSettings):
     """Replicas of the HTTP ingress (it only parses, decodes audio and routes)."""
     autoscaling: dict[str, Any] = Field(default_factory=dict)
     """Extra Ray Serve autoscaling_config keys for the model deployments (e.g. look_back_period_s)."""
+    aligner: str = ALIGNER_ID
+    """Checkpoint directory of Qwen3-ForcedAligner (absolute, or under `models_dir`): word timestamps
+    (`timestamp_granularities[]=word`), verbose_json segments and SRT/VTT cues cut from aligned
+    words. "" turns it off; a missing checkpoint only disables those features (word requests get a
+    400 naming the download command). It scales like a model: lazy load, pool size, idle unload."""
 
     @classmethod
     def settings_customise_sources(
@@ -163,6 +174,21 @@ class Settings(BaseSettings):
         """Checkpoint directory of a model id (absolute, or under models_dir)."""
         path = Path(self.models[model_id].path).expanduser()
         return path if path.is_absolute() else self.models_dir.expanduser() / path
+
+    def aligner_dir(self) -> Path | None:
+        """Checkpoint directory of the forced aligner, None when turned off."""
+        if not self.aligner.strip():
+            return None
+        path = Path(self.aligner).expanduser()
+        return path if path.is_absolute() else self.models_dir.expanduser() / path
+
+    def checkpoints(self) -> dict[str, tuple[Path, str | None]]:
+        """Every checkpoint the service can use: model ids and the aligner -> (directory, HF repo)."""
+        found = {m: (self.model_dir(m), self.models[m].repo) for m in self.models}
+        aligner = self.aligner_dir()
+        if aligner is not None:
+            found[ALIGNER_ID] = (aligner, ALIGNER_REPO)
+        return found
 
     def warn_if_default_token(self) -> None:
         if self.uses_default_token:

@@ -10,13 +10,14 @@ ModelUnavailableError.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..model.results import ReplicaBusy, StreamItem, TranscriptResult
+from ..model.results import ReplicaBusy, ResultWord, StreamItem, TranscriptResult
 
 
 class ModelBusyError(Exception):
@@ -37,6 +38,15 @@ class ModelBackend(Protocol):
         ...
 
 
+class AlignerBackend(Protocol):
+    async def align(
+        self, pcm: np.ndarray, text: str, chunks: Sequence[tuple[float, float, str]], language: str | None
+    ) -> list[ResultWord]:
+        """The words of transcript `text` with their times in the whole audio and their spans in
+        `text`, from its audio chunks (start, end, chunk text) in order."""
+        ...
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the ingress knows about a model without loading it."""
@@ -53,6 +63,19 @@ class ServedModel:
     backend: ModelBackend
 
 
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Ray's errors (and the replica's ReplicaBusy) as the two the routes know."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    try:
+        yield
+    except (BackPressureError, ReplicaBusy) as e:
+        raise ModelBusyError() from e
+    except DeploymentUnavailableError as e:
+        raise ModelUnavailableError() from e
+
+
 class HandleBackend:
     """A model deployment reached through its DeploymentHandle."""
 
@@ -60,28 +83,30 @@ class HandleBackend:
         self._handle = handle
 
     async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-        try:
+        with _translated_errors():
             return await self._handle.transcribe.remote(pcm, language, context)
-        except (BackPressureError, ReplicaBusy) as e:
-            raise ModelBusyError() from e
-        except DeploymentUnavailableError as e:
-            raise ModelUnavailableError() from e
 
     async def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
         gen = self._handle.options(stream=True).stream.remote(pcm, language, context)
         finished = False
         try:
-            async for item in gen:
-                yield item
+            with _translated_errors():
+                async for item in gen:
+                    yield item
             finished = True
-        except (BackPressureError, ReplicaBusy) as e:
-            raise ModelBusyError() from e
-        except DeploymentUnavailableError as e:
-            raise ModelUnavailableError() from e
         finally:
             if not finished:  # client gone or error: stop the replica's work too
                 gen.cancel()
+
+
+class HandleAlignerBackend:
+    """The forced aligner's deployment reached through its DeploymentHandle."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+
+    async def align(
+        self, pcm: np.ndarray, text: str, chunks: Sequence[tuple[float, float, str]], language: str | None
+    ) -> list[ResultWord]:
+        with _translated_errors():
+            return await self._handle.align.remote(pcm, text, list(chunks), language)

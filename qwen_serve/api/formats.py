@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Sequence
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -101,8 +102,11 @@ def to_vtt(result: TranscriptResult) -> str:
     return "\n".join(out)
 
 
-def render(result: TranscriptResult, response_format: str, language: str | None) -> Response:
-    """The HTTP response for a finished transcription."""
+def render(
+    result: TranscriptResult, response_format: str, language: str | None, granularities: Sequence[str] = ()
+) -> Response:
+    """The HTTP response for a finished transcription (`granularities`: verbose_json's
+    timestamp_granularities[]; words are listed only when "word" is among them)."""
     headers = {"x-engine-time-ms": f"{result.engine_ms:.1f}"}
     if response_format == "text":
         return PlainTextResponse(result.text + "\n", headers=headers)

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..settings import Settings
 from .auth import token_checker
-from .backend import ServedModel
+from .backend import AlignerBackend, ServedModel
 from .errors import install_error_handlers
 from .routes import build_router
 from .service import TranscriptionService
@@ -26,10 +26,13 @@ def create_app(
     settings: Settings,
     models: Mapping[str, ServedModel],
     unavailable: Mapping[str, str] | None = None,
+    aligner: AlignerBackend | None = None,
+    aligner_missing: str = "",
 ) -> FastAPI:
-    """The HTTP app. `models`: id -> info + backend; `unavailable`: id -> why it cannot be served."""
+    """The HTTP app. `models`: id -> info + backend; `unavailable`: id -> why it cannot be served;
+    `aligner`: the forced aligner (word timestamps), or None and `aligner_missing` saying why."""
     app = FastAPI(title="qwen-serve", version=__version__, description=DESCRIPTION, docs_url="/docs")
     install_error_handlers(app)
-    service = TranscriptionService(settings, models, unavailable or {})
+    service = TranscriptionService(settings, models, unavailable or {}, aligner, aligner_missing)
     app.include_router(build_router(service, token_checker(settings.api_tokens())))
     return app

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from ..settings import Settings
-from .backend import HandleBackend, ModelInfo, ServedModel
+from .backend import HandleAlignerBackend, HandleBackend, ModelInfo, ServedModel
 from .http_app import create_app
 
 
@@ -25,12 +25,15 @@ class Ingress:
         models: dict[str, ModelInfo],
         handles: dict[str, Any],
         unavailable: dict[str, str],
+        aligner: Any = None,
+        aligner_missing: str = "",
     ):
         settings.warn_if_default_token()
         served = {
             model_id: ServedModel(models[model_id], HandleBackend(h)) for model_id, h in handles.items()
         }
-        self._app = create_app(settings, served, unavailable)
+        backend = HandleAlignerBackend(aligner) if aligner is not None else None
+        self._app = create_app(settings, served, unavailable, aligner=backend, aligner_missing=aligner_missing)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -11,6 +11,7 @@ proper HTTP errors; anything after that travels as an SSE error event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -22,9 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from ..audio_decoding import AudioError, AudioTooLongError, decode_audio
 from ..languages import LanguageError, to_model_language
 from ..model.results import StreamItem, TextDelta, TranscriptResult
-from ..settings import Settings
+from ..settings import ALIGNER_ID, Settings
 from . import formats
-from .backend import ModelBusyError, ModelUnavailableError, ServedModel
+from .backend import AlignerBackend, ModelBusyError, ModelUnavailableError, ServedModel
 from .errors import APIError, bad_request, internal_error
 from .forms import Upload
 from .protocol import TranscriptionRequest
@@ -35,11 +36,24 @@ RETRY_AFTER_BUSY_S = 2
 RETRY_AFTER_UNAVAILABLE_S = 10
 
 
+TIMED_FORMATS = ("verbose_json", "srt", "vtt")
+"""Response formats whose segments or cues come from aligned words when the aligner is there."""
+
+
 class TranscriptionService:
-    def __init__(self, settings: Settings, models: Mapping[str, ServedModel], unavailable: Mapping[str, str]):
+    def __init__(
+        self,
+        settings: Settings,
+        models: Mapping[str, ServedModel],
+        unavailable: Mapping[str, str],
+        aligner: AlignerBackend | None = None,
+        aligner_missing: str = "",
+    ):
         self.settings = settings
         self.models = dict(models)
         self.unavailable = dict(unavailable)
+        self.aligner = aligner
+        self.aligner_missing = aligner_missing or "Word timestamps are not available on this server."
 
     # ---- checks ----------------------------------------------------------------
     def model(self, model_id: str) -> ServedModel:
@@ -61,8 +75,7 @@ class TranscriptionService:
             code="model_not_found",
         )
 
-    @staticmethod
-    def check_supported(req: TranscriptionRequest) -> None:
+    def check_supported(self, req: TranscriptionRequest) -> None:
         """Options the SDK can send that would change the answer and that we cannot honour: 400."""
         if req.response_format == "diarized_json":
             raise bad_request(
@@ -101,10 +114,10 @@ class TranscriptionService:
                     f"Invalid value for 'timestamp_granularities': '{granularity}' (use 'segment').",
                     param="timestamp_granularities",
                 )
-        if "word" in req.timestamp_granularities:
+        if "word" in req.timestamp_granularities and self.aligner is None:
             raise bad_request(
-                "Word timestamps are not supported (no forced aligner); segment timestamps are the boundaries "
-                "of the audio chunks. Use timestamp_granularities[]=segment.",
+                f"{self.aligner_missing} Without it, segment timestamps are the boundaries of the audio "
+                "chunks: use timestamp_granularities[]=segment.",
                 param="timestamp_granularities",
                 code="unsupported_value",
             )
@@ -147,7 +160,21 @@ class TranscriptionService:
             result = await served.backend.transcribe(pcm, language, req.prompt)
         except Exception as e:
             raise self._failure(req.model, e) from None
-        return formats.render(result, req.response_format, language)
+        if self.aligner is not None and req.response_format in TIMED_FORMATS:
+            result = await self._with_words(result, pcm, language)
+        return formats.render(result, req.response_format, language, req.timestamp_granularities)
+
+    async def _with_words(self, result: TranscriptResult, pcm: np.ndarray, language: str | None) -> TranscriptResult:
+        """The result with its words aligned by the forced aligner (segments and cues are cut from them)."""
+        assert self.aligner is not None
+        chunks = [(s.start, s.end, s.text) for s in result.segments if s.text.strip()]
+        if not chunks:
+            return dataclasses.replace(result, words=[])
+        try:
+            words = await self.aligner.align(pcm, result.text, chunks, result.language or language)
+        except Exception as e:
+            raise self._failure(ALIGNER_ID, e) from None
+        return dataclasses.replace(result, words=words)
 
     async def _stream(
         self, served: ServedModel, pcm: np.ndarray, language: str | None, prompt: str

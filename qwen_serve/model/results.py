@@ -21,6 +21,15 @@ class ResultSegment:
 
 
 @dataclass(frozen=True)
+class ResultWord:
+    """One word of the transcript with its time in the audio (seconds), from the forced aligner."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class TranscriptResult:
     """A finished transcription."""
 
@@ -35,6 +44,8 @@ class TranscriptResult:
     segments: list[ResultSegment] = field(default_factory=list)
     engine_ms: float = 0.0
     """Wall time the engine spent on the request."""
+    words: list[ResultWord] | None = None
+    """Aligned words, when the forced aligner ran for this request; None otherwise."""
 
     @property
     def total_tokens(self) -> int:

@@ -14,11 +14,13 @@ from fastapi.testclient import TestClient
 from openai import AsyncOpenAI
 
 from qwen_serve.api import HandleBackend, ModelInfo, ServedModel, create_app
+from qwen_serve.api.backend import HandleAlignerBackend
 from qwen_serve.model import ModelServer
+from qwen_serve.model.aligner_server import AlignerServer
 from qwen_serve.settings import Settings
 from qwen_serve.testing.clips import speech_like
 
-from .fakes import FakeEngine, FakeHandle
+from .fakes import FakeAligner, FakeEngine, FakeHandle
 
 try:  # the openai SDK 3.x is built on httpx2; older ones on httpx
     import httpx2 as sdk_http
@@ -45,7 +47,7 @@ def wav_bytes(seconds: float = 2.0, rate: int = 16000, channels: int = 1, subtyp
 class Harness:
     """The app plus what is behind it, so tests can look at the engines and handles."""
 
-    def __init__(self, settings: Settings, busy: bool = False, **server_options: Any):
+    def __init__(self, settings: Settings, busy: bool = False, aligner: bool = True, **server_options: Any):
         self.settings = settings
         self.engines: dict[str, FakeEngine] = {}
         self.handles: dict[str, FakeHandle] = {}
@@ -63,7 +65,19 @@ class Harness:
             )
             served[model_id] = ServedModel(info, HandleBackend(handle))
         unavailable = {"qwen-asr-huge": "Fetch it with `python -m qwen_serve.download qwen-asr-huge`."}
-        self.app: FastAPI = create_app(settings, served, unavailable)
+        self.aligner: FakeAligner | None = None
+        self.aligner_handle: FakeHandle | None = None
+        backend = None
+        if aligner:
+            server = AlignerServer("/models/aligner", aligner_factory=self._make_aligner)
+            self.aligner_handle = FakeHandle(server, busy=busy)
+            backend = HandleAlignerBackend(self.aligner_handle)
+        missing = "Word timestamps need the forced aligner, which is not installed on this server."
+        self.app: FastAPI = create_app(settings, served, unavailable, aligner=backend, aligner_missing=missing)
+
+    def _make_aligner(self, model_dir: Any, **options: Any) -> FakeAligner:
+        self.aligner = FakeAligner(model_dir, **options)
+        return self.aligner
 
     def _factory(self, model_id: str) -> Callable[..., FakeEngine]:
         def make(model_dir: Any, **options: Any) -> FakeEngine:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +239,45 @@ class _Generator:
         asyncio.get_event_loop().create_task(_close())
 
 
+class FakeWord:
+    def __init__(self, word: str, start: float, end: float, span: tuple[int, int]):
+        self.word, self.start, self.end, self.span = word, start, end, span
+
+
+class FakeAligner:
+    """Stands in for qwen_serve.engine.Aligner: a chunk's words share its time evenly, each
+    taking the first 80 % of its share (so there are pauses between words)."""
+
+    def __init__(self, model_dir: Any = None, **options: Any):
+        self.options = options
+        self.calls: list[tuple[list[tuple[float, float, str]], str | None]] = []
+        self.closed = False
+
+    def align_chunks(
+        self,
+        pcm: np.ndarray,
+        text: str,
+        chunks: Sequence[tuple[float, float, str]],
+        language: str | None,
+        cancelled: threading.Event | None = None,
+    ) -> list[FakeWord]:
+        self.calls.append((list(chunks), language))
+        words: list[FakeWord] = []
+        position = 0
+        for start, end, chunk_text in chunks:
+            pieces = chunk_text.split()
+            share = (end - start) / max(1, len(pieces))
+            for i, piece in enumerate(pieces):
+                at = text.index(piece, position)
+                position = at + len(piece)
+                t0 = start + i * share
+                words.append(FakeWord(piece, round(t0, 3), round(t0 + 0.8 * share, 3), (at, position)))
+        return words
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeHandle:
     """handle.method.remote(...) and handle.options(stream=True).method.remote(...), like Serve's."""
 
@@ -278,7 +317,10 @@ class FakeHandle:
 
 
 if TYPE_CHECKING:  # the fake satisfies what the deployment relies on (mypy checks this file)
+    from qwen_serve.model.aligner_server import AlignerEngine
     from qwen_serve.model.server import BatchingEngine, EngineFactory
+
+    _aligner: AlignerEngine = FakeAligner()
 
     _engine: BatchingEngine = FakeEngine("/models/m")
     _factory: EngineFactory = FakeEngine

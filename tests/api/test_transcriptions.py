@@ -221,12 +221,8 @@ def _assert_envelope(body: dict) -> dict:
             "unsupported_language",
         ),  # not in the fake model's list
         ({"model": MODEL, "include[]": "logprobs"}, "include", "unsupported_value"),
-        (
-            {"model": MODEL, "response_format": "verbose_json", "timestamp_granularities[]": "word"},
-            "timestamp_granularities",
-            "unsupported_value",
-        ),
         ({"model": MODEL, "timestamp_granularities[]": "segment"}, "timestamp_granularities", None),
+        ({"model": MODEL, "timestamp_granularities[]": "word"}, "timestamp_granularities", None),
         (
             {"model": MODEL, "timestamp_granularities[]": "phrase", "response_format": "verbose_json"},
             "timestamp_granularities",

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from ray.serve import Application
 
-from qwen_serve.app import autoscaling_config, build_app, deployment_name, load_config, model_info
+from qwen_serve.app import (
+    aligner_deployment_name,
+    autoscaling_config,
+    build_app,
+    deployment_name,
+    load_config,
+    model_info,
+)
 from qwen_serve.settings import Settings
 
 
@@ -76,7 +83,8 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     )
     assert isinstance(app, Application)
     ingress = app._bound_deployment
-    settings, infos, handles, unavailable = ingress.init_args
+    settings, infos, handles, unavailable, aligner, aligner_missing = ingress.init_args
+    assert aligner is None and "python -m qwen_serve.download qwen3-forcedaligner-0.6b" in aligner_missing
     assert set(handles) == set(infos) == {"qwen-asr-0.6b", "qwen-asr-1.7b", "my-asr"}
     assert unavailable == {}
     for model_id, bound in handles.items():
@@ -95,10 +103,34 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     assert infos["my-asr"].languages == ("English", "Chinese")
 
 
+def test_aligner_deployment_when_its_checkpoint_is_there(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    _checkpoint(tmp_path / "qwen3-forcedaligner-0.6b")
+    app = build_app(
+        {"models_dir": str(tmp_path), "api_token": "sk-x", "model_pool_size": 3, "precision": "exact", "threads": 2}
+    )
+    settings, _, _, _, aligner, missing = app._bound_deployment.init_args
+    assert missing == ""
+    deployment = aligner._bound_deployment
+    assert deployment.name == aligner_deployment_name() == "Aligner:qwen3-forcedaligner-0.6b"
+    scaling = deployment._deployment_config.autoscaling_config
+    assert scaling.max_replicas == 3 and scaling.min_replicas == 0 and scaling.initial_replicas == 0
+    assert deployment.init_args == (str((tmp_path / "qwen3-forcedaligner-0.6b").resolve()),)
+    assert deployment.init_kwargs == {"threads": 2, "isa": "auto", "precision": "exact"}
+
+
+def test_aligner_turned_off(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    _checkpoint(tmp_path / "qwen3-forcedaligner-0.6b")
+    app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x", "aligner": ""})
+    *_, aligner, missing = app._bound_deployment.init_args
+    assert aligner is None and "turned off" in missing
+
+
 def test_missing_checkpoint_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _checkpoint(tmp_path / "qwen3-asr-0.6b")
     app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x"})
-    _, infos, handles, unavailable = app._bound_deployment.init_args
+    _, infos, handles, unavailable, _, _ = app._bound_deployment.init_args
     assert set(handles) == {"qwen-asr-0.6b"}
     assert "python -m qwen_serve.download qwen-asr-1.7b" in unavailable["qwen-asr-1.7b"]
     assert "python -m qwen_serve.download qwen-asr-1.7b" in caplog.text

@@ -33,12 +33,15 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_downloads_both_by_default(tmp_path: Path, fake_hub: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_downloads_both_and_the_aligner_by_default(
+    tmp_path: Path, fake_hub: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # no serve_config.yaml here
     assert download.main(["--models-dir", str(tmp_path / "m")]) == 0
     assert [(c["repo_id"], c["local_dir"]) for c in fake_hub] == [
         ("Qwen/Qwen3-ASR-0.6B", str(tmp_path / "m" / "qwen3-asr-0.6b")),
         ("Qwen/Qwen3-ASR-1.7B", str(tmp_path / "m" / "qwen3-asr-1.7b")),
+        ("Qwen/Qwen3-ForcedAligner-0.6B", str(tmp_path / "m" / "qwen3-forcedaligner-0.6b")),
     ]
     assert download.checkpoint_problem(tmp_path / "m" / "qwen3-asr-0.6b") is None
 
@@ -48,7 +51,11 @@ def test_if_missing_skips_complete(tmp_path: Path, fake_hub: list, monkeypatch: 
     monkeypatch.setenv("QWEN_MODELS_DIR", str(tmp_path / "env-models"))
     assert download.main(["qwen-asr-0.6b"]) == 0
     assert download.main(["--if-missing"]) == 0
-    assert [c["repo_id"] for c in fake_hub] == ["Qwen/Qwen3-ASR-0.6B", "Qwen/Qwen3-ASR-1.7B"]
+    assert [c["repo_id"] for c in fake_hub] == [
+        "Qwen/Qwen3-ASR-0.6B",
+        "Qwen/Qwen3-ASR-1.7B",
+        "Qwen/Qwen3-ForcedAligner-0.6B",
+    ]
     assert fake_hub[0]["local_dir"].startswith(str(tmp_path / "env-models"))
 
 
@@ -84,3 +91,11 @@ def test_failure_is_reported(
 
 def test_problems() -> None:
     assert download.checkpoint_problem(Path("/nonexistent")) == "the directory does not exist"
+
+
+def test_aligner_alone_and_turned_off(tmp_path: Path, fake_hub: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert download.main(["qwen3-forcedaligner-0.6b", "--models-dir", str(tmp_path)]) == 0
+    assert [c["repo_id"] for c in fake_hub] == ["Qwen/Qwen3-ForcedAligner-0.6B"]
+    monkeypatch.setenv("QWEN_ALIGNER", "")  # turned off: no longer a known checkpoint
+    assert download.main(["qwen3-forcedaligner-0.6b"]) == 2

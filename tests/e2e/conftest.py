@@ -4,8 +4,9 @@ Short autoscaling windows (metrics every 0.5 s, 2 s look-back, 4 s idle
 timeout) keep the life-cycle tests quick; the ingress listens on 127.0.0.1
 only. Clients are the official `openai` SDK.
 
-The main app ("qwen", both models) runs the default max_batch (8) with a
-generous Serve queue, so that 16 clients at once are all served. A second,
+The main app ("qwen", both models and the tiny forced aligner) runs the
+default max_batch (8) with a generous Serve queue, so that 16 clients at once
+are all served. A second,
 small app ("limits", only the 1.7B, one resident replica, started on first
 use) has the tight limits the backpressure tests need: max_batch 4, a Serve
 queue of 2, and a KV budget that three short requests fit but one 60 s chunk
@@ -93,7 +94,7 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
+def service(tiny_dirs: dict[str, Path], tiny_aligner_dir: Path) -> Iterator[Service]:
     import ray
     from ray import serve
 
@@ -106,6 +107,7 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
     args: dict[str, Any] = {
         "api_token": f"{TOKEN},sk-e2e-other",
         "models": {model_id: {"path": str(d)} for model_id, d in dirs.items()},
+        "aligner": str(tiny_aligner_dir),
         "model_pool_size": POOL_SIZE,
         "model_idle_timeout": IDLE_TIMEOUT_S,
         "threads": 1,
@@ -149,6 +151,7 @@ def limits(service: Service) -> Limits:
     args: dict[str, Any] = {
         "api_token": TOKEN,
         "models": {SMALL: None, LARGE: {"path": str(service.dirs[LARGE])}},
+        "aligner": str(service.dirs[LARGE] / "no-aligner-here"),  # word timestamps off: 400
         "model_pool_size": 1,
         "model_idle_timeout": 0,  # one replica, resident: the handle's stats() reach it
         "threads": 1,
