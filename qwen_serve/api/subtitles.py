@@ -42,7 +42,7 @@ MAX_PHRASE_SECONDS = 30.0
 """A longer sentence is cut at its best inner break (Whisper's segments stay in 30 s windows)."""
 
 SENTENCE_ENDS = frozenset(".!?…。！？｡؟۔।॥‼⁇⁈⁉")
-CLAUSE_ENDS = frozenset(",;:、，；：﹐﹑﹔﹕—–")
+CLAUSE_ENDS = frozenset(",;:、，；：﹐﹑﹔﹕،؛—–")
 ABBREVIATIONS = frozenset(
     ["mr", "mrs", "ms", "dr", "prof", "sr", "sra", "jr", "st", "vs", "eg", "ie", "cf", "approx", "inc", "ltd"]
 )
@@ -122,13 +122,10 @@ def _trailing(text: str, span: tuple[int, int], piece_end: int) -> str:
 
 def _is_sentence_end(word: str, trailing: str) -> bool:
     marks = {ch for ch in trailing if ch in SENTENCE_ENDS}
-    if not marks:
-        return False
-    if marks == {"."}:  # a full stop after an abbreviation or an initial does not end a sentence
-        bare = word.lower().rstrip(".")
-        if "." in word or bare in ABBREVIATIONS or (len(bare) == 1 and bare.isalpha()):
-            return False
-    return True
+    if marks != {"."}:
+        return bool(marks)
+    # a full stop after an abbreviation or an initial does not end a sentence
+    return not ("." in word or word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isupper()))
 
 
 @dataclass(frozen=True)

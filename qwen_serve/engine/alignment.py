@@ -8,6 +8,14 @@ follows the official `qwen-asr` 0.0.6 package (`Qwen3ForceAlignProcessor`):
     aligner_prompt_ids(tok, words, n)  <|audio_start|> n x <|audio_pad|> <|audio_end|> w1 <ts><ts> w2 <ts><ts> ...
     fix_timestamps(ms)                 the official repair of non-monotonic marker times
     align_words(text, words, classes)  marker classes -> AlignedWord(word, start, end, span)
+    AlignerText(model_dir)             all of it for one aligner checkpoint (tokenizer, config keys)
+
+For one chunk of audio (offset seconds into the request, its text starting
+at character char_offset of the whole transcript):
+
+    words, ids = aligner.prompt(chunk_text, language, n_audio_tokens)   # skip the chunk if no words
+    classes = native.align(chunk_pcm, ids)
+    aligned += aligner.words(chunk_text, words, classes, offset, char_offset)
 
 Words. A word is cleaned to letters, digits and `'` (Unicode categories L*
 and N*). Japanese is cut with nagisa, Korean with soynlp's LTokenizer scored
@@ -375,6 +383,46 @@ def load_aligner_tokenizer(model_dir: str | Path) -> Tokenizer:
             raise ValueError(f"{model_dir}: unexpected pre-tokenizer {type(pre).__name__}")
         pre[0] = pre_tokenizers.Split(Regex(_FIXED_SPLIT), behavior="isolated")
     return tok
+
+
+class AlignerText:
+    """The text side of one forced-aligner checkpoint: its tokenizer and the two extra keys
+    of its config.json (`timestamp_token_id`, `timestamp_segment_time`)."""
+
+    def __init__(self, model_dir: str | Path):
+        model_dir = Path(model_dir)
+        self.tokenizer = load_aligner_tokenizer(model_dir)
+        with open(model_dir / "config.json", encoding="utf-8") as f:
+            config = json.load(f)
+        self.segment_ms = float(config.get("timestamp_segment_time", DEFAULT_SEGMENT_MS))
+        """Milliseconds per class of the aligner's head."""
+        self.timestamp_token_id = int(self.tokenizer.token_to_id(TIMESTAMP_TOKEN))
+        declared = config.get("timestamp_token_id")
+        if declared is not None and int(declared) != self.timestamp_token_id:
+            raise ValueError(
+                f"{model_dir}: config.json says timestamp_token_id {declared}, "
+                f"the tokenizer has {TIMESTAMP_TOKEN} = {self.timestamp_token_id}"
+            )
+
+    def prompt(
+        self, text: str, language: str | None, n_audio_tokens: int
+    ) -> tuple[list[TextWord], list[int]]:
+        """(words, prompt ids) for a chunk's text; no words (nothing to align) gives ([], [])."""
+        words = split_words(text, language)
+        if not words:
+            return [], []
+        return words, aligner_prompt_ids(self.tokenizer, [w.cleaned for w in words], n_audio_tokens)
+
+    def words(
+        self,
+        text: str,
+        words: Sequence[TextWord],
+        classes: Sequence[int] | np.ndarray,
+        time_offset: float = 0.0,
+        char_offset: int = 0,
+    ) -> list[AlignedWord]:
+        """align_words with this checkpoint's milliseconds per class."""
+        return align_words(text, words, classes, self.segment_ms, time_offset, char_offset)
 
 
 # ==== Times ==========================================================================

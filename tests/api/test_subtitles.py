@@ -20,7 +20,8 @@ from qwen_serve.model.results import ResultSegment, ResultWord, TranscriptResult
 EN = (
     "Hello, world. This is a test of the subtitle layout, which should cut at sentence ends. "
     "Then it continues with a rather long sentence that has no commas at all and goes on and on "
-    "until it must be cut somewhere sensible. Short one! Dr. Smith arrived at 9:30 — right on time."
+    "until it must be cut somewhere sensible. Short one! Dr. Smith and J. K. Rowling arrived at 9:30 — "
+    "right on time."
 )
 ZH = (
     "今天天气很好，我们去公园散步吧。公园里有很多人在跑步、打太极拳，还有小朋友在放风筝。"
@@ -106,7 +107,7 @@ def test_phrases_cut_at_sentence_ends_not_abbreviations() -> None:
         "Then it continues with a rather long sentence that has no commas at all and goes on and on "
         "until it must be cut somewhere sensible.",
         "Short one!",
-        "Dr. Smith arrived at 9:30 — right on time.",
+        "Dr. Smith and J. K. Rowling arrived at 9:30 — right on time.",
     ]
     words = _words(EN)
     for p in got:

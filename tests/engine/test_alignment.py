@@ -19,8 +19,8 @@ from qwen_serve.engine import alignment
 from qwen_serve.engine.alignment import (
     TIMESTAMP_TOKEN,
     AlignedWord,
+    AlignerText,
     MissingDependencyError,
-    TextWord,
     align_words,
     aligner_input_text,
     aligner_prompt_ids,
@@ -265,6 +265,28 @@ def test_prompt_ids_layout(tiny_dir: Path, tmp_path: Path) -> None:
         aligner_prompt_ids(load_tokenizer(tiny_dir)[0], words, 3)
 
 
+def test_aligner_text_for_one_chunk(tiny_dir: Path, tmp_path: Path) -> None:
+    d = _aligner_dir(tiny_dir, tmp_path / "aligner", "4.57.6")
+    aligner = AlignerText(d)
+    assert (aligner.timestamp_token_id, aligner.segment_ms) == (151705, 80.0)
+    assert aligner.prompt(" ... ", "English", 4) == ([], [])  # nothing to align
+    text = " then, Bob left."  # the second chunk's text, after "Hi there." (9 characters)
+    words, ids = aligner.prompt(text, "English", 4)
+    assert ids == aligner_prompt_ids(aligner.tokenizer, ["then", "Bob", "left"], 4)
+    got = aligner.words(text, words, [0, 2, 3, 5, 5, 9], time_offset=60.0, char_offset=9)
+    assert [(w.word, w.start, w.end, w.span) for w in got] == [
+        ("then", 60.0, 60.16, (10, 14)),
+        ("Bob", 60.24, 60.4, (16, 19)),
+        ("left", 60.4, 60.72, (20, 24)),
+    ]
+    assert ("Hi there." + text)[10:14] == "then"
+    config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    config["timestamp_token_id"] = 151704
+    (d / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match="timestamp_token_id"):
+        AlignerText(d)
+
+
 def test_split_fix_follows_the_checkpoints_transformers_version(tiny_dir: Path, tmp_path: Path) -> None:
     words = ["iPhone", "JavaScript"]
     ids = {
@@ -408,9 +430,3 @@ def test_prompt_ids_equal_official_processor(tiny_dir: Path, tmp_path: Path, ver
                 tok, [w.cleaned for w in split_words(text, language)], ref_ids.count(pad)
             )
             assert ours == ref_ids, (language, text)
-
-
-def test_text_word_is_a_value() -> None:
-    assert TextWord("a", (0, 1)) == TextWord("a", (0, 1))
-    with pytest.raises(AttributeError):
-        TextWord("a", (0, 1)).cleaned = "b"  # type: ignore[misc]
