@@ -32,6 +32,13 @@ the punctuation and spaces between spans let the API rebuild display text
 written form, which is what OpenAI's `words[].word` carries (no surrounding
 punctuation); the cleaned form only feeds the aligner.
 
+Prompt. The official processor tokenizes the whole aligner text at once, so
+does aligner_prompt_ids. The official loader passes fix_mistral_regex=True,
+with which transformers 4.57.6 swaps the tokenizer's split pattern for one
+that also cuts case changes ("iPhone" -> "i", "Phone") when the checkpoint's
+config.json has no transformers_version or one in (4.57.2, 5.0.0);
+load_aligner_tokenizer does the same, or the ids would differ.
+
 Times. The aligner's classes times `timestamp_segment_time` (80 ms) give
 milliseconds, computed in float32 as the official torch code does;
 `fix_timestamps` keeps the longest non-decreasing subsequence and repairs

@@ -146,6 +146,21 @@ def test_verbose_with_words() -> None:
     assert body["words"][1] == {"word": "world", "start": words[1].start, "end": words[1].end}
 
 
+def test_verbose_with_words_parses_as_the_sdk_model() -> None:
+    from openai.types.audio import TranscriptionVerbose
+
+    words = _words(EN)
+    body = json.loads(render(_result(EN, words), "verbose_json", "English", ["word", "segment"]).body)
+    parsed = TranscriptionVerbose.model_validate(body)
+    assert parsed.words is not None and len(parsed.words) == len(words)
+    assert (parsed.words[3].word, parsed.words[3].start, parsed.words[3].end) == (
+        words[3].word,
+        words[3].start,
+        words[3].end,
+    )
+    assert parsed.segments is not None and parsed.segments[0].text == "Hello, world."
+
+
 def test_verbose_word_granularity_with_nothing_said() -> None:
     res = TranscriptResult("", None, 0.4, 5, 1, 4, [ResultSegment(0.0, 0.4, "")], 0.0)
     v = verbose(res, None, granularities=["word"])
