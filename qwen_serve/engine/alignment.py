@@ -96,7 +96,8 @@ class AlignedWord:
     """A word of the transcript with its time in the audio."""
 
     word: str
-    """The word as written in the transcript (`text[span[0]:span[1]]`), without surrounding punctuation."""
+    """The word as written in the transcript (`text[span[0]:span[1]]`), without surrounding punctuation
+    (the cleaned word in the unexpected case of an empty span)."""
     start: float
     """Seconds from the start of the audio, rounded to ms."""
     end: float
@@ -529,7 +530,7 @@ def align_words(
         a, b = w.span
         out.append(
             AlignedWord(
-                word=text[a:b],
+                word=text[a:b] or w.cleaned,  # (a word nagisa's output could not place has no span)
                 start=round(round(fixed[2 * i] / 1000.0, 3) + time_offset, 3),
                 end=round(round(fixed[2 * i + 1] / 1000.0, 3) + time_offset, 3),
                 span=(a + char_offset, b + char_offset),

@@ -21,6 +21,7 @@ from qwen_serve.engine.alignment import (
     AlignedWord,
     AlignerText,
     MissingDependencyError,
+    TextWord,
     align_words,
     aligner_input_text,
     aligner_prompt_ids,
@@ -145,6 +146,14 @@ def test_korean_words_with_a_word_list(monkeypatch: pytest.MonkeyPatch, tmp_path
         assert [text[a:b] for a, b in (w.span for w in words)] == [w.cleaned for w in words]
     finally:
         alignment._korean_tokenizer.cache_clear()
+
+
+def test_a_token_that_cannot_be_placed_keeps_its_word() -> None:
+    text = "ab cd"
+    origin = [(i, i + 1) for i in range(len(text))]
+    words = alignment._locate_tokens(text, ["ab", "zz", "cd"], text, origin)
+    assert words == [TextWord("ab", (0, 2)), TextWord("zz", (2, 2)), TextWord("cd", (3, 5))]
+    assert [w.word for w in align_words(text, words, [0, 1, 2, 3, 4, 5])] == ["ab", "zz", "cd"]
 
 
 def test_missing_japanese_splitter_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
