@@ -1,8 +1,11 @@
 """Response formats: a TranscriptResult as json, text, srt, vtt or verbose_json.
 
-Segments are the audio chunks the engine transcribed one after another
-(long audio is cut at quiet points); their times are the chunk boundaries.
-There is no word-level timing.
+With word timestamps (`result.words`, from the forced aligner), verbose_json
+segments are phrases (cut at sentence ends and pauses), `words` lists every
+word when asked for, and SRT/VTT cues are laid out from the words as
+subtitle tools do (api/subtitles.py). Without them, segments and cues are
+the audio chunks the engine transcribed one after another (long audio is
+cut at quiet points), timed by the chunk boundaries.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..languages import to_response_language
 from ..model.results import ResultSegment, TranscriptResult
+from . import subtitles
 from .protocol import (
     DurationUsage,
     InputTokenDetails,
@@ -25,6 +29,7 @@ from .protocol import (
     TranscriptionResponse,
     TranscriptionSegment,
     TranscriptionVerboseResponse,
+    TranscriptionWord,
 )
 
 
@@ -44,27 +49,46 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def verbose(result: TranscriptResult, language: str | None) -> TranscriptionVerboseResponse:
-    segments = [
-        TranscriptionSegment(
-            id=i,
-            seek=round(s.start * 100),
-            start=round(s.start, 3),
-            end=round(s.end, 3),
-            text=s.text,
-            tokens=list(s.token_ids),
-            temperature=0.0,
-            avg_logprob=0.0,
-            compression_ratio=round(compression_ratio(s.text), 4),
-            no_speech_prob=0.0,
-        )
-        for i, s in enumerate(result.segments)
-    ]
+def _segment(i: int, start: float, end: float, text: str, tokens: list[int]) -> TranscriptionSegment:
+    return TranscriptionSegment(
+        id=i,
+        seek=round(start * 100),
+        start=round(start, 3),
+        end=round(end, 3),
+        text=text,
+        tokens=tokens,
+        temperature=0.0,
+        avg_logprob=0.0,
+        compression_ratio=round(compression_ratio(text), 4),
+        no_speech_prob=0.0,
+    )
+
+
+def verbose(
+    result: TranscriptResult, language: str | None, granularities: Collection[str] = ()
+) -> TranscriptionVerboseResponse:
+    """verbose_json: segments are phrases when the result has words, else audio chunks;
+    `words` is listed when "word" is among the requested granularities."""
+    if result.words:
+        segments = [
+            _segment(i, p.start, p.end, p.text, [])
+            for i, p in enumerate(subtitles.phrases(result.text, result.words))
+        ]
+    else:
+        segments = [
+            _segment(i, s.start, s.end, s.text, list(s.token_ids)) for i, s in enumerate(result.segments)
+        ]
+    words = None
+    if "word" in granularities:
+        words = [
+            TranscriptionWord(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in result.words
+        ]
     return TranscriptionVerboseResponse(
         language=to_response_language(result.language or language),
         duration=round(result.duration, 3),
         text=result.text,
         segments=segments,
+        words=words,
         usage=DurationUsage(seconds=round(result.duration, 3)),
     )
 
@@ -77,7 +101,7 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def _cues(segments: list[ResultSegment]) -> list[tuple[float, float, str]]:
+def _chunk_cues(segments: list[ResultSegment]) -> list[tuple[float, float, str]]:
     cues = []
     for seg in segments:
         text = re.sub(r"\n\s*\n+", "\n", seg.text.strip())  # a blank line would end the cue
@@ -86,27 +110,33 @@ def _cues(segments: list[ResultSegment]) -> list[tuple[float, float, str]]:
     return cues
 
 
+def _cues(result: TranscriptResult) -> list[tuple[float, float, str]]:
+    """(start, end, text) of each cue: laid out from the words when there are any, else one per chunk."""
+    if result.words:
+        return [(c.start, c.end, c.text) for c in subtitles.cues(result.text, result.words)]
+    return _chunk_cues(result.segments)
+
+
 def to_srt(result: TranscriptResult) -> str:
     blocks = [
         f"{i}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{text}\n"
-        for i, (a, b, text) in enumerate(_cues(result.segments), start=1)
+        for i, (a, b, text) in enumerate(_cues(result), start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(result: TranscriptResult) -> str:
     out = ["WEBVTT\n"]
-    for a, b, text in _cues(result.segments):
+    for a, b, text in _cues(result):
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         out.append(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n")
     return "\n".join(out)
 
 
 def render(
-    result: TranscriptResult, response_format: str, language: str | None, granularities: Sequence[str] = ()
+    result: TranscriptResult, response_format: str, language: str | None, granularities: Collection[str] = ()
 ) -> Response:
-    """The HTTP response for a finished transcription (`granularities`: verbose_json's
-    timestamp_granularities[]; words are listed only when "word" is among them)."""
+    """The HTTP response for a finished transcription (granularities: `timestamp_granularities[]`)."""
     headers = {"x-engine-time-ms": f"{result.engine_ms:.1f}"}
     if response_format == "text":
         return PlainTextResponse(result.text + "\n", headers=headers)
@@ -115,7 +145,9 @@ def render(
     if response_format == "vtt":
         return Response(to_vtt(result), media_type="text/vtt; charset=utf-8", headers=headers)
     if response_format == "verbose_json":
-        return JSONResponse(verbose(result, language).model_dump(), headers=headers)
+        return JSONResponse(
+            verbose(result, language, granularities).model_dump(exclude_none=True), headers=headers
+        )
     body = TranscriptionResponse(text=result.text, usage=token_usage(result))
     return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
 

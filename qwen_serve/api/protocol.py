@@ -91,18 +91,19 @@ class TranscriptionResponse(BaseModel):
 
 
 class TranscriptionSegment(BaseModel):
-    """A segment of `verbose_json`: one audio chunk as the server cut it (not a phrase)."""
+    """A segment of `verbose_json`: a phrase (a sentence, or speech between pauses) when the
+    request was aligned word by word, otherwise one audio chunk as the server cut it."""
 
     id: int
     seek: int
-    """Start of the chunk in 10 ms frames."""
+    """Start of the segment in 10 ms frames."""
     start: float
-    """Start of the chunk in seconds."""
+    """Start of the segment in seconds (the first word's start, or the chunk's)."""
     end: float
-    """End of the chunk in seconds."""
+    """End of the segment in seconds (the last word's end, or the chunk's)."""
     text: str
     tokens: list[int]
-    """Generated token ids of the chunk."""
+    """Generated token ids of the chunk; empty for a phrase (its words are not token-aligned)."""
     temperature: float
     """Always 0.0: decoding is greedy."""
     avg_logprob: float
@@ -111,6 +112,17 @@ class TranscriptionSegment(BaseModel):
     """zlib compression ratio of the segment text."""
     no_speech_prob: float
     """Not computed by this server: always 0.0."""
+
+
+class TranscriptionWord(BaseModel):
+    """A word of `verbose_json` (`timestamp_granularities[]=word`), timed by the forced aligner."""
+
+    word: str
+    """The word as written in the transcript, without surrounding punctuation."""
+    start: float
+    """Start of the word in seconds."""
+    end: float
+    """End of the word in seconds."""
 
 
 class TranscriptionVerboseResponse(BaseModel):
@@ -123,6 +135,8 @@ class TranscriptionVerboseResponse(BaseModel):
     """Audio duration in seconds."""
     text: str
     segments: list[TranscriptionSegment]
+    words: list[TranscriptionWord] | None = None
+    """Only with `timestamp_granularities[]=word`."""
     usage: DurationUsage
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..audio_decoding import AudioError, AudioTooLongError, decode_audio
 from ..languages import LanguageError, to_model_language
-from ..model.results import StreamItem, TextDelta, TranscriptResult
+from ..model.results import AlignmentUnsupported, StreamItem, TextDelta, TranscriptResult
 from ..settings import ALIGNER_ID, Settings
 from . import formats
 from .backend import AlignerBackend, ModelBusyError, ModelUnavailableError, ServedModel
@@ -172,6 +172,10 @@ class TranscriptionService:
             return dataclasses.replace(result, words=[])
         try:
             words = await self.aligner.align(pcm, result.text, chunks, result.language or language)
+        except AlignmentUnsupported as e:
+            raise bad_request(
+                f"No word timestamps for this transcript: {e}", param="timestamp_granularities"
+            ) from None
         except Exception as e:
             raise self._failure(ALIGNER_ID, e) from None
         return dataclasses.replace(result, words=words)

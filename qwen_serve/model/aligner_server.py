@@ -27,7 +27,7 @@ import numpy as np
 
 from ..download import checkpoint_problem, missing_checkpoint_message
 from ..settings import ALIGNER_ID, ALIGNER_REPO
-from .results import ResultWord
+from .results import AlignmentUnsupported, ResultWord
 from .server import node_cpus
 
 logger = logging.getLogger("ray.serve")
@@ -93,6 +93,8 @@ class AlignerServer:
         audio (seconds) and their places in `text`."""
         if not pcm.flags.writeable:  # arrays from Ray's object store are read-only
             pcm = np.array(pcm, dtype=np.float32)
+        from qwen_serve.engine import MissingDependencyError  # loaded on the replica already
+
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
         try:
@@ -103,6 +105,8 @@ class AlignerServer:
             cancelled.set()
             logger.info("aligner: request cancelled")
             raise
+        except MissingDependencyError as e:
+            raise AlignmentUnsupported(str(e)) from None
         return [ResultWord(str(w.word), float(w.start), float(w.end), tuple(w.span)) for w in words]
 
     def check_health(self) -> None:

@@ -22,11 +22,16 @@ class ResultSegment:
 
 @dataclass(frozen=True)
 class ResultWord:
-    """One word of the transcript with its time in the audio (seconds), from the forced aligner."""
+    """A word with its time (from the forced aligner) and its place in the transcript."""
 
     word: str
+    """The word as written in the transcript, without surrounding punctuation."""
     start: float
+    """Seconds."""
     end: float
+    """Seconds."""
+    span: tuple[int, int] = (0, 0)
+    """[start, end) of the word in TranscriptResult.text (character offsets)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,8 @@ class TranscriptResult:
     segments: list[ResultSegment] = field(default_factory=list)
     engine_ms: float = 0.0
     """Wall time the engine spent on the request."""
-    words: list[ResultWord] | None = None
-    """Aligned words, when the forced aligner ran for this request; None otherwise."""
+    words: list[ResultWord] = field(default_factory=list)
+    """Word timestamps, in order; empty when the request did not ask for them (no aligner run)."""
 
     @property
     def total_tokens(self) -> int:
@@ -63,7 +68,16 @@ class TranscriptResult:
             audio_tokens=int(t.usage.audio_tokens),
             segments=[ResultSegment(s.start, s.end, s.text, list(s.token_ids)) for s in t.segments],
             engine_ms=float(t.timings.total_ms),
+            words=[
+                ResultWord(w.word, float(w.start), float(w.end), (int(w.span[0]), int(w.span[1])))
+                for w in (getattr(t, "words", None) or ())
+            ],
         )
+
+
+class AlignmentUnsupported(Exception):
+    """The aligner cannot split this transcript into words (a language whose word splitter is not
+    installed on the replica); the message says what to install. The ingress answers 400."""
 
 
 class ReplicaBusy(Exception):

@@ -95,10 +95,11 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+def harness(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Harness:
+    """With the (fake) forced aligner, unless the test is marked `no_aligner` (chunk cues)."""
     for var in ("QWEN_API_TOKEN", "QWEN_MAX_UPLOAD_MB", "QWEN_MAX_AUDIO_SECONDS", "QWEN_MODELS"):
         monkeypatch.delenv(var, raising=False)
-    return Harness(make_settings())
+    return Harness(make_settings(), aligner=request.node.get_closest_marker("no_aligner") is None)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ async def test_text_is_raw(openai_client: AsyncOpenAI) -> None:
     assert res == TWO_SECONDS + "\n"
 
 
+@pytest.mark.no_aligner
 async def test_srt_parses(openai_client: AsyncOpenAI, harness: Harness) -> None:
     harness.engines[MODEL].chunk_seconds = 1.0
     res = await openai_client.audio.transcriptions.create(
@@ -54,6 +55,7 @@ async def test_srt_parses(openai_client: AsyncOpenAI, harness: Harness) -> None:
     assert subs[-1].end.total_seconds() == pytest.approx(2.5)
 
 
+@pytest.mark.no_aligner
 async def test_vtt_parses(openai_client: AsyncOpenAI, harness: Harness) -> None:
     harness.engines[MODEL].chunk_seconds = 1.0
     res = await openai_client.audio.transcriptions.create(
@@ -68,6 +70,7 @@ async def test_vtt_parses(openai_client: AsyncOpenAI, harness: Harness) -> None:
     ]
 
 
+@pytest.mark.no_aligner
 async def test_verbose_json(openai_client: AsyncOpenAI, harness: Harness) -> None:
     harness.engines[MODEL].chunk_seconds = 1.0
     res = await openai_client.audio.transcriptions.create(

@@ -88,3 +88,18 @@ def test_aligner_busy_is_503_with_retry_after() -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"]
     assert r.json()["error"]["code"] == "model_busy"
+
+
+@pytest.mark.anyio
+async def test_srt_cues_from_words(openai_client: AsyncOpenAI, harness: Harness) -> None:
+    import srt
+
+    harness.engines[MODEL].chunk_seconds = 1.0  # chunk cues would be 1 s each
+    body = await openai_client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", wav_bytes(2.5)), response_format="srt"
+    )
+    cues = list(srt.parse(str(body)))
+    assert " ".join(c.content.replace("\n", " ") for c in cues) == " ".join(expected_words(2.5))
+    # the fake aligner gives each of the 2 words of a 1 s chunk 0.4 s of speech: cues end with it
+    assert cues[0].start.total_seconds() == 0.0
+    assert cues[-1].end.total_seconds() == pytest.approx(2.0 + 0.8 * 0.5, abs=1e-3)
