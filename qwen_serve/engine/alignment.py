@@ -52,7 +52,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import re
 import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
@@ -61,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, pre_tokenizers
+from tokenizers import Tokenizer
 
 from .text import load_tokenizer
 
@@ -339,57 +338,13 @@ def aligner_prompt_ids(tokenizer: Tokenizer, words: Sequence[str], n_audio_token
     return list(ids)
 
 
-# transformers 4.57.6, `fix_mistral_regex=True` (the official loaders pass it): the pre-tokenizer
-# split that replaces a checkpoint's own when its config.json says so (see _needs_split_fix).
-_FIXED_SPLIT = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_MISTRAL_TYPES = ("mistral", "mistral3", "voxtral", "ministral", "pixtral")
-
-
-def _version(v: str) -> tuple[tuple[int, ...], int]:
-    """'4.57.2' -> ((4, 57, 2), 1): a pre-release ('5.0.0rc1', '4.57.0.dev0') sorts before
-    its release, a post-release after it (enough of PEP 440 for transformers' comparisons)."""
-    m = re.match(r"v?(\d+(?:\.\d+)*)\.?(.*)", v.strip())
-    if not m:
-        return (), 0
-    release = [int(x) for x in m.group(1).split(".")]
-    while len(release) > 1 and release[-1] == 0:
-        release.pop()
-    rest = m.group(2)
-    return tuple(release), (2 if rest.startswith("post") else 0) if rest else 1
-
-
-def _needs_split_fix(model_dir: Path) -> bool:
-    """Whether transformers 4.57.6 with fix_mistral_regex=True replaces the checkpoint's
-    split pattern: for a local checkpoint whose config.json has no transformers_version,
-    one in (4.57.2, 5.0.0), or a Mistral model_type."""
-    path = model_dir / "config.json"
-    if not path.is_file():
-        return False
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    written = config.get("transformers_version")
-    model_type = config.get("model_type")
-    if written and _version(str(written)) <= _version("4.57.2"):
-        return model_type is None or model_type in _MISTRAL_TYPES
-    return not (written and _version(str(written)) >= _version("5.0.0"))
-
-
 def load_aligner_tokenizer(model_dir: str | Path) -> Tokenizer:
-    """The aligner checkpoint's tokenizer as the official loader builds it (engine.text's
-    loader, then the split pattern transformers substitutes under fix_mistral_regex=True)."""
+    """The aligner checkpoint's tokenizer as the official loader builds it (engine.text's loader,
+    which applies the split pattern transformers substitutes under fix_mistral_regex=True)."""
     model_dir = Path(model_dir)
     tok, _ = load_tokenizer(model_dir)
     if tok.token_to_id(TIMESTAMP_TOKEN) is None:
         raise ValueError(f"{model_dir}: the tokenizer has no {TIMESTAMP_TOKEN} token")
-    if _needs_split_fix(model_dir):
-        pre = tok.pre_tokenizer
-        if not isinstance(pre, pre_tokenizers.Sequence):
-            raise ValueError(f"{model_dir}: unexpected pre-tokenizer {type(pre).__name__}")
-        pre[0] = pre_tokenizers.Split(Regex(_FIXED_SPLIT), behavior="isolated")
     return tok
 
 

@@ -32,7 +32,8 @@ def load(model_dir: str | Path) -> tuple[Any, Any]:
     from qwen_asr.core.transformers_backend import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
     model = Qwen3ASRForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    processor = Qwen3ASRProcessor.from_pretrained(str(model_dir))
+    # as the official Qwen3ASRModel.from_pretrained loads it
+    processor = Qwen3ASRProcessor.from_pretrained(str(model_dir), fix_mistral_regex=True)
     return model, processor
 
 

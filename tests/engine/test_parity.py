@@ -50,7 +50,9 @@ def test_encoder(model, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(CLIPS))
-@pytest.mark.parametrize(("language", "context"), [(None, ""), ("English", "Qwen, Ray Serve")])
+@pytest.mark.parametrize(
+    ("language", "context"), [(None, ""), ("English", "Qwen, Ray Serve, iPhone JavaScript McDonald's")]
+)
 def test_generate(model, name: str, language: str | None, context: str) -> None:
     d, e = model
     pcm = speech_like(CLIPS[name], seed=3)
