@@ -17,6 +17,8 @@ file). Nothing is read at import time: the app builder calls
     QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
     QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
+    QWEN_REALTIME_*                 realtime sessions: max_sessions, max_buffer_seconds, max_append_mb,
+                                    idle_timeout, max_session_seconds (docs/realtime.md)
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ class Settings(BaseSettings):
     """Replicas of the HTTP ingress (it only parses, decodes audio and routes)."""
     autoscaling: dict[str, Any] = Field(default_factory=dict)
     """Extra Ray Serve autoscaling_config keys for the model deployments (e.g. look_back_period_s)."""
+    realtime_max_sessions: int = Field(default=32, ge=1)
+    """Realtime (WebSocket) transcription sessions one ingress replica holds at once; more are refused
+    with an `error` event and close code 1013."""
+    realtime_max_buffer_seconds: float = Field(default=900.0, gt=0)
+    """Audio one realtime session holds at once (its input buffer plus committed items waiting for
+    transcription), in seconds; 900 s is 28.8 MB of 16 kHz int16. Appends beyond it get an `error`."""
+    realtime_max_append_mb: float = Field(default=15.0, gt=0)
+    """Largest audio payload of one `input_audio_buffer.append` in MiB (OpenAI's limit is 15)."""
+    realtime_idle_timeout: float = Field(default=120.0, gt=0)
+    """Seconds without a client event before a realtime session is closed."""
+    realtime_max_session_seconds: float = Field(default=3600.0, gt=0)
+    """Longest a realtime session may last, in seconds (OpenAI's is 60 minutes)."""
 
     @classmethod
     def settings_customise_sources(
