@@ -451,6 +451,8 @@ async def test_malformed_events_get_errors_and_the_session_stays_usable(
             raw = conn._connection  # noqa: SLF001 - frames the SDK would never send
             await raw.send("{not json")
             await expect_error(conn, "invalid_json")
+            await raw.send("[" * 50_000)  # nested deeper than the JSON parser goes
+            await expect_error(conn, "invalid_json")
             await raw.send("[1, 2]")
             await expect_error(conn, "invalid_event")
             await raw.send(b"\x00\x01binary")

@@ -181,7 +181,7 @@ class RealtimeSession:
             return
         try:
             event = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
             await self._send(error_event("The message is not valid JSON.", code="invalid_json"))
             return
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
