@@ -109,9 +109,10 @@ class Settings(BaseSettings):
     """Replicas of the HTTP ingress (it only parses, decodes audio and routes)."""
     autoscaling: dict[str, Any] = Field(default_factory=dict)
     """Extra Ray Serve autoscaling_config keys for the model deployments (e.g. look_back_period_s)."""
-    realtime_max_sessions: int = Field(default=32, ge=1)
+    realtime_max_sessions: int = Field(default=32, ge=1, le=192)
     """Realtime (WebSocket) transcription sessions one ingress replica holds at once; more are refused
-    with an `error` event and close code 1013."""
+    with an `error` event and close code 1013. Each holds one of the ingress replica's 256 concurrent
+    requests (app.py) for its whole life, so at most 192 leave room for HTTP requests."""
     realtime_max_buffer_seconds: float = Field(default=900.0, gt=0)
     """Audio one realtime session holds at once (its input buffer plus committed items waiting for
     transcription), in seconds; 900 s is 28.8 MB of 16 kHz int16. Appends beyond it get an `error`."""

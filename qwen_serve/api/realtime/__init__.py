@@ -16,12 +16,14 @@ OpenAI's browser clients send it next to `realtime`; the server then selects
 and close (1008), before any client message is read, so that both the SDK
 and a browser can show why. The route also enforces the session cap per
 ingress replica (close 1013), the idle timeout and the maximum duration
-(an `error` event, then close 1000).
+(an `error` event, then close 1000), and closes (1008) a session whose
+client has not read its events for the idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -40,6 +42,10 @@ logger = logging.getLogger("ray.serve")
 KEY_PROTOCOL = "openai-insecure-api-key."
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
+
+
+class _NotReading(Exception):
+    """A server event could not be sent for the idle timeout: the client does not read."""
 
 
 class _Sessions:
@@ -86,7 +92,12 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
 
         async def send(event: dict[str, Any]) -> None:
             async with lock:
-                await websocket.send_text(json.dumps(event))
+                try:  # a client that stops reading must not hold the session (and its audio) forever
+                    await asyncio.wait_for(
+                        websocket.send_text(json.dumps(event)), settings.realtime_idle_timeout
+                    )
+                except asyncio.TimeoutError:
+                    raise _NotReading() from None
 
         async def refuse(event: dict[str, Any], code: int) -> None:
             try:
@@ -129,6 +140,12 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
             )
         except WebSocketDisconnect:
             pass
+        except _NotReading:
+            logger.info(
+                "realtime session %s closed: the client stopped reading its events", session.config.id
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.close(code=CLOSE_POLICY, reason="not reading"), 1.0)
         except Exception as e:  # a bug, never the client's input: log it, close cleanly
             logger.error("realtime session failed", exc_info=e)
             await refuse(
