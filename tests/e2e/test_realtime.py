@@ -82,3 +82,29 @@ async def test_bad_token_is_refused_through_the_proxy(service: Service) -> None:
     async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
         event = await recv(conn)
         assert event.type == "error" and event.error.code == "invalid_api_key"
+
+
+async def test_server_vad_through_the_proxy(service: Service) -> None:
+    """The default session (server VAD) cuts speech-silence-speech-silence into two transcribed items."""
+    silence = np.zeros(int(1.2 * 24000), dtype="<i2").tobytes()
+    audio = silence + pcm24(2.0, seed=13) + silence + pcm24(1.5, seed=14) + silence
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    kinds: list[str] = []
+    completed: list[Any] = []
+    async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
+        created = await recv(conn)
+        assert created.session.audio.input.turn_detection.type == "server_vad"
+        for i in range(0, len(audio), 4800):  # 100 ms appends
+            await conn.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + 4800]).decode())
+        for _ in range(400):
+            event = await recv(conn)
+            kinds.append(event.type)
+            assert event.type not in ("error", "conversation.item.input_audio_transcription.failed"), event
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                completed.append(event)
+                if len(completed) == 2:
+                    break
+    assert kinds.count("input_audio_buffer.speech_started") == 2, kinds
+    assert kinds.count("input_audio_buffer.speech_stopped") == 2, kinds
+    assert kinds.count("input_audio_buffer.committed") == 2, kinds
+    assert all(e.usage.input_token_details.audio_tokens > 0 for e in completed)
