@@ -100,11 +100,9 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
                     raise _NotReading() from None
 
         async def refuse(event: dict[str, Any], code: int) -> None:
-            try:
+            with contextlib.suppress(Exception):  # the client may be gone already
                 await send(event)
-                await websocket.close(code=code, reason=event["error"]["message"][:120])
-            except Exception:  # the client may be gone already
-                pass
+                await websocket.close(code=code, reason=event["error"]["code"])
 
         try:
             await authenticate(
@@ -115,9 +113,7 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
             return
         intent = websocket.query_params.get("intent", "transcription")
         if intent != "transcription":
-            message = (
-                f"Only transcription sessions are served: connect with ?intent=transcription, not '{intent}'."
-            )
+            message = f"Only transcription sessions are served: connect with ?intent=transcription, not '{intent[:100]}'."
             await refuse(error_event(message, code="unsupported_intent", param="intent"), CLOSE_POLICY)
             return
         if sessions.open >= sessions.limit:
@@ -130,7 +126,7 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
         query_model = websocket.query_params.get("model")
         session = RealtimeSession(service, limits, send, model=query_model)
         try:
-            await session.start(query_model)
+            await session.start()
             await _serve(
                 websocket,
                 session,

@@ -1,8 +1,8 @@
 """One realtime transcription session: client events in, server events out, items transcribed in order.
 
     session = RealtimeSession(service, limits, send, model=query_model)
-    await session.start()                    # session.created
-    await session.handle(raw_text_message)   # for every message; returns False when the session must end
+    await session.start()                    # session.created (and an error if the URL's model is unknown)
+    await session.handle(raw_text_message)   # for every text message; refusals go out as `error` events
     await session.close()                    # cancels what is still transcribing
 
 The input audio buffer holds 16 kHz int16 samples (`SampleBuffer`), counted
@@ -140,6 +140,7 @@ class RealtimeSession:
         self.service = service
         self.limits = limits
         self._send = send
+        self._query_model = model
         self.config = SessionConfig.new(model if model in service.models else None)
         self.decoder = AudioDecoder(self.config.format)
         self.buffer = SampleBuffer()
@@ -153,13 +154,13 @@ class RealtimeSession:
         self._worker: asyncio.Task[None] | None = None
 
     # ---- life cycle -----------------------------------------------------------------
-    async def start(self, query_model: str | None) -> None:
+    async def start(self) -> None:
         self._apply(self.config)
         await self._send(
             {"type": "session.created", "event_id": new_id("event"), "session": self.config.session()}
         )
-        if query_model and query_model not in self.service.models:
-            await self._send(self._model_error(query_model, param="model"))
+        if self._query_model and self._query_model not in self.service.models:
+            await self._send(self._model_error(self._query_model, param="model"))
         self._worker = asyncio.create_task(self._transcribe_items())
 
     async def close(self) -> None:
