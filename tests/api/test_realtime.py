@@ -412,6 +412,24 @@ async def test_session_cap_and_idle_timeout(make_harness: Callable[..., Harness]
             assert (await recv(again)).type == "session.created"
 
 
+async def test_maximum_session_duration(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(realtime_max_session_seconds=1.5, realtime_idle_timeout=10.0)
+    with serve(harness) as base_url:
+        async with connect(base_url) as conn:
+            start = time.monotonic()
+            assert (await recv(conn)).type == "session.created"
+            for _ in range(40):  # an active client: an event every 0.2 s
+                with contextlib.suppress(websockets.ConnectionClosedOK):  # closed: the error is still to read
+                    await conn.input_audio_buffer.clear()
+                event = await recv(conn)
+                if event.type == "error":
+                    break
+                assert event.type == "input_audio_buffer.cleared"
+                await asyncio.sleep(0.2)
+            assert event.type == "error" and event.error.code == "session_expired", event
+            assert 1.2 < time.monotonic() - start < 4
+
+
 async def test_busy_model_fails_the_item_and_keeps_the_session(make_harness: Callable[..., Harness]) -> None:
     harness = make_harness(busy=True)
     with serve(harness) as base_url:
