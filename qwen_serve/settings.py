@@ -19,6 +19,8 @@ file). Nothing is read at import time: the app builder calls
     QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
     QWEN_ALIGNER                    forced-aligner checkpoint for word timestamps and subtitle cues
                                     (default qwen3-forcedaligner-0.6b under QWEN_MODELS_DIR; "" turns it off)
+    QWEN_REALTIME_*                 realtime sessions: max_sessions, max_buffer_seconds, max_append_mb,
+                                    idle_timeout, max_session_seconds (docs/realtime.md)
 """
 
 from __future__ import annotations
@@ -118,6 +120,19 @@ class Settings(BaseSettings):
     (`timestamp_granularities[]=word`), verbose_json segments and SRT/VTT cues cut from aligned
     words. "" turns it off; a missing checkpoint only disables those features (word requests get a
     400 naming the download command). It scales like a model: lazy load, pool size, idle unload."""
+    realtime_max_sessions: int = Field(default=32, ge=1, le=192)
+    """Realtime (WebSocket) transcription sessions one ingress replica holds at once; more are refused
+    with an `error` event and close code 1013. Each holds one of the ingress replica's 256 concurrent
+    requests (app.py) for its whole life, so at most 192 leave room for HTTP requests."""
+    realtime_max_buffer_seconds: float = Field(default=900.0, gt=0)
+    """Audio one realtime session holds at once (its input buffer plus committed items waiting for
+    transcription), in seconds; 900 s is 28.8 MB of 16 kHz int16. Appends beyond it get an `error`."""
+    realtime_max_append_mb: float = Field(default=15.0, gt=0)
+    """Largest audio payload of one `input_audio_buffer.append` in MiB (OpenAI's limit is 15)."""
+    realtime_idle_timeout: float = Field(default=120.0, gt=0)
+    """Seconds without a client event before a realtime session is closed."""
+    realtime_max_session_seconds: float = Field(default=3600.0, gt=0)
+    """Longest a realtime session may last, in seconds (OpenAI's is 60 minutes)."""
 
     @classmethod
     def settings_customise_sources(

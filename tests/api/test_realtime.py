@@ -1,0 +1,528 @@
+"""/v1/realtime (transcription sessions) through the official SDK's realtime client.
+
+The in-process app (real routes, ModelServer, fake engine) is served by
+uvicorn on 127.0.0.1 in a thread: a WebSocket needs a real socket. Every
+wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+import uvicorn
+import websockets
+from openai import AsyncOpenAI
+
+from qwen_serve.api.realtime.audio import ALAW, ULAW
+from qwen_serve.testing.clips import speech_like
+
+from .conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings
+from .fakes import expected_words
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+INTENT = {"intent": "transcription"}
+RECV_TIMEOUT_S = 10.0
+MANUAL = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+
+
+# ---- the server and the client ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve(harness: Harness) -> Iterator[str]:
+    """The harness app on a free port of 127.0.0.1; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(harness.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def make_harness(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    for var in ("QWEN_API_TOKEN", "QWEN_MAX_UPLOAD_MB", "QWEN_MAX_AUDIO_SECONDS", "QWEN_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+
+    def make(busy: bool = False, **settings: Any) -> Harness:
+        return Harness(make_settings(**settings), busy=busy)
+
+    return make
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
+
+
+@pytest.fixture
+def base_url(harness: Harness) -> Iterator[str]:
+    with serve(harness) as url:
+        yield url
+
+
+def sdk(base_url: str, api_key: str = TOKEN) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=api_key, base_url=f"{base_url}/v1", max_retries=0)
+
+
+@contextlib.asynccontextmanager
+async def connect(base_url: str, model: str | None = MODEL, api_key: str = TOKEN) -> AsyncIterator[Any]:
+    kwargs: dict[str, Any] = {"extra_query": INTENT}
+    if model is not None:
+        kwargs["model"] = model
+    async with sdk(base_url, api_key).realtime.connect(**kwargs) as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def manual_session(base_url: str) -> AsyncIterator[Any]:
+    """A connected session with server VAD off (manual commits), past session.created/updated."""
+    async with connect(base_url) as conn:
+        assert (await recv(conn)).type == "session.created"
+        await conn.session.update(session=MANUAL)
+        assert (await recv(conn)).type == "session.updated"
+        yield conn
+
+
+async def recv(conn: Any) -> Any:
+    return await asyncio.wait_for(conn.recv(), RECV_TIMEOUT_S)
+
+
+async def recv_until(conn: Any, last: str, limit: int = 400) -> list[Any]:
+    """Events up to and including the first of type `last`."""
+    events = []
+    for _ in range(limit):
+        event = await recv(conn)
+        events.append(event)
+        if event.type == last:
+            return events
+    raise AssertionError(f"no {last} in {limit} events: {[e.type for e in events]}")
+
+
+async def expect_error(conn: Any, code: str) -> Any:
+    event = await recv(conn)
+    assert event.type == "error", event
+    assert event.error.code == code, event.error
+    assert event.error.message and event.event_id
+    return event.error
+
+
+async def refused(url: str, code: str, headers: dict[str, str] | None = None) -> int | None:
+    """A raw connection that gets one `error` with `code`, then is closed; returns the close code."""
+    async with websockets.connect(url, additional_headers=headers or {}) as ws:
+        event = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S))
+        assert event["type"] == "error" and event["error"]["code"] == code, event
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+    return ws.close_code
+
+
+# ---- audio -------------------------------------------------------------------------------
+
+
+def pcm24(x16k: np.ndarray) -> bytes:
+    """16 kHz float32 -> what OpenAI clients send: 24 kHz 16-bit little-endian mono."""
+    x = soxr.resample(x16k, 16000, 24000)
+    return np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes()
+
+
+def g711(x16k: np.ndarray, table: np.ndarray) -> bytes:
+    """16 kHz float32 -> 8 kHz G.711 bytes: each sample coded as the nearest table value."""
+    x = np.clip(np.round(soxr.resample(x16k, 16000, 8000) * 32767), -32768, 32767)
+    order = np.argsort(table)
+    values = table[order].astype(np.float64)
+    idx = np.clip(np.searchsorted(values, x), 1, values.size - 1)
+    nearer_left = np.abs(x - values[idx - 1]) <= np.abs(values[idx] - x)
+    return order[np.where(nearer_left, idx - 1, idx)].astype(np.uint8).tobytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def append(conn: Any, data: bytes, chunk: int = 4800) -> None:
+    """In 100 ms appends (at 24 kHz pcm16), as a microphone client would."""
+    for i in range(0, len(data), chunk):
+        await conn.input_audio_buffer.append(audio=b64(data[i : i + chunk]))
+
+
+def record_pcm(harness: Harness, model: str = MODEL) -> list[np.ndarray]:
+    """The float32 audio every request hands the engine."""
+    engine = harness.engines[model]
+    seen: list[np.ndarray] = []
+    original = engine.stream
+
+    def stream(pcm: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        seen.append(np.array(pcm))
+        return original(pcm, *args, **kwargs)
+
+    engine.stream = stream  # type: ignore[method-assign]
+    return seen
+
+
+def similar(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(a.size, b.size)
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+def words(samples: int) -> str:
+    return " ".join(expected_words(samples / 16000))
+
+
+async def transcribed(conn: Any) -> tuple[Any, list[Any], Any]:
+    """committed, the deltas, completed (of one item)."""
+    events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    committed = [e for e in events if e.type == "input_audio_buffer.committed"]
+    deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
+    assert len(committed) == 1, [e.type for e in events]
+    assert all(d.item_id == committed[0].item_id for d in deltas) and deltas
+    assert events[-1].item_id == committed[0].item_id
+    return committed[0], deltas, events[-1]
+
+
+# ---- manual commits ---------------------------------------------------------------------
+
+
+async def test_manual_commit_transcribes_each_item_in_order(harness: Harness, base_url: str) -> None:
+    seen = record_pcm(harness)
+    clips = [speech_like(2.2, seed=1), speech_like(1.2, seed=2)]
+    async with connect(base_url) as conn:
+        created = await recv(conn)
+        assert created.type == "session.created" and created.event_id
+        assert created.session.type == "transcription"
+        session = {
+            "type": "transcription",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "transcription": {"model": MODEL, "language": "en", "prompt": "Names: Qwen."},
+                    "turn_detection": None,
+                }
+            },
+        }
+        await conn.session.update(session=session)
+        updated = await recv(conn)
+        assert updated.type == "session.updated"
+        shown = updated.session.audio.input
+        assert shown.turn_detection is None and shown.transcription.language == "en"
+        assert shown.transcription.model == MODEL and shown.format.type == "audio/pcm"
+
+        items = []
+        for clip in clips:
+            await append(conn, pcm24(clip))
+            await conn.input_audio_buffer.commit()
+            items.append(await transcribed(conn))
+    (c1, d1, done1), (c2, d2, done2) = items
+    assert c1.previous_item_id is None and c2.previous_item_id == c1.item_id != c2.item_id
+    for (_, deltas, done), clip in zip(items, clips, strict=True):
+        assert "".join(d.delta for d in deltas) == done.transcript == words(clip.size)
+        assert done.usage.type == "tokens" and done.usage.total_tokens > done.usage.input_tokens > 0
+        assert [lang.code for lang in done.languages] == ["en"]
+    engine = harness.engines[MODEL]
+    assert [c["language"] for c in engine.calls] == ["English", "English"]
+    assert [c["context"] for c in engine.calls] == ["Names: Qwen.", "Names: Qwen."]
+    for pcm, clip in zip(seen, clips, strict=True):  # 24 kHz in, the same 16 kHz signal to the model
+        assert abs(pcm.size - clip.size) <= 2
+        assert similar(pcm, clip) > 0.99
+
+
+@pytest.mark.parametrize("fmt, table", [("audio/pcmu", ULAW), ("audio/pcma", ALAW)])
+async def test_g711_input(harness: Harness, base_url: str, fmt: str, table: np.ndarray) -> None:
+    seen = record_pcm(harness)
+    clip = speech_like(2.2, seed=3)
+    async with connect(base_url) as conn:
+        await recv(conn)
+        await conn.session.update(
+            session={
+                "type": "transcription",
+                "audio": {"input": {"format": {"type": fmt}, "turn_detection": None}},
+            }
+        )
+        assert (await recv(conn)).session.audio.input.format.type == fmt
+        await append(conn, g711(clip, table), chunk=800)
+        await conn.input_audio_buffer.commit()
+        _, _, done = await transcribed(conn)
+    assert done.transcript == words(clip.size)
+    assert abs(seen[0].size - clip.size) <= 2
+    assert similar(seen[0], clip) > 0.97  # 8-bit companding and 4 kHz bandwidth, still the same signal
+
+
+async def test_beta_transcription_session_update(harness: Harness, base_url: str) -> None:
+    clip = speech_like(1.2, seed=4)
+    async with connect(base_url, model=None) as conn:
+        await recv(conn)
+        beta = {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_format": "g711_ulaw",
+                "input_audio_transcription": {"model": MODEL_B, "language": "de"},
+                "turn_detection": None,
+            },
+        }
+        await conn.send(beta)
+        updated = json.loads(await asyncio.wait_for(conn.recv_bytes(), RECV_TIMEOUT_S))
+        assert updated["type"] == "transcription_session.updated"
+        assert updated["session"]["input_audio_format"] == "g711_ulaw"
+        assert updated["session"]["input_audio_transcription"]["model"] == MODEL_B
+        await append(conn, g711(clip, ULAW), chunk=800)
+        await conn.input_audio_buffer.commit()
+        _, _, done = await transcribed(conn)
+    assert done.transcript == words(clip.size)
+    assert harness.engines[MODEL_B].calls[-1]["language"] == "German"
+
+
+async def test_clear_empties_the_buffer(harness: Harness, base_url: str) -> None:
+    async with manual_session(base_url) as conn:
+        await append(conn, pcm24(speech_like(3.0)))
+        await conn.input_audio_buffer.clear()
+        assert (await recv(conn)).type == "input_audio_buffer.cleared"
+        await conn.input_audio_buffer.commit()
+        await expect_error(conn, "input_audio_buffer_commit_empty")
+        clip = speech_like(1.2, seed=5)
+        await append(conn, pcm24(clip))
+        await conn.input_audio_buffer.commit()
+        _, _, done = await transcribed(conn)
+    assert done.transcript == words(clip.size)  # nothing of the cleared 3 s
+
+
+async def test_two_sessions_at_once(harness: Harness, base_url: str) -> None:
+    harness.engines[MODEL].token_delay = 0.02  # both items decode at the same time
+
+    async def one(seconds: float, seed: int) -> str:
+        async with manual_session(base_url) as conn:
+            await append(conn, pcm24(speech_like(seconds, seed=seed)))
+            await conn.input_audio_buffer.commit()
+            _, _, done = await transcribed(conn)
+            return str(done.transcript)
+
+    texts = await asyncio.gather(one(3.2, 6), one(1.2, 7))
+    assert texts == [words(int(3.2 * 16000)), words(int(1.2 * 16000))]
+    assert len(harness.engines[MODEL].calls) == 2
+
+
+# ---- server VAD --------------------------------------------------------------------------
+
+
+def speech_and_silence() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """0.6 s silence, 2 s speech, 1.2 s silence, 1.5 s speech, 1.2 s silence; the speech spans in s."""
+    z = lambda s: np.zeros(int(s * 16000), dtype=np.float32)  # noqa: E731
+    parts = [z(0.6), speech_like(2.0, seed=8), z(1.2), speech_like(1.5, seed=9), z(1.2)]
+    return np.concatenate(parts), [(0.6, 2.6), (3.8, 5.3)]
+
+
+async def test_server_vad_commits_one_item_per_utterance(harness: Harness, base_url: str) -> None:
+    seen = record_pcm(harness)
+    audio, spans = speech_and_silence()
+    async with connect(base_url) as conn:
+        created = await recv(conn)
+        assert created.session.audio.input.turn_detection.type == "server_vad"  # OpenAI's default
+        vad = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
+        await conn.session.update(
+            session={"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+        )
+        assert (await recv(conn)).session.audio.input.turn_detection.silence_duration_ms == 500
+        await append(conn, pcm24(audio))
+        events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+        events += await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    kinds = [e.type for e in events if not e.type.endswith(".delta")]
+    turn = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+    ]
+    started = [e for e in events if e.type == "input_audio_buffer.speech_started"]
+    stopped = [e for e in events if e.type == "input_audio_buffer.speech_stopped"]
+    completed = [e for e in events if e.type.endswith(".completed")]
+    assert len(started) == len(stopped) == len(completed) == 2, kinds
+    assert sorted(kinds[:4]) == sorted(turn) and kinds[0] == turn[0] and kinds[1] == turn[1]
+    for (begin, end), s, e, done, pcm in zip(spans, started, stopped, completed, seen, strict=True):
+        assert s.item_id == e.item_id == done.item_id
+        # the turn starts prefix_padding_ms before the first speech frame, and stops silence_duration_ms after
+        assert begin - 0.45 <= s.audio_start_ms / 1000 <= begin - 0.15, (s.audio_start_ms, begin)
+        assert end + 0.35 <= e.audio_end_ms / 1000 <= end + 0.8, (e.audio_end_ms, end)
+        assert abs(pcm.size - (e.audio_end_ms - s.audio_start_ms) * 16) <= 16
+        assert done.transcript == words(pcm.size)
+    commits = [e for e in events if e.type == "input_audio_buffer.committed"]
+    assert commits[1].previous_item_id == commits[0].item_id
+
+
+# ---- auth and limits -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sk-wrong", ""])
+async def test_bad_token_is_refused_before_any_audio(harness: Harness, base_url: str, key: str) -> None:
+    url = f"{base_url.replace('http', 'ws')}/v1/realtime?intent=transcription"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    assert await refused(url, "invalid_api_key" if key else "missing_api_key", headers) == 1008
+    assert harness.engines[MODEL].calls == []
+
+
+async def test_sdk_with_a_wrong_key_gets_the_error(base_url: str) -> None:
+    async with connect(base_url, api_key="sk-wrong") as conn:
+        error = await expect_error(conn, "invalid_api_key")
+        assert "Incorrect API key" in error.message
+
+
+async def test_browser_token_as_subprotocol(base_url: str) -> None:
+    url = f"{base_url.replace('http', 'ws')}/v1/realtime?intent=transcription&model={MODEL}"
+    offered = ["realtime", f"openai-insecure-api-key.{TOKEN}", "openai-beta.realtime-v1"]
+    async with websockets.connect(url, subprotocols=offered) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"  # selected: a browser requires one; never the key
+        event = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S))
+        assert event["type"] == "session.created"
+    bad = ["realtime", "openai-insecure-api-key.sk-wrong"]
+    async with websockets.connect(url, subprotocols=bad) as ws:  # type: ignore[arg-type]
+        event = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S))
+        assert event["error"]["code"] == "invalid_api_key"
+
+
+async def test_session_cap_and_idle_timeout(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(realtime_max_sessions=1, realtime_idle_timeout=1.0)
+    with serve(harness) as base_url:
+        async with connect(base_url) as first:
+            assert (await recv(first)).type == "session.created"
+            url = f"{base_url.replace('http', 'ws')}/v1/realtime?intent=transcription"
+            assert await refused(url, "too_many_sessions", {"Authorization": f"Bearer {TOKEN}"}) == 1013
+            start = time.monotonic()
+            await expect_error(first, "idle_timeout")  # nothing sent for 1 s
+            assert 0.5 < time.monotonic() - start < 5
+        async with connect(base_url) as again:  # the slot is free again
+            assert (await recv(again)).type == "session.created"
+
+
+async def test_maximum_session_duration(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(realtime_max_session_seconds=1.5, realtime_idle_timeout=10.0)
+    with serve(harness) as base_url:
+        async with connect(base_url) as conn:
+            start = time.monotonic()
+            assert (await recv(conn)).type == "session.created"
+            for _ in range(40):  # an active client: an event every 0.2 s
+                with contextlib.suppress(websockets.ConnectionClosedOK):  # closed: the error is still to read
+                    await conn.input_audio_buffer.clear()
+                event = await recv(conn)
+                if event.type == "error":
+                    break
+                assert event.type == "input_audio_buffer.cleared"
+                await asyncio.sleep(0.2)
+            assert event.type == "error" and event.error.code == "session_expired", event
+            assert 1.2 < time.monotonic() - start < 4
+
+
+async def test_busy_model_fails_the_item_and_keeps_the_session(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(busy=True)
+    with serve(harness) as base_url:
+        async with manual_session(base_url) as conn:
+            await append(conn, pcm24(speech_like(1.0)))
+            await conn.input_audio_buffer.commit()
+            committed = await recv(conn)
+            failed = await recv(conn)
+            assert failed.type == "conversation.item.input_audio_transcription.failed"
+            assert failed.item_id == committed.item_id and failed.error.code == "model_busy"
+            await conn.input_audio_buffer.clear()
+            assert (await recv(conn)).type == "input_audio_buffer.cleared"
+
+
+# ---- malformed input -----------------------------------------------------------------------
+
+BAD_SESSIONS = [
+    ({"type": "realtime"}, "unsupported_value", "session.type"),
+    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "unsupported_value", None),
+    ({"type": "transcription", "audio": {"input": {"noise_reduction": {"type": "near_field"}}}}, "unsupported_value", None),
+    ({"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}, "invalid_value", None),
+    ({"type": "transcription", "audio": {"input": {"format": {"type": "audio/opus"}}}}, "invalid_value", None),
+    ({"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}, "model_not_found", None),
+    ({"type": "transcription", "audio": {"input": {"transcription": {"language": "xx"}}}}, "unsupported_language", None),
+    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}, "invalid_value", None),
+    ({"type": "transcription", "include": ["item.input_audio_transcription.logprobs"]}, "unsupported_value", "session.include"),
+    ({"type": "transcription", "voice": "alloy"}, "invalid_value", "session.voice"),
+]  # fmt: skip
+
+
+async def test_malformed_events_get_errors_and_the_session_stays_usable(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness(realtime_max_append_mb=0.06, realtime_max_buffer_seconds=4.0)
+    with serve(harness) as base_url:
+        async with manual_session(base_url) as conn:
+            raw = conn._connection  # noqa: SLF001 - frames the SDK would never send
+            await raw.send("{not json")
+            await expect_error(conn, "invalid_json")
+            await raw.send("[" * 50_000)  # nested deeper than the JSON parser goes
+            await expect_error(conn, "invalid_json")
+            await raw.send("[1, 2]")
+            await expect_error(conn, "invalid_event")
+            await raw.send(b"\x00\x01binary")
+            await expect_error(conn, "invalid_event")
+            await raw.send(json.dumps({"type": "response.create", "event_id": "evt_mine"}))
+            error = await expect_error(conn, "invalid_event_type")
+            assert error.event_id == "evt_mine"
+            await conn.input_audio_buffer.append(audio="%%% not base64 %%%")
+            await expect_error(conn, "invalid_base64")
+            await conn.input_audio_buffer.append(audio=b64(b"\x01\x02\x03"))  # half a sample
+            await expect_error(conn, "invalid_audio")
+            await raw.send(json.dumps({"type": "input_audio_buffer.append"}))
+            await expect_error(conn, "invalid_value")
+            await conn.input_audio_buffer.append(
+                audio=b64(bytes(120_000))
+            )  # 160 KB of base64: over the 0.06 MiB limit
+            await expect_error(conn, "message_too_large")
+            await conn.input_audio_buffer.commit()
+            await expect_error(conn, "input_audio_buffer_commit_empty")
+            for bad, code, param in BAD_SESSIONS:
+                await conn.send({"type": "session.update", "session": bad})
+                error = await expect_error(conn, code)
+                assert param is None or error.param == param, (bad, error)
+            await append(conn, pcm24(speech_like(3.0)))
+            await conn.input_audio_buffer.append(audio=b64(pcm24(speech_like(1.2))))  # 4.2 s > 4 s
+            await expect_error(conn, "buffer_full")
+            await conn.input_audio_buffer.clear()
+            assert (await recv(conn)).type == "input_audio_buffer.cleared"
+            # nothing above changed the session: pcm at 24 kHz, manual commits, the model transcribes
+            clip = speech_like(1.2, seed=10)
+            await append(conn, pcm24(clip))
+            await conn.input_audio_buffer.commit()
+            _, _, done = await transcribed(conn)
+            assert done.transcript == words(clip.size)
+
+
+async def test_unknown_query_model_and_wrong_intent(base_url: str) -> None:
+    async with connect(base_url, model="gpt-4o-transcribe") as conn:
+        created = await recv(conn)
+        assert created.session.audio.input.transcription.model is None
+        await expect_error(conn, "model_not_found")
+        await conn.session.update(session=MANUAL)
+        await recv(conn)
+        await append(conn, pcm24(speech_like(1.0)))
+        await conn.input_audio_buffer.commit()
+        await expect_error(conn, "missing_model")  # the buffer is kept: set a model and commit again
+        await conn.session.update(
+            session={"type": "transcription", "audio": {"input": {"transcription": {"model": MODEL}}}}
+        )
+        await recv(conn)
+        await conn.input_audio_buffer.commit()
+        _, _, done = await transcribed(conn)
+        assert done.transcript == words(16000)
+    url = f"{base_url.replace('http', 'ws')}/v1/realtime?intent=conversation"
+    assert await refused(url, "unsupported_intent", {"Authorization": f"Bearer {TOKEN}"}) == 1008

@@ -1,0 +1,110 @@
+"""/v1/realtime through a real Ray Serve instance (proxy, ingress, model replica, real Engine).
+
+The official SDK's realtime client connects through Serve's HTTP proxy; the
+transcript of a committed item must be the engine's own transcript of the
+same 16 kHz audio (what the ingress makes of the 24 kHz appends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+from openai import AsyncOpenAI
+
+from qwen_serve.api.realtime.audio import AudioDecoder, to_float32
+from qwen_serve.testing.clips import speech_like
+
+from .conftest import MAX_NEW_TOKENS, SMALL, TOKEN, Service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.timeout(300)]
+
+RECV_TIMEOUT_S = 120.0  # the first item may wait for a model replica to start
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def recv(conn: Any) -> Any:
+    return await asyncio.wait_for(conn.recv(), RECV_TIMEOUT_S)
+
+
+def pcm24(seconds: float, seed: int) -> bytes:
+    x = soxr.resample(speech_like(seconds, seed=seed), 16000, 24000)
+    return np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes()
+
+
+def as_the_ingress_hears(data: bytes) -> np.ndarray:
+    decoder = AudioDecoder("audio/pcm")
+    return to_float32(np.concatenate([decoder.feed(data), decoder.flush()]))
+
+
+async def test_manual_commit_equals_engine(service: Service, engines: dict[str, Any]) -> None:
+    clips = [pcm24(2.0, seed=11), pcm24(1.5, seed=12)]
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    done = []
+    async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
+        assert (await recv(conn)).type == "session.created"
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+        await conn.session.update(session=session)
+        assert (await recv(conn)).type == "session.updated"
+        for data in clips:  # one append each, so that the reference resamples the same chunk
+            await conn.input_audio_buffer.append(audio=base64.b64encode(data).decode())
+            await conn.input_audio_buffer.commit()
+        deltas: dict[str, list[str]] = {}
+        for _ in range(400):
+            event = await recv(conn)
+            assert event.type != "conversation.item.input_audio_transcription.failed", event
+            if event.type == "input_audio_buffer.committed":
+                deltas[event.item_id] = []
+            elif event.type == "conversation.item.input_audio_transcription.delta":
+                deltas[event.item_id].append(event.delta)
+            elif event.type == "conversation.item.input_audio_transcription.completed":
+                done.append(event)
+                if len(done) == len(clips):
+                    break
+    assert len(done) == 2 and list(deltas) == [e.item_id for e in done]  # in commit order
+    for event, data in zip(done, clips, strict=True):
+        reference = engines[SMALL].transcribe(as_the_ingress_hears(data), max_new_tokens=MAX_NEW_TOKENS)
+        assert event.transcript == reference.text
+        assert "".join(deltas[event.item_id]) == event.transcript
+        assert event.usage.output_tokens == reference.usage.output_tokens
+
+
+async def test_bad_token_is_refused_through_the_proxy(service: Service) -> None:
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key="sk-not-this", max_retries=0)
+    async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
+        event = await recv(conn)
+        assert event.type == "error" and event.error.code == "invalid_api_key"
+
+
+async def test_server_vad_through_the_proxy(service: Service) -> None:
+    """The default session (server VAD) cuts speech-silence-speech-silence into two transcribed items."""
+    silence = np.zeros(int(1.2 * 24000), dtype="<i2").tobytes()
+    audio = silence + pcm24(2.0, seed=13) + silence + pcm24(1.5, seed=14) + silence
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    kinds: list[str] = []
+    completed: list[Any] = []
+    async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
+        created = await recv(conn)
+        assert created.session.audio.input.turn_detection.type == "server_vad"
+        for i in range(0, len(audio), 4800):  # 100 ms appends
+            await conn.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + 4800]).decode())
+        for _ in range(400):
+            event = await recv(conn)
+            kinds.append(event.type)
+            assert event.type not in ("error", "conversation.item.input_audio_transcription.failed"), event
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                completed.append(event)
+                if len(completed) == 2:
+                    break
+    assert kinds.count("input_audio_buffer.speech_started") == 2, kinds
+    assert kinds.count("input_audio_buffer.speech_stopped") == 2, kinds
+    assert kinds.count("input_audio_buffer.committed") == 2, kinds
+    assert all(e.usage.input_token_details.audio_tokens > 0 for e in completed)
