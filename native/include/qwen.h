@@ -8,7 +8,9 @@
  * are added at any time (qwen_seq_add) and qwen_step() advances all of them,
  * every decoding sequence by one token with one pass over the weights. Each
  * sequence gets exactly the token ids it would get alone. qwen_begin() /
- * qwen_next() are the batch-of-one case (pull-style, until QWEN_DONE).
+ * qwen_next() are the batch-of-one case (pull-style, until QWEN_DONE). A
+ * Qwen3-ForcedAligner checkpoint gives a time bin per <timestamp> marker of
+ * the prompt instead, in one pass (qwen_align).
  *
  * Thread safety: every function is safe to call from any thread as long as
  * one context is not used by two threads at once. Contexts are independent:
@@ -72,7 +74,7 @@ typedef enum {
  *   per row and group when each product is taken. With QWEN_ISA_AUTO, the encoder runs on AMX bf16
  *   tiles where the CPU has AMX and the OS grants it (packed once at load), else on bf16 dot
  *   products where the CPU has them (avx512bf16); a kernel set named in isa is used as it is.
- *   Token embeddings keep the checkpoint's weights. A sequence's logits in a batch are still
+ *   Token embeddings keep the checkpoint's weights, and so does a forced aligner's head. A sequence's logits in a batch are still
  *   bitwise those it gets alone. Results differ from EXACT by quantization noise (README). */
 typedef enum {
     QWEN_PRECISION_EXACT = 0,
@@ -127,8 +129,10 @@ QWEN_API int qwen_get_threads(const qwen_context *ctx);
 
 /* Model facts read from config.json. Keys: "vocab_size", "hidden_size",
  * "audio_token_id", "audio_start_token_id", "audio_end_token_id",
- * "num_mel_bins", "encoder_layers", "decoder_layers", "output_dim".
- * Returns -1 for an unknown key. */
+ * "num_mel_bins", "encoder_layers", "decoder_layers", "output_dim"; for a
+ * forced aligner "classify_num" (time bins of its head), "timestamp_token_id"
+ * and "timestamp_segment_time" (ms per bin), -1 where the checkpoint has
+ * none (so "classify_num" >= 0 tells an aligner). Returns -1 for an unknown key. */
 QWEN_API int64_t qwen_model_info(const qwen_context *ctx, const char *key);
 
 /* Number of audio tokens (encoder outputs) for n_samples of 16 kHz PCM: the
@@ -205,10 +209,33 @@ QWEN_API qwen_status qwen_next(qwen_context *ctx, int32_t *token);
  * Valid until the next call on the context. *n_vocab receives the size. */
 QWEN_API const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab);
 
-/* Per-stage wall times of the current/last qwen_begin run, in milliseconds:
+/* Per-stage wall times of the current/last qwen_begin run (or qwen_align pass), in milliseconds:
  * "mel", "encoder", "prefill", "decode" (total of qwen_next calls). Counts:
  * "n_prompt", "n_audio", "n_decoded". Returns -1 for an unknown key. */
 QWEN_API double qwen_get_timing(const qwen_context *ctx, const char *key);
+
+/* ==== Forced alignment (Qwen3-ForcedAligner checkpoints) ==== */
+/* An aligner checkpoint (thinker model_type "qwen3_forced_aligner") has a
+ * head of classify_num time bins instead of the vocabulary and does not
+ * generate: qwen_seq_add / qwen_begin refuse it (QWEN_ERR_INVALID), as
+ * qwen_align refuses an ASR checkpoint.
+ *
+ * One forward pass: mel, the encoder (the same windows as ASR), the decoder
+ * over the whole prompt (causal, in prefill_chunk chunks), then the final
+ * norm and the head only at the positions whose id is timestamp_token_id
+ * (the markers), in prompt order. out_classes[i] receives the argmax of
+ * marker i (the first maximum on ties); the time is class *
+ * timestamp_segment_time ms. out_logits, when not NULL, receives their
+ * logits [n_markers, classify_num]. The prompt's audio placeholders must
+ * number qwen_audio_token_count(n_samples); it needs n_prompt <= max_context
+ * KV tokens (and of the KV budget). *n_markers receives the number of
+ * markers in the prompt, also when it is more than max_markers (then
+ * QWEN_ERR_INVALID and nothing runs). run: only abort_callback is used.
+ * Ends every sequence in the context first; qwen_get_timing then reports
+ * this pass ("mel", "encoder", "prefill", "n_prompt", "n_audio"). */
+QWEN_API qwen_status qwen_align(qwen_context *ctx, const float *pcm, int64_t n_samples, const int32_t *prompt_ids,
+                                int n_prompt, const qwen_run_params *run, int32_t *out_classes, float *out_logits,
+                                int max_markers, int *n_markers);
 
 /* ==== Stages, for tests and tools (caller-owned buffers) ==== */
 /* Log-mel features [num_mel_bins, n_frames] (row-major, frames contiguous).

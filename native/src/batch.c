@@ -2,6 +2,10 @@
  * Batch — the sequences of a context and the scheduling step: qwen_seq_add,
  * qwen_step, qwen_seq_abort and their getters (include/qwen.h).
  *
+ * A forced aligner's sequence (qwen_align) takes the same admission units
+ * but no decode step: its prefill chunks apply the head at its <timestamp>
+ * rows, and it ends with the last chunk.
+ *
  * A step does at most one unit of admission work for the oldest sequence
  * that needs it (one encoder window, or one prefill chunk), then one decode
  * step for every sequence that was decoding, all of them in one decoder
@@ -44,6 +48,8 @@ void qw_seq_release(qwen_context *ctx, qw_seq *s) {
     s->prompt = NULL;
     s->mel = s->emb = s->k = s->v = NULL;
     s->abort_cb = NULL;
+    s->mark_classes = NULL;
+    s->mark_logits = NULL;
     s->state = QW_SEQ_ENDED; /* timings stay readable until the slot is taken again */
 }
 
@@ -54,6 +60,14 @@ qwen_status qwen_seq_add(qwen_context *ctx, const float *pcm, int64_t n_samples,
     if (!ctx) return QWEN_ERR_INVALID;
     if (!seq) return qw_fail(ctx, QWEN_ERR_INVALID, "seq is NULL");
     *seq = -1;
+    if (ctx->cfg.aligner)
+        return qw_fail(ctx, QWEN_ERR_INVALID,
+                       "this is a forced aligner checkpoint: it does not generate (use qwen_align)");
+    return qw_seq_new(ctx, pcm, n_samples, prompt_ids, n_prompt, run, 0, seq);
+}
+
+qwen_status qw_seq_new(qwen_context *ctx, const float *pcm, int64_t n_samples, const int32_t *prompt_ids, int n_prompt,
+                       const qwen_run_params *run, int align, int *seq) {
     const qw_config *c = &ctx->cfg;
     qwen_run_params rp = run ? *run : qwen_default_run_params();
     if (n_samples < 0 || (n_samples > 0 && !pcm) || !prompt_ids || n_prompt <= 0)
@@ -72,7 +86,8 @@ qwen_status qwen_seq_add(qwen_context *ctx, const float *pcm, int64_t n_samples,
                        n_placeholders, (long long)n_audio);
     int64_t cap = rp.max_new_tokens ? (int64_t)n_prompt + rp.max_new_tokens : ctx->max_context;
     if (cap > ctx->max_context) cap = ctx->max_context;
-    if (n_prompt >= cap)
+    if (align) cap = n_prompt; /* one pass over the prompt, nothing generated */
+    if (align ? n_prompt > ctx->max_context : n_prompt >= cap)
         return qw_fail(ctx, QWEN_ERR_INVALID, "a prompt of %d tokens leaves no room in max_context (%d tokens)", n_prompt,
                        ctx->max_context);
     if (ctx->kv_budget && cap > ctx->kv_budget)
@@ -114,6 +129,7 @@ qwen_status qwen_seq_add(qwen_context *ctx, const float *pcm, int64_t n_samples,
         s->n_eos = 2;
     }
     s->cap = (int)cap;
+    s->align = align;
     s->n_audio = (int)n_audio;
     s->n_frames = nf;
     s->last_token = -1;
@@ -182,12 +198,23 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
         }
         return QWEN_OK;
     }
-    /* A prefill chunk: the prompt's embeddings with the audio spliced in. */
+    /* A prefill chunk: the prompt's embeddings with the audio spliced in. An
+     * aligner sequence takes the head at its <timestamp> rows instead of the
+     * last row. */
     const int p0 = s->n_prefilled;
     const int n = s->n_prompt - p0 < ctx->prefill_chunk ? s->n_prompt - p0 : ctx->prefill_chunk;
+    const int C = c->n_out;
     float *x = malloc((size_t)n * H * sizeof(float));
-    if (!x) {
+    int *rows = s->align ? malloc((size_t)n * sizeof(int)) : NULL;
+    int n_rows = 0;
+    for (int i = 0; rows && i < n; i++)
+        if (s->prompt[p0 + i] == c->timestamp_id) rows[n_rows++] = i;
+    float *marks = n_rows ? malloc((size_t)n_rows * C * sizeof(float)) : NULL; /* [n_rows, classify_num] */
+    if (!x || (s->align && !rows) || (n_rows && !marks)) {
         ctx->abort_cb = NULL;
+        free(x);
+        free(rows);
+        free(marks);
         return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for the prompt");
     }
     for (int i = 0; i < n; i++) {
@@ -198,17 +225,28 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
             qw_embed_token(ctx, id, x + (size_t)i * H);
     }
     const int last = p0 + n == s->n_prompt;
-    const qw_dec_group g = {s, n, last};
+    const qw_dec_group g = {s, n, last && !s->align, rows, n_rows};
     const double t0 = qw_now_ms();
-    st = qw_decoder_forward(ctx, x, &g, 1, 0, ctx->prefill_logits);
+    st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits);
     s->t_prefill += qw_now_ms() - t0;
     ctx->abort_cb = NULL;
     free(x);
+    free(rows);
+    for (int r = 0; st == QWEN_OK && r < n_rows; r++, s->n_marked++) { /* per marker: the first maximum */
+        const float *row = marks + (size_t)r * C;
+        s->mark_classes[s->n_marked] = argmax(row, C);
+        if (s->mark_logits) memcpy(s->mark_logits + (size_t)s->n_marked * C, row, (size_t)C * sizeof(float));
+    }
+    free(marks);
     if (st != QWEN_OK) return st;
     s->n_prefilled += n;
     if (!last) return QWEN_OK;
     free(s->emb);
     s->emb = NULL;
+    if (s->align) { /* the aligner's one pass is done: nothing to generate */
+        qw_seq_release(ctx, s);
+        return QWEN_DONE;
+    }
     s->state = QW_SEQ_DECODE;
     s->logits = ctx->prefill_logits;
     *token = argmax(ctx->prefill_logits, c->vocab);
@@ -243,14 +281,15 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     qw_dec_group *groups = ctx->groups;
     int m = 0;
     for (int i = 0; i < ctx->max_seqs; i++)
-        if (ctx->seqs[i].state == QW_SEQ_DECODE) groups[m++] = (qw_dec_group){&ctx->seqs[i], 1, 1};
+        if (ctx->seqs[i].state == QW_SEQ_DECODE) groups[m++] = (qw_dec_group){&ctx->seqs[i], 1, 1, NULL, 0};
 
     if (admit) {
         const int slot = (int)(admit - ctx->seqs);
         int32_t token;
         qwen_status st = admission_unit(ctx, admit, &token);
         if (st < 0) qw_seq_release(ctx, admit);
-        if (st < 0 || token >= 0) emit(events, n_events, slot, token, st);
+        /* QWEN_DONE with token -1: an aligner's pass ended */
+        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
     }
     if (!m) return QWEN_OK;
 

@@ -1,6 +1,9 @@
 /*
  * Config — reads the hyperparameters from the checkpoint's config.json
- * (Qwen3ASRConfig: thinker_config -> audio_config + text_config).
+ * (Qwen3ASRConfig: thinker_config -> audio_config + text_config), and
+ * whether it is a forced aligner (thinker model_type "qwen3_forced_aligner":
+ * classify_num in thinker_config, timestamp_token_id and
+ * timestamp_segment_time at the top level).
  */
 #include "internal.h"
 #include "json.h"
@@ -94,6 +97,17 @@ int qw_config_load(const char *model_dir, qw_config *c, char *err, size_t err_si
     get_int(thinker, "audio_token_id", 151646, &c->audio_token_id);
     get_int(thinker, "audio_start_token_id", 151647, &c->audio_start_id);
     get_int(thinker, "audio_end_token_id", c->audio_start_id + 1, &c->audio_end_id);
+    /* The official model builds the classify_num-way head when the thinker's model_type
+     * contains "forced_aligner"; the timestamp keys are extra top-level keys of the release. */
+    const qj_value *mt = qj_get_type(thinker, "model_type", QJ_STRING);
+    c->aligner = mt && strstr(mt->string, "forced_aligner") != NULL;
+    if (c->aligner) get_int(thinker, "classify_num", 0, &c->classify_num);
+    if (!get_int(root, "timestamp_token_id", -1, &c->timestamp_id))
+        get_int(thinker, "timestamp_token_id", -1, &c->timestamp_id);
+    const qj_value *seg = qj_get_type(root, "timestamp_segment_time", QJ_NUMBER);
+    if (!seg) seg = qj_get_type(thinker, "timestamp_segment_time", QJ_NUMBER);
+    c->timestamp_ms = seg && seg->number >= 0 && seg->number < 1e9 ? (int)(seg->number + 0.5) : -1;
+    c->n_out = c->aligner ? c->classify_num : c->vocab;
 
     const qj_value *act = qj_get_type(audio, "activation_function", QJ_STRING);
     const qj_value *hact = qj_get_type(tc, "hidden_act", QJ_STRING);
@@ -103,6 +117,12 @@ int qw_config_load(const char *model_dir, qw_config *c, char *err, size_t err_si
     } else if (c->d_model % c->enc_heads || c->n_heads % c->n_kv_heads || c->head_dim % 2 ||
                c->output_dim != c->hidden || c->n_window_infer % (2 * c->n_window)) {
         snprintf(err, err_size, "%s: inconsistent dimensions", path);
+        rc = QWEN_ERR_FORMAT;
+    } else if (c->aligner && c->classify_num <= 0) {
+        snprintf(err, err_size, "%s: a forced aligner needs thinker_config.classify_num", path);
+        rc = QWEN_ERR_FORMAT;
+    } else if (c->aligner && (c->timestamp_id < 0 || c->timestamp_id >= c->vocab)) {
+        snprintf(err, err_size, "%s: a forced aligner needs a timestamp_token_id inside the vocabulary", path);
         rc = QWEN_ERR_FORMAT;
     }
 done:

@@ -3,7 +3,8 @@
  * replaced by encoder outputs), layers of RMSNorm -> attention (per-head
  * RMSNorm on q and k, NeoX RoPE, grouped-query, causal, KV cache) ->
  * residual -> RMSNorm -> SwiGLU MLP -> residual, a final RMSNorm and the LM
- * head on the last position only.
+ * head on the last position only (or, for the forced aligner, on the rows a
+ * group names: its <timestamp> markers; the head then has classify_num rows).
  *
  * For audio + text prompts the three multimodal-RoPE position components
  * are equal, so interleaved M-RoPE reduces to ordinary RoPE on 0, 1, 2, ...
@@ -52,7 +53,12 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
         }
     }
     D->norm = qw_load_vec(&L, "thinker.model.norm.weight", H);
-    if (!L.rc) {
+    if (!L.rc && c->aligner) {
+        /* The aligner's head: [classify_num, hidden], its own tensor (never tied). It stays in the
+         * checkpoint's dtype for FAST too: it runs only at the marker rows, and f32 products there
+         * keep the time bins of the int8 decoder's hidden states. */
+        qw_load_mat(&L, &D->lm_head, "thinker.lm_head.weight", c->classify_num, H);
+    } else if (!L.rc) {
         if (!c->tie_embeddings && qw_safetensors_find(&ctx->st, "thinker.lm_head.weight"))
             qw_load_mat(&L, &D->lm_head, "thinker.lm_head.weight", c->vocab, H);
         else
@@ -141,7 +147,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         if (groups[g].n <= 0 || s->n_past + groups[g].n > s->cap)
             return qw_fail(ctx, QWEN_ERR_INVALID, "decoder pass past a sequence's KV capacity");
         n += groups[g].n;
-        n_logits += groups[g].want_logits;
+        n_logits += groups[g].rows ? groups[g].n_rows : groups[g].want_logits;
     }
     if (n_groups <= 0) return QWEN_OK;
     size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I) + (size_t)n_logits * H + 2 * (size_t)n_groups;
@@ -207,12 +213,16 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
     }
     for (int g = 0; g < n_groups; g++) groups[g].s->n_past += groups[g].n;
-    /* Final norm and the LM head on the last row of each group that wants
-     * logits, in one GEMM. */
+    /* Final norm and the head on the last row of each group that wants
+     * logits (or on the rows it names), in one GEMM. */
     if (!n_logits) return QWEN_OK;
-    for (int g = 0, r = 0; g < n_groups; g++)
-        if (groups[g].want_logits)
-            qw_rmsnorm(last + (size_t)(r++) * H, x + (size_t)(row0[g] + groups[g].n - 1) * H, D->norm, H, c->rms_eps);
-    mm(ctx, logits, last, &D->lm_head, NULL, n_logits);
+    for (int g = 0, r = 0; g < n_groups; g++) {
+        const qw_dec_group *G = &groups[g];
+        for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++) {
+            const int row = G->rows ? G->rows[i] : G->n - 1;
+            qw_rmsnorm(last + (size_t)(r++) * H, x + (size_t)(row0[g] + row) * H, D->norm, H, c->rms_eps);
+        }
+    }
+    mm(ctx, logits, last, &D->lm_head, NULL, n_logits); /* [n_logits, n_out] */
     return QWEN_OK;
 }

@@ -31,6 +31,13 @@ typedef struct {
     int tie_embeddings;
     /* token ids */
     int audio_token_id, audio_start_id, audio_end_id;
+    /* forced aligner: thinker model_type containing "forced_aligner" (what the official model
+     * checks); its head has classify_num outputs (time bins) instead of the vocabulary */
+    int aligner;
+    int classify_num;    /* thinker classify_num; 0 for ASR */
+    int timestamp_id;    /* timestamp_token_id (top level, else thinker); -1 when absent */
+    int timestamp_ms;    /* timestamp_segment_time: ms per bin; -1 when absent */
+    int n_out;           /* rows of the head: classify_num (aligner) or vocab */
 } qw_config;
 
 int qw_config_load(const char *model_dir, qw_config *cfg, char *err, size_t err_size);
@@ -101,7 +108,7 @@ typedef struct {
     qw_mat embed;               /* [vocab, hidden] */
     qw_dec_layer *layers;
     float *norm;                /* [hidden] */
-    qw_mat lm_head;             /* [vocab, hidden] (embed when tied) */
+    qw_mat lm_head;             /* [n_out, hidden]: vocab (embed when tied), or classify_num (aligner) */
     float *rope_inv_freq;       /* [hd / 2] */
 } qw_decoder;
 
@@ -150,6 +157,11 @@ typedef struct {
     int32_t last_token;
     int n_generated;
     const float *logits;        /* behind the last token (valid until the next step) */
+    /* forced aligner (qwen_align): the head at the <timestamp> rows, argmax per row */
+    int align;
+    int32_t *mark_classes;      /* [markers] the caller's */
+    float *mark_logits;         /* [markers, classify_num] the caller's, or NULL */
+    int n_marked;               /* markers done so far */
     /* timings, ms */
     double t_mel, t_enc, t_prefill, t_decode;
 } qw_seq;
@@ -160,9 +172,16 @@ typedef struct {
     qw_seq *s;
     int n;
     int want_logits;            /* logits of the group's last row */
+    const int *rows;            /* or, when not NULL: logits of these rows (ascending, < n) */
+    int n_rows;
 } qw_dec_group;
 
 struct qwen_context;
+/* qwen_seq_add's work once the checkpoint kind is checked; align: a forced aligner's pass (KV
+ * for the prompt alone, the head at the timestamp rows of each prefill chunk; the caller sets
+ * mark_classes / mark_logits before the first step). */
+qwen_status qw_seq_new(struct qwen_context *ctx, const float *pcm, int64_t n_samples, const int32_t *prompt_ids,
+                       int n_prompt, const qwen_run_params *run, int align, int *seq);
 /* Frees a sequence's buffers and its KV reservation; the slot can be taken again. */
 void qw_seq_release(struct qwen_context *ctx, qw_seq *s);
 /* Slots and step buffers from the params (qwen_load), and their release (qwen_free). */
@@ -272,7 +291,8 @@ int64_t qw_encoder_window_start(const qwen_context *ctx, int64_t n_frames, int w
 int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
 /* Runs the groups' tokens through the decoder; x holds their input
  * embeddings [sum of n, hidden], group after group (overwritten). Writes
- * logits [groups wanting them, vocab], in group order. With rows_invariant,
+ * logits [rows wanting them, n_out]: each group's last row if it wants
+ * logits, or the rows it names, in group order. With rows_invariant,
  * every GEMM computes each row as it would alone (matmul_rows): a decode
  * step of many sequences gives each the logits it gets alone. */
 qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,

@@ -1,7 +1,8 @@
 /*
- * API — library facts, the context life cycle, the stage entry points and
- * the batch-of-one transcription loop (qwen_begin / qwen_next on top of the
- * sequences of batch.c) of include/qwen.h.
+ * API — library facts, the context life cycle, the stage entry points, the
+ * batch-of-one transcription loop (qwen_begin / qwen_next on top of the
+ * sequences of batch.c) and the forced aligner's one pass (qwen_align, the
+ * same sequence machinery without a decode step) of include/qwen.h.
  */
 #include "internal.h"
 
@@ -133,6 +134,8 @@ int64_t qwen_model_info(const qwen_context *ctx, const char *key) {
         {"audio_start_token_id", c->audio_start_id}, {"audio_end_token_id", c->audio_end_id},
         {"num_mel_bins", c->n_mels}, {"encoder_layers", c->enc_layers}, {"decoder_layers", c->dec_layers},
         {"output_dim", c->output_dim}, {"d_model", c->d_model}, {"tie_word_embeddings", c->tie_embeddings},
+        {"classify_num", c->aligner ? c->classify_num : -1}, {"timestamp_token_id", c->timestamp_id},
+        {"timestamp_segment_time", c->timestamp_ms},
     };
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
         if (!strcmp(key, t[i].k)) return t[i].v;
@@ -251,6 +254,41 @@ qwen_status qwen_next(qwen_context *ctx, int32_t *token) {
         }
     ctx->one_state = 2; /* the limit: this token now, QWEN_DONE on the next call */
     return QWEN_OK;
+}
+
+/* ==== Forced alignment: one pass ==== */
+
+qwen_status qwen_align(qwen_context *ctx, const float *pcm, int64_t n_samples, const int32_t *prompt_ids, int n_prompt,
+                       const qwen_run_params *run, int32_t *out_classes, float *out_logits, int max_markers,
+                       int *n_markers) {
+    if (!ctx) return QWEN_ERR_INVALID;
+    if (n_markers) *n_markers = 0;
+    if (!ctx->cfg.aligner)
+        return qw_fail(ctx, QWEN_ERR_INVALID, "not a forced aligner checkpoint (no classify_num head): use qwen_begin");
+    if (!n_markers || !prompt_ids || n_prompt <= 0 || max_markers < 0 || (max_markers > 0 && !out_classes))
+        return qw_fail(ctx, QWEN_ERR_INVALID, "bad arguments to qwen_align");
+    int m = 0;
+    for (int i = 0; i < n_prompt; i++) m += prompt_ids[i] == ctx->cfg.timestamp_id;
+    *n_markers = m;
+    if (m > max_markers)
+        return qw_fail(ctx, QWEN_ERR_INVALID, "the prompt has %d timestamp markers but the output has room for %d", m,
+                       max_markers);
+    one_reset(ctx);
+    int seq = -1;
+    qwen_status st = qw_seq_new(ctx, pcm, n_samples, prompt_ids, n_prompt, run, 1, &seq);
+    if (st != QWEN_OK) return st;
+    ctx->seqs[seq].mark_classes = out_classes;
+    ctx->seqs[seq].mark_logits = out_logits;
+    ctx->one_seq = seq; /* qwen_get_timing reads this pass */
+    /* Encoder windows, then prefill chunks: the head at the markers of each. */
+    for (;;) {
+        int n = 0;
+        int32_t token;
+        st = qwen_step(ctx, ctx->events, &n);
+        if (st == QWEN_DONE) return qw_fail(ctx, QWEN_ERR_INVALID, "the alignment pass ended early");
+        if (st == QWEN_OK) st = one_event(ctx, n, &token);
+        if (st != QWEN_OK) return st < 0 ? st : QWEN_OK; /* QWEN_DONE: the last chunk ran */
+    }
 }
 
 const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab) {

@@ -4,18 +4,12 @@
  * set to a checkpoint directory it also runs two contexts side by side.
  */
 #include "qwen.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int passed, failed;
-#define CHECK(cond, what)                                        \
-    do {                                                         \
-        if (cond) passed++;                                      \
-        else { failed++; fprintf(stderr, "FAIL: %s\n", what); }  \
-    } while (0)
 
 /* ==== Batching: every sequence gets exactly the tokens it gets alone ==== */
 

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -151,6 +152,21 @@ def load_library() -> ctypes.CDLL:
             "qwen_seq_logits": (c.POINTER(c.c_float), [c.c_void_p, c.c_int, c.POINTER(c.c_int)]),
             "qwen_seq_timing": (c.c_double, [c.c_void_p, c.c_int, c.c_char_p]),
             "qwen_get_info": (c.c_int64, [c.c_void_p, c.c_char_p]),
+            "qwen_align": (
+                c.c_int,
+                [
+                    c.c_void_p,
+                    f32p,
+                    c.c_int64,
+                    c.POINTER(c.c_int32),
+                    c.c_int,
+                    c.POINTER(_RunParams),
+                    c.c_void_p,
+                    c.c_void_p,
+                    c.c_int,
+                    c.POINTER(c.c_int),
+                ],
+            ),
         }
         for name, (restype, argtypes) in sigs.items():
             fn = getattr(lib, name)
@@ -291,10 +307,17 @@ class NativeModel:
         return int(self._lib.qwen_get_threads(self.ctx))
 
     def info(self, key: str) -> int:
+        """qwen_model_info; KeyError for an unknown key or one the checkpoint has none of
+        (e.g. "classify_num", "timestamp_token_id", "timestamp_segment_time" on an ASR checkpoint)."""
         value = int(self._lib.qwen_model_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)
         return value
+
+    @property
+    def is_aligner(self) -> bool:
+        """A Qwen3-ForcedAligner checkpoint: `align` runs, `generate` and `seq_add` are refused."""
+        return int(self._lib.qwen_model_info(self.ctx, b"classify_num")) >= 0
 
     def context_info(self, key: str) -> int:
         """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context"."""
@@ -361,6 +384,65 @@ class NativeModel:
             yield token.value, (self.last_logits() if with_logits else None)
             if status == QWEN_DONE:
                 return
+
+    # ---- forced alignment -------------------------------------------------
+    @overload
+    def align(
+        self,
+        pcm: np.ndarray,
+        prompt_ids: Sequence[int],
+        logits: Literal[False] = False,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    def align(
+        self,
+        pcm: np.ndarray,
+        prompt_ids: Sequence[int],
+        logits: Literal[True],
+        should_abort: Callable[[], bool] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def align(
+        self,
+        pcm: np.ndarray,
+        prompt_ids: Sequence[int],
+        logits: bool = False,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Forced alignment (qwen_align, an aligner checkpoint): one pass over the prompt; the
+        time bin (argmax of the head, int32) at each timestamp_token_id position, in order;
+        times are bin * info("timestamp_segment_time") ms. With logits=True also the head's
+        logits there [n_markers, classify_num]. `should_abort` is polled between layers."""
+        a = _pcm(pcm)
+        ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
+        marker = int(self._lib.qwen_model_info(self.ctx, b"timestamp_token_id"))
+        n = sum(1 for t in prompt_ids if t == marker) if marker >= 0 else 0
+        width = max(int(self._lib.qwen_model_info(self.ctx, b"classify_num")), 0)
+        classes = np.zeros(n, dtype=np.int32)
+        out = np.zeros((n, width), dtype=np.float32) if logits else None
+        run, _eos = _run_params(0, None)
+        callback = _AbortCallback(lambda _ud: int(bool(should_abort()))) if should_abort else _AbortCallback()
+        run.abort_callback = callback
+        n_markers = ctypes.c_int(0)
+        self._check(
+            self._lib.qwen_align(
+                self.ctx,
+                a,
+                a.size,
+                ids,
+                len(prompt_ids),
+                ctypes.byref(run),
+                classes.ctypes.data,
+                out.ctypes.data if out is not None else None,
+                n,
+                ctypes.byref(n_markers),
+            )
+        )
+        if n_markers.value != n:  # the library counts the same markers
+            raise RuntimeError(f"qwen_align found {n_markers.value} markers, expected {n}")
+        return (classes, out) if out is not None else classes
 
     def last_logits(self) -> np.ndarray:
         n = ctypes.c_int(0)

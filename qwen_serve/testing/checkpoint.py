@@ -14,6 +14,14 @@ Presets "tiny-*" keep the real models' proportions at small sizes (and the
 full vocabulary, so the real tokenizer works); "full-*" have the real
 dimensions (0.6B: d_model 896, 18 encoder layers, hidden 1024, 28 layers;
 1.7B: 1024 / 24, 2048 / 28).
+
+The "*-aligner*" presets are Qwen/Qwen3-ForcedAligner-0.6B's layout: thinker
+model_type "qwen3_forced_aligner" with classify_num (5000 time bins),
+top-level timestamp_token_id (151705, the `<timestamp>` added token) and
+timestamp_segment_time (80 ms), text vocab_size 152064, and an untied head
+thinker.lm_head.weight [classify_num, hidden]. Its encoder has the 1.7B's
+dimensions (d_model 1024, 24 layers, 16 heads, FFN 4096) in front of the
+0.6B's decoder (hidden 1024, 28 layers); "full-aligner-0.6b" has exactly those.
 """
 
 from __future__ import annotations
@@ -69,6 +77,19 @@ _NOT_SPECIAL = {
     151704,
 }
 FIRST_ADDED, LAST_ADDED = 151643, 151704
+# The forced aligner's tokenizer has one more added token: its time marker.
+TIMESTAMP_TOKEN, TIMESTAMP_TOKEN_ID = "<timestamp>", 151705
+ALIGNER_LANGUAGES = [
+    "Chinese", "Cantonese", "English", "German", "Spanish", "French", "Italian", "Portuguese",
+    "Russian", "Korean", "Japanese",
+]  # fmt: skip
+ALIGNER = dict(classify_num=5000, timestamp_token_id=TIMESTAMP_TOKEN_ID, timestamp_segment_time=80)
+ALIGNER_VOCAB = 152064
+# The aligner presets: q/k norm weights 6x, so that the decoder's attention is peaked (scores of
+# order 36 rather than 1) and each <timestamp> marker's hidden state depends on its own
+# neighbourhood; with flat attention every marker of a clip averages the same audio and the
+# head's argmax is one or two classes for the whole clip, which would make parity say little.
+ALIGNER_INIT = dict(qk_norm=6.0)
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -108,6 +129,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "text": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
     },
+    "tiny-aligner": {
+        "audio": dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=256,
+                      output_dim=96, downsample_hidden_size=16),
+        "text": dict(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, vocab_size=ALIGNER_VOCAB),
+        "aligner": ALIGNER,
+        "init": ALIGNER_INIT,
+    },
+    "full-aligner-0.6b": {
+        "audio": dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
+                      output_dim=1024, downsample_hidden_size=480),
+        "text": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, vocab_size=ALIGNER_VOCAB),
+        "aligner": ALIGNER,
+        "init": ALIGNER_INIT,
+    },
 }  # fmt: skip
 
 
@@ -124,25 +161,39 @@ def make_config(preset: str) -> dict[str, Any]:
         rms_norm_eps=1e-6, rope_theta=1000000.0, attention_bias=False, attention_dropout=0.0,
         rope_scaling={"interleaved": True, "mrope_interleaved": True, "mrope_section": [24, 20, 20],
                       "rope_type": "default", "type": "default"},
-        use_cache=True, initializer_range=0.02, **p["text"],
+        use_cache=True, initializer_range=0.02,
     )  # fmt: skip
-    return {
+    text.update(p["text"])
+    aligner = p.get("aligner")
+    thinker: dict[str, Any] = {
+        # The official model builds the classify_num-way head only for a model_type holding
+        # "forced_aligner" (save_pretrained would write "qwen3_asr_thinker": the release's value wins).
+        "model_type": "qwen3_forced_aligner" if aligner else "qwen3_asr_thinker",
+        "audio_config": audio,
+        "text_config": text,
+        "audio_token_id": 151676,
+        "audio_start_token_id": 151669,
+        "audio_end_token_id": 151670,
+        "user_token_id": 872,
+        "initializer_range": 0.02,
+    }
+    config: dict[str, Any] = {
         "architectures": ["Qwen3ASRForConditionalGeneration"],
         "model_type": "qwen3_asr",
-        "support_languages": LANGUAGES,
-        "thinker_config": {
-            "model_type": "qwen3_asr_thinker",
-            "audio_config": audio,
-            "text_config": text,
-            "audio_token_id": 151676,
-            "audio_start_token_id": 151669,
-            "audio_end_token_id": 151670,
-            "user_token_id": 872,
-            "initializer_range": 0.02,
-        },
+        "support_languages": ALIGNER_LANGUAGES if aligner else LANGUAGES,
+        "thinker_config": thinker,
         "torch_dtype": "bfloat16",
         "transformers_version": "4.57.6",
     }
+    if aligner:  # classify_num in the thinker; the timestamp keys at the top level, as released
+        thinker["classify_num"] = aligner["classify_num"]
+        config["timestamp_token_id"] = aligner["timestamp_token_id"]
+        config["timestamp_segment_time"] = aligner["timestamp_segment_time"]
+    return config
+
+
+def is_aligner(config: dict[str, Any]) -> bool:
+    return "forced_aligner" in config["thinker_config"].get("model_type", "")
 
 
 def tensor_shapes(config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -191,13 +242,18 @@ def tensor_shapes(config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...]
         yield f"{q}.input_layernorm.weight", (h,)
         yield f"{q}.post_attention_layernorm.weight", (h,)
     yield "thinker.model.norm.weight", (h,)
-    if not t.get("tie_word_embeddings", False):
+    if is_aligner(config):
+        yield "thinker.lm_head.weight", (config["thinker_config"]["classify_num"], h)
+    elif not t.get("tie_word_embeddings", False):
         yield "thinker.lm_head.weight", (t["vocab_size"], h)
 
 
-def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Random values that keep activations of order one through the layers."""
+def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...], qk_norm: float = 1.0) -> np.ndarray:
+    """Random values that keep activations of order one through the layers. qk_norm scales the
+    decoder's per-head q/k norm weights (sharper attention: see ALIGNER_INIT)."""
     if len(shape) == 1:
+        if name.startswith("thinker.model.") and name.endswith(("q_norm.weight", "k_norm.weight")):
+            return (qk_norm * (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32))).astype(np.float32)
         if name.endswith("norm.weight") or "layer_norm.weight" in name or "ln_post.weight" in name:
             return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
         return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
@@ -222,7 +278,11 @@ def _encode(values: np.ndarray, dtype: str) -> bytes:
 
 
 def _write_safetensors(
-    path: Path, tensors: list[tuple[int, str, tuple[int, ...]]], dtype: str, seed: int
+    path: Path,
+    tensors: list[tuple[int, str, tuple[int, ...]]],
+    dtype: str,
+    seed: int,
+    init: dict[str, float] | None = None,
 ) -> None:
     """Streams tensors to one safetensors file: the header first, then each tensor's bytes.
     Tensor i draws from its own generator (seed, i), so values do not depend on sharding."""
@@ -239,16 +299,18 @@ def _write_safetensors(
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for i, name, shape in tensors:
-            f.write(_encode(_init(np.random.default_rng([seed, i]), name, shape), dtype))
+            f.write(_encode(_init(np.random.default_rng([seed, i]), name, shape, **(init or {})), dtype))
 
 
-def _tokenizer_config() -> dict[str, Any]:
+def _tokenizer_config(aligner: bool = False) -> dict[str, Any]:
     added = {}
-    for i in range(FIRST_ADDED, LAST_ADDED + 1):
+    names = _NAMED_TOKENS | ({TIMESTAMP_TOKEN_ID: TIMESTAMP_TOKEN} if aligner else {})
+    not_special = _NOT_SPECIAL | ({TIMESTAMP_TOKEN_ID} if aligner else set())
+    for i in range(FIRST_ADDED, (TIMESTAMP_TOKEN_ID if aligner else LAST_ADDED) + 1):
         added[str(i)] = {
-            "content": _NAMED_TOKENS.get(i, f"<|reserved_{i}|>"),
+            "content": names.get(i, f"<|reserved_{i}|>"),
             "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-            "special": i not in _NOT_SPECIAL,
+            "special": i not in not_special,
         }  # fmt: skip
     return {
         "add_bos_token": False,
@@ -315,7 +377,7 @@ def make_checkpoint(
     _write_json(out / "generation_config.json", {"do_sample": False, "eos_token_id": [151645, 151643],
                                                  "pad_token_id": 151643, "max_new_tokens": 512})  # fmt: skip
     _write_json(out / "preprocessor_config.json", PREPROCESSOR_CONFIG)
-    _write_json(out / "tokenizer_config.json", _tokenizer_config())
+    _write_json(out / "tokenizer_config.json", _tokenizer_config(is_aligner(config)))
     _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
     for name in ("vocab.json", "merges.txt"):
         with gzip.open(TOKENIZER_DATA / f"{name}.gz", "rb") as src, open(out / name, "wb") as dst:
@@ -325,14 +387,14 @@ def make_checkpoint(
     for old in out.glob("*.safetensors*"):
         old.unlink()
     if shards <= 1:
-        _write_safetensors(out / "model.safetensors", tensors, dtype, seed)
+        _write_safetensors(out / "model.safetensors", tensors, dtype, seed, PRESETS[preset].get("init"))
     else:
         parts = [tensors[i::shards] for i in range(shards)]  # interleaved: every shard has both towers
         weight_map = {}
         total = 0
         for k, part in enumerate(parts, start=1):
             fname = f"model-{k:05d}-of-{shards:05d}.safetensors"
-            _write_safetensors(out / fname, part, dtype, seed)
+            _write_safetensors(out / fname, part, dtype, seed, PRESETS[preset].get("init"))
             for _, name, shape in part:
                 weight_map[name] = fname
                 total += int(np.prod(shape)) * _DTYPES[dtype][1]

@@ -5,6 +5,10 @@ qwen_asr.core.transformers_backend in float32 on the CPU, and the official
 prompt building and output parsing of qwen_asr.inference, on a checkpoint
 directory. Needs torch (`make reference`).
 
+For a Qwen3-ForcedAligner checkpoint, `align` runs the official
+Qwen3ForcedAligner (qwen_asr.inference) the way its `align()` does, step by
+step, and `align()` itself end to end.
+
 One adjustment: the audio encoder is meant to attend inside windows of
 n_window_infer mel frames (8 s): the official vLLM backend and the
 flash-attention path do, but the transformers backend's sdpa/eager path
@@ -143,3 +147,56 @@ def generate(
         "language": lang,
         "text": text,
     }
+
+
+# ==== Forced aligner ====
+
+
+@functools.lru_cache(maxsize=2)
+def load_aligner(model_dir: str | Path) -> Any:
+    """The official Qwen3ForcedAligner for a checkpoint directory, float32, eval mode."""
+    import torch
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForcedAligner
+
+    aligner = Qwen3ForcedAligner.from_pretrained(str(model_dir), dtype=torch.float32)
+    aligner.model.eval()
+    return aligner
+
+
+def align(
+    model_dir: str | Path, pcm: np.ndarray, text: str, language: str, windowed: bool = True
+) -> dict[str, Any]:
+    """What Qwen3ForcedAligner.align computes: the words and input ids (encode_timestamp + the HF
+    processor), the head's logits at the timestamp markers of one thinker forward pass and their
+    argmax; and the items of align() itself (text, start, end in seconds)."""
+    import torch
+
+    aligner = load_aligner(model_dir)
+    pcm = np.asarray(pcm, dtype=np.float32)
+    words, prompt = aligner.aligner_processor.encode_timestamp(text, language)
+    batch = aligner.processor(text=[prompt], audio=[pcm], return_tensors="pt", padding=True)
+    ids = batch["input_ids"][0]
+    with torch.inference_mode(), windowed_encoder(aligner.model, windowed):
+        logits = aligner.model.thinker(**batch).logits[0]
+        result = aligner.align(audio=(pcm, 16000), text=text, language=language)[0]
+    marker_logits = logits[ids == aligner.timestamp_token_id].float().numpy()
+    return {
+        "words": words,
+        "prompt_ids": [int(x) for x in ids],
+        "logits": marker_logits,
+        "classes": marker_logits.argmax(axis=-1),
+        "items": [(it.text, it.start_time, it.end_time) for it in result],
+    }
+
+
+def items_from_classes(
+    model_dir: str | Path, words: list[str], classes: Any
+) -> list[tuple[str, float, float]]:
+    """Word items from marker classes through the official parse_timestamp (fix_timestamp
+    included), as align() turns its argmax into seconds."""
+    aligner = load_aligner(model_dir)
+    ms = np.asarray(classes, dtype=np.float32) * np.float32(aligner.timestamp_segment_time)
+    parsed = aligner.aligner_processor.parse_timestamp(words, ms)
+    return [
+        (it["text"], round(it["start_time"] / 1000.0, 3), round(it["end_time"] / 1000.0, 3)) for it in parsed
+    ]

@@ -1,6 +1,6 @@
-"""The C API test program (native/tests/test_api.c: the contract on bad input, two contexts at once),
-built with CMake, plain and under AddressSanitizer; and the export map. The kernel test program has
-its own file, test_kernels.py."""
+"""The C API test programs (native/tests/test_api.c: the contract on bad input, two contexts at once;
+native/tests/test_align.c: qwen_align on the tiny forced aligner), built with CMake, plain and under
+AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ pytestmark = pytest.mark.skipif(
     shutil.which("cmake") is None, reason="cmake is required"
 )  # always present in CI
 
+VARIANTS = {
+    "release": ["-DCMAKE_BUILD_TYPE=Release"],
+    "asan": ["-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=address"],
+}
+
 
 def build(tmp: Path, *options: str) -> Path:
     build_dir = tmp / "build"
@@ -26,28 +31,39 @@ def build(tmp: Path, *options: str) -> Path:
         capture_output=True,
     )
     subprocess.run(
-        ["cmake", "--build", str(build_dir), "-j2", "--target", "test_api"], check=True, capture_output=True
+        ["cmake", "--build", str(build_dir), "-j2", "--target", "test_api", "test_align"],
+        check=True,
+        capture_output=True,
     )
     return build_dir
 
 
-def run(program: Path, model: Path) -> str:
-    env = dict(os.environ, QWEN_TEST_MODEL=str(model), ASAN_OPTIONS="detect_leaks=1")
-    proc = subprocess.run([str(program)], capture_output=True, text=True, env=env, timeout=600)
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def programs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build directory of test_api and test_align, once per variant."""
+    return build(tmp_path_factory.mktemp(request.param), *VARIANTS[request.param])
+
+
+def run(program: Path, **env_vars: Path) -> str:
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", **{k: str(v) for k, v in env_vars.items()})
+    proc = subprocess.run([str(program)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "AddressSanitizer" not in proc.stderr, proc.stderr
     return proc.stdout
 
 
-@pytest.mark.parametrize("variant", ["release", "asan"])
-def test_api_program(variant: str, tmp_path: Path, tiny_dir: Path) -> None:
-    options = ["-DCMAKE_BUILD_TYPE=Release"]
-    if variant == "asan":
-        options = ["-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=address"]
-    build_dir = build(tmp_path, *options)
-    api = run(build_dir / "test_api", tiny_dir)
+def test_api_program(programs: Path, tiny_dir: Path) -> None:
+    api = run(programs / "test_api", QWEN_TEST_MODEL=tiny_dir)
     assert ", 0 failed" in api
     passed = int(api.split("api: ")[1].split(" passed")[0])
     assert passed >= 20  # the model-backed checks ran too
+
+
+def test_align_program(programs: Path, tiny_dir: Path, tiny_aligner_dir: Path) -> None:
+    out = run(programs / "test_align", QWEN_TEST_ALIGNER=tiny_aligner_dir, QWEN_TEST_MODEL=tiny_dir)
+    assert ", 0 failed" in out, out
+    passed = int(out.split("align: ")[1].split(" passed")[0])
+    assert passed >= 35, out  # the checkpoint-backed checks ran too
 
 
 def test_only_qwen_symbols_exported() -> None:
@@ -58,3 +74,4 @@ def test_only_qwen_symbols_exported() -> None:
     )
     names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
     assert names and all(n.startswith("qwen_") for n in names), names
+    assert "qwen_align" in names

@@ -10,6 +10,7 @@ import pytest
 
 from qwen_serve.engine import Engine
 from qwen_serve.engine._native import NativeModel
+from qwen_serve.engine.text import load_tokenizer
 from qwen_serve.testing.checkpoint import make_checkpoint, make_config, tensor_shapes
 from qwen_serve.testing.clips import speech_like
 
@@ -64,8 +65,47 @@ def test_dtypes_and_shards_load(tmp_path: Path, tiny_dir: Path, dtype: str, shar
         assert np.abs(a - b).max() <= tol * max(1.0, float(np.abs(a).max()))
 
 
+def test_aligner_checkpoint(tiny_aligner_dir: Path, tiny_dir: Path) -> None:
+    """The released forced aligner's layout: thinker model_type, classify_num, the top-level timestamp
+    keys, vocab 152064, an untied [classify_num, hidden] head, <timestamp> as an added token at its id."""
+    assert sorted(p.name for p in tiny_aligner_dir.iterdir()) == sorted(FILES)
+    config = json.loads((tiny_aligner_dir / "config.json").read_text())
+    thinker = config["thinker_config"]
+    assert config["model_type"] == "qwen3_asr" and thinker["model_type"] == "qwen3_forced_aligner"
+    assert thinker["classify_num"] == 5000 and thinker["text_config"]["vocab_size"] == 152064
+    assert config["timestamp_token_id"] == 151705 and config["timestamp_segment_time"] == 80
+    assert thinker["text_config"]["tie_word_embeddings"] is False
+    shapes = dict(tensor_shapes(config))
+    assert shapes["thinker.lm_head.weight"] == (5000, thinker["text_config"]["hidden_size"])
+    added = json.loads((tiny_aligner_dir / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert added["151705"]["content"] == "<timestamp>"
+    assert (
+        "151705" not in json.loads((tiny_dir / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    )
+    tok, _ = load_tokenizer(tiny_aligner_dir)  # keeps the marker whole
+    ids = tok.encode("Hello<timestamp><timestamp>world<timestamp><timestamp>", add_special_tokens=False).ids
+    assert ids == [9707, 151705, 151705, 14615, 151705, 151705]  # "world": no leading space
+    again = make_checkpoint(tiny_aligner_dir.parent / "again-aligner", preset="tiny-aligner", seed=0)
+    assert (again / "model.safetensors").read_bytes() == (tiny_aligner_dir / "model.safetensors").read_bytes()
+
+
 @pytest.mark.reference
-@pytest.mark.parametrize("preset", ["tiny-0.6b", "tiny-1.7b", "full-0.6b", "full-1.7b"])
+def test_official_aligner_loads_and_aligns(tiny_aligner_dir: Path) -> None:
+    pytest.importorskip("torch")
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForcedAligner
+
+    aligner = Qwen3ForcedAligner.from_pretrained(str(tiny_aligner_dir))
+    assert aligner.model.thinker.lm_head.weight.shape[0] == 5000
+    assert aligner.timestamp_token_id == 151705 and aligner.timestamp_segment_time == 80
+    result = aligner.align(audio=(speech_like(2.0), 16000), text="Hello world, again.", language="English")[0]
+    assert [item.text for item in result] == ["Hello", "world", "again"]
+    assert all(0 <= item.start_time <= item.end_time <= 400.0 for item in result)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "preset", ["tiny-0.6b", "tiny-1.7b", "full-0.6b", "full-1.7b", "tiny-aligner", "full-aligner-0.6b"]
+)
 def test_layout_matches_official_model(preset: str) -> None:
     torch = pytest.importorskip("torch")
     from qwen_asr.core.transformers_backend import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
