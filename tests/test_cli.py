@@ -57,3 +57,22 @@ def test_errors_are_clear(tmp_path: Path, tiny_dir: Path) -> None:
     sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
     bad_lang = run_cli("transcribe", "--model-dir", str(tiny_dir), "--language", "Klingon", str(wav))
     assert bad_lang.returncode == 2 and "unsupported language" in bad_lang.stderr
+
+
+def test_words_with_the_aligner(tmp_path: Path, tiny_dir: Path, tiny_aligner_dir: Path) -> None:
+    from qwen_serve.engine import Aligner
+
+    pcm = speech_like(4.0, seed=3)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, pcm, 16000, subtype="FLOAT")
+    with Engine(tiny_dir) as e, Aligner(tiny_aligner_dir) as a:
+        result = e.transcribe(pcm, language="English", max_new_tokens=12)
+        expected = a.align_transcription(pcm, result)
+    assert expected
+    args = ["--model-dir", str(tiny_dir), "--language", "English", "--max-new-tokens", "12"]
+    out = run_cli("transcribe", *args, "--aligner-dir", str(tiny_aligner_dir), "--words", "--json", str(wav))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["words"] == [{"word": w.word, "start": w.start, "end": w.end} for w in expected]
+    no_aligner = run_cli("transcribe", *args, "--words", str(wav))
+    assert no_aligner.returncode == 2 and "--aligner-dir" in no_aligner.stderr

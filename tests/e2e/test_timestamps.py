@@ -3,8 +3,11 @@
 The main app serves the tiny forced aligner next to the models; its answers
 are compared with the Engine and the Aligner run in this process on the same
 checkpoints (the same words and milliseconds), and SRT/VTT are read back
-with real parsers. The "limits" app runs without an aligner: a word-level
-request there is a 400 that says how to enable it.
+with real parsers. The tiny ASR model's random weights say little (with
+English forced, a clip gives a word or two), so the aligner deployment is
+also called through its handle with a real sentence. The "limits" app runs
+without an aligner: a word-level request there is a 400 that says how to
+enable it.
 """
 
 from __future__ import annotations
@@ -39,8 +42,27 @@ def aligner(service: Service, tiny_aligner_dir: Any) -> Any:
 
 def reference_words(engines: dict, aligner: Any, data: bytes) -> list[Any]:
     pcm = decode_audio(data)
-    result = engines[SMALL].transcribe(pcm, max_new_tokens=MAX_NEW_TOKENS)
+    result = engines[SMALL].transcribe(pcm, language="English", max_new_tokens=MAX_NEW_TOKENS)
     return aligner.align_transcription(pcm, result)
+
+
+def test_aligner_deployment_through_its_handle(service: Service, aligner: Any) -> None:
+    from ray import serve
+
+    from qwen_serve.app import aligner_deployment_name
+
+    from .conftest import APP
+
+    text = "Hello there, this is a test of the aligner. 你好世界 and more words."
+    pcm = decode_audio(wav(6.0, seed=2))
+    chunks = [(0.0, 3.0, text[:43]), (3.0, 6.0, text[44:])]  # 9 words, then 4 characters + 3 words
+    handle = serve.get_deployment_handle(aligner_deployment_name(), app_name=APP)
+    words = handle.align.remote(pcm, text, chunks, "English").result(timeout_s=120)
+    truth = aligner.align_chunks(pcm, text, chunks, "English")
+    assert len(words) == len(truth) == 16
+    assert [(w.word, w.start, w.end, w.span) for w in words] == [(w.word, w.start, w.end, w.span) for w in truth]
+    assert all(text[w.span[0] : w.span[1]] == w.word for w in words)
+    assert all(w.start >= 3.0 for w in words[9:])  # the second chunk's times are shifted by its start
 
 
 def test_words_equal_the_engine_and_aligner(client: openai.OpenAI, engines: dict, aligner: Any) -> None:
@@ -48,6 +70,7 @@ def test_words_equal_the_engine_and_aligner(client: openai.OpenAI, engines: dict
     res = client.audio.transcriptions.create(
         model=SMALL,
         file=("clip.wav", data),
+        language="en",
         response_format="verbose_json",
         timestamp_granularities=["word", "segment"],
     )
@@ -80,7 +103,9 @@ def test_srt_and_vtt_cues_from_words(client: openai.OpenAI, engines: dict, align
     truth = reference_words(engines, aligner, data)
     times = [(w.start, w.end) for w in truth]
     assert truth
-    body = client.audio.transcriptions.create(model=SMALL, file=("clip.wav", data), response_format="srt")
+    body = client.audio.transcriptions.create(
+        model=SMALL, file=("clip.wav", data), language="en", response_format="srt"
+    )
     cues = list(srt.parse(str(body)))
     assert cues
     previous_end = 0.0
@@ -89,11 +114,18 @@ def test_srt_and_vtt_cues_from_words(client: openai.OpenAI, engines: dict, align
         assert start >= previous_end - 1e-6  # in order, never overlapping
         previous_end = end
         _check_cue(cue.content, start, end, times)
-    vtt_body = client.audio.transcriptions.create(model=SMALL, file=("clip.wav", data), response_format="vtt")
+    vtt_body = client.audio.transcriptions.create(
+        model=SMALL, file=("clip.wav", data), language="en", response_format="vtt"
+    )
     captions = webvtt.from_string(str(vtt_body)).captions
     assert [c.text for c in captions] == [c.content for c in cues]
-    for c in captions:
-        _check_cue(c.text, c.start_in_seconds, c.end_in_seconds, times)
+    for c in captions:  # (webvtt-py's *_in_seconds are whole seconds)
+        _check_cue(c.text, _seconds(c.start), _seconds(c.end), times)
+
+
+def _seconds(stamp: str) -> float:
+    h, m, s = stamp.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 def test_stream_still_streams_text(client: openai.OpenAI) -> None:
