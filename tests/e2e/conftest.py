@@ -4,9 +4,9 @@ Short autoscaling windows (metrics every 0.5 s, 2 s look-back, 4 s idle
 timeout) keep the life-cycle tests quick; the ingress listens on 127.0.0.1
 only. Clients are the official `openai` SDK.
 
-The main app ("qwen", both models and the tiny forced aligner) runs the
-default max_batch (8) with a generous Serve queue, so that 16 clients at once
-are all served. A second,
+The main app ("qwen", both models, no forced aligner) runs the default
+max_batch (8) with a generous Serve queue, so that 16 clients at once are all
+served. A second,
 small app ("limits", only the 1.7B, one resident replica, started on first
 use) has the tight limits the backpressure tests need: max_batch 4, a Serve
 queue of 2, and a KV budget that three short requests fit but one 60 s chunk
@@ -94,7 +94,7 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(tiny_dirs: dict[str, Path], tiny_aligner_dir: Path) -> Iterator[Service]:
+def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
     import ray
     from ray import serve
 
@@ -107,7 +107,7 @@ def service(tiny_dirs: dict[str, Path], tiny_aligner_dir: Path) -> Iterator[Serv
     args: dict[str, Any] = {
         "api_token": f"{TOKEN},sk-e2e-other",
         "models": {model_id: {"path": str(d)} for model_id, d in dirs.items()},
-        "aligner": str(tiny_aligner_dir),
+        "aligner": "",  # segments and cues are the audio chunks here; the "words" app has the aligner
         "model_pool_size": POOL_SIZE,
         "model_idle_timeout": IDLE_TIMEOUT_S,
         "threads": 1,
@@ -118,7 +118,8 @@ def service(tiny_dirs: dict[str, Path], tiny_aligner_dir: Path) -> Iterator[Serv
         "max_audio_seconds": 150,
         "autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
     }
-    ray.init(include_dashboard=False, num_cpus=2, namespace="serve", log_to_driver=False)
+    # address="local": a cluster of its own, even when another one runs on this machine
+    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="serve", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP, route_prefix="/")
@@ -151,7 +152,7 @@ def limits(service: Service) -> Limits:
     args: dict[str, Any] = {
         "api_token": TOKEN,
         "models": {SMALL: None, LARGE: {"path": str(service.dirs[LARGE])}},
-        "aligner": str(service.dirs[LARGE] / "no-aligner-here"),  # word timestamps off: 400
+        "aligner": "",
         "model_pool_size": 1,
         "model_idle_timeout": 0,  # one replica, resident: the handle's stats() reach it
         "threads": 1,
@@ -165,6 +166,32 @@ def limits(service: Service) -> Limits:
     serve.run(build_app(args), name=LIMITS_APP, route_prefix=f"/{LIMITS_APP}")
     handle = serve.get_deployment_handle(deployment_name(LARGE), app_name=LIMITS_APP)
     return Limits(base_url=f"{service.base_url}/{LIMITS_APP}", handle=handle)
+
+
+WORDS_APP = "words"
+
+
+@pytest.fixture(scope="session")
+def words_url(service: Service, tiny_aligner_dir: Path) -> str:
+    """An app with the 0.6B model and the tiny forced aligner (word timestamps, cues from words),
+    next to the main one, started on first use."""
+    from ray import serve
+
+    from qwen_serve.app import build_app
+
+    args: dict[str, Any] = {
+        "api_token": TOKEN,
+        "models": {SMALL: {"path": str(service.dirs[SMALL])}, LARGE: None},
+        "aligner": str(tiny_aligner_dir),
+        "model_pool_size": 1,
+        "model_idle_timeout": IDLE_TIMEOUT_S,
+        "threads": 1,
+        "model_num_cpus": 0,  # the main app holds the 2 CPUs
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "max_upload_mb": 2,
+    }
+    serve.run(build_app(args), name=WORDS_APP, route_prefix=f"/{WORDS_APP}")
+    return f"{service.base_url}/{WORDS_APP}"
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """Word timestamps and subtitles through a real Ray Serve instance, with the openai SDK.
 
-The main app serves the tiny forced aligner next to the models; its answers
+The "words" app serves the tiny forced aligner next to the 0.6B model; its answers
 are compared with the Engine and the Aligner run in this process on the same
 checkpoints (the same words and milliseconds), and SRT/VTT are read back
 with real parsers. The tiny ASR model's random weights say little (with
 English forced, a clip gives a word or two), so the aligner deployment is
-also called through its handle with a real sentence. The "limits" app runs
+also called through its handle with a real sentence. The main app runs
 without an aligner: a word-level request there is a 400 that says how to
-enable it.
+enable it (and its segments and cues stay the audio chunks: test_service.py).
 """
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ import webvtt
 
 from qwen_serve.audio_decoding import decode_audio
 
-from .conftest import LIMITS_APP, MAX_NEW_TOKENS, SMALL, TOKEN, Service, wav
+from .conftest import MAX_NEW_TOKENS, SMALL, TOKEN, WORDS_APP, Service, wav
 
 pytestmark = pytest.mark.e2e
 
 MAX_LINE = 42
 MAX_LINES = 2
 MAX_CUE_S = 7.0
+
+
+@pytest.fixture
+def client(words_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{words_url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +51,15 @@ def reference_words(engines: dict, aligner: Any, data: bytes) -> list[Any]:
     return aligner.align_transcription(pcm, result)
 
 
-def test_aligner_deployment_through_its_handle(service: Service, aligner: Any) -> None:
+def test_aligner_deployment_through_its_handle(words_url: str, aligner: Any) -> None:
     from ray import serve
 
     from qwen_serve.app import aligner_deployment_name
 
-    from .conftest import APP
-
     text = "Hello there, this is a test of the aligner. 你好世界 and more words."
     pcm = decode_audio(wav(6.0, seed=2))
     chunks = [(0.0, 3.0, text[:43]), (3.0, 6.0, text[44:])]  # 9 words, then 4 characters + 3 words
-    handle = serve.get_deployment_handle(aligner_deployment_name(), app_name=APP)
+    handle = serve.get_deployment_handle(aligner_deployment_name(), app_name=WORDS_APP)
     words = handle.align.remote(pcm, text, chunks, "English").result(timeout_s=120)
     truth = aligner.align_chunks(pcm, text, chunks, "English")
     assert len(words) == len(truth) == 16
@@ -134,15 +137,14 @@ def test_stream_still_streams_text(client: openai.OpenAI) -> None:
     assert events and events[-1].type == "transcript.text.done"
 
 
-def test_no_aligner_word_request_is_400(limits: Any) -> None:
-    client = openai.OpenAI(base_url=f"{limits.base_url}/v1", api_key=TOKEN, max_retries=0)
+def test_no_aligner_word_request_is_400(service: Service) -> None:
+    client = openai.OpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
         client.audio.transcriptions.create(
-            model="qwen-asr-1.7b",
+            model=SMALL,
             file=("clip.wav", wav(1.0)),
             response_format="verbose_json",
             timestamp_granularities=["word"],
         )
     assert e.value.body["param"] == "timestamp_granularities"  # type: ignore[index]
-    assert "qwen3-forcedaligner-0.6b" in e.value.body["message"]  # type: ignore[index]
-    assert LIMITS_APP in limits.base_url
+    assert "turned off" in e.value.body["message"]  # type: ignore[index]
