@@ -1,0 +1,258 @@
+"""The playground page in headless Chromium against the in-process app (fake engine) on 127.0.0.1.
+
+Upload: the transcript on the page equals what the API returns for the same
+file, as json, streamed, verbose_json with words, and an HTTP error in
+OpenAI's envelope. Microphone: Chromium plays a WAV file as the microphone;
+the page streams it through /v1/realtime, the server's VAD cuts the turn,
+and the completed item's transcript is the fake engine's for the audio it got.
+Each flow's end state is saved as a screenshot under tmp_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from api.conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings, wav_bytes
+from api.fakes import expected_words
+from api.test_realtime import record_pcm, serve
+
+from qwen_serve.testing.clips import speech_like
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    for var in ("QWEN_API_TOKEN", "QWEN_MAX_UPLOAD_MB", "QWEN_MAX_AUDIO_SECONDS", "QWEN_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    return Harness(make_settings())
+
+
+@pytest.fixture
+def base_url(harness: Harness) -> Iterator[str]:
+    with serve(harness) as url:
+        yield url
+
+
+class Page:
+    """The playground in a browser: what a user does and sees, by element id."""
+
+    def __init__(self, driver: Any, base_url: str):
+        self.driver = driver
+        driver.get(f"{base_url}/")  # redirects to /playground/
+
+    def el(self, element_id: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.ID, element_id)
+
+    def wait(self, condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
+            lambda _: condition(), message=f"timed out waiting for {what}"
+        )
+
+    def text(self, element_id: str) -> str:
+        return str(self.driver.execute_script(f"return document.getElementById('{element_id}').textContent"))
+
+    def sign_in(self, key: str = TOKEN, model: str = MODEL) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        self.el("api-key").send_keys(key)
+        self.el("load-models").click()
+        self.wait(lambda: model in [o.text for o in Select(self.el("model")).options], "the model list")
+        Select(self.el("model")).select_by_value(model)
+
+    def transcribe(
+        self, path: Path, response_format: str = "json", stream: bool = False, words: bool = False
+    ) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.el("format")).select_by_value(response_format)
+        if stream:
+            self.el("stream").click()
+        if words:
+            self.el("words").click()
+        self.el("file").send_keys(str(path))
+        self.el("transcribe").click()
+        self.wait(lambda: self.text("file-status").startswith(("Done", "Failed")), "the transcription")
+
+    def screenshot(self, tmp_path: Path, name: str) -> Path:
+        path = tmp_path / f"{name}.png"
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(1100, max(800, int(height) + 40))
+        self.driver.save_screenshot(str(path))
+        print(f"screenshot: {path}")
+        return path
+
+
+def api_transcription(base_url: str, path: Path, **fields: Any) -> httpx.Response:
+    with path.open("rb") as f:
+        return httpx.post(
+            f"{base_url}/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            files={"file": (path.name, f, "audio/wav")},
+            data={"model": MODEL, **fields},
+            timeout=WAIT_S,
+        )
+
+
+@pytest.fixture
+def speech_wav(tmp_path: Path) -> Path:
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav_bytes(3.2))
+    return path
+
+
+def test_root_redirects_and_the_assets_are_served(base_url: str) -> None:
+    page = httpx.get(f"{base_url}/", follow_redirects=True)
+    assert page.status_code == 200 and str(page.url) == f"{base_url}/playground/"
+    assert "text/html" in page.headers["content-type"] and "playground.js" in page.text
+    for asset, kind in [("playground.js", "javascript"), ("pcm.js", "javascript"),
+                        ("pcm-worklet.js", "javascript"), ("playground.css", "text/css")]:  # fmt: skip
+        response = httpx.get(f"{base_url}/playground/{asset}")
+        assert response.status_code == 200 and kind in response.headers["content-type"], asset
+    assert "/playground/" not in httpx.get(f"{base_url}/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_upload_shows_the_transcript(
+    chromium: Callable[..., Any], base_url: str, speech_wav: Path, tmp_path: Path, stream: bool
+) -> None:
+    expected = api_transcription(base_url, speech_wav).json()["text"]
+    assert expected == " ".join(expected_words(3.2))
+    page = Page(chromium(), base_url)
+    page.sign_in()
+    page.transcribe(speech_wav, stream=stream)
+    page.screenshot(tmp_path, "upload-streamed" if stream else "upload-json")
+    assert page.text("file-status").startswith("Done"), page.text("file-error")
+    assert page.text("transcript") == expected
+    assert "input tokens" in page.text("file-meta")
+    assert page.el("file-error").get_attribute("hidden") is not None
+
+
+def test_upload_verbose_json_words_and_srt(
+    chromium: Callable[..., Any], base_url: str, speech_wav: Path, tmp_path: Path
+) -> None:
+    body = api_transcription(
+        base_url, speech_wav, response_format="verbose_json", **{"timestamp_granularities[]": "word"}
+    ).json()
+    page = Page(chromium(), base_url)
+    page.sign_in()
+    page.transcribe(speech_wav, response_format="verbose_json", words=True)
+    page.screenshot(tmp_path, "upload-words")
+    assert page.text("transcript") == body["text"]
+    rows = page.driver.execute_script(
+        "return [...document.querySelectorAll('#word-table tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert rows == [
+        [str(i + 1), f"{w['start']:.2f}", f"{w['end']:.2f}", w["word"]] for i, w in enumerate(body["words"])
+    ]
+    srt = api_transcription(base_url, speech_wav, response_format="srt").text
+    page.transcribe(speech_wav, response_format="srt")
+    assert page.text("raw") == srt
+
+
+def test_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path: Path) -> None:
+    page = Page(chromium(), base_url)
+    page.el("api-key").send_keys("sk-wrong")
+    page.el("load-models").click()
+    page.wait(lambda: page.text("settings-error"), "the auth error")
+    assert "HTTP 401: invalid_api_key: Incorrect API key provided." in page.text("settings-error")
+    page.el("api-key").clear()
+    page.sign_in(model=MODEL_B)
+    bad = tmp_path / "not-audio.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    page.transcribe(bad)
+    page.screenshot(tmp_path, "upload-error")
+    assert page.text("file-error").startswith("HTTP 400: "), page.text("file-error")
+
+
+# ---- the microphone -------------------------------------------------------------------------
+
+
+def microphone_wav(path: Path) -> Path:
+    """1 s of silence, 2 s of speech, 2.5 s of silence, at 48 kHz (what Chromium's fake device runs at)."""
+    z = lambda s: np.zeros(int(s * 16000), dtype=np.float32)  # noqa: E731
+    pcm = np.concatenate([z(1.0), speech_like(2.0, seed=8), z(2.5)])
+    sf.write(path, soxr.resample(pcm, 16000, 48000), 48000, subtype="PCM_16")
+    return path
+
+
+def test_microphone_live_transcript(
+    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
+) -> None:
+    seen = record_pcm(harness)
+    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav")), base_url)
+    page.sign_in()
+    page.el("mic-start").click()
+    page.wait(lambda: page.driver.execute_script("return document.querySelectorAll('#items li.completed').length"),
+              "a completed item")  # fmt: skip
+    page.el("mic-stop").click()
+    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
+    page.screenshot(tmp_path, "microphone")
+    assert page.text("live-error") == "", page.text("live-error")
+    items = page.driver.execute_script(
+        "return [...document.querySelectorAll('#items li')].map(li => li.querySelector('.text').textContent)"
+    )
+    assert len(seen) >= 1 and items[0] == " ".join(expected_words(seen[0].size / 16000))
+    # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
+    assert 4 <= len(items[0].split()) <= 6, items
+
+
+# ---- the page's resampler (pcm.js) in the browser ---------------------------------------------
+
+ENCODE = """
+const [rate, freq, seconds, done] = arguments;
+import('./pcm.js').then(({ Pcm24kEncoder }) => {
+  const encoder = new Pcm24kEncoder(rate);
+  const out = [];
+  const block = 128;  // an AudioWorklet render quantum
+  for (let n0 = 0; n0 < rate * seconds; n0 += block) {
+    const x = new Float32Array(block);
+    for (let i = 0; i < block; i++) x[i] = 0.5 * Math.sin(2 * Math.PI * freq * (n0 + i) / rate);
+    for (const chunk of encoder.push(x)) out.push(chunk.length, ...chunk);
+  }
+  out.push(-1, ...encoder.flush());
+  done(out);
+}, (e) => done(String(e)));
+"""
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 16000])
+def test_pcm_encoder_resamples_to_24k(chromium: Callable[..., Any], base_url: str, rate: int) -> None:
+    driver = chromium()
+    driver.get(f"{base_url}/playground/")
+    driver.set_script_timeout(WAIT_S)
+
+    def encode(freq: float) -> tuple[list[int], np.ndarray]:
+        raw = driver.execute_async_script(ENCODE, rate, freq, 1.0)
+        assert isinstance(raw, list), raw
+        sizes, samples, i = [], [], 0
+        while raw[i] != -1:  # full chunks, each prefixed by its length, then -1 and the rest
+            sizes.append(raw[i])
+            samples += raw[i + 1 : i + 1 + raw[i]]
+            i += 1 + raw[i]
+        samples += raw[i + 1 :]
+        return sizes, np.array(samples, dtype=np.float64) / 32767
+
+    sizes, tone = encode(1000.0)
+    assert set(sizes) == {2400}  # 100 ms per append
+    assert abs(tone.size - 24000 * (128 * -(-rate // 128)) / rate) <= 1
+    steady = tone[200:-200]
+    assert abs(np.sqrt(np.mean(steady**2)) - 0.5 / np.sqrt(2)) < 0.01  # a passband tone keeps its level
+    spectrum = np.abs(np.fft.rfft(steady * np.hanning(steady.size)))
+    assert abs(np.argmax(spectrum) * 24000 / steady.size - 1000) < 5
+    if rate > 24000:  # above the new Nyquist frequency: filtered out, not folded back as an alias
+        _, alias = encode(16000.0)
+        assert np.sqrt(np.mean(alias[200:-200] ** 2)) < 0.01
