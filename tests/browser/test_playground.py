@@ -10,6 +10,7 @@ Each flow's end state is saved as a screenshot under tmp_path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from api.test_realtime import record_pcm, serve
 
 from qwen_serve.testing.clips import speech_like
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 WAIT_S = 30.0
 
@@ -181,12 +182,18 @@ def test_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path:
 # ---- the microphone -------------------------------------------------------------------------
 
 
-def microphone_wav(path: Path) -> Path:
-    """1 s of silence, 2 s of speech, 2.5 s of silence, at 48 kHz (what Chromium's fake device runs at)."""
+def microphone_wav(path: Path, speech_s: float = 2.0) -> Path:
+    """1 s of silence, speech, 2.5 s of silence, at 48 kHz (what Chromium's fake device runs at)."""
     z = lambda s: np.zeros(int(s * 16000), dtype=np.float32)  # noqa: E731
-    pcm = np.concatenate([z(1.0), speech_like(2.0, seed=8), z(2.5)])
+    pcm = np.concatenate([z(1.0), speech_like(speech_s, seed=8), z(2.5)])
     sf.write(path, soxr.resample(pcm, 16000, 48000), 48000, subtype="PCM_16")
     return path
+
+
+def live_items(page: Page) -> list[tuple[str, str]]:
+    """(transcript, state) of each item on the page."""
+    script = "return [...document.querySelectorAll('#items li')].map(li => [li.querySelector('.text').textContent, li.querySelector('.state').textContent])"
+    return [tuple(item) for item in page.driver.execute_script(script)]
 
 
 def test_microphone_live_transcript(
@@ -202,12 +209,37 @@ def test_microphone_live_transcript(
     page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
     page.screenshot(tmp_path, "microphone")
     assert page.text("live-error") == "", page.text("live-error")
-    items = page.driver.execute_script(
-        "return [...document.querySelectorAll('#items li')].map(li => li.querySelector('.text').textContent)"
+    items = live_items(page)
+    assert len(seen) == len(items) == 1 and items[0] == (
+        " ".join(expected_words(seen[0].size / 16000)),
+        "done",
     )
-    assert len(seen) >= 1 and items[0] == " ".join(expected_words(seen[0].size / 16000))
     # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
-    assert 4 <= len(items[0].split()) <= 6, items
+    assert 4 <= len(items[0][0].split()) <= 6, items
+    assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
+
+
+def test_stop_during_speech_commits_the_turn(
+    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
+) -> None:
+    seen = record_pcm(harness)
+    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", speech_s=20.0)), base_url)
+    page.sign_in()
+    page.el("mic-start").click()
+    page.wait(lambda: live_items(page) and live_items(page)[0][1] == "speaking…", "the turn to start")
+    page.wait(lambda: page.text("live-status") == "Listening — speak.", "the capture")
+    time.sleep(1.5)  # well inside the 20 s of speech
+    page.el("mic-stop").click()
+    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
+    page.screenshot(tmp_path, "microphone-stopped")
+    assert page.text("live-error") == "", page.text("live-error")
+    items = live_items(page)
+    # the turn was committed by the stop button, long before the 20 s of speech ended
+    assert len(seen) == len(items) == 1 and items[0] == (
+        " ".join(expected_words(seen[0].size / 16000)),
+        "done",
+    )
+    assert 1.0 < seen[0].size / 16000 < 10.0
 
 
 # ---- the page's resampler (pcm.js) in the browser ---------------------------------------------
@@ -256,3 +288,15 @@ def test_pcm_encoder_resamples_to_24k(chromium: Callable[..., Any], base_url: st
     if rate > 24000:  # above the new Nyquist frequency: filtered out, not folded back as an alias
         _, alias = encode(16000.0)
         assert np.sqrt(np.mean(alias[200:-200] ** 2)) < 0.01
+
+
+def test_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from browser import conftest
+
+    monkeypatch.setattr(conftest, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        conftest._require_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        conftest._require_browser()

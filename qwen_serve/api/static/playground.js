@@ -256,7 +256,7 @@ function showWords(words, file) {
 
 // ---- the microphone: the Realtime API --------------------------------------------------------
 
-let live = null; // the running session: {ws, context, stream, node, items, speaking, stopping}
+let live = null; // the running session (startLive)
 
 function setLiveStatus(text) {
   $("live-status").textContent = text;
@@ -362,13 +362,20 @@ async function startLive() {
   }
   setLiveButtons(true);
   setLiveStatus("Opening the microphone…");
-  const session = { ws: null, capture: null, stream: null, items: new Map(), speaking: false, stopping: false, pending: new Set() };
+  const session = {
+    ws: null, capture: null, stream: null, closeTimer: null,
+    items: new Map(), // item_id -> its <li>
+    pending: new Set(), // items committed, not yet completed or failed
+    speaking: false, // a turn in progress (speech_started without speech_stopped)
+    turnItem: null, stopping: false, awaitCommit: false,
+  };
   live = session;
   try {
     session.stream = await openMicrophone();
+    if (session.stopping) throw new Error(""); // stopped while the permission was asked
   } catch (e) {
     showError("live-error", e.message);
-    endLive(session, "");
+    endLive(session, session.stopping ? "Stopped." : "");
     return;
   }
   setLiveStatus("Connecting…");
@@ -425,6 +432,8 @@ async function onServerEvent(session, event) {
       break;
     case "input_audio_buffer.speech_started":
       session.speaking = true;
+      session.turnItem = event.item_id;
+      session.pending.add(event.item_id); // a turn's item keeps its id through commit and completion
       setItem(session, event.item_id, { state: "speaking…" });
       break;
     case "input_audio_buffer.speech_stopped":
@@ -432,6 +441,7 @@ async function onServerEvent(session, event) {
       setItem(session, event.item_id, { state: "transcribing…" });
       break;
     case "input_audio_buffer.committed":
+      session.awaitCommit = false;
       session.pending.add(event.item_id);
       setItem(session, event.item_id, { state: "transcribing…" });
       break;
@@ -455,6 +465,11 @@ async function onServerEvent(session, event) {
     case "error": {
       const error = event.error || {};
       showError("live-error", `${error.code || error.type}: ${error.message}${error.param ? ` (param: ${error.param})` : ""}`);
+      if (session.awaitCommit) { // e.g. our last commit found the buffer empty: no item will come
+        session.awaitCommit = false;
+        session.pending.delete(session.turnItem);
+        maybeClose(session);
+      }
       break;
     }
     default:
@@ -471,7 +486,7 @@ async function stopLive() {
   setLiveStatus("Stopping…");
   for (const track of session.stream?.getTracks() ?? []) track.stop();
   if (session.capture) {
-    await session.capture.flush();
+    await Promise.race([session.capture.flush(), new Promise((resolve) => setTimeout(resolve, 500))]);
     session.capture.node.disconnect();
     await session.capture.context.close();
     session.capture = null;
@@ -485,14 +500,9 @@ async function stopLive() {
   maybeClose(session);
 }
 
+/** Once stopping: close when our commit has its item and every item has completed or failed. */
 function maybeClose(session) {
-  if (!session.stopping || session.pending.size > 0) return;
-  if (session.awaitCommit) {
-    session.awaitCommit = false; // the commit's item arrives as `committed` first, then completes
-    setTimeout(() => maybeClose(session), 1000);
-    return;
-  }
-  closeSocket(session);
+  if (session.stopping && !session.awaitCommit && session.pending.size === 0) closeSocket(session);
 }
 
 function closeSocket(session) {
