@@ -196,50 +196,56 @@ def live_items(page: Page) -> list[tuple[str, str]]:
     return [tuple(item) for item in page.driver.execute_script(script)]
 
 
+def live_session(
+    chromium: Callable[..., Any],
+    harness: Harness,
+    base_url: str,
+    tmp_path: Path,
+    speech_s: float,
+    stop_when: Callable[[list[tuple[str, str]]], bool],
+) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Start the microphone, press Stop once `stop_when(the items on the page)`, wait for the close;
+    returns the audio of each item the engine got and the items on the page (one, completed)."""
+    seen = record_pcm(harness)
+    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", speech_s)), base_url)
+    page.sign_in()
+    page.el("mic-start").click()
+    page.wait(lambda: stop_when(live_items(page)), "the moment to stop")
+    page.el("mic-stop").click()
+    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
+    page.screenshot(tmp_path, f"microphone-{speech_s:g}s")
+    assert page.text("live-error") == "", page.text("live-error")
+    assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
+    items = live_items(page)
+    assert len(seen) == len(items) == 1, items
+    assert items[0] == (" ".join(expected_words(seen[0].size / 16000)), "done")
+    return seen, items
+
+
 def test_microphone_live_transcript(
     chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
 ) -> None:
-    seen = record_pcm(harness)
-    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav")), base_url)
-    page.sign_in()
-    page.el("mic-start").click()
-    page.wait(lambda: page.driver.execute_script("return document.querySelectorAll('#items li.completed').length"),
-              "a completed item")  # fmt: skip
-    page.el("mic-stop").click()
-    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
-    page.screenshot(tmp_path, "microphone")
-    assert page.text("live-error") == "", page.text("live-error")
-    items = live_items(page)
-    assert len(seen) == len(items) == 1 and items[0] == (
-        " ".join(expected_words(seen[0].size / 16000)),
-        "done",
-    )
+    def completed(items: list[tuple[str, str]]) -> bool:
+        return bool(items) and items[0][1] == "done"
+
+    _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed)
     # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
     assert 4 <= len(items[0][0].split()) <= 6, items
-    assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
 
 
 def test_stop_during_speech_commits_the_turn(
     chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
 ) -> None:
-    seen = record_pcm(harness)
-    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", speech_s=20.0)), base_url)
-    page.sign_in()
-    page.el("mic-start").click()
-    page.wait(lambda: live_items(page) and live_items(page)[0][1] == "speaking…", "the turn to start")
-    page.wait(lambda: page.text("live-status") == "Listening — speak.", "the capture")
-    time.sleep(1.5)  # well inside the 20 s of speech
-    page.el("mic-stop").click()
-    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
-    page.screenshot(tmp_path, "microphone-stopped")
-    assert page.text("live-error") == "", page.text("live-error")
-    items = live_items(page)
-    # the turn was committed by the stop button, long before the 20 s of speech ended
-    assert len(seen) == len(items) == 1 and items[0] == (
-        " ".join(expected_words(seen[0].size / 16000)),
-        "done",
-    )
-    assert 1.0 < seen[0].size / 16000 < 10.0
+    # 1.5 s into the turn (its 20 s of speech far from over), the stop button commits it
+    since: list[float] = []
+
+    def speaking_for_a_while(items: list[tuple[str, str]]) -> bool:
+        if items and items[0][1] == "speaking…" and not since:
+            since.append(time.monotonic())
+        return bool(since) and time.monotonic() - since[0] > 1.5
+
+    seen, _ = live_session(chromium, harness, base_url, tmp_path, 20.0, speaking_for_a_while)
+    assert 1.5 < seen[0].size / 16000 < 10.0
 
 
 # ---- the page's resampler (pcm.js) in the browser ---------------------------------------------
