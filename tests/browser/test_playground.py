@@ -18,17 +18,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
-import soxr
 from api.conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings, wav_bytes
 from api.fakes import expected_words
 from api.test_realtime import record_pcm, serve
 
-from qwen_serve.testing.clips import speech_like
+from .page import WAIT_S, Items, Page, microphone_wav
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-
-WAIT_S = 30.0
 
 
 @pytest.fixture
@@ -42,59 +38,6 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
 def base_url(harness: Harness) -> Iterator[str]:
     with serve(harness) as url:
         yield url
-
-
-class Page:
-    """The playground in a browser: what a user does and sees, by element id."""
-
-    def __init__(self, driver: Any, base_url: str):
-        self.driver = driver
-        driver.get(f"{base_url}/")  # redirects to /playground/
-
-    def el(self, element_id: str) -> Any:
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_element(By.ID, element_id)
-
-    def wait(self, condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
-            lambda _: condition(), message=f"timed out waiting for {what}"
-        )
-
-    def text(self, element_id: str) -> str:
-        return str(self.driver.execute_script(f"return document.getElementById('{element_id}').textContent"))
-
-    def sign_in(self, key: str = TOKEN, model: str = MODEL) -> None:
-        from selenium.webdriver.support.ui import Select
-
-        self.el("api-key").send_keys(key)
-        self.el("load-models").click()
-        self.wait(lambda: model in [o.text for o in Select(self.el("model")).options], "the model list")
-        Select(self.el("model")).select_by_value(model)
-
-    def transcribe(
-        self, path: Path, response_format: str = "json", stream: bool = False, words: bool = False
-    ) -> None:
-        from selenium.webdriver.support.ui import Select
-
-        Select(self.el("format")).select_by_value(response_format)
-        if stream:
-            self.el("stream").click()
-        if words:
-            self.el("words").click()
-        self.el("file").send_keys(str(path))
-        self.el("transcribe").click()
-        self.wait(lambda: self.text("file-status").startswith(("Done", "Failed")), "the transcription")
-
-    def screenshot(self, tmp_path: Path, name: str) -> Path:
-        path = tmp_path / f"{name}.png"
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(1100, max(800, int(height) + 40))
-        self.driver.save_screenshot(str(path))
-        print(f"screenshot: {path}")
-        return path
 
 
 def api_transcription(base_url: str, path: Path, **fields: Any) -> httpx.Response:
@@ -133,7 +76,7 @@ def test_upload_shows_the_transcript(
     expected = api_transcription(base_url, speech_wav).json()["text"]
     assert expected == " ".join(expected_words(3.2))
     page = Page(chromium(), base_url)
-    page.sign_in()
+    page.sign_in(TOKEN, MODEL)
     page.transcribe(speech_wav, stream=stream)
     page.screenshot(tmp_path, "upload-streamed" if stream else "upload-json")
     assert page.text("file-status").startswith("Done"), page.text("file-error")
@@ -149,7 +92,7 @@ def test_upload_verbose_json_words_and_srt(
         base_url, speech_wav, response_format="verbose_json", **{"timestamp_granularities[]": "word"}
     ).json()
     page = Page(chromium(), base_url)
-    page.sign_in()
+    page.sign_in(TOKEN, MODEL)
     page.transcribe(speech_wav, response_format="verbose_json", words=True)
     page.screenshot(tmp_path, "upload-words")
     assert page.text("transcript") == body["text"]
@@ -171,7 +114,7 @@ def test_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path:
     page.wait(lambda: page.text("settings-error"), "the auth error")
     assert "HTTP 401: invalid_api_key: Incorrect API key provided." in page.text("settings-error")
     page.el("api-key").clear()
-    page.sign_in(model=MODEL_B)
+    page.sign_in(TOKEN, MODEL_B)
     bad = tmp_path / "not-audio.wav"
     bad.write_bytes(b"not audio at all" * 100)
     page.transcribe(bad)
@@ -182,41 +125,21 @@ def test_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path:
 # ---- the microphone -------------------------------------------------------------------------
 
 
-def microphone_wav(path: Path, speech_s: float = 2.0) -> Path:
-    """1 s of silence, speech, 2.5 s of silence, at 48 kHz (what Chromium's fake device runs at)."""
-    z = lambda s: np.zeros(int(s * 16000), dtype=np.float32)  # noqa: E731
-    pcm = np.concatenate([z(1.0), speech_like(speech_s, seed=8), z(2.5)])
-    sf.write(path, soxr.resample(pcm, 16000, 48000), 48000, subtype="PCM_16")
-    return path
-
-
-def live_items(page: Page) -> list[tuple[str, str]]:
-    """(transcript, state) of each item on the page."""
-    script = "return [...document.querySelectorAll('#items li')].map(li => [li.querySelector('.text').textContent, li.querySelector('.state').textContent])"
-    return [tuple(item) for item in page.driver.execute_script(script)]
-
-
 def live_session(
     chromium: Callable[..., Any],
     harness: Harness,
     base_url: str,
     tmp_path: Path,
     speech_s: float,
-    stop_when: Callable[[list[tuple[str, str]]], bool],
-) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    stop_when: Callable[[Items], bool],
+) -> tuple[list[np.ndarray], Items]:
     """Start the microphone, press Stop once `stop_when(the items on the page)`, wait for the close;
     returns the audio of each item the engine got and the items on the page (one, completed)."""
     seen = record_pcm(harness)
     page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", speech_s)), base_url)
-    page.sign_in()
-    page.el("mic-start").click()
-    page.wait(lambda: stop_when(live_items(page)), "the moment to stop")
-    page.el("mic-stop").click()
-    page.wait(lambda: page.text("live-status") == "Stopped.", "the session to close")
+    page.sign_in(TOKEN, MODEL)
+    items = page.live(stop_when)
     page.screenshot(tmp_path, f"microphone-{speech_s:g}s")
-    assert page.text("live-error") == "", page.text("live-error")
-    assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
-    items = live_items(page)
     assert len(seen) == len(items) == 1, items
     assert items[0] == (" ".join(expected_words(seen[0].size / 16000)), "done")
     return seen, items
@@ -225,7 +148,7 @@ def live_session(
 def test_microphone_live_transcript(
     chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
 ) -> None:
-    def completed(items: list[tuple[str, str]]) -> bool:
+    def completed(items: Items) -> bool:
         return bool(items) and items[0][1] == "done"
 
     _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed)
@@ -239,7 +162,7 @@ def test_stop_during_speech_commits_the_turn(
     # 1.5 s into the turn (its 20 s of speech far from over), the stop button commits it
     since: list[float] = []
 
-    def speaking_for_a_while(items: list[tuple[str, str]]) -> bool:
+    def speaking_for_a_while(items: Items) -> bool:
         if items and items[0][1] == "speaking…" and not since:
             since.append(time.monotonic())
         return bool(since) and time.monotonic() - since[0] > 1.5
