@@ -62,6 +62,7 @@ def test_root_redirects_and_the_assets_are_served(base_url: str) -> None:
     page = httpx.get(f"{base_url}/", follow_redirects=True)
     assert page.status_code == 200 and str(page.url) == f"{base_url}/playground/"
     assert "text/html" in page.headers["content-type"] and "playground.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]  # the flows below run under it
     for asset, kind in [("playground.js", "javascript"), ("pcm.js", "javascript"),
                         ("pcm-worklet.js", "javascript"), ("playground.css", "text/css")]:  # fmt: skip
         response = httpx.get(f"{base_url}/playground/{asset}")
