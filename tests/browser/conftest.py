@@ -47,14 +47,15 @@ def _require_browser() -> None:
 
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """`chromium(microphone=WAV)` -> a Selenium driver; the WAV file (if any) is the fake microphone."""
+    """`chromium(microphone=WAV)` -> a Selenium driver; the WAV file (if any) is the fake microphone,
+    `deny_microphone=True` refuses the permission as a user would."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
 
     drivers: list[Any] = []
 
-    def start(microphone: Path | None = None) -> Any:
+    def start(microphone: Path | None = None, deny_microphone: bool = False) -> Any:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in FLAGS:
@@ -64,6 +65,9 @@ def chromium(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             options.add_argument("--use-fake-ui-for-media-stream")  # grants the permission
             options.add_argument("--use-fake-device-for-media-stream")
             options.add_argument(f"--use-file-for-fake-audio-capture={microphone}%noloop")
+        if deny_microphone:
+            options.add_argument("--use-fake-ui-for-media-stream=deny")
+            options.add_argument("--use-fake-device-for-media-stream")
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
         drivers.append(driver)

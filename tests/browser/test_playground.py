@@ -172,6 +172,27 @@ def test_stop_during_speech_commits_the_turn(
     assert 1.5 < seen[0].size / 16000 < 10.0
 
 
+def test_live_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path: Path) -> None:
+    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav")), base_url)
+    page.sign_in(TOKEN, MODEL)
+    page.el("api-key").clear()
+    page.el("api-key").send_keys("sk-wrong")  # the models stay listed: the WebSocket gets the wrong key
+    page.el("mic-start").click()
+    page.wait(lambda: page.text("live-status") == "Disconnected.", "the refused session to end")
+    assert page.text("live-error") == "invalid_api_key: Incorrect API key provided.", page.text("live-error")
+    assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
+
+    denied = Page(chromium(deny_microphone=True), base_url)
+    denied.sign_in(TOKEN, MODEL)
+    denied.el("mic-start").click()
+    denied.wait(lambda: denied.text("live-error"), "the permission error")
+    denied.screenshot(tmp_path, "microphone-denied")
+    assert denied.text("live-error").startswith("Microphone permission was denied."), denied.text(
+        "live-error"
+    )
+    assert denied.el("mic-start").is_enabled()
+
+
 # ---- the page's resampler (pcm.js) in the browser ---------------------------------------------
 
 ENCODE = """
