@@ -133,26 +133,33 @@ def live_session(
     tmp_path: Path,
     speech_s: float,
     stop_when: Callable[[Items], bool],
+    capture: str = "worklet",
 ) -> tuple[list[np.ndarray], Items]:
     """Start the microphone, press Stop once `stop_when(the items on the page)`, wait for the close;
-    returns the audio of each item the engine got and the items on the page (one, completed)."""
+    returns the audio of each item the engine got and the items on the page (one, completed).
+    `capture="scriptprocessor"`: as in a browser without AudioWorklet (the page's fallback)."""
     seen = record_pcm(harness)
     page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", speech_s)), base_url)
     page.sign_in(TOKEN, MODEL)
+    if capture == "scriptprocessor":
+        hide = "Object.defineProperty(BaseAudioContext.prototype, 'audioWorklet', {get: () => undefined})"
+        page.driver.execute_script(hide)
+        assert page.driver.execute_script("return new AudioContext().audioWorklet === undefined")
     items = page.live(stop_when)
-    page.screenshot(tmp_path, f"microphone-{speech_s:g}s")
+    page.screenshot(tmp_path, f"microphone-{capture}-{speech_s:g}s")
     assert len(seen) == len(items) == 1, items
     assert items[0] == (" ".join(expected_words(seen[0].size / 16000)), "done")
     return seen, items
 
 
+@pytest.mark.parametrize("capture", ["worklet", "scriptprocessor"])
 def test_microphone_live_transcript(
-    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
+    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path, capture: str
 ) -> None:
     def completed(items: Items) -> bool:
         return bool(items) and items[0][1] == "done"
 
-    _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed)
+    _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed, capture)
     # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
     assert 4 <= len(items[0][0].split()) <= 6, items
 
