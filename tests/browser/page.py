@@ -41,6 +41,7 @@ class Page:
         """Enter the key, load the models, choose `model` and `language` ("" = detect)."""
         from selenium.webdriver.support.ui import Select
 
+        self.el("api-key").clear()
         self.el("api-key").send_keys(key)
         self.el("load-models").click()
         options = "return [...document.getElementById('model').options].map(o => o.value)"

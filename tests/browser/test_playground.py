@@ -114,7 +114,6 @@ def test_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_path:
     page.el("load-models").click()
     page.wait(lambda: page.text("settings-error"), "the auth error")
     assert "HTTP 401: invalid_api_key: Incorrect API key provided." in page.text("settings-error")
-    page.el("api-key").clear()
     page.sign_in(TOKEN, MODEL_B)
     bad = tmp_path / "not-audio.wav"
     bad.write_bytes(b"not audio at all" * 100)
@@ -185,9 +184,16 @@ def test_live_errors_are_shown(chromium: Callable[..., Any], base_url: str, tmp_
     page.el("api-key").clear()
     page.el("api-key").send_keys("sk-wrong")  # the models stay listed: the WebSocket gets the wrong key
     page.el("mic-start").click()
-    page.wait(lambda: page.text("live-status") == "Disconnected.", "the refused session to end")
+    page.wait(lambda: page.el("mic-start").is_enabled(), "the refused session to end")
     assert page.text("live-error") == "invalid_api_key: Incorrect API key provided.", page.text("live-error")
     assert page.el("mic-start").is_enabled() and not page.el("mic-stop").is_enabled()
+
+    page.sign_in(TOKEN, MODEL, language="ar")  # not one of the fake model's languages
+    page.el("mic-start").click()
+    page.wait(
+        lambda: page.text("live-status") == "Stopped.", "the refused session.update to stop the session"
+    )
+    assert "Unsupported language 'ar'" in page.text("live-error"), page.text("live-error")
 
     denied = Page(chromium(deny_microphone=True), base_url)
     denied.sign_in(TOKEN, MODEL)

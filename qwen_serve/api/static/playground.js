@@ -365,7 +365,7 @@ async function startLive() {
   const session = {
     ws: null, capture: null, stream: null, closeTimer: null,
     items: new Map(), // item_id -> its <li>
-    pending: new Set(), // items committed, not yet completed or failed
+    pending: new Set(), // items begun (speech_started) or committed, not yet completed or failed
     speaking: false, // a turn in progress (speech_started without speech_stopped)
     turnItem: null, stopping: false, awaitCommit: false,
   };
@@ -421,9 +421,14 @@ async function onServerEvent(session, event) {
     case "session.updated":
       if (session.capture || session.stopping) break;
       try {
-        session.capture = await startCapture(session.stream, (samples) =>
+        const capture = await startCapture(session.stream, (samples) =>
           send(session, { type: "input_audio_buffer.append", audio: base64Pcm16(samples) }),
         );
+        if (session.stopping || live !== session) { // stopped while the capture was starting
+          capture.context.close().catch(() => {});
+          break;
+        }
+        session.capture = capture;
         setLiveStatus("Listening — speak.");
       } catch (e) {
         showError("live-error", `The audio capture failed: ${e.message}`);
@@ -469,6 +474,8 @@ async function onServerEvent(session, event) {
         session.awaitCommit = false;
         session.pending.delete(session.turnItem);
         maybeClose(session);
+      } else if (!session.capture && !session.stopping) {
+        stopLive(); // the session.update was refused: nothing to capture for
       }
       break;
     }
