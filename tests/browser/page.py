@@ -14,6 +14,9 @@ from qwen_serve.testing.clips import speech_like
 
 WAIT_S = 30.0
 
+Items = list[tuple[str, str]]
+"""(transcript, state) of each live item, in order."""
+
 
 class Page:
     """The playground in a browser: what a user does and sees, by element id."""
@@ -87,9 +90,6 @@ class Page:
         self.driver.save_screenshot(str(path))
         print(f"screenshot: {path}")
         return path
-
-
-Items = list[tuple[str, str]]
 
 
 def live_items(page: Page) -> Items:
