@@ -7,7 +7,7 @@ STAMP     := $(VENV)/.installed
 REF_STAMP := $(VENV)/.reference
 
 .DEFAULT_GOAL := help
-.PHONY: help install reference test lint typecheck test-native serve download bench clean
+.PHONY: help install reference browser test lint typecheck test-native serve download bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,17 @@ $(REF_STAMP): $(STAMP)
 	touch $@
 
 reference: $(REF_STAMP) ## install the official qwen-asr reference (torch, CPU)
+
+# Debian's Chromium and its driver for tests/browser (the playground page); no download of a browser
+# by a test tool. Needs root; elsewhere it says what to run.
+browser: ## install chromium + chromium-driver (apt-get, as root) for the browser tests
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "run as root: apt-get update && apt-get install -y chromium chromium-driver"; exit 1; \
+	fi
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check qwen_serve tests benchmarks native/tools

@@ -11,6 +11,7 @@ from ..settings import Settings
 from .auth import token_checker
 from .backend import AlignerBackend, ServedModel
 from .errors import install_error_handlers
+from .playground import mount_playground
 from .realtime import realtime_router
 from .routes import build_router
 from .service import TranscriptionService
@@ -37,4 +38,5 @@ def create_app(
     service = TranscriptionService(settings, models, unavailable or {}, aligner, aligner_missing)
     app.include_router(build_router(service, token_checker(settings.api_tokens())))
     app.include_router(realtime_router(service, token_checker(settings.api_tokens())))
+    mount_playground(app)
     return app
