@@ -5,11 +5,16 @@ deployment (`HandleBackend`); tests can put anything with the same two
 methods behind it. Ray's errors are translated here into the two the routes
 know: ModelBusyError (Serve's backpressure: its queue for the model is full;
 or the replica's engine refused the request: `ReplicaBusy`) and
-ModelUnavailableError.
+ModelUnavailableError (also when the replica died under the request: its
+node went away, or it was stopped before its drain ended; the client may
+retry). A call that Serve cancelled because the client went away (Ray's
+TaskCancelledError) ends as `asyncio.CancelledError`, which is what it is:
+not a failure of the service.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,16 +65,20 @@ class HandleBackend:
         self._handle = handle
 
     async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
+        from ray.exceptions import RayActorError, TaskCancelledError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         try:
             return await self._handle.transcribe.remote(pcm, language, context)
         except (BackPressureError, ReplicaBusy) as e:
             raise ModelBusyError() from e
-        except DeploymentUnavailableError as e:
+        except (DeploymentUnavailableError, RayActorError) as e:
             raise ModelUnavailableError() from e
+        except TaskCancelledError as e:  # Serve cancelled the call: the client went away
+            raise asyncio.CancelledError() from e
 
     async def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
+        from ray.exceptions import RayActorError, TaskCancelledError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         gen = self._handle.options(stream=True).stream.remote(pcm, language, context)
@@ -80,8 +89,10 @@ class HandleBackend:
             finished = True
         except (BackPressureError, ReplicaBusy) as e:
             raise ModelBusyError() from e
-        except DeploymentUnavailableError as e:
+        except (DeploymentUnavailableError, RayActorError) as e:
             raise ModelUnavailableError() from e
+        except TaskCancelledError as e:  # Serve cancelled the call: the client went away
+            raise asyncio.CancelledError() from e
         finally:
             if not finished:  # client gone or error: stop the replica's work too
                 gen.cancel()
