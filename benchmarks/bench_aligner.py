@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_aligner.py                       # full-size random aligner, 10 s and 60 s
     .venv/bin/python benchmarks/bench_aligner.py --seconds 10,60,180 --precision exact,fast
     .venv/bin/python benchmarks/bench_aligner.py --model-dir models/qwen3-forcedaligner-0.6b   # real weights
+    .venv/bin/python benchmarks/bench_aligner.py --serve      # what word timestamps add through the service
 
 One forward pass per clip: mel, encoder, the decoder over the audio tokens and
 the transcript with its `<timestamp>` markers, and the head at the markers.
@@ -12,6 +13,12 @@ subprocess (peak RSS is its own), best of --repeat runs. Weights are random
 (the real dimensions of Qwen3-ForcedAligner-0.6B, bf16), so the times mean
 nothing as timestamps; the work is the real model's. The CPU is printed first:
 name it next to every figure.
+
+--serve: `serve run` with the full-size random 0.6B model and this aligner (the
+shipped settings), then sequential warm requests of one clip per --seconds
+length, alternating `json` with `verbose_json` + `timestamp_granularities[]=word`:
+p50 latency of each and the difference, which is what word timestamps add
+(the aligner's pass, its Serve hop, and its replica's first load not counted).
 """
 
 from __future__ import annotations
@@ -70,6 +77,53 @@ def run_side(args: argparse.Namespace) -> dict[str, float]:
     return {"align_ms": best * 1e3, "load_s": load, "rss_mb": rss, "words": n_words}
 
 
+def serve_latency(args: argparse.Namespace) -> None:
+    import io
+    import tempfile
+
+    import httpx
+    import soundfile as sf
+    from bench_serve import MODEL, TOKEN, Server, checkpoint, percentile
+
+    from qwen_serve.testing.clips import speech_like
+
+    asr_dir, _ = checkpoint(argparse.Namespace(model_dir=None, quick=False, cache_dir=args.cache_dir))
+    serve_args = argparse.Namespace(idle_timeout=600.0, max_new_tokens=32)
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; serve run, full-size random 0.6B + aligner, 32 new tokens")
+    print("| audio | json p50 | verbose_json + words p50 | words add |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="bench-aligner-serve-") as tmp:
+        server = Server(serve_args, asr_dir, Path(tmp), {})
+        (Path(tmp) / "models" / "qwen3-forcedaligner-0.6b").symlink_to(args.model_dir)
+        try:
+            server.start()
+            with httpx.Client(timeout=600) as http:
+                for seconds in [float(x) for x in args.seconds.split(",")]:
+                    buf = io.BytesIO()
+                    sf.write(buf, speech_like(seconds), 16000, format="WAV", subtype="PCM_16")
+                    data = buf.getvalue()
+                    times: dict[bool, list[float]] = {False: [], True: []}
+                    for i in range(2 * args.requests + 2):  # the first pair loads both replicas
+                        words = bool(i % 2)
+                        form = {"model": MODEL, "language": "en"}
+                        if words:
+                            form |= {"response_format": "verbose_json", "timestamp_granularities[]": "word"}
+                        t0 = time.perf_counter()
+                        r = http.post(
+                            f"{server.url}/v1/audio/transcriptions",
+                            headers={"Authorization": f"Bearer {TOKEN}"},
+                            files={"file": ("clip.wav", data)},
+                            data=form,
+                        )
+                        r.raise_for_status()
+                        if i >= 2:
+                            times[words].append(time.perf_counter() - t0)
+                    plain, timed = (percentile([t * 1e3 for t in times[w]], 50) for w in (False, True))
+                    print(f"| {seconds:.0f} s | {plain:.0f} ms | {timed:.0f} ms | +{timed - plain:.0f} ms "
+                          f"({timed / plain:.2f}x) |", flush=True)  # fmt: skip
+        finally:
+            server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None)
@@ -79,6 +133,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2, help="runs per side; the best is kept")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--serve", action="store_true", help="latency through the service, with and without words")
+    p.add_argument("--requests", type=int, default=5, help="--serve: requests of each kind per clip length")
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     p.add_argument("--one-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -93,6 +149,9 @@ def main() -> None:
         if not (args.model_dir / "config.json").exists():
             print(f"generating full-aligner-0.6b into {args.model_dir} ...", flush=True)
             make_checkpoint(args.model_dir, preset="full-aligner-0.6b", seed=0, dtype="bf16")
+    if args.serve:
+        serve_latency(args)
+        return
     sides = args.precision.split(",") + ([] if args.skip_reference else ["official"])
     lengths = [float(s) for s in args.seconds.split(",")]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")

@@ -61,6 +61,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # candidates for the defaults (--configs defaults,exact,batch16,old)
     "batch16": {"max_batch": 16},
     "batch4": {"max_batch": 4},
+    # the cost of our metrics (--configs defaults,nometrics): the same with QWEN_METRICS=false
+    "nometrics": {"metrics": False},
 }
 """App args on top of the common ones; "defaults" changes nothing."""
 

@@ -12,6 +12,7 @@ handle to each. The pool and the model life cycle are Ray Serve autoscaling:
     lazy load                -> min_replicas 0, initial_replicas 0: the first request starts a replica
     QWEN_MODEL_IDLE_TIMEOUT  -> downscale_delay_s / downscale_to_zero_delay_s; 0 -> min_replicas 1
     backpressure             -> max_queued_requests -> 503 + Retry-After (and the engine's EngineBusy)
+    QWEN_DRAIN_TIMEOUT       -> graceful_shutdown_timeout_s: a stopping replica finishes its requests
 
 A replica decodes up to max_batch requests together, one pass over the
 weights per token for all of them, so a second replica of the same model
@@ -60,6 +61,10 @@ logger = logging.getLogger("ray.serve")
 
 INGRESS_NAME = "Ingress"
 DEFAULT_DOWNSCALE_DELAY_S = 600.0
+GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 1.0
+INGRESS_DRAIN_MARGIN_S = 10.0
+"""The ingress outlives the model replicas' drain by this much: a stream whose model replica was
+stopped before it ended still gets its (retryable) error event instead of a cut connection."""
 
 
 def deployment_name(model_id: str) -> str:
@@ -132,7 +137,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_queued_requests=settings.max_queued_requests,
             ray_actor_options={"num_cpus": settings.model_num_cpus},
             health_check_period_s=10,
-            graceful_shutdown_timeout_s=30,
+            # A stopping replica gets no new requests and finishes the running ones (checked every
+            # second) before __del__ closes its engine; only a drain longer than this cuts them.
+            graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+            graceful_shutdown_timeout_s=settings.drain_timeout,
         )(ModelServer)
         handles[model_id] = deployment.bind(
             model_id,
@@ -144,6 +152,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             precision=settings.precision,
             max_batch=settings.max_batch,
             kv_budget_tokens=settings.kv_budget_tokens,
+            record_metrics=settings.metrics,
         )
     if not handles:
         raise FileNotFoundError("No model checkpoint found. " + " ".join(problems))
@@ -154,6 +163,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+        graceful_shutdown_timeout_s=settings.drain_timeout + INGRESS_DRAIN_MARGIN_S,  # holds the streams
     )(Ingress)
     return ingress.bind(settings, infos, handles, unavailable, aligner, aligner_missing)
 
@@ -185,7 +196,8 @@ def aligner_deployment(settings: Settings) -> tuple[Application | None, str]:
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": settings.model_num_cpus},
         health_check_period_s=10,
-        graceful_shutdown_timeout_s=30,
+        graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+        graceful_shutdown_timeout_s=settings.drain_timeout,
     )(AlignerServer)
     app = deployment.bind(
         str(aligner_dir), threads=settings.threads, isa=settings.isa, precision=settings.precision
@@ -225,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(load_config(args.config))
-    ray.init(address=args.address, namespace="serve")
+    options: dict[str, Any] = {}
+    first_args = schema.applications[0].args if schema.applications else None
+    metrics_port = Settings.from_args(first_args).metrics_port
+    if args.address is None and metrics_port is not None:  # a cluster we start: its metrics port
+        options["_metrics_export_port"] = metrics_port
+    ray.init(address=args.address, namespace="serve", **options)
     serve.start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     for app in schema.applications:
         module, _, attr = app.import_path.replace(":", ".").rpartition(".")

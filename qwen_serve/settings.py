@@ -21,6 +21,10 @@ file). Nothing is read at import time: the app builder calls
                                     (default qwen3-forcedaligner-0.6b under QWEN_MODELS_DIR; "" turns it off)
     QWEN_REALTIME_*                 realtime sessions: max_sessions, max_buffer_seconds, max_append_mb,
                                     idle_timeout, max_session_seconds (docs/realtime.md)
+    QWEN_CORS_ORIGINS               browser origins allowed to call the API, comma-separated (default: none, CORS off)
+    QWEN_DRAIN_TIMEOUT              seconds a stopping model replica waits for its running requests (default 300)
+    QWEN_METRICS                    record the service metrics in Ray's metrics system (default true)
+    QWEN_METRICS_PORT               Prometheus port of the Ray node `python -m qwen_serve.app` starts (default: Ray's choice)
 """
 
 from __future__ import annotations
@@ -133,6 +137,20 @@ class Settings(BaseSettings):
     """Seconds without a client event before a realtime session is closed."""
     realtime_max_session_seconds: float = Field(default=3600.0, gt=0)
     """Longest a realtime session may last, in seconds (OpenAI's is 60 minutes)."""
+    cors_origins: str = ""
+    """Origins (`https://app.example.com`) allowed to call the API from a browser, comma-separated;
+    `*` for any. Empty: no CORS headers at all (browsers refuse cross-origin calls)."""
+    drain_timeout: float = Field(default=300.0, ge=0)
+    """Seconds a model replica that is being stopped (scale-down, idle unload, redeploy) keeps
+    serving its running requests and streams before it is stopped anyway: Serve's
+    graceful_shutdown_timeout_s. Set it above the longest transcription you expect."""
+    metrics: bool = True
+    """Record the service metrics (request counts and latency, real-time factor, engine queue and
+    batch, model loads) in Ray's metrics system; docs/operations.md lists them."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the Prometheus endpoint (Ray's `--metrics-export-port`) of the local Ray node that
+    `python -m qwen_serve.app` starts; None lets Ray pick one. `ray start` and KubeRay (8080) set
+    their own."""
 
     @classmethod
     def settings_customise_sources(
@@ -160,6 +178,12 @@ class Settings(BaseSettings):
                 merged[model_id] = {"path": spec} if isinstance(spec, str) else spec
         return merged
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_as_text(cls, value: Any) -> Any:
+        """A list in the app args is the same as the comma-separated form of the variable."""
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
     @field_validator("api_token")
     @classmethod
     def _tokens_not_empty(cls, value: SecretStr) -> SecretStr:
@@ -176,6 +200,10 @@ class Settings(BaseSettings):
     def api_tokens(self) -> list[str]:
         """The accepted bearer tokens."""
         return [t.strip() for t in self.api_token.get_secret_value().split(",") if t.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        """The origins CORS allows; empty when CORS is off."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def uses_default_token(self) -> bool:

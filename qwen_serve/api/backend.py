@@ -5,11 +5,16 @@ deployment (`HandleBackend`); tests can put anything with the same two
 methods behind it. Ray's errors are translated here into the two the routes
 know: ModelBusyError (Serve's backpressure: its queue for the model is full;
 or the replica's engine refused the request: `ReplicaBusy`) and
-ModelUnavailableError.
+ModelUnavailableError (also when the replica died under the request: its
+node went away, or it was stopped before its drain ended; the client may
+retry). A call that Serve cancelled because the client went away (Ray's
+TaskCancelledError) ends as `asyncio.CancelledError`, which is what it is:
+not a failure of the service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,15 +70,19 @@ class ServedModel:
 
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
-    """Ray's errors (and the replica's ReplicaBusy) as the two the routes know."""
+    """Ray's errors (and the replica's ReplicaBusy) as the two the routes know, and Serve's
+    cancellation of a call whose client went away as the CancelledError it is."""
+    from ray.exceptions import RayActorError, TaskCancelledError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     try:
         yield
     except (BackPressureError, ReplicaBusy) as e:
         raise ModelBusyError() from e
-    except DeploymentUnavailableError as e:
+    except (DeploymentUnavailableError, RayActorError) as e:
         raise ModelUnavailableError() from e
+    except TaskCancelledError as e:  # Serve cancelled the call: the client went away
+        raise asyncio.CancelledError() from e
 
 
 class HandleBackend:

@@ -4,7 +4,8 @@ Handlers registered by `install_error_handlers` turn our `APIError`, FastAPI's
 validation errors, Starlette's HTTP errors (404 route, 405 method) and any
 unexpected exception into that envelope. Unexpected exceptions are logged
 here and reach the client as a bare 500 without details, stack traces or
-paths.
+paths. A client that went away (Serve cancelled the request, or the upload
+was cut) is not one: the access log reports it (499), nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .access import CLIENT_GONE, client_gone
 from .protocol import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("ray.serve")
@@ -99,6 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return err.response()
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if client_gone(exc):  # nobody reads this answer
+            return APIError(CLIENT_GONE, "The client closed the request.").response()
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return internal_error().response()
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from .. import __version__
+from .. import __version__, metrics
 from ..settings import Settings
+from .access import AccessLog
 from .auth import token_checker
 from .backend import AlignerBackend, ServedModel
 from .errors import install_error_handlers
@@ -39,4 +41,16 @@ def create_app(
     app.include_router(build_router(service, token_checker(settings.api_tokens())))
     app.include_router(realtime_router(service, token_checker(settings.api_tokens())))
     mount_playground(app)
+    origins = settings.cors_origin_list()
+    if origins:  # off unless configured: browsers then refuse cross-origin calls
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],  # Authorization, and the SDK's own x-stainless-* headers
+            expose_headers=["x-request-id", "x-engine-time-ms", "retry-after"],
+            max_age=600,
+        )
+    metrics.configure(settings.metrics)
+    app.add_middleware(AccessLog)  # outermost of ours: sees every answer, CORS preflights too
     return app

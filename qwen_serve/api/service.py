@@ -20,11 +20,11 @@ from fastapi import Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..audio_decoding import AudioError, AudioTooLongError, decode_audio
+from ..audio_decoding import SAMPLE_RATE, AudioError, AudioTooLongError, decode_audio
 from ..languages import LanguageError, to_model_language
 from ..model.results import AlignmentUnsupported, StreamItem, TextDelta, TranscriptResult
 from ..settings import ALIGNER_ID, Settings
-from . import formats
+from . import access, formats
 from .backend import AlignerBackend, ModelBusyError, ModelUnavailableError, ServedModel
 from .errors import APIError, bad_request, internal_error
 from .forms import Upload
@@ -147,6 +147,7 @@ class TranscriptionService:
     async def transcribe(self, req: TranscriptionRequest, upload: Upload) -> Response:
         self.check_supported(req)
         served = self.model(req.model)
+        access.note(model=served.info.id, stream=req.stream)
         language = None
         if req.language:
             try:
@@ -154,6 +155,7 @@ class TranscriptionService:
             except LanguageError as e:
                 raise bad_request(str(e), param="language", code="unsupported_language") from None
         pcm = await self.decode(upload)
+        access.note(audio_seconds=pcm.size / SAMPLE_RATE)
         if req.stream:
             return await self._stream(served, pcm, language, req.prompt)
         try:
@@ -199,6 +201,7 @@ class TranscriptionService:
                 result: TranscriptResult | None = None
                 async for item in items:
                     if isinstance(item, TextDelta):
+                        access.first_delta()
                         yield formats.delta_event(item.text)
                     elif isinstance(item, TranscriptResult):
                         result = item
@@ -208,7 +211,9 @@ class TranscriptionService:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                yield formats.error_event(self._failure(model_id, e).body().model_dump())
+                failure = self._failure(model_id, e)
+                access.stream_failed(failure.status)
+                yield formats.error_event(failure.body().model_dump())
             finally:
                 await _close(items)
             yield formats.DONE
@@ -228,6 +233,7 @@ class TranscriptionService:
                 headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
             )
         if isinstance(error, ModelUnavailableError):
+            logger.warning("model %s unavailable (%s)", model_id, type(error.__cause__).__name__)
             return APIError(
                 503,
                 f"The model '{model_id}' is unavailable right now.",

@@ -99,7 +99,8 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         """Sequences holding a slot ("active"; the most at once so far: "peak_active"), requests
-        waiting for their first one ("waiting"), and "max_batch"."""
+        waiting for their first one ("waiting"), "max_batch", and since the start the scheduling
+        steps ("steps") and the sequences in them summed over steps ("step_sequences")."""
         return self._scheduler.stats()
 
     def _eos_ids(self) -> list[int]:

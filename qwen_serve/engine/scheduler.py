@@ -83,6 +83,8 @@ class Scheduler:
         self._cancel: list[Request] = []
         self._slots: dict[int, tuple[Request, int]] = {}  # slot -> (request, chunk)
         self._peak = 0  # most slots held at once
+        self._steps = 0  # qwen_step calls
+        self._step_sequences = 0  # sequences holding a slot, summed over steps (/ steps: mean batch)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="qwen-scheduler", daemon=True)
         self._thread.start()
@@ -122,6 +124,8 @@ class Scheduler:
                 "max_batch": self.native.max_sequences,
                 "active": len(self._slots),
                 "peak_active": self._peak,
+                "steps": self._steps,
+                "step_sequences": self._step_sequences,
                 "waiting": sum(1 for r in self._requests if r.next_chunk == 0 and not r.cancelled),
             }
 
@@ -188,6 +192,8 @@ class Scheduler:
                 if not self._slots:
                     self._cond.wait()
                     continue
+                self._steps += 1
+                self._step_sequences += len(self._slots)
             try:
                 events = self.native.step() or []
             except NativeError:  # bad arguments only: a bug

@@ -19,6 +19,13 @@ silently cap concurrency on a small machine. Text deltas cross to the event
 loop through an asyncio queue as they are decoded. When the caller goes
 away (client disconnect -> Serve cancels the request), the engine stream is
 closed, which frees its slot at once.
+
+A replica that Serve stops (scale-down, idle unload, redeploy) first drains:
+Serve sends it nothing new and waits up to `graceful_shutdown_timeout_s`
+(the setting `drain_timeout`) for its running requests and streams, then
+calls `__del__`, which closes the engine. Metrics (qwen_serve/metrics.py):
+load time and loads/unloads, real-time factor and tokens per transcription,
+and once a second the engine's queue depth, batch and steps.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
+import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .. import metrics
 from ..download import checkpoint_problem, missing_checkpoint_message
 from .results import ReplicaBusy, StreamItem, StreamStarted, TextDelta, TranscriptResult
 
@@ -43,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH = 8
+METRICS_INTERVAL_S = 1.0
 
 
 # ---- what the deployment needs from an engine ------------------------------------
@@ -84,7 +96,8 @@ class BatchingEngine(Protocol):
     ) -> EngineStream: ...
 
     def stats(self) -> Mapping[str, int]:
-        """{"max_batch", "active" (sequences decoding), "waiting" (requests waiting for a slot)}."""
+        """{"max_batch", "active" (sequences decoding), "waiting" (requests waiting for a slot)};
+        the metrics also read "steps" and "step_sequences" (sequences summed over steps) if there."""
         ...
 
     def close(self) -> None: ...
@@ -146,6 +159,26 @@ def node_cpus() -> int | None:
     return None
 
 
+def _sample_engine(server_ref: weakref.ref[ModelServer], stop: threading.Event) -> None:
+    """Once a second: the engine's queue depth and batch (gauges), its steps since (counters).
+    Holds the server weakly, so that a server nobody holds is still collected."""
+    steps = sequences = 0
+    while not stop.wait(METRICS_INTERVAL_S):
+        server = server_ref()
+        if server is None:
+            return
+        try:
+            stats = server.engine.stats()
+            now_steps, now_sequences = int(stats.get("steps", 0)), int(stats.get("step_sequences", 0))
+            metrics.engine_sampled(server.model_id, stats, now_steps - steps, now_sequences - sequences)
+            steps, sequences = now_steps, now_sequences
+        except Exception:  # never let metrics take the replica down
+            logger.exception("model %s: sampling engine metrics failed", server.model_id)
+            return
+        finally:
+            del server
+
+
 class _Done:
     def __init__(self, result: Any):
         self.result = result
@@ -172,6 +205,7 @@ class ModelServer:
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
         engine_factory: EngineFactory | None = None,
+        record_metrics: bool = True,
     ):
         self.model_id = model_id
         self.model_dir = Path(model_dir)
@@ -181,6 +215,8 @@ class ModelServer:
             if problem:
                 raise FileNotFoundError(missing_checkpoint_message(model_id, self.model_dir, problem, repo))
         self.threads = threads if threads is not None else node_cpus()
+        metrics.configure(record_metrics)
+        started = time.perf_counter()
         self.engine: BatchingEngine = (engine_factory or load_engine)(
             self.model_dir,
             threads=self.threads,
@@ -193,8 +229,17 @@ class ModelServer:
         # One thread per request the engine can hold; busy requests never take one.
         capacity = max_batch + (max_batch if max_waiting is None else max_waiting)
         self._executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"{model_id}-stream")
+        self._stop_sampling = threading.Event()
         self._closed = False
         self._cancelled = 0
+        metrics.model_loaded(model_id, time.perf_counter() - started)
+        if record_metrics:
+            threading.Thread(
+                target=_sample_engine,
+                args=(weakref.ref(self), self._stop_sampling),
+                name=f"{model_id}-metrics",
+                daemon=True,
+            ).start()
         logger.info(
             "model %s loaded from %s (max_batch %d, precision %s, %s threads)",
             model_id,
@@ -283,7 +328,11 @@ class ModelServer:
                 last = batch[-1]  # _Done / _Failed always come last
                 ended = isinstance(last, (_Done, _Failed))
                 if isinstance(last, _Done):
-                    yield TranscriptResult.from_transcription(last.result)
+                    result = TranscriptResult.from_transcription(last.result)
+                    metrics.transcription_finished(
+                        self.model_id, result.duration, result.engine_ms / 1e3, result.output_tokens
+                    )
+                    yield result
                     return
                 if isinstance(last, _Failed):
                     raise last.error
@@ -299,8 +348,12 @@ class ModelServer:
             raise RuntimeError(f"model {self.model_id} is closed")
 
     def __del__(self) -> None:
+        """Serve calls this once the replica has drained (or the drain timed out)."""
         engine = getattr(self, "engine", None)
         if engine is not None and not getattr(self, "_closed", True):
             self._closed = True
+            self._stop_sampling.set()
+            metrics.model_unloaded(self.model_id)
             engine.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            logger.info("model %s unloaded", self.model_id)

@@ -89,6 +89,8 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"kv_budget_tokens": 0},
         {"max_waiting": 2},  # not a setting: Serve's queue (max_queued_requests) is the waiting line
         {"models": {"x": {"path": "p", "bogus": 1}}},
+        {"drain_timeout": -1},
+        {"metrics_port": 0},
     ],
 )
 def test_invalid(args: dict) -> None:
@@ -100,3 +102,22 @@ def test_invalid_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN_MODEL_POOL_SIZE", "many")
     with pytest.raises(ValidationError):
         Settings.from_args()
+
+
+def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.from_args()
+    assert s.cors_origin_list() == [] and s.drain_timeout == 300.0 and s.metrics is True
+    assert s.metrics_port is None
+    assert Settings.from_args(
+        {"cors_origins": ["https://a.example", "https://b.example"]}
+    ).cors_origin_list() == [
+        "https://a.example",
+        "https://b.example",
+    ]
+    monkeypatch.setenv("QWEN_CORS_ORIGINS", " https://a.example, http://localhost:3000 ,")
+    monkeypatch.setenv("QWEN_DRAIN_TIMEOUT", "60")
+    monkeypatch.setenv("QWEN_METRICS", "false")
+    monkeypatch.setenv("QWEN_METRICS_PORT", "8080")
+    s = Settings.from_args({"cors_origins": "*", "drain_timeout": 5})
+    assert s.cors_origin_list() == ["https://a.example", "http://localhost:3000"]
+    assert (s.drain_timeout, s.metrics, s.metrics_port) == (60.0, False, 8080)

@@ -157,3 +157,54 @@ def test_launcher_applies_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("QWEN_HOST", "127.0.0.1")
     monkeypatch.setenv("QWEN_PORT", "9123")
     assert load_config(root / "serve_config.yaml")["http_options"] == {"host": "127.0.0.1", "port": 9123}
+
+
+def test_stopping_replicas_drain_for_drain_timeout(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    for args, timeout in (({}, 300.0), ({"drain_timeout": 45}, 45.0)):
+        app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x", **args})
+        _, _, handles, _ = app._bound_deployment.init_args
+        config = handles["qwen-asr-0.6b"]._bound_deployment._deployment_config
+        assert config.graceful_shutdown_timeout_s == timeout
+        assert config.graceful_shutdown_wait_loop_s == 1.0
+        ingress = app._bound_deployment._deployment_config  # it holds the streams: it outlives them
+        assert ingress.graceful_shutdown_timeout_s == timeout + 10
+
+
+def test_metrics_setting_reaches_the_replicas(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "qwen3-asr-0.6b")
+    for enabled in (True, False):
+        app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x", "metrics": enabled})
+        settings, _, handles, _ = app._bound_deployment.init_args
+        assert settings.metrics is enabled
+        assert handles["qwen-asr-0.6b"]._bound_deployment.init_kwargs["record_metrics"] is enabled
+
+
+def test_launcher_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m qwen_serve.app` starts its Ray node with QWEN_METRICS_PORT as Ray's metrics port."""
+    import ray
+
+    from qwen_serve import app as app_module
+
+    root = Path(__file__).resolve().parents[2]
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    for env, expected in ((None, None), ("9091", 9091)):
+        seen.clear()
+        if env is not None:
+            monkeypatch.setenv("QWEN_METRICS_PORT", env)
+        with pytest.raises(Stop):
+            app_module.main([str(root / "serve_config.yaml")])
+        assert seen.get("_metrics_export_port") == expected and seen["address"] is None
+    seen.clear()
+    with pytest.raises(Stop):  # joining a running cluster: its own metrics port
+        app_module.main([str(root / "serve_config.yaml"), "--address", "ray://head:10001"])
+    assert seen["address"] == "ray://head:10001" and "_metrics_export_port" not in seen

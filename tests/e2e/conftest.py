@@ -2,7 +2,8 @@
 
 Short autoscaling windows (metrics every 0.5 s, 2 s look-back, 4 s idle
 timeout) keep the life-cycle tests quick; the ingress listens on 127.0.0.1
-only. Clients are the official `openai` SDK.
+only. Clients are the official `openai` SDK. Ray exports its metrics (ours
+included) on a known port, `Service.metrics_url`, every second.
 
 The main app ("qwen", both models, no forced aligner) runs the default
 max_batch (8) with a generous Serve queue, so that 16 clients at once are all
@@ -67,6 +68,8 @@ def _free_port() -> int:
 class Service:
     base_url: str
     dirs: dict[str, Path]
+    metrics_url: str = ""
+    """The node's Prometheus endpoint (Ray's metrics agent)."""
     initial_replicas: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def replicas(self, model_id: str) -> dict[str, int]:
@@ -118,12 +121,24 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
         "max_audio_seconds": 150,
         "autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
     }
-    # address="local": a cluster of its own, even when another one runs on this machine
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="serve", log_to_driver=False)
+    metrics_port = _free_port()
+    ray.init(
+        address="local",  # a cluster of its own, even when another one runs on this machine
+        include_dashboard=False,
+        num_cpus=2,
+        namespace="serve",
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP, route_prefix="/")
-        svc = Service(base_url=f"http://127.0.0.1:{port}", dirs=dirs)
+        svc = Service(
+            base_url=f"http://127.0.0.1:{port}",
+            dirs=dirs,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        )
         svc.initial_replicas = {m: svc.replicas(m) for m in dirs}
         yield svc
     finally:
