@@ -93,6 +93,16 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--model-dir and --cache-dir, which `checkpoint` reads."""
+    parser.add_argument(
+        "--model-dir", help="checkpoint to serve as qwen-asr-0.6b (default: a generated random one)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench"
+    )
+
+
 def checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
     """The checkpoint to serve and how to name it in the report."""
     from qwen_serve.testing.checkpoint import make_checkpoint
@@ -297,12 +307,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model-dir", help="checkpoint to serve as qwen-asr-0.6b (default: a generated random one)"
-    )
-    parser.add_argument(
-        "--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench"
-    )
+    add_checkpoint_args(parser)
     parser.add_argument("--quick", action="store_true", help="tiny checkpoint, 1/2/4 clients, short steps")
     parser.add_argument("--configs", default="defaults,old", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--clients", default=None, help="client counts, comma-separated (default 1,2,4,8,16)")
