@@ -163,7 +163,7 @@ def test_stopping_replicas_drain_for_drain_timeout(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "qwen3-asr-0.6b")
     for args, timeout in (({}, 300.0), ({"drain_timeout": 45}, 45.0)):
         app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x", **args})
-        _, _, handles, _ = app._bound_deployment.init_args
+        _, _, handles, *_ = app._bound_deployment.init_args
         config = handles["qwen-asr-0.6b"]._bound_deployment._deployment_config
         assert config.graceful_shutdown_timeout_s == timeout
         assert config.graceful_shutdown_wait_loop_s == 1.0
@@ -175,7 +175,7 @@ def test_metrics_setting_reaches_the_replicas(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "qwen3-asr-0.6b")
     for enabled in (True, False):
         app = build_app({"models_dir": str(tmp_path), "api_token": "sk-x", "metrics": enabled})
-        settings, _, handles, _ = app._bound_deployment.init_args
+        settings, _, handles, *_ = app._bound_deployment.init_args
         assert settings.metrics is enabled
         assert handles["qwen-asr-0.6b"]._bound_deployment.init_kwargs["record_metrics"] is enabled
 
