@@ -288,6 +288,21 @@ class IncrementalText:
 
     The deltas always concatenate to a prefix of the final parsed text; the
     final text is parse_output() of the whole raw answer.
+
+    Each push costs O(new tokens) in the common case (no runaway repetition):
+    - Detokenization decodes only a short window (the prefix/read-offset technique):
+      ids[:read] decoded is `raw` (a point where the decode did not end in U+FFFD, so the
+      byte-level text ends on a whole character and decode(ids) == decode(ids[:prefix]) +
+      decode(ids[prefix:])); the new text is decode(ids[prefix:]) minus decode(ids[prefix:read]).
+    - The repetition fix: fix_repetitions(x) is x itself unless x has a streak x[p] == x[p-k]
+      of at least 19k positions for some k <= 20 (a unit repeated 20 times: its fast path).
+      The run lengths run_k(p) only depend on x[:p+1], so they are kept per character as the
+      text grows (20 comparisons a character); `_hit` is the first p where a streak reaches
+      19k. While the stripped raw text s has no hit, neither has its stable prefix P (a prefix
+      of s), so fix_repetitions(P) == P and fix_repetitions(s) == s starts with it: `_visible`
+      is P, exactly as the whole-string computation. stable_length(s) only needs the trailing
+      run of each k, run_k(len(s) - 1), so it is O(20). Only when s has a hit (a unit already
+      repeated 20 times) is the whole-string computation run, as before.
     """
 
     def __init__(self, tokenizer: Tokenizer, forced_language: str | None):
@@ -296,22 +311,86 @@ class IncrementalText:
         self.ids: list[int] = []
         self.raw = ""
         self.emitted = ""
+        self._prefix = 0  # ids[:prefix] and ids[:read] decode to text ending on a whole character
+        self._read = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forgets the text (not the ids)."""
+        self.raw = ""
+        self._s = ""  # raw.lstrip(), grown with raw
+        self._core = 0  # len(raw.strip()) (the stripped text is self._s[:self._core])
+        self._runs: list[list[int]] = [[] for _ in range(REPEAT_MAX_UNIT)]  # run_k(p), k = index + 1
+        self._hit: int | None = None  # first p with run_k(p) >= (REPEAT_THRESHOLD - 1) * k
+        self._tag = -1  # first index of ASR_TEXT_TAG in self._s, -1 while none
+        self._fixed_cache: tuple[int, str] = (-1, "")
+
+    def _append(self, text: str) -> None:
+        """raw += text, with the per-character bookkeeping of _s."""
+        self.raw += text
+        if not self._s:
+            text = text.lstrip()
+            if not text:
+                return
+        start = len(self._s)
+        s = self._s = self._s + text
+        stripped = text.rstrip()
+        if stripped:
+            self._core = start + len(stripped)
+        if self._tag < 0:
+            self._tag = s.find(ASR_TEXT_TAG, max(0, start - len(ASR_TEXT_TAG) + 1))
+        runs = self._runs
+        for p in range(start, len(s)):
+            ch = s[p]
+            for k in range(1, REPEAT_MAX_UNIT + 1):
+                run = runs[k - 1]
+                if p >= k and s[p - k] == ch:
+                    r = run[p - 1] + 1
+                    run.append(r)
+                    if r >= (REPEAT_THRESHOLD - 1) * k and self._hit is None:
+                        self._hit = p
+                else:
+                    run.append(0)
+
+    def _stable_length(self) -> int:
+        """stable_length(self._s[:self._core]) from the kept trailing runs."""
+        n = self._core
+        r = n - REPEAT_MAX_UNIT
+        for k in range(1, REPEAT_MAX_UNIT + 1):
+            trailing = self._runs[k - 1][n - 1] if n - 1 >= k else 0
+            if trailing:
+                r = min(r, n - trailing - k)
+        return max(r, 0)
 
     def _visible(self) -> str:
         """The part of the raw answer that is already final transcript text."""
-        raw = self.raw.strip()
-        if not raw:
+        n = self._core
+        if not n:
             return ""
         # Text that can no longer change through the repetition fix.
-        stable = raw[: stable_length(raw)]
-        fixed = fix_repetitions(stable)
-        if not fix_repetitions(raw).startswith(fixed):
-            return self.emitted
+        length = self._stable_length()
+        if self._hit is None or self._hit >= n:
+            # No unit repeated 20 times anywhere in raw.strip(): fix_repetitions is the identity
+            # on it and on its stable prefix (see the class docstring).
+            fixed = self._s[:length]
+            tag = self._tag if self._tag >= 0 and self._tag + len(ASR_TEXT_TAG) <= length else -1
+        else:
+            raw = self._s[:n]
+            if self._fixed_cache[0] == length:
+                fixed = self._fixed_cache[1]
+            else:
+                fixed = fix_repetitions(raw[:length])
+                self._fixed_cache = (length, fixed)
+            if not fix_repetitions(raw).startswith(fixed):
+                return self.emitted
+            tag = fixed.find(ASR_TEXT_TAG)
         if self._forced:
             text = fixed
-        elif ASR_TEXT_TAG in fixed:
-            text = fixed.split(ASR_TEXT_TAG, 1)[1]
-        elif fixed.lower().startswith(LANG_PREFIX.strip()) or LANG_PREFIX.strip().startswith(fixed.lower()):
+        elif tag >= 0:
+            text = fixed[tag + len(ASR_TEXT_TAG) :]
+        elif fixed[: len(LANG_PREFIX)].lower().startswith(LANG_PREFIX.strip()) or (
+            len(fixed) <= len(LANG_PREFIX) and LANG_PREFIX.strip().startswith(fixed.lower())
+        ):
             return ""  # still inside the language prefix (or could be)
         else:
             text = fixed
@@ -320,10 +399,17 @@ class IncrementalText:
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        raw = self._tok.decode(self.ids, skip_special_tokens=True)
-        if raw.endswith("\ufffd"):
+        window = self._tok.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if window.endswith("\ufffd"):
             return ""  # an incomplete UTF-8 sequence: wait for the next token
-        self.raw = raw
+        head = self._tok.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        if window.startswith(head):
+            new = window[len(head) :]
+        else:  # not prefix-stable here (not a byte-level decoder): the whole text, O(n)
+            new = self._tok.decode(self.ids, skip_special_tokens=True)
+            self._reset()
+        self._prefix, self._read = self._read, len(self.ids)
+        self._append(new)
         visible = self._visible()
         if not visible.startswith(self.emitted):
             return ""  # cannot happen with a prefix-stable decoder; be safe
