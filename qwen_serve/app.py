@@ -96,6 +96,20 @@ def autoscaling_config(settings: Settings, target_ongoing: int | None = None) ->
     return config
 
 
+def replica_options(settings: Settings) -> dict[str, Any]:
+    """Serve options that the models' and the aligner's deployments share: queue, CPU reservation,
+    health checks and drain."""
+    return {
+        "max_queued_requests": settings.max_queued_requests,
+        "ray_actor_options": {"num_cpus": settings.model_num_cpus},
+        "health_check_period_s": 10,
+        # A stopping replica gets no new requests and finishes the running ones (checked every
+        # second) before __del__ closes its engine; only a drain longer than this cuts them.
+        "graceful_shutdown_wait_loop_s": GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+        "graceful_shutdown_timeout_s": settings.drain_timeout,
+    }
+
+
 def model_info(model_id: str, model_dir: Path) -> ModelInfo:
     """What the ingress needs to know about a model, read from its config.json (no weights loaded)."""
     config_path = model_dir / "config.json"
@@ -134,13 +148,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             name=deployment_name(model_id),
             autoscaling_config=autoscaling_config(settings),
             max_ongoing_requests=settings.max_batch,  # the engine decodes them together
-            max_queued_requests=settings.max_queued_requests,
-            ray_actor_options={"num_cpus": settings.model_num_cpus},
-            health_check_period_s=10,
-            # A stopping replica gets no new requests and finishes the running ones (checked every
-            # second) before __del__ closes its engine; only a drain longer than this cuts them.
-            graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
-            graceful_shutdown_timeout_s=settings.drain_timeout,
+            **replica_options(settings),
         )(ModelServer)
         handles[model_id] = deployment.bind(
             model_id,
@@ -193,11 +201,7 @@ def aligner_deployment(settings: Settings) -> tuple[Application | None, str]:
         name=aligner_deployment_name(),
         autoscaling_config=autoscaling_config(settings, target_ongoing=1),
         max_ongoing_requests=ALIGNER_MAX_ONGOING,
-        max_queued_requests=settings.max_queued_requests,
-        ray_actor_options={"num_cpus": settings.model_num_cpus},
-        health_check_period_s=10,
-        graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
-        graceful_shutdown_timeout_s=settings.drain_timeout,
+        **replica_options(settings),
     )(AlignerServer)
     app = deployment.bind(
         str(aligner_dir), threads=settings.threads, isa=settings.isa, precision=settings.precision
