@@ -114,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--language", default=None, help='force a language, e.g. "English"')
     t.add_argument("--context", default="", help="context / prompt text for the model")
     t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--isa", default="auto", choices=["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"])
+    t.add_argument(
+        "--isa", default="auto", choices=["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"]
+    )
     t.add_argument("--max-new-tokens", type=int, default=None)
     t.add_argument("--stream", action="store_true", help="print text as it is decoded")
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
-    t.add_argument("--aligner-dir", default=None, help="Qwen3-ForcedAligner checkpoint directory (for --words)")
+    t.add_argument(
+        "--aligner-dir", default=None, help="Qwen3-ForcedAligner checkpoint directory (for --words)"
+    )
     t.add_argument("--words", action="store_true", help="word timestamps (start, end in seconds, word)")
     t.add_argument("files", nargs="+")
     t.set_defaults(func=cmd_transcribe)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..model.results import ReplicaBusy, ResultWord, StreamItem, TranscriptResult
+from ..model.results import LiveText, ReplicaBusy, ResultWord, StreamItem, TranscriptResult
 
 
 class ModelBusyError(Exception):
@@ -38,8 +38,23 @@ class ModelBackend(Protocol):
         """The whole result at once."""
         ...
 
-    def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
-        """StreamStarted first (a replica took the request), then TextDelta items, then the TranscriptResult."""
+    def stream(
+        self, pcm: np.ndarray, language: str | None, context: str, prefix_ids: Sequence[int] = ()
+    ) -> AsyncIterator[StreamItem]:
+        """StreamStarted first (a replica took the request), then TextDelta items, then the
+        TranscriptResult. `prefix_ids`: a live turn's fixed answer (LiveText), not sent again."""
+        ...
+
+    async def live(
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        fixed_ids: Sequence[int],
+        hold_back: int,
+        max_new_tokens: int,
+    ) -> LiveText:
+        """One decode of a live turn's audio so far after its fixed ids: the ids fixed now and their text."""
         ...
 
 
@@ -95,8 +110,10 @@ class HandleBackend:
         with _translated_errors():
             return await self._handle.transcribe.remote(pcm, language, context)
 
-    async def stream(self, pcm: np.ndarray, language: str | None, context: str) -> AsyncIterator[StreamItem]:
-        gen = self._handle.options(stream=True).stream.remote(pcm, language, context)
+    async def stream(
+        self, pcm: np.ndarray, language: str | None, context: str, prefix_ids: Sequence[int] = ()
+    ) -> AsyncIterator[StreamItem]:
+        gen = self._handle.options(stream=True).stream.remote(pcm, language, context, list(prefix_ids))
         finished = False
         try:
             with _translated_errors():
@@ -106,6 +123,25 @@ class HandleBackend:
         finally:
             if not finished:  # client gone or error: stop the replica's work too
                 gen.cancel()
+
+    async def live(
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        fixed_ids: Sequence[int],
+        hold_back: int,
+        max_new_tokens: int,
+    ) -> LiveText:
+        response = self._handle.live.remote(
+            pcm, language, context, list(fixed_ids), hold_back, max_new_tokens
+        )
+        try:
+            with _translated_errors():
+                return await response
+        except asyncio.CancelledError:
+            response.cancel()  # the turn ended or the session closed: stop the replica's work too
+            raise
 
 
 class HandleAlignerBackend:

@@ -33,7 +33,9 @@ class Ingress:
             model_id: ServedModel(models[model_id], HandleBackend(h)) for model_id, h in handles.items()
         }
         backend = HandleAlignerBackend(aligner) if aligner is not None else None
-        self._app = create_app(settings, served, unavailable, aligner=backend, aligner_missing=aligner_missing)
+        self._app = create_app(
+            settings, served, unavailable, aligner=backend, aligner_missing=aligner_missing
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -166,7 +166,9 @@ class TranscriptionService:
             result = await self._with_words(result, pcm, language)
         return formats.render(result, req.response_format, language, req.timestamp_granularities)
 
-    async def _with_words(self, result: TranscriptResult, pcm: np.ndarray, language: str | None) -> TranscriptResult:
+    async def _with_words(
+        self, result: TranscriptResult, pcm: np.ndarray, language: str | None
+    ) -> TranscriptResult:
         """The result with its words aligned by the forced aligner (segments and cues are cut from them)."""
         assert self.aligner is not None
         chunks = [(s.start, s.end, s.text) for s in result.segments if s.text.strip()]

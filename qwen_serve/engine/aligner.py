@@ -46,10 +46,14 @@ class Aligner:
         self.text = AlignerText(self.model_dir)
         # 13 audio tokens a second, and a word at least every 0.1 s, each word 1-3 tokens + 2 markers
         max_context = int(MAX_ALIGN_SECONDS * (13 + 10 * 5)) + 64
-        self.native = NativeModel(self.model_dir, threads=threads, isa=isa, precision=precision, max_context=max_context)
+        self.native = NativeModel(
+            self.model_dir, threads=threads, isa=isa, precision=precision, max_context=max_context
+        )
         if not self.native.is_aligner:
             self.native.close()
-            raise ValueError(f"{self.model_dir} is not a forced-aligner checkpoint (no classify_num in config.json)")
+            raise ValueError(
+                f"{self.model_dir} is not a forced-aligner checkpoint (no classify_num in config.json)"
+            )
         self._lock = threading.Lock()
 
     def align(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,9 @@ class Engine:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if kv_budget_tokens is None:  # room for max_batch sequences of the longest chunk
-            per_sequence = int(max_chunk_seconds * 13) + 64 + DEFAULT_MAX_NEW_TOKENS  # 13 audio tokens a second
+            per_sequence = (
+                int(max_chunk_seconds * 13) + 64 + DEFAULT_MAX_NEW_TOKENS
+            )  # 13 audio tokens a second
             kv_budget_tokens = max_batch * per_sequence
         self.native = NativeModel(
             self.model_dir,
@@ -149,8 +151,11 @@ class Engine:
         language: str | None = None,
         context: str = "",
         max_new_tokens: int | None = None,
+        prefix_ids: Sequence[int] = (),
     ) -> Transcription:
-        stream = self.stream(pcm, language=language, context=context, max_new_tokens=max_new_tokens)
+        stream = self.stream(
+            pcm, language=language, context=context, max_new_tokens=max_new_tokens, prefix_ids=prefix_ids
+        )
         for _ in stream:
             pass
         assert stream.result is not None
@@ -162,10 +167,18 @@ class Engine:
         language: str | None = None,
         context: str = "",
         max_new_tokens: int | None = None,
+        prefix_ids: Sequence[int] = (),
     ) -> TranscriptionStream:
         """Text deltas as they are decoded; `.result` holds the Transcription at the end.
 
-        The request is queued at once (EngineBusy when it cannot be taken)."""
+        The request is queued at once (EngineBusy when it cannot be taken).
+
+        `prefix_ids` is the start of the answer, forced: it goes into the first chunk's prompt
+        and decoding goes on after it (live transcription re-decodes a growing turn this way,
+        see `stable_text`). Its text is not yielded again, the result's text and token_ids
+        include it, max_new_tokens bounds the answer with it, and usage.output_tokens counts
+        only what was generated. It must have been decoded from audio inside the first chunk
+        (the first max_chunk_seconds - 5 s)."""
         forced = normalize_language(language) if language else None
         audio = np.ascontiguousarray(pcm, dtype=np.float32)
         if audio.ndim != 1:
@@ -180,13 +193,45 @@ class Engine:
             for chunk, offset in split_long_audio(audio, self.max_chunk_seconds)
             if self.native.audio_token_count(chunk.size)  # shorter than one mel frame: nothing to hear
         ]
+        prefix = [int(i) for i in prefix_ids]
         jobs = [
-            ChunkJob(chunk, self.prompt_ids(chunk.size, context or "", forced), limit) for chunk, _ in chunks
+            ChunkJob(
+                chunk,
+                self.prompt_ids(chunk.size, context or "", forced) + (prefix if i == 0 else []),
+                max(1, limit - len(prefix)) if i == 0 else limit,
+            )
+            for i, (chunk, _) in enumerate(chunks)
         ]
         request = Request(jobs, self.eos_ids)
         if jobs:
             self._scheduler.submit(request)
-        return TranscriptionStream(self, request, [offset for _, offset in chunks], audio.size, forced)
+        offsets = [offset for _, offset in chunks]
+        return TranscriptionStream(self, request, offsets, audio.size, forced, prefix if jobs else [])
+
+    def fix_prefix(
+        self, answer_ids: Sequence[int], n_fixed: int, hold_back: int, language: str | None = None
+    ) -> tuple[list[int], str]:
+        """Of a partial answer (a decode of a live turn's audio so far, after its `n_fixed` fixed
+        ids), the ids that are fixed from now on: all but the last `hold_back` (the audio's end
+        may still change them, as the official streaming decode rolls back its last tokens),
+        never fewer than before, never a stop token. With their text (`stable_text`)."""
+        ids = [int(i) for i in answer_ids]
+        while len(ids) > n_fixed and ids[-1] in self.eos_ids:
+            ids.pop()
+        fixed = ids[: max(n_fixed, len(ids) - hold_back)]
+        return fixed, self.stable_text(fixed, language)
+
+    def stable_text(self, ids: Sequence[int], language: str | None = None) -> str:
+        """The text `stream` has yielded once the answer has reached `ids` (the same chunk-local
+        rules: whole characters only, no `language X<asr_text>` prefix, edges held back).
+
+        Live transcription fixes a prefix of a turn's answer, sends this text of it, and
+        passes the prefix as `prefix_ids` to the next decode of the grown turn, whose deltas
+        then continue this text exactly."""
+        inc = IncrementalText(self.tokenizer, normalize_language(language) if language else None)
+        for token in ids:
+            inc.push(int(token))
+        return inc.emitted
 
 
 class TranscriptionStream:
@@ -196,13 +241,19 @@ class TranscriptionStream:
     """
 
     def __init__(
-        self, engine: Engine, request: Request, offsets: list[float], n_samples: int, language: str | None
+        self,
+        engine: Engine,
+        request: Request,
+        offsets: list[float],
+        n_samples: int,
+        language: str | None,
+        prefix: list[int],
     ):
         self.result: Transcription | None = None
         self._engine = engine
         self._request = request
         self._pending: dict[int, list[TokenEvent]] = {}  # events of later chunks, until their turn
-        self._gen = self._run(offsets, n_samples, language)
+        self._gen = self._run(offsets, n_samples, language, prefix)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -233,7 +284,9 @@ class TranscriptionStream:
                 return event
             self._pending.setdefault(event.chunk, []).append(event)
 
-    def _run(self, offsets: list[float], n_samples: int, language: str | None) -> Generator[str, None, None]:
+    def _run(
+        self, offsets: list[float], n_samples: int, language: str | None, prefix: list[int]
+    ) -> Generator[str, None, None]:
         engine = self._engine
         t_start = time.perf_counter()
         texts: list[str] = []
@@ -248,6 +301,11 @@ class TranscriptionStream:
                 sep = _joiner(texts[-1]) if texts and texts[-1] else ""
                 first = True
                 chunk_ids: list[int] = []
+                if index == 0 and prefix:  # the forced start of the answer: its text was sent before
+                    for token in prefix:
+                        inc.push(token)
+                    chunk_ids.extend(prefix)
+                    first = not inc.emitted
                 while True:
                     event = self._event(index)
                     if event.token >= 0:
@@ -275,7 +333,7 @@ class TranscriptionStream:
                 n_chunk = job.pcm.size
                 segments.append(Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids))
                 n_in += len(job.prompt)
-                n_out += len(chunk_ids)
+                n_out += len(chunk_ids) - (len(prefix) if index == 0 else 0)
                 n_audio += job.prompt.count(engine.native.audio_token_id)
         finally:
             engine._scheduler.cancel(self._request)  # no-op once finished; stops it when closed early

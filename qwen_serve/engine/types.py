@@ -55,7 +55,7 @@ class Transcription:
     language: str | None
     """Detected (or forced) language as the model names it ("English"), None when unknown or silent."""
     token_ids: list[int]
-    """Every generated token id, in order (all chunks)."""
+    """Every token id of the answer, in order (all chunks; a forced prefix included)."""
     usage: Usage
     timings: Timings
     duration: float

@@ -84,7 +84,9 @@ class AlignerServer:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self._closed = False
-        logger.info("aligner loaded from %s (precision %s, %s threads)", model_dir, precision, self.threads or "all")
+        logger.info(
+            "aligner loaded from %s (precision %s, %s threads)", model_dir, precision, self.threads or "all"
+        )
 
     async def align(
         self, pcm: np.ndarray, text: str, chunks: Sequence[Chunk], language: str | None

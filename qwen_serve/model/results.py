@@ -98,5 +98,14 @@ class TextDelta:
     text: str
 
 
+@dataclass(frozen=True)
+class LiveText:
+    """A live turn's answer so far that will not change: what the next decode of the grown
+    turn is given as its prefix, and the transcript text it stands for (the deltas sent)."""
+
+    fixed_ids: list[int]
+    text: str
+
+
 StreamItem = StreamStarted | TextDelta | TranscriptResult
 """A stream yields StreamStarted, then TextDelta items, then one TranscriptResult."""

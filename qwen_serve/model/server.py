@@ -37,7 +37,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,7 +46,7 @@ import numpy as np
 
 from .. import metrics
 from ..download import checkpoint_problem, missing_checkpoint_message
-from .results import ReplicaBusy, StreamItem, StreamStarted, TextDelta, TranscriptResult
+from .results import LiveText, ReplicaBusy, StreamItem, StreamStarted, TextDelta, TranscriptResult
 
 if TYPE_CHECKING:
     from ..engine.types import Transcription
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH = 8
+ENGINE_MAX_NEW_TOKENS = 512
+"""The engine's own bound on an answer, when the setting max_new_tokens is not given."""
 METRICS_INTERVAL_S = 1.0
 
 
@@ -93,7 +95,16 @@ class BatchingEngine(Protocol):
         language: str | None = None,
         context: str = "",
         max_new_tokens: int | None = None,
+        prefix_ids: Sequence[int] = (),
     ) -> EngineStream: ...
+
+    def fix_prefix(
+        self, answer_ids: Sequence[int], n_fixed: int, hold_back: int, language: str | None = None
+    ) -> tuple[list[int], str]:
+        """Live transcription: a partial answer's ids that will not change (all but the last
+        `hold_back`, never fewer than `n_fixed`, never a stop token) and the text `stream`
+        yields for them."""
+        ...
 
     def stats(self) -> Mapping[str, int]:
         """{"max_batch", "active" (sequences decoding), "waiting" (requests waiting for a slot)};
@@ -263,15 +274,44 @@ class ModelServer:
         return result
 
     async def stream(
-        self, pcm: np.ndarray, language: str | None = None, context: str = ""
+        self, pcm: np.ndarray, language: str | None = None, context: str = "", prefix_ids: Sequence[int] = ()
     ) -> AsyncIterator[StreamItem]:
         """StreamStarted once the engine has taken the request, then TextDelta items, then the result.
 
-        ReplicaBusy instead of StreamStarted when the engine cannot take it.
+        ReplicaBusy instead of StreamStarted when the engine cannot take it. `prefix_ids`: the
+        fixed start of the answer from `live` (its text is not sent again; the result has it).
         """
-        async with contextlib.aclosing(self._run(pcm, language, context)) as items:
+        async with contextlib.aclosing(self._run(pcm, language, context, prefix_ids)) as items:
             async for item in items:
                 yield item
+
+    async def live(
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        fixed_ids: Sequence[int],
+        hold_back: int,
+        max_new_tokens: int,
+    ) -> LiveText:
+        """One decode of a live turn's audio so far, after its fixed ids (at most
+        `max_new_tokens` more): the ids fixed now (all but the last `hold_back` of the answer)
+        and their text (see LiveText). The answer stays within this server's max_new_tokens,
+        with room after the fixed ids for the item's own decode."""
+        cap = self.max_new_tokens or ENGINE_MAX_NEW_TOKENS
+        fixed = list(fixed_ids)
+        if len(fixed) + hold_back >= cap:  # as much as may be fixed already
+            return LiveText(*self.engine.fix_prefix(fixed, len(fixed), 0, language))
+        result: TranscriptResult | None = None
+        limit = min(cap, len(fixed) + max_new_tokens)
+        async with contextlib.aclosing(self._run(pcm, language, context, fixed, limit)) as items:
+            async for item in items:
+                if isinstance(item, TranscriptResult):
+                    result = item
+        assert result is not None
+        answer = [i for segment in result.segments for i in segment.token_ids]
+        ids, text = self.engine.fix_prefix(answer[: cap - hold_back], len(fixed), hold_back, language)
+        return LiveText(ids, text)
 
     async def stats(self) -> dict[str, int]:
         """The engine's stats ({"max_batch", "active", "waiting"}, and whatever else it reports),
@@ -282,23 +322,40 @@ class ModelServer:
             stats["threads"] = self.threads
         return stats
 
-    def _submit(self, pcm: np.ndarray, language: str | None, context: str) -> EngineStream:
+    def _submit(
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        prefix_ids: Sequence[int],
+        max_new_tokens: int | None,
+    ) -> EngineStream:
         from qwen_serve.engine import EngineBusy  # loaded on the replica already (see the module doc)
 
         if not pcm.flags.writeable:  # arrays from Ray's object store are read-only
             pcm = np.array(pcm, dtype=np.float32)
         try:
             return self.engine.stream(
-                pcm, language=language, context=context, max_new_tokens=self.max_new_tokens
+                pcm,
+                language=language,
+                context=context,
+                max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                prefix_ids=prefix_ids,
             )
         except EngineBusy as e:
             logger.info("model %s: engine busy (%s)", self.model_id, e)
             raise ReplicaBusy(str(e)) from None
 
     async def _run(
-        self, pcm: np.ndarray, language: str | None, context: str
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        prefix_ids: Sequence[int] = (),
+        max_new_tokens: int | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
-        stream = self._submit(pcm, language, context)  # before the first item: busy fails the call
+        # Submitted before the first item: busy fails the call.
+        stream = self._submit(pcm, language, context, prefix_ids, max_new_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 

@@ -73,7 +73,9 @@ class Harness:
             self.aligner_handle = FakeHandle(server, busy=busy)
             backend = HandleAlignerBackend(self.aligner_handle)
         missing = "Word timestamps need the forced aligner, which is not installed on this server."
-        self.app: FastAPI = create_app(settings, served, unavailable, aligner=backend, aligner_missing=missing)
+        self.app: FastAPI = create_app(
+            settings, served, unavailable, aligner=backend, aligner_missing=missing
+        )
 
     def _make_aligner(self, model_dir: Any, **options: Any) -> FakeAligner:
         self.aligner = FakeAligner(model_dir, **options)

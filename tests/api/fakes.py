@@ -36,11 +36,13 @@ def expected_words(seconds: float, start: int = 0) -> list[str]:
 
 
 class FakeStream:
-    def __init__(self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str):
+    def __init__(
+        self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str, prefix: int = 0
+    ):
         self.result: Transcription | None = None
         self.closed = False
         self._engine = engine
-        self._gen = self._run(engine, pcm, language, context)
+        self._gen = self._run(engine, pcm, language, context, prefix)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -56,7 +58,9 @@ class FakeStream:
         self.closed = True
         self._engine._release(self)
 
-    def _run(self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str) -> Iterator[str]:
+    def _run(
+        self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str, prefix: int
+    ) -> Iterator[str]:
         duration = pcm.size / SAMPLE_RATE
         chunk = int(engine.chunk_seconds * SAMPLE_RATE)
         segments: list[Segment] = []
@@ -80,7 +84,8 @@ class FakeStream:
                 if engine.hold is not None and (ids or chunk_ids):
                     engine.hold.wait(timeout=30)  # every stream stops after its first token until set
                 chunk_ids.append(1000 + len(ids) + len(chunk_ids))
-                yield piece if i == 0 else " " + piece
+                if len(ids) + len(chunk_ids) > prefix:  # a forced prefix's words were sent before
+                    yield piece if i == 0 else " " + piece
             texts.append(text)
             ids.extend(chunk_ids)
             segments.append(
@@ -93,7 +98,7 @@ class FakeStream:
             token_ids=ids,
             usage=Usage(
                 input_tokens=9 + len(context) + audio_tokens,
-                output_tokens=len(ids) + 1,
+                output_tokens=len(ids) - min(prefix, len(ids)) + 1,
                 audio_tokens=audio_tokens,
             ),
             timings=Timings(total_ms=1.5),
@@ -154,7 +159,9 @@ class FakeEngine:
         language: str | None = None,
         context: str = "",
         max_new_tokens: int | None = None,
+        prefix_ids: Sequence[int] = (),
     ) -> FakeStream:
+        """`prefix_ids` (from fix_prefix) stand for the first words: they are not yielded again."""
         if pcm.ndim != 1 or pcm.dtype != np.float32:
             raise ValueError("pcm must be 1-D float32")
         if self.kv_budget_tokens is not None and kv_tokens(pcm.size) > self.kv_budget_tokens:
@@ -169,13 +176,21 @@ class FakeEngine:
                 "context": context,
                 "max_new_tokens": max_new_tokens,
                 "writeable": pcm.flags.writeable,
+                "prefix_ids": list(prefix_ids),
             }
         )
-        stream = FakeStream(self, pcm, language, context)
+        stream = FakeStream(self, pcm, language, context, len(prefix_ids))
         with self._lock:
             self.open.append(stream)
         self.streams.append(stream)
         return stream
+
+    def fix_prefix(
+        self, answer_ids: Sequence[int], n_fixed: int, hold_back: int, language: str | None = None
+    ) -> tuple[list[int], str]:
+        """Id 1000 + k is word k of the answer (one chunk: live turns are short)."""
+        fixed = list(answer_ids)[: max(n_fixed, len(answer_ids) - hold_back)]
+        return fixed, " ".join(f"w{i - 1000}" for i in fixed)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -207,9 +222,13 @@ class FakeEngine:
 class _Response:
     def __init__(self, coro: Any):
         self._coro = coro
+        self.cancelled = False
 
     def __await__(self):
         return self._coro.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class _Generator:

@@ -25,6 +25,7 @@ import websockets
 from openai import AsyncOpenAI
 
 from qwen_serve.api.realtime.audio import ALAW, ULAW
+from qwen_serve.api.realtime.session import LIVE_FIRST_S, LIVE_MAX_SECONDS
 from qwen_serve.testing.clips import speech_like
 
 from .conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings
@@ -167,14 +168,25 @@ async def append(conn: Any, data: bytes, chunk: int = 4800) -> None:
         await conn.input_audio_buffer.append(audio=b64(data[i : i + chunk]))
 
 
+def is_live(call: dict[str, Any]) -> bool:
+    """An engine call of a live decode during a turn, not an item's decode after its commit: the
+    harness's servers have no max_new_tokens setting, live decodes bound their answers."""
+    return call["max_new_tokens"] is not None
+
+
+def item_calls(harness: Harness, model: str = MODEL) -> list[dict[str, Any]]:
+    return [c for c in harness.engines[model].calls if not is_live(c)]
+
+
 def record_pcm(harness: Harness, model: str = MODEL) -> list[np.ndarray]:
-    """The float32 audio every request hands the engine."""
+    """The float32 audio every item's decode hands the engine."""
     engine = harness.engines[model]
     seen: list[np.ndarray] = []
     original = engine.stream
 
     def stream(pcm: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-        seen.append(np.array(pcm))
+        if kwargs.get("max_new_tokens") is None:
+            seen.append(np.array(pcm))
         return original(pcm, *args, **kwargs)
 
     engine.stream = stream  # type: ignore[method-assign]
@@ -239,9 +251,9 @@ async def test_manual_commit_transcribes_each_item_in_order(harness: Harness, ba
         assert "".join(d.delta for d in deltas) == done.transcript == words(clip.size)
         assert done.usage.type == "tokens" and done.usage.total_tokens > done.usage.input_tokens > 0
         assert [lang.code for lang in done.languages] == ["en"]
-    engine = harness.engines[MODEL]
-    assert [c["language"] for c in engine.calls] == ["English", "English"]
-    assert [c["context"] for c in engine.calls] == ["Names: Qwen.", "Names: Qwen."]
+    calls = item_calls(harness)
+    assert [c["language"] for c in calls] == ["English", "English"]
+    assert [c["context"] for c in calls] == ["Names: Qwen.", "Names: Qwen."]
     for pcm, clip in zip(seen, clips, strict=True):  # 24 kHz in, the same 16 kHz signal to the model
         assert abs(pcm.size - clip.size) <= 2
         assert similar(pcm, clip) > 0.99
@@ -289,7 +301,7 @@ async def test_beta_transcription_session_update(harness: Harness, base_url: str
         await conn.input_audio_buffer.commit()
         _, _, done = await transcribed(conn)
     assert done.transcript == words(clip.size)
-    assert harness.engines[MODEL_B].calls[-1]["language"] == "German"
+    assert item_calls(harness, MODEL_B)[-1]["language"] == "German"
 
 
 async def test_clear_empties_the_buffer(harness: Harness, base_url: str) -> None:
@@ -318,7 +330,7 @@ async def test_two_sessions_at_once(harness: Harness, base_url: str) -> None:
 
     texts = await asyncio.gather(one(3.2, 6), one(1.2, 7))
     assert texts == [words(int(3.2 * 16000)), words(int(1.2 * 16000))]
-    assert len(harness.engines[MODEL].calls) == 2
+    assert len(item_calls(harness)) == 2
 
 
 # ---- server VAD --------------------------------------------------------------------------
@@ -366,6 +378,87 @@ async def test_server_vad_commits_one_item_per_utterance(harness: Harness, base_
         assert done.transcript == words(pcm.size)
     commits = [e for e in events if e.type == "input_audio_buffer.committed"]
     assert commits[1].previous_item_id == commits[0].item_id
+
+
+# ---- text during speech (live turns) ---------------------------------------------------------
+
+DELTA = "conversation.item.input_audio_transcription.delta"
+
+
+async def append_paced(conn: Any, x16k: np.ndarray, piece_s: float = 0.5, pause_s: float = 0.05) -> None:
+    """Appends of piece_s seconds with a pause after each, so the session's live decodes
+    (instant on the fake engine) keep up, as they do with a real-time microphone."""
+    piece = int(piece_s * 16000)
+    for i in range(0, x16k.size, piece):
+        await append(conn, pcm24(x16k[i : i + piece]))
+        await asyncio.sleep(pause_s)
+
+
+async def test_live_text_comes_during_the_turn_and_adds_up(harness: Harness, base_url: str) -> None:
+    """Without VAD: deltas of the fixed words come before the commit; after it the item's decode
+    goes on from the fixed ids, and all deltas concatenate to the transcript."""
+    clip = speech_like(6.0, seed=21)
+    async with manual_session(base_url) as conn:
+        await append_paced(conn, clip)
+        await conn.input_audio_buffer.commit()
+        events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    committed = next(i for i, e in enumerate(events) if e.type == "input_audio_buffer.committed")
+    live = [e for e in events[:committed] if e.type == DELTA]
+    after = [e for e in events[committed:] if e.type == DELTA]
+    done = events[-1]
+    assert live, [e.type for e in events]  # text during speech
+    assert {e.item_id for e in live + after} == {events[committed].item_id} == {done.item_id}
+    assert "".join(e.delta for e in live + after) == done.transcript == words(clip.size)
+    assert (
+        done.usage.output_tokens == len(done.transcript.split()) + 1
+    )  # the whole answer's, as if decoded whole
+    calls = harness.engines[MODEL].calls
+    decodes = [c for c in calls if is_live(c)]
+    assert len(decodes) >= 3 and all(c["samples"] <= LIVE_MAX_SECONDS * 16000 for c in decodes)
+    sizes = [c["samples"] for c in decodes]
+    assert sizes == sorted(sizes) and sizes[0] >= LIVE_FIRST_S * 16000 - 2  # a growing turn
+    for before, later in zip(decodes, decodes[1:], strict=False):  # each decodes on after what was fixed
+        assert later["prefix_ids"][: len(before["prefix_ids"])] == before["prefix_ids"]
+    (item,) = item_calls(harness)
+    fixed = "".join(e.delta for e in live)
+    assert item["prefix_ids"] and len(item["prefix_ids"]) == len(fixed.split())
+    last = decodes[-1]["prefix_ids"]  # the item goes on from what the last live decode fixed
+    assert item["prefix_ids"][: len(last)] == last
+
+
+async def test_live_text_of_a_cleared_turn_gets_no_item(harness: Harness, base_url: str) -> None:
+    async with manual_session(base_url) as conn:
+        await append_paced(conn, speech_like(5.0, seed=22))
+        await conn.input_audio_buffer.clear()
+        events = await recv_until(conn, "input_audio_buffer.cleared")
+        dropped = {e.item_id for e in events if e.type == DELTA}
+        assert dropped  # it had sent text
+        clip = speech_like(1.2, seed=23)
+        await append(conn, pcm24(clip))
+        await conn.input_audio_buffer.commit()
+        committed, _, done = await transcribed(conn)
+    assert committed.item_id not in dropped and done.transcript == words(clip.size)
+    assert item_calls(harness)[-1]["prefix_ids"] == []
+
+
+async def test_server_vad_sends_text_before_the_turn_ends(harness: Harness, base_url: str) -> None:
+    z = np.zeros(int(0.6 * 16000), dtype=np.float32)
+    audio = np.concatenate([z, speech_like(5.0, seed=24), z, z])
+    async with connect(base_url) as conn:
+        assert (await recv(conn)).type == "session.created"  # server VAD is the default
+        await append_paced(conn, audio)
+        events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    kinds = [e.type for e in events]
+    started, stopped = (
+        kinds.index("input_audio_buffer.speech_started"),
+        kinds.index("input_audio_buffer.speech_stopped"),
+    )
+    during = [e for e in events[started:stopped] if e.type == DELTA]
+    assert during and all(e.item_id == events[started].item_id for e in during)
+    deltas = [e.delta for e in events if e.type == DELTA]
+    assert "".join(deltas) == events[-1].transcript
+    (item,) = item_calls(harness)
+    assert events[-1].transcript == words(item["samples"]) and item["prefix_ids"]
 
 
 # ---- auth and limits -----------------------------------------------------------------------

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 import soxr
 from openai import AsyncOpenAI
 
 from qwen_serve.api.realtime.audio import AudioDecoder, to_float32
 from qwen_serve.testing.clips import speech_like
 
-from .conftest import MAX_NEW_TOKENS, SMALL, TOKEN, Service
+from .conftest import LARGE, MAX_NEW_TOKENS, SMALL, TOKEN, Service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -38,6 +40,12 @@ async def recv(conn: Any) -> Any:
 def pcm24(seconds: float, seed: int) -> bytes:
     x = soxr.resample(speech_like(seconds, seed=seed), 16000, 24000)
     return np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes()
+
+
+def wav_bytes(x: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 def as_the_ingress_hears(data: bytes) -> np.ndarray:
@@ -108,3 +116,38 @@ async def test_server_vad_through_the_proxy(service: Service) -> None:
     assert kinds.count("input_audio_buffer.speech_stopped") == 2, kinds
     assert kinds.count("input_audio_buffer.committed") == 2, kinds
     assert all(e.usage.input_token_details.audio_tokens > 0 for e in completed)
+
+
+async def test_text_comes_during_speech(service: Service) -> None:
+    """Appended at twice real time, a 6 s turn gets deltas before its commit (live decodes on
+    the model replica, after the ids fixed so far); all deltas add up to the transcript, and
+    the usage is the whole answer's. The tiny 1.7B's random weights give varied text."""
+    data = pcm24(6.0, seed=15)
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    warm = soxr.resample(speech_like(1.0, seed=16), 16000, 24000)  # a replica is up (idle timeout 4 s)
+    await client.audio.transcriptions.create(model=LARGE, file=("w.wav", wav_bytes(warm, 24000)))
+    events: list[Any] = []
+    async with client.realtime.connect(model=LARGE, extra_query={"intent": "transcription"}) as conn:
+        assert (await recv(conn)).type == "session.created"
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+        await conn.session.update(session=session)
+        assert (await recv(conn)).type == "session.updated"
+        for i in range(0, len(data), 4800):  # 100 ms appends every 50 ms
+            await conn.input_audio_buffer.append(audio=base64.b64encode(data[i : i + 4800]).decode())
+            await asyncio.sleep(0.05)
+        await conn.input_audio_buffer.commit()
+        for _ in range(400):
+            event = await recv(conn)
+            assert event.type not in ("error", "conversation.item.input_audio_transcription.failed"), event
+            events.append(event)
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    kinds = [e.type for e in events]
+    committed = kinds.index("input_audio_buffer.committed")
+    deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
+    early = [e for e in events[:committed] if e.type == "conversation.item.input_audio_transcription.delta"]
+    done = events[-1]
+    assert early, kinds
+    assert {e.item_id for e in deltas} == {events[committed].item_id} == {done.item_id}
+    assert "".join(e.delta for e in deltas) == done.transcript
+    assert 0 < done.usage.output_tokens <= MAX_NEW_TOKENS + 1

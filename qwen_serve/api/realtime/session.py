@@ -15,11 +15,21 @@ model's `backend.stream` (the batching engine serves it next to file
 requests) and its deltas go out as they are decoded. Audio in the buffer and
 in waiting items together is bounded by `max_audio_seconds`.
 
-Engine-level incremental decoding (a later part of issue 10) would hook in
-at `_on_speech_started` / `append`: open an engine stream when a turn starts,
-feed it the turn's samples as they arrive (KV cache reused across feeds),
-emit deltas during speech, and finish it at the commit instead of queuing
-the item whole.
+Text comes during speech (`LiveTurn`): while a turn grows (a server-VAD turn
+from speech_started on; without VAD, the buffer since the last commit), the
+model decodes the turn's audio so far every LIVE_INTERVAL_S, after the ids
+fixed so far (the backend's `live`: one request on the batching engine, next
+to file requests). All but the last HOLD_BACK ids of that answer are fixed
+(the end of the audio may still change them, as the official streaming decode
+rolls them back) and their text goes out as deltas at once, under the item id
+the turn will commit as. A decode runs only when the previous one is done, so
+under load they come less often, never pile up. At the commit the running
+decode is dropped and the item's decode starts after the fixed ids, so only
+the last words are left to decode after speech ends, and the deltas of both
+concatenate exactly to the completed transcript. A turn keeps the model,
+language and prompt it fixed text with; turns longer than LIVE_MAX_SECONDS
+stop fixing more there (the rest comes at the commit); a cleared turn's
+deltas get no completed event.
 """
 
 from __future__ import annotations
@@ -48,6 +58,18 @@ logger = logging.getLogger("ray.serve")
 
 MIN_COMMIT_MS = 100
 """A commit needs at least this much audio (as OpenAI's)."""
+
+LIVE_INTERVAL_S = 1.0
+"""A live turn is decoded again once it has this much more audio (and the last decode is done)."""
+LIVE_FIRST_S = 2.0
+"""No text is fixed before a turn has this much audio (the official streaming decode fixes
+nothing in its first two 2 s chunks)."""
+LIVE_MAX_SECONDS = 30.0
+"""Text is fixed during the first this many seconds of a turn (well inside one engine chunk)."""
+HOLD_BACK = 5
+"""Ids of a live decode's answer left unfixed at its end (the official `unfixed_token_num`)."""
+LIVE_MAX_NEW_TOKENS = 64
+"""Ids one live decode may add."""
 
 _MODEL_TO_ISO = {name: code for code, name in reversed(list(ISO_TO_MODEL.items()))}
 
@@ -102,6 +124,12 @@ class SampleBuffer:
         self._reset(whole[hi:], self.start + hi)
         return out
 
+    def peek(self, start: int, end: int) -> np.ndarray:
+        """A copy of samples [start, end) (clipped to what is held); nothing is dropped."""
+        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+        lo, hi = max(start, self.start) - self.start, max(min(end, self.end), self.start) - self.start
+        return whole[lo:hi].copy()
+
     def drop_before(self, position: int) -> None:
         if position <= self.start:
             return
@@ -127,6 +155,37 @@ class Item:
     language: str | None
     """The model's language name, or None to detect."""
     prompt: str
+    prefix_ids: tuple[int, ...] = ()
+    """The ids its live turn fixed: the item's decode goes on after them."""
+    sent: str = ""
+    """The text of those ids, sent as deltas during the turn."""
+
+
+@dataclass
+class LiveTurn:
+    """A turn being decoded while it grows (see the module docstring)."""
+
+    item_id: str
+    start: int
+    """Buffer position of its first sample."""
+    model: str
+    language: str | None
+    """The model's language name, or None to detect."""
+    prompt: str
+    settings: tuple[str | None, str | None, str]
+    """The session's (model, language, prompt) it started with."""
+    fixed_ids: tuple[int, ...] = ()
+    text: str = ""
+    """What went out as deltas: the text of fixed_ids."""
+    decoded_to: int = -1
+    """Buffer end when the last decode started (-1: none yet)."""
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+    """A decode failed: no more for this turn (its commit decodes it whole)."""
+
+
+def _settings(config: SessionConfig) -> tuple[str | None, str | None, str]:
+    return (config.model, config.language, config.prompt)
 
 
 class RealtimeSession:
@@ -152,6 +211,7 @@ class RealtimeSession:
         self._waiting_samples = 0
         """Samples in committed items not yet transcribed."""
         self._worker: asyncio.Task[None] | None = None
+        self._live: LiveTurn | None = None
 
     # ---- life cycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -164,6 +224,7 @@ class RealtimeSession:
         self._worker = asyncio.create_task(self._transcribe_items())
 
     async def close(self) -> None:
+        await self._end_live()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -273,7 +334,13 @@ class RealtimeSession:
             if self.turns is not None:
                 self.turns.position = self.buffer.end
             self._turn_start = self._turn_item = None
+            self._drop_live()
         self.config = config
+        live = self._live
+        if live is not None and not live.fixed_ids and live.settings != _settings(config):
+            self._drop_live()  # nothing sent yet: decode the turn with the new settings
+            if config.model is not None:
+                self._live = self._new_live(live.item_id, live.start)
 
     # ---- the buffer -------------------------------------------------------------------
     async def _append(self, event: dict[str, Any]) -> None:
@@ -301,6 +368,9 @@ class RealtimeSession:
         self.buffer.append(pcm)
         if self.turns is not None:
             await self._detect_turns(pcm)
+        elif self._live is None and self.config.model is not None and self.buffer.size:
+            self._live = self._new_live(new_id("item"), self.buffer.start)  # no VAD: the buffer is the turn
+        self._decode_live()
 
     async def _detect_turns(self, pcm: np.ndarray) -> None:
         turns = self.turns
@@ -310,6 +380,9 @@ class RealtimeSession:
             if isinstance(change, SpeechStarted):
                 self._turn_start = max(change.start, self.buffer.start)
                 self._turn_item = new_id("item")
+                self._drop_live()
+                if self.config.model is not None:
+                    self._live = self._new_live(self._turn_item, self._turn_start)
                 await self._send(
                     {
                         "type": "input_audio_buffer.speech_started",
@@ -329,7 +402,8 @@ class RealtimeSession:
                         "item_id": item_id,
                     }
                 )
-                await self._commit(item_id, self.buffer.take(start, change.end))
+                live = await self._end_live()
+                await self._commit(item_id, self.buffer.take(start, change.end), live)
         if not turns.in_speech:  # nobody speaks: keep only what a turn's prefix padding may need
             self.buffer.drop_before(turns.position - turns.prefix)
 
@@ -352,13 +426,14 @@ class RealtimeSession:
                 param="session.audio.input.transcription.model",
                 code="missing_model",
             )
-        item_id = self._turn_item or new_id("item")
+        live = await self._end_live()
+        item_id = self._turn_item or (live.item_id if live is not None else new_id("item"))
         self._turn_start = self._turn_item = None
         if self.turns is not None:
             self.turns.reset_turn()
-        await self._commit(item_id, self.buffer.take(start, self.buffer.end))
+        await self._commit(item_id, self.buffer.take(start, self.buffer.end), live)
 
-    async def _commit(self, item_id: str, pcm: np.ndarray) -> None:
+    async def _commit(self, item_id: str, pcm: np.ndarray, live: LiveTurn | None = None) -> None:
         previous, self._last_item = self._last_item, item_id
         await self._send(
             {
@@ -379,11 +454,18 @@ class RealtimeSession:
                 )
             )
             return
-        language = None
-        if config.language:
-            language = to_model_language(config.language, self.service.models[config.model].info.languages)
         self._waiting_samples += pcm.size
-        self._queue.put_nowait(Item(item_id, pcm, config.model, language, config.prompt))
+        if live is not None and live.item_id == item_id and live.fixed_ids:
+            # Decoded on from where its live turn got, with the settings it got there with.
+            item = Item(item_id, pcm, live.model, live.language, live.prompt, live.fixed_ids, live.text)
+        else:
+            item = Item(item_id, pcm, config.model, self._model_language(config.model), config.prompt)
+        self._queue.put_nowait(item)
+
+    def _model_language(self, model: str) -> str | None:
+        if not self.config.language:
+            return None
+        return to_model_language(self.config.language, self.service.models[model].info.languages)
 
     def _clear(self) -> None:
         self.decoder.flush()
@@ -391,6 +473,60 @@ class RealtimeSession:
         self._turn_start = self._turn_item = None
         if self.turns is not None:
             self.turns.reset_turn()
+        self._drop_live()
+
+    # ---- live turns ---------------------------------------------------------------------------
+    def _new_live(self, item_id: str, start: int) -> LiveTurn:
+        model = self.config.model
+        assert model is not None
+        config = self.config
+        return LiveTurn(item_id, start, model, self._model_language(model), config.prompt, _settings(config))
+
+    def _decode_live(self) -> None:
+        """Starts the next decode of the live turn if it is due."""
+        live = self._live
+        if live is None or live.stopped or (live.task is not None and not live.task.done()):
+            return
+        end = self.buffer.end
+        seconds = (end - live.start) / SAMPLE_RATE
+        if seconds < LIVE_FIRST_S or seconds > LIVE_MAX_SECONDS:
+            return
+        if live.decoded_to >= 0 and end - live.decoded_to < LIVE_INTERVAL_S * SAMPLE_RATE:
+            return
+        live.decoded_to = end
+        live.task = asyncio.create_task(self._live_step(live, self.buffer.peek(live.start, end)))
+
+    async def _live_step(self, live: LiveTurn, pcm: np.ndarray) -> None:
+        backend = self.service.models[live.model].backend
+        try:
+            out = await backend.live(
+                to_float32(pcm), live.language, live.prompt, live.fixed_ids, HOLD_BACK, LIVE_MAX_NEW_TOKENS
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # busy, or the model failed: the commit decodes the turn whole
+            live.stopped = True
+            logger.info("realtime: live decoding of %s stopped (%s)", live.item_id, type(e).__name__)
+            return
+        if len(out.fixed_ids) <= len(live.fixed_ids) or not out.text.startswith(live.text):
+            return
+        delta = out.text[len(live.text) :]
+        live.fixed_ids, live.text = tuple(out.fixed_ids), out.text
+        if delta:
+            await self._send(self._delta(live.item_id, delta))
+
+    async def _end_live(self) -> LiveTurn | None:
+        """The live turn, its running decode stopped (what it fixed before stays)."""
+        live, self._live = self._live, None
+        if live is not None and live.task is not None:
+            live.task.cancel()
+            await asyncio.gather(live.task, return_exceptions=True)
+        return live
+
+    def _drop_live(self) -> None:
+        live, self._live = self._live, None
+        if live is not None and live.task is not None:
+            live.task.cancel()
 
     # ---- transcription ---------------------------------------------------------------------
     async def _transcribe_items(self) -> None:
@@ -403,8 +539,8 @@ class RealtimeSession:
 
     async def _transcribe(self, item: Item) -> None:
         served = self.service.models[item.model]
-        items = served.backend.stream(to_float32(item.pcm), item.language, item.prompt)
-        sent: list[str] = []
+        items = served.backend.stream(to_float32(item.pcm), item.language, item.prompt, item.prefix_ids)
+        sent: list[str] = [item.sent] if item.sent else []
         result: TranscriptResult | None = None
         try:
             async for out in items:
@@ -429,6 +565,9 @@ class RealtimeSession:
         if result.text != text and result.text.startswith(text):  # deltas must add up to the transcript
             await self._send(self._delta(item.id, result.text[len(text) :]))
             text = result.text
+        # The item's usage is its whole answer's: the fixed ids count as output, not as prompt.
+        fixed = len(item.prefix_ids)
+        input_tokens, output_tokens = result.input_tokens - fixed, result.output_tokens + fixed
         completed: dict[str, Any] = {
             "type": "conversation.item.input_audio_transcription.completed",
             "event_id": new_id("event"),
@@ -437,12 +576,12 @@ class RealtimeSession:
             "transcript": text,
             "usage": {
                 "type": "tokens",
-                "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens,
-                "total_tokens": result.total_tokens,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
                 "input_token_details": {
                     "audio_tokens": result.audio_tokens,
-                    "text_tokens": result.input_tokens - result.audio_tokens,
+                    "text_tokens": input_tokens - result.audio_tokens,
                 },
             },
         }

@@ -1,0 +1,78 @@
+"""Live transcription's engine side on the tiny checkpoint: a decode forced with a prefix of
+its own answer, `fix_prefix`, and a growing turn whose texts add up (see
+qwen_serve/api/realtime/session.py for the session that drives it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen_serve.engine import Engine
+from qwen_serve.engine._native import exact_isas
+from qwen_serve.testing.clips import speech_like
+
+HOLD_BACK = 5
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dirs: dict[str, Path]):
+    with Engine(tiny_dirs["tiny-1.7b"], threads=2) as e:  # its random weights give varied text
+        yield e
+
+
+@pytest.mark.parametrize("isa", exact_isas())
+@pytest.mark.parametrize(("preset", "language"), [("tiny-0.6b", "English"), ("tiny-1.7b", None)])
+def test_a_forced_prefix_of_its_own_answer_decodes_on_exactly(
+    tiny_dirs: dict[str, Path], isa: str, preset: str, language: str | None
+) -> None:
+    """Prefilled instead of decoded, the ids of the answer's start give the same next ids: the
+    prefix's KV cache is the same whichever way it was computed (every exact kernel set)."""
+    pcm = speech_like(4.0, seed=31)
+    with Engine(tiny_dirs[preset], threads=2, isa=isa) as engine:
+        free = engine.transcribe(pcm, language=language, max_new_tokens=30)
+        assert len(free.token_ids) == 30
+        for k in (1, 7, 20):
+            forced = engine.transcribe(
+                pcm, language=language, max_new_tokens=30, prefix_ids=free.token_ids[:k]
+            )
+            assert forced.token_ids == free.token_ids, k
+            assert forced.text == free.text
+            assert forced.usage.output_tokens == 30 - k  # only what it generated
+            assert forced.usage.input_tokens == free.usage.input_tokens + k
+
+
+def test_fix_prefix_holds_back_and_never_gives_back(engine: Engine) -> None:
+    pcm = speech_like(3.0, seed=32)
+    answer = engine.transcribe(pcm, language="English", max_new_tokens=12).token_ids
+    fixed, text = engine.fix_prefix(answer, 0, HOLD_BACK, "English")
+    assert fixed == answer[: 12 - HOLD_BACK] and text == engine.stable_text(fixed, "English")
+    assert engine.fix_prefix(answer[:3], 0, HOLD_BACK)[0] == []  # too short to fix anything
+    assert engine.fix_prefix(answer[:6], 4, HOLD_BACK)[0] == answer[:4]  # never fewer than before
+    eos = engine.eos_ids[0]
+    assert engine.fix_prefix([*answer[:8], eos], 0, 0)[0] == answer[:8]  # a stop token is never fixed
+
+
+@pytest.mark.parametrize("language", [None, "Chinese"])
+def test_a_growing_turn_sends_text_that_adds_up(engine: Engine, language: str | None) -> None:
+    """What the session does: decode the turn so far after the fixed ids, fix all but the last
+    few, send their text; the final decode's deltas continue that text to the transcript."""
+    turn = speech_like(7.0, seed=33)
+    fixed: list[int] = []
+    sent = ""
+    for seconds in (2.0, 3.0, 4.0, 5.0, 6.0):
+        pcm = turn[: int(seconds * 16000)]
+        stream = engine.stream(pcm, language=language, max_new_tokens=24, prefix_ids=fixed)
+        new_text = "".join(stream)
+        assert stream.result is not None
+        assert sent + new_text == stream.result.text
+        assert stream.result.token_ids[: len(fixed)] == fixed
+        fixed, text = engine.fix_prefix(stream.result.token_ids, len(fixed), HOLD_BACK, language)
+        assert text.startswith(sent)
+        sent = text
+    assert fixed and len(sent) > 0
+    final = engine.stream(turn, language=language, prefix_ids=fixed, max_new_tokens=40)
+    rest = "".join(final)
+    assert final.result is not None
+    assert sent + rest == final.result.text
+    assert final.result.token_ids[: len(fixed)] == fixed
