@@ -291,56 +291,12 @@ def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1e3:.0f}" if values else "-"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_checkpoint_args(parser)
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny checkpoint, 1/2 sessions, 2 short utterances"
-    )
-    parser.add_argument(
-        "--manual", action="store_true", help="no server VAD: commit at speech end (push-to-talk)"
-    )
-    parser.add_argument("--sessions", default=None, help="session counts, comma-separated (default 1,2,4,8)")
-    parser.add_argument("--utterances", type=int, default=None, help="utterances per session (default 4)")
-    parser.add_argument(
-        "--speech", type=float, default=None, help="seconds of speech per utterance (default 5)"
-    )
-    parser.add_argument("--silence", type=float, default=2.0, help="seconds of silence after each utterance")
-    parser.add_argument(
-        "--silence-duration-ms", type=int, default=500, help="server VAD's silence_duration_ms"
-    )
-    parser.add_argument(
-        "--together", action="store_true", help="start all sessions at once (default: spread)"
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="the max_new_tokens app arg")
-    parser.add_argument("--max-slip", type=float, default=0.2, help="seconds the client's sending may slip")
-    args = parser.parse_args()
-    quick = args.quick
-    args.sessions = [int(c) for c in (args.sessions or ("1,2" if quick else "1,2,4,8")).split(",")]
-    args.utterances = args.utterances or (2 if quick else 4)
-    args.speech = args.speech or (2.0 if quick else 5.0)
-    args.wait = 0.0
-    args.idle_timeout = 600.0  # keep the model loaded between steps (bench_serve.Server's app arg)
-    if args.silence * 1000 < args.silence_duration_ms + 300 and not args.manual:
-        parser.error("--silence must exceed the VAD's silence duration by 0.3 s at least")
-
-    model_dir, what = checkpoint(args)
-    mode = (
-        "manual commit at speech end"
-        if args.manual
-        else f"server VAD (silence {args.silence_duration_ms} ms)"
-    )
-    setup = (
-        f"{what}; {args.speech:g} s speech + {args.silence:g} s silence x {args.utterances} per session; "
-        f"{mode}; {args.max_new_tokens} new tokens per item; sessions "
-        + ("started together" if args.together else "spread over one period")
-    )
-    print(f"realtime benchmark on {os.cpu_count()} cores ({cpu_model()}): {setup}", flush=True)
+def run_config(args: argparse.Namespace, model_dir: Path, live: bool) -> list[Step]:
+    """One `serve run` with QWEN_REALTIME_LIVE_TEXT = live: the warm-up item, then each N."""
+    print(f"-- text during speech {'on' if live else 'off'} (realtime_live_text={live})", flush=True)
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
-        server = Server(args, model_dir, Path(tmp), {})
+        server = Server(args, model_dir, Path(tmp), {"realtime_live_text": live})
         try:
             print(f"serve run -> port answering in {server.start():.1f} s", flush=True)
             t0 = time.monotonic()
@@ -364,7 +320,11 @@ def main() -> int:
         finally:
             server.stop()
 
-    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {setup}")
+    return steps
+
+
+def report(args: argparse.Namespace, steps: list[Step], live: bool) -> None:
+    print(f"\ntext during speech {'on' if live else 'off'} (QWEN_REALTIME_LIVE_TEXT={str(live).lower()}):")
     print(
         "| sessions | end -> committed p50 / p95 ms | end -> completed p50 / p95 ms "
         "| start -> 1st delta p50 / p95 ms | keep up | max send slip ms | model replicas | real time |"
@@ -391,6 +351,66 @@ def main() -> int:
             f"for a 5 s utterance: {'met' if p50 <= TARGET_END_TO_COMPLETED_S else 'not met'})"
             + ("" if args.manual else f"; includes the VAD's {args.silence_duration_ms} ms silence wait")
         )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_checkpoint_args(parser)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny checkpoint, 1/2 sessions, 2 short utterances"
+    )
+    parser.add_argument(
+        "--manual", action="store_true", help="no server VAD: commit at speech end (push-to-talk)"
+    )
+    parser.add_argument("--sessions", default=None, help="session counts, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--utterances", type=int, default=None, help="utterances per session (default 4)")
+    parser.add_argument(
+        "--speech", type=float, default=None, help="seconds of speech per utterance (default 5)"
+    )
+    parser.add_argument("--silence", type=float, default=2.0, help="seconds of silence after each utterance")
+    parser.add_argument(
+        "--silence-duration-ms", type=int, default=500, help="server VAD's silence_duration_ms"
+    )
+    parser.add_argument(
+        "--together", action="store_true", help="start all sessions at once (default: spread)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="the max_new_tokens app arg")
+    parser.add_argument(
+        "--live",
+        choices=("on", "off", "both"),
+        default="both",
+        help="text during speech (QWEN_REALTIME_LIVE_TEXT): on, off, or both one after the other (default)",
+    )
+    parser.add_argument("--max-slip", type=float, default=0.2, help="seconds the client's sending may slip")
+    args = parser.parse_args()
+    quick = args.quick
+    args.sessions = [int(c) for c in (args.sessions or ("1,2" if quick else "1,2,4,8")).split(",")]
+    args.utterances = args.utterances or (2 if quick else 4)
+    args.speech = args.speech or (2.0 if quick else 5.0)
+    args.wait = 0.0
+    args.idle_timeout = 600.0  # keep the model loaded between steps (bench_serve.Server's app arg)
+    if args.silence * 1000 < args.silence_duration_ms + 300 and not args.manual:
+        parser.error("--silence must exceed the VAD's silence duration by 0.3 s at least")
+
+    model_dir, what = checkpoint(args)
+    mode = (
+        "manual commit at speech end"
+        if args.manual
+        else f"server VAD (silence {args.silence_duration_ms} ms)"
+    )
+    setup = (
+        f"{what}; {args.speech:g} s speech + {args.silence:g} s silence x {args.utterances} per session; "
+        f"{mode}; {args.max_new_tokens} new tokens per item; sessions "
+        + ("started together" if args.together else "spread over one period")
+    )
+    print(f"realtime benchmark on {os.cpu_count()} cores ({cpu_model()}): {setup}", flush=True)
+    lives = {"on": [True], "off": [False], "both": [False, True]}[args.live]
+    results = [(live, run_config(args, model_dir, live)) for live in lives]
+    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {setup}")
+    for live, steps in results:
+        report(args, steps, live)
     return 0
 
 

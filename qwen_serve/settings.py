@@ -20,7 +20,7 @@ file). Nothing is read at import time: the app builder calls
     QWEN_ALIGNER                    forced-aligner checkpoint for word timestamps and subtitle cues
                                     (default qwen3-forcedaligner-0.6b under QWEN_MODELS_DIR; "" turns it off)
     QWEN_REALTIME_*                 realtime sessions: max_sessions, max_buffer_seconds, max_append_mb,
-                                    idle_timeout, max_session_seconds (docs/realtime.md)
+                                    live_text, idle_timeout, max_session_seconds (docs/realtime.md)
     QWEN_CORS_ORIGINS               browser origins allowed to call the API, comma-separated (default: none, CORS off)
     QWEN_DRAIN_TIMEOUT              seconds a stopping model replica waits for its running requests (default 300)
     QWEN_METRICS                    record the service metrics in Ray's metrics system (default true)
@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     transcription), in seconds; 900 s is 28.8 MB of 16 kHz int16. Appends beyond it get an `error`."""
     realtime_max_append_mb: float = Field(default=15.0, gt=0)
     """Largest audio payload of one `input_audio_buffer.append` in MiB (OpenAI's limit is 15)."""
+    realtime_live_text: bool = True
+    """Send text during speech: a realtime turn is decoded as it grows (every second, after the
+    text fixed so far), so only its last words are left to decode when it ends. Off: each item is
+    decoded once, after its commit (less CPU per session, the text comes after the turn)."""
     realtime_idle_timeout: float = Field(default=120.0, gt=0)
     """Seconds without a client event before a realtime session is closed."""
     realtime_max_session_seconds: float = Field(default=3600.0, gt=0)

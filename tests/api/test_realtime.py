@@ -441,6 +441,19 @@ async def test_live_text_of_a_cleared_turn_gets_no_item(harness: Harness, base_u
     assert item_calls(harness)[-1]["prefix_ids"] == []
 
 
+async def test_live_text_can_be_turned_off(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(realtime_live_text=False)
+    clip = speech_like(6.0, seed=25)
+    with serve(harness) as base_url:
+        async with manual_session(base_url) as conn:
+            await append_paced(conn, clip)
+            await conn.input_audio_buffer.commit()
+            events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    assert events[0].type == "input_audio_buffer.committed"  # nothing before the commit
+    assert "".join(e.delta for e in events if e.type == DELTA) == events[-1].transcript == words(clip.size)
+    assert not any(is_live(c) for c in harness.engines[MODEL].calls)
+
+
 async def test_server_vad_sends_text_before_the_turn_ends(harness: Harness, base_url: str) -> None:
     z = np.zeros(int(0.6 * 16000), dtype=np.float32)
     audio = np.concatenate([z, speech_like(5.0, seed=24), z, z])

@@ -81,6 +81,7 @@ def realtime_router(service: TranscriptionService, authenticate: Callable[..., A
     limits = Limits(
         max_audio_seconds=settings.realtime_max_buffer_seconds,
         max_message_bytes=int(settings.realtime_max_append_mb * 1024 * 1024 * 4 / 3) + 4096,
+        live_text=settings.realtime_live_text,
     )
     router = APIRouter()
 

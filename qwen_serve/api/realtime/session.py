@@ -80,6 +80,8 @@ class Limits:
     """Audio held by a session at once: the buffer plus committed items not yet transcribed."""
     max_message_bytes: int
     """Largest client message (an append's base64 text)."""
+    live_text: bool = True
+    """Decode turns as they grow (text during speech)."""
 
 
 def new_id(prefix: str) -> str:
@@ -480,7 +482,9 @@ class RealtimeSession:
         model = self.config.model
         assert model is not None
         config = self.config
-        return LiveTurn(item_id, start, model, self._model_language(model), config.prompt, _settings(config))
+        live = LiveTurn(item_id, start, model, self._model_language(model), config.prompt, _settings(config))
+        live.stopped = not self.limits.live_text
+        return live
 
     def _decode_live(self) -> None:
         """Starts the next decode of the live turn if it is due."""
