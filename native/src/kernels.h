@@ -53,6 +53,10 @@ typedef struct {
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */
     void (*gelu)(float *x, int n);
+    /* x = softmax(x) of one row in place (kernels_exp.h: exp within 2 ulp of libm's) */
+    void (*softmax)(float *x, int n);
+    /* g[i] = SiLU(g[i]) * u[i] (kernels_exp.h) */
+    void (*swiglu)(float *g, const float *u, int n);
 } qw_kernels;
 
 /* QWEN_NO_SIMD builds the portable scalar library only; otherwise the

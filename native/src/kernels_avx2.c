@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "kernels_x86.h"
+#include "kernels_exp.h"
 #include "kernels_gelu.h"
 
 #define PACK_MIN_M 8 /* M from which the packed path beats the rows path */
@@ -465,6 +466,8 @@ static void matmul_avx2(float *C, int ldc, const float *A, int lda, const void *
 }
 
 static void gelu_avx2(float *x, int n) { qw_gelu_erf_row(x, n); }
+static void softmax_avx2(float *x, int n) { qw_softmax_row(x, n); }
+static void swiglu_avx2(float *g, const float *u, int n) { qw_swiglu_row(g, u, n); }
 
 const qw_kernels qw_kernels_avx2 = {
     .name = "avx2",
@@ -476,4 +479,6 @@ const qw_kernels qw_kernels_avx2 = {
     .axpy_rows = axpy_rows_avx2,
     .to_f32 = to_f32_avx2,
     .gelu = gelu_avx2,
+    .softmax = softmax_avx2,
+    .swiglu = swiglu_avx2,
 };

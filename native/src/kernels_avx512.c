@@ -33,6 +33,7 @@
  * intrinsics (SIMDe), to test this code on CPUs without AVX-512.
  */
 #include "kernels_avx512_tile.h"
+#include "kernels_exp.h"
 #include "kernels_gelu.h"
 
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
@@ -462,6 +463,8 @@ static void matmul_avx512(float *C, int ldc, const float *A, int lda, const void
 }
 
 static void gelu_avx512(float *x, int n) { qw_gelu_erf_row(x, n); }
+static void softmax_avx512(float *x, int n) { qw_softmax_row(x, n); }
+static void swiglu_avx512(float *g, const float *u, int n) { qw_swiglu_row(g, u, n); }
 
 const qw_kernels qw_kernels_avx512 = {
     .name = "avx512",
@@ -473,4 +476,6 @@ const qw_kernels qw_kernels_avx512 = {
     .axpy_rows = axpy_rows_avx512,
     .to_f32 = to_f32_avx512,
     .gelu = gelu_avx512,
+    .softmax = softmax_avx512,
+    .swiglu = swiglu_avx512,
 };

@@ -152,6 +152,8 @@ static void axpy_rows_bf16set(float *y, const float *alpha, const float *rows, i
 }
 static void to_f32_bf16set(float *dst, const void *src, qw_dtype dt, int n) { qw_kernels_avx512.to_f32(dst, src, dt, n); }
 static void gelu_bf16set(float *x, int n) { qw_kernels_avx512.gelu(x, n); }
+static void softmax_bf16set(float *x, int n) { qw_kernels_avx512.softmax(x, n); }
+static void swiglu_bf16set(float *g, const float *u, int n) { qw_kernels_avx512.swiglu(g, u, n); }
 
 const qw_kernels qw_kernels_avx512bf16 = {
     .name = "avx512bf16",
@@ -163,4 +165,6 @@ const qw_kernels qw_kernels_avx512bf16 = {
     .axpy_rows = axpy_rows_bf16set,
     .to_f32 = to_f32_bf16set,
     .gelu = gelu_bf16set,
+    .softmax = softmax_bf16set,
+    .swiglu = swiglu_bf16set,
 };

@@ -21,6 +21,7 @@
  * (QW_NEON_SIMDE), so CI checks it without an ARM machine.
  */
 #include "kernels.h"
+#include "kernels_exp.h"
 #include "kernels_gelu.h"
 
 #ifdef QW_NEON_SIMDE
@@ -267,6 +268,8 @@ static void to_f32_neon(float *dst, const void *src, qw_dtype dt, int n) {
 }
 
 static void gelu_neon(float *x, int n) { qw_gelu_erf_row(x, n); }
+static void softmax_neon(float *x, int n) { qw_softmax_row(x, n); }
+static void swiglu_neon(float *g, const float *u, int n) { qw_swiglu_row(g, u, n); }
 
 const qw_kernels qw_kernels_neon = {
     .name = "neon",
@@ -278,4 +281,6 @@ const qw_kernels qw_kernels_neon = {
     .axpy_rows = axpy_rows_neon,
     .to_f32 = to_f32_neon,
     .gelu = gelu_neon,
+    .softmax = softmax_neon,
+    .swiglu = swiglu_neon,
 };

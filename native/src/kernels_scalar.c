@@ -3,6 +3,7 @@
  * tested against, and the path for CPUs without AVX2.
  */
 #include "kernels.h"
+#include "kernels_exp.h"
 #include "kernels_gelu.h"
 
 #include <string.h>
@@ -126,6 +127,8 @@ static void matmul_scalar(float *C, int ldc, const float *A, int lda, const void
 }
 
 static void gelu_scalar(float *x, int n) { qw_gelu_erf_row(x, n); }
+static void softmax_scalar(float *x, int n) { qw_softmax_row(x, n); }
+static void swiglu_scalar(float *g, const float *u, int n) { qw_swiglu_row(g, u, n); }
 
 const qw_kernels qw_kernels_scalar = {
     .name = "scalar",
@@ -137,4 +140,6 @@ const qw_kernels qw_kernels_scalar = {
     .axpy_rows = axpy_rows_scalar,
     .to_f32 = to_f32_scalar,
     .gelu = gelu_scalar,
+    .softmax = softmax_scalar,
+    .swiglu = swiglu_scalar,
 };

@@ -122,11 +122,6 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
-/* SwiGLU: g[i] = SiLU(g[i]) * u[i], SiLU(x) = x / (1 + exp(-x)) */
-static void swiglu(float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
 /* ==== Threaded element-wise ==== */
 
 typedef struct {
@@ -152,7 +147,7 @@ void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
 static void swiglu_task(void *arg, int t) {
     ew_job *j = arg;
     size_t i0 = (size_t)t * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
-    swiglu(j->x + i0, j->w + i0, i1 - i0);
+    j->k->swiglu(j->x + i0, j->w + i0, (int)(i1 - i0)); /* SiLU(gate) * up */
 }
 
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n) {
@@ -171,18 +166,6 @@ void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float 
     qw_pool_run(ctx->pool, (rows + 7) / 8, layernorm_task, &j);
 }
 
-void qw_softmax(float *x, int n) {
-    float mx = x[0];
-    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        s += x[i];
-    }
-    float inv = 1.0f / s;
-    for (int i = 0; i < n; i++) x[i] *= inv;
-}
-
 /* ==== Attention of one head ==== */
 
 #define ATT_GEMM_MIN 8 /* queries from which the GEMM way pays for its copies */
@@ -194,7 +177,7 @@ static inline int attention_len(int causal0, int r, int T) {
 
 /* Few queries (decode), or no memory for the GEMM way. Per query: the scores
  * of all len keys in one dot_rows call into a buffer (on the stack up to
- * 4096 keys, else malloc'ed), times scale, qw_softmax (normalised), then
+ * 4096 keys, else malloc'ed), times scale, the table's softmax, then
  * out = one axpy_rows of the probabilities over the values. Should that
  * malloc fail: one pass over the keys with a running maximum (online
  * softmax), one dot and one axpy per key, no buffer. Single-threaded; each
@@ -222,7 +205,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
         if (p) {
             k->dot_rows(p, qr, keys, ldkv, len, hd);
             for (int s = 0; s < len; s++) p[s] *= scale;
-            qw_softmax(p, len);
+            k->softmax(p, len);
             k->axpy_rows(o, p, vals, ldkv, len, hd);
             continue;
         }
@@ -265,7 +248,7 @@ void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int 
         float *row = S + (size_t)r * T;
         const int len = attention_len(causal0, r, T);
         for (int s = 0; s < len; s++) row[s] *= scale;
-        qw_softmax(row, len);
+        k->softmax(row, len);
         for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
     }
     k->matmul(out, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd); /* O = P V */

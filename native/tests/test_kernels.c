@@ -445,6 +445,64 @@ static void test_gelu(const qw_kernels *t) {
     check(fabs(y[N - 4]) == 0.0f && y[N - 5] == 1e4f, t->name, "gelu(-1e4) = 0 and gelu(1e4) = 1e4 exactly");
 }
 
+/* ==== softmax and SwiGLU (kernels_exp.h): against exp in double precision ==== */
+
+static void test_exp_rows(const qw_kernels *t) {
+    enum { N = 40013 }; /* odd: vector tails */
+    static float x[N], y[N], u[N];
+    /* softmax of one long row (a 60 s prefill's scores): -100..10, so that many underflow */
+    for (int i = 0; i < N; i++) x[i] = -100.0f + 110.0f * (float)((i * 7919) % N) / (float)N;
+    memcpy(y, x, sizeof(x));
+    t->softmax(y, N);
+    float mx = -INFINITY;
+    double sum = 0.0;
+    for (int i = 0; i < N; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < N; i++) sum += exp((double)(x[i] - mx)); /* of the float difference, as computed */
+    int bad = 0;
+    double worst = 0.0, total = 0.0;
+    for (int i = 0; i < N; i++) {
+        const double exact = exp((double)(x[i] - mx)) / sum, err = fabs(y[i] - exact);
+        if (!(err <= 6e-7 * exact + 1e-37)) bad++; /* 2 ulp of exp, the sum's rounding, the scaling */
+        if (exact > 1e-30 && err / exact > worst) worst = err / exact;
+        total += y[i];
+    }
+    check(!bad && fabs(total - 1.0) < 1e-5, t->name,
+          "softmax of %d scores in [-100, 10] (%d off; largest relative error %.2g; sum %.7f)", N, bad, worst, total);
+    bad = 0;
+    for (int n = 1; n <= 40; n++) { /* short rows: every tail length; a constant row is uniform */
+        float r[40];
+        for (int i = 0; i < n; i++) r[i] = 3.0f;
+        t->softmax(r, n);
+        int off = 0;
+        for (int i = 0; i < n; i++) off += fabsf(r[i] - 1.0f / (float)n) > 1e-7f;
+        if (off) bad++;
+    }
+    check(!bad, t->name, "softmax of constant rows of 1..40 is uniform");
+    float big[3] = {-INFINITY, 0.0f, -1e30f};
+    t->softmax(big, 3);
+    check(big[0] == 0.0f && big[1] == 1.0f && big[2] == 0.0f, t->name, "softmax gives 0 to -inf and far scores");
+
+    /* SwiGLU over gates in [-100, 100] */
+    for (int i = 0; i < N; i++) {
+        x[i] = -100.0f + 200.0f * (float)i / (float)(N - 1);
+        u[i] = 0.5f + (float)(i % 13) * 0.25f;
+    }
+    memcpy(y, x, sizeof(x));
+    t->swiglu(y, u, N);
+    bad = 0;
+    worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        const double v = x[i], exact = v / (1.0 + exp(-v)) * u[i], err = fabs(y[i] - exact);
+        if (!(err <= 4e-7 * fabs(exact) + 1e-35)) bad++; /* libm's expf overflows below -88.7 too: -0 */
+        if (fabs(exact) > 1e-30 && err / fabs(exact) > worst) worst = err / fabs(exact);
+    }
+    check(!bad, t->name, "swiglu on %d gates in [-100, 100] (%d off; largest relative error %.2g)", N, bad, worst);
+    float g[4] = {NAN, 1e4f, -1e4f, 0.0f}, one[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    t->swiglu(g, one, 4);
+    check(isnan(g[0]) && g[1] == 1e4f && g[2] == 0.0f && g[3] == 0.0f, t->name,
+          "swiglu: NaN stays NaN, SiLU(1e4) = 1e4, SiLU(-1e4) = 0, SiLU(0) = 0");
+}
+
 /* ==== The BF16 set: C = bf16(A) @ W^T, exact in its inputs ==== */
 
 /* M >= 8 with bf16 weights takes the BF16 dot product, whose A is rounded to
@@ -560,6 +618,7 @@ int main(void) {
         test_vectors(tables[i]);
         test_rows_vectors(tables[i]);
         test_gelu(tables[i]);
+        test_exp_rows(tables[i]);
         test_matmuls(tables[i]);
         test_matmuls_rows(tables[i]);
         printf("kernels: %s tested, %d failures\n", tables[i]->name, failed - before);
@@ -569,6 +628,7 @@ int main(void) {
         test_vectors(bf);
         test_rows_vectors(bf);
         test_gelu(bf);
+        test_exp_rows(bf);
         test_matmuls_bf16act(bf);
         test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
