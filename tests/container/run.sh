@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The container image, built and run for real (a manual check: not part of `make test` or CI,
-# it downloads the service's dependencies and takes ~10 minutes the first time).
+# it downloads the service's dependencies and takes about 4 minutes the first time).
 #
 #   bash tests/container/run.sh            as root, on Debian/Ubuntu (installs podman if missing)
 #
@@ -57,6 +57,7 @@ cleanup() {
     done
     rm -rf "$WORK"
     [ "$rc" = 0 ] && echo "PASS" || echo "FAIL (exit $rc)"
+    exit "$rc"
 }
 trap cleanup EXIT
 
@@ -130,7 +131,7 @@ else
     rootfs=$WORK/rootfs
     debootstrap --variant=minbase \
         --include=python3.11,python3-venv,python3-pip,python-is-python3,ca-certificates \
-        bookworm "$rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+        bookworm "$rootfs" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; fail "debootstrap"; }
     cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
     chroot "$rootfs" update-ca-certificates >/dev/null
