@@ -6,9 +6,13 @@
 # Build stage: `pip install .[serve]` compiles libqwen with CMake (scikit-build-core)
 # into a virtualenv. The kernels (scalar / AVX2 / AVX-512) are chosen at run time,
 # so the image runs on any x86-64 CPU, not only the one it was built on.
+#
+# BASE_IMAGE: any Debian bookworm image with `python` (3.10+, with venv) on PATH and apt-get;
+# tests/container/run.sh builds a stand-in from Debian packages where Docker Hub is out of reach.
 ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake \
  && rm -rf /var/lib/apt/lists/*
@@ -24,7 +28,7 @@ RUN pip install --upgrade pip \
  && cd / && python -c "import qwen_serve.engine._native as n; n.load_library()"
 
 # Runtime stage: the virtualenv only, no compiler. wget is what KubeRay's probes call.
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends wget \
  && rm -rf /var/lib/apt/lists/* \

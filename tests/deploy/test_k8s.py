@@ -162,7 +162,10 @@ def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     froms = [ln for ln in lines if ln.startswith("FROM ")]
-    assert len(froms) == 2 and all("slim" in f for f in froms)
+    # Both stages on the base image argument, whose default is the official slim image.
+    assert len(froms) == 2 and all(f.startswith("FROM ${BASE_IMAGE}") for f in froms)
+    (base,) = [ln for ln in lines if ln.startswith("ARG BASE_IMAGE=")]
+    assert base.startswith("ARG BASE_IMAGE=python:") and "slim" in base
     assert 'pip install ".[serve]"' in text
     for path in ("pyproject.toml", "README.md", "native", "qwen_serve", "serve_config.yaml"):
         assert path in text and (ROOT / path).exists()
