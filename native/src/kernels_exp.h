@@ -45,10 +45,16 @@ static inline float qw_exp_approx(float x) {
  * partial sums (in a fixed order, whatever the vector width). */
 static inline void qw_softmax_row(float *x, int n) {
     if (n <= 0) return;
-    float mx = x[0];
-    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    float part[16] = {0};
+    float top[16];
+    for (int j = 0; j < 16; j++) top[j] = x[0];
     int i = 0;
+    for (; i + 16 <= n; i += 16) /* 16 running maxima: vectorises (a max is exact in any order) */
+        for (int j = 0; j < 16; j++) top[j] = x[i + j] > top[j] ? x[i + j] : top[j];
+    for (int j = 0; i < n; i++, j++) top[j] = x[i] > top[j] ? x[i] : top[j];
+    float mx = top[0];
+    for (int j = 1; j < 16; j++) mx = top[j] > mx ? top[j] : mx;
+    float part[16] = {0};
+    i = 0;
     for (; i + 16 <= n; i += 16) {
         for (int j = 0; j < 16; j++) {
             const float e = qw_exp_approx(x[i + j] - mx);
