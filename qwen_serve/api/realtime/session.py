@@ -22,8 +22,11 @@ fixed so far (the backend's `live`: one request on the batching engine, next
 to file requests). All but the last HOLD_BACK ids of that answer are fixed
 (the end of the audio may still change them, as the official streaming decode
 rolls them back) and their text goes out as deltas at once, under the item id
-the turn will commit as. A decode runs only when the previous one is done, so
-under load they come less often, never pile up. At the commit the running
+the turn will commit as. A decode starts only when the previous one is done
+and the turn has grown by LIVE_INTERVAL_S since, or by LIVE_BACKOFF times the
+previous decode's wall time if that is more: a busy engine gets fewer of them
+(at most about a third of a session's time is spent decoding its turn), so
+live text never eats the capacity the items themselves need. At the commit the running
 decode is dropped and the item's decode starts after the fixed ids, so only
 the last words are left to decode after speech ends, and the deltas of both
 concatenate exactly to the completed transcript. A turn keeps the model,
@@ -39,6 +42,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +65,8 @@ MIN_COMMIT_MS = 100
 
 LIVE_INTERVAL_S = 1.0
 """A live turn is decoded again once it has this much more audio (and the last decode is done)."""
+LIVE_BACKOFF = 2.0
+"""... or this many times the last decode's wall time of audio, if that is more."""
 LIVE_FIRST_S = 2.0
 """No text is fixed before a turn has this much audio (the official streaming decode fixes
 nothing in its first two 2 s chunks)."""
@@ -179,8 +185,8 @@ class LiveTurn:
     fixed_ids: tuple[int, ...] = ()
     text: str = ""
     """What went out as deltas: the text of fixed_ids."""
-    decoded_to: int = -1
-    """Buffer end when the last decode started (-1: none yet)."""
+    due: int = 0
+    """Buffer end from which the next decode may start (set at each decode's end)."""
     task: asyncio.Task[None] | None = None
     stopped: bool = False
     """A decode failed: no more for this turn (its commit decodes it whole)."""
@@ -493,15 +499,13 @@ class RealtimeSession:
             return
         end = self.buffer.end
         seconds = (end - live.start) / SAMPLE_RATE
-        if seconds < LIVE_FIRST_S or seconds > LIVE_MAX_SECONDS:
+        if seconds < LIVE_FIRST_S or seconds > LIVE_MAX_SECONDS or end < live.due:
             return
-        if live.decoded_to >= 0 and end - live.decoded_to < LIVE_INTERVAL_S * SAMPLE_RATE:
-            return
-        live.decoded_to = end
         live.task = asyncio.create_task(self._live_step(live, self.buffer.peek(live.start, end)))
 
     async def _live_step(self, live: LiveTurn, pcm: np.ndarray) -> None:
         backend = self.service.models[live.model].backend
+        started = time.monotonic()
         try:
             out = await backend.live(
                 to_float32(pcm), live.language, live.prompt, live.fixed_ids, HOLD_BACK, LIVE_MAX_NEW_TOKENS
@@ -512,6 +516,8 @@ class RealtimeSession:
             live.stopped = True
             logger.info("realtime: live decoding of %s stopped (%s)", live.item_id, type(e).__name__)
             return
+        wait = max(LIVE_INTERVAL_S, LIVE_BACKOFF * (time.monotonic() - started))
+        live.due = self.buffer.end + int(wait * SAMPLE_RATE)
         if len(out.fixed_ids) <= len(live.fixed_ids) or not out.text.startswith(live.text):
             return
         delta = out.text[len(live.text) :]
