@@ -100,9 +100,10 @@ class Engine:
         )
 
     def stats(self) -> dict[str, int]:
-        """Sequences holding a slot ("active"; the most at once so far: "peak_active"), requests
-        waiting for their first one ("waiting"), "max_batch", and since the start the scheduling
-        steps ("steps") and the sequences in them summed over steps ("step_sequences")."""
+        """Sequences holding a slot ("active"; the most at once so far: "peak_active"; of them not
+        yet past their encoder and prefill: "admitting"), requests waiting for their first one
+        ("waiting"), "max_batch", and since the start the scheduling steps ("steps") and the
+        sequences in them summed over steps ("step_sequences")."""
         return self._scheduler.stats()
 
     def _eos_ids(self) -> list[int]:

@@ -82,6 +82,7 @@ class Scheduler:
         self._requests: list[Request] = []  # arrival order, until finished
         self._cancel: list[Request] = []
         self._slots: dict[int, tuple[Request, int]] = {}  # slot -> (request, chunk)
+        self._decoding: set[int] = set()  # slots past their encoder and prefill (a token came)
         self._peak = 0  # most slots held at once
         self._steps = 0  # qwen_step calls
         self._step_sequences = 0  # sequences holding a slot, summed over steps (/ steps: mean batch)
@@ -127,6 +128,7 @@ class Scheduler:
                 "steps": self._steps,
                 "step_sequences": self._step_sequences,
                 "waiting": sum(1 for r in self._requests if r.next_chunk == 0 and not r.cancelled),
+                "admitting": len(self._slots.keys() - self._decoding),
             }
 
     def close(self) -> None:
@@ -150,6 +152,7 @@ class Scheduler:
             if r is request:
                 self.native.seq_abort(slot)
                 del self._slots[slot]
+                self._decoding.discard(slot)
         request.running = 0
         request.finished = True
         if request in self._requests:
@@ -203,9 +206,11 @@ class Scheduler:
                 for slot, token, status in events:
                     request, index = self._slots[slot]
                     if status == 0:
+                        self._decoding.add(slot)
                         request.events.put(TokenEvent(index, token, 0))
                         continue
                     del self._slots[slot]
+                    self._decoding.discard(slot)
                     request.running -= 1
                     if status != QWEN_DONE:
                         self._finish(

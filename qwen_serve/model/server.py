@@ -107,7 +107,8 @@ class BatchingEngine(Protocol):
         ...
 
     def stats(self) -> Mapping[str, int]:
-        """{"max_batch", "active" (sequences decoding), "waiting" (requests waiting for a slot)};
+        """{"max_batch", "active" (sequences holding a slot), "waiting" (requests waiting for a slot)},
+        and if known "admitting" (active sequences whose encoder or prefill has yet to run);
         the metrics also read "steps" and "step_sequences" (sequences summed over steps) if there."""
         ...
 
@@ -297,10 +298,14 @@ class ModelServer:
         """One decode of a live turn's audio so far, after its fixed ids (at most
         `max_new_tokens` more): the ids fixed now (all but the last `hold_back` of the answer)
         and their text (see LiveText). The answer stays within this server's max_new_tokens,
-        with room after the fixed ids for the item's own decode."""
+        with room after the fixed ids for the item's own decode. Best effort: when the engine
+        has other requests' encoders or prefills to run (or requests waiting for a slot), it
+        does not decode and the fixed ids stay as they are, so live text only uses spare time."""
         cap = self.max_new_tokens or ENGINE_MAX_NEW_TOKENS
         fixed = list(fixed_ids)
-        if len(fixed) + hold_back >= cap:  # as much as may be fixed already
+        stats = self.engine.stats()
+        busy = stats.get("admitting", 0) or stats.get("waiting", 0)  # encoders and prefills to run
+        if busy or len(fixed) + hold_back >= cap:  # they go first; or as much as may be fixed already
             return LiveText(*self.engine.fix_prefix(fixed, len(fixed), 0, language))
         result: TranscriptResult | None = None
         limit = min(cap, len(fixed) + max_new_tokens)
@@ -310,7 +315,7 @@ class ModelServer:
                     result = item
         assert result is not None
         answer = [i for segment in result.segments for i in segment.token_ids]
-        ids, text = self.engine.fix_prefix(answer[: cap - hold_back], len(fixed), hold_back, language)
+        ids, text = self.engine.fix_prefix(answer[:cap], len(fixed), hold_back, language)
         return LiveText(ids, text)
 
     async def stats(self) -> dict[str, int]:

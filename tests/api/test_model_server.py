@@ -63,6 +63,38 @@ async def test_transcribe_result() -> None:
     assert [s.token_ids for s in res.segments] == [s.token_ids for s in truth.segments]
 
 
+async def test_live_fixes_all_but_the_last_ids_and_decodes_on_from_them() -> None:
+    server, engine = _server(max_new_tokens=None)
+    first = await server.live(_pcm(3.0), None, "", [], 2, 64)  # 6 words: 4 fixed
+    assert first.fixed_ids == [1000, 1001, 1002, 1003] and first.text == "w0 w1 w2 w3"
+    assert engine.calls[-1]["prefix_ids"] == [] and engine.calls[-1]["max_new_tokens"] == 64
+    second = await server.live(_pcm(4.0), None, "", first.fixed_ids, 2, 64)  # 8 words: 6 fixed
+    assert second.fixed_ids == [1000 + i for i in range(6)] and second.text.startswith(first.text)
+    assert engine.calls[-1]["prefix_ids"] == first.fixed_ids and engine.calls[-1]["max_new_tokens"] == 4 + 64
+    items = [item async for item in server.stream(_pcm(5.0), None, "", second.fixed_ids)]
+    deltas = "".join(i.text for i in items if isinstance(i, TextDelta))
+    assert second.text + deltas == items[-1].text == " ".join(expected_words(5.0))  # not sent twice
+
+
+async def test_live_with_a_small_answer_bound_leaves_room_for_the_item() -> None:
+    server, engine = _server(max_new_tokens=7)
+    out = await server.live(_pcm(6.0), None, "", [], 2, 64)  # 12 words, answers of at most 7
+    assert out.fixed_ids == [1000 + i for i in range(5)]  # 7 - 2 held back
+    again = await server.live(_pcm(7.0), None, "", out.fixed_ids, 2, 64)
+    assert again == out and len(engine.calls) == 1  # as much as may be fixed: no decode
+
+
+async def test_live_yields_to_other_requests_encoders_and_prefills() -> None:
+    server, engine = _server(max_new_tokens=None)
+    busy = {"max_batch": 8, "active": 2, "waiting": 0, "admitting": 1}
+    engine.stats = lambda: busy  # type: ignore[method-assign]
+    out = await server.live(_pcm(4.0), None, "", [1000, 1001], 2, 64)
+    assert (out.fixed_ids, out.text) == ([1000, 1001], "w0 w1") and engine.calls == []
+    busy["admitting"] = 0
+    out = await server.live(_pcm(4.0), None, "", [1000, 1001], 2, 64)
+    assert len(out.fixed_ids) == 6 and len(engine.calls) == 1
+
+
 async def test_cancel_stops_the_engine() -> None:
     server, engine = _server()
     engine.token_delay = 0.05

@@ -76,3 +76,14 @@ def test_a_growing_turn_sends_text_that_adds_up(engine: Engine, language: str | 
     assert final.result is not None
     assert sent + rest == final.result.text
     assert final.result.token_ids[: len(fixed)] == fixed
+
+
+def test_stats_tell_sequences_in_admission_from_decoding_ones(engine: Engine) -> None:
+    """Live decodes yield to other requests' encoders and prefills ("admitting"; ModelServer.live)."""
+    stream = engine.stream(speech_like(3.0, seed=34), max_new_tokens=40)
+    next(stream)  # a delta: its encoder and prefill are done
+    stats = engine.stats()
+    assert stats["active"] == 1 and stats["admitting"] == 0 and stats["waiting"] == 0
+    for _ in stream:
+        pass
+    assert engine.stats()["active"] == engine.stats()["admitting"] == 0
