@@ -44,7 +44,13 @@ def test_concurrent_requests_get_their_alone_results(
         assert {c: r.token_ids for c, r in got.items()} == alone
         stats = e.stats()
         steps, step_sequences = stats.pop("steps"), stats.pop("step_sequences")
-        assert stats == {"max_batch": 4, "active": 0, "peak_active": 4, "waiting": 0}  # really batched
+        assert stats == {
+            "max_batch": 4,
+            "active": 0,
+            "peak_active": 4,
+            "waiting": 0,
+            "admitting": 0,
+        }  # really batched
         assert 1 < step_sequences / steps <= 4  # the mean batch size the metrics report
 
 
@@ -131,7 +137,9 @@ def test_busy_when_one_chunk_exceeds_the_kv_budget(tiny_dir: Path) -> None:
         assert e.transcribe(speech_like(1.0), max_new_tokens=8).token_ids  # 13 + prompt + 8 fits
 
 
-def test_kv_budget_queues_instead_of_failing(tiny_dir: Path, alone: dict[tuple[float, int], list[int]]) -> None:
+def test_kv_budget_queues_instead_of_failing(
+    tiny_dir: Path, alone: dict[tuple[float, int], list[int]]
+) -> None:
     """A budget for one request at a time: the others wait for it, then run; none fails."""
     with Engine(tiny_dir, threads=2, max_batch=4, kv_budget_tokens=200) as e:
         clips = CLIPS[:4]
@@ -145,7 +153,9 @@ def test_native_sequences(tiny_dir: Path) -> None:
     with NativeModel(tiny_dir, threads=2, max_sequences=2) as m:
         pcm = speech_like(1.0)
         n_audio = m.audio_token_count(pcm.size)
-        prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
+        prompt = (
+            [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
+        )
         a = m.seq_add(pcm, prompt, max_new_tokens=5, eos_ids=[-1])
         b = m.seq_add(pcm, prompt, max_new_tokens=3, eos_ids=[-1])
         assert {a, b} == {0, 1} and m.context_info("free_slots") == 0
