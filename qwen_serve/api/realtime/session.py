@@ -522,8 +522,8 @@ class RealtimeSession:
             return
         delta = out.text[len(live.text) :]
         live.fixed_ids, live.text = tuple(out.fixed_ids), out.text
-        if delta:
-            await self._send(self._delta(live.item_id, delta))
+        if delta:  # shielded: a commit that cancels this task now must not lose text it counts as sent
+            await asyncio.shield(self._send(self._delta(live.item_id, delta)))
 
     async def _end_live(self) -> LiveTurn | None:
         """The live turn, its running decode stopped (what it fixed before stays)."""
