@@ -126,27 +126,29 @@ class SampleBuffer:
 
     def take(self, start: int, end: int) -> np.ndarray:
         """Samples [start, end) (clipped to what is held); everything before `end` is dropped."""
-        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-        lo, hi = max(start, self.start) - self.start, max(min(end, self.end), self.start) - self.start
-        out = whole[lo:hi].copy()
+        whole, lo, hi = self._span(start, end)
         self._reset(whole[hi:], self.start + hi)
-        return out
+        return whole[lo:hi].copy()
 
     def peek(self, start: int, end: int) -> np.ndarray:
         """A copy of samples [start, end) (clipped to what is held); nothing is dropped."""
-        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-        lo, hi = max(start, self.start) - self.start, max(min(end, self.end), self.start) - self.start
+        whole, lo, hi = self._span(start, end)
         return whole[lo:hi].copy()
 
     def drop_before(self, position: int) -> None:
         if position <= self.start:
             return
-        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-        cut = min(position, self.end) - self.start
+        whole, _, cut = self._span(self.start, position)
         self._reset(whole[cut:], self.start + cut)
 
     def clear(self) -> None:
         self._reset(np.zeros(0, dtype=np.int16), self.end)
+
+    def _span(self, start: int, end: int) -> tuple[np.ndarray, int, int]:
+        """What is held, as one array, and [start, end) clipped to it, as indices into it."""
+        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+        lo, hi = max(start, self.start) - self.start, max(min(end, self.end), self.start) - self.start
+        return whole, lo, hi
 
     def _reset(self, rest: np.ndarray, start: int) -> None:
         self.start = start
@@ -526,17 +528,18 @@ class RealtimeSession:
             await asyncio.shield(self._send(self._delta(live.item_id, delta)))
 
     async def _end_live(self) -> LiveTurn | None:
-        """The live turn, its running decode stopped (what it fixed before stays)."""
-        live, self._live = self._live, None
+        """The live turn, its running decode stopped and awaited (what it fixed before stays)."""
+        live = self._drop_live()
         if live is not None and live.task is not None:
-            live.task.cancel()
             await asyncio.gather(live.task, return_exceptions=True)
         return live
 
-    def _drop_live(self) -> None:
+    def _drop_live(self) -> LiveTurn | None:
+        """Forgets the live turn and cancels its running decode (not awaited)."""
         live, self._live = self._live, None
         if live is not None and live.task is not None:
             live.task.cancel()
+        return live
 
     # ---- transcription ---------------------------------------------------------------------
     async def _transcribe_items(self) -> None:
