@@ -291,12 +291,18 @@ def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1e3:.0f}" if values else "-"
 
 
-def run_config(args: argparse.Namespace, model_dir: Path, live: bool) -> list[Step]:
-    """One `serve run` with QWEN_REALTIME_LIVE_TEXT = live: the warm-up item, then each N."""
-    print(f"-- text during speech {'on' if live else 'off'} (realtime_live_text={live})", flush=True)
+def label(live: bool, cache: bool) -> str:
+    return f"text during speech {'on' if live else 'off'}, encoder window cache {'on' if cache else 'off'}"
+
+
+def run_config(args: argparse.Namespace, model_dir: Path, live: bool, cache: bool) -> list[Step]:
+    """One `serve run` with QWEN_REALTIME_LIVE_TEXT = live and QWEN_ENCODER_CACHE_WINDOWS 32 (cache)
+    or 0: the warm-up item, then each N."""
+    print(f"-- {label(live, cache)}", flush=True)
     steps: list[Step] = []
+    overrides = {"realtime_live_text": live, "encoder_cache_windows": 32 if cache else 0}
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
-        server = Server(args, model_dir, Path(tmp), {"realtime_live_text": live})
+        server = Server(args, model_dir, Path(tmp), overrides)
         try:
             print(f"serve run -> port answering in {server.start():.1f} s", flush=True)
             t0 = time.monotonic()
@@ -323,8 +329,8 @@ def run_config(args: argparse.Namespace, model_dir: Path, live: bool) -> list[St
     return steps
 
 
-def report(args: argparse.Namespace, steps: list[Step], live: bool) -> None:
-    print(f"\ntext during speech {'on' if live else 'off'} (QWEN_REALTIME_LIVE_TEXT={str(live).lower()}):")
+def report(args: argparse.Namespace, steps: list[Step], live: bool, cache: bool) -> None:
+    print(f"\n{label(live, cache)}:")
     print(
         "| sessions | end -> committed p50 / p95 ms | end -> completed p50 / p95 ms "
         "| start -> 1st delta p50 / p95 ms | keep up | max send slip ms | model replicas | real time |"
@@ -383,6 +389,13 @@ def main() -> int:
         default="both",
         help="text during speech (QWEN_REALTIME_LIVE_TEXT): on, off, or both one after the other (default)",
     )
+    parser.add_argument(
+        "--encoder-cache",
+        choices=("on", "off", "both"),
+        default="on",
+        help="libqwen's encoder window cache (QWEN_ENCODER_CACHE_WINDOWS 32 or 0): on (default), off, or both; "
+        "it matters for turns over 8 s (--speech)",
+    )
     parser.add_argument("--max-slip", type=float, default=0.2, help="seconds the client's sending may slip")
     args = parser.parse_args()
     quick = args.quick
@@ -406,11 +419,12 @@ def main() -> int:
         + ("started together" if args.together else "spread over one period")
     )
     print(f"realtime benchmark on {os.cpu_count()} cores ({cpu_model()}): {setup}", flush=True)
-    lives = {"on": [True], "off": [False], "both": [False, True]}[args.live]
-    results = [(live, run_config(args, model_dir, live)) for live in lives]
+    choice = {"on": [True], "off": [False], "both": [False, True]}
+    configs = [(live, cache) for live in choice[args.live] for cache in choice[args.encoder_cache]]
+    results = [(live, cache, run_config(args, model_dir, live, cache)) for live, cache in configs]
     print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {setup}")
-    for live, steps in results:
-        report(args, steps, live)
+    for live, cache, steps in results:
+        report(args, steps, live, cache)
     return 0
 
 

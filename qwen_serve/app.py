@@ -160,6 +160,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             precision=settings.precision,
             max_batch=settings.max_batch,
             kv_budget_tokens=settings.kv_budget_tokens,
+            encoder_cache_windows=settings.encoder_cache_windows,
             record_metrics=settings.metrics,
         )
     if not handles:

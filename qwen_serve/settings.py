@@ -14,6 +14,7 @@ file). Nothing is read at import time: the app builder calls
     QWEN_MAX_AUDIO_SECONDS          longest audio accepted (default 1200)
     QWEN_MAX_BATCH                  requests a model replica takes at once and decodes together (default 8)
     QWEN_KV_BUDGET_TOKENS           KV-cache tokens a replica reserves across them (default: sized from max_batch)
+    QWEN_ENCODER_CACHE_WINDOWS      complete 8 s encoder windows a replica keeps for reuse (default 32; 0: off)
     QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
     QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
@@ -113,6 +114,10 @@ class Settings(BaseSettings):
     """KV-cache tokens (prompt plus generated, summed over sequences) a replica reserves for its
     batch; None sizes it from max_batch. A request that does not fit waits for room; one that
     needs more than the whole budget, or finds the engine's waiting line full, gets 503."""
+    encoder_cache_windows: int = Field(default=32, ge=0)
+    """Complete 8 s encoder windows a replica keeps (about 0.8 MB each for 0.6B, 1.2 MB for 1.7B):
+    audio that comes again, a live turn's earlier windows above all, is not encoded again.
+    0 turns the cache off."""
     max_queued_requests: int = Field(default=16, ge=-1)
     """Requests waiting for a busy model beyond which clients get 503 + Retry-After (-1: no limit)."""
     ingress_replicas: int = Field(default=1, ge=1)

@@ -94,6 +94,7 @@ typedef struct {
     int64_t kv_budget_tokens; /* KV tokens reserved across all sequences at most; 0 = no limit */
     int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 64 */
     qwen_precision precision; /* EXACT by default */
+    int encoder_cache_windows; /* completed encoder windows (8 s each) kept for reuse; 0 = 32, < 0 = none */
 } qwen_params;
 
 typedef struct {
@@ -191,7 +192,12 @@ QWEN_API const float *qwen_seq_logits(const qwen_context *ctx, int seq, int *n_v
 QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *key);
 
 /* Context facts: "active" (sequences held), "free_slots", "kv_reserved" and
- * "kv_budget" (tokens; 0 = no limit), "max_sequences". -1 for an unknown key. */
+ * "kv_budget" (tokens; 0 = no limit), "max_sequences", "max_context"; the
+ * encoder window cache's "encoder_cache_hits", "encoder_cache_misses" (complete
+ * windows found / not found) and "encoder_cache_windows" (held). A complete
+ * window whose mel frames equal a cached one's is not encoded again: a live
+ * transcription's growing audio, or a repeated request, reuses it. -1 for an
+ * unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
 
 /* ==== Transcription, batch of one (pull-style) ==== */

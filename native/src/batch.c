@@ -182,20 +182,38 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
     *token = -1;
     ctx->abort_cb = s->abort_cb;
     ctx->abort_ud = s->abort_ud;
-    qwen_status st;
+    qwen_status st = QWEN_OK;
     if (s->state == QW_SEQ_ENCODE) {
-        const int w = s->windows_done;
-        float *out = s->emb + (size_t)qw_encoder_window_start(ctx, s->n_frames, w) * H;
-        const double t0 = qw_now_ms();
-        st = qw_encode(ctx, s->mel, s->n_frames, w, w + 1, out);
-        s->t_enc += qw_now_ms() - t0;
-        ctx->abort_cb = NULL;
-        if (st != QWEN_OK) return st;
-        if (++s->windows_done == s->n_windows) {
-            free(s->mel);
-            s->mel = NULL;
-            s->state = QW_SEQ_PREFILL;
+        /* Complete windows found in the cache cost no unit: take them all, then encode one. */
+        const int wf = qw_encoder_window_frames(ctx);
+        while (s->state == QW_SEQ_ENCODE) {
+            const int w = s->windows_done;
+            const int64_t t0w = qw_encoder_window_start(ctx, s->n_frames, w);
+            float *out = s->emb + (size_t)t0w * H;
+            const size_t n_out = (size_t)(qw_encoder_window_start(ctx, s->n_frames, w + 1) - t0w) * H;
+            const int64_t f0 = (int64_t)w * wf;
+            const int complete = f0 + wf <= s->n_frames;
+            const double t0 = qw_now_ms();
+            const int hit = complete && qw_enc_cache_get(&ctx->enc_cache, s->mel, s->n_frames, f0, wf, c->n_mels,
+                                                         out, n_out);
+            if (!hit) {
+                st = qw_encode(ctx, s->mel, s->n_frames, w, w + 1, out);
+                if (st == QWEN_OK && complete)
+                    qw_enc_cache_put(&ctx->enc_cache, s->mel, s->n_frames, f0, wf, c->n_mels, out, n_out);
+            }
+            s->t_enc += qw_now_ms() - t0;
+            if (!hit && st != QWEN_OK) {
+                ctx->abort_cb = NULL;
+                return st;
+            }
+            if (++s->windows_done == s->n_windows) {
+                free(s->mel);
+                s->mel = NULL;
+                s->state = QW_SEQ_PREFILL;
+            }
+            if (!hit) break;
         }
+        ctx->abort_cb = NULL;
         return QWEN_OK;
     }
     /* A prefill chunk: the prompt's embeddings with the audio spliced in. An
@@ -356,6 +374,9 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "kv_reserved")) return ctx->kv_reserved;
     if (!strcmp(key, "kv_budget")) return ctx->kv_budget;
     if (!strcmp(key, "max_context")) return ctx->max_context;
+    if (!strcmp(key, "encoder_cache_hits")) return ctx->enc_cache.hits;
+    if (!strcmp(key, "encoder_cache_misses")) return ctx->enc_cache.misses;
+    if (!strcmp(key, "encoder_cache_windows")) return ctx->enc_cache.n;
     return -1;
 }
 
@@ -373,6 +394,8 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     ctx->step_logits = malloc((size_t)ctx->max_seqs * ctx->cfg.vocab * sizeof(float));
     ctx->prefill_logits = malloc((size_t)ctx->cfg.vocab * sizeof(float));
     ctx->one_seq = -1;
+    const int cache = p->encoder_cache_windows == 0 ? 32 : p->encoder_cache_windows;
+    if (qw_enc_cache_init(&ctx->enc_cache, cache > 0 ? cache : 0)) return QWEN_ERR_NOMEM;
     return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->prefill_logits ? QWEN_OK : QWEN_ERR_NOMEM;
 }
 
@@ -383,4 +406,5 @@ void qw_batch_free(qwen_context *ctx) {
     free(ctx->events);
     free(ctx->step_logits);
     free(ctx->prefill_logits);
+    qw_enc_cache_free(&ctx->enc_cache);
 }

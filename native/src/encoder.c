@@ -151,6 +151,8 @@ int qw_encoder_windows(const qwen_context *ctx, int64_t n_frames) {
     return (n_conv_chunks(ctx, n_frames) + cpw - 1) / cpw;
 }
 
+int qw_encoder_window_frames(const qwen_context *ctx) { return chunks_per_window(&ctx->cfg) * 2 * ctx->cfg.n_window; }
+
 int64_t qw_encoder_window_start(const qwen_context *ctx, int64_t n_frames, int w) {
     const int64_t f = (int64_t)w * chunks_per_window(&ctx->cfg) * 2 * ctx->cfg.n_window;
     return qw_encoder_tokens(ctx, f < n_frames ? f : n_frames);

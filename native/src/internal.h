@@ -188,6 +188,31 @@ void qw_seq_release(struct qwen_context *ctx, qw_seq *s);
 int qw_batch_init(struct qwen_context *ctx, const qwen_params *p);
 void qw_batch_free(struct qwen_context *ctx);
 
+/* ==== Encoder window cache (enc_cache.c) ==== */
+typedef struct {
+    uint64_t hash;              /* of the window's mel frames */
+    float *mel;                 /* [n_mels, window frames]: the key, compared in full */
+    float *out;                 /* the window's encoder output rows */
+    size_t out_floats;
+    uint64_t used;              /* clock of the last hit or insert */
+} qw_enc_entry;
+
+typedef struct {
+    qw_enc_entry *e;            /* [cap] */
+    int cap, n;
+    uint64_t clock;
+    int64_t hits, misses;
+} qw_enc_cache;
+
+int qw_enc_cache_init(qw_enc_cache *c, int capacity); /* capacity 0: off */
+void qw_enc_cache_free(qw_enc_cache *c);
+/* 1 and out = the cached output if the wf frames from f0 of mel[F, n_frames] were encoded
+ * before as a complete window (same frames bit for bit), 0 otherwise. */
+int qw_enc_cache_get(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, float *out,
+                     size_t out_floats);
+void qw_enc_cache_put(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, const float *out,
+                      size_t out_floats);
+
 /* ==== Context ==== */
 struct qwen_context {
     qw_config cfg;
@@ -222,6 +247,7 @@ struct qwen_context {
     float *prefill_logits;      /* [vocab]: logits of the last prefill chunk */
     float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;
+    qw_enc_cache enc_cache;     /* completed encoder windows (enc_cache.c) */
     qwen_abort_callback abort_cb; /* the running unit's (qw_aborted), or NULL */
     void *abort_ud;
 
@@ -286,6 +312,8 @@ int qw_encoder_windows(const qwen_context *ctx, int64_t n_frames);
 qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int w0, int w1, float *out);
 /* The first token of window w. */
 int64_t qw_encoder_window_start(const qwen_context *ctx, int64_t n_frames, int w);
+/* Mel frames of a complete window (n_window_infer rounded down to whole conv chunks). */
+int qw_encoder_window_frames(const qwen_context *ctx);
 
 int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
 /* Runs the groups' tokens through the decoder; x holds their input

@@ -171,6 +171,91 @@ static void test_batch(const char *model, qwen_precision precision) {
     }
 }
 
+/* ==== Encoder window cache: reused windows give the same tokens and logits ==== */
+
+#define CACHE_GEN 6
+
+/* Greedy ids and logits hashes of one clip, alone in c (no EOS: CACHE_GEN tokens). */
+static void run_alone(qwen_context *c, const float *pcm, int n, int32_t *ids, uint64_t *hashes) {
+    const int32_t eos[1] = {0x7fffffff};
+    qwen_run_params rp = qwen_default_run_params();
+    rp.eos_ids = eos;
+    rp.n_eos_ids = 1;
+    rp.max_new_tokens = CACHE_GEN;
+    int n_prompt, got = 0, vocab = 0;
+    int32_t *prompt = make_prompt(c, qwen_audio_token_count(c, n), 2, &n_prompt);
+    int32_t tok;
+    qwen_status st = qwen_begin(c, pcm, n, prompt, n_prompt, &rp);
+    CHECK(st == QWEN_OK, "cache: begin");
+    while (st == QWEN_OK && ((st = qwen_next(c, &tok)) == QWEN_OK || (st == QWEN_DONE && tok >= 0)))
+        if (tok >= 0 && got < CACHE_GEN) {
+            hashes[got] = hash_logits(qwen_last_logits(c, &vocab), vocab);
+            ids[got++] = tok;
+        }
+    CHECK(got == CACHE_GEN, "cache: runs to its limit");
+    free(prompt);
+}
+
+static void test_encoder_cache(const char *model) {
+    char err[512];
+    qwen_params pon = qwen_default_params(), poff = qwen_default_params();
+    poff.encoder_cache_windows = -1;
+    qwen_context *on = qwen_load(model, &pon, err, sizeof(err)), *off = qwen_load(model, &poff, err, sizeof(err));
+    CHECK(on && off, "cache: load with and without");
+    if (!on || !off) {
+        qwen_free(on);
+        qwen_free(off);
+        return;
+    }
+    /* A turn that grows: 17 s (two complete 8 s windows), then 20 s of the same audio, then
+     * 20 s whose first sample differs (its first window's frames differ). */
+    const int grown = 20 * 16000, early = 17 * 16000;
+    float *pcm = make_clip(grown, 3), *changed = make_clip(grown, 3);
+    changed[0] += 0.05f;
+    const float *clips[3] = {pcm, pcm, changed};
+    const int lengths[3] = {early, grown, grown};
+    const int64_t hits[2] = {0, 2}, misses[2] = {2, 2};
+    for (int i = 0; i < 3; i++) {
+        int32_t ids_on[CACHE_GEN], ids_off[CACHE_GEN];
+        uint64_t h_on[CACHE_GEN], h_off[CACHE_GEN];
+        run_alone(on, clips[i], lengths[i], ids_on, h_on);
+        run_alone(off, clips[i], lengths[i], ids_off, h_off);
+        CHECK(!memcmp(ids_on, ids_off, sizeof(ids_on)) && !memcmp(h_on, h_off, sizeof(h_on)),
+              "cache: the same ids and logits with and without it");
+        if (i < 2)
+            CHECK(qwen_get_info(on, "encoder_cache_hits") == hits[i] &&
+                      qwen_get_info(on, "encoder_cache_misses") == misses[i],
+                  "cache: hits on the complete windows of the same audio");
+    }
+    /* The changed first window is new; the second may be too, where the mel's clamp to its
+     * loudest frame moved: either way a lookup per complete window, a new entry per miss. */
+    const int64_t all_misses = qwen_get_info(on, "encoder_cache_misses");
+    CHECK(all_misses >= 3 && all_misses + qwen_get_info(on, "encoder_cache_hits") == 6 &&
+              qwen_get_info(on, "encoder_cache_windows") == all_misses,
+          "cache: a changed window misses");
+    CHECK(qwen_get_info(off, "encoder_cache_hits") == 0 && qwen_get_info(off, "encoder_cache_misses") == 0 &&
+              qwen_get_info(off, "encoder_cache_windows") == 0,
+          "cache: off is off");
+    /* Capacity 1: the second window evicts the first, so nothing of a rerun is found. */
+    qwen_params pone = qwen_default_params();
+    pone.encoder_cache_windows = 1;
+    qwen_context *small = qwen_load(model, &pone, err, sizeof(err));
+    CHECK(small != NULL, "cache: load with one window");
+    if (small) {
+        int32_t ids[CACHE_GEN];
+        uint64_t h[CACHE_GEN];
+        run_alone(small, pcm, grown, ids, h);
+        run_alone(small, pcm, grown, ids, h);
+        CHECK(qwen_get_info(small, "encoder_cache_windows") == 1 && qwen_get_info(small, "encoder_cache_hits") == 0,
+              "cache: least recently used evicted");
+        qwen_free(small);
+    }
+    free(pcm);
+    free(changed);
+    qwen_free(on);
+    qwen_free(off);
+}
+
 static void write_bytes(const char *path, const char *data, size_t len) {
     FILE *f = fopen(path, "wb");
     if (f) { fwrite(data, 1, len, f); fclose(f); }
@@ -260,6 +345,7 @@ int main(void) {
         qwen_free(a);
         qwen_free(b);
         test_batch(model, QWEN_PRECISION_EXACT);
+        test_encoder_cache(model);
         /* FAST: int8 decoder weights; the same contract (bitwise alone == batched) */
         test_batch(model, QWEN_PRECISION_FAST);
         qwen_params pf = qwen_default_params();

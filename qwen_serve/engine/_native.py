@@ -49,6 +49,7 @@ class _Params(ctypes.Structure):
         ("kv_budget_tokens", ctypes.c_int64),
         ("prefill_chunk", ctypes.c_int),
         ("precision", ctypes.c_int),
+        ("encoder_cache_windows", ctypes.c_int),
     ]
 
 
@@ -227,6 +228,7 @@ class NativeModel:
         max_context: int = 0,
         prefill_chunk: int = 0,
         precision: str = "exact",
+        encoder_cache_windows: int = 0,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
@@ -241,6 +243,7 @@ class NativeModel:
         params.max_context = int(max_context)
         params.prefill_chunk = int(prefill_chunk)
         params.precision = PRECISION[precision]
+        params.encoder_cache_windows = int(encoder_cache_windows)  # 0: libqwen's default (32), < 0: off
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -320,7 +323,8 @@ class NativeModel:
         return int(self._lib.qwen_model_info(self.ctx, b"classify_num")) >= 0
 
     def context_info(self, key: str) -> int:
-        """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context"."""
+        """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context",
+        "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows"."""
         value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)

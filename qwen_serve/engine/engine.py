@@ -59,7 +59,11 @@ class Engine:
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
         precision: str = "exact",
+        encoder_cache_windows: int = 0,
     ):
+        """`encoder_cache_windows`: complete 8 s encoder windows libqwen keeps to reuse when the
+        same audio comes again (a live turn's earlier windows, a repeated request); 0 is libqwen's
+        default (32), a negative number turns the cache off."""
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"no Qwen3-ASR checkpoint at {self.model_dir} (config.json missing)")
@@ -83,6 +87,7 @@ class Engine:
             max_sequences=max_batch,
             kv_budget_tokens=kv_budget_tokens,
             precision=precision,
+            encoder_cache_windows=encoder_cache_windows,
         )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(
@@ -103,7 +108,8 @@ class Engine:
         """Sequences holding a slot ("active"; the most at once so far: "peak_active"; of them not
         yet past their encoder and prefill: "admitting"), requests waiting for their first one
         ("waiting"), "max_batch", and since the start the scheduling steps ("steps") and the
-        sequences in them summed over steps ("step_sequences")."""
+        sequences in them summed over steps ("step_sequences"), and the encoder window cache's
+        "encoder_cache_hits" and "encoder_cache_misses" (complete windows reused / encoded)."""
         return self._scheduler.stats()
 
     def _eos_ids(self) -> list[int]:

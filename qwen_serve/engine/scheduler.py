@@ -86,6 +86,7 @@ class Scheduler:
         self._peak = 0  # most slots held at once
         self._steps = 0  # qwen_step calls
         self._step_sequences = 0  # sequences holding a slot, summed over steps (/ steps: mean batch)
+        self._cache = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}  # read after each step
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="qwen-scheduler", daemon=True)
         self._thread.start()
@@ -129,6 +130,7 @@ class Scheduler:
                 "step_sequences": self._step_sequences,
                 "waiting": sum(1 for r in self._requests if r.next_chunk == 0 and not r.cancelled),
                 "admitting": len(self._slots.keys() - self._decoding),
+                **self._cache,
             }
 
     def close(self) -> None:
@@ -202,7 +204,9 @@ class Scheduler:
             except NativeError:  # bad arguments only: a bug
                 logger.exception("qwen_step failed")
                 events = []
+            cache = {key: self.native.context_info(key) for key in self._cache}
             with self._cond:
+                self._cache = cache
                 for slot, token, status in events:
                     request, index = self._slots[slot]
                     if status == 0:

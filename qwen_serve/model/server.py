@@ -128,6 +128,7 @@ class EngineFactory(Protocol):
         max_batch: int,
         kv_budget_tokens: int | None,
         max_waiting: int | None,
+        encoder_cache_windows: int,
     ) -> BatchingEngine: ...
 
 
@@ -140,7 +141,9 @@ def load_engine(
     max_batch: int,
     kv_budget_tokens: int | None,
     max_waiting: int | None,
+    encoder_cache_windows: int,
 ) -> BatchingEngine:
+    """The replica's Engine; `encoder_cache_windows` 0 turns libqwen's window cache off."""
     from qwen_serve.engine import Engine  # here, on the replica: keeps ctypes out of this module
 
     return Engine(
@@ -151,6 +154,7 @@ def load_engine(
         max_batch=max_batch,
         kv_budget_tokens=kv_budget_tokens,
         max_waiting=max_waiting,
+        encoder_cache_windows=encoder_cache_windows if encoder_cache_windows > 0 else -1,
     )
 
 
@@ -216,6 +220,7 @@ class ModelServer:
         max_batch: int = DEFAULT_MAX_BATCH,
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
+        encoder_cache_windows: int = 32,
         engine_factory: EngineFactory | None = None,
         record_metrics: bool = True,
     ):
@@ -237,6 +242,7 @@ class ModelServer:
             max_batch=max_batch,
             kv_budget_tokens=kv_budget_tokens,
             max_waiting=max_waiting,
+            encoder_cache_windows=encoder_cache_windows,
         )
         # One thread per request the engine can hold; busy requests never take one.
         capacity = max_batch + (max_batch if max_waiting is None else max_waiting)

@@ -120,8 +120,10 @@ class FakeEngine:
         max_batch: int = 8,
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
+        encoder_cache_windows: int = 32,
     ):
         self.model_dir = Path(model_dir)
+        self.encoder_cache_windows = encoder_cache_windows
         self.threads = threads
         self.isa = isa
         self.precision = precision

@@ -30,14 +30,16 @@ def test_defaults() -> None:
     assert s.model_dir("qwen-asr-1.7b") == Path("models/qwen3-asr-1.7b")
     assert s.models["qwen-asr-1.7b"].repo == "Qwen/Qwen3-ASR-1.7B"
     assert (s.max_batch, s.kv_budget_tokens, s.model_num_cpus) == (8, None, 1.0)
+    assert s.encoder_cache_windows == 32
 
 
 def test_batching_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN_MAX_BATCH", "16")
     monkeypatch.setenv("QWEN_KV_BUDGET_TOKENS", "32768")
     monkeypatch.setenv("QWEN_THREADS", "3")
-    s = Settings.from_args({"max_batch": 4, "kv_budget_tokens": 1000})
-    assert (s.max_batch, s.kv_budget_tokens, s.threads) == (16, 32768, 3)
+    monkeypatch.setenv("QWEN_ENCODER_CACHE_WINDOWS", "0")
+    s = Settings.from_args({"max_batch": 4, "kv_budget_tokens": 1000, "encoder_cache_windows": 8})
+    assert (s.max_batch, s.kv_budget_tokens, s.threads, s.encoder_cache_windows) == (16, 32768, 3, 0)
     assert Settings.from_args({"max_batch": 1}).max_batch == 16  # env still wins
 
 
@@ -87,6 +89,7 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"precision": "int4"},
         {"max_batch": 0},
         {"kv_budget_tokens": 0},
+        {"encoder_cache_windows": -1},
         {"max_waiting": 2},  # not a setting: Serve's queue (max_queued_requests) is the waiting line
         {"models": {"x": {"path": "p", "bogus": 1}}},
         {"drain_timeout": -1},

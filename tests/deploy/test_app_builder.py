@@ -79,6 +79,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
             "threads": 1,
             "max_batch": 5,
             "kv_budget_tokens": 20000,
+            "encoder_cache_windows": 4,
         }
     )
     assert isinstance(app, Application)
@@ -99,6 +100,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
         assert (
             deployment.init_kwargs["max_batch"] == 5 and deployment.init_kwargs["kv_budget_tokens"] == 20000
         )
+        assert deployment.init_kwargs["encoder_cache_windows"] == 4
         assert deployment.ray_actor_options["num_cpus"] == 1.0
     assert infos["my-asr"].languages == ("English", "Chinese")
 

@@ -45,6 +45,8 @@ def test_concurrent_requests_get_their_alone_results(
         stats = e.stats()
         steps, step_sequences = stats.pop("steps"), stats.pop("step_sequences")
         assert stats == {
+            "encoder_cache_hits": 0,
+            "encoder_cache_misses": 1,  # the 9 s clip's complete 8 s window
             "max_batch": 4,
             "active": 0,
             "peak_active": 4,
@@ -177,3 +179,26 @@ def test_native_sequences(tiny_dir: Path) -> None:
         c = m.seq_add(pcm, prompt, max_new_tokens=5)
         m.seq_abort(c)
         assert m.context_info("active") == 0 and m.step() is None
+
+
+@pytest.mark.parametrize(("setting", "misses"), [(32, 1), (0, 0)])
+def test_the_encoder_cache_setting_reaches_libqwen(tiny_dir: Path, setting: int, misses: int) -> None:
+    """QWEN_ENCODER_CACHE_WINDOWS as the replica builds its engine: 0 is off (no window looked up)."""
+    from qwen_serve.model.server import load_engine
+
+    engine = load_engine(
+        tiny_dir,
+        threads=1,
+        isa="auto",
+        precision="exact",
+        max_batch=1,
+        kv_budget_tokens=None,
+        max_waiting=None,
+        encoder_cache_windows=setting,
+    )
+    try:
+        for _ in engine.stream(speech_like(9.0, seed=3), max_new_tokens=2):
+            pass
+        assert engine.stats()["encoder_cache_misses"] == misses
+    finally:
+        engine.close()

@@ -87,3 +87,22 @@ def test_stats_tell_sequences_in_admission_from_decoding_ones(engine: Engine) ->
     for _ in stream:
         pass
     assert engine.stats()["active"] == engine.stats()["admitting"] == 0
+
+
+def test_a_growing_turn_reuses_its_complete_encoder_windows(tiny_dirs: dict[str, Path]) -> None:
+    """Each decode of a long turn starts again from the turn's whole audio; its complete 8 s
+    encoder windows come from libqwen's cache the second time, and the results are exactly
+    those of an engine without the cache."""
+    turn = speech_like(20.0, seed=34)
+    with (
+        Engine(tiny_dirs["tiny-1.7b"], threads=2) as cached,
+        Engine(tiny_dirs["tiny-1.7b"], threads=2, encoder_cache_windows=-1) as uncached,
+    ):
+        for seconds, hits in ((17.0, 0), (20.0, 2)):  # 17 s: two complete windows, then the same two
+            pcm = turn[: int(seconds * 16000)]
+            a = cached.transcribe(pcm, max_new_tokens=12)
+            b = uncached.transcribe(pcm, max_new_tokens=12)
+            assert a.token_ids == b.token_ids and a.text == b.text
+            assert cached.stats()["encoder_cache_hits"] == hits
+            assert cached.stats()["encoder_cache_misses"] == 2
+        assert uncached.stats()["encoder_cache_hits"] == uncached.stats()["encoder_cache_misses"] == 0
