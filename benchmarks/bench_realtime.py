@@ -292,15 +292,18 @@ def ms(values: list[float], q: float) -> str:
 
 
 def label(live: bool, cache: bool) -> str:
-    return f"text during speech {'on' if live else 'off'}, encoder window cache {'on' if cache else 'off'}"
+    return f"text during speech {'on' if live else 'off'}, libqwen's caches {'on' if cache else 'off'}"
 
 
 def run_config(args: argparse.Namespace, model_dir: Path, live: bool, cache: bool) -> list[Step]:
-    """One `serve run` with QWEN_REALTIME_LIVE_TEXT = live and QWEN_ENCODER_CACHE_WINDOWS 32 (cache)
-    or 0: the warm-up item, then each N."""
+    """One `serve run` with QWEN_REALTIME_LIVE_TEXT = live and libqwen's caches at their defaults
+    (cache) or off (QWEN_ENCODER_CACHE_WINDOWS, QWEN_PREFIX_CACHE_TOKENS 0): the warm-up item, then
+    each N."""
     print(f"-- {label(live, cache)}", flush=True)
     steps: list[Step] = []
-    overrides = {"realtime_live_text": live, "encoder_cache_windows": 32 if cache else 0}
+    overrides: dict[str, object] = {"realtime_live_text": live}
+    if not cache:
+        overrides.update(encoder_cache_windows=0, prefix_cache_tokens=0)
     with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
         server = Server(args, model_dir, Path(tmp), overrides)
         try:
@@ -390,11 +393,11 @@ def main() -> int:
         help="text during speech (QWEN_REALTIME_LIVE_TEXT): on, off, or both one after the other (default)",
     )
     parser.add_argument(
-        "--encoder-cache",
+        "--caches",
         choices=("on", "off", "both"),
         default="on",
-        help="libqwen's encoder window cache (QWEN_ENCODER_CACHE_WINDOWS 32 or 0): on (default), off, or both; "
-        "it matters for turns over 8 s (--speech)",
+        help="libqwen's encoder window and prefix caches (QWEN_ENCODER_CACHE_WINDOWS, QWEN_PREFIX_CACHE_TOKENS): "
+        "on (the defaults), off (0), or both; they matter for turns over 8 s (--speech)",
     )
     parser.add_argument("--max-slip", type=float, default=0.2, help="seconds the client's sending may slip")
     args = parser.parse_args()
@@ -420,7 +423,7 @@ def main() -> int:
     )
     print(f"realtime benchmark on {os.cpu_count()} cores ({cpu_model()}): {setup}", flush=True)
     choice = {"on": [True], "off": [False], "both": [False, True]}
-    configs = [(live, cache) for live in choice[args.live] for cache in choice[args.encoder_cache]]
+    configs = [(live, cache) for live in choice[args.live] for cache in choice[args.caches]]
     results = [(live, cache, run_config(args, model_dir, live, cache)) for live, cache in configs]
     print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {setup}")
     for live, cache, steps in results:

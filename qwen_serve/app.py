@@ -161,6 +161,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_batch=settings.max_batch,
             kv_budget_tokens=settings.kv_budget_tokens,
             encoder_cache_windows=settings.encoder_cache_windows,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
             record_metrics=settings.metrics,
         )
     if not handles:

@@ -21,6 +21,9 @@ of ours. On the wire Ray prefixes every name with `ray_` and counters end in
       qwen_engine_active_sequences{model}                  gauge (sequences in the batch)
       qwen_engine_steps_total{model}                       counter (decode steps)
       qwen_engine_step_sequences_total{model}              counter (sum of batch sizes over steps)
+      qwen_encoder_cache_hits_total{model}                 counter (complete 8 s windows not encoded again)
+      qwen_encoder_cache_misses_total{model}               counter (complete windows encoded)
+      qwen_prefix_cache_tokens_reused_total{model}         counter (prompt rows not prefilled again)
       qwen_model_load_seconds{model}                       histogram
       qwen_model_loads_total{model}, qwen_model_unloads_total{model}  counters
 
@@ -113,6 +116,21 @@ class _Registry:
             description="Sequences in the batch, summed over steps: /steps is the mean batch size.",
             tag_keys=model,
         )
+        self.encoder_cache_hits = Counter(
+            "qwen_encoder_cache_hits",
+            description="Complete 8 s encoder windows taken from libqwen's cache instead of encoded.",
+            tag_keys=model,
+        )
+        self.encoder_cache_misses = Counter(
+            "qwen_encoder_cache_misses",
+            description="Complete 8 s encoder windows encoded (not in libqwen's cache).",
+            tag_keys=model,
+        )
+        self.prefix_cache_tokens_reused = Counter(
+            "qwen_prefix_cache_tokens_reused",
+            description="Prompt rows whose KV came from libqwen's prefix cache instead of a prefill.",
+            tag_keys=model,
+        )
         self.load_time = Histogram(
             "qwen_model_load_seconds",
             description="Time a replica took to load its model.",
@@ -195,20 +213,35 @@ def transcription_finished(model: str, audio_s: float, engine_s: float, output_t
         m.output_tokens.inc(output_tokens, tags)
 
 
+ENGINE_COUNTS = (
+    "steps",
+    "step_sequences",
+    "encoder_cache_hits",
+    "encoder_cache_misses",
+    "prefix_cache_tokens_reused",
+)
+"""The engine's stats() that only grow: the replica reports how much each grew (engine_sampled)."""
+
+
 @_never_raises
-def engine_sampled(model: str, stats: Mapping[str, Any], steps: int, step_sequences: int) -> None:
-    """A replica's periodic look at its engine: `stats()` now, steps and batched sequences since
-    the last look."""
+def engine_sampled(model: str, stats: Mapping[str, Any], counts: Mapping[str, int]) -> None:
+    """A replica's periodic look at its engine: `stats()` now, and how much each of its
+    ENGINE_COUNTS grew since the last look."""
     m = _metrics()
     if m is None:
         return
     tags = {"model": model}
     m.waiting.set(int(stats.get("waiting", 0)), tags)
     m.active.set(int(stats.get("active", 0)), tags)
-    if steps > 0:
-        m.steps.inc(steps, tags)
-    if step_sequences > 0:
-        m.step_sequences.inc(step_sequences, tags)
+    for key, counter in (
+        ("steps", m.steps),
+        ("step_sequences", m.step_sequences),
+        ("encoder_cache_hits", m.encoder_cache_hits),
+        ("encoder_cache_misses", m.encoder_cache_misses),
+        ("prefix_cache_tokens_reused", m.prefix_cache_tokens_reused),
+    ):
+        if counts.get(key, 0) > 0:
+            counter.inc(counts[key], tags)
 
 
 @_never_raises

@@ -15,6 +15,7 @@ file). Nothing is read at import time: the app builder calls
     QWEN_MAX_BATCH                  requests a model replica takes at once and decodes together (default 8)
     QWEN_KV_BUDGET_TOKENS           KV-cache tokens a replica reserves across them (default: sized from max_batch)
     QWEN_ENCODER_CACHE_WINDOWS      complete 8 s encoder windows a replica keeps for reuse (default 32; 0: off)
+    QWEN_PREFIX_CACHE_TOKENS        KV rows of prompt prefixes a replica keeps for reuse (default 1024; 0: off)
     QWEN_THREADS                    compute threads per model replica (default: all the node's CPUs)
     QWEN_ISA                        kernel set: auto (default), scalar, avx2, avx512, avx512bf16, neon
     QWEN_PRECISION                  fast (default: int8 decoder weights) or exact (f32, the reference's tokens)
@@ -118,6 +119,10 @@ class Settings(BaseSettings):
     """Complete 8 s encoder windows a replica keeps (about 0.8 MB each for 0.6B, 1.2 MB for 1.7B):
     audio that comes again, a live turn's earlier windows above all, is not encoded again.
     0 turns the cache off."""
+    prefix_cache_tokens: int = Field(default=1024, ge=0)
+    """KV rows of prompt prefixes a replica keeps (229 KB each, both models; 1024 is about 235 MB):
+    the prompt up to the audio that can still change, so the next decode of a growing live turn
+    prefills only its last window's audio and the text. 0 turns the cache off."""
     max_queued_requests: int = Field(default=16, ge=-1)
     """Requests waiting for a busy model beyond which clients get 503 + Retry-After (-1: no limit)."""
     ingress_replicas: int = Field(default=1, ge=1)

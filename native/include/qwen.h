@@ -95,6 +95,8 @@ typedef struct {
     int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 64 */
     qwen_precision precision; /* EXACT by default */
     int encoder_cache_windows; /* completed encoder windows (8 s each) kept for reuse; 0 = 32, < 0 = none */
+    int64_t prefix_cache_tokens; /* KV rows of prompt prefixes kept for reuse (229 KB each for both
+                                  * models); 0 = 1024, < 0 = none */
 } qwen_params;
 
 typedef struct {
@@ -196,8 +198,14 @@ QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *ke
  * encoder window cache's "encoder_cache_hits", "encoder_cache_misses" (complete
  * windows found / not found) and "encoder_cache_windows" (held). A complete
  * window whose mel frames equal a cached one's is not encoded again: a live
- * transcription's growing audio, or a repeated request, reuses it. -1 for an
- * unknown key. */
+ * transcription's growing audio, or a repeated request, reuses it. The prefix
+ * cache's "prefix_cache_hits" (sequences that started after a kept prefix),
+ * "prefix_cache_tokens_reused" (prompt rows not prefilled) and
+ * "prefix_cache_tokens" (rows held): after its prefill a sequence keeps the KV
+ * of its prompt up to its first audio row that can still change (the last,
+ * incomplete encoder window), and a later sequence whose prompt starts with
+ * those ids and audio rows starts its prefill after them, with the same bits
+ * as without. -1 for an unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
 
 /* ==== Transcription, batch of one (pull-style) ==== */

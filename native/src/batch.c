@@ -219,6 +219,7 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
     /* A prefill chunk: the prompt's embeddings with the audio spliced in. An
      * aligner sequence takes the head at its <timestamp> rows instead of the
      * last row. */
+    if (!s->n_prefilled) qw_prefix_reuse(ctx, s);
     const int p0 = s->n_prefilled;
     const int n = s->n_prompt - p0 < ctx->prefill_chunk ? s->n_prompt - p0 : ctx->prefill_chunk;
     const int C = c->n_out;
@@ -259,6 +260,7 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
     if (st != QWEN_OK) return st;
     s->n_prefilled += n;
     if (!last) return QWEN_OK;
+    qw_prefix_keep(ctx, s);
     free(s->emb);
     s->emb = NULL;
     if (s->align) { /* the aligner's one pass is done: nothing to generate */
@@ -377,6 +379,9 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "encoder_cache_hits")) return ctx->enc_cache.hits;
     if (!strcmp(key, "encoder_cache_misses")) return ctx->enc_cache.misses;
     if (!strcmp(key, "encoder_cache_windows")) return ctx->enc_cache.n;
+    if (!strcmp(key, "prefix_cache_hits")) return ctx->prefix_cache.hits;
+    if (!strcmp(key, "prefix_cache_tokens_reused")) return ctx->prefix_cache.tokens_reused;
+    if (!strcmp(key, "prefix_cache_tokens")) return ctx->prefix_cache.tokens;
     return -1;
 }
 
@@ -396,6 +401,8 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     ctx->one_seq = -1;
     const int cache = p->encoder_cache_windows == 0 ? 32 : p->encoder_cache_windows;
     if (qw_enc_cache_init(&ctx->enc_cache, cache > 0 ? cache : 0)) return QWEN_ERR_NOMEM;
+    const int64_t prefix = p->prefix_cache_tokens == 0 ? 1024 : p->prefix_cache_tokens;
+    qw_prefix_cache_init(&ctx->prefix_cache, prefix > 0 ? prefix : 0);
     return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->prefill_logits ? QWEN_OK : QWEN_ERR_NOMEM;
 }
 
@@ -407,4 +414,5 @@ void qw_batch_free(qwen_context *ctx) {
     free(ctx->step_logits);
     free(ctx->prefill_logits);
     qw_enc_cache_free(&ctx->enc_cache);
+    qw_prefix_cache_free(&ctx->prefix_cache);
 }

@@ -151,6 +151,7 @@ typedef struct {
     float *emb;                 /* [n_audio, hidden] audio embeddings, freed after the prefill */
     int n_audio, windows_done, n_windows;
     int n_prefilled, audio_used;  /* prompt tokens run; audio rows of emb spliced in so far */
+    int prefix_entry_n;         /* prompt rows whose KV came from the prefix cache (0: none) */
     /* decoder state */
     float *k, *v;               /* [layers, cap, KV * hd] */
     int cap, n_past;
@@ -213,6 +214,33 @@ int qw_enc_cache_get(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_
 void qw_enc_cache_put(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, const float *out,
                       size_t out_floats);
 
+/* ==== Prefix cache (prefix_cache.c) ==== */
+typedef struct {
+    int n;                      /* prompt rows, a multiple of prefill_chunk */
+    int32_t *ids;               /* [n] their prompt ids */
+    int n_audio;                /* audio rows among them */
+    float *audio;               /* [n_audio, hidden] their input rows, compared bit for bit */
+    float *k, *v;               /* [dec_layers, n, n_kv_heads * head_dim] */
+    uint64_t used;              /* clock of the last hit or insert */
+} qw_prefix_entry;
+
+typedef struct {
+    qw_prefix_entry *e;         /* [cap], n in use */
+    int n, cap;
+    int64_t tokens, budget;     /* rows held, most rows held (0: off) */
+    uint64_t clock;
+    int64_t hits, tokens_reused;
+} qw_prefix_cache;
+
+int qw_prefix_cache_init(qw_prefix_cache *pc, int64_t budget_tokens);
+void qw_prefix_cache_free(qw_prefix_cache *pc);
+/* Before s's first prefill chunk (its audio rows encoded): copies the KV of the longest kept
+ * prefix of its prompt and starts its prefill after it; returns its rows (0: none). */
+int qw_prefix_reuse(struct qwen_context *ctx, qw_seq *s);
+/* After s's prefill, before its audio rows are freed: keeps the KV of its prompt up to the first
+ * audio row that can change (down to a prefill_chunk boundary). */
+void qw_prefix_keep(struct qwen_context *ctx, const qw_seq *s);
+
 /* ==== Context ==== */
 struct qwen_context {
     qw_config cfg;
@@ -248,6 +276,7 @@ struct qwen_context {
     float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;
     qw_enc_cache enc_cache;     /* completed encoder windows (enc_cache.c) */
+    qw_prefix_cache prefix_cache; /* KV of prompt prefixes (prefix_cache.c) */
     qwen_abort_callback abort_cb; /* the running unit's (qw_aborted), or NULL */
     void *abort_ud;
 

@@ -256,6 +256,52 @@ static void test_encoder_cache(const char *model) {
     qwen_free(off);
 }
 
+/* ==== Prefix cache: a prompt that starts like a kept one gives the same tokens and logits ==== */
+
+static void test_prefix_cache(const char *model, qwen_precision precision, int prefill_chunk) {
+    char err[512];
+    qwen_params pon = qwen_default_params(), poff = qwen_default_params();
+    pon.precision = poff.precision = precision;
+    pon.prefill_chunk = poff.prefill_chunk = prefill_chunk;
+    poff.prefix_cache_tokens = -1;
+    poff.encoder_cache_windows = -1;
+    qwen_context *on = qwen_load(model, &pon, err, sizeof(err)), *off = qwen_load(model, &poff, err, sizeof(err));
+    CHECK(on && off, "prefix: load with and without");
+    if (!on || !off) {
+        qwen_free(on);
+        qwen_free(off);
+        return;
+    }
+    /* A turn that grows (17 s: two complete windows; 20 s; 25 s: three), then other audio. */
+    const int lengths[4] = {17 * 16000, 20 * 16000, 25 * 16000, 20 * 16000};
+    float *pcm = make_clip(25 * 16000, 5), *other = make_clip(20 * 16000, 6);
+    int64_t reused = 0;
+    for (int i = 0; i < 4; i++) {
+        int32_t ids_on[CACHE_GEN], ids_off[CACHE_GEN];
+        uint64_t h_on[CACHE_GEN], h_off[CACHE_GEN];
+        const float *clip = i < 3 ? pcm : other;
+        run_alone(on, clip, lengths[i], ids_on, h_on);
+        run_alone(off, clip, lengths[i], ids_off, h_off);
+        CHECK(!memcmp(ids_on, ids_off, sizeof(ids_on)) && !memcmp(h_on, h_off, sizeof(h_on)),
+              "prefix: the same ids and logits with and without it");
+        /* kept: audio start + the complete windows' 104 rows each, down to a chunk boundary */
+        const int64_t kept_before = i == 0 ? 0 : ((1 + 208) / prefill_chunk) * prefill_chunk;
+        if (i == 1 || i == 2) reused += kept_before;
+        CHECK(qwen_get_info(on, "prefix_cache_hits") == (i == 0 ? 0 : i < 3 ? i : 2) &&
+                  qwen_get_info(on, "prefix_cache_tokens_reused") == reused,
+              "prefix: the growing turn starts after its kept prefix; other audio does not");
+    }
+    const int64_t held = qwen_get_info(on, "prefix_cache_tokens");
+    CHECK(held == ((1 + 312) / prefill_chunk) * prefill_chunk + ((1 + 208) / prefill_chunk) * prefill_chunk,
+          "prefix: the longer prefix replaced the one it grew from; the other audio's is kept too");
+    CHECK(qwen_get_info(off, "prefix_cache_hits") == 0 && qwen_get_info(off, "prefix_cache_tokens") == 0,
+          "prefix: off is off");
+    free(pcm);
+    free(other);
+    qwen_free(on);
+    qwen_free(off);
+}
+
 static void write_bytes(const char *path, const char *data, size_t len) {
     FILE *f = fopen(path, "wb");
     if (f) { fwrite(data, 1, len, f); fclose(f); }
@@ -346,6 +392,9 @@ int main(void) {
         qwen_free(b);
         test_batch(model, QWEN_PRECISION_EXACT);
         test_encoder_cache(model);
+        test_prefix_cache(model, QWEN_PRECISION_EXACT, 64);
+        test_prefix_cache(model, QWEN_PRECISION_EXACT, 23);
+        test_prefix_cache(model, QWEN_PRECISION_FAST, 64);
         /* FAST: int8 decoder weights; the same contract (bitwise alone == batched) */
         test_batch(model, QWEN_PRECISION_FAST);
         qwen_params pf = qwen_default_params();

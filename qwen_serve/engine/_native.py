@@ -50,6 +50,7 @@ class _Params(ctypes.Structure):
         ("prefill_chunk", ctypes.c_int),
         ("precision", ctypes.c_int),
         ("encoder_cache_windows", ctypes.c_int),
+        ("prefix_cache_tokens", ctypes.c_int64),
     ]
 
 
@@ -229,6 +230,7 @@ class NativeModel:
         prefill_chunk: int = 0,
         precision: str = "exact",
         encoder_cache_windows: int = 0,
+        prefix_cache_tokens: int = 0,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
@@ -244,6 +246,7 @@ class NativeModel:
         params.prefill_chunk = int(prefill_chunk)
         params.precision = PRECISION[precision]
         params.encoder_cache_windows = int(encoder_cache_windows)  # 0: libqwen's default (32), < 0: off
+        params.prefix_cache_tokens = int(prefix_cache_tokens)  # 0: libqwen's default (1024), < 0: off
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -324,7 +327,8 @@ class NativeModel:
 
     def context_info(self, key: str) -> int:
         """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context",
-        "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows"."""
+        "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows", "prefix_cache_hits",
+        "prefix_cache_tokens_reused", "prefix_cache_tokens"."""
         value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)

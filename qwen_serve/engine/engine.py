@@ -60,10 +60,14 @@ class Engine:
         max_waiting: int | None = None,
         precision: str = "exact",
         encoder_cache_windows: int = 0,
+        prefix_cache_tokens: int = 0,
     ):
         """`encoder_cache_windows`: complete 8 s encoder windows libqwen keeps to reuse when the
         same audio comes again (a live turn's earlier windows, a repeated request); 0 is libqwen's
-        default (32), a negative number turns the cache off."""
+        default (32), a negative number turns the cache off. `prefix_cache_tokens`: KV rows of
+        prompt prefixes (up to their audio that can still change) libqwen keeps, so that the next
+        decode of a growing turn prefills only what changed; 0 is libqwen's default (1024, about
+        235 MB), negative turns it off. Neither changes a result by a bit."""
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"no Qwen3-ASR checkpoint at {self.model_dir} (config.json missing)")
@@ -88,6 +92,7 @@ class Engine:
             kv_budget_tokens=kv_budget_tokens,
             precision=precision,
             encoder_cache_windows=encoder_cache_windows,
+            prefix_cache_tokens=prefix_cache_tokens,
         )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(
@@ -109,7 +114,9 @@ class Engine:
         yet past their encoder and prefill: "admitting"), requests waiting for their first one
         ("waiting"), "max_batch", and since the start the scheduling steps ("steps") and the
         sequences in them summed over steps ("step_sequences"), and the encoder window cache's
-        "encoder_cache_hits" and "encoder_cache_misses" (complete windows reused / encoded)."""
+        "encoder_cache_hits" and "encoder_cache_misses" (complete windows reused / encoded), and the
+        prefix cache's "prefix_cache_hits" (sequences that started after a kept prompt prefix) and
+        "prefix_cache_tokens_reused" (prompt rows they did not prefill)."""
         return self._scheduler.stats()
 
     def _eos_ids(self) -> list[int]:

@@ -30,6 +30,7 @@ from ._native import QWEN_DONE, AbortedError, BusyError, NativeError, NativeMode
 logger = logging.getLogger("qwen_serve.engine")
 
 TIMING_KEYS = ("mel", "encoder", "prefill", "decode")
+CACHE_KEYS = ("encoder_cache_hits", "encoder_cache_misses", "prefix_cache_hits", "prefix_cache_tokens_reused")
 
 
 class EngineBusy(RuntimeError):
@@ -86,7 +87,7 @@ class Scheduler:
         self._peak = 0  # most slots held at once
         self._steps = 0  # qwen_step calls
         self._step_sequences = 0  # sequences holding a slot, summed over steps (/ steps: mean batch)
-        self._cache = {"encoder_cache_hits": 0, "encoder_cache_misses": 0}  # read after each step
+        self._cache = dict.fromkeys(CACHE_KEYS, 0)  # libqwen's cache counters, read after each step
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="qwen-scheduler", daemon=True)
         self._thread.start()

@@ -109,7 +109,8 @@ class BatchingEngine(Protocol):
     def stats(self) -> Mapping[str, int]:
         """{"max_batch", "active" (sequences holding a slot), "waiting" (requests waiting for a slot)},
         and if known "admitting" (active sequences whose encoder or prefill has yet to run);
-        the metrics also read "steps" and "step_sequences" (sequences summed over steps) if there."""
+        the metrics also read the counts of metrics.ENGINE_COUNTS ("steps", "step_sequences":
+        sequences summed over steps, and libqwen's cache counts) if there."""
         ...
 
     def close(self) -> None: ...
@@ -129,6 +130,7 @@ class EngineFactory(Protocol):
         kv_budget_tokens: int | None,
         max_waiting: int | None,
         encoder_cache_windows: int,
+        prefix_cache_tokens: int,
     ) -> BatchingEngine: ...
 
 
@@ -142,8 +144,10 @@ def load_engine(
     kv_budget_tokens: int | None,
     max_waiting: int | None,
     encoder_cache_windows: int,
+    prefix_cache_tokens: int,
 ) -> BatchingEngine:
-    """The replica's Engine; `encoder_cache_windows` 0 turns libqwen's window cache off."""
+    """The replica's Engine; `encoder_cache_windows` / `prefix_cache_tokens` 0 turn libqwen's
+    caches off."""
     from qwen_serve.engine import Engine  # here, on the replica: keeps ctypes out of this module
 
     return Engine(
@@ -155,6 +159,7 @@ def load_engine(
         kv_budget_tokens=kv_budget_tokens,
         max_waiting=max_waiting,
         encoder_cache_windows=encoder_cache_windows if encoder_cache_windows > 0 else -1,
+        prefix_cache_tokens=prefix_cache_tokens if prefix_cache_tokens > 0 else -1,
     )
 
 
@@ -176,18 +181,18 @@ def node_cpus() -> int | None:
 
 
 def _sample_engine(server_ref: weakref.ref[ModelServer], stop: threading.Event) -> None:
-    """Once a second: the engine's queue depth and batch (gauges), its steps since (counters).
-    Holds the server weakly, so that a server nobody holds is still collected."""
-    steps = sequences = 0
+    """Once a second: the engine's queue depth and batch (gauges), its steps and cache counts since
+    (counters). Holds the server weakly, so that a server nobody holds is still collected."""
+    last = dict.fromkeys(metrics.ENGINE_COUNTS, 0)
     while not stop.wait(METRICS_INTERVAL_S):
         server = server_ref()
         if server is None:
             return
         try:
             stats = server.engine.stats()
-            now_steps, now_sequences = int(stats.get("steps", 0)), int(stats.get("step_sequences", 0))
-            metrics.engine_sampled(server.model_id, stats, now_steps - steps, now_sequences - sequences)
-            steps, sequences = now_steps, now_sequences
+            now = {key: int(stats.get(key, 0)) for key in metrics.ENGINE_COUNTS}
+            metrics.engine_sampled(server.model_id, stats, {key: now[key] - last[key] for key in now})
+            last = now
         except Exception:  # never let metrics take the replica down
             logger.exception("model %s: sampling engine metrics failed", server.model_id)
             return
@@ -221,6 +226,7 @@ class ModelServer:
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
         encoder_cache_windows: int = 32,
+        prefix_cache_tokens: int = 1024,
         engine_factory: EngineFactory | None = None,
         record_metrics: bool = True,
     ):
@@ -243,6 +249,7 @@ class ModelServer:
             kv_budget_tokens=kv_budget_tokens,
             max_waiting=max_waiting,
             encoder_cache_windows=encoder_cache_windows,
+            prefix_cache_tokens=prefix_cache_tokens,
         )
         # One thread per request the engine can hold; busy requests never take one.
         capacity = max_batch + (max_batch if max_waiting is None else max_waiting)

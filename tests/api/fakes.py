@@ -121,9 +121,11 @@ class FakeEngine:
         kv_budget_tokens: int | None = None,
         max_waiting: int | None = None,
         encoder_cache_windows: int = 32,
+        prefix_cache_tokens: int = 1024,
     ):
         self.model_dir = Path(model_dir)
         self.encoder_cache_windows = encoder_cache_windows
+        self.prefix_cache_tokens = prefix_cache_tokens
         self.threads = threads
         self.isa = isa
         self.precision = precision

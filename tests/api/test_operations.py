@@ -171,7 +171,7 @@ def test_engine_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server_module, "METRICS_INTERVAL_S", 0.02)
     monkeypatch.setattr(metrics, "engine_sampled", lambda *args: samples.append(args))
     harness = Harness(make_settings())
-    counts = {"steps": 10, "step_sequences": 25}
+    counts = {"steps": 10, "step_sequences": 25, "encoder_cache_hits": 2, "prefix_cache_tokens_reused": 64}
     stats = {"max_batch": 8, "active": 3, "waiting": 2}
     monkeypatch.setattr(harness.engines[MODEL], "stats", lambda: {**stats, **counts})
 
@@ -184,10 +184,12 @@ def test_engine_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
             time.sleep(0.01)
 
     wait_for(1)
-    counts.update(steps=14, step_sequences=37)
+    counts.update(steps=14, step_sequences=37, encoder_cache_hits=5, prefix_cache_tokens_reused=192)
     wait_for(4)
     assert mine()[0][1]["waiting"] == 2 and mine()[0][1]["active"] == 3
-    assert sum(s[2] for s in mine()) == 14 and sum(s[3] for s in mine()) == 37  # the deltas add up
+    totals = {key: sum(s[2][key] for s in mine()) for key in counts}
+    assert totals == counts  # the deltas add up
+    assert all(s[2]["encoder_cache_misses"] == 0 for s in mine())  # a count the engine does not report
     harness.handles[MODEL].server.__del__()
     time.sleep(0.05)
     n = len(mine())
@@ -205,7 +207,9 @@ def test_metrics_module_without_ray() -> None:
         metrics.configure(True)
     metrics.request_finished(MODEL, "/v1/audio/transcriptions", 200, 0.1, 1.0, 0.05)
     metrics.transcription_finished(MODEL, 2.0, 0.5, 10)
-    metrics.engine_sampled(MODEL, {"active": 1, "waiting": 0}, 3, 3)
+    metrics.engine_sampled(
+        MODEL, {"active": 1, "waiting": 0}, {"steps": 3, "step_sequences": 3, "encoder_cache_hits": 1}
+    )
     metrics.model_loaded(MODEL, 1.0)
     metrics.model_unloaded(MODEL)
     registry = metrics._registry

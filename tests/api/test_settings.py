@@ -30,7 +30,7 @@ def test_defaults() -> None:
     assert s.model_dir("qwen-asr-1.7b") == Path("models/qwen3-asr-1.7b")
     assert s.models["qwen-asr-1.7b"].repo == "Qwen/Qwen3-ASR-1.7B"
     assert (s.max_batch, s.kv_budget_tokens, s.model_num_cpus) == (8, None, 1.0)
-    assert s.encoder_cache_windows == 32
+    assert (s.encoder_cache_windows, s.prefix_cache_tokens) == (32, 1024)
 
 
 def test_batching_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,6 +90,7 @@ def test_models_are_added(tmp_path: Path) -> None:
         {"max_batch": 0},
         {"kv_budget_tokens": 0},
         {"encoder_cache_windows": -1},
+        {"prefix_cache_tokens": -5},
         {"max_waiting": 2},  # not a setting: Serve's queue (max_queued_requests) is the waiting line
         {"models": {"x": {"path": "p", "bogus": 1}}},
         {"drain_timeout": -1},

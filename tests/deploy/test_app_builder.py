@@ -80,6 +80,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
             "max_batch": 5,
             "kv_budget_tokens": 20000,
             "encoder_cache_windows": 4,
+            "prefix_cache_tokens": 512,
         }
     )
     assert isinstance(app, Application)
@@ -101,6 +102,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
             deployment.init_kwargs["max_batch"] == 5 and deployment.init_kwargs["kv_budget_tokens"] == 20000
         )
         assert deployment.init_kwargs["encoder_cache_windows"] == 4
+        assert deployment.init_kwargs["prefix_cache_tokens"] == 512
         assert deployment.ray_actor_options["num_cpus"] == 1.0
     assert infos["my-asr"].languages == ("English", "Chinese")
 

@@ -47,6 +47,8 @@ def test_concurrent_requests_get_their_alone_results(
         assert stats == {
             "encoder_cache_hits": 0,
             "encoder_cache_misses": 1,  # the 9 s clip's complete 8 s window
+            "prefix_cache_hits": 0,  # no two clips start alike
+            "prefix_cache_tokens_reused": 0,
             "max_batch": 4,
             "active": 0,
             "peak_active": 4,
@@ -181,9 +183,12 @@ def test_native_sequences(tiny_dir: Path) -> None:
         assert m.context_info("active") == 0 and m.step() is None
 
 
-@pytest.mark.parametrize(("setting", "misses"), [(32, 1), (0, 0)])
-def test_the_encoder_cache_setting_reaches_libqwen(tiny_dir: Path, setting: int, misses: int) -> None:
-    """QWEN_ENCODER_CACHE_WINDOWS as the replica builds its engine: 0 is off (no window looked up)."""
+@pytest.mark.parametrize(("windows", "tokens", "misses", "prefix_hits"), [(32, 1024, 1, 1), (0, 0, 0, 0)])
+def test_the_cache_settings_reach_libqwen(
+    tiny_dir: Path, windows: int, tokens: int, misses: int, prefix_hits: int
+) -> None:
+    """QWEN_ENCODER_CACHE_WINDOWS and QWEN_PREFIX_CACHE_TOKENS as the replica builds its engine: 0 is
+    off (no window looked up, no prefix kept)."""
     from qwen_serve.model.server import load_engine
 
     engine = load_engine(
@@ -194,11 +199,14 @@ def test_the_encoder_cache_setting_reaches_libqwen(tiny_dir: Path, setting: int,
         max_batch=1,
         kv_budget_tokens=None,
         max_waiting=None,
-        encoder_cache_windows=setting,
+        encoder_cache_windows=windows,
+        prefix_cache_tokens=tokens,
     )
     try:
-        for _ in engine.stream(speech_like(9.0, seed=3), max_new_tokens=2):
-            pass
+        for _ in range(2):  # the same audio twice: the second finds its window and its prefix
+            for _ in engine.stream(speech_like(9.0, seed=3), max_new_tokens=2):
+                pass
         assert engine.stats()["encoder_cache_misses"] == misses
+        assert engine.stats()["prefix_cache_hits"] == prefix_hits  # the second request
     finally:
         engine.close()

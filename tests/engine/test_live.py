@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qwen_serve.engine import Engine
@@ -13,6 +14,14 @@ from qwen_serve.engine._native import exact_isas
 from qwen_serve.testing.clips import speech_like
 
 HOLD_BACK = 5
+
+
+def loud_start(pcm: np.ndarray) -> np.ndarray:
+    """The turn's loudest moment in its first half second: the log-mel is clamped to 8 below its
+    loudest frame, so a louder sound later would change every earlier frame (and window)."""
+    pcm = pcm.copy()
+    pcm[:8000] *= 3.0
+    return pcm
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +102,7 @@ def test_a_growing_turn_reuses_its_complete_encoder_windows(tiny_dirs: dict[str,
     """Each decode of a long turn starts again from the turn's whole audio; its complete 8 s
     encoder windows come from libqwen's cache the second time, and the results are exactly
     those of an engine without the cache."""
-    turn = speech_like(20.0, seed=34)
+    turn = loud_start(speech_like(20.0, seed=34))
     with (
         Engine(tiny_dirs["tiny-1.7b"], threads=2) as cached,
         Engine(tiny_dirs["tiny-1.7b"], threads=2, encoder_cache_windows=-1) as uncached,
@@ -106,3 +115,27 @@ def test_a_growing_turn_reuses_its_complete_encoder_windows(tiny_dirs: dict[str,
             assert cached.stats()["encoder_cache_hits"] == hits
             assert cached.stats()["encoder_cache_misses"] == 2
         assert uncached.stats()["encoder_cache_hits"] == uncached.stats()["encoder_cache_misses"] == 0
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_a_growing_turn_prefills_only_what_changed(tiny_dirs: dict[str, Path], precision: str) -> None:
+    """The next decode of a growing turn starts its prefill after the kept KV of the prompt up to
+    its last, incomplete window (libqwen's prefix cache), with the results of an engine without
+    the caches: the same ids and text, also when forced with fixed ids as the session does."""
+    turn = loud_start(speech_like(26.0, seed=35))
+    with (
+        Engine(tiny_dirs["tiny-1.7b"], threads=2, precision=precision) as cached,
+        Engine(
+            tiny_dirs["tiny-1.7b"], threads=2, precision=precision, encoder_cache_windows=-1, prefix_cache_tokens=-1
+        ) as uncached,
+    ):
+        fixed: list[int] = []
+        for seconds in (9.0, 12.0, 17.0, 26.0):
+            pcm = turn[: int(seconds * 16000)]
+            a = cached.transcribe(pcm, max_new_tokens=12, prefix_ids=fixed)
+            b = uncached.transcribe(pcm, max_new_tokens=12, prefix_ids=fixed)
+            assert a.token_ids == b.token_ids and a.text == b.text
+            fixed = a.token_ids[:3]
+        stats = cached.stats()
+        assert stats["prefix_cache_hits"] == 3 and stats["prefix_cache_tokens_reused"] >= 3 * 64
+        assert uncached.stats()["prefix_cache_hits"] == 0
