@@ -26,6 +26,30 @@ typedef struct {
     qw_q8_act act;              /* A quantized by rows, for int8 weights */
 } mm_job;
 
+typedef struct {
+    uint8_t *q; /* the arrays of an act from qw_q8_act_at, in ctx->q8_act */
+    float *scale;
+    const float *A;
+    int M, K, Kp, ng, rows_per_task;
+} q8_quant_job;
+
+static void q8_quant_task(void *arg, int t) {
+    q8_quant_job *j = arg;
+    const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
+    qw_q8_quantize_rows(j->q + (size_t)r0 * j->Kp, j->scale + (size_t)r0 * j->ng, j->A + (size_t)r0 * j->K, j->K,
+                        r1 - r0, j->K, j->Kp, j->ng);
+}
+
+/* A's rows quantized for W's int8 product: across the pool for a prefill's many rows (each row
+ * alone either way, so the same bytes), on this thread for a decode's few. */
+static qw_q8_act q8_quantize(qwen_context *ctx, const float *A, int M, const qw_q8 *W) {
+    if (M < 16 || ctx->n_threads < 2) return qw_q8_quantize(ctx->q8_act, A, W->K, M, W);
+    const qw_q8_act act = qw_q8_act_at(ctx->q8_act, M, W);
+    q8_quant_job j = {ctx->q8_act, qw_q8_act_scale(ctx->q8_act, M, W), A, M, W->K, W->Kp, W->ng, 4};
+    qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, q8_quant_task, &j);
+    return act;
+}
+
 static void mm_task(void *arg, int t) {
     mm_job *j = arg;
     int i = 0;
@@ -62,7 +86,7 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
             qw_fail(ctx, QWEN_ERR_INVALID, "int8 activation buffer not reserved for %d rows", M);
             return;
         }
-        j.act = qw_q8_quantize(ctx->q8_act, A, q->K, M, q);
+        j.act = q8_quantize(ctx, A, M, q);
     }
     int tasks = 0;
     for (int i = 0; i < n; i++) {

@@ -79,11 +79,17 @@ size_t qw_q8_act_bytes(int M, int K) {
     return round64((size_t)M * Kp) + (size_t)M * ng * sizeof(float);
 }
 
+float *qw_q8_act_scale(void *buf, int M, const qw_q8 *W) {
+    return (float *)(void *)((uint8_t *)buf + round64((size_t)M * (size_t)W->Kp));
+}
+
+qw_q8_act qw_q8_act_at(void *buf, int M, const qw_q8 *W) {
+    return (qw_q8_act){buf, qw_q8_act_scale(buf, M, W), M, W->Kp, W->ng};
+}
+
 qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W) {
-    uint8_t *q = buf;
-    float *scale = (float *)(void *)(q + round64((size_t)M * (size_t)W->Kp));
-    qw_q8_quantize_rows(q, scale, A, lda, M, W->K, W->Kp, W->ng);
-    return (qw_q8_act){q, scale, M, W->Kp, W->ng};
+    qw_q8_quantize_rows(buf, qw_q8_act_scale(buf, M, W), A, lda, M, W->K, W->Kp, W->ng);
+    return qw_q8_act_at(buf, M, W);
 }
 
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {

@@ -83,5 +83,9 @@ void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int 
  * rows of A quantized for W's K into buf (at least qw_q8_act_bytes(M, W->K) bytes). */
 size_t qw_q8_act_bytes(int M, int K);
 qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W);
+/* The same arrays in buf, not filled: quantize rows into them with qw_q8_quantize_rows (rows are
+ * independent, so threads may take disjoint ranges). */
+qw_q8_act qw_q8_act_at(void *buf, int M, const qw_q8 *W);
+float *qw_q8_act_scale(void *buf, int M, const qw_q8 *W); /* its scale array, writable */
 
 #endif /* QWEN_QUANT_H */
