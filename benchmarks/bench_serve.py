@@ -10,6 +10,10 @@ checkpoint and clip:
     defaults    the shipped settings (QWEN_MAX_BATCH 8, pool size 2, threads = the replica's CPUs)
     old         one request per replica: QWEN_MAX_BATCH=1, pool size 2, 1 thread a replica
 
+Before and after them, one Engine in this process without Ray (the shipped
+engine settings) transcribes the clip --warm times one after another: the
+reference for the service's one-client latency.
+
 For each it writes a Serve config for a temporary models directory, starts
 `serve run` as users do (on 127.0.0.1 only), measures start-up, a cold and
 warm requests (the ingress overhead is end-to-end latency minus the engine
@@ -288,6 +292,24 @@ def measure(args: argparse.Namespace, model_dir: Path, name: str, data: bytes, f
     return report
 
 
+def engine_alone(args: argparse.Namespace, model_dir: Path, data: bytes) -> tuple[float, float]:
+    """(p50, p99) ms of the clip through one Engine in this process, no Ray: the shipped engine
+    settings (precision fast, max batch 8, all cores), args.warm requests one after another. The
+    reference for the service's one-client latency."""
+    from qwen_serve.engine import Engine
+
+    pcm, _ = sf.read(io.BytesIO(data), dtype="float32")
+    with Engine(model_dir, precision="fast", max_batch=8) as engine:
+        for _ in range(3):
+            engine.transcribe(pcm, max_new_tokens=args.max_new_tokens)
+        times = []
+        for _ in range(args.warm):
+            t0 = time.perf_counter()
+            engine.transcribe(pcm, max_new_tokens=args.max_new_tokens)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return percentile(times, 50), percentile(times, 99)
+
+
 def table(reports: dict[str, Report], clients: list[int]) -> str:
     names = list(reports)
     head = "| clients | " + " | ".join(f"{n} req/s | {n} p50 ms | {n} p99 ms" for n in names)
@@ -337,10 +359,14 @@ def main() -> int:
         f"{os.cpu_count()} cores ({cpu_model()})",
         flush=True,
     )
+    alone = [engine_alone(args, model_dir, data)]
+    print(f"engine alone (no Ray), before: p50 {alone[0][0]:.0f} ms, p99 {alone[0][1]:.0f} ms", flush=True)
     reports: dict[str, Report] = {}
     for i, name in enumerate(names):
         print(f"{name}: {CONFIGS[name] or 'shipped settings'}", flush=True)
         reports[name] = measure(args, model_dir, name, data, first=i == 0)
+    alone.append(engine_alone(args, model_dir, data))
+    print(f"engine alone (no Ray), after: p50 {alone[1][0]:.0f} ms, p99 {alone[1][1]:.0f} ms", flush=True)
 
     print(
         f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; {what}; {args.seconds:g} s clip, {args.max_new_tokens} new tokens"
@@ -354,6 +380,11 @@ def main() -> int:
     ]
     for label, fmt in rows:
         print(f"| {label} | " + " | ".join(fmt(reports[n]) for n in names) + " |")
+    print(
+        f"\none Engine alone (no Ray, precision fast, max batch 8, all cores), the same clip one request "
+        f"at a time, before / after the configurations: p50 {alone[0][0]:.0f} / {alone[1][0]:.0f} ms, "
+        f"p99 {alone[0][1]:.0f} / {alone[1][1]:.0f} ms"
+    )
     first = reports[names[0]]
     if first.idle_s is not None and first.cold_again_s is not None:
         print(
