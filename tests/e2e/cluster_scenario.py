@@ -131,7 +131,16 @@ def main(checkpoint: str) -> dict[str, Any]:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
-        time.sleep(6.0)  # both replicas busy
+        # Both replicas busy, and some requests served, before the kill: at least 6 s, and on a slow
+        # machine until two requests have come back (a fixed wait alone once saw none back).
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            with lock:
+                served = sum(1 for r in report["requests"] if r.get("status") == 200)
+            if served >= 2 and time.monotonic() - started >= 6.0:
+                break
+            time.sleep(0.1)
+        report["phases"]["before_kill_s"] = time.monotonic() - started
         log(f"killing the worker; {len(report['requests'])} requests done")
         report["phases"]["kill"] = time.monotonic()
         cluster.remove_node(worker)  # the worker node dies with its replica and requests
