@@ -220,7 +220,8 @@ ENGINE_COUNTS = (
     "encoder_cache_misses",
     "prefix_cache_tokens_reused",
 )
-"""The engine's stats() that only grow: the replica reports how much each grew (engine_sampled)."""
+"""The engine's stats() that only grow: the replica reports how much each grew (engine_sampled),
+each into the registry's counter of the same name."""
 
 
 @_never_raises
@@ -233,15 +234,9 @@ def engine_sampled(model: str, stats: Mapping[str, Any], counts: Mapping[str, in
     tags = {"model": model}
     m.waiting.set(int(stats.get("waiting", 0)), tags)
     m.active.set(int(stats.get("active", 0)), tags)
-    for key, counter in (
-        ("steps", m.steps),
-        ("step_sequences", m.step_sequences),
-        ("encoder_cache_hits", m.encoder_cache_hits),
-        ("encoder_cache_misses", m.encoder_cache_misses),
-        ("prefix_cache_tokens_reused", m.prefix_cache_tokens_reused),
-    ):
+    for key in ENGINE_COUNTS:
         if counts.get(key, 0) > 0:
-            counter.inc(counts[key], tags)
+            getattr(m, key).inc(counts[key], tags)
 
 
 @_never_raises

@@ -194,12 +194,13 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
             const int64_t f0 = (int64_t)w * wf;
             const int complete = f0 + wf <= s->n_frames;
             const double t0 = qw_now_ms();
+            uint64_t hash = 0;
             const int hit = complete && qw_enc_cache_get(&ctx->enc_cache, s->mel, s->n_frames, f0, wf, c->n_mels,
-                                                         out, n_out);
+                                                         out, n_out, &hash);
             if (!hit) {
                 st = qw_encode(ctx, s->mel, s->n_frames, w, w + 1, out);
                 if (st == QWEN_OK && complete)
-                    qw_enc_cache_put(&ctx->enc_cache, s->mel, s->n_frames, f0, wf, c->n_mels, out, n_out);
+                    qw_enc_cache_put(&ctx->enc_cache, hash, s->mel, s->n_frames, f0, wf, c->n_mels, out, n_out);
             }
             s->t_enc += qw_now_ms() - t0;
             if (!hit && st != QWEN_OK) {

@@ -60,9 +60,9 @@ void qw_enc_cache_free(qw_enc_cache *c) {
 }
 
 int qw_enc_cache_get(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, float *out,
-                     size_t out_floats) {
+                     size_t out_floats, uint64_t *hash) {
     if (!c->cap) return 0;
-    const uint64_t h = window_hash(mel, n_frames, f0, wf, F);
+    const uint64_t h = *hash = window_hash(mel, n_frames, f0, wf, F);
     for (int i = 0; i < c->n; i++) {
         qw_enc_entry *e = &c->e[i];
         if (e->hash == h && e->out_floats == out_floats && same_window(e->mel, mel, n_frames, f0, wf, F)) {
@@ -76,8 +76,8 @@ int qw_enc_cache_get(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_
     return 0;
 }
 
-void qw_enc_cache_put(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, const float *out,
-                      size_t out_floats) {
+void qw_enc_cache_put(qw_enc_cache *c, uint64_t hash, const float *mel, int64_t n_frames, int64_t f0, int wf, int F,
+                      const float *out, size_t out_floats) {
     if (!c->cap) return;
     float *key = malloc((size_t)F * (size_t)wf * sizeof(float)), *val = malloc(out_floats * sizeof(float));
     if (!key || !val) { /* a cache that cannot grow just misses */
@@ -98,5 +98,5 @@ void qw_enc_cache_put(qw_enc_cache *c, const float *mel, int64_t n_frames, int64
     } else {
         c->n++;
     }
-    c->e[slot] = (qw_enc_entry){window_hash(mel, n_frames, f0, wf, F), key, val, out_floats, ++c->clock};
+    c->e[slot] = (qw_enc_entry){hash, key, val, out_floats, ++c->clock};
 }

@@ -208,11 +208,12 @@ typedef struct {
 int qw_enc_cache_init(qw_enc_cache *c, int capacity); /* capacity 0: off */
 void qw_enc_cache_free(qw_enc_cache *c);
 /* 1 and out = the cached output if the wf frames from f0 of mel[F, n_frames] were encoded
- * before as a complete window (same frames bit for bit), 0 otherwise. */
+ * before as a complete window (same frames bit for bit), 0 otherwise; *hash = the frames' hash,
+ * for qw_enc_cache_put on a miss (the cache off: 0, untouched). */
 int qw_enc_cache_get(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, float *out,
-                     size_t out_floats);
-void qw_enc_cache_put(qw_enc_cache *c, const float *mel, int64_t n_frames, int64_t f0, int wf, int F, const float *out,
-                      size_t out_floats);
+                     size_t out_floats, uint64_t *hash);
+void qw_enc_cache_put(qw_enc_cache *c, uint64_t hash, const float *mel, int64_t n_frames, int64_t f0, int wf, int F,
+                      const float *out, size_t out_floats);
 
 /* ==== Prefix cache (prefix_cache.c) ==== */
 typedef struct {
