@@ -1,6 +1,6 @@
 """The C API test programs (native/tests/test_api.c: the contract on bad input, two contexts at once;
-native/tests/test_align.c: qwen_align on the tiny forced aligner), built with CMake, plain and under
-AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
+native/tests/test_align.c: qwen_align on the tiny forced aligner; native/tests/test_pool.c: the thread
+pool, also under ThreadSanitizer), built with CMake, plain and under AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ VARIANTS = {
 }
 
 
-def build(tmp: Path, *options: str) -> Path:
+def build(tmp: Path, *options: str, targets: tuple[str, ...] = ("test_api", "test_align", "test_pool")) -> Path:
     build_dir = tmp / "build"
     subprocess.run(
         ["cmake", "-S", str(ROOT / "native"), "-B", str(build_dir), "-DQWEN_BUILD_TESTS=ON", *options],
@@ -31,7 +31,7 @@ def build(tmp: Path, *options: str) -> Path:
         capture_output=True,
     )
     subprocess.run(
-        ["cmake", "--build", str(build_dir), "-j2", "--target", "test_api", "test_align"],
+        ["cmake", "--build", str(build_dir), "-j2", "--target", *targets],
         check=True,
         capture_output=True,
     )
@@ -64,6 +64,18 @@ def test_align_program(programs: Path, tiny_dir: Path, tiny_aligner_dir: Path) -
     assert ", 0 failed" in out, out
     passed = int(out.split("align: ")[1].split(" passed")[0])
     assert passed >= 35, out  # the checkpoint-backed checks ran too
+
+
+def test_pool_program(programs: Path) -> None:
+    out = run(programs / "test_pool")
+    assert "pool: 11 passed, 0 failed" in out, out
+
+
+def test_pool_program_under_thread_sanitizer(tmp_path: Path) -> None:
+    build_dir = build(tmp_path, "-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=thread", targets=("test_pool",))
+    proc = subprocess.run([str(build_dir / "test_pool")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and ", 0 failed" in proc.stdout, proc.stdout + proc.stderr
+    assert "ThreadSanitizer" not in proc.stderr, proc.stderr
 
 
 def test_only_qwen_symbols_exported() -> None:
