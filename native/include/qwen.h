@@ -170,7 +170,10 @@ typedef struct {
  * (the last one gives that sequence its first token). Then one decode step
  * for every sequence that was decoding: one new token each, one pass over
  * the weights for all of them. So a decoding sequence waits at most one
- * admission unit between two of its tokens. Writes an event per sequence
+ * admission unit between two of its tokens. With precision FAST a prefill
+ * chunk runs in the decode step's pass itself (its int8 products give every
+ * row the same bits whatever else is in the pass): the weights are read
+ * once for both. Writes an event per sequence
  * that produced a token, ended or failed (at most max_sequences events;
  * events needs room for that many) and their number to *n_events.
  * Returns QWEN_DONE when no sequence was left to run, QWEN_OK otherwise,
@@ -205,7 +208,8 @@ QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *ke
  * of its prompt up to its first audio row that can still change (the last,
  * incomplete encoder window), and a later sequence whose prompt starts with
  * those ids and audio rows starts its prefill after them, with the same bits
- * as without. -1 for an unknown key. */
+ * as without. "prefill_joined": prefill chunks that ran in a decode step's
+ * pass (FAST, qwen_step). -1 for an unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
 
 /* ==== Transcription, batch of one (pull-style) ==== */

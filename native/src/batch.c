@@ -174,6 +174,45 @@ static void emit(qwen_event *ev, int *n, int seq, int32_t token, qwen_status st)
     (*n)++;
 }
 
+/* ==== Prefill chunks ==== */
+
+/* The rows of s's next prefill chunk (its first takes a kept prefix, if one matches). */
+static int prefill_next(qwen_context *ctx, qw_seq *s) {
+    if (!s->n_prefilled) qw_prefix_reuse(ctx, s);
+    const int left = s->n_prompt - s->n_prefilled;
+    return left < ctx->prefill_chunk ? left : ctx->prefill_chunk;
+}
+
+/* The chunk's input rows x [n, hidden]: the prompt's embeddings with the audio spliced in. */
+static void prefill_rows(qwen_context *ctx, qw_seq *s, int n, float *x) {
+    const int H = ctx->cfg.hidden;
+    for (int i = 0; i < n; i++) {
+        const int32_t id = s->prompt[s->n_prefilled + i];
+        if (id == ctx->cfg.audio_token_id)
+            memcpy(x + (size_t)i * H, s->emb + (size_t)(s->audio_used++) * H, (size_t)H * sizeof(float));
+        else
+            qw_embed_token(ctx, id, x + (size_t)i * H);
+    }
+}
+
+/* After a chunk's pass: counts its n rows; after the last, keeps the prefix and takes the first
+ * token from logits (the last row's; NULL for an aligner, whose pass then ends). */
+static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logits, int32_t *token) {
+    s->n_prefilled += n;
+    if (s->n_prefilled < s->n_prompt) return QWEN_OK;
+    qw_prefix_keep(ctx, s);
+    free(s->emb);
+    s->emb = NULL;
+    if (s->align) { /* the aligner's one pass is done: nothing to generate */
+        qw_seq_release(ctx, s);
+        return QWEN_DONE;
+    }
+    s->state = QW_SEQ_DECODE;
+    s->logits = logits;
+    *token = argmax(logits, ctx->cfg.vocab);
+    return take_token(ctx, s, *token);
+}
+
 /* ==== Admission work: one encoder window or one prefill chunk ==== */
 
 static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) {
@@ -217,12 +256,9 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
         ctx->abort_cb = NULL;
         return QWEN_OK;
     }
-    /* A prefill chunk: the prompt's embeddings with the audio spliced in. An
-     * aligner sequence takes the head at its <timestamp> rows instead of the
-     * last row. */
-    if (!s->n_prefilled) qw_prefix_reuse(ctx, s);
-    const int p0 = s->n_prefilled;
-    const int n = s->n_prompt - p0 < ctx->prefill_chunk ? s->n_prompt - p0 : ctx->prefill_chunk;
+    /* A prefill chunk. An aligner sequence takes the head at its <timestamp>
+     * rows instead of the last row. */
+    const int n = prefill_next(ctx, s), p0 = s->n_prefilled;
     const int C = c->n_out;
     float *x = malloc((size_t)n * H * sizeof(float));
     int *rows = s->align ? malloc((size_t)n * sizeof(int)) : NULL;
@@ -237,15 +273,8 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
         free(marks);
         return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for the prompt");
     }
-    for (int i = 0; i < n; i++) {
-        const int32_t id = s->prompt[p0 + i];
-        if (id == c->audio_token_id)
-            memcpy(x + (size_t)i * H, s->emb + (size_t)(s->audio_used++) * H, (size_t)H * sizeof(float));
-        else
-            qw_embed_token(ctx, id, x + (size_t)i * H);
-    }
-    const int last = p0 + n == s->n_prompt;
-    const qw_dec_group g = {s, n, last && !s->align, rows, n_rows};
+    prefill_rows(ctx, s, n, x);
+    const qw_dec_group g = {s, n, p0 + n == s->n_prompt && !s->align, rows, n_rows};
     const double t0 = qw_now_ms();
     st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits);
     s->t_prefill += qw_now_ms() - t0;
@@ -259,19 +288,7 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
     }
     free(marks);
     if (st != QWEN_OK) return st;
-    s->n_prefilled += n;
-    if (!last) return QWEN_OK;
-    qw_prefix_keep(ctx, s);
-    free(s->emb);
-    s->emb = NULL;
-    if (s->align) { /* the aligner's one pass is done: nothing to generate */
-        qw_seq_release(ctx, s);
-        return QWEN_DONE;
-    }
-    s->state = QW_SEQ_DECODE;
-    s->logits = ctx->prefill_logits;
-    *token = argmax(ctx->prefill_logits, c->vocab);
-    return take_token(ctx, s, *token);
+    return prefill_done(ctx, s, n, ctx->prefill_logits, token);
 }
 
 /* ==== The step ==== */
@@ -304,7 +321,12 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     for (int i = 0; i < ctx->max_seqs; i++)
         if (ctx->seqs[i].state == QW_SEQ_DECODE) groups[m++] = (qw_dec_group){&ctx->seqs[i], 1, 1, NULL, 0};
 
-    if (admit) {
+    /* With int8 weights (FAST) every row of a pass gets the same bits whatever else is in it
+     * (quant.h), so a prefill chunk joins the decode pass: one read of the weights for both. In
+     * EXACT the chunk takes the GEMM and the decode rows the row-invariant kernels: two passes. */
+    const int join = admit && m && admit->state == QW_SEQ_PREFILL && !admit->align &&
+                     ctx->precision == QWEN_PRECISION_FAST;
+    if (admit && !join) {
         const int slot = (int)(admit - ctx->seqs);
         int32_t token;
         qwen_status st = admission_unit(ctx, admit, &token);
@@ -314,11 +336,17 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     }
     if (!m) return QWEN_OK;
 
-    float *x = malloc((size_t)m * H * sizeof(float));
+    const int n_pre = join ? prefill_next(ctx, admit) : 0; /* rows m .. m + n_pre - 1: the chunk */
+    float *x = malloc((size_t)(m + n_pre) * H * sizeof(float));
     qwen_status st = x ? QWEN_OK : qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for a decode step");
     for (int i = 0; i < m && x; i++) qw_embed_token(ctx, groups[i].s->last_token, x + (size_t)i * H);
+    if (join && x) {
+        ctx->prefill_joined++;
+        prefill_rows(ctx, admit, n_pre, x + (size_t)m * H);
+        groups[m] = (qw_dec_group){admit, n_pre, admit->n_prefilled + n_pre == admit->n_prompt, NULL, 0};
+    }
     const double t0 = qw_now_ms();
-    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m, 1, ctx->step_logits);
+    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits);
     const double dt = qw_now_ms() - t0;
     free(x);
     for (int i = 0; i < m; i++) {
@@ -333,6 +361,14 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         s->logits = ctx->step_logits + (size_t)i * c->vocab;
         const int32_t t = argmax(s->logits, c->vocab);
         emit(events, n_events, slot, t, take_token(ctx, s, t));
+    }
+    if (join) { /* its logits, if this was its last chunk, follow the m decode rows' */
+        const int slot = (int)(admit - ctx->seqs);
+        int32_t token = -1;
+        admit->t_prefill += dt;
+        if (st == QWEN_OK) st = prefill_done(ctx, admit, n_pre, ctx->step_logits + (size_t)m * c->vocab, &token);
+        else qw_seq_release(ctx, admit);
+        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
     }
     return QWEN_OK;
 }
@@ -383,6 +419,7 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "prefix_cache_hits")) return ctx->prefix_cache.hits;
     if (!strcmp(key, "prefix_cache_tokens_reused")) return ctx->prefix_cache.tokens_reused;
     if (!strcmp(key, "prefix_cache_tokens")) return ctx->prefix_cache.tokens;
+    if (!strcmp(key, "prefill_joined")) return ctx->prefill_joined;
     return -1;
 }
 

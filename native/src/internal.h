@@ -270,6 +270,7 @@ struct qwen_context {
     qw_seq *seqs;               /* [max_seqs] */
     int max_seqs, max_context, prefill_chunk;
     int64_t kv_budget, kv_reserved, n_admitted;
+    int64_t prefill_joined;     /* prefill chunks that ran in a decode pass (FAST) */
     qw_dec_group *groups;       /* [max_seqs]: the decode pass of a step */
     qwen_event *events;         /* [max_seqs]: qwen_begin / qwen_next's step */
     float *step_logits;         /* [max_seqs, vocab]: logits of the last decode step */

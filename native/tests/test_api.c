@@ -131,6 +131,11 @@ static void test_batch(const char *model, qwen_precision precision) {
         if (steps > 400) break;
     }
     CHECK(max_active == SLOTS && max_decoding == SLOTS, "all slots decoded in one step");
+    /* FAST: prefill chunks of later clips ran inside decode passes (and the ids and logits below
+     * are still those of the clips alone); EXACT keeps them apart. */
+    CHECK(precision == QWEN_PRECISION_FAST ? qwen_get_info(c, "prefill_joined") >= N_CLIPS - SLOTS
+                                           : qwen_get_info(c, "prefill_joined") == 0,
+          "prefill chunks joined the decode pass in FAST only");
     for (int i = 0; i < N_CLIPS; i++) {
         char what[96];
         snprintf(what, sizeof(what), "clip %d: batched tokens == alone (%d vs %d)", i, n_batch[i], n_alone[i]);
