@@ -222,14 +222,21 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     const int window = chunk_tokens(Lp) * cpw;
     if (T3 > c->max_source_positions) return qw_fail(ctx, QWEN_ERR_INVALID, "chunk longer than max_source_positions");
 
-    size_t n_cols = (size_t)F1 * T1 * 9 * C; /* the largest im2col (conv2 input side is smaller) */
+    /* the largest im2col: conv2's ([F2 * T2, 9 * C]); conv1's has one input channel */
+    size_t n_cols = (size_t)F2 * T2 * 9 * C > (size_t)F1 * T1 * 9 ? (size_t)F2 * T2 * 9 * C : (size_t)F1 * T1 * 9;
     size_t need = (size_t)F * Lp                 /* chunk input */
                   + (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C + n_cols
                   + (size_t)T3 * F3 * C          /* flattened */
                   + (size_t)n_tok * d * 5        /* x, q, k, v, attn */
                   + (size_t)n_tok * (ffn > d ? ffn : d);
-    float *buf = malloc(need * sizeof(float));
-    if (!buf) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the encoder (%lld tokens)", (long long)n_tok);
+    if (need > ctx->enc_scratch_size) {
+        free(ctx->enc_scratch);
+        ctx->enc_scratch = malloc(need * sizeof(float));
+        ctx->enc_scratch_size = ctx->enc_scratch ? need : 0;
+        if (!ctx->enc_scratch)
+            return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the encoder (%lld tokens)", (long long)n_tok);
+    }
+    float *buf = ctx->enc_scratch;
     float *xin = buf, *a1 = xin + (size_t)F * Lp, *a2 = a1 + (size_t)F1 * T1 * C, *a3 = a2 + (size_t)F2 * T2 * C;
     float *cols = a3 + (size_t)F3 * T3 * C, *flat = cols + n_cols;
     float *x = flat + (size_t)T3 * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
@@ -238,7 +245,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     /* Conv stem, chunk by chunk. */
     int64_t tok = 0;
     for (int ch = ch0; ch < ch1; ch++) {
-        if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
+        if (qw_aborted(ctx)) { return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
         int64_t f0 = (int64_t)ch * cl;
         int len = (int)(n_frames - f0 < cl ? n_frames - f0 : cl);
         /* mel [F, n_frames] -> xin[F][Lp][1], zero padded */
@@ -264,7 +271,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     const int heads = c->enc_heads, hd = d / heads, n = (int)n_tok;
     const int n_windows = (n + window - 1) / window;
     for (int l = 0; l < c->enc_layers; l++) {
-        if (qw_aborted(ctx)) { free(buf); return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
+        if (qw_aborted(ctx)) { return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
         const qw_enc_layer *y = &e->layers[l];
         memcpy(hbuf, x, (size_t)n * d * sizeof(float));
         qw_layernorm_rows(ctx, hbuf, y->ln1_w, y->ln1_b, n, d);
@@ -287,6 +294,5 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
     qw_gelu_mt(ctx, q, (size_t)n * d);
     qw_matmul(ctx, out, q, &e->proj2, e->proj2_b, n);
-    free(buf);
     return QWEN_OK;
 }

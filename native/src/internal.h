@@ -277,6 +277,9 @@ struct qwen_context {
     float *prefill_logits;      /* [vocab]: logits of the last prefill chunk */
     float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;
+    float *enc_scratch;         /* encoder activations and im2col, grown as needed: kept, so that
+                                 * each window does not fault in tens of MB of fresh pages */
+    size_t enc_scratch_size;
     qw_enc_cache enc_cache;     /* completed encoder windows (enc_cache.c) */
     qw_prefix_cache prefix_cache; /* KV of prompt prefixes (prefix_cache.c) */
     qwen_abort_callback abort_cb; /* the running unit's (qw_aborted), or NULL */

@@ -53,6 +53,7 @@ void qwen_free(qwen_context *ctx) {
     for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
     free(ctx->owned);
     free(ctx->scratch);
+    free(ctx->enc_scratch);
     free(ctx->q8_act);
     free(ctx);
 }
