@@ -65,6 +65,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # candidates for the defaults (--configs defaults,exact,batch16,old)
     "batch16": {"max_batch": 16},
     "batch4": {"max_batch": 4},
+    "pool1": {"model_pool_size": 1},  # one replica: no second one sharing the node's cores
     # the cost of our metrics (--configs defaults,nometrics): the same with QWEN_METRICS=false
     "nometrics": {"metrics": False},
 }

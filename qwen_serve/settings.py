@@ -6,7 +6,7 @@ file). Nothing is read at import time: the app builder calls
 `Settings.from_args(args)` once and hands the object to the deployments.
 
     QWEN_HOST, QWEN_PORT            listen address (http_options of the Serve config)
-    QWEN_MODEL_POOL_SIZE            replicas per model at most (default 2)
+    QWEN_MODEL_POOL_SIZE            replicas per model at most (default 1: one per node; a cluster raises it)
     QWEN_MODEL_IDLE_TIMEOUT         seconds idle before a model is unloaded (0 = resident)
     QWEN_API_TOKEN                  bearer token(s), comma-separated
     QWEN_MODELS_DIR                 where checkpoint directories live (default ./models)
@@ -78,8 +78,10 @@ class Settings(BaseSettings):
     """Address the HTTP proxy listens on."""
     port: int = Field(default=8011, ge=1, le=65535)
     """Port the HTTP proxy listens on."""
-    model_pool_size: int = Field(default=2, ge=1)
-    """Most replicas (loaded engines) per model; Serve's `max_replicas`."""
+    model_pool_size: int = Field(default=1, ge=1)
+    """Most replicas (loaded engines) per model; Serve's `max_replicas`. 1 by default: a replica
+    computes on all the node's cores and batches its requests, so a second one on the same node
+    only competes for them (docs/service.md); a cluster sets one per node (k8s/: 2)."""
     model_idle_timeout: float = Field(default=300.0, ge=0)
     """Seconds without requests before a model scales to zero replicas; 0 keeps one resident."""
     api_token: SecretStr = SecretStr(DEFAULT_API_TOKEN)

@@ -21,7 +21,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = Settings.from_args()
-    assert (s.host, s.port, s.model_pool_size, s.model_idle_timeout) == ("0.0.0.0", 8011, 2, 300.0)
+    assert (s.host, s.port, s.model_pool_size, s.model_idle_timeout) == ("0.0.0.0", 8011, 1, 300.0)
     assert (s.max_upload_mb, s.max_audio_seconds, s.threads, s.isa) == (25.0, 1200.0, None, "auto")
     assert s.precision == "fast"
     assert s.api_tokens() == ["sk-test-key"] and s.uses_default_token

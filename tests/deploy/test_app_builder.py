@@ -54,7 +54,7 @@ def test_autoscaling_overrides_are_valid_ray_config() -> None:
 
     settings = Settings.from_args({"autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2}})
     config = AutoscalingConfig(**autoscaling_config(settings))
-    assert config.look_back_period_s == 2 and config.max_replicas == 2
+    assert config.look_back_period_s == 2 and config.max_replicas == settings.model_pool_size == 1
 
 
 def _checkpoint(path: Path) -> Path:

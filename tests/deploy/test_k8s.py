@@ -154,7 +154,7 @@ def test_serve_config_yaml() -> None:
     assert (config.http_options.host, config.http_options.port) == (defaults.host, defaults.port)
     assert settings.model_dir("qwen-asr-0.6b") == Path("models/qwen3-asr-0.6b")
     assert settings.model_dir("qwen-asr-1.7b") == Path("models/qwen3-asr-1.7b")
-    assert (settings.model_pool_size, settings.model_idle_timeout, settings.max_upload_mb) == (2, 300, 25)
+    assert (settings.model_pool_size, settings.model_idle_timeout, settings.max_upload_mb) == (1, 300, 25)
     assert app.route_prefix == "/"
 
 
