@@ -100,13 +100,25 @@ def install_error_handlers(app: FastAPI) -> None:
         err.headers.update(exc.headers or {})
         return err.response()
 
+    async def on_client_gone(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(CLIENT_GONE, "The client closed the request.").response()  # nobody reads it
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if client_gone(exc):  # nobody reads this answer
-            return APIError(CLIENT_GONE, "The client closed the request.").response()
+        if client_gone(exc):
+            return await on_client_gone(request, exc)
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return internal_error().response()
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    # A cut upload (ClientDisconnect from the form parser) or a cancelled handle call gets its own
+    # handler: Starlette hands those of a class to the inner exception middleware, which answers
+    # and is done. The catch-all `Exception` handler runs in the outermost middleware, which answers
+    # and then raises the error again, and Serve logs that as "Request failed." at ERROR.
+    from ray.exceptions import TaskCancelledError
+    from starlette.requests import ClientDisconnect
+
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
+    app.add_exception_handler(TaskCancelledError, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
