@@ -121,6 +121,17 @@ int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size) {
             for (int i = 0; i < 6; i++) qw_amx_mat(&L, ml[i]);
         }
     }
+#ifdef QW_X86
+    else if (ctx->k == &qw_kernels_avx512bf16) { /* the BF16 set: its panels packed once, not per call */
+        qw_mat *m[] = {&e->conv1, &e->conv2, &e->conv3, &e->conv_out, &e->proj1, &e->proj2};
+        for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) qw_bf16p_mat(&L, m[i]);
+        for (int l = 0; l < c->enc_layers; l++) {
+            qw_enc_layer *y = &e->layers[l];
+            qw_mat *ml[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
+            for (int i = 0; i < 6; i++) qw_bf16p_mat(&L, ml[i]);
+        }
+    }
+#endif
     return L.rc;
 }
 

@@ -131,6 +131,9 @@ float *qw_load_vec(qw_loader *L, const char *name, int n);
 int qw_quantize_mat(qw_loader *L, qw_mat *m);
 /* Replaces m by its AMX tile copy (amx.h; precision FAST on CPUs with AMX), the same way. */
 int qw_amx_mat(qw_loader *L, qw_mat *m);
+/* FAST on a CPU with AVX512_BF16 but no AMX: a bf16 matrix packed once for the BF16 set's dot
+ * product (QW_BF16P, kernels.h); other dtypes are left as they are. */
+int qw_bf16p_mat(qw_loader *L, qw_mat *m);
 
 /* ==== Sequences (batch.c) ==== */
 typedef enum { QW_SEQ_FREE = 0, QW_SEQ_ENCODE, QW_SEQ_PREFILL, QW_SEQ_DECODE, QW_SEQ_ENDED } qw_seq_state;

@@ -17,7 +17,7 @@
 
 /* QW_Q8: int8 weights packed at load (quant.h); QW_AMX: bf16 weights packed at load into
  * AMX tiles (amx.h). Only qw_matmul_n (ops.c) takes them, never a qw_kernels entry. */
-typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4 } qw_dtype;
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4, QW_BF16P = 5 } qw_dtype;
 
 typedef struct {
     const char *name;
@@ -73,6 +73,18 @@ extern const qw_kernels qw_kernels_avx2;   /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512bf16; /* opt-in: bf16 activations in the GEMM (x86-64 only) */
 extern const qw_kernels qw_kernels_neon;   /* defined only on AArch64 builds */
+
+#ifdef QW_X86
+/* bf16 weights packed once for the BF16 set's dot product (QW_BF16P, kernels_avx512bf16.c):
+ * bytes for W [N, K]; the panels [p0, p1) of 32 rows packed (disjoint ranges may run on several
+ * threads); C = bf16(A) @ W^T for columns [n0, n1) (n0 a multiple of 16), bit for bit what
+ * qw_kernels_avx512bf16.matmul gives for M >= 8, and the same tiles for M < 8. Only on CPUs
+ * with AVX512_BF16. */
+size_t qw_bf16p_size(int N, int K);
+void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1);
+void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
+                     int n0, int n1);
+#endif
 
 /* Resolves an ISA request (see qwen_isa in qwen.h) to a table: AUTO picks the
  * best the CPU supports; asking for one the CPU lacks returns NULL. */

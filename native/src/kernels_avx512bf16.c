@@ -81,15 +81,15 @@ static void bf_pack_panel(uint32_t *P, int w, const uint16_t *W, int K, int n, i
  * for R (1..BF_MR) rows and V (1 or 2) vectors of columns; Ab rows of bf16
  * (stride lda, even, zero-padded to 2kq). Masks keep columns past nr
  * unread and unwritten. */
-QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int kq, int V,
-                       int nr, int first, const float *bias) {
+QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int ldp, int kq,
+                       int V, int nr, int first, const float *bias) {
     __m512 c[BF_MR][2];
     tile_load(c, C, ldc, R, V, nr, first, bias);
     const uint32_t *a32 = (const uint32_t *)(const void *)Ab;
     const int lda32 = lda / 2;
     for (int q = 0; q < kq; q++) {
-        const __m512bh p0 = bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * 16 * V)));
-        const __m512bh p1 = V == 2 ? bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * 32 + 16))) : p0;
+        const __m512bh p0 = bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * ldp)));
+        const __m512bh p1 = V == 2 ? bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * ldp + 16))) : p0;
         for (int r = 0; r < R; r++) {
             const __m512bh a = bf_as_bh(_mm512_set1_epi32((int)a32[(size_t)r * lda32 + q]));
             c[r][0] = _mm512_dpbf16_ps(c[r][0], a, p0);
@@ -99,13 +99,13 @@ QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, co
     tile_store(C, ldc, c, R, V, nr);
 }
 
-/* All rows [0, mb) of the block against one packed panel of V vectors. */
-QW_INLINE void bf_panel_rows(float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int kq, int V, int nr,
-                             int first, const float *bias, int mb) {
+/* All rows [0, mb) of the block against one packed panel of V vectors (ldp words per pair of k). */
+QW_INLINE void bf_panel_rows(float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int ldp, int kq, int V,
+                             int nr, int first, const float *bias, int mb) {
     for (int m = 0; m < mb; m += BF_MR) {
         float *c = C + (size_t)m * ldc;
         const uint16_t *a = Ab + (size_t)m * lda;
-        QW_TILE_ROWS(mb - m, bf_tile, c, ldc, a, lda, P, kq, V, nr, first, bias);
+        QW_TILE_ROWS(mb - m, bf_tile, c, ldc, a, lda, P, ldp, kq, V, nr, first, bias);
     }
 }
 
@@ -130,8 +130,54 @@ static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const 
                 bf_pack_panel(P, 16 * V, (const uint16_t *)W, K, n, nr, k0, kb);
                 float *c = C + (size_t)mb0 * ldc + n;
                 const float *bn = bias ? bias + n : NULL;
-                if (V == 2) bf_panel_rows(c, ldc, Ab, kp, P, kq, 2, nr, k0 == 0, bn, mb);
-                else bf_panel_rows(c, ldc, Ab, kp, P, kq, 1, nr, k0 == 0, bn, mb);
+                if (V == 2) bf_panel_rows(c, ldc, Ab, kp, P, 32, kq, 2, nr, k0 == 0, bn, mb);
+                else bf_panel_rows(c, ldc, Ab, kp, P, 16, kq, 1, nr, k0 == 0, bn, mb);
+            }
+        }
+    }
+}
+
+/* ==== Weights packed once at load (QW_BF16P) ====
+ *
+ * The panels above, made once for the whole of K: P[N32 / 32][(K + 1) / 2][32] words, panel p
+ * holding rows 32p .. 32p + 31 of W (zero past N), word (q, j) = (W[32p + j, 2q], W[32p + j,
+ * 2q + 1]) (zero past K). A block of k from k0 (even) is then P + (k0 / 2) * 32 of its panel: the
+ * words bf_pack_panel makes for it, read in one contiguous run. So the product is the one above,
+ * bit for bit, without packing per call (which read 32 rows of W at a stride from memory for
+ * every block) and for every M (M < 8 takes the same tiles; the table's matmul gives those rows
+ * to the f32 kernels instead). */
+
+size_t qw_bf16p_size(int N, int K) { return (size_t)((N + 31) / 32) * (size_t)((K + 1) / 2) * 32 * sizeof(uint32_t); }
+
+void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1) {
+    const size_t panel = (size_t)((K + 1) / 2) * 32;
+    for (int p = p0; p < p1; p++) {
+        const int n = 32 * p, nr = N - n < 32 ? N - n : 32;
+        bf_pack_panel((uint32_t *)P + (size_t)p * panel, 32, W, K, n, nr, 0, K);
+    }
+}
+
+void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
+                     int n0, int n1) {
+    if (M <= 0 || K <= 0 || n1 <= n0) return;
+    uint16_t Ab[BF_MB * BF_KB] __attribute__((aligned(64)));
+    const size_t panel = (size_t)((K + 1) / 2) * 32;
+    for (int mb0 = 0; mb0 < M; mb0 += BF_MB) {
+        const int mb = M - mb0 < BF_MB ? M - mb0 : BF_MB;
+        for (int k0 = 0; k0 < K; k0 += BF_KB) {
+            const int kb = K - k0 < BF_KB ? K - k0 : BF_KB;
+            const int kq = (kb + 1) / 2, kp = 2 * kq;
+            for (int i = 0; i < mb; i++) bf_round_row(Ab + (size_t)i * kp, A + (size_t)(mb0 + i) * lda + k0, kb, kp);
+            for (int n = n0; n < n1;) {
+                /* a slice may start half-way into a panel (n0 is a multiple of 16): one vector there */
+                const int half = n % 32 != 0, left = n1 - n;
+                const int nr = half ? (left < 16 ? left : 16) : (left < 32 ? left : 32);
+                const uint32_t *Pk = (const uint32_t *)P + (size_t)(n / 32) * panel + (size_t)(k0 / 2) * 32 + n % 32;
+                float *c = C + (size_t)mb0 * ldc + n;
+                const float *bn = bias ? bias + n : NULL;
+                if (nr > 16) bf_panel_rows(c, ldc, Ab, kp, Pk, 32, kq, 2, nr, k0 == 0, bn, mb);
+                else bf_panel_rows(c, ldc, Ab, kp, Pk, 32, kq, 1, nr, k0 == 0, bn, mb);
+                n += nr;
             }
         }
     }

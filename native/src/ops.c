@@ -62,6 +62,10 @@ static void mm_task(void *arg, int t) {
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
     else if (W->dt == QW_AMX) /* each element one chain over k: batch-invariant too (amx.h) */
         qw_amx_matmul(j->C[i], W->rows, j->A, W->cols, W->data, b, j->M, W->rows, W->cols, n0, n1);
+#ifdef QW_X86
+    else if (W->dt == QW_BF16P) /* the BF16 set's product on weights packed at load */
+        qw_bf16p_matmul(j->C[i], W->rows, j->A, W->cols, W->data, b, j->M, W->cols, n0, n1);
+#endif
     else if (j->rows_invariant)
         j->k->matmul_rows(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
     else

@@ -101,6 +101,39 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     return 0;
 }
 
+#ifdef QW_X86
+typedef struct {
+    void *P;
+    const uint16_t *W;
+    int N, K, per, panels;
+} bf16p_job;
+
+static void bf16p_task(void *arg, int t) {
+    bf16p_job *j = arg;
+    const int p0 = t * j->per, p1 = p0 + j->per < j->panels ? p0 + j->per : j->panels;
+    qw_bf16p_pack(j->P, j->W, j->N, j->K, p0, p1);
+}
+#endif
+
+int qw_bf16p_mat(qw_loader *L, qw_mat *m) {
+#ifdef QW_X86
+    if (L->rc || m->dt != QW_BF16) return L->rc;
+    char *mem = qw_own(L->ctx, qw_bf16p_size(m->rows, m->cols) + 64);
+    if (!mem) {
+        snprintf(L->err, L->err_size, "out of memory for the packed bf16 weights");
+        return L->rc = QWEN_ERR_NOMEM;
+    }
+    void *packed = mem + (64 - (uintptr_t)mem % 64) % 64;
+    const int panels = (m->rows + 31) / 32;
+    bf16p_job j = {packed, m->data, m->rows, m->cols, 4, panels};
+    qw_pool_run(L->ctx->pool, (panels + j.per - 1) / j.per, bf16p_task, &j);
+    replace_mat(L->ctx, m, packed, QW_BF16P);
+#else
+    (void)m;
+#endif
+    return L->rc;
+}
+
 int qw_amx_mat(qw_loader *L, qw_mat *m) {
     if (L->rc || m->dt == QW_AMX || m->dt == QW_Q8) return L->rc;
     char *mem = qw_own(L->ctx, qw_amx_packed_size(m->rows, m->cols) + 64);

@@ -561,6 +561,38 @@ static void test_matmuls_bf16act(const qw_kernels *t) {
     test_matmul_bf16act(t, 16, 64, 8, 5, 5, QW_BF16, 1);
 }
 
+/* Weights packed once (QW_BF16P): the same bits as the table's matmul packing per call, for
+ * M >= 8; for M < 8 (the table gives those to the f32 kernels) each row equals that row of a
+ * product with more rows (rows are independent in the tiles). Slices start on any multiple of 16,
+ * half-way into a panel too. */
+static void test_bf16p(const qw_kernels *bf, int M, int K, int N, int n0, int n1, int with_bias) {
+    float *wref = malloc((size_t)N * K * sizeof(float));
+    uint16_t *W = make_weights(N, K, QW_BF16, wref);
+    void *P = aligned_alloc(64, (qw_bf16p_size(N, K) + 63) / 64 * 64);
+    qw_bf16p_pack(P, W, N, K, 0, (N + 31) / 32);
+    const int Mr = M < 8 ? 8 : M, lda = K + 3, ldc = N + 5;
+    float *A = malloc((size_t)Mr * lda * sizeof(float)), *bias = malloc((size_t)N * sizeof(float));
+    float *want = malloc((size_t)Mr * ldc * sizeof(float)), *got = malloc((size_t)Mr * ldc * sizeof(float));
+    for (int i = 0; i < Mr * lda; i++) A[i] = frand();
+    for (int i = 0; i < N; i++) bias[i] = frand();
+    for (int i = 0; i < Mr * ldc; i++) want[i] = got[i] = 7.0f;
+    bf->matmul(want, ldc, A, lda, W, QW_BF16, with_bias ? bias : NULL, Mr, K, n0, n1);
+    qw_bf16p_matmul(got, ldc, A, lda, P, with_bias ? bias : NULL, M, K, n0, n1);
+    check(memcmp(got, want, (size_t)M * ldc * sizeof(float)) == 0, "bf16p",
+          "packed once == packed per call, M=%d K=%d N=%d n=[%d,%d) bias=%d", M, K, N, n0, n1, with_bias);
+    free(wref); free(W); free(P); free(A); free(bias); free(want); free(got);
+}
+
+static void test_bf16ps(const qw_kernels *bf) {
+    static const int Ms[] = {1, 3, 8, 13, 50, 101};
+    static const int Ks[] = {1, 9, 31, 256, 257, 600};
+    static const int Ns[][3] = {{13, 0, 13}, {64, 0, 64}, {70, 16, 70}, {83, 48, 80}, {100, 32, 48}, {40, 16, 32}};
+    for (size_t mi = 0; mi < sizeof(Ms) / sizeof(Ms[0]); mi++)
+        for (size_t ki = 0; ki < sizeof(Ks) / sizeof(Ks[0]); ki++)
+            for (size_t ni = 0; ni < sizeof(Ns) / sizeof(Ns[0]); ni++)
+                test_bf16p(bf, Ms[mi], Ks[ki], Ns[ni][0], Ns[ni][1], Ns[ni][2], (int)(mi + ni) % 2);
+}
+
 /* ==== Main ==== */
 
 int main(void) {
@@ -630,6 +662,7 @@ int main(void) {
         test_gelu(bf);
         test_exp_rows(bf);
         test_matmuls_bf16act(bf);
+        test_bf16ps(bf);
         test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
     } else {
