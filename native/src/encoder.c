@@ -112,26 +112,20 @@ int qw_encoder_load(qwen_context *ctx, char *err, size_t err_size) {
     qw_load_mat(&L, &e->proj2, NAME("%s.proj2.weight", p), c->output_dim, d);
     e->proj2_b = qw_load_vec(&L, NAME("%s.proj2.bias", p), c->output_dim);
 #undef NAME
-    if (ctx->amx) { /* FAST with AMX: every encoder matrix on bf16 tiles */
-        qw_mat *m[] = {&e->conv1, &e->conv2, &e->conv3, &e->conv_out, &e->proj1, &e->proj2};
-        for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) qw_amx_mat(&L, m[i]);
-        for (int l = 0; l < c->enc_layers; l++) {
-            qw_enc_layer *y = &e->layers[l];
-            qw_mat *ml[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
-            for (int i = 0; i < 6; i++) qw_amx_mat(&L, ml[i]);
-        }
-    }
+    /* FAST with AMX: every encoder matrix on bf16 tiles; with the BF16 set: its panels packed once */
+    int (*repack)(qw_loader *, qw_mat *) = ctx->amx ? qw_amx_mat : NULL;
 #ifdef QW_X86
-    else if (ctx->k == &qw_kernels_avx512bf16) { /* the BF16 set: its panels packed once, not per call */
+    if (!repack && ctx->k == &qw_kernels_avx512bf16) repack = qw_bf16p_mat;
+#endif
+    if (repack) {
         qw_mat *m[] = {&e->conv1, &e->conv2, &e->conv3, &e->conv_out, &e->proj1, &e->proj2};
-        for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) qw_bf16p_mat(&L, m[i]);
+        for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) repack(&L, m[i]);
         for (int l = 0; l < c->enc_layers; l++) {
             qw_enc_layer *y = &e->layers[l];
             qw_mat *ml[6] = {&y->q, &y->k, &y->v, &y->o, &y->fc1, &y->fc2};
-            for (int i = 0; i < 6; i++) qw_bf16p_mat(&L, ml[i]);
+            for (int i = 0; i < 6; i++) repack(&L, ml[i]);
         }
     }
-#endif
     return L.rc;
 }
 
