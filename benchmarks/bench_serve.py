@@ -20,7 +20,9 @@ warm requests (the ingress overhead is end-to-end latency minus the engine
 time the replica reports in x-engine-time-ms: upload, form parsing, audio
 decoding, Serve routing and the response), then runs 1, 2, 4, 8 and 16
 closed-loop keep-alive clients (each sends its next request when the last
-one is answered) and records requests/s and p50/p99 latency. The first
+one is answered) and records requests/s and p50/p99 latency of the requests
+that end in a --duration window after --warmup seconds; the clients run
+without a break through both, so the window sees the steady state. The first
 configuration also measures scale to zero and the cold start after it. The
 result is one markdown table, the two configurations side by side. Random
 weights never emit a stop token, so every request generates
@@ -216,25 +218,31 @@ class Cell:
     replicas: int
 
 
-def closed_loop(url: str, data: bytes, clients: int, seconds: float) -> tuple[float, list[float]]:
-    """(requests/s, latencies) with `clients` closed-loop clients for `seconds`."""
-    latencies: list[float] = []
+def closed_loop(
+    url: str, data: bytes, clients: int, seconds: float, warmup: float = 0.0
+) -> tuple[float, list[float]]:
+    """(requests/s, latencies) of `clients` closed-loop clients in a window of `seconds` after
+    `warmup`. The clients run without a break from the start of the warm-up to the end of the
+    window, so the window sees the steady state, not a burst of clients starting together; a
+    request counts if it ends inside the window (rate: those / seconds), and the ones still running
+    at its end are waited for and not counted (no tail stretching the window)."""
+    ended: list[tuple[float, float]] = []  # (end time, latency)
     errors: list[BaseException] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    t0 = time.monotonic()
+    w0, w1 = t0 + warmup, t0 + warmup + seconds
 
     def run() -> None:
         with httpx.Client(timeout=600) as http:
-            while time.monotonic() < stop:
+            while time.monotonic() < w1:
                 try:
                     e2e, _ = transcribe(http, url, data)
                 except BaseException as e:  # reported below
                     errors.append(e)
                     return
                 with lock:
-                    latencies.append(e2e)
+                    ended.append((time.monotonic(), e2e))
 
-    t0 = time.monotonic()
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for t in threads:
         t.start()
@@ -242,7 +250,8 @@ def closed_loop(url: str, data: bytes, clients: int, seconds: float) -> tuple[fl
         t.join()
     if errors:
         raise SystemExit(f"{clients} clients: {errors[0]!r}")
-    return len(latencies) / (time.monotonic() - t0), latencies
+    inside = [lat for end, lat in ended if w0 <= end <= w1]
+    return len(inside) / seconds, inside
 
 
 @dataclass
@@ -277,8 +286,8 @@ def measure(args: argparse.Namespace, model_dir: Path, name: str, data: bytes, f
                 with httpx.Client(timeout=600) as http:
                     report.cold_again_s, _ = transcribe(http, server.url, data)
             for clients in args.clients:
-                closed_loop(server.url, data, clients, args.warmup)  # let the autoscaler settle
-                rps, latencies = closed_loop(server.url, data, clients, args.duration)
+                # the warm-up lets the autoscaler settle; the clients run on into the window
+                rps, latencies = closed_loop(server.url, data, clients, args.duration, args.warmup)
                 report.cells[clients] = Cell(
                     rps, percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3, running_replicas()
                 )
@@ -338,16 +347,21 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--idle-timeout", type=float, default=5.0, help="QWEN_MODEL_IDLE_TIMEOUT for the run")
     parser.add_argument("--warm", type=int, default=None, help="sequential warm requests (default 30)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per client count (default 20)")
     parser.add_argument(
-        "--warmup", type=float, default=None, help="unmeasured seconds before each (default 5)"
+        "--duration", type=float, default=None, help="measured seconds per client count (default 30)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds before each, the clients already running (default 10)",
     )
     args = parser.parse_args()
     quick = args.quick
     args.clients = [int(c) for c in (args.clients or ("1,2,4" if quick else "1,2,4,8,16")).split(",")]
     args.warm = args.warm if args.warm is not None else (5 if quick else 30)
-    args.duration = args.duration if args.duration is not None else (4.0 if quick else 20.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 5.0)
+    args.duration = args.duration if args.duration is not None else (4.0 if quick else 30.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 10.0)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
