@@ -112,13 +112,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    # A cut upload (ClientDisconnect from the form parser) or a cancelled handle call gets its own
-    # handler: Starlette hands those of a class to the inner exception middleware, which answers
-    # and is done. The catch-all `Exception` handler runs in the outermost middleware, which answers
-    # and then raises the error again, and Serve logs that as "Request failed." at ERROR.
-    from ray.exceptions import TaskCancelledError
+    # A cut upload (ClientDisconnect from the form parser, always before a response starts) gets
+    # its own handler: Starlette hands those of a class to the inner exception middleware, which
+    # answers and is done. The catch-all `Exception` handler runs in the outermost middleware, which
+    # answers and then raises the error again, and Serve logs that as "Request failed." at ERROR.
+    # Not Ray's TaskCancelledError: it also comes out of a stream already answering, where only the
+    # outer middleware may see it (the inner one fails with "response already started").
     from starlette.requests import ClientDisconnect
 
     app.add_exception_handler(ClientDisconnect, on_client_gone)
-    app.add_exception_handler(TaskCancelledError, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
