@@ -109,32 +109,52 @@ QW_INLINE void bf_panel_rows(float *C, int ldc, const uint16_t *Ab, int lda, con
     }
 }
 
-static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
-                              const float *bias, int M, int K, int n0, int n1) {
-    if (wt != QW_BF16 || M < 8 || K <= 0) {
-        qw_kernels_avx512.matmul(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
-        return;
-    }
-    if (n1 <= n0) return;
+/* C[:, n0:n1] = bf16(A) @ W^T over blocks of MB rows and KB of k. The panels of W are either packed
+ * here, per block (W, into a buffer of 16 or 32 words a pair of k), or read from the copy packed
+ * once at load (Pw, 32 words a pair; see QW_BF16P below; n0 a multiple of 16): the same words in
+ * the same order either way. */
+static void bf_matmul(float *C, int ldc, const float *A, int lda, const uint16_t *W, const uint32_t *Pw,
+                      const float *bias, int M, int K, int n0, int n1) {
     uint16_t Ab[BF_MB * BF_KB] __attribute__((aligned(64))); /* 48 KiB: the block of A, rounded to bf16 */
-    uint32_t P[BF_KB / 2 * BF_NR] __attribute__((aligned(64))); /* 16 KiB: the panel of W */
+    uint32_t P[BF_KB / 2 * BF_NR] __attribute__((aligned(64))); /* 16 KiB: a panel of W packed here */
+    const size_t panel = (size_t)((K + 1) / 2) * 32; /* words of one panel of Pw */
     for (int mb0 = 0; mb0 < M; mb0 += BF_MB) {
         const int mb = M - mb0 < BF_MB ? M - mb0 : BF_MB;
         for (int k0 = 0; k0 < K; k0 += BF_KB) {
             const int kb = K - k0 < BF_KB ? K - k0 : BF_KB;
             const int kq = (kb + 1) / 2, kp = 2 * kq;
             for (int i = 0; i < mb; i++) bf_round_row(Ab + (size_t)i * kp, A + (size_t)(mb0 + i) * lda + k0, kb, kp);
-            for (int n = n0; n < n1; n += BF_NR) {
-                const int nr = n1 - n < BF_NR ? n1 - n : BF_NR;
-                const int V = nr > 16 ? 2 : 1; /* a narrow last panel packs and multiplies half */
-                bf_pack_panel(P, 16 * V, (const uint16_t *)W, K, n, nr, k0, kb);
+            for (int n = n0; n < n1;) {
+                const int left = n1 - n;
+                int nr, ldp;
+                const uint32_t *Pk;
+                if (Pw) { /* a slice may start half-way into a packed panel: one vector there */
+                    nr = n % 32 ? (left < 16 ? left : 16) : (left < 32 ? left : 32);
+                    Pk = Pw + (size_t)(n / 32) * panel + (size_t)(k0 / 2) * 32 + n % 32;
+                    ldp = 32;
+                } else { /* a narrow last panel packs and multiplies half */
+                    nr = left < BF_NR ? left : BF_NR;
+                    ldp = nr > 16 ? 32 : 16;
+                    bf_pack_panel(P, ldp, W, K, n, nr, k0, kb);
+                    Pk = P;
+                }
                 float *c = C + (size_t)mb0 * ldc + n;
                 const float *bn = bias ? bias + n : NULL;
-                if (V == 2) bf_panel_rows(c, ldc, Ab, kp, P, 32, kq, 2, nr, k0 == 0, bn, mb);
-                else bf_panel_rows(c, ldc, Ab, kp, P, 16, kq, 1, nr, k0 == 0, bn, mb);
+                if (nr > 16) bf_panel_rows(c, ldc, Ab, kp, Pk, ldp, kq, 2, nr, k0 == 0, bn, mb);
+                else bf_panel_rows(c, ldc, Ab, kp, Pk, ldp, kq, 1, nr, k0 == 0, bn, mb);
+                n += nr;
             }
         }
     }
+}
+
+static void matmul_avx512bf16(float *C, int ldc, const float *A, int lda, const void *W, qw_dtype wt,
+                              const float *bias, int M, int K, int n0, int n1) {
+    if (wt != QW_BF16 || M < 8 || K <= 0) {
+        qw_kernels_avx512.matmul(C, ldc, A, lda, W, wt, bias, M, K, n0, n1);
+        return;
+    }
+    if (n1 > n0) bf_matmul(C, ldc, A, lda, (const uint16_t *)W, NULL, bias, M, K, n0, n1);
 }
 
 /* ==== Weights packed once at load (QW_BF16P) ====
@@ -159,28 +179,7 @@ void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1) {
 
 void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
                      int n0, int n1) {
-    if (M <= 0 || K <= 0 || n1 <= n0) return;
-    uint16_t Ab[BF_MB * BF_KB] __attribute__((aligned(64)));
-    const size_t panel = (size_t)((K + 1) / 2) * 32;
-    for (int mb0 = 0; mb0 < M; mb0 += BF_MB) {
-        const int mb = M - mb0 < BF_MB ? M - mb0 : BF_MB;
-        for (int k0 = 0; k0 < K; k0 += BF_KB) {
-            const int kb = K - k0 < BF_KB ? K - k0 : BF_KB;
-            const int kq = (kb + 1) / 2, kp = 2 * kq;
-            for (int i = 0; i < mb; i++) bf_round_row(Ab + (size_t)i * kp, A + (size_t)(mb0 + i) * lda + k0, kb, kp);
-            for (int n = n0; n < n1;) {
-                /* a slice may start half-way into a panel (n0 is a multiple of 16): one vector there */
-                const int half = n % 32 != 0, left = n1 - n;
-                const int nr = half ? (left < 16 ? left : 16) : (left < 32 ? left : 32);
-                const uint32_t *Pk = (const uint32_t *)P + (size_t)(n / 32) * panel + (size_t)(k0 / 2) * 32 + n % 32;
-                float *c = C + (size_t)mb0 * ldc + n;
-                const float *bn = bias ? bias + n : NULL;
-                if (nr > 16) bf_panel_rows(c, ldc, Ab, kp, Pk, 32, kq, 2, nr, k0 == 0, bn, mb);
-                else bf_panel_rows(c, ldc, Ab, kp, Pk, 32, kq, 1, nr, k0 == 0, bn, mb);
-                n += nr;
-            }
-        }
-    }
+    if (M > 0 && K > 0 && n1 > n0) bf_matmul(C, ldc, A, lda, NULL, (const uint32_t *)P, bias, M, K, n0, n1);
 }
 
 /* Exact f32, A never rounded: the AVX-512 table's. */
