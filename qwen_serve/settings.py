@@ -101,8 +101,8 @@ class Settings(BaseSettings):
     """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
     precision: Literal["exact", "fast"] = "fast"
     """libqwen precision: "fast" runs the decoder's linears on int8 weights (quantized at load, half
-    the memory traffic of bf16 per token) and the encoder on bf16 dot products where the CPU has
-    them; "exact" is f32 throughout, token for token the official implementation. README:
+    the memory traffic of bf16 per token), keeps the KV cache in bf16 and runs the encoder on bf16
+    dot products where the CPU has them; "exact" is f32 throughout, token for token the official implementation. README:
     "Precision" has the measured speed and distance between the two."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generated tokens per audio chunk at most; None keeps the engine's default."""

@@ -74,8 +74,10 @@ typedef enum {
  *   per row and group when each product is taken. With QWEN_ISA_AUTO, the encoder runs on AMX bf16
  *   tiles where the CPU has AMX and the OS grants it (packed once at load), else on bf16 dot
  *   products where the CPU has them (avx512bf16); a kernel set named in isa is used as it is.
- *   Token embeddings keep the checkpoint's weights, and so does a forced aligner's head. A sequence's logits in a batch are still
- *   bitwise those it gets alone. Results differ from EXACT by quantization noise (README). */
+ *   Token embeddings keep the checkpoint's weights, and so does a forced aligner's head. The KV
+ *   cache holds bf16 (rounded to nearest even; EXACT: f32), half the bytes a decode step reads
+ *   from it. A sequence's logits in a batch are still bitwise those it gets alone. Results differ
+ *   from EXACT by quantization noise (README). */
 typedef enum {
     QWEN_PRECISION_EXACT = 0,
     QWEN_PRECISION_FAST = 1,
@@ -96,7 +98,7 @@ typedef struct {
     qwen_precision precision; /* EXACT by default */
     int encoder_cache_windows; /* completed encoder windows (8 s each) kept for reuse; 0 = 32, < 0 = none */
     int64_t prefix_cache_tokens; /* KV rows of prompt prefixes kept for reuse (229 KB each for both
-                                  * models); 0 = 1024, < 0 = none */
+                                  * models, 115 KB with FAST); 0 = 1024, < 0 = none */
 } qwen_params;
 
 typedef struct {

@@ -96,9 +96,9 @@ typedef struct {
 
 /* Task = (group, KV head, block of up to ATT_QB queries): causal attention
  * of the group's rows over its sequence's cache, positions 0 .. n_past + i
- * for its query i (qw_attention), for each query head that shares the KV
- * head in turn, so that the second one reads the keys and values from cache
- * rather than memory. Each head's result is what it is computed alone. */
+ * for its query i, for all the query heads that share the KV head in one
+ * qw_attention call, which reads the head's run of keys and values once.
+ * Each head's result is what it is computed alone. */
 #define ATT_QB 64
 
 static void dec_attn_task(void *arg, int t) {
@@ -111,13 +111,21 @@ static void dec_attn_task(void *arg, int t) {
     const int nb = (G->n + ATT_QB - 1) / ATT_QB;
     const int kvh = t / nb, i0 = t % nb * ATT_QB, m = G->n - i0 < ATT_QB ? G->n - i0 : ATT_QB;
     const int group = j->heads / j->kv_heads, hd = j->hd;
-    const size_t kvrow = (size_t)j->kv_heads * hd, qrow = (size_t)j->heads * hd;
-    const size_t layer = (size_t)j->layer * s->cap * kvrow;
+    const size_t qrow = (size_t)j->heads * hd;
+    const size_t head = ((size_t)j->layer * j->kv_heads + kvh) * s->cap * hd * qw_kv_size(j->ctx);
     const int p0 = s->n_past; /* before this pass: the group's rows sit at p0 .. p0 + n - 1 */
-    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-        const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)h * hd;
-        qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, s->k + layer + (size_t)kvh * hd,
-                     s->v + layer + (size_t)kvh * hd, (int)kvrow, p0 + i0 + m, hd, p0 + i0);
+    const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)kvh * group * hd;
+    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, group, (const char *)s->k + head,
+                 (const char *)s->v + head, j->ctx->kv_dt, hd, p0 + i0 + m, hd, p0 + i0);
+}
+
+/* cache[at : at + n) = x, in the cache's dtype (bf16: nearest even). */
+static void kv_store(const qwen_context *ctx, void *cache, size_t at, const float *x, int n) {
+    if (ctx->kv_dt == QW_BF16) {
+        uint16_t *d = (uint16_t *)cache + at;
+        for (int i = 0; i < n; i++) d[i] = qw_f32_to_bf16(x[i]);
+    } else {
+        memcpy((float *)cache + at, x, (size_t)n * sizeof(float));
     }
 }
 
@@ -183,7 +191,6 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n, rows_invariant);
         for (int g = 0; g < n_groups; g++) {
             qw_seq *s = groups[g].s;
-            float *kc = s->k + (size_t)l * s->cap * nk, *vc = s->v + (size_t)l * s->cap * nk;
             for (int i = row0[g]; i < row0[g] + groups[g].n; i++) {
                 const int pos = s->n_past + i - row0[g];
                 for (int hh = 0; hh < nh; hh++) {
@@ -195,9 +202,10 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
                     float *kh = kk + (size_t)i * nk + (size_t)hh * hd;
                     qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
                     rope(kh, D->rope_inv_freq, hd, pos);
+                    const size_t at = (((size_t)l * nkv + hh) * s->cap + pos) * hd; /* [layer, head, pos] */
+                    kv_store(ctx, s->k, at, kh, hd);
+                    kv_store(ctx, s->v, at, v + (size_t)i * nk + (size_t)hh * hd, hd);
                 }
-                memcpy(kc + (size_t)pos * nk, kk + (size_t)i * nk, (size_t)nk * sizeof(float));
-                memcpy(vc + (size_t)pos * nk, v + (size_t)i * nk, (size_t)nk * sizeof(float));
             }
         }
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};

@@ -156,7 +156,7 @@ typedef struct {
     int n_prefilled, audio_used;  /* prompt tokens run; audio rows of emb spliced in so far */
     int prefix_entry_n;         /* prompt rows whose KV came from the prefix cache (0: none) */
     /* decoder state */
-    float *k, *v;               /* [layers, cap, KV * hd] */
+    void *k, *v;                /* [layers, KV heads, cap, hd] of ctx->kv_dt: a head's keys in one run */
     int cap, n_past;
     int32_t last_token;
     int n_generated;
@@ -224,7 +224,7 @@ typedef struct {
     int32_t *ids;               /* [n] their prompt ids */
     int n_audio;                /* audio rows among them */
     float *audio;               /* [n_audio, hidden] their input rows, compared bit for bit */
-    float *k, *v;               /* [dec_layers, n, n_kv_heads * head_dim] */
+    void *k, *v;                /* [dec_layers, n_kv_heads, n, head_dim] of ctx->kv_dt */
     uint64_t used;              /* clock of the last hit or insert */
 } qw_prefix_entry;
 
@@ -259,6 +259,7 @@ struct qwen_context {
     qwen_precision precision;
     const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
     int amx;                    /* FAST on a CPU with AMX: the encoder on bf16 tiles */
+    qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT) or QW_BF16 (FAST) */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
     char kernels_name[64];
@@ -297,6 +298,9 @@ struct qwen_context {
     char err[512];
 };
 
+/* Bytes of one KV cache element (ctx->kv_dt). */
+static inline size_t qw_kv_size(const struct qwen_context *ctx) { return ctx->kv_dt == QW_BF16 ? 2 : 4; }
+
 /* Errors: record a message on the context and return the status. */
 qwen_status qw_fail(qwen_context *ctx, qwen_status st, const char *fmt, ...);
 void *qw_own(qwen_context *ctx, size_t bytes); /* zeroed, freed with the context */
@@ -329,9 +333,14 @@ void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float 
  * on it runs on the matmul kernel (keys copied contiguous, values
  * transposed, S = Q K^T, O = P V); for fewer (decode), or without memory
  * for that, per query the scores of all keys in one dot_rows call, the
- * softmax, and one axpy_rows over the values (kernels.h). */
-void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,
-                  const float *vals, int ldkv, int T, int hd, int causal0);
+ * softmax, and one axpy_rows over the values (kernels.h). Keys and values
+ * are f32 or bf16 (kv_dt; hd <= 4096), bf16 widened to f32 on the way in
+ * (the same bits as attention over a widened copy). The call does it for
+ * `group` heads that share the keys and values (grouped-query attention),
+ * head h's queries and outputs at + h * hd in their rows, and reads the
+ * keys and values once for all of them; each head's result is its own. */
+void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+                  const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0);
 
 /* ==== Stages ==== */
 int qw_mel_init(qwen_context *ctx);

@@ -203,6 +203,33 @@ static inline int attention_len(int causal0, int r, int T) {
     return causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
 }
 
+/* One query over len keys in one pass, no buffer for the scores: a running maximum (online
+ * softmax), one dot and one axpy per key; o must be zero. bf16 keys and values are widened one
+ * row at a time into wide (hd floats). */
+static void attention_online(const qw_kernels *k, float *o, const float *qr, const void *keys, const void *vals,
+                             qw_dtype dt, int ldkv, int len, int hd, float *wide) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    float mx = -INFINITY, sum = 0.0f;
+    for (int s = 0; s < len; s++) {
+        const float *ks = (const float *)keys + (size_t)s * ldkv;
+        if (dt == QW_BF16) k->to_f32(wide, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd), ks = wide;
+        const float v = k->dot(qr, ks, hd) * scale;
+        if (v > mx) { /* a new maximum: rescale what was summed so far */
+            const float f = expf(mx - v);
+            for (int d = 0; d < hd; d++) o[d] *= f;
+            sum *= f;
+            mx = v;
+        }
+        const float e = expf(v - mx);
+        sum += e;
+        const float *vs = (const float *)vals + (size_t)s * ldkv;
+        if (dt == QW_BF16) k->to_f32(wide, (const uint16_t *)vals + (size_t)s * ldkv, QW_BF16, hd), vs = wide;
+        k->axpy(o, e, vs, hd);
+    }
+    const float inv = 1.0f / sum;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
+}
+
 /* Few queries (decode), or no memory for the GEMM way. Per query: the scores
  * of all len keys in one dot_rows call into a buffer (on the stack up to
  * 4096 keys, else malloc'ed), times scale, the table's softmax, then
@@ -237,48 +264,103 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
             k->axpy_rows(o, p, vals, ldkv, len, hd);
             continue;
         }
-        float mx = -INFINITY, sum = 0.0f;
-        for (int s = 0; s < len; s++) {
-            const float v = k->dot(qr, keys + (size_t)s * ldkv, hd) * scale;
-            if (v > mx) { /* a new maximum: rescale what was summed so far */
-                const float f = expf(mx - v);
-                for (int d = 0; d < hd; d++) o[d] *= f;
-                sum *= f;
-                mx = v;
-            }
-            const float e = expf(v - mx);
-            sum += e;
-            k->axpy(o, e, vals + (size_t)s * ldkv, hd);
-        }
-        const float inv = 1.0f / sum;
-        for (int d = 0; d < hd; d++) o[d] *= inv;
+        attention_online(k, o, qr, keys, vals, QW_F32, ldkv, len, hd, NULL);
     }
     free(heap);
 }
 
-void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, const float *keys,
-                  const float *vals, int ldkv, int T, int hd, int causal0) {
-    if (m <= 0 || T <= 0) return;
+/* attention_rows for the `group` query heads that share bf16 keys and values (the KV cache of
+ * precision FAST), head h's query and output at + h * hd in each row: per row, blocks of keys
+ * widened to f32 once (the table's to_f32) into a buffer on the stack, each head's scores of the
+ * block by dot_rows, the softmax over all of them, then the values block by block, widened the
+ * same way, by axpy_rows in order. dot_rows gives every row its own dot whatever the stride, and
+ * axpy_rows in blocks is the same axpys in the same order, so each query gets bit for bit what
+ * attention_rows gives over the widened cache; the cache is read once for the group, at half
+ * the bytes. */
+static void attention_rows_bf16(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+                                const uint16_t *keys, const uint16_t *vals, int ldkv, int T, int hd, int causal0) {
+    enum { ATT_STACK = 4096, WIDE = 4096 }; /* scores and widened rows on the stack: 16 KiB each */
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int blk = WIDE / hd; /* keys widened at a time (hd <= 4096: qw_attention) */
+    float stack[ATT_STACK], wide[WIDE], *heap = NULL;
+    size_t heap_len = 0;
+    for (int r = 0; r < m; r++) {
+        const int len = attention_len(causal0, r, T);
+        const size_t need = (size_t)group * len;
+        float *p = stack;
+        if (need > ATT_STACK) {
+            if (need > heap_len) {
+                free(heap);
+                heap = malloc(need * sizeof(float));
+                heap_len = heap ? need : 0;
+            }
+            p = heap;
+        }
+        for (int h = 0; h < group; h++) memset(out + (size_t)r * ldo + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
+        if (!p) { /* no memory for the scores: per head, one key at a time, online softmax */
+            for (int h = 0; h < group; h++)
+                attention_online(k, out + (size_t)r * ldo + (size_t)h * hd, q + (size_t)r * ldq + (size_t)h * hd, keys,
+                                 vals, QW_BF16, ldkv, len, hd, wide);
+            continue;
+        }
+        for (int s0 = 0; s0 < len; s0 += blk) {
+            const int n = len - s0 < blk ? len - s0 : blk;
+            for (int s = 0; s < n; s++) k->to_f32(wide + (size_t)s * hd, keys + (size_t)(s0 + s) * ldkv, QW_BF16, hd);
+            for (int h = 0; h < group; h++)
+                k->dot_rows(p + (size_t)h * len + s0, q + (size_t)r * ldq + (size_t)h * hd, wide, hd, n, hd);
+        }
+        for (int h = 0; h < group; h++) {
+            float *ph = p + (size_t)h * len;
+            for (int s = 0; s < len; s++) ph[s] *= scale;
+            k->softmax(ph, len);
+        }
+        for (int s0 = 0; s0 < len; s0 += blk) {
+            const int n = len - s0 < blk ? len - s0 : blk;
+            for (int s = 0; s < n; s++) k->to_f32(wide + (size_t)s * hd, vals + (size_t)(s0 + s) * ldkv, QW_BF16, hd);
+            for (int h = 0; h < group; h++)
+                k->axpy_rows(out + (size_t)r * ldo + (size_t)h * hd, p + (size_t)h * len + s0, wide, hd, n, hd);
+        }
+    }
+    free(heap);
+}
+
+void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+                  const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
+    if (m <= 0 || T <= 0 || group <= 0) return;
+    const int bf16 = kv_dt == QW_BF16;
     float *Kc = m < ATT_GEMM_MIN ? NULL : malloc(((size_t)2 * T * hd + (size_t)m * T) * sizeof(float));
     if (!Kc) {
-        attention_rows(k, out, ldo, q, ldq, m, keys, vals, ldkv, T, hd, causal0);
+        if (bf16)
+            attention_rows_bf16(k, out, ldo, q, ldq, m, group, keys, vals, ldkv, T, hd, causal0);
+        else
+            for (int h = 0; h < group; h++)
+                attention_rows(k, out + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, keys, vals, ldkv, T, hd,
+                               causal0);
         return;
     }
     float *Vt = Kc + (size_t)T * hd, *S = Vt + (size_t)T * hd; /* [T][hd], [hd][T], [m][T] */
     for (int s = 0; s < T; s++) {
-        memcpy(Kc + (size_t)s * hd, keys + (size_t)s * ldkv, (size_t)hd * sizeof(float));
-        const float *vs = vals + (size_t)s * ldkv;
-        for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = vs[d];
+        if (bf16) {
+            const uint16_t *vs = (const uint16_t *)vals + (size_t)s * ldkv;
+            k->to_f32(Kc + (size_t)s * hd, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd);
+            for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = qw_bf16_to_f32(vs[d]);
+        } else {
+            const float *vs = (const float *)vals + (size_t)s * ldkv;
+            memcpy(Kc + (size_t)s * hd, (const float *)keys + (size_t)s * ldkv, (size_t)hd * sizeof(float));
+            for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = vs[d];
+        }
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    k->matmul(S, T, q, ldq, Kc, QW_F32, NULL, m, hd, 0, T); /* S = Q K^T */
-    for (int r = 0; r < m; r++) {
-        float *row = S + (size_t)r * T;
-        const int len = attention_len(causal0, r, T);
-        for (int s = 0; s < len; s++) row[s] *= scale;
-        k->softmax(row, len);
-        for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
+    for (int h = 0; h < group; h++) {
+        k->matmul(S, T, q + (size_t)h * hd, ldq, Kc, QW_F32, NULL, m, hd, 0, T); /* S = Q K^T */
+        for (int r = 0; r < m; r++) {
+            float *row = S + (size_t)r * T;
+            const int len = attention_len(causal0, r, T);
+            for (int s = 0; s < len; s++) row[s] *= scale;
+            k->softmax(row, len);
+            for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
+        }
+        k->matmul(out + (size_t)h * hd, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd); /* O = P V */
     }
-    k->matmul(out, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd); /* O = P V */
     free(Kc);
 }

@@ -24,7 +24,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-static size_t kv_row_floats(const qw_config *c) { return (size_t)c->n_kv_heads * (size_t)c->head_dim; }
+/* Copies the first n positions of every (layer, KV head) run of keys and values: from caches
+ * of from_cap positions a run to caches of to_cap ([layers, KV heads, cap, hd]). */
+static void kv_copy(const qwen_context *ctx, void *to_k, void *to_v, int to_cap, const void *from_k,
+                    const void *from_v, int from_cap, int n) {
+    const size_t hb = (size_t)ctx->cfg.head_dim * qw_kv_size(ctx), runs = (size_t)ctx->cfg.dec_layers * ctx->cfg.n_kv_heads;
+    for (size_t r = 0; r < runs; r++) {
+        memcpy((char *)to_k + r * to_cap * hb, (const char *)from_k + r * from_cap * hb, (size_t)n * hb);
+        memcpy((char *)to_v + r * to_cap * hb, (const char *)from_v + r * from_cap * hb, (size_t)n * hb);
+    }
+}
 
 static void entry_free(qw_prefix_entry *e) {
     free(e->ids);
@@ -68,12 +77,7 @@ int qw_prefix_reuse(qwen_context *ctx, qw_seq *s) {
         if ((best < 0 || pc->e[i].n > pc->e[best].n) && entry_matches(ctx, &pc->e[i], s)) best = i;
     if (best < 0) return 0;
     qw_prefix_entry *e = &pc->e[best];
-    const qw_config *c = &ctx->cfg;
-    const size_t row = kv_row_floats(c);
-    for (int l = 0; l < c->dec_layers; l++) {
-        memcpy(s->k + (size_t)l * s->cap * row, e->k + (size_t)l * e->n * row, (size_t)e->n * row * sizeof(float));
-        memcpy(s->v + (size_t)l * s->cap * row, e->v + (size_t)l * e->n * row, (size_t)e->n * row * sizeof(float));
-    }
+    kv_copy(ctx, s->k, s->v, s->cap, e->k, e->v, e->n, e->n);
     s->n_prefilled = s->n_past = e->n;
     s->audio_used = e->n_audio;
     s->prefix_entry_n = e->n;
@@ -119,20 +123,17 @@ void qw_prefix_keep(qwen_context *ctx, const qw_seq *s) {
         pc->e = grown;
         pc->cap = cap;
     }
-    const size_t row = kv_row_floats(c), kv = (size_t)c->dec_layers * (size_t)p * row;
+    const size_t kv = (size_t)c->dec_layers * c->n_kv_heads * (size_t)p * c->head_dim * qw_kv_size(ctx);
     qw_prefix_entry e = {p, malloc((size_t)p * sizeof(int32_t)), n_audio,
                          n_audio ? malloc((size_t)n_audio * (size_t)c->hidden * sizeof(float)) : NULL,
-                         malloc(kv * sizeof(float)), malloc(kv * sizeof(float)), ++pc->clock};
+                         malloc(kv), malloc(kv), ++pc->clock};
     if (!e.ids || (n_audio && !e.audio) || !e.k || !e.v) {
         entry_free(&e);
         return;
     }
     memcpy(e.ids, s->prompt, (size_t)p * sizeof(int32_t));
     if (n_audio) memcpy(e.audio, s->emb, (size_t)n_audio * (size_t)c->hidden * sizeof(float));
-    for (int l = 0; l < c->dec_layers; l++) {
-        memcpy(e.k + (size_t)l * p * row, s->k + (size_t)l * s->cap * row, (size_t)p * row * sizeof(float));
-        memcpy(e.v + (size_t)l * p * row, s->v + (size_t)l * s->cap * row, (size_t)p * row * sizeof(float));
-    }
+    kv_copy(ctx, e.k, e.v, p, s->k, s->v, s->cap, p);
     pc->e[pc->n++] = e;
     pc->tokens += p;
 }

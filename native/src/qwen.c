@@ -97,6 +97,9 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     ctx->q8 = qw_q8_for(isa);
     ctx->amx = fast_auto && (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && qw_amx_available() &&
                qw_amx_selfcheck(); /* a unit that disagrees with double precision is never used */
+    /* FAST keeps the KV cache in bf16: a decode step of B sequences reads B caches, which
+     * pass the weights' bytes from a few hundred tokens on. */
+    ctx->kv_dt = p.precision == QWEN_PRECISION_FAST ? QW_BF16 : QW_F32;
     if (p.precision == QWEN_PRECISION_FAST)
         snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s%s + int8 %s", ctx->k->name,
                  ctx->amx ? " + amx" : "", ctx->q8->name);

@@ -1,6 +1,7 @@
 """The C API test programs (native/tests/test_api.c: the contract on bad input, two contexts at once;
 native/tests/test_align.c: qwen_align on the tiny forced aligner; native/tests/test_pool.c: the thread
-pool, also under ThreadSanitizer), built with CMake, plain and under AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
+pool, also under ThreadSanitizer; native/tests/test_attention.c: attention over the bf16 KV cache of
+precision fast, every kernel set), built with CMake, plain and under AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ VARIANTS = {
 }
 
 
-def build(tmp: Path, *options: str, targets: tuple[str, ...] = ("test_api", "test_align", "test_pool")) -> Path:
+def build(
+    tmp: Path,
+    *options: str,
+    targets: tuple[str, ...] = ("test_api", "test_align", "test_pool", "test_attention"),
+) -> Path:
     build_dir = tmp / "build"
     subprocess.run(
         ["cmake", "-S", str(ROOT / "native"), "-B", str(build_dir), "-DQWEN_BUILD_TESTS=ON", *options],
@@ -69,6 +74,13 @@ def test_align_program(programs: Path, tiny_dir: Path, tiny_aligner_dir: Path) -
 def test_pool_program(programs: Path) -> None:
     out = run(programs / "test_pool")
     assert "pool: 11 passed, 0 failed" in out, out
+
+
+def test_attention_program(programs: Path) -> None:
+    out = run(programs / "test_attention")
+    assert ", 0 failed" in out, out
+    passed = int(out.split("attention: ")[-1].split(" passed")[0])
+    assert passed >= 354, out  # at least the scalar table's cases (354 each table)
 
 
 def test_pool_program_under_thread_sanitizer(tmp_path: Path) -> None:

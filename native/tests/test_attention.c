@@ -1,0 +1,113 @@
+/*
+ * Attention test — qw_attention (ops.c) over a bf16 KV cache, the cache of
+ * precision FAST, for every kernel table the CPU runs:
+ *
+ *   bitwise  the result over bf16 keys and values equals, bit for bit, the
+ *            result over an f32 copy of them (each bf16 widened exactly), on
+ *            the rows path (fewer than 8 queries: decode, blocks of widened
+ *            keys) and the GEMM path (8 or more: prefill), causal and not,
+ *            head sizes 6, 64, 128, key counts from 1 to past the scores'
+ *            stack buffer (4096 scores, for one head or for a group), a row
+ *            stride larger than the head;
+ *   group    one call for 1, 2 or 3 query heads sharing the keys (grouped-
+ *            query attention, head h at + h * hd in the rows) gives each head
+ *            bit for bit what a call for that head alone gives;
+ *   close    and it is within 1e-4 (relative to 1 + |ref|) of the same
+ *            attention in double precision over the widened cache.
+ *
+ * Buffers are allocated to the exact size the kernel may touch, so
+ * AddressSanitizer sees any read past them. Exit status is non-zero on any
+ * failure; the last line reads "attention: N passed, M failed".
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed;
+
+static uint32_t rng = 12345u;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng = rng * 1664525u + 1013904223u;
+    return (float)(rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+/* Double-precision attention of query r over the first len keys. */
+static void reference(double *o, const float *q, const float *keys, const float *vals, int ldkv, int len, int hd) {
+    double *p = malloc((size_t)len * sizeof(double)), mx = -INFINITY, sum = 0.0;
+    for (int s = 0; s < len; s++) {
+        double d = 0.0;
+        for (int i = 0; i < hd; i++) d += (double)q[i] * keys[(size_t)s * ldkv + i];
+        p[s] = d / sqrt((double)hd);
+        if (p[s] > mx) mx = p[s];
+    }
+    for (int s = 0; s < len; s++) sum += p[s] = exp(p[s] - mx);
+    for (int i = 0; i < hd; i++) o[i] = 0.0;
+    for (int s = 0; s < len; s++)
+        for (int i = 0; i < hd; i++) o[i] += p[s] / sum * vals[(size_t)s * ldkv + i];
+    free(p);
+}
+
+static void test_case(const qw_kernels *k, int m, int group, int T, int hd, int causal) {
+    const int ldq = group * hd + 3, ldo = group * hd + 5, ldkv = hd + 16;
+    const size_t kv_len = (size_t)(T - 1) * ldkv + hd, q_len = (size_t)(m - 1) * ldq + (size_t)group * hd;
+    float *q = malloc(q_len * sizeof(float));
+    float *kf = malloc(kv_len * sizeof(float)), *vf = malloc(kv_len * sizeof(float));
+    uint16_t *kb = malloc(kv_len * sizeof(uint16_t)), *vb = malloc(kv_len * sizeof(uint16_t));
+    const size_t out_len = (size_t)(m - 1) * ldo + (size_t)group * hd;
+    float *o16 = calloc(out_len, sizeof(float)), *o32 = calloc(out_len, sizeof(float));
+    float *one = calloc(out_len, sizeof(float));
+    double *ref = malloc((size_t)hd * sizeof(double));
+    for (size_t i = 0; i < q_len; i++) q[i] = 2.0f * frand();
+    for (size_t i = 0; i < kv_len; i++) {
+        kb[i] = qw_f32_to_bf16(frand()), vb[i] = qw_f32_to_bf16(frand());
+        kf[i] = qw_bf16_to_f32(kb[i]), vf[i] = qw_bf16_to_f32(vb[i]);
+    }
+    const int causal0 = causal ? T - m : -1; /* the last m positions query, each the keys up to itself */
+    qw_attention(k, o16, ldo, q, ldq, m, group, kb, vb, QW_BF16, ldkv, T, hd, causal0);
+    qw_attention(k, o32, ldo, q, ldq, m, group, kf, vf, QW_F32, ldkv, T, hd, causal0);
+    for (int h = 0; h < group; h++) /* each head alone */
+        qw_attention(k, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, QW_BF16, ldkv, T, hd, causal0);
+    int same = 1, alone = 1, close = 1;
+    for (int r = 0; r < m; r++)
+        for (int h = 0; h < group; h++) {
+            const size_t o = (size_t)r * ldo + (size_t)h * hd;
+            same &= !memcmp(o16 + o, o32 + o, (size_t)hd * sizeof(float));
+            alone &= !memcmp(o16 + o, one + o, (size_t)hd * sizeof(float));
+            reference(ref, q + (size_t)r * ldq + (size_t)h * hd, kf, vf, ldkv, causal ? causal0 + r + 1 : T, hd);
+            for (int i = 0; i < hd; i++) close &= fabs(o16[o + i] - ref[i]) <= 1e-4 * (1.0 + fabs(ref[i]));
+        }
+    if (same && alone && close) {
+        passed++;
+    } else {
+        failed++;
+        printf("FAIL %s m=%d group=%d T=%d hd=%d causal=%d: bitwise f32 copy %d, each head alone %d, close to double %d\n",
+               k->name, m, group, T, hd, causal, same, alone, close);
+    }
+    free(q), free(kf), free(vf), free(kb), free(vb), free(o16), free(o32), free(one), free(ref);
+}
+
+int main(void) {
+    static const int isas[] = {QWEN_ISA_SCALAR, QWEN_ISA_AVX2, QWEN_ISA_AVX512, QWEN_ISA_AVX512BF16, QWEN_ISA_NEON};
+    static const int ms[] = {1, 3, 7, 8, 20}, Ts[] = {1, 5, 33, 200, 2100, 4100}, hds[] = {6, 64, 128};
+    for (size_t a = 0; a < sizeof(isas) / sizeof(isas[0]); a++) {
+        const qw_kernels *k = qw_kernels_for(isas[a], NULL);
+        if (!k) {
+            printf("attention: kernel set %s not on this CPU, skipped\n", qwen_isa_name((qwen_isa)isas[a]));
+            continue;
+        }
+        const int before = failed;
+        for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+            for (size_t j = 0; j < sizeof(Ts) / sizeof(Ts[0]); j++)
+                for (size_t h = 0; h < sizeof(hds) / sizeof(hds[0]); h++)
+                    for (int causal = 0; causal < 2; causal++)
+                        for (int group = 1; group <= 3; group++)
+                            if (ms[i] <= Ts[j] && (Ts[j] < 4100 || hds[h] == 128))
+                                test_case(k, ms[i], group, Ts[j], hds[h], causal);
+        printf("attention: %s tested, %d failures\n", k->name, failed - before);
+    }
+    printf("attention: %d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
