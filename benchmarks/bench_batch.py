@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/bench_batch.py                      # full-size random 0.6B, 2 threads
     .venv/bin/python benchmarks/bench_batch.py --preset full-1.7b --long-seconds 0
     .venv/bin/python benchmarks/bench_batch.py --precision exact,fast --clients "" --long-seconds 0
+    .venv/bin/python benchmarks/bench_batch.py --precision fast --clients "" --long-seconds 0 --clip-seconds 30
 
-1. Decode step: B sequences (5 s clips) decode together; one step advances all of them with one
-   pass over the weights. Reported per batch size: ms per step, ms per token, tokens/s, and the
-   step time against batch 1 in the same run (sequential decoding costs B x the batch-1 step).
+1. Decode step: B sequences (5 s clips, --clip-seconds) decode together; one step advances all of
+   them with one pass over the weights. Reported per batch size: ms per step, ms per token,
+   tokens/s, and the step time against batch 1 (sequential decoding costs B x the batch-1 step),
+   over --rounds sweeps of all the batch sizes one after another, each round's ratio against its
+   own batch-1 step (a shared VM's slow spells then hit both sides of a ratio alike).
    Then one more sequence is admitted while the B decode: the steps that also run its encoder
    window, and those that also run a prefill chunk (with fast, inside the decode pass).
 2. The engine alone (no Ray): one 5 s request's latency and stages (the reference for the
@@ -38,26 +41,41 @@ from qwen_serve.engine._native import NativeModel
 
 
 def decode_steps(
-    model_dir: Path, threads: int, batches: list[int], steps: int, precision: str = "exact"
-) -> list[dict[str, float]]:
-    pcm = test_audio(5.0)
-    rows = []
+    model_dir: Path,
+    threads: int,
+    batches: list[int],
+    steps: int,
+    precision: str = "exact",
+    rounds: int = 3,
+    clip_seconds: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Per batch size: the median decode step of each of `rounds` sweeps over the batch sizes (the
+    sweeps follow each other, so a slow spell of a shared machine hits every size alike), and per
+    round the step against that round's batch-1 step."""
+    pcm = test_audio(clip_seconds)
+    rows: list[dict[str, Any]] = [{"batch": b, "steps": [], "ratios": []} for b in batches]
     with NativeModel(model_dir, threads=threads, max_sequences=max(batches) + 1, precision=precision) as m:
         print(f"\nprecision {precision}: kernels {m.kernels}")
         n_audio = m.audio_token_count(pcm.size)
         prompt = (
             [m.info("audio_start_token_id")] + [m.audio_token_id] * n_audio + [m.info("audio_end_token_id")]
         )
-        for b in batches:
-            step_ms = batch_step_ms(m, pcm, prompt, b, steps)
-            rows.append(
-                {"batch": b, "step_ms": step_ms, "token_ms": step_ms / b, "tokens_s": b * 1e3 / step_ms}
-            )
-            rows[-1].update(admitting_steps(m, pcm, prompt, b))
+        for _ in range(rounds):
+            round_ms = [batch_step_ms(m, pcm, prompt, b, steps) for b in batches]
+            for r, ms in zip(rows, round_ms, strict=True):
+                r["steps"].append(ms)
+                r["ratios"].append(ms / round_ms[0])
+        for r in rows:
+            r["step_ms"] = statistics.median(r["steps"])
+            r["token_ms"] = r["step_ms"] / r["batch"]
+            r["tokens_s"] = r["batch"] * 1e3 / r["step_ms"]
+            r.update(admitting_steps(m, pcm, prompt, r["batch"]))
     return rows
 
 
-def admitting_steps(m: NativeModel, pcm: Any, prompt: list[int], batch: int, reps: int = 3) -> dict[str, float]:
+def admitting_steps(
+    m: NativeModel, pcm: Any, prompt: list[int], batch: int, reps: int = 3
+) -> dict[str, float]:
     """With `batch` sequences decoding, one more is added: the median time of the steps that also
     run its encoder window and of those that also run a prefill chunk (with precision fast the chunk
     runs inside the decode pass: libqwen's info key prefill_joined counts them)."""
@@ -81,7 +99,11 @@ def admitting_steps(m: NativeModel, pcm: Any, prompt: list[int], batch: int, rep
         joined = m.context_info("prefill_joined") - joined0
         for s in seqs + [extra]:
             m.seq_abort(s)
-    return {"encoder_step_ms": statistics.median(enc), "prefill_step_ms": statistics.median(pre), "joined": joined}
+    return {
+        "encoder_step_ms": statistics.median(enc),
+        "prefill_step_ms": statistics.median(pre),
+        "joined": joined,
+    }
 
 
 def engine_clients(
@@ -143,6 +165,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,2,4,8,16")
     p.add_argument("--steps", type=int, default=12, help="decode steps timed per batch size (median kept)")
+    p.add_argument("--rounds", type=int, default=3, help="sweeps over the batch sizes, one after another")
+    p.add_argument("--clip-seconds", type=float, default=5.0, help="audio of each decoding sequence")
     p.add_argument("--long-seconds", type=float, default=600.0, help="0 skips the long-file part")
     p.add_argument("--long-tokens", type=int, default=160, help="tokens per 60 s chunk")
     p.add_argument("--max-batch", type=int, default=16)
@@ -162,18 +186,30 @@ def main() -> None:
     precisions = args.precision.split(",")
     for precision in precisions:
         rows = decode_steps(
-            args.model_dir, args.threads, [int(b) for b in args.batches.split(",")], args.steps, precision
+            args.model_dir,
+            args.threads,
+            [int(b) for b in args.batches.split(",")],
+            args.steps,
+            precision,
+            args.rounds,
+            args.clip_seconds,
         )
         one = rows[0]["step_ms"]
+        print(
+            f"{args.clip_seconds:g} s clips, {args.rounds} rounds; step: median of the rounds' medians (each round's in"
+            " brackets); against batch 1: median of the rounds' ratios [range]"
+        )
         print(
             "| batch | step | per token | tokens/s | step / batch-1 step | sequential (B x batch-1) "
             "| + admitting one: encoder step, prefill step (chunks in the decode pass) |"
         )
         print("|---|---|---|---|---|---|---|")
         for r in rows:
+            each = "/".join(f"{x:.0f}" for x in r["steps"])
             print(
-                f"| {r['batch']} | {r['step_ms']:.1f} ms | {r['token_ms']:.1f} ms | {r['tokens_s']:.1f} | "
-                f"{r['step_ms'] / one:.2f}x | {r['batch'] * one:.0f} ms | {r['encoder_step_ms']:.0f} ms, "
+                f"| {r['batch']} | {r['step_ms']:.1f} ms ({each}) | {r['token_ms']:.1f} ms | {r['tokens_s']:.1f} | "
+                f"{statistics.median(r['ratios']):.2f}x [{min(r['ratios']):.2f}-{max(r['ratios']):.2f}] | "
+                f"{r['batch'] * one:.0f} ms | {r['encoder_step_ms']:.0f} ms, "
                 f"{r['prefill_step_ms']:.0f} ms ({r['joined']:.0f} of its chunks joined) |"
             )
 
