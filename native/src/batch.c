@@ -32,6 +32,18 @@ static int32_t argmax(const float *x, int n) {
     return best;
 }
 
+/* Task = one decoding sequence of a step: its greedy token from its row of the step's logits. */
+typedef struct {
+    const float *logits;
+    int vocab;
+    int32_t *tokens;
+} argmax_job;
+
+static void argmax_task(void *arg, int i) {
+    const argmax_job *j = arg;
+    j->tokens[i] = argmax(j->logits + (size_t)i * j->vocab, j->vocab);
+}
+
 static int seq_running(const qw_seq *s) { return s->state != QW_SEQ_FREE && s->state != QW_SEQ_ENDED; }
 
 static qw_seq *seq_at(const qwen_context *ctx, int seq) {
@@ -349,6 +361,11 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits);
     const double dt = qw_now_ms() - t0;
     free(x);
+    int32_t *tokens = ctx->step_tokens;
+    if (st == QWEN_OK) { /* the rows' argmax across the pool: a vocabulary each */
+        argmax_job aj = {ctx->step_logits, c->vocab, tokens};
+        qw_pool_run(ctx->pool, m, argmax_task, &aj);
+    }
     for (int i = 0; i < m; i++) {
         qw_seq *s = groups[i].s;
         const int slot = (int)(s - ctx->seqs);
@@ -359,8 +376,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         }
         s->t_decode += dt;
         s->logits = ctx->step_logits + (size_t)i * c->vocab;
-        const int32_t t = argmax(s->logits, c->vocab);
-        emit(events, n_events, slot, t, take_token(ctx, s, t));
+        emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]));
     }
     if (join) { /* its logits, if this was its last chunk, follow the m decode rows' */
         const int slot = (int)(admit - ctx->seqs);
@@ -435,13 +451,16 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     ctx->groups = calloc((size_t)ctx->max_seqs, sizeof(qw_dec_group));
     ctx->events = calloc((size_t)ctx->max_seqs, sizeof(qwen_event));
     ctx->step_logits = malloc((size_t)ctx->max_seqs * ctx->cfg.vocab * sizeof(float));
+    ctx->step_tokens = malloc((size_t)ctx->max_seqs * sizeof(int32_t));
     ctx->prefill_logits = malloc((size_t)ctx->cfg.vocab * sizeof(float));
     ctx->one_seq = -1;
     const int cache = p->encoder_cache_windows == 0 ? 32 : p->encoder_cache_windows;
     if (qw_enc_cache_init(&ctx->enc_cache, cache > 0 ? cache : 0)) return QWEN_ERR_NOMEM;
     const int64_t prefix = p->prefix_cache_tokens == 0 ? 1024 : p->prefix_cache_tokens;
     qw_prefix_cache_init(&ctx->prefix_cache, prefix > 0 ? prefix : 0);
-    return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->prefill_logits ? QWEN_OK : QWEN_ERR_NOMEM;
+    return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->step_tokens && ctx->prefill_logits
+               ? QWEN_OK
+               : QWEN_ERR_NOMEM;
 }
 
 void qw_batch_free(qwen_context *ctx) {
@@ -450,6 +469,7 @@ void qw_batch_free(qwen_context *ctx) {
     free(ctx->groups);
     free(ctx->events);
     free(ctx->step_logits);
+    free(ctx->step_tokens);
     free(ctx->prefill_logits);
     qw_enc_cache_free(&ctx->enc_cache);
     qw_prefix_cache_free(&ctx->prefix_cache);

@@ -141,6 +141,42 @@ static void rope(float *x, const float *inv_freq, int hd, int pos) {
     }
 }
 
+/* Task = one row of a pass: its query and key heads RMS-normed and rotated to its position, its
+ * keys and values written to its sequence's cache at [layer, head, position]. Rows are
+ * independent, so they run across the pool; each head's arithmetic is the same wherever. */
+typedef struct {
+    qwen_context *ctx;
+    const qw_dec_group *groups;
+    const int *row0;
+    int n_groups, layer;
+    float *q, *k;
+    const float *v;
+} dec_qk_job;
+
+static void dec_qk_task(void *arg, int i) {
+    const dec_qk_job *j = arg;
+    const qw_config *c = &j->ctx->cfg;
+    const qw_dec_layer *y = &j->ctx->dec.layers[j->layer];
+    const int hd = c->head_dim, nq = c->n_heads * hd, nk = c->n_kv_heads * hd;
+    int g = 0;
+    while (g + 1 < j->n_groups && i >= j->row0[g + 1]) g++;
+    qw_seq *s = j->groups[g].s;
+    const int pos = s->n_past + i - j->row0[g];
+    for (int hh = 0; hh < c->n_heads; hh++) {
+        float *qh = j->q + (size_t)i * nq + (size_t)hh * hd;
+        qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
+        rope(qh, j->ctx->dec.rope_inv_freq, hd, pos);
+    }
+    for (int hh = 0; hh < c->n_kv_heads; hh++) {
+        float *kh = j->k + (size_t)i * nk + (size_t)hh * hd;
+        qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
+        rope(kh, j->ctx->dec.rope_inv_freq, hd, pos);
+        const size_t at = (((size_t)j->layer * c->n_kv_heads + hh) * s->cap + pos) * hd; /* [layer, head, pos] */
+        kv_store(j->ctx, s->k, at, kh, hd);
+        kv_store(j->ctx, s->v, at, j->v + (size_t)i * nk + (size_t)hh * hd, hd);
+    }
+}
+
 /* ==== Forward ==== */
 
 qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,
@@ -189,25 +225,8 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
         qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n, rows_invariant);
-        for (int g = 0; g < n_groups; g++) {
-            qw_seq *s = groups[g].s;
-            for (int i = row0[g]; i < row0[g] + groups[g].n; i++) {
-                const int pos = s->n_past + i - row0[g];
-                for (int hh = 0; hh < nh; hh++) {
-                    float *qh = q + (size_t)i * nq + (size_t)hh * hd;
-                    qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
-                    rope(qh, D->rope_inv_freq, hd, pos);
-                }
-                for (int hh = 0; hh < nkv; hh++) {
-                    float *kh = kk + (size_t)i * nk + (size_t)hh * hd;
-                    qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
-                    rope(kh, D->rope_inv_freq, hd, pos);
-                    const size_t at = (((size_t)l * nkv + hh) * s->cap + pos) * hd; /* [layer, head, pos] */
-                    kv_store(ctx, s->k, at, kh, hd);
-                    kv_store(ctx, s->v, at, v + (size_t)i * nk + (size_t)hh * hd, hd);
-                }
-            }
-        }
+        dec_qk_job qk = {ctx, groups, row0, n_groups, l, q, kk, v};
+        qw_pool_run(ctx->pool, n, dec_qk_task, &qk);
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
         qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);
         mm(ctx, h, att, &y->o, y->o_b, n);

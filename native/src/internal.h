@@ -278,6 +278,7 @@ struct qwen_context {
     qw_dec_group *groups;       /* [max_seqs]: the decode pass of a step */
     qwen_event *events;         /* [max_seqs]: qwen_begin / qwen_next's step */
     float *step_logits;         /* [max_seqs, vocab]: logits of the last decode step */
+    int32_t *step_tokens;       /* [max_seqs]: their greedy tokens */
     float *prefill_logits;      /* [vocab]: logits of the last prefill chunk */
     float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;

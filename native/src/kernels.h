@@ -98,6 +98,13 @@ static inline float qw_bf16_to_f32(uint16_t h) {
     return v.f;
 }
 float qw_f16_to_f32(uint16_t h);
-uint16_t qw_f32_to_bf16(float f); /* round to nearest even */
+/* Round to nearest even; a NaN stays a (quiet) NaN. Branch-free, so that loops over it vectorize. */
+static inline uint16_t qw_f32_to_bf16(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    const uint32_t nan = (v.u & 0x7fffffffu) > 0x7f800000u;
+    const uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+    return (uint16_t)(nan ? (v.u >> 16) | 0x40u : rounded);
+}
 
 #endif /* QWEN_KERNELS_H */

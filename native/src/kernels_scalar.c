@@ -29,14 +29,6 @@ float qw_f16_to_f32(uint16_t h) {
     return v.f;
 }
 
-uint16_t qw_f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* NaN */
-    uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);
-    return (uint16_t)((v.u + rounding) >> 16);
-}
-
 static float load_w(const void *W, qw_dtype wt, size_t i) {
     switch (wt) {
     case QW_BF16: return qw_bf16_to_f32(((const uint16_t *)W)[i]);

@@ -40,12 +40,12 @@ static void q8_quant_task(void *arg, int t) {
                         r1 - r0, j->K, j->Kp, j->ng);
 }
 
-/* A's rows quantized for W's int8 product: across the pool for a prefill's many rows (each row
- * alone either way, so the same bytes), on this thread for a decode's few. */
+/* A's rows quantized for W's int8 product: across the pool for a batch's or a prefill's rows
+ * (each row alone either way, so the same bytes), on this thread for a single row. */
 static qw_q8_act q8_quantize(qwen_context *ctx, const float *A, int M, const qw_q8 *W) {
-    if (M < 16 || ctx->n_threads < 2) return qw_q8_quantize(ctx->q8_act, A, W->K, M, W);
+    if (M < 2 || ctx->n_threads < 2) return qw_q8_quantize(ctx->q8_act, A, W->K, M, W);
     const qw_q8_act act = qw_q8_act_at(ctx->q8_act, M, W);
-    q8_quant_job j = {ctx->q8_act, qw_q8_act_scale(ctx->q8_act, M, W), A, M, W->K, W->Kp, W->ng, 4};
+    q8_quant_job j = {ctx->q8_act, qw_q8_act_scale(ctx->q8_act, M, W), A, M, W->K, W->Kp, W->ng, M < 16 ? 1 : 4};
     qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, q8_quant_task, &j);
     return act;
 }
