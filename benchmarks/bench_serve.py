@@ -7,8 +7,10 @@
 Two configurations in one run, one after the other on the same machine,
 checkpoint and clip:
 
-    defaults    the shipped settings (QWEN_MAX_BATCH 8, pool size 2, threads = the replica's CPUs)
-    old         one request per replica: QWEN_MAX_BATCH=1, pool size 2, 1 thread a replica
+    defaults    the shipped settings (QWEN_MAX_BATCH 8, pool size 1, threads = the node's CPUs,
+                precision fast)
+    old         one request per replica: QWEN_MAX_BATCH=1, pool size 2, 1 thread a replica,
+                precision exact (the service before continuous batching)
 
 Before and after them, one Engine in this process without Ray (the shipped
 engine settings) transcribes the clip --warm times one after another: the
@@ -67,7 +69,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # candidates for the defaults (--configs defaults,exact,batch16,old)
     "batch16": {"max_batch": 16},
     "batch4": {"max_batch": 4},
-    "pool1": {"model_pool_size": 1},  # one replica: no second one sharing the node's cores
+    "pool2": {"model_pool_size": 2},  # two replicas sharing the node's cores (the default before)
     # the cost of our metrics (--configs defaults,nometrics): the same with QWEN_METRICS=false
     "nometrics": {"metrics": False},
 }
