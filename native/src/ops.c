@@ -203,17 +203,29 @@ static inline int attention_len(int causal0, int r, int T) {
     return causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
 }
 
+/* Keys (or values) s0 .. s0 + n - 1 of a cache as f32 rows: in place for f32 (stride ldkv), widened
+ * into wide for bf16 (the table's to_f32; stride hd). *ld gets the stride. */
+static const float *kv_rows(const qw_kernels *k, const void *kv, qw_dtype dt, int ldkv, int s0, int n, int hd,
+                            float *wide, int *ld) {
+    if (dt != QW_BF16) {
+        *ld = ldkv;
+        return (const float *)kv + (size_t)s0 * ldkv;
+    }
+    const uint16_t *rows = (const uint16_t *)kv + (size_t)s0 * ldkv;
+    for (int s = 0; s < n; s++) k->to_f32(wide + (size_t)s * hd, rows + (size_t)s * ldkv, QW_BF16, hd);
+    *ld = hd;
+    return wide;
+}
+
 /* One query over len keys in one pass, no buffer for the scores: a running maximum (online
- * softmax), one dot and one axpy per key; o must be zero. bf16 keys and values are widened one
- * row at a time into wide (hd floats). */
+ * softmax), one dot and one axpy per key; o must be zero. */
 static void attention_online(const qw_kernels *k, float *o, const float *qr, const void *keys, const void *vals,
                              qw_dtype dt, int ldkv, int len, int hd, float *wide) {
     const float scale = 1.0f / sqrtf((float)hd);
     float mx = -INFINITY, sum = 0.0f;
+    int ld;
     for (int s = 0; s < len; s++) {
-        const float *ks = (const float *)keys + (size_t)s * ldkv;
-        if (dt == QW_BF16) k->to_f32(wide, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd), ks = wide;
-        const float v = k->dot(qr, ks, hd) * scale;
+        const float v = k->dot(qr, kv_rows(k, keys, dt, ldkv, s, 1, hd, wide, &ld), hd) * scale;
         if (v > mx) { /* a new maximum: rescale what was summed so far */
             const float f = expf(mx - v);
             for (int d = 0; d < hd; d++) o[d] *= f;
@@ -222,72 +234,36 @@ static void attention_online(const qw_kernels *k, float *o, const float *qr, con
         }
         const float e = expf(v - mx);
         sum += e;
-        const float *vs = (const float *)vals + (size_t)s * ldkv;
-        if (dt == QW_BF16) k->to_f32(wide, (const uint16_t *)vals + (size_t)s * ldkv, QW_BF16, hd), vs = wide;
-        k->axpy(o, e, vs, hd);
+        k->axpy(o, e, kv_rows(k, vals, dt, ldkv, s, 1, hd, wide, &ld), hd);
     }
     const float inv = 1.0f / sum;
     for (int d = 0; d < hd; d++) o[d] *= inv;
 }
 
-/* Few queries (decode), or no memory for the GEMM way. Per query: the scores
- * of all len keys in one dot_rows call into a buffer (on the stack up to
- * 4096 keys, else malloc'ed), times scale, the table's softmax, then
- * out = one axpy_rows of the probabilities over the values. Should that
- * malloc fail: one pass over the keys with a running maximum (online
- * softmax), one dot and one axpy per key, no buffer. Single-threaded; each
- * query's result depends on its own q, keys and values only. */
-static void attention_rows(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m,
-                           const float *keys, const float *vals, int ldkv, int T, int hd, int causal0) {
-    enum { ATT_STACK = 4096 }; /* scores on the stack: 16 KiB */
-    const float scale = 1.0f / sqrtf((float)hd);
-    float stack[ATT_STACK], *heap = NULL;
-    int heap_len = 0;
-    for (int r = 0; r < m; r++) {
-        const float *qr = q + (size_t)r * ldq;
-        float *o = out + (size_t)r * ldo;
-        const int len = attention_len(causal0, r, T);
-        float *p = stack;
-        if (len > ATT_STACK) {
-            if (len > heap_len) {
-                free(heap);
-                heap = malloc((size_t)len * sizeof(float));
-                heap_len = heap ? len : 0;
-            }
-            p = heap;
-        }
-        memset(o, 0, (size_t)hd * sizeof(float));
-        if (p) {
-            k->dot_rows(p, qr, keys, ldkv, len, hd);
-            for (int s = 0; s < len; s++) p[s] *= scale;
-            k->softmax(p, len);
-            k->axpy_rows(o, p, vals, ldkv, len, hd);
-            continue;
-        }
-        attention_online(k, o, qr, keys, vals, QW_F32, ldkv, len, hd, NULL);
-    }
-    free(heap);
-}
-
-/* attention_rows for the `group` query heads that share bf16 keys and values (the KV cache of
- * precision FAST), head h's query and output at + h * hd in each row: per row, blocks of keys
- * widened to f32 once (the table's to_f32) into a buffer on the stack, each head's scores of the
- * block by dot_rows, the softmax over all of them, then the values block by block, widened the
- * same way, by axpy_rows in order. dot_rows gives every row its own dot whatever the stride, and
- * axpy_rows in blocks is the same axpys in the same order, so each query gets bit for bit what
- * attention_rows gives over the widened cache; the cache is read once for the group, at half
- * the bytes. */
-static void attention_rows_bf16(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
-                                const uint16_t *keys, const uint16_t *vals, int ldkv, int T, int hd, int causal0) {
+/* Few queries (decode), or no memory for the GEMM way, for the `group` query heads that share
+ * the keys and values (head h's query and output at + h * hd in each row). Per row: each head's
+ * scores of all len keys by dot_rows into a buffer (on the stack up to 4096 scores, else
+ * malloc'ed), times scale, the table's softmax, then the values by axpy_rows. f32 keys and
+ * values are read in place, all len at once; bf16 ones are widened to f32 (kv_rows) in blocks
+ * that fit a 16 KiB buffer on the stack, once for the group. dot_rows gives every row its own
+ * dot whatever the stride, and axpy_rows in blocks is the same axpys in the same order, so each
+ * query gets bit for bit the attention over an f32 copy of the cache, and each head what it
+ * gets alone; a bf16 cache is read once for the group, at half the bytes. Should the malloc
+ * fail: attention_online, per head. Single-threaded; each query's result depends on its own q,
+ * keys and values only. */
+static void attention_rows(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+                           const void *keys, const void *vals, qw_dtype dt, int ldkv, int T, int hd, int causal0) {
     enum { ATT_STACK = 4096, WIDE = 4096 }; /* scores and widened rows on the stack: 16 KiB each */
     const float scale = 1.0f / sqrtf((float)hd);
-    const int blk = WIDE / hd; /* keys widened at a time (hd <= 4096: qw_attention) */
+    const int blk = dt == QW_BF16 ? WIDE / hd : T; /* keys at a time (hd <= 4096: qw_attention) */
     float stack[ATT_STACK], wide[WIDE], *heap = NULL;
     size_t heap_len = 0;
+    int ld;
     for (int r = 0; r < m; r++) {
         const int len = attention_len(causal0, r, T);
         const size_t need = (size_t)group * len;
-        float *p = stack;
+        const float *qr = q + (size_t)r * ldq;
+        float *o = out + (size_t)r * ldo, *p = stack;
         if (need > ATT_STACK) {
             if (need > heap_len) {
                 free(heap);
@@ -296,18 +272,16 @@ static void attention_rows_bf16(const qw_kernels *k, float *out, int ldo, const 
             }
             p = heap;
         }
-        for (int h = 0; h < group; h++) memset(out + (size_t)r * ldo + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
-        if (!p) { /* no memory for the scores: per head, one key at a time, online softmax */
+        for (int h = 0; h < group; h++) memset(o + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
+        if (!p) {
             for (int h = 0; h < group; h++)
-                attention_online(k, out + (size_t)r * ldo + (size_t)h * hd, q + (size_t)r * ldq + (size_t)h * hd, keys,
-                                 vals, QW_BF16, ldkv, len, hd, wide);
+                attention_online(k, o + (size_t)h * hd, qr + (size_t)h * hd, keys, vals, dt, ldkv, len, hd, wide);
             continue;
         }
         for (int s0 = 0; s0 < len; s0 += blk) {
             const int n = len - s0 < blk ? len - s0 : blk;
-            for (int s = 0; s < n; s++) k->to_f32(wide + (size_t)s * hd, keys + (size_t)(s0 + s) * ldkv, QW_BF16, hd);
-            for (int h = 0; h < group; h++)
-                k->dot_rows(p + (size_t)h * len + s0, q + (size_t)r * ldq + (size_t)h * hd, wide, hd, n, hd);
+            const float *rows = kv_rows(k, keys, dt, ldkv, s0, n, hd, wide, &ld);
+            for (int h = 0; h < group; h++) k->dot_rows(p + (size_t)h * len + s0, qr + (size_t)h * hd, rows, ld, n, hd);
         }
         for (int h = 0; h < group; h++) {
             float *ph = p + (size_t)h * len;
@@ -316,9 +290,8 @@ static void attention_rows_bf16(const qw_kernels *k, float *out, int ldo, const 
         }
         for (int s0 = 0; s0 < len; s0 += blk) {
             const int n = len - s0 < blk ? len - s0 : blk;
-            for (int s = 0; s < n; s++) k->to_f32(wide + (size_t)s * hd, vals + (size_t)(s0 + s) * ldkv, QW_BF16, hd);
-            for (int h = 0; h < group; h++)
-                k->axpy_rows(out + (size_t)r * ldo + (size_t)h * hd, p + (size_t)h * len + s0, wide, hd, n, hd);
+            const float *rows = kv_rows(k, vals, dt, ldkv, s0, n, hd, wide, &ld);
+            for (int h = 0; h < group; h++) k->axpy_rows(o + (size_t)h * hd, p + (size_t)h * len + s0, rows, ld, n, hd);
         }
     }
     free(heap);
@@ -330,12 +303,7 @@ void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int 
     const int bf16 = kv_dt == QW_BF16;
     float *Kc = m < ATT_GEMM_MIN ? NULL : malloc(((size_t)2 * T * hd + (size_t)m * T) * sizeof(float));
     if (!Kc) {
-        if (bf16)
-            attention_rows_bf16(k, out, ldo, q, ldq, m, group, keys, vals, ldkv, T, hd, causal0);
-        else
-            for (int h = 0; h < group; h++)
-                attention_rows(k, out + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, keys, vals, ldkv, T, hd,
-                               causal0);
+        attention_rows(k, out, ldo, q, ldq, m, group, keys, vals, kv_dt, ldkv, T, hd, causal0);
         return;
     }
     float *Vt = Kc + (size_t)T * hd, *S = Vt + (size_t)T * hd; /* [T][hd], [hd][T], [m][T] */

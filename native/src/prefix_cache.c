@@ -28,7 +28,8 @@
  * of from_cap positions a run to caches of to_cap ([layers, KV heads, cap, hd]). */
 static void kv_copy(const qwen_context *ctx, void *to_k, void *to_v, int to_cap, const void *from_k,
                     const void *from_v, int from_cap, int n) {
-    const size_t hb = (size_t)ctx->cfg.head_dim * qw_kv_size(ctx), runs = (size_t)ctx->cfg.dec_layers * ctx->cfg.n_kv_heads;
+    const size_t hb = (size_t)ctx->cfg.head_dim * qw_kv_size(ctx); /* bytes of one position */
+    const size_t runs = (size_t)ctx->cfg.dec_layers * ctx->cfg.n_kv_heads;
     for (size_t r = 0; r < runs; r++) {
         memcpy((char *)to_k + r * to_cap * hb, (const char *)from_k + r * from_cap * hb, (size_t)n * hb);
         memcpy((char *)to_v + r * to_cap * hb, (const char *)from_v + r * from_cap * hb, (size_t)n * hb);
