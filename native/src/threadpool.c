@@ -3,12 +3,27 @@
  * few hundred small jobs, so workers spin briefly on the job counter before
  * they sleep, and the caller spins for completion. Tasks are handed out
  * through an atomic counter so uneven tasks balance; the caller works too.
+ *
+ * A job is done when its tasks are done, not when every worker has looked at
+ * it: a worker that is off the CPU (another process took its core) or asleep
+ * holds the caller up only for a task it has claimed. That matters where the
+ * pool shares its cores with a busy neighbour (Ray's own processes in a
+ * replica): waiting for every worker to check in made each of a step's jobs
+ * wait out the neighbour's time slice.
+ *
+ * `next` packs the job's generation (high 32 bits) with the next task index;
+ * a claim is a compare-and-swap that names the generation, so a worker late
+ * from an old job can never take a task of a new one. While the caller writes
+ * a new job's function and size, the index reads CLOSED (no claim succeeds).
+ * The few atomics a job publishes are sequentially consistent: a worker that
+ * read the new job's fields cannot then claim under the old generation.
  */
 #include "threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -19,50 +34,59 @@
 #endif
 
 #define SPIN_ITERS 2048 /* ~20-60 us: long spins starve other replicas' threads on a busy machine */
+#define CLOSED 0xffffffffu /* task index while a job is being published */
 
 struct qw_pool {
     int n_threads; /* including the caller */
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    /* current job, published by bumping generation */
-    qw_task_fn fn;
-    void *arg;
-    int n_tasks;
-    atomic_int next;
-    atomic_int active; /* workers still inside the current job */
-    atomic_ulong generation;
+    _Atomic(qw_task_fn) fn; /* the current job */
+    _Atomic(void *) arg;
+    atomic_int n_tasks;
+    atomic_uint_fast64_t next; /* generation << 32 | next task index */
+    atomic_int done;           /* tasks of the current job that have returned */
+    atomic_int sleepers;       /* workers waiting on `wake` */
     atomic_int quit;
 };
 
-static void work(qw_pool *p) {
+static uint32_t gen_of(uint64_t v) { return (uint32_t)(v >> 32); }
+static uint32_t index_of(uint64_t v) { return (uint32_t)v; }
+
+/* Runs tasks of job `gen` until none is left to claim. */
+static void work(qw_pool *p, uint32_t gen, qw_task_fn fn, void *arg, int n_tasks) {
+    uint64_t v = atomic_load(&p->next);
     for (;;) {
-        int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->n_tasks) break;
-        p->fn(p->arg, i);
+        if (gen_of(v) != gen || index_of(v) >= (uint32_t)n_tasks) return; /* CLOSED >= any n */
+        if (!atomic_compare_exchange_weak(&p->next, &v, v + 1)) continue;
+        fn(arg, (int)index_of(v));
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        v = atomic_load(&p->next);
     }
 }
 
 static void *worker(void *arg) {
     qw_pool *p = arg;
-    unsigned long seen = 0;
+    uint32_t seen = 0;
     for (;;) {
+        uint64_t v;
         int spins = 0;
-        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen &&
-               !atomic_load(&p->quit)) {
+        while (((v = atomic_load(&p->next)), gen_of(v) == seen || index_of(v) == CLOSED) && !atomic_load(&p->quit)) {
             if (++spins < SPIN_ITERS) {
                 cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->generation) == seen && !atomic_load(&p->quit))
+            atomic_fetch_add(&p->sleepers, 1); /* then look again: the caller looks at sleepers after publishing */
+            while (gen_of(atomic_load(&p->next)) == seen && !atomic_load(&p->quit))
                 pthread_cond_wait(&p->wake, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
+            spins = 0;
         }
         if (atomic_load(&p->quit)) break;
-        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
-        work(p);
-        atomic_fetch_sub_explicit(&p->active, 1, memory_order_release);
+        seen = gen_of(v);
+        work(p, seen, atomic_load(&p->fn), atomic_load(&p->arg), atomic_load(&p->n_tasks));
     }
     return NULL;
 }
@@ -104,18 +128,21 @@ void qw_pool_run(qw_pool *p, int n_tasks, qw_task_fn fn, void *arg) {
         for (int i = 0; i < n_tasks; i++) fn(arg, i);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->active, p->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-    pthread_mutex_lock(&p->mu);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
-    work(p);
+    const uint32_t gen = gen_of(atomic_load(&p->next)) + 1;
+    atomic_store(&p->next, (uint64_t)gen << 32 | CLOSED);
+    atomic_store(&p->fn, fn);
+    atomic_store(&p->arg, arg);
+    atomic_store(&p->n_tasks, n_tasks);
+    atomic_store(&p->done, 0);
+    atomic_store(&p->next, (uint64_t)gen << 32);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+    }
+    work(p, gen, fn, arg, n_tasks);
     int spins = 0;
-    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
         if (++spins < SPIN_ITERS) cpu_relax();
         else sched_yield();
     }

@@ -3,13 +3,17 @@
  * and its writes are visible when qw_pool_run returns, over thousands of
  * back-to-back jobs of uneven sizes (run under TSan too: clean); while one
  * thread is held in a task, the other runs all the rest, and qw_pool_run
- * returns only once the held task has ended.
+ * returns only once the held task has ended; and a worker held off its
+ * core between jobs (here: in a signal handler) holds no job up, and
+ * rejoins later ones.
  */
 #define TEST_SEED 0x9e3779b9u
 #include "test_util.h"
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -61,6 +65,30 @@ static void *run_slow(void *arg) {
     return NULL;
 }
 
+/* A worker stopped outside any task: what a busy neighbour's time slice does to it. */
+static atomic_int held, let_go;
+static void hold_here(int sig) {
+    (void)sig;
+    atomic_store(&held, 1);
+    while (!atomic_load(&let_go)) {
+    }
+}
+
+typedef struct {
+    atomic_int runs;
+    atomic_int on_worker; /* tasks that ran on a thread other than the caller's */
+    pthread_t caller;
+} who_job;
+
+static void who_task(void *arg, int i) {
+    (void)i;
+    who_job *j = arg;
+    atomic_fetch_add(&j->runs, 1);
+    if (!pthread_equal(pthread_self(), j->caller)) atomic_fetch_add(&j->on_worker, 1);
+    for (volatile int k = 0; k < 2000; k++) {
+    }
+}
+
 int main(void) {
     for (int threads = 1; threads <= 4; threads++) {
         qw_pool *p = qw_pool_create(threads);
@@ -102,6 +130,44 @@ int main(void) {
     atomic_store(&sj.release, 1);
     pthread_join(th, NULL);
     check(atomic_load(&r.returned), "returns", "qw_pool_run did not return");
+    qw_pool_free(p);
+
+    /* The worker inherits this thread's signal mask at creation: SIGUSR1 open. Then
+     * the caller blocks it, so the process's SIGUSR1 lands on the worker, which
+     * stays in hold_here between jobs. 200 jobs must still complete (before, the
+     * caller waited for every worker to check in: this hung), each task once; once
+     * let go, the worker takes tasks again. alarm() fails a hang. */
+    struct sigaction sa = {0};
+    sa.sa_handler = hold_here;
+    sigaction(SIGUSR1, &sa, NULL);
+    p = qw_pool_create(2);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    alarm(60);
+    kill(getpid(), SIGUSR1);
+    while (!atomic_load(&held)) {
+    }
+    int wrong = 0, on_worker = 0;
+    for (int job = 0; job < 200; job++) {
+        who_job w = {0, 0, pthread_self()};
+        qw_pool_run(p, 16, who_task, &w);
+        wrong += atomic_load(&w.runs) != 16;
+        on_worker += atomic_load(&w.on_worker);
+    }
+    check(wrong == 0 && on_worker == 0, "held worker", "%d of 200 jobs ran other than 16 tasks, %d tasks on the held worker",
+          wrong, on_worker);
+    atomic_store(&let_go, 1);
+    on_worker = 0;
+    for (int job = 0; job < 2000 && on_worker == 0; job++) {
+        who_job w = {0, 0, pthread_self()};
+        qw_pool_run(p, 64, who_task, &w);
+        wrong += atomic_load(&w.runs) != 64;
+        on_worker += atomic_load(&w.on_worker);
+    }
+    check(wrong == 0 && on_worker > 0, "rejoins", "after let go: %d jobs wrong, %d tasks on the worker", wrong, on_worker);
+    alarm(0);
     qw_pool_free(p);
 
     printf("pool: %d passed, %d failed\n", passed, failed);
