@@ -20,7 +20,7 @@
  *                         AMX and the OS grants it ("amx: not available on
  *                         this CPU" otherwise). Select it with -v amx.
  *
- *   int8    (M = 1, 4, 8, 16, 64): the int8 weight product of precision
+ *   int8    (M = 1-16, 64): the int8 weight product of precision
  *                         "fast" (quant.h) of each int8 table the CPU runs, on
  *                         the decoder's projections and the LM head, weights
  *                         from DRAM; GB/s of the packed bytes (int8 + scales
@@ -371,7 +371,7 @@ int main(int argc, char **argv) {
     }
     if (!only_rows && (!only || !strcmp(only, "int8"))) {
         static const int q8_shapes[][2] = {{1024, 3072}, {3072, 1024}, {1024, 4096}, {1024, 151936}};
-        static const int q8_m[] = {1, 4, 8, 16, 64};
+        static const int q8_m[] = {1, 2, 3, 4, 6, 8, 12, 16, 64};
         const qw_q8_kernels *tables[3] = {qw_q8_for(QWEN_ISA_AVX512), qw_q8_for(QWEN_ISA_AVX2), NULL};
         if (tables[1] == tables[0]) tables[1] = NULL; /* one table below AVX-512 VNNI: not twice */
         for (int ti = 0; ti < 2; ti++) {

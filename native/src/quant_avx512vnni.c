@@ -15,16 +15,19 @@
  * from memory once and is bound by bandwidth, not by the dot products. Two
  * things keep the loads in flight (bench_kernels -v int8, Zen 5, 2 threads:
  * the LM head at M = 8 took 6.2-8.7 ms before, 2.8-3.9 ms after, M = 1 4.2):
- * 7-16 rows take 8 x 16 tiles, one pass over the weights for 8 rows (6 + 2
- * rows read every weight twice, and the short second pass left memory idle;
- * M = 16: 8 + 8, not 6 + 6 + 4), and the tile that first reads a block of
- * weights prefetches 4 KB ahead of itself.
+ * 2-16 rows take tiles of up to 8 rows x 16 columns, one pass over the
+ * weights for 8 rows (6 + 2 rows read every weight twice, and the short
+ * second pass left memory idle; M = 16: 8 + 8, not 6 + 6 + 4), and the tile
+ * that first reads a block of weights prefetches 4 KB ahead of itself. With
+ * 2-6 rows too, one stream of weights beats two 16 KB apart (the 32-column
+ * tile): the LM head at M = 2 / 4 / 6 took 4.5 / 4.1 / 5.0 ms against
+ * 5.2 / 4.9 / 5.7 (medians of 3 alternating runs; M = 1 keeps 32 columns).
  */
 #include "kernels_x86.h"
 #include "quant.h"
 
 #define Q8_MR 6       /* rows of C per register tile of 32 columns */
-#define Q8_MR_DEC 8   /* rows of C per register tile of 16 columns, for M of 7-16 */
+#define Q8_MR_DEC 8   /* rows of C per register tile of 16 columns, for M of 2-16 */
 #define Q8_PREFETCH 64 /* 64-byte weight rows ahead of the first tile over a block */
 
 QW_INLINE __mmask16 q8_lanes(int t) { return (__mmask16)((1u << t) - 1u); }
@@ -97,7 +100,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
 
 static void matmul_q8_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
                            int n1) {
-    if (M > Q8_MR && M <= 2 * Q8_MR_DEC) { /* a decode batch of 7-16: 16 columns at a time, 1 or 2 passes */
+    if (M > 1 && M <= 2 * Q8_MR_DEC) { /* a decode batch of 2-16: 16 columns at a time, 1 or 2 passes */
         for (int n = n0; n < n1; n += 16) {
             const int nr = n1 - n < 16 ? n1 - n : 16;
             for (int m = 0; m < M; m += Q8_MR_DEC) {
