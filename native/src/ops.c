@@ -27,6 +27,7 @@ typedef struct {
 } mm_job;
 
 typedef struct {
+    const qw_q8_kernels *k;
     uint8_t *q; /* the arrays of an act from qw_q8_act_at, in ctx->q8_act */
     float *scale;
     const float *A;
@@ -36,16 +37,16 @@ typedef struct {
 static void q8_quant_task(void *arg, int t) {
     q8_quant_job *j = arg;
     const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
-    qw_q8_quantize_rows(j->q + (size_t)r0 * j->Kp, j->scale + (size_t)r0 * j->ng, j->A + (size_t)r0 * j->K, j->K,
+    j->k->quantize_rows(j->q + (size_t)r0 * j->Kp, j->scale + (size_t)r0 * j->ng, j->A + (size_t)r0 * j->K, j->K,
                         r1 - r0, j->K, j->Kp, j->ng);
 }
 
 /* A's rows quantized for W's int8 product: across the pool for a batch's or a prefill's rows
  * (each row alone either way, so the same bytes), on this thread for a single row. */
 static qw_q8_act q8_quantize(qwen_context *ctx, const float *A, int M, const qw_q8 *W) {
-    if (M < 2 || ctx->n_threads < 2) return qw_q8_quantize(ctx->q8_act, A, W->K, M, W);
+    if (M < 2 || ctx->n_threads < 2) return qw_q8_quantize(ctx->q8, ctx->q8_act, A, W->K, M, W);
     const qw_q8_act act = qw_q8_act_at(ctx->q8_act, M, W);
-    q8_quant_job j = {ctx->q8_act, qw_q8_act_scale(ctx->q8_act, M, W), A, M, W->K, W->Kp, W->ng, M < 16 ? 1 : 4};
+    q8_quant_job j = {ctx->q8, ctx->q8_act, qw_q8_act_scale(ctx->q8_act, M, W), A, M, W->K, W->Kp, W->ng, M < 16 ? 1 : 4};
     qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, q8_quant_task, &j);
     return act;
 }

@@ -87,8 +87,8 @@ qw_q8_act qw_q8_act_at(void *buf, int M, const qw_q8 *W) {
     return (qw_q8_act){buf, qw_q8_act_scale(buf, M, W), M, W->Kp, W->ng};
 }
 
-qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W) {
-    qw_q8_quantize_rows(buf, qw_q8_act_scale(buf, M, W), A, lda, M, W->K, W->Kp, W->ng);
+qw_q8_act qw_q8_quantize(const qw_q8_kernels *k, void *buf, const float *A, int lda, int M, const qw_q8 *W) {
+    k->quantize_rows(buf, qw_q8_act_scale(buf, M, W), A, lda, M, W->K, W->Kp, W->ng);
     return qw_q8_act_at(buf, M, W);
 }
 
@@ -131,7 +131,7 @@ static void matmul_q8_scalar(float *C, int ldc, const qw_q8_act *A, const qw_q8 
     }
 }
 
-const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar};
+const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows};
 
 /* ==== Dispatch ==== */
 

@@ -56,6 +56,8 @@ typedef struct {
     /* C[m, n] = sum_g fma order above (+ bias[n]) for m < M, n in [n0, n1):
      * n0 a multiple of 16, n1 a multiple of 16 or W->N; C row stride ldc. */
     void (*matmul)(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0, int n1);
+    /* qw_q8_quantize_rows, the same bytes and scales (the scalar code, or vectors that round alike) */
+    void (*quantize_rows)(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
 } qw_q8_kernels;
 
 extern const qw_q8_kernels qw_q8_scalar;
@@ -77,12 +79,12 @@ void qw_q8_init(qw_q8 *W, int N, int K, void *q, void *scale, void *zsum);
 void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
 
 /* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
- * as described above (the same code for every table). */
+ * as described above: the reference, and the scalar tables' entry. */
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
 /* Bytes of the quantized activations of M rows of K (q, then scale, 64-byte aligned), and those
  * rows of A quantized for W's K into buf (at least qw_q8_act_bytes(M, W->K) bytes). */
 size_t qw_q8_act_bytes(int M, int K);
-qw_q8_act qw_q8_quantize(void *buf, const float *A, int lda, int M, const qw_q8 *W);
+qw_q8_act qw_q8_quantize(const qw_q8_kernels *k, void *buf, const float *A, int lda, int M, const qw_q8 *W);
 /* The same arrays in buf, not filled: quantize rows into them with qw_q8_quantize_rows (rows are
  * independent, so threads may take disjoint ranges). */
 qw_q8_act qw_q8_act_at(void *buf, int M, const qw_q8 *W);

@@ -191,7 +191,41 @@ typedef struct {
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0; }
 
+/* The table's row quantizer gives the reference's bytes and scales: K of tails (not a multiple
+ * of 16, 64 or 4), lda past K, a group of zeros, NaN, +-inf, -0, values that round to +-127 and
+ * to halves (nearest even), several rows. */
+static void test_quantize(const qw_q8_kernels *t) {
+    const int Ks[] = {1, 4, 15, 16, 17, 60, 64, 65, 100, 128, 200, 1024, 3072};
+    for (int ki = 0; ki < (int)(sizeof(Ks) / sizeof(Ks[0])); ki++)
+        for (int special = 0; special < 2; special++) {
+            const int M = 5, K = Ks[ki], Kp = (K + 3) & ~3, ng = (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP, lda = K + 7;
+            float *A = malloc((size_t)M * lda * sizeof(float));
+            for (int i = 0; i < M * lda; i++) A[i] = frand() * (i % 7 == 0 ? 40.0f : 1.0f);
+            if (special) {
+                for (int k = 0; k < K && k < 64; k++) A[k] = 0.0f; /* row 0: a group of zeros */
+                A[lda + K / 2] = NAN;
+                A[2 * lda] = INFINITY;
+                A[2 * lda + K - 1] = -INFINITY;
+                A[3 * lda + K / 3] = -0.0f;
+                for (int k = 0; k < K; k++) A[4 * lda + k] = (float)(k % 255 - 127) * 0.5f; /* halves */
+            }
+            uint8_t *q = malloc((size_t)M * Kp), *r = malloc((size_t)M * Kp);
+            float *s = malloc((size_t)M * ng * sizeof(float)), *rs = malloc((size_t)M * ng * sizeof(float));
+            memset(q, 0xAB, (size_t)M * Kp);
+            t->quantize_rows(q, s, A, lda, M, K, Kp, ng);
+            qw_q8_quantize_rows(r, rs, A, lda, M, K, Kp, ng);
+            check(!memcmp(q, r, (size_t)M * Kp) && !memcmp(s, rs, (size_t)M * ng * sizeof(float)), t->name,
+                  "quantize_rows differs from the reference: K %d%s", K, special ? " (zeros, NaN, inf)" : "");
+            free(A);
+            free(q);
+            free(r);
+            free(s);
+            free(rs);
+        }
+}
+
 static void test_table(const qw_q8_kernels *t, int shallow) {
+    test_quantize(t);
     const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 33};
     const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
     const int Ns[] = {16, 17, 40, 64, 100};
