@@ -265,6 +265,7 @@ class Report:
     overhead_p50_ms: float = 0.0
     idle_s: float | None = None
     cold_again_s: float | None = None
+    alone_ray_up: tuple[float, float] | None = None  # engine alone while this Ray idles, model unloaded
     cells: dict[int, Cell] = field(default_factory=dict)
 
 
@@ -285,6 +286,8 @@ def measure(args: argparse.Namespace, model_dir: Path, name: str, data: bytes, f
                 while running_replicas() > 0 and time.monotonic() - t0 < 120:
                     time.sleep(1.0)
                 report.idle_s = time.monotonic() - t0
+                # Ray's own processes keep running (controller, proxy, GCS, dashboard): their share
+                report.alone_ray_up = engine_alone(args, model_dir, data)
                 with httpx.Client(timeout=600) as http:
                     report.cold_again_s, _ = transcribe(http, server.url, data)
             for clients in args.clients:
@@ -403,6 +406,11 @@ def main() -> int:
         f"p99 {alone[0][1]:.0f} / {alone[1][1]:.0f} ms"
     )
     first = reports[names[0]]
+    if first.alone_ray_up is not None:
+        print(
+            f"the same Engine alone while {names[0]}'s Ray runs idle (model unloaded, in this process): "
+            f"p50 {first.alone_ray_up[0]:.0f} ms, p99 {first.alone_ray_up[1]:.0f} ms"
+        )
     if first.idle_s is not None and first.cold_again_s is not None:
         print(
             f"\n{names[0]}: idle -> 0 replicas after {first.idle_s:.1f} s (idle timeout {args.idle_timeout:g} s); "
