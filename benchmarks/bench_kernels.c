@@ -372,9 +372,11 @@ int main(int argc, char **argv) {
     if (!only_rows && (!only || !strcmp(only, "int8"))) {
         static const int q8_shapes[][2] = {{1024, 3072}, {3072, 1024}, {1024, 4096}, {1024, 151936}};
         static const int q8_m[] = {1, 2, 3, 4, 6, 8, 12, 16, 64};
+        /* the AVX-512 set's table, the AVX2 set's (AVX-VNNI where the CPU has it), and plain AVX2 */
         const qw_q8_kernels *tables[3] = {qw_q8_for(QWEN_ISA_AVX512), qw_q8_for(QWEN_ISA_AVX2), NULL};
         if (tables[1] == tables[0]) tables[1] = NULL; /* one table below AVX-512 VNNI: not twice */
-        for (int ti = 0; ti < 2; ti++) {
+        if (tables[1] == &qw_q8_avxvnni) tables[2] = &qw_q8_avx2;
+        for (int ti = 0; ti < 3; ti++) {
             if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
             for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
                 for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {

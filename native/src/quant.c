@@ -140,7 +140,8 @@ const qw_q8_kernels *qw_q8_for(int isa) {
     __builtin_cpu_init();
     if ((isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && __builtin_cpu_supports("avx512vnni"))
         return &qw_q8_avx512vnni;
-    if (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16 || isa == QWEN_ISA_AVX2) return &qw_q8_avx2;
+    if (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16 || isa == QWEN_ISA_AVX2)
+        return qw_cpu_has_avxvnni() ? &qw_q8_avxvnni : &qw_q8_avx2;
 #endif
 #ifdef QW_ARM
     if (isa == QWEN_ISA_NEON) return &qw_q8_neon;

@@ -63,10 +63,13 @@ typedef struct {
 extern const qw_q8_kernels qw_q8_scalar;
 extern const qw_q8_kernels qw_q8_avx2;       /* x86-64 builds */
 extern const qw_q8_kernels qw_q8_avx512vnni; /* x86-64 builds */
+extern const qw_q8_kernels qw_q8_avxvnni;    /* x86-64 builds: 256-bit VNNI (AVX-VNNI) */
+int qw_cpu_has_avxvnni(void);                 /* x86-64 builds: CPUID.(7,1):EAX[4] */
 extern const qw_q8_kernels qw_q8_neon;       /* AArch64 builds */
 
 /* The int8 table for a resolved kernel set (QWEN_ISA_*): the same instruction
- * set, or the best the CPU has below it (AVX-512 without VNNI: AVX2). */
+ * set, or the best the CPU has below it (AVX-512 without VNNI: AVX-VNNI where
+ * the CPU has it, else AVX2; AVX2 with AVX-VNNI: AVX-VNNI). */
 const qw_q8_kernels *qw_q8_for(int isa);
 
 /* Bytes of the three arrays of a packed [N, K] matrix (q, scale, zsum), each a multiple of 64. */

@@ -55,8 +55,17 @@ static simde__m512 emu_fmadd_ps(simde__m512 a, simde__m512 b, simde__m512 c) {
     for (int i = 0; i < 16; i++) x[i] = fmaf(x[i], y[i], z[i]);
     return simde_mm512_loadu_ps(x);
 }
+static simde__m256 emu_fmadd_ps256(simde__m256 a, simde__m256 b, simde__m256 c) {
+    float x[8], y[8], z[8];
+    simde_mm256_storeu_ps(x, a);
+    simde_mm256_storeu_ps(y, b);
+    simde_mm256_storeu_ps(z, c);
+    for (int i = 0; i < 8; i++) x[i] = fmaf(x[i], y[i], z[i]);
+    return simde_mm256_loadu_ps(x);
+}
 #undef _mm512_maskz_loadu_ps
 #undef _mm256_maskz_loadu_epi16
+#undef _mm256_fmadd_ps
 #undef _mm512_maskz_loadu_epi16
 #undef _mm512_mask_storeu_ps
 #undef _mm512_fmadd_ps
@@ -65,6 +74,9 @@ static simde__m512 emu_fmadd_ps(simde__m512 a, simde__m512 b, simde__m512 c) {
 #define _mm512_maskz_loadu_epi16(k, p) emu_maskz_loadu_epi16_512(k, p)
 #define _mm512_mask_storeu_ps(p, k, a) emu_mask_storeu_ps(p, k, a)
 #define _mm512_fmadd_ps(a, b, c) emu_fmadd_ps(a, b, c)
+#define _mm256_fmadd_ps(a, b, c) emu_fmadd_ps256(a, b, c)
+/* AVX-VNNI's vpdpbusd is AVX512-VNNI's on ymm, the same sums */
+#define _mm256_dpbusd_avx_epi32(s, a, b) simde_mm256_dpbusd_epi32(s, a, b)
 #endif
 
 #ifdef QW_TEST_EMULATE_NEON

@@ -40,6 +40,11 @@
 #define qw_q8_avx512vnni qw_q8_avx512vnni_emulated
 #include "quant_avx512vnni.c"
 #undef qw_q8_avx512vnni
+#define qw_q8_avxvnni qw_q8_avxvnni_emulated
+#define qw_cpu_has_avxvnni qw_cpu_has_avxvnni_unused
+#include "quant_avxvnni.c"
+#undef qw_q8_avxvnni
+#undef qw_cpu_has_avxvnni
 #endif
 
 #ifdef QW_TEST_EMULATE_NEON
@@ -346,6 +351,12 @@ int main(void) {
     } else {
         printf("quant: avx512vnni not supported by this CPU: skipped\n");
     }
+    if (cpu_has("avx2") && qw_cpu_has_avxvnni()) {
+        test_table(&qw_q8_avxvnni, 0);
+        printf("quant: avxvnni tested\n");
+    } else {
+        printf("quant: avxvnni not supported by this CPU: skipped\n");
+    }
 #endif
 #if defined(__aarch64__) && !defined(QWEN_NO_SIMD)
     test_table(&qw_q8_neon, 0);
@@ -354,6 +365,8 @@ int main(void) {
 #ifdef QW_TEST_EMULATE_AVX512
     test_table(&qw_q8_avx512vnni_emulated, 1);
     printf("quant: avx512vnni (SIMDe) tested\n");
+    test_table(&qw_q8_avxvnni_emulated, 1);
+    printf("quant: avxvnni (SIMDe) tested\n");
 #endif
 #ifdef QW_TEST_EMULATE_NEON
     test_table(&qw_q8_neon_emulated, 1);

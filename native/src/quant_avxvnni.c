@@ -1,0 +1,95 @@
+/*
+ * Int8 weights, AVX-VNNI product (quant.h has the maths and layout), for CPUs
+ * with the 256-bit vpdpbusd but without AVX-512 VNNI (Intel client cores
+ * since Alder Lake, E-core Xeons; the AVX2 table otherwise).
+ *
+ * The VNNI kernel's arithmetic on half-width vectors: half a 64-byte row of
+ * the packed weights is 4 consecutive k of 8 columns, the B operand of
+ * vpdpbusd as it is; the activations stay offset by 128 (u8), and the int32
+ * sums start at zsum, which takes the offset back out, so they are exactly
+ * sum qa * q; each group ends with acc = fma(float(d), sw * sa, acc): the
+ * same bits as the scalar table. One vpdpbusd per 32 multiply-adds, where
+ * the AVX2 table spends five instructions (sign fix-ups, vpmaddubsw,
+ * vpmaddwd, add), so a decode batch stays bound by memory, not by the dot
+ * products. Register tile: up to 6 rows x 16 columns, one weight stream; a
+ * batch takes passes of equal rows (8: 4 + 4, which beat 6 + 2).
+ */
+#include "kernels_x86.h"
+#include "quant.h"
+
+#define Q8V_MR 6 /* rows of C per tile: 12 int32 sums in registers */
+
+QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int nr,
+                        const float *bias) {
+    const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
+    const int8_t *qb = W->q + (size_t)b * 16 * Kp;
+    const float *sb = W->scale + (size_t)b * ng * 16;
+    const int32_t *zb = W->zsum + (size_t)b * ng * 16;
+    __m256 f[Q8V_MR][2];
+    for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        const int kq0 = g * (QW_Q8_GROUP / 4), kq1 = kq0 + QW_Q8_GROUP / 4 < kq4 ? kq0 + QW_Q8_GROUP / 4 : kq4;
+        const __m256i z0 = _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16));
+        const __m256i z1 = _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16 + 8));
+        __m256i d[Q8V_MR][2];
+        for (int r = 0; r < R; r++) d[r][0] = z0, d[r][1] = z1;
+        for (int kq = kq0; kq < kq1; kq++) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(qb + (size_t)kq * 64));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(qb + (size_t)kq * 64 + 32));
+            for (int r = 0; r < R; r++) {
+                int32_t a4;
+                __builtin_memcpy(&a4, qa + (size_t)r * Kp + (size_t)kq * 4, 4);
+                const __m256i a = _mm256_set1_epi32(a4);
+                d[r][0] = _mm256_dpbusd_avx_epi32(d[r][0], a, w0);
+                d[r][1] = _mm256_dpbusd_avx_epi32(d[r][1], a, w1);
+            }
+        }
+        const __m256 sw0 = _mm256_loadu_ps(sb + g * 16), sw1 = _mm256_loadu_ps(sb + g * 16 + 8);
+        for (int r = 0; r < R; r++) {
+            const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
+            f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][0]), _mm256_mul_ps(sw0, s), f[r][0]);
+            f[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][1]), _mm256_mul_ps(sw1, s), f[r][1]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float out[16];
+        _mm256_storeu_ps(out, f[r][0]);
+        _mm256_storeu_ps(out + 8, f[r][1]);
+        float *c = C + (size_t)r * ldc;
+        for (int j = 0; j < nr; j++) c[j] = bias ? out[j] + bias[j] : out[j];
+    }
+}
+
+static void matmul_q8_avxvnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
+                              int n1) {
+    for (int n = n0; n < n1; n += 16) {
+        const int nr = n1 - n < 16 ? n1 - n : 16;
+        const float *bn = bias ? bias + n : NULL;
+        const int passes = (M + Q8V_MR - 1) / Q8V_MR, per = (M + passes - 1) / passes; /* 8 rows: 4 + 4 */
+        for (int m = 0; m < M; m += per) {
+            float *c = C + (size_t)m * ldc + n;
+            const uint8_t *qa = A->q + (size_t)m * A->Kp;
+            const float *sa = A->scale + (size_t)m * A->ng;
+            switch (M - m < per ? M - m : per) {
+            case 1: q8v_tile(1, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 2: q8v_tile(2, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 3: q8v_tile(3, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 4: q8v_tile(4, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 5: q8v_tile(5, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            default: q8v_tile(6, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            }
+        }
+    }
+}
+
+/* CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The
+ * table is chosen only where AVX2 is (ymm state enabled by the OS). */
+int qw_cpu_has_avxvnni(void) {
+    unsigned a, b, c, d;
+    __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0u), "c"(0u));
+    if (a < 7) return 0;
+    __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7u), "c"(1u));
+    return (a >> 4) & 1u;
+}
+
+const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows};
