@@ -124,12 +124,14 @@ def test_int8_kernels(variant: str, tmp_path: Path) -> None:
         assert "quant: avx512vnni tested" in out, out
     else:
         assert "avx512vnni not supported by this CPU: skipped" in out, out
+    if {"avx2", "fma", "avx_vnni"} <= flags:
+        assert "quant: avxvnni tested" in out, out
     if os.uname().machine in ("aarch64", "arm64"):
         assert "quant: neon tested" in out, out
 
 
 def test_int8_kernels_emulated(tmp_path: Path) -> None:
-    """The VNNI and NEON int8 tables compiled over SIMDe and checked like the others (ASan build)."""
+    """The AVX-512 VNNI, AVX-VNNI and NEON int8 tables compiled over SIMDe and checked like the others (ASan build)."""
     include = simde_include()
     if include is None:
         pytest.skip("SIMDe headers not found (pip install simde-py, or set QWEN_SIMDE_INCLUDE)")
@@ -138,7 +140,8 @@ def test_int8_kernels_emulated(tmp_path: Path) -> None:
     build_dir = tmp_path / "build"
     build(build_dir, ["test_quant_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
     out = run(build_dir / "test_quant_emulated", minimum=5000)
-    assert "quant: avx512vnni (SIMDe) tested" in out and "quant: neon (SIMDe) tested" in out, out
+    for table in ("avx512vnni", "avxvnni", "neon"):
+        assert f"quant: {table} (SIMDe) tested" in out, out
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
