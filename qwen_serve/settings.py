@@ -110,9 +110,10 @@ class Settings(BaseSettings):
     """CPUs Ray reserves for each model replica (a scheduling unit: 1 lets both models be resident on
     a 2-core machine; the replica computes on all the node's cores, see `threads`)."""
     max_batch: int = Field(default=8, ge=1)
-    """Requests one model replica takes at once (Serve's max_ongoing_requests) and decodes together,
-    one pass over the weights per token for all of them. Autoscaling adds a replica only when the
-    running ones hold this many and more wait. 1 is the old one-request-at-a-time behaviour."""
+    """Requests one model replica decodes together, one pass over the weights per token for all of
+    them; it accepts twice this many (Serve's max_ongoing_requests), the rest waiting in its engine's
+    queue for a free slot. Autoscaling adds a replica only when the running ones hold this many and
+    more wait. 1 is the old one-request-at-a-time behaviour."""
     kv_budget_tokens: int | None = Field(default=None, ge=1)
     """KV-cache tokens (prompt plus generated, summed over sequences) a replica reserves for its
     batch; None sizes it from max_batch. A request that does not fit waits for room; one that

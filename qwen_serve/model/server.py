@@ -5,8 +5,9 @@ deployment per model id. It must not import the engine (ctypes) at module
 level: Serve may pickle the deployment class by value, and ctypes types next
 to it break that. The engine is created in `__init__`, on the replica.
 
-One replica serves up to `max_batch` requests at once (Serve's
-`max_ongoing_requests`); the engine's scheduler thread decodes them together.
+One replica decodes up to `max_batch` requests together on the engine's
+scheduler thread and accepts twice that many (Serve's `max_ongoing_requests`):
+the others wait in the engine's queue (its `max_waiting`, max_batch by default).
 Each request is submitted to the engine on the event loop (submission does
 not block), so a request the engine cannot take (`EngineBusy`: its waiting
 line is full, or it needs more KV cache than the whole budget) fails before

@@ -92,7 +92,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
     for model_id, bound in handles.items():
         deployment = bound._bound_deployment
         assert deployment.name == deployment_name(model_id)
-        assert deployment._deployment_config.max_ongoing_requests == 5
+        assert deployment._deployment_config.max_ongoing_requests == 10  # 5 decoding, 5 in the engine's queue
         assert deployment._deployment_config.autoscaling_config.target_ongoing_requests == 5
         assert deployment._deployment_config.autoscaling_config.max_replicas == settings.model_pool_size
         assert deployment.init_args == (model_id, str((tmp_path / settings.models[model_id].path).resolve()))
