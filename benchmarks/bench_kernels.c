@@ -20,8 +20,8 @@
  *                         AMX and the OS grants it ("amx: not available on
  *                         this CPU" otherwise). Select it with -v amx.
  *
- *   int8    (M = 1-16, 64): the int8 weight product of precision
- *                         "fast" (quant.h) of each int8 table the CPU runs, on
+ *   int8    (M = 1-16, 32, 64, 145): the int8 weight product of precision
+ *                         "fast" (quant.h) of each int8 table the CPU runs (AMX-INT8 where the CPU has it), on
  *                         the decoder's projections and the LM head, weights
  *                         from DRAM; GB/s of the packed bytes (int8 + scales
  *                         + sums) and GOP/s. Select it with -v int8.
@@ -371,12 +371,14 @@ int main(int argc, char **argv) {
     }
     if (!only_rows && (!only || !strcmp(only, "int8"))) {
         static const int q8_shapes[][2] = {{1024, 3072}, {3072, 1024}, {1024, 4096}, {1024, 151936}};
-        static const int q8_m[] = {1, 2, 3, 4, 6, 8, 12, 16, 64};
-        /* the AVX-512 set's table, the AVX2 set's (AVX-VNNI where the CPU has it), and plain AVX2 */
-        const qw_q8_kernels *tables[3] = {qw_q8_for(QWEN_ISA_AVX512), qw_q8_for(QWEN_ISA_AVX2), NULL};
-        if (tables[1] == tables[0]) tables[1] = NULL; /* one table below AVX-512 VNNI: not twice */
-        if (tables[1] == &qw_q8_avxvnni) tables[2] = &qw_q8_avx2;
-        for (int ti = 0; ti < 3; ti++) {
+        static const int q8_m[] = {1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 145};
+        /* AMX-INT8 where the CPU has it, the AVX-512 set's table, the AVX2 set's (AVX-VNNI where
+         * the CPU has it), and plain AVX2 */
+        const qw_q8_kernels *tables[4] = {qw_amx_int8_available() ? &qw_q8_amx : NULL, qw_q8_for(QWEN_ISA_AVX512),
+                                          qw_q8_for(QWEN_ISA_AVX2), NULL};
+        if (tables[2] == tables[1]) tables[2] = NULL; /* one table below AVX-512 VNNI: not twice */
+        if (tables[2] == &qw_q8_avxvnni) tables[3] = &qw_q8_avx2;
+        for (int ti = 0; ti < 4; ti++) {
             if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
             for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
                 for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {

@@ -22,5 +22,7 @@ cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -DQWEN_HAVE_AMX -I"$ro
 "$cc" "${cflags[@]}" -mavx2 -mfma -mavxvnni -c "$root/native/src/quant_avxvnni.c" -o "$out/quant_avxvnni.o"
 "$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma \
   -c "$root/native/src/quant_avx512vnni.c" -o "$out/quant_avx512vnni.o"
+"$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mamx-tile -mamx-int8 -mfma \
+  -c "$root/native/src/quant_amx.c" -o "$out/quant_amx.o"
 "$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o "$out"/quant*.o -o "$out/bench_kernels" -lpthread -lm
 exec "$out/bench_kernels" "$@"

@@ -24,6 +24,8 @@
  * kernels without it. qw_amx_matmul may only be called after it returned 1. */
 #if defined(QWEN_HAVE_AMX) || defined(QW_AMX_EMULATE) || defined(QW_TEST_AMX_NATIVE)
 int qw_amx_available(void);
+/* qw_amx_available() and AMX-INT8 (CPUID.(7,0):EDX bit 25): the int8 table qw_q8_amx may run. */
+int qw_amx_int8_available(void);
 
 /* Bytes of the packed copy of W[N, K]: N rounded up to 16 x K rounded up to 32, bf16. */
 size_t qw_amx_packed_size(int N, int K);
@@ -56,6 +58,7 @@ void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packe
 int qw_amx_selfcheck(void);
 #else /* a build without kernels_amx.c (AArch64, portable): AMX is never available */
 static inline int qw_amx_available(void) { return 0; }
+static inline int qw_amx_int8_available(void) { return 0; }
 static inline size_t qw_amx_packed_size(int N, int K) { return (size_t)N * (size_t)K * 0; }
 static inline void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
     (void)dst, (void)W, (void)wt, (void)N, (void)K;

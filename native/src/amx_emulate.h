@@ -17,7 +17,15 @@
  *           d.f32[m][n] += f32(a.bf16[m][2k + 1]) * f32(b.bf16[k][2n + 1])
  *     in that order, each += one f32 FMA rounded to nearest even (the products
  *     of two bf16 are exact in f32), denormal inputs read as zero and denormal
- *     results flushed to zero, whatever MXCSR says.
+ *     results flushed to zero, whatever MXCSR says. The hardware does not
+ *     round like this (an Intel Xeon with AMX, 2026-12: for one pair it gives
+ *     acc + round(p0 + p1), and no order of roundings tried matched longer
+ *     rows), so the native kernel is checked against double precision and for
+ *     batch invariance, the emulated one bit for bit.
+ *   _tile_dpbusd(d, a, b)      TDPBUSD, the int8 product of the int8 weights:
+ *       d.i32[m][n] += sum_{e < 4} u8(a[m][4k + e]) * s8(b[k][4n + e]) over
+ *       k < colsb[a] / 4, wrapping on overflow as the hardware does. Integer
+ *       sums are exact, so here the emulation and the hardware agree bit for bit.
  *
  * The state (configuration and the 8 tiles of 16 x 64 bytes) is per thread,
  * like the hardware's. Where the hardware faults (#GP: invalid configuration;
@@ -157,6 +165,28 @@ static inline void qw_amx_emu_dpbf16ps(int d, int a, int b) {
     for (int m = rows; m < QW_AMX_EMU_ROWS; m++) memset(qw_amx_emu.data[d][m], 0, QW_AMX_EMU_COLSB);
 }
 
+static inline void qw_amx_emu_dpbusd(int d, int a, int b) {
+    if (!qw_amx_emu_usable(d) || !qw_amx_emu_usable(a) || !qw_amx_emu_usable(b)) return;
+    const int rows = qw_amx_emu.rows[d], nc = qw_amx_emu.colsb[d] / 4, kq = qw_amx_emu.colsb[a] / 4;
+    if (d == a || d == b || a == b || qw_amx_emu.rows[a] != rows || qw_amx_emu.colsb[b] != qw_amx_emu.colsb[d] ||
+        qw_amx_emu.rows[b] != kq || qw_amx_emu.colsb[d] % 4 || qw_amx_emu.colsb[a] % 4) { /* #UD */
+        qw_amx_emu.faults++;
+        return;
+    }
+    for (int m = 0; m < rows; m++) {
+        uint32_t acc[QW_AMX_EMU_COLSB / 4]; /* unsigned: wraps as the hardware's int32 does */
+        memcpy(acc, qw_amx_emu.data[d][m], (size_t)nc * 4);
+        for (int k = 0; k < kq; k++)
+            for (int n = 0; n < nc; n++)
+                for (int e = 0; e < 4; e++)
+                    acc[n] += (uint32_t)((int32_t)qw_amx_emu.data[a][m][4 * k + e] *
+                                         (int32_t)(int8_t)qw_amx_emu.data[b][k][4 * n + e]);
+        memcpy(qw_amx_emu.data[d][m], acc, (size_t)nc * 4);
+        memset(qw_amx_emu.data[d][m] + nc * 4, 0, (size_t)(QW_AMX_EMU_COLSB - nc * 4));
+    }
+    for (int m = rows; m < QW_AMX_EMU_ROWS; m++) memset(qw_amx_emu.data[d][m], 0, QW_AMX_EMU_COLSB);
+}
+
 /* The intrinsics' names and arguments (tile numbers are small integers). */
 #define _tile_loadconfig(config) qw_amx_emu_loadconfig(config)
 #define _tile_release() qw_amx_emu_release()
@@ -164,5 +194,6 @@ static inline void qw_amx_emu_dpbf16ps(int d, int a, int b) {
 #define _tile_stored(t, base, stride) qw_amx_emu_stored((t), (base), (long)(stride))
 #define _tile_zero(t) qw_amx_emu_zero(t)
 #define _tile_dpbf16ps(d, a, b) qw_amx_emu_dpbf16ps((d), (a), (b))
+#define _tile_dpbusd(d, a, b) qw_amx_emu_dpbusd((d), (a), (b))
 
 #endif /* QWEN_AMX_EMULATE_H */

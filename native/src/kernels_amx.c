@@ -57,6 +57,7 @@
 
 #if defined(QW_AMX_EMULATE) && !defined(QW_AMX_KEEP_NAMES) /* KEEP_NAMES: the library itself emulated */
 #define qw_amx_available qw_amx_emu_available
+#define qw_amx_int8_available qw_amx_emu_int8_available
 #define qw_amx_packed_size qw_amx_emu_packed_size
 #define qw_amx_pack qw_amx_emu_pack
 #define qw_amx_matmul qw_amx_emu_matmul
@@ -111,6 +112,7 @@ static inline int round_up(int x, int to) { return (x + to - 1) / to * to; }
 
 #ifdef QW_AMX_EMULATE
 int qw_amx_available(void) { return 1; } /* the emulation runs anywhere */
+int qw_amx_int8_available(void) { return 1; }
 #else
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
@@ -121,6 +123,7 @@ static void amx_cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
 }
 #endif
 
+/* 0: no AMX; 1: AMX-TILE + AMX-BF16 granted; 3: AMX-INT8 too. */
 static int amx_detect(void) {
 #if defined(__x86_64__) && defined(__linux__)
     unsigned r[4];
@@ -130,13 +133,14 @@ static int amx_detect(void) {
     if (!(r[2] & (1u << 27))) return 0; /* OSXSAVE: xgetbv may be executed */
     amx_cpuid(7, 0, r);
     if (!(r[3] & (1u << 24)) || !(r[3] & (1u << 22))) return 0; /* AMX-TILE, AMX-BF16 */
+    const int int8 = (r[3] >> 25) & 1u;                            /* AMX-INT8 */
     unsigned lo, hi;
     __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     (void)hi;
     if ((lo & (3u << 17)) != (3u << 17)) return 0; /* XTILECFG, XTILEDATA enabled by the OS */
     /* Linux >= 5.16 hands out the 8 KiB of tile data per process on request. */
     if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
-    return 1;
+    return 1 | int8 << 1;
 #else
     return 0;
 #endif
@@ -148,7 +152,12 @@ static void amx_probe(void) { amx_present = amx_detect(); }
 
 int qw_amx_available(void) {
     pthread_once(&amx_once, amx_probe);
-    return amx_present;
+    return amx_present & 1;
+}
+
+int qw_amx_int8_available(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_present == 3;
 }
 #endif
 

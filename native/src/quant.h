@@ -66,6 +66,10 @@ extern const qw_q8_kernels qw_q8_avx512vnni; /* x86-64 builds */
 extern const qw_q8_kernels qw_q8_avxvnni;    /* x86-64 builds: 256-bit VNNI (AVX-VNNI) */
 int qw_cpu_has_avxvnni(void);                 /* x86-64 builds: CPUID.(7,1):EAX[4] */
 extern const qw_q8_kernels qw_q8_neon;       /* AArch64 builds */
+/* x86-64 builds with AMX (QWEN_HAVE_AMX): 16 rows and more on AMX-INT8 tiles, fewer on the VNNI
+ * table; only where qw_amx_int8_available() (amx.h) and qw_q8_amx_selfcheck() said 1. */
+extern const qw_q8_kernels qw_q8_amx;
+int qw_q8_amx_selfcheck(void); /* 1 when a small product on the tiles is bit for bit the scalar table's */
 
 /* The int8 table for a resolved kernel set (QWEN_ISA_*): the same instruction
  * set, or the best the CPU has below it (AVX-512 without VNNI: AVX-VNNI where

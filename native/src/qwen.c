@@ -97,6 +97,12 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     ctx->q8 = qw_q8_for(isa);
     ctx->amx = fast_auto && (isa == QWEN_ISA_AVX512 || isa == QWEN_ISA_AVX512BF16) && qw_amx_available() &&
                qw_amx_selfcheck(); /* a unit that disagrees with double precision is never used */
+#ifdef QWEN_HAVE_AMX
+    /* the int8 products of 16 rows and more (prefill) on AMX-INT8 tiles, the same bits as the
+     * VNNI table which takes fewer rows (every CPU with AMX has AVX-512 VNNI) */
+    if (ctx->amx && qw_amx_int8_available() && qw_q8_amx_selfcheck())
+        ctx->q8 = &qw_q8_amx;
+#endif
     /* FAST keeps the KV cache in bf16: a decode step of B sequences reads B caches, which
      * pass the weights' bytes from a few hundred tokens on. */
     ctx->kv_dt = p.precision == QWEN_PRECISION_FAST ? QW_BF16 : QW_F32;

@@ -53,6 +53,15 @@
 #undef qw_q8_neon
 #endif
 
+/* The AMX-INT8 table over the tile emulation (amx_emulate.h), on every CPU: qw_q8_amx_emu, its rows
+ * below 16 on the scalar table. The hardware table too where it is built in (QW_TEST_AMX_NATIVE). */
+#define QW_AMX_EMULATE
+#include "quant_amx.c"
+#undef QW_AMX_EMULATE
+#ifdef QW_TEST_AMX_NATIVE
+#include "amx.h"
+#endif
+
 #define TEST_SEED 2024u
 #include "test_util.h"
 
@@ -231,7 +240,7 @@ static void test_quantize(const qw_q8_kernels *t) {
 
 static void test_table(const qw_q8_kernels *t, int shallow) {
     test_quantize(t);
-    const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 33};
+    const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 32, 33, 47}; /* AMX: 16 and more */
     const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
     const int Ns[] = {16, 17, 40, 64, 100};
     const int nM = shallow ? 6 : (int)(sizeof(Ms) / sizeof(Ms[0]));
@@ -361,6 +370,18 @@ int main(void) {
 #if defined(__aarch64__) && !defined(QWEN_NO_SIMD)
     test_table(&qw_q8_neon, 0);
     printf("quant: neon tested\n");
+#endif
+    test_table(&qw_q8_amx_emu, 0);
+    check(qw_q8_amx_emu_selfcheck() == 1, "amx", "emulated: the load-time self-check passes");
+    printf("quant: amx (emulated tiles) tested\n");
+#ifdef QW_TEST_AMX_NATIVE
+    if (qw_amx_int8_available()) {
+        test_table(&qw_q8_amx, 0);
+        check(qw_q8_amx_selfcheck() == 1, "amx", "the load-time self-check passes on this CPU");
+        printf("quant: amx tested\n");
+    } else {
+        printf("quant: amx not supported by this CPU: skipped\n");
+    }
 #endif
 #ifdef QW_TEST_EMULATE_AVX512
     test_table(&qw_q8_avx512vnni_emulated, 1);

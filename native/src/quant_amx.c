@@ -1,0 +1,236 @@
+/*
+ * Int8 weights, AMX-INT8 product (quant.h has the maths and layout): the
+ * prefill's and long batches' rows on tiles, fewer rows on the VNNI table.
+ *
+ * The packed weights are already TDPBUSD's B operand: the 64-byte row kq of a
+ * column block holds 4 consecutive k of its 16 columns, so one quantization
+ * group (64 k) of a block is one 1 KiB tile of 16 rows at stride 64. The
+ * activations' bytes (qa + 128, unsigned) are its A operand as they are: a
+ * group of 16 rows is a tile of 16 x 64 bytes at stride Kp.
+ *
+ * For each column block, each block of up to 16 rows, each group g:
+ *   C tile = 0; TDPBUSD(C, A rows x group g, B block x group g)   int32, exact
+ *   store C; per row: acc = fma(float(C + zsum), sw * sa, acc)     AVX-512
+ * which is quant.h's order of operations (the integer sum is exact whatever
+ * the order, the float steps are the scalar table's), so the result is bit
+ * for bit the scalar and VNNI tables' and batch invariance holds across the
+ * tables: a sequence's row gives the same bits here in a prefill of 145 rows
+ * as on the VNNI table in a decode step of one. Groups alternate between two
+ * sets of tiles so that the tile unit multiplies group g + 1 while the vector
+ * units scale group g.
+ *
+ * M below QA_MIN_ROWS goes to the AVX-512 VNNI table: a decode step streams
+ * the weights once for all its rows and is bound by memory, where the tiles
+ * gain nothing (the crossover measured with bench_kernels -v int8).
+ *
+ * Tiles (palette 1): tmm0, 1 C (rows r, 16 int32), tmm2, 3 A (r x 64 bytes),
+ * tmm4, 5 B (16 x 64 bytes); the last group when K % 64 != 0: tmm6 A and
+ * tmm7 B of its width. Blocks of r < 16 rows (the last of M) configure the
+ * tiles again.
+ *
+ * Compiled with -DQW_AMX_EMULATE (native/tests/test_quant.c includes this file
+ * so), the tile instructions are amx_emulate.h's and the vector steps plain C
+ * (fmaf: one rounding, the same bits), the table is qw_q8_amx_emu and small M
+ * goes to the scalar table.
+ */
+#include "quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef QW_AMX_EMULATE
+#include "amx_emulate.h"
+#ifdef QW_AMX_KEEP_NAMES /* the library itself emulated (QWEN_AMX_EMULATE) */
+#define QA_TABLE qw_q8_amx
+#define qw_q8_amx_selfcheck qw_q8_amx_selfcheck
+#else
+#define QA_TABLE qw_q8_amx_emu
+#define qw_q8_amx_selfcheck qw_q8_amx_emu_selfcheck
+#endif
+#define QA_SMALL qw_q8_scalar
+#else
+#include <immintrin.h>
+#define QA_TABLE qw_q8_amx
+#define QA_SMALL qw_q8_avx512vnni
+#endif
+
+#define QA_MIN_ROWS 16 /* fewer rows: the VNNI table */
+#define QA_ROWS 16     /* rows of a C / A tile */
+#define QA_PREFETCH 2 /* groups of B ahead */
+#define QA_GK 64       /* k per group: bytes per A tile row, 16 B tile rows of 4 */
+_Static_assert(QW_Q8_GROUP == QA_GK, "one quantization group is one tile's depth");
+
+/* GCC's tile intrinsics do not say they read or write memory: a compiler
+ * barrier orders the tile store before the loads of what it wrote, and the
+ * config's stores before LDTILECFG reads it. */
+#define QA_BARRIER(p) __asm__ __volatile__("" : : "r"(p) : "memory")
+
+typedef struct {
+    uint8_t palette_id, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) qa_tilecfg;
+
+/* Tiles for blocks of r0 + r1 rows (r0 in 1..16, r1 in 0..16; tmm2, 3, 5 unused when r1 = 0). */
+static void qa_configure(int r0, int r1) {
+    qa_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette_id = 1;
+    const int rows[8] = {r0, r0, r1, r1, r0, r1, QA_GK / 4, QA_GK / 4}; /* C00 C01 C10 C11 A0 A1 B0 B1 */
+    for (int t = 0; t < 8; t++)
+        if (rows[t]) cfg.rows[t] = (uint8_t)rows[t], cfg.colsb[t] = 64;
+    QA_BARRIER(&cfg);
+    _tile_loadconfig(&cfg);
+}
+
+/* The f32 accumulators of a block, 32 rows x 32 columns ([row block][column block][row]), in memory:
+ * 64 vectors do not fit in registers. */
+typedef struct {
+    float f[2][2][QA_ROWS][16];
+    int32_t d[2][2][QA_ROWS][16]; /* the C tiles as stored: [row block][column block] */
+} __attribute__((aligned(64))) qa_block;
+
+/* f[r] = fma(float(d[r] + zsum), sw * sa_r, f[r]) for the 16 rows of one C tile: quant.h's step for one
+ * group. Rows past the block's own (the last block of M) read its last row's scale and are never stored. */
+static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16], const int32_t d[QA_ROWS][16],
+                                                           const int32_t *z, const float *sw,
+                                                           const float *const sa[QA_ROWS], int g) {
+#ifdef QW_AMX_EMULATE
+    for (int r = 0; r < QA_ROWS; r++)
+        for (int j = 0; j < 16; j++)
+            f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), sw[j] * sa[r][g], f[r][j]);
+#else
+    const __m512i zv = _mm512_loadu_si512((const void *)z);
+    const __m512 swv = _mm512_loadu_ps(sw);
+#pragma GCC unroll 16
+    for (int r = 0; r < QA_ROWS; r++) {
+        const __m512i dr = _mm512_add_epi32(_mm512_load_si512((const void *)d[r]), zv);
+        _mm512_store_ps(f[r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(dr), _mm512_mul_ps(swv, _mm512_set1_ps(sa[r][g])),
+                                              _mm512_load_ps(f[r])));
+    }
+#endif
+}
+
+/* A block of R (1..32) rows x nr (1..32) columns from column block nb (and nb + 1); TWO_M: R > 16, TWO_N:
+ * nr > 16 (constants). Per group: 2 A and 2 B tile loads feed 4 TDPBUSD, whose sums are stored and scaled
+ * while the next group's tiles are loaded and multiplied (the other half of b->d). */
+static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int TWO_M, int TWO_N, int R, float *C,
+                                                                int ldc, const uint8_t *qa, const float *sa,
+                                                                const qw_q8 *W, int nb, int nr, const float *bias) {
+    const int Kp = W->Kp, ng = W->ng;
+    const int8_t *qb0 = W->q + (size_t)nb * 16 * Kp, *qb1 = qb0 + (size_t)16 * Kp;
+    const float *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
+    const int32_t *z0 = W->zsum + (size_t)nb * ng * 16, *z1 = z0 + (size_t)ng * 16;
+    const float *sar[2][QA_ROWS]; /* each row's scales (rows past R: the last row's) */
+    for (int r = 0; r < 2 * QA_ROWS; r++) sar[r / QA_ROWS][r % QA_ROWS] = sa + (size_t)(r < R ? r : R - 1) * ng;
+    memset(b->f, 0, sizeof(b->f));
+    const size_t arow = (size_t)QA_ROWS * Kp; /* A's second row block */
+    /* Rows 0-15 (C tiles 0, 1) and rows 16-31 (tiles 2, 3) take turns: a set's sums are stored and
+     * scaled only after the other set's products were issued, so the tile unit always has work while
+     * the stores wait for their products. Both sets share a group's B tiles. */
+    for (int g = 0; g <= ng; g++) {
+        const size_t gq = (size_t)g * QA_GK, gw = (size_t)g * QA_GK * 16, gs = (size_t)g * 16;
+        if (g + QA_PREFETCH < ng) /* the tile loads are not prefetched by the hardware as vector loads are */
+            for (int i = 0; i < QA_GK * 16; i += 64) {
+                __builtin_prefetch(qb0 + gw + QA_PREFETCH * QA_GK * 16 + i);
+                if (TWO_N) __builtin_prefetch(qb1 + gw + QA_PREFETCH * QA_GK * 16 + i);
+            }
+        if (g < ng) {
+            _tile_zero(0);
+            if (TWO_N) _tile_zero(1);
+            _tile_loadd(4, qa + gq, Kp);
+            _tile_loadd(6, qb0 + gw, 64);
+            if (TWO_N) _tile_loadd(7, qb1 + gw, 64);
+            _tile_dpbusd(0, 4, 6);
+            if (TWO_N) _tile_dpbusd(1, 4, 7);
+        }
+        if (TWO_M && g > 0) { /* rows 16-31 of group g - 1 */
+            _tile_stored(2, b->d[1][0], 64);
+            if (TWO_N) _tile_stored(3, b->d[1][1], 64);
+            QA_BARRIER(b->d[1]);
+            qa_scale(b->f[1][0], (const int32_t(*)[16])b->d[1][0], z0 + gs - 16, sw0 + gs - 16, sar[1], g - 1);
+            if (TWO_N)
+                qa_scale(b->f[1][1], (const int32_t(*)[16])b->d[1][1], z1 + gs - 16, sw1 + gs - 16, sar[1], g - 1);
+        }
+        if (g == ng) break;
+        if (TWO_M) {
+            _tile_zero(2);
+            if (TWO_N) _tile_zero(3);
+            _tile_loadd(5, qa + arow + gq, Kp);
+            _tile_dpbusd(2, 5, 6);
+            if (TWO_N) _tile_dpbusd(3, 5, 7);
+        }
+        _tile_stored(0, b->d[0][0], 64); /* rows 0-15 of group g */
+        if (TWO_N) _tile_stored(1, b->d[0][1], 64);
+        QA_BARRIER(b->d[0]);
+        qa_scale(b->f[0][0], (const int32_t(*)[16])b->d[0][0], z0 + gs, sw0 + gs, sar[0], g);
+        if (TWO_N) qa_scale(b->f[0][1], (const int32_t(*)[16])b->d[0][1], z1 + gs, sw1 + gs, sar[0], g);
+    }
+    for (int r = 0; r < R; r++) {
+        float *c = C + (size_t)r * ldc;
+        for (int j = 0; j < nr; j++) {
+            const float v = b->f[r / QA_ROWS][j / 16][r % QA_ROWS][j % 16];
+            c[j] = bias ? v + bias[j] : v;
+        }
+    }
+}
+
+static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
+                          int n1) {
+    if (M < QA_MIN_ROWS || W->Kp % QA_GK) { /* few rows, or a last group shorter than a tile's depth */
+        QA_SMALL.matmul(C, ldc, A, W, bias, M, n0, n1);
+        return;
+    }
+    qa_block b;                  /* 8 KiB */
+    memset(b.d, 0, sizeof(b.d)); /* the rows of a short block's tiles that are scaled but not stored */
+    int config = 0;                 /* rows of the blocks the tiles are configured for */
+    /* A block of rows (32 x Kp bytes) stays in L1 while the slice's column blocks stream from L2 */
+    for (int m = 0; m < M; m += 2 * QA_ROWS) {
+        const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
+        if (R != config) qa_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
+        const uint8_t *qa = A->q + (size_t)m * A->Kp;
+        const float *sa = A->scale + (size_t)m * A->ng;
+        for (int n = n0; n < n1; n += 32) {
+            const int nr = n1 - n < 32 ? n1 - n : 32;
+            float *c = C + (size_t)m * ldc + n;
+            const float *bn = bias ? bias + n : NULL;
+            switch ((R > QA_ROWS) << 1 | (nr > 16)) {
+            case 3: qa_block_rows(&b, 1, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 2: qa_block_rows(&b, 1, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 1: qa_block_rows(&b, 0, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            default: qa_block_rows(&b, 0, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            }
+        }
+    }
+    _tile_release();
+}
+
+static void quantize_rows_amx(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
+    QA_SMALL.quantize_rows(q, scale, A, lda, M, K, Kp, ng);
+}
+
+const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx};
+
+/* A product of 37 x 200 by 200 x 40 (a partial row block, column block and
+ * last group; bias) on the tiles against the scalar table, bit for bit. */
+int qw_q8_amx_selfcheck(void) {
+    enum { M = 37, K = 200, N = 40 };
+    static float A[M * K], Wf[N * K], bias[N], C[M * N], R[M * N];
+    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 7) % 13 - 6) * 0.37f;
+    for (int i = 0; i < N * K; i++) Wf[i] = (float)((i * 5) % 11 - 5) * 0.21f;
+    for (int n = 0; n < N; n++) bias[n] = (float)(n % 5) - 2.0f;
+    size_t qb, sb, zb;
+    qw_q8_sizes(N, K, &qb, &sb, &zb);
+    char *mem = aligned_alloc(64, (qb + sb + zb + qw_q8_act_bytes(M, K) + 63) & ~(size_t)63);
+    if (!mem) return 0;
+    qw_q8 W;
+    qw_q8_init(&W, N, K, mem, mem + qb, mem + qb + sb);
+    qw_q8_pack(&W, Wf, QW_F32, 0, (N + 15) / 16);
+    const qw_q8_act act = qw_q8_quantize(&qw_q8_scalar, mem + qb + sb + zb, A, K, M, &W);
+    QA_TABLE.matmul(C, N, &act, &W, bias, M, 0, N);
+    qw_q8_scalar.matmul(R, N, &act, &W, bias, M, 0, N);
+    free(mem);
+    return !memcmp(C, R, sizeof(C));
+}
