@@ -183,6 +183,14 @@ void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
     for (int nt = 0; nt < NT; nt++)
         for (int kt = 0; kt < KT; kt++) {
             uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE; /* [q][j][e] */
+            if (wt == QW_BF16 && (nt + 1) * AMX_TCOLS <= N && (kt + 1) * AMX_KSTEP <= K) {
+                /* a whole tile of bf16: each pair of k moves as one 32-bit word */
+                for (int j = 0; j < AMX_TCOLS; j++) {
+                    const uint16_t *w = (const uint16_t *)W + (size_t)(nt * AMX_TCOLS + j) * K + (size_t)kt * AMX_KSTEP;
+                    for (int q = 0; q < AMX_KSTEP / 2; q++) memcpy(tile + q * 2 * AMX_TCOLS + 2 * j, w + 2 * q, 4);
+                }
+                continue;
+            }
             for (int j = 0; j < AMX_TCOLS; j++) {
                 const int n = nt * AMX_TCOLS + j;
                 for (int i = 0; i < AMX_KSTEP; i++) { /* i = 2 q + e */

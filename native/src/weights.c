@@ -55,12 +55,14 @@ typedef struct {
     qw_dtype dt;
     int per; /* column blocks per task */
     int blocks;
+    const qw_q8_kernels *t; /* its quantize_rows */
+    void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
 } pack_job;
 
 static void pack_task(void *arg, int t) {
     pack_job *j = arg;
     const int b0 = t * j->per, b1 = b0 + j->per < j->blocks ? b0 + j->per : j->blocks;
-    qw_q8_pack(j->W, j->src, j->dt, b0, b1);
+    qw_q8_pack_with(j->t, j->to_f32, j->W, j->src, j->dt, b0, b1);
 }
 
 /* Gives the whole pages inside [p, p + n) back to the OS: they are clean
@@ -95,7 +97,7 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     }
     qw_q8_init(W, m->rows, m->cols, mem, mem + qb, mem + qb + sb);
     const int blocks = (m->rows + 15) / 16;
-    pack_job j = {W, m->data, m->dt, 8, blocks};
+    pack_job j = {W, m->data, m->dt, 8, blocks, L->ctx->q8, L->ctx->k->to_f32};
     qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
     replace_mat(L->ctx, m, W, QW_Q8);
     return 0;

@@ -84,6 +84,8 @@ typedef struct {
     qw_q8 W;
     void *q, *s, *z;
     float *wf; /* the weights as the kernels' source dtype widened to f32 [N, K] */
+    void *src; /* the source [N, K] in its dtype */
+    qw_dtype dt;
 } packed;
 
 static packed make_packed(int N, int K, qw_dtype dt, float amp) {
@@ -114,11 +116,12 @@ static packed make_packed(int N, int K, qw_dtype dt, float amp) {
     const int blocks = (N + 15) / 16;
     qw_q8_pack(&p.W, src, dt, 0, blocks / 2); /* two halves, as two threads would */
     qw_q8_pack(&p.W, src, dt, blocks / 2, blocks);
-    free(src);
+    p.src = src, p.dt = dt;
     return p;
 }
 
 static void free_packed(packed *p) {
+    free(p->src);
     free(p->q);
     free(p->s);
     free(p->z);
@@ -238,8 +241,38 @@ static void test_quantize(const qw_q8_kernels *t) {
         }
 }
 
+/* qw_q8_pack_with through t's row quantizer (what the library loads with): qw_q8_pack's bytes. */
+static void test_pack_with(const qw_q8_kernels *t) {
+    const int Ns[3] = {16, 37, 64}, Ks[5] = {4, 64, 100, 288, 1024};
+    for (int d = 0; d < 3; d++)
+        for (int ni = 0; ni < 3; ni++)
+            for (int ki = 0; ki < 5; ki++) {
+                const int N = Ns[ni], K = Ks[ki], blocks = (N + 15) / 16;
+                packed p = make_packed(N, K, (qw_dtype)d, 0.5f);
+                if (K >= 64) memset(p.src, 0, (size_t)64 * (d == QW_F32 ? 4 : 2)); /* row 0's first group: zeros */
+                packed r = p; /* the reference again, after the change to src */
+                size_t qb, sb, zb;
+                qw_q8_sizes(N, K, &qb, &sb, &zb);
+                r.q = aligned_alloc(64, qb), r.s = aligned_alloc(64, sb), r.z = aligned_alloc(64, zb);
+                void *q = aligned_alloc(64, qb), *sc = aligned_alloc(64, sb), *z = aligned_alloc(64, zb);
+                memset(r.q, 0x5a, qb), memset(q, 0x5a, qb);
+                memset(r.s, 0, sb), memset(sc, 0, sb), memset(r.z, 0, zb), memset(z, 0, zb);
+                qw_q8 Wr, Wt;
+                qw_q8_init(&Wr, N, K, r.q, r.s, r.z);
+                qw_q8_init(&Wt, N, K, q, sc, z);
+                qw_q8_pack(&Wr, p.src, p.dt, 0, blocks);
+                qw_q8_pack_with(t, qw_kernels_scalar.to_f32, &Wt, p.src, p.dt, 0, blocks / 2); /* two halves */
+                qw_q8_pack_with(t, qw_kernels_scalar.to_f32, &Wt, p.src, p.dt, blocks / 2, blocks);
+                check(!memcmp(q, r.q, qb) && !memcmp(sc, r.s, sb) && !memcmp(z, r.z, zb), t->name,
+                      "pack_with: qw_q8_pack's bytes, dtype %d N %d K %d", d, N, K);
+                free(q), free(sc), free(z), free(r.q), free(r.s), free(r.z);
+                free_packed(&p);
+            }
+}
+
 static void test_table(const qw_q8_kernels *t, int shallow) {
     test_quantize(t);
+    test_pack_with(t);
     const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 32, 33, 47}; /* AMX: 16 and more */
     const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
     const int Ns[] = {16, 17, 40, 64, 100};
