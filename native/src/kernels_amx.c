@@ -91,13 +91,6 @@
 #define AMX_TILE 512  /* bf16 per packed tile (1 KiB) */
 #define PANEL_BYTES (512u << 10) /* A panel in bf16: with a column block's B tiles, in L2 */
 
-/* GCC's AMX intrinsics are asm statements that do not say they read memory
- * (TILELOADD takes its pointer in a register; LDTILECFG names 8 of its 64
- * bytes). A compiler barrier on the buffer makes the stores that fill it
- * (tile config, A panel, step buffer) happen before the tile instructions
- * read it, and keeps them from being dropped as dead. */
-#define AMX_BARRIER(p) __asm__ __volatile__("" : : "r"(p) : "memory")
-
 /* ==== Probe and packing (no CPU requirement) ==== */
 
 /* These run on any x86-64, also without AVX: the file's AVX-512 / AMX flags
@@ -209,26 +202,7 @@ void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
 
 /* ==== The GEMM ==== */
 
-/* The 64-byte operand of LDTILECFG (palette 1). */
-typedef struct {
-    uint8_t palette_id, start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16]; /* bytes per row of tmm0..7; 8..15 reserved (zero) */
-    uint8_t rows[16];   /* rows of tmm0..7; 8..15 reserved (zero) */
-} __attribute__((aligned(64))) amx_tilecfg;
-_Static_assert(sizeof(amx_tilecfg) == 64, "LDTILECFG reads 64 bytes");
-
-/* Configures the tiles for blocks of r0 + r1 rows (r0 in 1..16, r1 in 0..16; tmm2, 3, 5 unused when r1 = 0). */
-static void amx_configure(int r0, int r1) {
-    amx_tilecfg cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.palette_id = 1;
-    const int rows[8] = {r0, r0, r1, r1, r0, r1, AMX_TROWS, AMX_TROWS}; /* C00 C01 C10 C11 A0 A1 B0 B1 */
-    for (int t = 0; t < 8; t++)
-        if (rows[t]) cfg.rows[t] = (uint8_t)rows[t], cfg.colsb[t] = 64;
-    AMX_BARRIER(&cfg);
-    _tile_loadconfig(&cfg);
-}
+#include "amx_tiles.h" /* the tile layout (tmm0-3 C, 4-5 A, 6-7 B) and qw_amx_configure */
 
 /* bf16(f), nearest even, NaN kept quiet: bit for bit qw_f32_to_bf16. */
 static inline uint16_t amx_bf16(float f) {
@@ -274,9 +248,9 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
         if (b->Ab) {
             a = b->Ab + (size_t)kt * AMX_KSTEP, as = Kp;
         } else {
-            AMX_BARRIER(step);
+            QW_AMX_BARRIER(step);
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
-            AMX_BARRIER(step);
+            QW_AMX_BARRIER(step);
         }
         _tile_loadd(4, a, as * 2);
         if (TWO_M) _tile_loadd(5, a + AMX_TROWS * as, as * 2);
@@ -364,24 +338,24 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *p
         const int pr = M - p0 < P ? M - p0 : P, whole = pr / AMX_MB * AMX_MB;
         const float *Ap = A + (size_t)p0 * lda;
         if (panel) {
-            AMX_BARRIER(panel);
+            QW_AMX_BARRIER(panel);
             amx_round(panel, Kp, Ap, lda, pr, 0, (int)Kp, K);
-            AMX_BARRIER(panel);
+            QW_AMX_BARRIER(panel);
         }
         float *Cp = C + (size_t)p0 * ldc;
         if (whole) {
-            if (config != AMX_MB) amx_configure(AMX_TROWS, AMX_TROWS), config = AMX_MB;
+            if (config != AMX_MB) qw_amx_configure(AMX_TROWS, AMX_TROWS), config = AMX_MB;
             amx_rows(Cp, ldc, Ap, lda, panel, (const uint16_t *)packed, bias, whole, K, n0, n1);
         }
         if (pr > whole) { /* the last rows of A: one block of 1..31 rows */
             const int r = pr - whole;
-            if (config != r) amx_configure(r < AMX_TROWS ? r : AMX_TROWS, r > AMX_TROWS ? r - AMX_TROWS : 0), config = r;
+            if (config != r) qw_amx_configure(r < AMX_TROWS ? r : AMX_TROWS, r > AMX_TROWS ? r - AMX_TROWS : 0), config = r;
             amx_rows(Cp + (size_t)whole * ldc, ldc, Ap + (size_t)whole * lda, lda,
                      panel ? panel + (size_t)whole * Kp : NULL, (const uint16_t *)packed, bias, r, K, n0, n1);
         }
     }
     _tile_release();
-    if (panel) AMX_BARRIER(panel);
+    if (panel) QW_AMX_BARRIER(panel);
     free(panel);
 }
 

@@ -8,7 +8,6 @@
 #include "../include/qwen.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* ==== Layout ==== */
@@ -43,9 +42,14 @@ static inline int q8_round(float x, float inv) {
     return (int)lrintf(r); /* nearest even (the default rounding); one instruction with -fno-math-errno */
 }
 
-void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
+/* Each group of each row goes through the table's row quantizer (qa + 128 bytes, zero-padded k
+ * holding 128), then into the block's layout as int8 with its scale and -128 x its sum. */
+void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n),
+                     qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
     const int K = W->K, Kp = W->Kp, ng = W->ng;
+    const size_t esz = dt == QW_F32 ? 4 : 2;
     float w[QW_Q8_GROUP];
+    uint8_t u[QW_Q8_GROUP];
     for (int b = b0; b < b1; b++) {
         int8_t *qb = W->q + (size_t)b * 16 * Kp;
         float *sb = W->scale + (size_t)b * ng * 16;
@@ -54,70 +58,31 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
             const int n = b * 16 + j;
             for (int g = 0; g < ng; g++) {
                 const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
-                const int kend = g == ng - 1 ? Kp : k1; /* the last group takes the zero padding */
-                float amax = 0.0f;
+                const int kw = (g == ng - 1 ? Kp : k1) - k0; /* the last group takes the zero padding */
+                float s = 0.0f;
                 if (n < W->N) {
-                    const size_t at = (size_t)n * (size_t)K + (size_t)k0;
-                    qw_kernels_scalar.to_f32(w, (const char *)src + at * (dt == QW_F32 ? 4 : 2), dt, k1 - k0);
-                    for (int k = 0; k < k1 - k0; k++) amax = absmax(amax, w[k]);
+                    to_f32(w, (const char *)src + ((size_t)n * (size_t)K + (size_t)k0) * esz, dt, k1 - k0);
+                    t->quantize_rows(u, &s, w, QW_Q8_GROUP, 1, k1 - k0, kw, 1);
+                } else { /* a padding row: zeros */
+                    memset(u, 128, (size_t)kw);
                 }
-                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
                 int32_t sum = 0;
-                for (int k = k0; k < kend; k++) {
-                    const int v = n < W->N && k < K ? q8_round(w[k - k0], inv) : 0;
-                    qb[(size_t)(k / 4) * 64 + (size_t)j * 4 + (size_t)(k % 4)] = (int8_t)v;
-                    sum += v;
+                for (int k = 0; k < kw; k++) sum += (int32_t)u[k] - 128;
+                for (int k = 0; k < kw; k += 4) { /* 4 consecutive k of column j, as int8 (kw: a multiple of 4) */
+                    uint32_t x;
+                    memcpy(&x, u + k, 4);
+                    x ^= 0x80808080u;
+                    memcpy(qb + (size_t)((k0 + k) / 4) * 64 + (size_t)j * 4, &x, 4);
                 }
-                sb[g * 16 + j] = amax / 127.0f;
+                sb[g * 16 + j] = s;
                 zb[g * 16 + j] = -128 * sum;
             }
         }
     }
 }
 
-void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n),
-                     qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
-    const int K = W->K, Kp = W->Kp, ng = W->ng;
-    const size_t esz = dt == QW_F32 ? 4 : 2;
-    float *w = malloc(((size_t)K + (size_t)ng) * sizeof(float)); /* a row in f32, then its scales */
-    uint8_t *u = malloc((size_t)Kp);                                /* the row quantized: q + 128 */
-    if (!w || !u) { /* the same bytes, one value at a time */
-        free(w);
-        free(u);
-        qw_q8_pack(W, src, dt, b0, b1);
-        return;
-    }
-    float *s = w + K;
-    for (int b = b0; b < b1; b++) {
-        int8_t *qb = W->q + (size_t)b * 16 * Kp;
-        float *sb = W->scale + (size_t)b * ng * 16;
-        int32_t *zb = W->zsum + (size_t)b * ng * 16;
-        for (int j = 0; j < 16; j++) {
-            const int n = b * 16 + j;
-            if (n < W->N) {
-                to_f32(w, (const char *)src + (size_t)n * (size_t)K * esz, dt, K);
-                t->quantize_rows(u, s, w, K, 1, K, Kp, ng); /* zero-padded k hold 128 */
-            } else { /* a padding row: zeros */
-                memset(u, 128, (size_t)Kp);
-                memset(s, 0, (size_t)ng * sizeof(float));
-            }
-            for (int g = 0; g < ng; g++) {
-                const int k0 = g * QW_Q8_GROUP, k1 = g == ng - 1 ? Kp : k0 + QW_Q8_GROUP; /* both multiples of 4 */
-                int32_t sum = 0;
-                for (int k = k0; k < k1; k++) sum += u[k];
-                for (int k = k0; k < k1; k += 4) { /* 4 consecutive k of column j, as int8 */
-                    uint32_t x;
-                    memcpy(&x, u + k, 4);
-                    x ^= 0x80808080u;
-                    memcpy(qb + (size_t)(k / 4) * 64 + (size_t)j * 4, &x, 4);
-                }
-                sb[g * 16 + j] = s[g];
-                zb[g * 16 + j] = -128 * (sum - 128 * (k1 - k0));
-            }
-        }
-    }
-    free(w);
-    free(u);
+void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1) {
+    qw_q8_pack_with(&qw_q8_scalar, qw_kernels_scalar.to_f32, W, src, dt, b0, b1);
 }
 
 size_t qw_q8_act_bytes(int M, int K) {

@@ -84,8 +84,9 @@ void qw_q8_init(qw_q8 *W, int N, int K, void *q, void *scale, void *zsum);
  * src[N, K] (row stride K, dtype dt); blocks are independent, so threads may
  * pack disjoint ranges. */
 void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
-/* The same bytes as qw_q8_pack, a row at a time through a kernel set's to_f32 and a table's
- * quantize_rows (the same bytes and scales as the reference): what the library loads with. */
+/* The same, a group at a time through a kernel set's to_f32 and a table's quantize_rows (the same
+ * bytes and scales as the scalar one's): qw_q8_pack is this with the scalar ones; the library
+ * loads with its own (vectors). */
 void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n),
                      qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
 

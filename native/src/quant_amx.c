@@ -8,25 +8,26 @@
  * activations' bytes (qa + 128, unsigned) are its A operand as they are: a
  * group of 16 rows is a tile of 16 x 64 bytes at stride Kp.
  *
- * For each column block, each block of up to 16 rows, each group g:
- *   C tile = 0; TDPBUSD(C, A rows x group g, B block x group g)   int32, exact
- *   store C; per row: acc = fma(float(C + zsum), sw * sa, acc)     AVX-512
+ * For each block of 32 rows, each block of 32 columns of the slice, each
+ * group g (2 A tiles x 2 B tiles -> 4 C tiles of 16 x 16):
+ *   C tiles = 0; TDPBUSD(C, A rows x group g, B columns x group g)   int32, exact
+ *   store C; per row: acc = fma(float(C + zsum), sw * sa, acc)        AVX-512
  * which is quant.h's order of operations (the integer sum is exact whatever
  * the order, the float steps are the scalar table's), so the result is bit
  * for bit the scalar and VNNI tables' and batch invariance holds across the
  * tables: a sequence's row gives the same bits here in a prefill of 145 rows
- * as on the VNNI table in a decode step of one. Groups alternate between two
- * sets of tiles so that the tile unit multiplies group g + 1 while the vector
- * units scale group g.
+ * as on the VNNI table in a decode step of one. Rows 0-15 and 16-31 take
+ * turns so that one half's products run while the other's are stored and
+ * scaled; the f32 accumulators of the block (4 KiB) live in memory.
  *
  * M below QA_MIN_ROWS goes to the AVX-512 VNNI table: a decode step streams
  * the weights once for all its rows and is bound by memory, where the tiles
- * gain nothing (the crossover measured with bench_kernels -v int8).
+ * gain nothing (the crossover measured with bench_kernels -v int8), and so
+ * does K not a multiple of 64 (no model here has one).
  *
- * Tiles (palette 1): tmm0, 1 C (rows r, 16 int32), tmm2, 3 A (r x 64 bytes),
- * tmm4, 5 B (16 x 64 bytes); the last group when K % 64 != 0: tmm6 A and
- * tmm7 B of its width. Blocks of r < 16 rows (the last of M) configure the
- * tiles again.
+ * Tiles (palette 1, amx_tiles.h): tmm0, 1 C of rows 0-15, tmm2, 3 C of rows
+ * 16-31, tmm4, 5 A of those rows, tmm6, 7 B of the two column blocks. The
+ * last block of M (fewer than 32 rows) configures the tiles again.
  *
  * Compiled with -DQW_AMX_EMULATE (native/tests/test_quant.c includes this file
  * so), the tile instructions are amx_emulate.h's and the vector steps plain C
@@ -61,29 +62,7 @@
 #define QA_GK 64       /* k per group: bytes per A tile row, 16 B tile rows of 4 */
 _Static_assert(QW_Q8_GROUP == QA_GK, "one quantization group is one tile's depth");
 
-/* GCC's tile intrinsics do not say they read or write memory: a compiler
- * barrier orders the tile store before the loads of what it wrote, and the
- * config's stores before LDTILECFG reads it. */
-#define QA_BARRIER(p) __asm__ __volatile__("" : : "r"(p) : "memory")
-
-typedef struct {
-    uint8_t palette_id, start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((aligned(64))) qa_tilecfg;
-
-/* Tiles for blocks of r0 + r1 rows (r0 in 1..16, r1 in 0..16; tmm2, 3, 5 unused when r1 = 0). */
-static void qa_configure(int r0, int r1) {
-    qa_tilecfg cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.palette_id = 1;
-    const int rows[8] = {r0, r0, r1, r1, r0, r1, QA_GK / 4, QA_GK / 4}; /* C00 C01 C10 C11 A0 A1 B0 B1 */
-    for (int t = 0; t < 8; t++)
-        if (rows[t]) cfg.rows[t] = (uint8_t)rows[t], cfg.colsb[t] = 64;
-    QA_BARRIER(&cfg);
-    _tile_loadconfig(&cfg);
-}
+#include "amx_tiles.h" /* the tile layout (tmm0-3 C, 4-5 A, 6-7 B) and qw_amx_configure */
 
 /* The f32 accumulators of a block, 32 rows x 32 columns ([row block][column block][row]), in memory:
  * 64 vectors do not fit in registers. */
@@ -149,7 +128,7 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
         if (TWO_M && g > 0) { /* rows 16-31 of group g - 1 */
             _tile_stored(2, b->d[1][0], 64);
             if (TWO_N) _tile_stored(3, b->d[1][1], 64);
-            QA_BARRIER(b->d[1]);
+            QW_AMX_BARRIER(b->d[1]);
             qa_scale(b->f[1][0], (const int32_t(*)[16])b->d[1][0], z0 + gs - 16, sw0 + gs - 16, sar[1], g - 1);
             if (TWO_N)
                 qa_scale(b->f[1][1], (const int32_t(*)[16])b->d[1][1], z1 + gs - 16, sw1 + gs - 16, sar[1], g - 1);
@@ -164,7 +143,7 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
         }
         _tile_stored(0, b->d[0][0], 64); /* rows 0-15 of group g */
         if (TWO_N) _tile_stored(1, b->d[0][1], 64);
-        QA_BARRIER(b->d[0]);
+        QW_AMX_BARRIER(b->d[0]);
         qa_scale(b->f[0][0], (const int32_t(*)[16])b->d[0][0], z0 + gs, sw0 + gs, sar[0], g);
         if (TWO_N) qa_scale(b->f[0][1], (const int32_t(*)[16])b->d[0][1], z1 + gs, sw1 + gs, sar[0], g);
     }
@@ -189,7 +168,7 @@ static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W,
     /* A block of rows (32 x Kp bytes) stays in L1 while the slice's column blocks stream from L2 */
     for (int m = 0; m < M; m += 2 * QA_ROWS) {
         const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
-        if (R != config) qa_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
+        if (R != config) qw_amx_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
         const uint8_t *qa = A->q + (size_t)m * A->Kp;
         const float *sa = A->scale + (size_t)m * A->ng;
         for (int n = n0; n < n1; n += 32) {
@@ -213,24 +192,27 @@ static void quantize_rows_amx(uint8_t *q, float *scale, const float *A, int lda,
 
 const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx};
 
-/* A product of 37 x 200 by 200 x 40 (a partial row block, column block and
- * last group; bias) on the tiles against the scalar table, bit for bit. */
+/* A product of 37 x 192 by 192 x 40 (a partial row block and column block, an odd number of
+ * groups; bias) on the tiles against the scalar table, bit for bit. */
 int qw_q8_amx_selfcheck(void) {
-    enum { M = 37, K = 200, N = 40 };
-    static float A[M * K], Wf[N * K], bias[N], C[M * N], R[M * N];
-    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 7) % 13 - 6) * 0.37f;
-    for (int i = 0; i < N * K; i++) Wf[i] = (float)((i * 5) % 11 - 5) * 0.21f;
-    for (int n = 0; n < N; n++) bias[n] = (float)(n % 5) - 2.0f;
+    enum { M = 37, K = 192, N = 40 };
     size_t qb, sb, zb;
     qw_q8_sizes(N, K, &qb, &sb, &zb);
-    char *mem = aligned_alloc(64, (qb + sb + zb + qw_q8_act_bytes(M, K) + 63) & ~(size_t)63);
+    const size_t floats = (size_t)M * K + (size_t)N * K + N + 2 * (size_t)M * N; /* A, W, bias, C, R */
+    char *mem = aligned_alloc(64, (qb + sb + zb + qw_q8_act_bytes(M, K) + floats * sizeof(float) + 63) & ~(size_t)63);
     if (!mem) return 0;
+    float *A = (float *)(void *)(mem + qb + sb + zb + qw_q8_act_bytes(M, K)), *Wf = A + M * K, *bias = Wf + N * K;
+    float *C = bias + N, *R = C + M * N;
+    for (int i = 0; i < M * K; i++) A[i] = (float)((i * 7) % 13 - 6) * 0.37f * (float)(1 + i / K % 5); /* rows' scales differ */
+    for (int i = 0; i < N * K; i++) Wf[i] = (float)((i * 5) % 11 - 5) * 0.21f;
+    for (int n = 0; n < N; n++) bias[n] = (float)(n % 5) - 2.0f;
     qw_q8 W;
     qw_q8_init(&W, N, K, mem, mem + qb, mem + qb + sb);
     qw_q8_pack(&W, Wf, QW_F32, 0, (N + 15) / 16);
     const qw_q8_act act = qw_q8_quantize(&qw_q8_scalar, mem + qb + sb + zb, A, K, M, &W);
     QA_TABLE.matmul(C, N, &act, &W, bias, M, 0, N);
     qw_q8_scalar.matmul(R, N, &act, &W, bias, M, 0, N);
+    const int same = !memcmp(C, R, (size_t)M * N * sizeof(float));
     free(mem);
-    return !memcmp(C, R, sizeof(C));
+    return same;
 }
