@@ -8,7 +8,7 @@
  * activations' bytes (qa + 128, unsigned) are its A operand as they are: a
  * group of 16 rows is a tile of 16 x 64 bytes at stride Kp.
  *
- * For each block of 32 rows, each block of 32 columns of the slice, each
+ * For each panel of 32 columns of the slice, each block of 32 rows, each
  * group g (2 A tiles x 2 B tiles -> 4 C tiles of 16 x 16):
  *   C tiles = 0; TDPBUSD(C, A rows x group g, B columns x group g)   int32, exact
  *   store C; per row: acc = fma(float(C + zsum), sw * sa, acc)        AVX-512
@@ -19,6 +19,17 @@
  * as on the VNNI table in a decode step of one. Rows 0-15 and 16-31 take
  * turns so that one half's products run while the other's are stored and
  * scaled; the f32 accumulators of the block (4 KiB) live in memory.
+ *
+ * Where the time goes (bench_kernels -v int8 -m 145, one thread, Intel Xeon
+ * with AMX): with the weights' and activations' tiles held in L1 and no
+ * stores or scaling the loop runs at 2.9-3.8 TOP/s; streaming the weights
+ * from DRAM brought that to 1.1, since tile loads that miss stall where
+ * vector loads would have been prefetched. So a panel's weights (32 x Kp
+ * bytes, contiguous) are read from DRAM once, by its first row block, and
+ * fetched into L2 a few lines a group while the previous panel runs (qa_ahead):
+ * the whole product went from 0.59-0.69 to 0.87-1.08 TOP/s on one thread,
+ * 1.27-1.58 to 1.52-2.01 on two. The rest is the stores and the scaling of
+ * each group's sums.
  *
  * M below QA_MIN_ROWS goes to the AVX-512 VNNI table: a decode step streams
  * the weights once for all its rows and is bound by memory, where the tiles
@@ -92,12 +103,42 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
 #endif
 }
 
+/* The next column panel's weights, fetched into L2 a few lines a group while this panel's row blocks
+ * run: a panel's first row block then finds them there, not in DRAM (tile loads from DRAM stall). */
+typedef struct {
+    const int8_t *at, *end;
+    int lines; /* per group */
+} qa_ahead;
+
+/* C (+ bias) = the block's R x nr accumulators. */
+static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr, const float *bias) {
+#ifdef QW_AMX_EMULATE
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nr; j++) {
+            const float v = b->f[r / QA_ROWS][j / 16][r % QA_ROWS][j % 16];
+            C[(size_t)r * ldc + j] = bias ? v + bias[j] : v;
+        }
+#else
+    for (int h = 0; h * 16 < nr; h++) {
+        const __mmask16 k = nr - h * 16 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - h * 16)) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + h * 16) : _mm512_setzero_ps();
+        for (int r = 0; r < R; r++) {
+            const __m512 v = _mm512_load_ps(b->f[r / QA_ROWS][h][r % QA_ROWS]);
+            _mm512_mask_storeu_ps(C + (size_t)r * ldc + h * 16, k, bias ? _mm512_add_ps(v, bv) : v);
+        }
+    }
+#endif
+}
+
 /* A block of R (1..32) rows x nr (1..32) columns from column block nb (and nb + 1); TWO_M: R > 16, TWO_N:
- * nr > 16 (constants). Per group: 2 A and 2 B tile loads feed 4 TDPBUSD, whose sums are stored and scaled
- * while the next group's tiles are loaded and multiplied (the other half of b->d). */
+ * nr > 16 (constants). Per group: 2 A and 2 B tile loads feed 4 TDPBUSD, whose sums are stored and
+ * scaled while the next group's tiles are loaded and multiplied (the other half of b->d).
+ * near: prefetch this panel's weights into L1 two groups ahead (the call's first panel, which no earlier
+ * one fetched); far: the next panel's, into L2. */
 static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int TWO_M, int TWO_N, int R, float *C,
                                                                 int ldc, const uint8_t *qa, const float *sa,
-                                                                const qw_q8 *W, int nb, int nr, const float *bias) {
+                                                                const qw_q8 *W, int nb, int nr, const float *bias,
+                                                                int near, qa_ahead *far) {
     const int Kp = W->Kp, ng = W->ng;
     const int8_t *qb0 = W->q + (size_t)nb * 16 * Kp, *qb1 = qb0 + (size_t)16 * Kp;
     const float *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
@@ -110,12 +151,13 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
      * scaled only after the other set's products were issued, so the tile unit always has work while
      * the stores wait for their products. Both sets share a group's B tiles. */
     for (int g = 0; g <= ng; g++) {
-        const size_t gq = (size_t)g * QA_GK, gw = (size_t)g * QA_GK * 16, gs = (size_t)g * 16;
-        if (g + QA_PREFETCH < ng) /* the tile loads are not prefetched by the hardware as vector loads are */
+        const size_t gq = (size_t)g * QA_GK, gw = gq * 16, gs = (size_t)g * 16;
+        if (near && g + QA_PREFETCH < ng) /* the tile loads are not prefetched by the hardware as vector loads are */
             for (int i = 0; i < QA_GK * 16; i += 64) {
                 __builtin_prefetch(qb0 + gw + QA_PREFETCH * QA_GK * 16 + i);
                 if (TWO_N) __builtin_prefetch(qb1 + gw + QA_PREFETCH * QA_GK * 16 + i);
             }
+        for (int i = 0; i < far->lines && far->at < far->end; i++, far->at += 64) __builtin_prefetch(far->at, 0, 2);
         if (g < ng) {
             _tile_zero(0);
             if (TWO_N) _tile_zero(1);
@@ -147,13 +189,7 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
         qa_scale(b->f[0][0], (const int32_t(*)[16])b->d[0][0], z0 + gs, sw0 + gs, sar[0], g);
         if (TWO_N) qa_scale(b->f[0][1], (const int32_t(*)[16])b->d[0][1], z1 + gs, sw1 + gs, sar[0], g);
     }
-    for (int r = 0; r < R; r++) {
-        float *c = C + (size_t)r * ldc;
-        for (int j = 0; j < nr; j++) {
-            const float v = b->f[r / QA_ROWS][j / 16][r % QA_ROWS][j % 16];
-            c[j] = bias ? v + bias[j] : v;
-        }
-    }
+    qa_store(b, R, C, ldc, nr, bias);
 }
 
 static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
@@ -165,21 +201,28 @@ static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W,
     qa_block b;                  /* 8 KiB */
     memset(b.d, 0, sizeof(b.d)); /* the rows of a short block's tiles that are scaled but not stored */
     int config = 0;                 /* rows of the blocks the tiles are configured for */
-    /* A block of rows (32 x Kp bytes) stays in L1 while the slice's column blocks stream from L2 */
-    for (int m = 0; m < M; m += 2 * QA_ROWS) {
-        const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
-        if (R != config) qw_amx_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
-        const uint8_t *qa = A->q + (size_t)m * A->Kp;
-        const float *sa = A->scale + (size_t)m * A->ng;
-        for (int n = n0; n < n1; n += 32) {
-            const int nr = n1 - n < 32 ? n1 - n : 32;
+    const int Kp = W->Kp, blocks = (M + 2 * QA_ROWS - 1) / (2 * QA_ROWS);
+    /* A panel of 32 columns (32 x Kp bytes of weights, contiguous) at a time, over all row blocks: its
+     * weights come from DRAM once and from the caches for the other row blocks (the activations, M x Kp
+     * bytes, stay in L2). */
+    for (int n = n0; n < n1; n += 32) {
+        const int nr = n1 - n < 32 ? n1 - n : 32;
+        const float *bn = bias ? bias + n : NULL;
+        const int8_t *next = W->q + (size_t)(n + 32) * Kp, *next_end = W->q + (size_t)(n1 + 15) / 16 * 16 * Kp;
+        qa_ahead far = {next, next + (size_t)32 * Kp < next_end ? next + (size_t)32 * Kp : next_end,
+                        (32 * Kp / 64 + blocks * W->ng - 1) / (blocks * W->ng)};
+        for (int m = 0; m < M; m += 2 * QA_ROWS) {
+            const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
+            if (R != config) qw_amx_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
+            const uint8_t *qa = A->q + (size_t)m * Kp;
+            const float *sa = A->scale + (size_t)m * A->ng;
             float *c = C + (size_t)m * ldc + n;
-            const float *bn = bias ? bias + n : NULL;
+            const int near = m == 0 && n == n0; /* the call's first panel was not fetched ahead */
             switch ((R > QA_ROWS) << 1 | (nr > 16)) {
-            case 3: qa_block_rows(&b, 1, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 2: qa_block_rows(&b, 1, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 1: qa_block_rows(&b, 0, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            default: qa_block_rows(&b, 0, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn); break;
+            case 3: qa_block_rows(&b, 1, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
+            case 2: qa_block_rows(&b, 1, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
+            case 1: qa_block_rows(&b, 0, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
+            default: qa_block_rows(&b, 0, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
             }
         }
     }
