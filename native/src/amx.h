@@ -40,6 +40,10 @@ size_t qw_amx_packed_size(int N, int K);
  * requirement (runs anywhere). Another dtype packs zeros. */
 void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K);
 
+/* The same layout for W[n, k] = src[k * ld + n], n < N, k < K: a bf16 matrix stored transposed
+ * (attention's values, [keys][head dim], as the B operand of P V). */
+void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K);
+
 /* C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n])  for m < M (any M >= 1), n in [n0, n1)
  *   A[M, K] f32 (row stride lda), rounded to bf16 nearest-even inside;
  *   packed: qw_amx_pack of W[N, K]; C[M, N] f32 (row stride ldc); bias[N] f32 or NULL.
@@ -62,6 +66,9 @@ static inline int qw_amx_int8_available(void) { return 0; }
 static inline size_t qw_amx_packed_size(int N, int K) { return (size_t)N * (size_t)K * 0; }
 static inline void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
     (void)dst, (void)W, (void)wt, (void)N, (void)K;
+}
+static inline void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K) {
+    (void)dst, (void)src, (void)ld, (void)N, (void)K;
 }
 static inline void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias,
                                  int M, int N, int K, int n0, int n1) {

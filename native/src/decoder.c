@@ -115,7 +115,7 @@ static void dec_attn_task(void *arg, int t) {
     const size_t head = ((size_t)j->layer * j->kv_heads + kvh) * s->cap * hd * qw_kv_size(j->ctx);
     const int p0 = s->n_past; /* before this pass: the group's rows sit at p0 .. p0 + n - 1 */
     const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)kvh * group * hd;
-    qw_attention(j->ctx->k, j->out + at, (int)qrow, j->q + at, (int)qrow, m, group, (const char *)s->k + head,
+    qw_attention(j->ctx->k, j->ctx->amx, j->out + at, (int)qrow, j->q + at, (int)qrow, m, group, (const char *)s->k + head,
                  (const char *)s->v + head, j->ctx->kv_dt, hd, p0 + i0 + m, hd, p0 + i0);
 }
 
@@ -129,15 +129,13 @@ static void kv_store(const qwen_context *ctx, void *cache, size_t at, const floa
     }
 }
 
-/* NeoX rotation of one head: pairs (i, i + hd/2). */
-static void rope(float *x, const float *inv_freq, int hd, int pos) {
+/* NeoX rotation of one head, pairs (i, i + hd/2), by a row's cos / sin (hd / 2 of each). */
+static void rope(float *x, const float *cs, const float *sn, int hd) {
     const int half = hd / 2;
     for (int i = 0; i < half; i++) {
-        float a = (float)pos * inv_freq[i];
-        float cs = cosf(a), sn = sinf(a);
-        float x0 = x[i], x1 = x[i + half];
-        x[i] = x0 * cs - x1 * sn;
-        x[i + half] = x1 * cs + x0 * sn;
+        const float x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * cs[i] - x1 * sn[i];
+        x[i + half] = x1 * cs[i] + x0 * sn[i];
     }
 }
 
@@ -162,15 +160,20 @@ static void dec_qk_task(void *arg, int i) {
     while (g + 1 < j->n_groups && i >= j->row0[g + 1]) g++;
     qw_seq *s = j->groups[g].s;
     const int pos = s->n_past + i - j->row0[g];
+    float cs[QW_MAX_HEAD_DIM / 2], sn[QW_MAX_HEAD_DIM / 2]; /* the row's angles, once for all its heads */
+    for (int f = 0; f < hd / 2; f++) {
+        const float a = (float)pos * j->ctx->dec.rope_inv_freq[f];
+        cs[f] = cosf(a), sn[f] = sinf(a);
+    }
     for (int hh = 0; hh < c->n_heads; hh++) {
         float *qh = j->q + (size_t)i * nq + (size_t)hh * hd;
         qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
-        rope(qh, j->ctx->dec.rope_inv_freq, hd, pos);
+        rope(qh, cs, sn, hd);
     }
     for (int hh = 0; hh < c->n_kv_heads; hh++) {
         float *kh = j->k + (size_t)i * nk + (size_t)hh * hd;
         qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
-        rope(kh, j->ctx->dec.rope_inv_freq, hd, pos);
+        rope(kh, cs, sn, hd);
         const size_t at = (((size_t)j->layer * c->n_kv_heads + hh) * s->cap + pos) * hd; /* [layer, head, pos] */
         kv_store(j->ctx, s->k, at, kh, hd);
         kv_store(j->ctx, s->v, at, j->v + (size_t)i * nk + (size_t)hh * hd, hd);

@@ -202,7 +202,7 @@ static void enc_attn_task(void *arg, int t) {
     const int w = t / j->heads, h = t % j->heads;
     const int s0 = w * j->window, s1 = s0 + j->window < j->n ? s0 + j->window : j->n;
     const size_t at = (size_t)s0 * j->d + (size_t)h * j->hd;
-    qw_attention(j->ctx->k, j->out + at, j->d, j->q + at, j->d, s1 - s0, 1, j->k + at, j->v + at, QW_F32, j->d,
+    qw_attention(j->ctx->k, j->ctx->amx, j->out + at, j->d, j->q + at, j->d, s1 - s0, 1, j->k + at, j->v + at, QW_F32, j->d,
                  s1 - s0, j->hd, -1);
 }
 

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 /* ==== Config (config.json) ==== */
+#define QW_MAX_HEAD_DIM 4096 /* a larger head_dim is refused at load (a row's RoPE angles live on the stack) */
 typedef struct {
     /* audio encoder */
     int n_mels;          /* num_mel_bins */
@@ -339,8 +340,12 @@ void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float 
  * (the same bits as attention over a widened copy). The call does it for
  * `group` heads that share the keys and values (grouped-query attention),
  * head h's queries and outputs at + h * hd in their rows, and reads the
- * keys and values once for all of them; each head's result is its own. */
-void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+ * keys and values once for all of them; each head's result is its own.
+ * amx (ctx->amx: precision FAST on a CPU with AMX) and a bf16 cache with
+ * ldkv == hd (the decoder's): the GEMM way's two products on bf16 tiles
+ * (amx.h: q and the probabilities rounded to bf16, f32 sums), the keys and
+ * values packed from the cache as they are. */
+void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0);
 
 /* ==== Stages ==== */

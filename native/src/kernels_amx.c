@@ -60,6 +60,7 @@
 #define qw_amx_int8_available qw_amx_emu_int8_available
 #define qw_amx_packed_size qw_amx_emu_packed_size
 #define qw_amx_pack qw_amx_emu_pack
+#define qw_amx_pack_bf16_t qw_amx_emu_pack_bf16_t
 #define qw_amx_matmul qw_amx_emu_matmul
 #define qw_amx_selfcheck qw_amx_emu_selfcheck
 #endif
@@ -169,19 +170,24 @@ static uint16_t amx_weight(const void *W, qw_dtype wt, size_t i) {
     }
 }
 
-void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
+/* qw_amx_pack of the matrix whose (n, k) element is W[n * ln + k * lk] (ln = K, lk = 1: W itself;
+ * ln = 1, lk = ld: the transpose of a matrix stored with row stride ld). */
+static void amx_pack(uint16_t *P, const void *W, qw_dtype wt, int N, int K, size_t ln, size_t lk) {
     if (N <= 0 || K <= 0) return;
-    uint16_t *P = (uint16_t *)dst;
     const int NT = round_up(N, AMX_TCOLS) / AMX_TCOLS, KT = round_up(K, AMX_KSTEP) / AMX_KSTEP;
     for (int nt = 0; nt < NT; nt++)
         for (int kt = 0; kt < KT; kt++) {
             uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE; /* [q][j][e] */
-            if (wt == QW_BF16 && (nt + 1) * AMX_TCOLS <= N && (kt + 1) * AMX_KSTEP <= K) {
-                /* a whole tile of bf16: each pair of k moves as one 32-bit word */
-                for (int j = 0; j < AMX_TCOLS; j++) {
-                    const uint16_t *w = (const uint16_t *)W + (size_t)(nt * AMX_TCOLS + j) * K + (size_t)kt * AMX_KSTEP;
-                    for (int q = 0; q < AMX_KSTEP / 2; q++) memcpy(tile + q * 2 * AMX_TCOLS + 2 * j, w + 2 * q, 4);
-                }
+            const int whole = wt == QW_BF16 && (nt + 1) * AMX_TCOLS <= N && (kt + 1) * AMX_KSTEP <= K;
+            const uint16_t *w0 = (const uint16_t *)W + (size_t)nt * AMX_TCOLS * ln + (size_t)kt * AMX_KSTEP * lk;
+            if (whole && lk == 1) { /* a whole tile of bf16 rows: each pair of k moves as one 32-bit word */
+                for (int j = 0; j < AMX_TCOLS; j++)
+                    for (int q = 0; q < AMX_KSTEP / 2; q++) memcpy(tile + q * 2 * AMX_TCOLS + 2 * j, w0 + j * ln + 2 * q, 4);
+                continue;
+            }
+            if (whole && ln == 1) { /* of bf16 columns: each k's 16 n side by side, every other slot */
+                for (int i = 0; i < AMX_KSTEP; i++) /* i = 2 q + e */
+                    for (int j = 0; j < AMX_TCOLS; j++) tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] = w0[i * lk + j];
                 continue;
             }
             for (int j = 0; j < AMX_TCOLS; j++) {
@@ -189,10 +195,16 @@ void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) {
                 for (int i = 0; i < AMX_KSTEP; i++) { /* i = 2 q + e */
                     const int k = kt * AMX_KSTEP + i;
                     tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] =
-                        n < N && k < K ? amx_weight(W, wt, (size_t)n * K + k) : 0;
+                        n < N && k < K ? amx_weight(W, wt, (size_t)n * ln + (size_t)k * lk) : 0;
                 }
             }
         }
+}
+
+void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K) { amx_pack(dst, W, wt, N, K, (size_t)K, 1); }
+
+void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K) {
+    amx_pack(dst, src, QW_BF16, N, K, 1, (size_t)ld);
 }
 
 #ifdef AMX_PORTABLE_REGION

@@ -77,11 +77,16 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
                  const float *const *bias, int M, int rows_invariant) {
     if (M <= 0) return;
     /* Column slices: a few per thread for balance; multiples of 16 keep the
-     * SIMD kernels on their full-width path. Big M => more work per column. */
+     * SIMD kernels on their full-width path. Big M => more work per column,
+     * and each slice's call sets its own work up (the AMX kernels convert or
+     * stream A, configure the tiles, start a cold panel of weights): 16 rows
+     * and more take 2 slices a thread, not 4 (Intel Xeon with AMX, 2 threads:
+     * encoder of 10 s 44-47 -> 40-42 ms; 1 a thread: 38-41, but then one
+     * thread held up by another process holds up the whole product). */
     int total_rows = 0;
     for (int i = 0; i < n; i++) total_rows += W[i]->rows;
     int threads = ctx->n_threads;
-    int per = total_rows / (threads * (M > 1 ? 4 : 8)) + 1;
+    int per = total_rows / (threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
     mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}};
@@ -145,10 +150,19 @@ void qw_layernorm(float *x, const float *w, const float *b, int n, float eps) {
 
 /* RMSNorm: out = x / sqrt(mean(x^2) + eps) * w (out may alias x) */
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-    float ss = 0.0f;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    /* The sum of squares in 16 running sums (lane i takes the i of every 16), added pairwise at the end:
+     * the compiler's vectors, and no 4-cycle chain through every element (one chain made the decoder's
+     * norms ~5% of a 145-token prefill). The same order on every kernel set and any row count. */
+    float p[16] = {0.0f};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) p[j] += x[i + j] * x[i + j];
+    for (int j = 0; i < n; i++, j++) p[j] += x[i] * x[i];
+    for (int w2 = 8; w2; w2 /= 2)
+        for (int j = 0; j < w2; j++) p[j] += p[j + w2];
+    const float ss = p[0];
     float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+    for (i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
 /* ==== Threaded element-wise ==== */
@@ -307,30 +321,43 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     free(heap);
 }
 
-void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
+void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
     if (m <= 0 || T <= 0 || group <= 0) return;
     const int bf16 = kv_dt == QW_BF16;
-    float *Kc = m < ATT_GEMM_MIN ? NULL : malloc(((size_t)2 * T * hd + (size_t)m * T) * sizeof(float));
+    amx = amx && bf16 && ldkv == hd; /* the tiles take the bf16 cache as it is: keys [T][hd], values transposed */
+    /* f32: K (T x hd), V^T (hd x T) and S (m x T); AMX: S, then K and V^T packed into tiles, 64-byte aligned */
+    const size_t s_at = amx ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
+    const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
+    float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv);
     if (!Kc) {
         attention_rows(k, out, ldo, q, ldq, m, group, keys, vals, kv_dt, ldkv, T, hd, causal0);
         return;
     }
-    float *Vt = Kc + (size_t)T * hd, *S = Vt + (size_t)T * hd; /* [T][hd], [hd][T], [m][T] */
-    for (int s = 0; s < T; s++) {
-        if (bf16) {
-            const uint16_t *vs = (const uint16_t *)vals + (size_t)s * ldkv;
-            k->to_f32(Kc + (size_t)s * hd, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd);
-            for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = qw_bf16_to_f32(vs[d]);
-        } else {
-            const float *vs = (const float *)vals + (size_t)s * ldkv;
-            memcpy(Kc + (size_t)s * hd, (const float *)keys + (size_t)s * ldkv, (size_t)hd * sizeof(float));
-            for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = vs[d];
+    float *Vt = Kc + (size_t)T * hd, *S = Kc + s_at; /* [T][hd], [hd][T], [m][T] */
+    void *Kp = (char *)Kc + s_end, *Vp = (char *)Kp + pk;
+    if (amx) {
+        qw_amx_pack(Kp, keys, QW_BF16, T, hd);
+        qw_amx_pack_bf16_t(Vp, vals, ldkv, hd, T);
+    } else {
+        for (int s = 0; s < T; s++) {
+            if (bf16) {
+                const uint16_t *vs = (const uint16_t *)vals + (size_t)s * ldkv;
+                k->to_f32(Kc + (size_t)s * hd, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd);
+                for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = qw_bf16_to_f32(vs[d]);
+            } else {
+                const float *vs = (const float *)vals + (size_t)s * ldkv;
+                memcpy(Kc + (size_t)s * hd, (const float *)keys + (size_t)s * ldkv, (size_t)hd * sizeof(float));
+                for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = vs[d];
+            }
         }
     }
     const float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < group; h++) {
-        k->matmul(S, T, q + (size_t)h * hd, ldq, Kc, QW_F32, NULL, m, hd, 0, T); /* S = Q K^T */
+        if (amx) /* S = Q K^T */
+            qw_amx_matmul(S, T, q + (size_t)h * hd, ldq, Kp, NULL, m, T, hd, 0, T);
+        else
+            k->matmul(S, T, q + (size_t)h * hd, ldq, Kc, QW_F32, NULL, m, hd, 0, T);
         for (int r = 0; r < m; r++) {
             float *row = S + (size_t)r * T;
             const int len = attention_len(causal0, r, T);
@@ -338,7 +365,10 @@ void qw_attention(const qw_kernels *k, float *out, int ldo, const float *q, int 
             k->softmax(row, len);
             for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
         }
-        k->matmul(out + (size_t)h * hd, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd); /* O = P V */
+        if (amx) /* O = P V */
+            qw_amx_matmul(out + (size_t)h * hd, ldo, S, T, Vp, NULL, m, hd, T, 0, hd);
+        else
+            k->matmul(out + (size_t)h * hd, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd);
     }
     free(Kc);
 }

@@ -65,6 +65,7 @@
 #undef qw_amx_available
 #undef qw_amx_packed_size
 #undef qw_amx_pack
+#undef qw_amx_pack_bf16_t
 #undef qw_amx_matmul
 
 #include <math.h>

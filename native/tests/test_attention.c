@@ -15,11 +15,18 @@
  *   close    and it is within 1e-4 (relative to 1 + |ref|) of the same
  *            attention in double precision over the widened cache.
  *
+ * Where the CPU has AMX, the same cases with the GEMM way on bf16 tiles
+ * (precision FAST's attention, which takes a bf16 cache with row stride hd):
+ * group as above, close within 1e-2 (q and the probabilities are rounded to
+ * bf16); the f32 copy takes the f32 way, so "bitwise" holds for the rows
+ * path only.
+ *
  * Buffers are allocated to the exact size the kernel may touch, so
  * AddressSanitizer sees any read past them. Exit status is non-zero on any
  * failure; the last line reads "attention: N passed, M failed".
  */
 #include "internal.h"
+#include "amx.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -50,8 +57,10 @@ static void reference(double *o, const float *q, const float *keys, const float 
     free(p);
 }
 
-static void test_case(const qw_kernels *k, int m, int group, int T, int hd, int causal) {
-    const int ldq = group * hd + 3, ldo = group * hd + 5, ldkv = hd + 16;
+static double worst; /* the largest |o - ref| / (1 + |ref|) of the AMX cases */
+
+static void test_case(const qw_kernels *k, int amx, int m, int group, int T, int hd, int causal) {
+    const int ldq = group * hd + 3, ldo = group * hd + 5, ldkv = amx ? hd : hd + 16; /* amx: the decoder's cache */
     const size_t kv_len = (size_t)(T - 1) * ldkv + hd, q_len = (size_t)(m - 1) * ldq + (size_t)group * hd;
     float *q = malloc(q_len * sizeof(float));
     float *kf = malloc(kv_len * sizeof(float)), *vf = malloc(kv_len * sizeof(float));
@@ -66,47 +75,67 @@ static void test_case(const qw_kernels *k, int m, int group, int T, int hd, int 
         kf[i] = qw_bf16_to_f32(kb[i]), vf[i] = qw_bf16_to_f32(vb[i]);
     }
     const int causal0 = causal ? T - m : -1; /* the last m positions query, each the keys up to itself */
-    qw_attention(k, o16, ldo, q, ldq, m, group, kb, vb, QW_BF16, ldkv, T, hd, causal0);
-    qw_attention(k, o32, ldo, q, ldq, m, group, kf, vf, QW_F32, ldkv, T, hd, causal0);
+    qw_attention(k, amx, o16, ldo, q, ldq, m, group, kb, vb, QW_BF16, ldkv, T, hd, causal0);
+    qw_attention(k, amx, o32, ldo, q, ldq, m, group, kf, vf, QW_F32, ldkv, T, hd, causal0);
     for (int h = 0; h < group; h++) /* each head alone */
-        qw_attention(k, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, QW_BF16, ldkv, T, hd, causal0);
+        qw_attention(k, amx, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, QW_BF16, ldkv, T, hd,
+                     causal0);
+    /* on tiles (8 queries and more) q and the probabilities are rounded to bf16 (8 bits): 2^-8 of the
+     * scores' and the outputs' size, not 1e-4 */
+    const double tol = amx && m >= 8 ? 1e-2 : 1e-4; /* 1.2e-3 seen */
     int same = 1, alone = 1, close = 1;
     for (int r = 0; r < m; r++)
         for (int h = 0; h < group; h++) {
             const size_t o = (size_t)r * ldo + (size_t)h * hd;
-            same &= !memcmp(o16 + o, o32 + o, (size_t)hd * sizeof(float));
+            same &= (amx && m >= 8) || !memcmp(o16 + o, o32 + o, (size_t)hd * sizeof(float)); /* tiles: bf16 only */
             alone &= !memcmp(o16 + o, one + o, (size_t)hd * sizeof(float));
             reference(ref, q + (size_t)r * ldq + (size_t)h * hd, kf, vf, ldkv, causal ? causal0 + r + 1 : T, hd);
-            for (int i = 0; i < hd; i++) close &= fabs(o16[o + i] - ref[i]) <= 1e-4 * (1.0 + fabs(ref[i]));
+            for (int i = 0; i < hd; i++) {
+                const double e = fabs(o16[o + i] - ref[i]) / (1.0 + fabs(ref[i]));
+                close &= e <= tol;
+                if (amx && m >= 8 && e > worst) worst = e;
+            }
         }
     if (same && alone && close) {
         passed++;
     } else {
         failed++;
-        printf("FAIL %s m=%d group=%d T=%d hd=%d causal=%d: bitwise f32 copy %d, each head alone %d, close to double %d\n",
-               k->name, m, group, T, hd, causal, same, alone, close);
+        printf("FAIL %s%s m=%d group=%d T=%d hd=%d causal=%d: bitwise f32 copy %d, each head alone %d, close to double %d\n",
+               k->name, amx ? " + amx" : "", m, group, T, hd, causal, same, alone, close);
     }
     free(q), free(kf), free(vf), free(kb), free(vb), free(o16), free(o32), free(one), free(ref);
 }
 
+/* Every case of one kernel table (amx: the GEMM way on AMX tiles). */
+static void test_table(const qw_kernels *k, int amx) {
+    static const int ms[] = {1, 3, 7, 8, 20}, Ts[] = {1, 5, 33, 200, 2100, 4100}, hds[] = {6, 64, 128};
+    const int before = failed;
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+        for (size_t j = 0; j < sizeof(Ts) / sizeof(Ts[0]); j++)
+            for (size_t h = 0; h < sizeof(hds) / sizeof(hds[0]); h++)
+                for (int causal = 0; causal < 2; causal++)
+                    for (int group = 1; group <= 3; group++)
+                        if (ms[i] <= Ts[j] && (Ts[j] < 4100 || hds[h] == 128))
+                            test_case(k, amx, ms[i], group, Ts[j], hds[h], causal);
+    printf("attention: %s%s tested, %d failures\n", k->name, amx ? " + amx" : "", failed - before);
+}
+
 int main(void) {
     static const int isas[] = {QWEN_ISA_SCALAR, QWEN_ISA_AVX2, QWEN_ISA_AVX512, QWEN_ISA_AVX512BF16, QWEN_ISA_NEON};
-    static const int ms[] = {1, 3, 7, 8, 20}, Ts[] = {1, 5, 33, 200, 2100, 4100}, hds[] = {6, 64, 128};
     for (size_t a = 0; a < sizeof(isas) / sizeof(isas[0]); a++) {
         const qw_kernels *k = qw_kernels_for(isas[a], NULL);
         if (!k) {
             printf("attention: kernel set %s not on this CPU, skipped\n", qwen_isa_name((qwen_isa)isas[a]));
             continue;
         }
-        const int before = failed;
-        for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
-            for (size_t j = 0; j < sizeof(Ts) / sizeof(Ts[0]); j++)
-                for (size_t h = 0; h < sizeof(hds) / sizeof(hds[0]); h++)
-                    for (int causal = 0; causal < 2; causal++)
-                        for (int group = 1; group <= 3; group++)
-                            if (ms[i] <= Ts[j] && (Ts[j] < 4100 || hds[h] == 128))
-                                test_case(k, ms[i], group, Ts[j], hds[h], causal);
-        printf("attention: %s tested, %d failures\n", k->name, failed - before);
+        test_table(k, 0);
+    }
+    const qw_kernels *bf16 = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
+    if (qw_amx_available() && bf16) { /* precision FAST's attention: with the AVX-512 BF16 table, as the library */
+        test_table(bf16, 1);
+        printf("attention: amx largest error %.2g of 1 + |ref|\n", worst);
+    } else {
+        printf("attention: amx not available on this CPU, skipped\n");
     }
     printf("attention: %d passed, %d failed\n", passed, failed);
     return failed != 0;
