@@ -25,7 +25,9 @@
  *                                     64 bytes (one 512-bit dot-product operand)
  *   scale [N16 / 16][ng][16]          f32 sw
  *   zsum  [N16 / 16][ng][16]          int32 -128 * sum_{k in g} q[n, k]: the
- *                                     offset of qa + 128 taken back out
+ *                                     offset of qa + 128 taken back out (the
+ *                                     VNNI tables' decode steps, up to 16 rows,
+ *                                     sum the weights they stream instead)
  */
 #ifndef QWEN_QUANT_H
 #define QWEN_QUANT_H

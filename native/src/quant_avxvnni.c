@@ -20,7 +20,7 @@
 #define Q8V_MR 6 /* rows of C per tile: 12 int32 sums in registers */
 
 QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int nr,
-                        const float *bias) {
+                        const float *bias, int ZS) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *qb = W->q + (size_t)b * 16 * Kp;
     const float *sb = W->scale + (size_t)b * ng * 16;
@@ -29,13 +29,19 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
     for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
     for (int g = 0; g < ng; g++) {
         const int kq0 = g * (QW_Q8_GROUP / 4), kq1 = kq0 + QW_Q8_GROUP / 4 < kq4 ? kq0 + QW_Q8_GROUP / 4 : kq4;
-        const __m256i z0 = _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16));
-        const __m256i z1 = _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16 + 8));
-        __m256i d[Q8V_MR][2];
+        /* ZS: zsum from the weights on the way (as the AVX-512 VNNI table's decode steps) */
+        const __m256i z0 = ZS ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16));
+        const __m256i z1 = ZS ? z0 : _mm256_loadu_si256((const __m256i *)(const void *)(zb + g * 16 + 8));
+        const __m256i c128 = _mm256_set1_epi8((char)0x80); /* unsigned 128 */
+        __m256i d[Q8V_MR][2], zs0 = _mm256_setzero_si256(), zs1 = zs0;
         for (int r = 0; r < R; r++) d[r][0] = z0, d[r][1] = z1;
         for (int kq = kq0; kq < kq1; kq++) {
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(qb + (size_t)kq * 64));
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(qb + (size_t)kq * 64 + 32));
+            if (ZS) {
+                zs0 = _mm256_dpbusd_avx_epi32(zs0, c128, w0);
+                zs1 = _mm256_dpbusd_avx_epi32(zs1, c128, w1);
+            }
             for (int r = 0; r < R; r++) {
                 int32_t a4;
                 __builtin_memcpy(&a4, qa + (size_t)r * Kp + (size_t)kq * 4, 4);
@@ -44,6 +50,8 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
                 d[r][1] = _mm256_dpbusd_avx_epi32(d[r][1], a, w1);
             }
         }
+        if (ZS) /* sum (qa + 128) q - 128 sum q = sum qa q, exactly */
+            for (int r = 0; r < R; r++) d[r][0] = _mm256_sub_epi32(d[r][0], zs0), d[r][1] = _mm256_sub_epi32(d[r][1], zs1);
         const __m256 sw0 = _mm256_loadu_ps(sb + g * 16), sw1 = _mm256_loadu_ps(sb + g * 16 + 8);
         for (int r = 0; r < R; r++) {
             const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
@@ -60,24 +68,32 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
     }
 }
 
+/* A tile of `rows` rows (a compile-time count in each case); ZS a constant too. */
+#define Q8V_ROWS(rows, ZS)                                                                                             \
+    switch (rows) {                                                                                                    \
+    case 1: q8v_tile(1, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                 \
+    case 2: q8v_tile(2, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                 \
+    case 3: q8v_tile(3, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                 \
+    case 4: q8v_tile(4, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                 \
+    case 5: q8v_tile(5, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                 \
+    default: q8v_tile(6, c, ldc, qa, sa, W, n / 16, nr, bn, ZS); break;                                                \
+    }
+
 static void matmul_q8_avxvnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
                               int n1) {
     for (int n = n0; n < n1; n += 16) {
         const int nr = n1 - n < 16 ? n1 - n : 16;
         const float *bn = bias ? bias + n : NULL;
         const int passes = (M + Q8V_MR - 1) / Q8V_MR, per = (M + passes - 1) / passes; /* 8 rows: 4 + 4 */
+        const int zs = M <= 16; /* a decode step: bound by the bytes, where zsum's are 6% */
         for (int m = 0; m < M; m += per) {
             float *c = C + (size_t)m * ldc + n;
             const uint8_t *qa = A->q + (size_t)m * A->Kp;
             const float *sa = A->scale + (size_t)m * A->ng;
-            switch (M - m < per ? M - m : per) {
-            case 1: q8v_tile(1, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 2: q8v_tile(2, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 3: q8v_tile(3, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 4: q8v_tile(4, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            case 5: q8v_tile(5, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            default: q8v_tile(6, c, ldc, qa, sa, W, n / 16, nr, bn); break;
-            }
+            if (zs)
+                Q8V_ROWS(M - m < per ? M - m : per, 1)
+            else
+                Q8V_ROWS(M - m < per ? M - m : per, 0)
         }
     }
 }
