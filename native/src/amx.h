@@ -56,6 +56,12 @@ void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K);
  * per thread: each call loads its tile config and releases it). */
 void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
                    int K, int n0, int n1);
+/* A's rows rounded to bf16 as qw_amx_matmul rounds them: Ab[m, k] = bf16(A[m, k]) for k < K, zeros to
+ * Kp = K rounded up to 32 (row stride Kp). A product's slices then share one rounding of A. */
+void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K);
+/* qw_amx_matmul on A rounded by qw_amx_round_rows: the same bits. */
+void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
+                           int K, int n0, int n1);
 /* 1 when a small product with partial tiles (qw_amx_pack + qw_amx_matmul) agrees with a
  * double-precision sum; qwen_load runs it once before it puts a model on the tiles, and keeps
  * the other kernels if it fails. Only after qw_amx_available() returned 1. */
@@ -73,6 +79,13 @@ static inline void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, in
 static inline void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias,
                                  int M, int N, int K, int n0, int n1) {
     (void)C, (void)ldc, (void)A, (void)lda, (void)packed, (void)bias, (void)M, (void)N, (void)K, (void)n0, (void)n1;
+}
+static inline void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
+    (void)Ab, (void)A, (void)lda, (void)M, (void)K;
+}
+static inline void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias,
+                                         int M, int N, int K, int n0, int n1) {
+    (void)C, (void)ldc, (void)Ab, (void)packed, (void)bias, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
 static inline int qw_amx_selfcheck(void) { return 0; }
 #endif

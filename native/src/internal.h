@@ -263,6 +263,8 @@ struct qwen_context {
     qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT) or QW_BF16 (FAST) */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
+    uint16_t *amx_a;            /* activations rounded to bf16 for an AMX product, grown as needed */
+    size_t amx_a_size;
     char kernels_name[64];
     qw_pool *pool;
     int n_threads;

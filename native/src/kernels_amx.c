@@ -62,6 +62,8 @@
 #define qw_amx_pack qw_amx_emu_pack
 #define qw_amx_pack_bf16_t qw_amx_emu_pack_bf16_t
 #define qw_amx_matmul qw_amx_emu_matmul
+#define qw_amx_round_rows qw_amx_emu_round_rows
+#define qw_amx_matmul_rounded qw_amx_emu_matmul_rounded
 #define qw_amx_selfcheck qw_amx_emu_selfcheck
 #endif
 
@@ -244,10 +246,15 @@ typedef struct {
     const uint16_t *B0, *B1; /* tiles (nt, 0) and (nt + 1, 0) of packed */
     const float *bias; /* bias + n, or NULL */
     int mb, nr, K, KT;
+    /* The next column block's tiles, fetched into L2 a few lines a step while this block's rows run:
+     * its first row block then finds them there, not in DRAM (a tile load that misses stalls where
+     * vector loads would have been prefetched). Advanced by every block of the column. */
+    const char *ahead, *ahead_end;
+    int ahead_lines; /* per step */
 } amx_block_args;
 
 /* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
-AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
+AMX_INLINE void amx_block(amx_block_args *b, int TWO_M, int TWO_N) {
     const size_t Kp = (size_t)b->KT * AMX_KSTEP;
     uint16_t step[AMX_MB * AMX_KSTEP] __attribute__((aligned(64))); /* 2 KiB: A per step, without a panel */
     _tile_zero(0);
@@ -264,6 +271,8 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
             QW_AMX_BARRIER(step);
         }
+        for (int i = 0; i < b->ahead_lines && b->ahead < b->ahead_end; i++, b->ahead += 64)
+            __builtin_prefetch(b->ahead, 0, 2);
         _tile_loadd(4, a, as * 2);
         if (TWO_M) _tile_loadd(5, a + AMX_TROWS * as, as * 2);
         _tile_loadd(6, b->B0 + (size_t)kt * AMX_TILE, 64);
@@ -314,6 +323,11 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.B0 = packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
         b.B1 = b.B0 + (size_t)KT * AMX_TILE; /* read only when nr > 16 */
         b.bias = bias ? bias + n : NULL;
+        const int nt1 = (n1 + AMX_TCOLS - 1) / AMX_TCOLS, next = (n + AMX_NB) / AMX_TCOLS; /* tile columns */
+        const int ahead_nt = next >= nt1 ? 0 : nt1 - next < 2 ? nt1 - next : 2, blocks = (rows + AMX_MB - 1) / AMX_MB;
+        b.ahead = (const char *)(packed + (size_t)next * KT * AMX_TILE);
+        b.ahead_end = b.ahead + (size_t)ahead_nt * KT * AMX_TILE * sizeof(uint16_t);
+        b.ahead_lines = (int)(((size_t)ahead_nt * KT * 16 + (size_t)blocks * KT - 1) / ((size_t)blocks * KT));
         for (int m = 0; m < rows; m += AMX_MB) {
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
             b.C = C + (size_t)m * ldc + n;
@@ -329,9 +343,10 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
     }
 }
 
-/* qw_amx_matmul; stepwise: round A per step (the path taken when the panel cannot be allocated). */
-static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
-                       int K, int n0, int n1, int stepwise) {
+/* qw_amx_matmul; stepwise: round A per step (the path taken when the panel cannot be allocated);
+ * Ab: A already rounded (qw_amx_round_rows, row stride Kp), the panels are its rows. */
+static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_t *Ab, const void *packed,
+                       const float *bias, int M, int N, int K, int n0, int n1, int stepwise) {
     if (n1 > N) n1 = N;
     if (M <= 0 || n0 < 0 || n1 <= n0) return;
     if (K <= 0) { /* no k: the bias (or zeros), as an empty tile chain gives it */
@@ -344,7 +359,7 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *p
     if (P < AMX_MB) P = AMX_MB;
     if (P > M) P = M;
     uint16_t *panel = NULL; /* row stride Kp, 64-byte aligned rows */
-    if (!stepwise) panel = aligned_alloc(64, (size_t)P * row_bytes);
+    if (!stepwise && !Ab) panel = aligned_alloc(64, (size_t)P * row_bytes);
     int config = -1; /* rows of the blocks the tiles are configured for */
     for (int p0 = 0; p0 < M; p0 += P) {
         const int pr = M - p0 < P ? M - p0 : P, whole = pr / AMX_MB * AMX_MB;
@@ -354,16 +369,17 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *p
             amx_round(panel, Kp, Ap, lda, pr, 0, (int)Kp, K);
             QW_AMX_BARRIER(panel);
         }
+        const uint16_t *pa = Ab ? Ab + (size_t)p0 * Kp : panel;
         float *Cp = C + (size_t)p0 * ldc;
         if (whole) {
             if (config != AMX_MB) qw_amx_configure(AMX_TROWS, AMX_TROWS), config = AMX_MB;
-            amx_rows(Cp, ldc, Ap, lda, panel, (const uint16_t *)packed, bias, whole, K, n0, n1);
+            amx_rows(Cp, ldc, Ap, lda, pa, (const uint16_t *)packed, bias, whole, K, n0, n1);
         }
         if (pr > whole) { /* the last rows of A: one block of 1..31 rows */
             const int r = pr - whole;
             if (config != r) qw_amx_configure(r < AMX_TROWS ? r : AMX_TROWS, r > AMX_TROWS ? r - AMX_TROWS : 0), config = r;
             amx_rows(Cp + (size_t)whole * ldc, ldc, Ap + (size_t)whole * lda, lda,
-                     panel ? panel + (size_t)whole * Kp : NULL, (const uint16_t *)packed, bias, r, K, n0, n1);
+                     pa ? pa + (size_t)whole * Kp : NULL, (const uint16_t *)packed, bias, r, K, n0, n1);
         }
     }
     _tile_release();
@@ -373,7 +389,16 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const void *p
 
 void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
                    int K, int n0, int n1) {
-    amx_matmul(C, ldc, A, lda, packed, bias, M, N, K, n0, n1, 0);
+    amx_matmul(C, ldc, A, lda, NULL, packed, bias, M, N, K, n0, n1, 0);
+}
+
+void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
+    amx_round(Ab, (size_t)round_up(K, AMX_KSTEP), A, lda, M, 0, round_up(K, AMX_KSTEP), K);
+}
+
+void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
+                           int K, int n0, int n1) {
+    amx_matmul(C, ldc, NULL, 0, Ab, packed, bias, M, N, K, n0, n1, 0);
 }
 
 /* ==== Self-check ==== */

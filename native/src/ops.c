@@ -24,6 +24,7 @@ typedef struct {
     int tasks_per_mat[4];
     const qw_q8_kernels *q8;
     qw_q8_act act;              /* A quantized by rows, for int8 weights */
+    const uint16_t *Ab;         /* A rounded to bf16 once for AMX weights (row stride K rounded to 32), or NULL */
 } mm_job;
 
 typedef struct {
@@ -39,6 +40,34 @@ static void q8_quant_task(void *arg, int t) {
     const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
     j->k->quantize_rows(j->q + (size_t)r0 * j->Kp, j->scale + (size_t)r0 * j->ng, j->A + (size_t)r0 * j->K, j->K,
                         r1 - r0, j->K, j->Kp, j->ng);
+}
+
+typedef struct {
+    uint16_t *Ab;
+    const float *A;
+    int M, K, rows_per_task;
+} amx_round_job;
+
+static void amx_round_task(void *arg, int t) {
+    amx_round_job *j = arg;
+    const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
+    qw_amx_round_rows(j->Ab + (size_t)r0 * ((j->K + 31) / 32 * 32), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
+}
+
+/* A rounded to bf16 once for all the slices of a product on AMX tiles (each slice rounded all of A
+ * itself before: 4 times a product with 2 threads, 10% of an encoder's time), across the pool; NULL
+ * when the buffer cannot grow (the slices round A themselves then, the same bits). */
+static const uint16_t *amx_round_once(qwen_context *ctx, const float *A, int M, int K) {
+    const size_t need = (size_t)M * (size_t)((K + 31) / 32 * 32) * sizeof(uint16_t);
+    if (need > ctx->amx_a_size) {
+        free(ctx->amx_a);
+        ctx->amx_a = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        ctx->amx_a_size = ctx->amx_a ? need : 0;
+        if (!ctx->amx_a) return NULL;
+    }
+    amx_round_job j = {ctx->amx_a, A, M, K, 8};
+    qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, amx_round_task, &j);
+    return ctx->amx_a;
 }
 
 /* A's rows quantized for W's int8 product: across the pool for a batch's or a prefill's rows
@@ -61,7 +90,9 @@ static void mm_task(void *arg, int t) {
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
-    else if (W->dt == QW_AMX) /* each element one chain over k: batch-invariant too (amx.h) */
+    else if (W->dt == QW_AMX && j->Ab) /* each element one chain over k: batch-invariant too (amx.h) */
+        qw_amx_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->rows, W->cols, n0, n1);
+    else if (W->dt == QW_AMX)
         qw_amx_matmul(j->C[i], W->rows, j->A, W->cols, W->data, b, j->M, W->rows, W->cols, n0, n1);
 #ifdef QW_X86
     else if (W->dt == QW_BF16P) /* the BF16 set's product on weights packed at load */
@@ -89,7 +120,7 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     int per = total_rows / (threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
-    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}};
+    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}, NULL};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
         if (qw_q8_act_bytes(M, q->K) > ctx->q8_act_size) { /* qw_q8_reserve was not called: a bug */
@@ -98,6 +129,9 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
         }
         j.act = q8_quantize(ctx, A, M, q);
     }
+    int amx_all = 1; /* all on tiles with one K: A rounded once */
+    for (int i = 0; i < n; i++) amx_all &= W[i]->dt == QW_AMX && W[i]->cols == W[0]->cols;
+    if (amx_all) j.Ab = amx_round_once(ctx, A, M, W[0]->cols);
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;

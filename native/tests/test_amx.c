@@ -67,6 +67,8 @@
 #undef qw_amx_pack
 #undef qw_amx_pack_bf16_t
 #undef qw_amx_matmul
+#undef qw_amx_round_rows
+#undef qw_amx_matmul_rounded
 
 #include <math.h>
 #include <pthread.h>
@@ -454,12 +456,24 @@ static void test_case(int M, int K, int N, int n0, int n1, qw_dtype dt, int with
           M, K, N, n0, n1, dt_name(dt), with_bias, untouched, bitwise, n_diff, close, worst, faults, released);
     if (stepwise) { /* no panel: A rounded per step */
         float *S = new_c(&c);
-        amx_matmul(S, c.ldc, A, c.lda, packed, c.bias, M, N, K, n0, n1, 1);
+        amx_matmul(S, c.ldc, A, c.lda, NULL, packed, c.bias, M, N, K, n0, n1, 1);
         int same = 1;
         for (size_t i = 0; i < (size_t)(M - 1) * c.ldc + N; i++) same &= f2u(S[i]) == f2u(C[i]);
         check(same && qw_amx_emu.faults == f0, "emulated", "per-step path M=%d K=%d N=%d n=[%d,%d) %s: same bits", M,
               K, N, n0, n1, dt_name(dt));
         free(S);
+    }
+    { /* A rounded once for all slices (qw_amx_round_rows, as the library's products do): the same bits */
+        const size_t Kp = ((size_t)K + 31) / 32 * 32;
+        uint16_t *Ab = malloc((size_t)M * Kp * sizeof(uint16_t));
+        float *R = new_c(&c);
+        qw_amx_emu_round_rows(Ab, A, c.lda, M, K);
+        qw_amx_emu_matmul_rounded(R, c.ldc, Ab, packed, c.bias, M, N, K, n0, n1);
+        int same = 1;
+        for (size_t i = 0; i < (size_t)(M - 1) * c.ldc + N; i++) same &= f2u(R[i]) == f2u(C[i]);
+        check(same && qw_amx_emu.faults == f0, "emulated", "A rounded once M=%d K=%d N=%d n=[%d,%d) %s: same bits", M,
+              K, N, n0, n1, dt_name(dt));
+        free(R), free(Ab);
     }
 #if HAVE_NATIVE
     if (native) {
