@@ -94,7 +94,7 @@ typedef struct {
     int max_context;        /* KV capacity of one sequence in tokens (prompt + generated); 0 = 8192 */
     int max_sequences;      /* slots: sequences held at once; 0 = 1 */
     int64_t kv_budget_tokens; /* KV tokens reserved across all sequences at most; 0 = no limit */
-    int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 64 */
+    int prefill_chunk;      /* prompt tokens per prefill unit of qwen_step; 0 = 96 */
     qwen_precision precision; /* EXACT by default */
     int encoder_cache_windows; /* completed encoder windows (8 s each) kept for reuse; 0 = 32, < 0 = none */
     int64_t prefix_cache_tokens; /* KV rows of prompt prefixes kept for reuse (229 KB each for both

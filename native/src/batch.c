@@ -445,7 +445,7 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     ctx->max_seqs = p->max_sequences > 0 ? p->max_sequences : 1;
     if (ctx->max_seqs > MAX_SEQUENCES) ctx->max_seqs = MAX_SEQUENCES;
     ctx->max_context = p->max_context > 0 ? p->max_context : 8192;
-    ctx->prefill_chunk = p->prefill_chunk > 0 ? p->prefill_chunk : 64;
+    ctx->prefill_chunk = p->prefill_chunk > 0 ? p->prefill_chunk : 96;
     ctx->kv_budget = p->kv_budget_tokens > 0 ? p->kv_budget_tokens : 0;
     ctx->seqs = calloc((size_t)ctx->max_seqs, sizeof(qw_seq));
     ctx->groups = calloc((size_t)ctx->max_seqs, sizeof(qw_dec_group));
