@@ -246,15 +246,10 @@ typedef struct {
     const uint16_t *B0, *B1; /* tiles (nt, 0) and (nt + 1, 0) of packed */
     const float *bias; /* bias + n, or NULL */
     int mb, nr, K, KT;
-    /* The next column block's tiles, fetched into L2 a few lines a step while this block's rows run:
-     * its first row block then finds them there, not in DRAM (a tile load that misses stalls where
-     * vector loads would have been prefetched). Advanced by every block of the column. */
-    const char *ahead, *ahead_end;
-    int ahead_lines; /* per step */
 } amx_block_args;
 
 /* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
-AMX_INLINE void amx_block(amx_block_args *b, int TWO_M, int TWO_N) {
+AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
     const size_t Kp = (size_t)b->KT * AMX_KSTEP;
     uint16_t step[AMX_MB * AMX_KSTEP] __attribute__((aligned(64))); /* 2 KiB: A per step, without a panel */
     _tile_zero(0);
@@ -271,8 +266,6 @@ AMX_INLINE void amx_block(amx_block_args *b, int TWO_M, int TWO_N) {
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
             QW_AMX_BARRIER(step);
         }
-        for (int i = 0; i < b->ahead_lines && b->ahead < b->ahead_end; i++, b->ahead += 64)
-            __builtin_prefetch(b->ahead, 0, 2);
         _tile_loadd(4, a, as * 2);
         if (TWO_M) _tile_loadd(5, a + AMX_TROWS * as, as * 2);
         _tile_loadd(6, b->B0 + (size_t)kt * AMX_TILE, 64);
@@ -323,11 +316,6 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.B0 = packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
         b.B1 = b.B0 + (size_t)KT * AMX_TILE; /* read only when nr > 16 */
         b.bias = bias ? bias + n : NULL;
-        const int nt1 = (n1 + AMX_TCOLS - 1) / AMX_TCOLS, next = (n + AMX_NB) / AMX_TCOLS; /* tile columns */
-        const int ahead_nt = next >= nt1 ? 0 : nt1 - next < 2 ? nt1 - next : 2, blocks = (rows + AMX_MB - 1) / AMX_MB;
-        b.ahead = (const char *)(packed + (size_t)next * KT * AMX_TILE);
-        b.ahead_end = b.ahead + (size_t)ahead_nt * KT * AMX_TILE * sizeof(uint16_t);
-        b.ahead_lines = (int)(((size_t)ahead_nt * KT * 16 + (size_t)blocks * KT - 1) / ((size_t)blocks * KT));
         for (int m = 0; m < rows; m += AMX_MB) {
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
             b.C = C + (size_t)m * ldc + n;

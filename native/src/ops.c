@@ -48,17 +48,20 @@ typedef struct {
     int M, K, rows_per_task;
 } amx_round_job;
 
+/* Row stride of A rounded for the tiles (amx.h: K rounded up to 32). */
+static size_t amx_kp(int K) { return ((size_t)K + 31) / 32 * 32; }
+
 static void amx_round_task(void *arg, int t) {
     amx_round_job *j = arg;
     const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
-    qw_amx_round_rows(j->Ab + (size_t)r0 * ((j->K + 31) / 32 * 32), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
+    qw_amx_round_rows(j->Ab + (size_t)r0 * amx_kp(j->K), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
 }
 
 /* A rounded to bf16 once for all the slices of a product on AMX tiles (each slice rounded all of A
  * itself before: 4 times a product with 2 threads, 10% of an encoder's time), across the pool; NULL
  * when the buffer cannot grow (the slices round A themselves then, the same bits). */
 static const uint16_t *amx_round_once(qwen_context *ctx, const float *A, int M, int K) {
-    const size_t need = (size_t)M * (size_t)((K + 31) / 32 * 32) * sizeof(uint16_t);
+    const size_t need = (size_t)M * amx_kp(K) * sizeof(uint16_t);
     if (need > ctx->amx_a_size) {
         free(ctx->amx_a);
         ctx->amx_a = aligned_alloc(64, (need + 63) & ~(size_t)63);
