@@ -16,6 +16,29 @@
 
 #include <stddef.h>
 
+/* A 3x3 convolution of stride 2 with zero padding 1 on the tiles, implicitly: no im2col, each A tile
+ * read from the input as it is.
+ *   in: bf16 [Ti + 2][Fi + 2][Cin], the input time-major and channel-last with a zero border;
+ *   packed: qw_amx_pack of W[Cout][3][3][Cin] (K = 9 Cin, k = (3 ky + kx) Cin + c); bias[Cout] or NULL;
+ *   output row m = to Fo + fo, m < To Fo (To = (Ti + 1) / 2, Fo = (Fi + 1) / 2).
+ * out(m)[n] = act(chain + bias[n]) for n in [n0, n1), where chain is qw_amx_matmul's over the row's
+ * im2col (input at time 2 to - 1 + kx, frequency 2 fo - 1 + ky, zero outside): the same bits as
+ * im2col + qw_amx_matmul + act. Written as f32 to out_f32 + m * ldo, or rounded as qw_amx_round_rows
+ * does to out_bf16 + ((to + 1) (Fo + 2) + fo + 1) * ldo: the next convolution's padded input.
+ * Needs Cin % 32 == 0 and Fo % 16 == 0 (a tile's 16 rows are one time step's frequencies); n0 a
+ * multiple of 16. Safe from several threads on disjoint column slices, as qw_amx_matmul. */
+typedef struct {
+    const uint16_t *in;
+    int Ti, Fi, Cin;
+    const void *packed;
+    const float *bias;
+    int Cout;
+    void (*act)(float *x, int n); /* in place on the f32 results, or NULL */
+    float *out_f32;               /* or NULL: out_bf16 */
+    uint16_t *out_bf16;
+    int ldo;
+} qw_amx_conv;
+
 /* 1 when the CPU has AMX-TILE + AMX-BF16 (CPUID.(7,0):EDX bits 24, 22), the OS
  * enables tile state in XCR0 (bits 17 and 18, read with xgetbv), and
  * arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18) succeeded (Linux >=
@@ -62,6 +85,7 @@ void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K);
 /* qw_amx_matmul on A rounded by qw_amx_round_rows: the same bits. */
 void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
                            int K, int n0, int n1);
+void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1);
 /* 1 when a small product with partial tiles (qw_amx_pack + qw_amx_matmul) agrees with a
  * double-precision sum; qwen_load runs it once before it puts a model on the tiles, and keeps
  * the other kernels if it fails. Only after qw_amx_available() returned 1. */
@@ -87,6 +111,7 @@ static inline void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, 
                                          int M, int N, int K, int n0, int n1) {
     (void)C, (void)ldc, (void)Ab, (void)packed, (void)bias, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
+static inline void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) { (void)c, (void)n0, (void)n1; }
 static inline int qw_amx_selfcheck(void) { return 0; }
 #endif
 

@@ -227,7 +227,7 @@ static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logi
 
 /* ==== Admission work: one encoder window or one prefill chunk ==== */
 
-static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) {
+static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int alone, int32_t *token) {
     const qw_config *c = &ctx->cfg;
     const int H = c->hidden;
     *token = -1;
@@ -235,30 +235,43 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int32_t *token) 
     ctx->abort_ud = s->abort_ud;
     qwen_status st = QWEN_OK;
     if (s->state == QW_SEQ_ENCODE) {
-        /* Complete windows found in the cache cost no unit: take them all, then encode one. */
+        /* Complete windows found in the cache cost no unit: take them all, then encode one (or, with
+         * no sequence decoding, the next few in one pass). */
         const int wf = qw_encoder_window_frames(ctx);
         while (s->state == QW_SEQ_ENCODE) {
             const int w = s->windows_done;
-            const int64_t t0w = qw_encoder_window_start(ctx, s->n_frames, w);
-            float *out = s->emb + (size_t)t0w * H;
-            const size_t n_out = (size_t)(qw_encoder_window_start(ctx, s->n_frames, w + 1) - t0w) * H;
-            const int64_t f0 = (int64_t)w * wf;
-            const int complete = f0 + wf <= s->n_frames;
             const double t0 = qw_now_ms();
-            uint64_t hash = 0;
-            const int hit = complete && qw_enc_cache_get(&ctx->enc_cache, s->mel, s->n_frames, f0, wf, c->n_mels,
-                                                         out, n_out, &hash);
+            uint64_t hash[QW_MAX_WINDOWS_PER_PASS] = {0};
+            int w1 = w; /* encode windows [w, w1) */
+            int hit = 0, hit_next = 0;
+            for (; w1 < s->n_windows && w1 - w < (alone ? ctx->enc_windows_per_pass : 1); w1++) {
+                const int64_t t0w = qw_encoder_window_start(ctx, s->n_frames, w1), f0 = (int64_t)w1 * wf;
+                const size_t n_out = (size_t)(qw_encoder_window_start(ctx, s->n_frames, w1 + 1) - t0w) * H;
+                if (f0 + wf <= s->n_frames && qw_enc_cache_get(&ctx->enc_cache, s->mel, s->n_frames, f0, wf,
+                                                               c->n_mels, s->emb + (size_t)t0w * H, n_out,
+                                                               &hash[w1 - w])) {
+                    hit = w1 == w, hit_next = w1 > w; /* a later window found: taken after this pass */
+                    break;
+                }
+            }
             if (!hit) {
-                st = qw_encode(ctx, s->mel, s->n_frames, w, w + 1, out);
-                if (st == QWEN_OK && complete)
-                    qw_enc_cache_put(&ctx->enc_cache, hash, s->mel, s->n_frames, f0, wf, c->n_mels, out, n_out);
+                st = qw_encode(ctx, s->mel, s->n_frames, w, w1,
+                               s->emb + (size_t)qw_encoder_window_start(ctx, s->n_frames, w) * H);
+                for (int i = w; st == QWEN_OK && i < w1; i++) {
+                    const int64_t t0w = qw_encoder_window_start(ctx, s->n_frames, i), f0 = (int64_t)i * wf;
+                    const size_t n_out = (size_t)(qw_encoder_window_start(ctx, s->n_frames, i + 1) - t0w) * H;
+                    if (f0 + wf <= s->n_frames)
+                        qw_enc_cache_put(&ctx->enc_cache, hash[i - w], s->mel, s->n_frames, f0, wf, c->n_mels,
+                                         s->emb + (size_t)t0w * H, n_out);
+                }
             }
             s->t_enc += qw_now_ms() - t0;
-            if (!hit && st != QWEN_OK) {
+            if (st != QWEN_OK) {
                 ctx->abort_cb = NULL;
                 return st;
             }
-            if (++s->windows_done == s->n_windows) {
+            s->windows_done = hit ? w + 1 : w1 + hit_next;
+            if (s->windows_done == s->n_windows) {
                 free(s->mel);
                 s->mel = NULL;
                 s->state = QW_SEQ_PREFILL;
@@ -341,7 +354,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     if (admit && !join) {
         const int slot = (int)(admit - ctx->seqs);
         int32_t token;
-        qwen_status st = admission_unit(ctx, admit, &token);
+        qwen_status st = admission_unit(ctx, admit, !m, &token);
         if (st < 0) qw_seq_release(ctx, admit);
         /* QWEN_DONE with token -1: an aligner's pass ended */
         if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
@@ -446,6 +459,9 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     if (ctx->max_seqs > MAX_SEQUENCES) ctx->max_seqs = MAX_SEQUENCES;
     ctx->max_context = p->max_context > 0 ? p->max_context : 8192;
     ctx->prefill_chunk = p->prefill_chunk > 0 ? p->prefill_chunk : 96;
+    ctx->enc_windows_per_pass = p->encoder_windows_per_pass > 0 && p->encoder_windows_per_pass < QW_MAX_WINDOWS_PER_PASS
+                                    ? p->encoder_windows_per_pass
+                                    : QW_MAX_WINDOWS_PER_PASS;
     ctx->kv_budget = p->kv_budget_tokens > 0 ? p->kv_budget_tokens : 0;
     ctx->seqs = calloc((size_t)ctx->max_seqs, sizeof(qw_seq));
     ctx->groups = calloc((size_t)ctx->max_seqs, sizeof(qw_dec_group));

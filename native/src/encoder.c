@@ -9,9 +9,12 @@
  *
  * Activations of the conv stem are kept channel-last ([F][T][C]) so that
  * im2col copies runs of C channels; the conv weights are re-ordered to match
- * once, at load time.
+ * once, at load time. On AMX tiles (FAST) conv2 and conv3 skip the im2col
+ * (stem_on_tiles below). conv_out takes all the call's time steps at once.
  */
 #include "internal.h"
+
+#include "amx.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -187,6 +190,78 @@ static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int 
     qw_gelu_mt(ctx, out, (size_t)Fo * To * W->rows);
 }
 
+/* ==== Conv stem on the tiles ==== */
+
+/* FAST on a CPU with AMX: the activations are time-major ([T][F][C]) bf16 copies with a zero border,
+ * from which conv2's and conv3's A tiles are read as they are (qw_amx_conv3x3): 16 output frequencies
+ * of one time step are 16 input rows 2 C apart. No im2col (conv2's was 14 MB a chunk, copied on one
+ * thread) and no rounding pass; GELU and the rounding for the next conv run in the products' epilogue
+ * on blocks still in L1, and conv3's rows land in the layout conv_out takes. Each element is the same
+ * chain, GELU and rounding as in conv3x3's path: the same bits (native/tests/test_amx.c for the
+ * convolution, tests/engine for the encoder's output). */
+static int stem_on_tiles(const qw_encoder *e, int F2, int F3, int C) {
+    return e->conv2.dt == QW_AMX && e->conv3.dt == QW_AMX && C % 32 == 0 && F2 % 16 == 0 && F3 % 16 == 0;
+}
+
+typedef struct {
+    qw_amx_conv c;
+    int per;
+} stem_conv_job;
+
+static void stem_conv_task(void *arg, int t) {
+    const stem_conv_job *j = arg;
+    qw_amx_conv3x3(&j->c, t * j->per, (t + 1) * j->per);
+}
+
+/* Column slices across the pool, 2 a thread (as qw_matmul_n for 16 rows and more). */
+static void stem_conv(qwen_context *ctx, const qw_amx_conv *c) {
+    int per = c->Cout / (2 * ctx->n_threads) + 1;
+    per = per < 16 ? 16 : (per + 15) & ~15;
+    stem_conv_job j = {*c, per};
+    qw_pool_run(ctx->pool, (c->Cout + per - 1) / per, stem_conv_task, &j);
+}
+
+typedef struct {
+    const qw_kernels *k;
+    float *a;     /* [T][F][C] */
+    uint16_t *ap; /* [T + 2][F + 2][C] */
+    int F, C;
+} stem_pad_job;
+
+/* Time step t of conv1's output: GELU, then into the padded bf16 input of conv2. */
+static void stem_pad_task(void *arg, int t) {
+    const stem_pad_job *j = arg;
+    float *a = j->a + (size_t)t * j->F * j->C;
+    j->k->gelu(a, j->F * j->C);
+    qw_amx_round_rows(j->ap + ((size_t)(t + 1) * (j->F + 2) + 1) * j->C, a, j->C, j->F, j->C);
+}
+
+/* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). a1: [T1][F1][C] f32;
+ * a1p, a2p: the padded bf16 inputs of conv2 and conv3, borders zero. */
+static void stem_tiles(qwen_context *ctx, float *out, const float *xin, int F, int Ti, float *cols, float *a1,
+                       uint16_t *a1p, uint16_t *a2p) {
+    const qw_encoder *e = &ctx->enc;
+    const int C = ctx->cfg.ds_hidden, F1 = conv_out_len(F), T1 = conv_out_len(Ti);
+    const int F2 = conv_out_len(F1), T2 = conv_out_len(T1);
+    /* conv1 (one input channel, K = 9): im2col time-major, then the product as in conv3x3 */
+    for (int to = 0; to < T1; to++)
+        for (int fo = 0; fo < F1; fo++) {
+            float *row = cols + ((size_t)to * F1 + fo) * 9;
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++) {
+                    const int fi = 2 * fo - 1 + ky, ti = 2 * to - 1 + kx;
+                    row[ky * 3 + kx] = fi < 0 || fi >= F || ti < 0 || ti >= Ti ? 0.0f : xin[(size_t)fi * Ti + ti];
+                }
+        }
+    qw_matmul(ctx, a1, cols, &e->conv1, e->conv1_b, T1 * F1);
+    stem_pad_job pj = {ctx->k, a1, a1p, F1, C};
+    qw_pool_run(ctx->pool, T1, stem_pad_task, &pj);
+    const qw_amx_conv c2 = {a1p, T1, F1, C, e->conv2.data, e->conv2_b, C, ctx->k->gelu, NULL, a2p, C};
+    stem_conv(ctx, &c2);
+    const qw_amx_conv c3 = {a2p, T2, F2, C, e->conv3.data, e->conv3_b, C, ctx->k->gelu, out, NULL, C};
+    stem_conv(ctx, &c3);
+}
+
 /* ==== Attention inside windows ==== */
 
 typedef struct {
@@ -229,10 +304,13 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     if (T3 > c->max_source_positions) return qw_fail(ctx, QWEN_ERR_INVALID, "chunk longer than max_source_positions");
 
     /* the largest im2col: conv2's ([F2 * T2, 9 * C]); conv1's has one input channel */
+    const int tiles = stem_on_tiles(e, F2, F3, C);
     size_t n_cols = (size_t)F2 * T2 * 9 * C > (size_t)F1 * T1 * 9 ? (size_t)F2 * T2 * 9 * C : (size_t)F1 * T1 * 9;
+    const size_t pad1 = (size_t)(T1 + 2) * (F1 + 2) * C, pad2 = (size_t)(T2 + 2) * (F2 + 2) * C; /* bf16 */
+    if (tiles) n_cols = (size_t)F1 * T1 * 9 + (pad1 + pad2 + 1) / 2;
     size_t need = (size_t)F * Lp                 /* chunk input */
                   + (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C + n_cols
-                  + (size_t)T3 * F3 * C          /* flattened */
+                  + (size_t)(n_tok + T3) * F3 * C /* flattened, all chunks (conv3's last rows past n_tok) */
                   + (size_t)n_tok * d * 5        /* x, q, k, v, attn */
                   + (size_t)n_tok * (ffn > d ? ffn : d);
     if (need > ctx->enc_scratch_size) {
@@ -245,10 +323,12 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     float *buf = ctx->enc_scratch;
     float *xin = buf, *a1 = xin + (size_t)F * Lp, *a2 = a1 + (size_t)F1 * T1 * C, *a3 = a2 + (size_t)F2 * T2 * C;
     float *cols = a3 + (size_t)F3 * T3 * C, *flat = cols + n_cols;
-    float *x = flat + (size_t)T3 * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
+    float *x = flat + (size_t)(n_tok + T3) * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
     float *v = kk + (size_t)n_tok * d, *att = v + (size_t)n_tok * d, *hbuf = att + (size_t)n_tok * d;
+    uint16_t *a1p = (uint16_t *)(void *)(cols + (size_t)F1 * T1 * 9), *a2p = a1p + pad1;
+    if (tiles) memset(a1p, 0, (pad1 + pad2) * sizeof(uint16_t)); /* the borders; the insides are written */
 
-    /* Conv stem, chunk by chunk. */
+    /* Conv stem, chunk by chunk, into flat[t][f * C + c]. */
     int64_t tok = 0;
     for (int ch = ch0; ch < ch1; ch++) {
         if (qw_aborted(ctx)) { return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
@@ -259,15 +339,28 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
             memcpy(xin + (size_t)f * Lp, mel + (size_t)f * n_frames + f0, (size_t)len * sizeof(float));
             memset(xin + (size_t)f * Lp + len, 0, (size_t)(Lp - len) * sizeof(float));
         }
-        conv3x3(ctx, a1, xin, F, Lp, 1, &e->conv1, e->conv1_b, cols);
-        conv3x3(ctx, a2, a1, F1, T1, C, &e->conv2, e->conv2_b, cols);
-        conv3x3(ctx, a3, a2, F2, T2, C, &e->conv3, e->conv3_b, cols);
-        int valid = chunk_tokens(len);
-        /* a3[F3][T3][C] -> flat[t][f*C + c] for the valid time steps */
-        for (int t = 0; t < valid; t++)
-            for (int f = 0; f < F3; f++)
-                memcpy(flat + ((size_t)t * F3 + f) * C, a3 + ((size_t)f * T3 + t) * C, (size_t)C * sizeof(float));
-        qw_matmul(ctx, x + (size_t)tok * d, flat, &e->conv_out, NULL, valid);
+        const int valid = chunk_tokens(len);
+        float *fl = flat + (size_t)tok * F3 * C;
+        if (tiles) {
+            stem_tiles(ctx, fl, xin, F, Lp, cols, a1, a1p, a2p);
+        } else {
+            conv3x3(ctx, a1, xin, F, Lp, 1, &e->conv1, e->conv1_b, cols);
+            conv3x3(ctx, a2, a1, F1, T1, C, &e->conv2, e->conv2_b, cols);
+            conv3x3(ctx, a3, a2, F2, T2, C, &e->conv3, e->conv3_b, cols);
+            /* a3[F3][T3][C] -> flat[t][f*C + c] for the valid time steps */
+            for (int t = 0; t < valid; t++)
+                for (int f = 0; f < F3; f++)
+                    memcpy(fl + ((size_t)t * F3 + f) * C, a3 + ((size_t)f * T3 + t) * C, (size_t)C * sizeof(float));
+        }
+        tok += valid;
+    }
+    /* conv_out for all the chunks at once (its 7680 x 896 weights read once, not once a chunk), then
+     * the position embedding, which restarts in every chunk */
+    qw_matmul(ctx, x, flat, &e->conv_out, NULL, (int)n_tok);
+    tok = 0;
+    for (int ch = ch0; ch < ch1; ch++) {
+        const int64_t f0 = (int64_t)ch * cl;
+        const int valid = chunk_tokens((int)(n_frames - f0 < cl ? n_frames - f0 : cl));
         for (int t = 0; t < valid; t++)
             for (int i = 0; i < d; i++) x[(size_t)(tok + t) * d + i] += e->pos[(size_t)t * d + i];
         tok += valid;

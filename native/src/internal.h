@@ -15,6 +15,11 @@
 
 /* ==== Config (config.json) ==== */
 #define QW_MAX_HEAD_DIM 4096 /* a larger head_dim is refused at load (a row's RoPE angles live on the stack) */
+/* Encoder windows one pass takes at most (qwen_params.encoder_windows_per_pass; a sequence's admission
+ * only when no other sequence is decoding): its products stream the encoder's weights once for all of
+ * them (a 10 s clip's 8 s and 2 s windows: 104 + 26 rows in one pass, where the 26-row pass cost as
+ * much weight traffic as the 104-row one). Capped so that a pass's scratch stays that of a 32 s clip. */
+#define QW_MAX_WINDOWS_PER_PASS 4
 typedef struct {
     /* audio encoder */
     int n_mels;          /* num_mel_bins */
@@ -276,6 +281,7 @@ struct qwen_context {
     /* sequences */
     qw_seq *seqs;               /* [max_seqs] */
     int max_seqs, max_context, prefill_chunk;
+    int enc_windows_per_pass; /* 1..QW_MAX_WINDOWS_PER_PASS (batch.c) */
     int64_t kv_budget, kv_reserved, n_admitted;
     int64_t prefill_joined;     /* prefill chunks that ran in a decode pass (FAST) */
     qw_dec_group *groups;       /* [max_seqs]: the decode pass of a step */

@@ -64,6 +64,7 @@
 #define qw_amx_matmul qw_amx_emu_matmul
 #define qw_amx_round_rows qw_amx_emu_round_rows
 #define qw_amx_matmul_rounded qw_amx_emu_matmul_rounded
+#define qw_amx_conv3x3 qw_amx_emu_conv3x3
 #define qw_amx_selfcheck qw_amx_emu_selfcheck
 #endif
 
@@ -387,6 +388,91 @@ void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
 void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
                            int K, int n0, int n1) {
     amx_matmul(C, ldc, NULL, 0, Ab, packed, bias, M, N, K, n0, n1, 0);
+}
+
+/* ==== 3x3 convolution of stride 2, implicit (qw_amx_conv3x3) ==== */
+
+#define CONV_PANEL_ROWS 128 /* output rows whose input (4 time steps of conv2: 570 KB) stays in L2 */
+
+/* One block of mb (16 or 32: M and the panels are multiples of 16) output rows x nr columns. An A tile
+ * is 16 output frequencies of one time step: for tap (ky, kx) and channels [cc, cc + 32) its rows are
+ * the input at frequencies 2 fo + ky, one every 2 Cin bf16 - read from the padded input as they are. The
+ * k steps run in the packed weights' order (tap by tap, 32 channels a step), so each element is the
+ * chain qw_amx_matmul forms over the im2col row. */
+AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int nr, int TWO_M, int TWO_N) {
+    const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, Cin = c->Cin, KT = 9 * Cin / AMX_KSTEP;
+    const size_t as = (size_t)4 * Cin; /* bytes from one output frequency's input to the next */
+    const int m1 = m0 + AMX_TROWS;
+    const uint16_t *a0 = c->in + ((size_t)2 * (m0 / Fo) * Fp + 2 * (m0 % Fo)) * Cin;
+    const uint16_t *a1 = c->in + ((size_t)2 * (m1 / Fo) * Fp + 2 * (m1 % Fo)) * Cin; /* read when TWO_M */
+    const uint16_t *b0 = (const uint16_t *)c->packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
+    const uint16_t *b1 = b0 + (size_t)KT * AMX_TILE; /* read when TWO_N */
+    _tile_zero(0);
+    if (TWO_N) _tile_zero(1);
+    if (TWO_M) _tile_zero(2);
+    if (TWO_M && TWO_N) _tile_zero(3);
+    for (int ky = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++) {
+            const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
+            for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
+                _tile_loadd(4, a0 + off + cc, as);
+                if (TWO_M) _tile_loadd(5, a1 + off + cc, as);
+                _tile_loadd(6, b0, 64);
+                if (TWO_N) _tile_loadd(7, b1, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                if (TWO_N) _tile_dpbf16ps(1, 4, 7);
+                if (TWO_M) _tile_dpbf16ps(2, 5, 6);
+                if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+    float S[AMX_MB * AMX_NB] __attribute__((aligned(64)));
+    _tile_stored(0, S, AMX_NB * 4);
+    if (TWO_N) _tile_stored(1, S + AMX_TCOLS, AMX_NB * 4);
+    if (TWO_M) _tile_stored(2, S + AMX_TROWS * AMX_NB, AMX_NB * 4);
+    if (TWO_M && TWO_N) _tile_stored(3, S + AMX_TROWS * AMX_NB + AMX_TCOLS, AMX_NB * 4);
+    QW_AMX_BARRIER(S);
+    if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
+        for (int r = 0; r < mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
+    if (c->bias)
+        for (int r = 0; r < mb; r++)
+            for (int j = 0; j < nr; j++) S[r * AMX_NB + j] += c->bias[n + j];
+    if (c->act) c->act(S, mb * AMX_NB);
+    for (int r = 0; r < mb; r++) {
+        const int m = m0 + r, to = m / Fo, fo = m % Fo;
+        const float *s = S + r * AMX_NB;
+        if (c->out_bf16) {
+            uint16_t *d = c->out_bf16 + ((size_t)(to + 1) * (Fo + 2) + fo + 1) * c->ldo + n;
+            for (int j = 0; j < nr; j++) d[j] = amx_bf16(s[j]);
+        } else {
+            float *d = c->out_f32 + (size_t)m * c->ldo + n;
+            for (int j = 0; j < nr; j++) d[j] = s[j];
+        }
+    }
+}
+
+void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
+    const int Fo = (c->Fi + 1) / 2, M = (c->Ti + 1) / 2 * Fo;
+    if (n1 > c->Cout) n1 = c->Cout;
+    if (M <= 0 || n0 < 0 || n1 <= n0) return;
+    qw_amx_configure(AMX_TROWS, AMX_TROWS);
+    /* A panel of output rows at a time: its input stays in L2 while every column block of the slice
+     * (32 columns x 9 Cin of weights each) meets it. */
+    for (int p0 = 0; p0 < M; p0 += CONV_PANEL_ROWS) {
+        const int p1 = M - p0 < CONV_PANEL_ROWS ? M : p0 + CONV_PANEL_ROWS;
+        for (int n = n0; n < n1; n += AMX_NB) {
+            const int nr = n1 - n < AMX_NB ? n1 - n : AMX_NB;
+            for (int m = p0; m < p1; m += AMX_MB) {
+                const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB;
+                switch ((mb > AMX_TROWS) << 1 | (nr > AMX_TCOLS)) {
+                case 3: amx_conv_block(c, m, mb, n, nr, 1, 1); break;
+                case 2: amx_conv_block(c, m, mb, n, nr, 1, 0); break;
+                case 1: amx_conv_block(c, m, mb, n, nr, 0, 1); break;
+                default: amx_conv_block(c, m, mb, n, nr, 0, 0); break;
+                }
+            }
+        }
+    }
+    _tile_release();
 }
 
 /* ==== Self-check ==== */

@@ -17,7 +17,7 @@
 
 const char *qwen_version(void) { return "0.1.0"; }
 
-qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0}; }
+qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0}; }
 
 qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL}; }
 
@@ -183,9 +183,10 @@ qwen_status qwen_encode_audio(qwen_context *ctx, const float *pcm, int64_t n_sam
     float *mel = malloc((size_t)ctx->cfg.n_mels * (size_t)nf * sizeof(float));
     if (!mel) return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for %lld mel frames", (long long)nf);
     qwen_status st = qw_mel(ctx, pcm, n_samples, mel, nf);
-    /* Window by window, as a sequence's admission units run it. */
-    for (int w = 0, nw = qw_encoder_windows(ctx, nf); w < nw && st == QWEN_OK; w++)
-        st = qw_encode(ctx, mel, nf, w, w + 1, out + (size_t)qw_encoder_window_start(ctx, nf, w) * ctx->cfg.output_dim);
+    /* In passes of enc_windows_per_pass windows, as a sequence's admission units run it alone. */
+    for (int w = 0, nw = qw_encoder_windows(ctx, nf), k = ctx->enc_windows_per_pass; w < nw && st == QWEN_OK; w += k)
+        st = qw_encode(ctx, mel, nf, w, w + k < nw ? w + k : nw,
+                       out + (size_t)qw_encoder_window_start(ctx, nf, w) * ctx->cfg.output_dim);
     free(mel);
     return st;
 }

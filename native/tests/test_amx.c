@@ -69,6 +69,7 @@
 #undef qw_amx_matmul
 #undef qw_amx_round_rows
 #undef qw_amx_matmul_rounded
+#undef qw_amx_conv3x3
 
 #include <math.h>
 #include <pthread.h>
@@ -656,6 +657,95 @@ static void test_kernel(void) {
     test_threads();
 }
 
+/* ==== The implicit convolution ==== */
+
+/* An activation for the epilogue: any per-element function of the sum shows where it runs. */
+static void act_test(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.25f * x[i] - 0.125f;
+}
+
+#define SENTINEL_BF16 0xabcdu
+
+/* qw_amx_conv3x3 against im2col + the matmul + act (+ qw_amx_round_rows' rounding into the padded
+ * layout) on the same bf16 input, bit for bit: emulated, and natively (against the native matmul)
+ * where AMX runs; everything outside the slice's outputs keeps its sentinel (the bf16 output's
+ * border included). */
+static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, int bf16_out, int with_bias) {
+    const int To = (Ti + 1) / 2, Fo = (Fi + 1) / 2, M = To * Fo, K = 9 * Cin, ldo = Cout + 3;
+    uint16_t *in = calloc((size_t)(Ti + 2) * (Fi + 2) * Cin, sizeof(uint16_t)); /* zero border */
+    for (int t = 0; t < Ti; t++)
+        for (int f = 0; f < Fi; f++)
+            for (int c = 0; c < Cin; c++)
+                in[((size_t)(t + 1) * (Fi + 2) + f + 1) * Cin + c] = qw_f32_to_bf16(frand());
+    float *A = malloc((size_t)M * K * sizeof(float)); /* the im2col, of values already bf16 */
+    for (int to = 0; to < To; to++)
+        for (int fo = 0; fo < Fo; fo++)
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++)
+                    for (int c = 0; c < Cin; c++)
+                        A[((size_t)to * Fo + fo) * K + (ky * 3 + kx) * Cin + c] =
+                            bf(in[((size_t)(2 * to + kx) * (Fi + 2) + 2 * fo + ky) * Cin + c]);
+    uint16_t *wb = malloc((size_t)Cout * K * sizeof(uint16_t));
+    void *W = make_weights(Cout, K, QW_BF16, wb);
+    void *packed = alloc64(qw_amx_emu_packed_size(Cout, K));
+    qw_amx_emu_pack(packed, W, QW_BF16, Cout, K);
+    float *bias = malloc((size_t)Cout * sizeof(float));
+    for (int n = 0; n < Cout; n++) bias[n] = frand();
+    const size_t out_len = bf16_out ? (size_t)(To + 2) * (Fo + 2) * ldo : (size_t)M * ldo;
+    for (int variant = 0; variant < 1 + HAVE_NATIVE * native; variant++) {
+        float *R = malloc((size_t)M * ldo * sizeof(float));
+#if HAVE_NATIVE
+        if (variant) qw_amx_matmul(R, ldo, A, K, packed, with_bias ? bias : NULL, M, Cout, K, n0, n1);
+        else
+#endif
+            qw_amx_emu_matmul(R, ldo, A, K, packed, with_bias ? bias : NULL, M, Cout, K, n0, n1);
+        for (int m = 0; m < M; m++) act_test(R + (size_t)m * ldo + n0, n1 - n0);
+        float *of = malloc(out_len * sizeof(float));
+        uint16_t *ob = malloc(out_len * sizeof(uint16_t));
+        for (size_t i = 0; i < out_len; i++) of[i] = SENTINEL, ob[i] = SENTINEL_BF16;
+        const qw_amx_conv c = {in, Ti, Fi, Cin, packed, with_bias ? bias : NULL, Cout, act_test,
+                               bf16_out ? NULL : of, bf16_out ? ob : NULL, ldo};
+        const unsigned f0 = qw_amx_emu.faults;
+#if HAVE_NATIVE
+        if (variant) qw_amx_conv3x3(&c, n0, n1);
+        else
+#endif
+            qw_amx_emu_conv3x3(&c, n0, n1);
+        int same = 1, untouched = 1, n_diff = 0;
+        for (size_t i = 0; i < out_len; i++) {
+            const size_t row = i / ldo, n = i % ldo;
+            int m = (int)row; /* the output row this element belongs to, or -1 */
+            if (bf16_out) {
+                const int t = (int)(row / (Fo + 2)) - 1, f = (int)(row % (Fo + 2)) - 1;
+                m = t >= 0 && t < To && f >= 0 && f < Fo ? t * Fo + f : -1;
+            }
+            if (m >= 0 && (int)n >= n0 && (int)n < n1) {
+                const float r = R[(size_t)m * ldo + n];
+                const int ok = bf16_out ? ob[i] == qw_f32_to_bf16(r) : f2u(of[i]) == f2u(r);
+                same &= ok, n_diff += !ok;
+            } else {
+                untouched &= bf16_out ? ob[i] == SENTINEL_BF16 : f2u(of[i]) == f2u(SENTINEL);
+            }
+        }
+        const int faults = (int)(qw_amx_emu.faults - f0);
+        check(same && untouched && !faults, variant ? "native" : "emulated",
+              "conv3x3 Ti=%d Fi=%d Cin=%d Cout=%d n=[%d,%d) %s bias=%d: im2col's bits=%d (%d differ) untouched=%d "
+              "faults=%d",
+              Ti, Fi, Cin, Cout, n0, n1, bf16_out ? "bf16" : "f32", with_bias, same, n_diff, untouched, faults);
+        if (variant) native_failed += !(same && untouched);
+        free(R), free(of), free(ob);
+    }
+    free(in), free(A), free(wb), free(W), free(packed), free(bias);
+}
+
+static void test_conv(void) {
+    test_conv_case(9, 32, 32, 48, 0, 48, 0, 1);     /* Fo = 16: two time steps a row block; a last block of 16 rows */
+    test_conv_case(7, 31, 32, 16, 0, 16, 1, 0);     /* odd Fi; one column block of 16 */
+    test_conv_case(20, 64, 64, 100, 16, 80, 1, 1);  /* Fo = 32, 320 rows: 3 panels; a slice of 2 blocks of 32 */
+    test_conv_case(12, 64, 32, 100, 96, 100, 0, 1); /* the last 4 columns */
+    test_conv_case(1, 32, 96, 40, 0, 40, 1, 1);     /* one time step; 40 = 32 + 8 columns */
+}
+
 /* ==== Probe ==== */
 
 static void *probe_thread(void *arg) {
@@ -701,6 +791,7 @@ int main(void) {
     test_pack();
     const int before = failed;
     test_kernel();
+    test_conv();
     printf("amx: emulated kernel tested, %d failures\n", failed - before - native_failed);
     if (native) {
         printf("native AMX: tested, %d failures\n", native_failed);

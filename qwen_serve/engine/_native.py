@@ -51,6 +51,7 @@ class _Params(ctypes.Structure):
         ("precision", ctypes.c_int),
         ("encoder_cache_windows", ctypes.c_int),
         ("prefix_cache_tokens", ctypes.c_int64),
+        ("encoder_windows_per_pass", ctypes.c_int),
     ]
 
 
@@ -231,6 +232,7 @@ class NativeModel:
         precision: str = "exact",
         encoder_cache_windows: int = 0,
         prefix_cache_tokens: int = 0,
+        encoder_windows_per_pass: int = 0,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
@@ -247,6 +249,7 @@ class NativeModel:
         params.precision = PRECISION[precision]
         params.encoder_cache_windows = int(encoder_cache_windows)  # 0: libqwen's default (32), < 0: off
         params.prefix_cache_tokens = int(prefix_cache_tokens)  # 0: libqwen's default (1024), < 0: off
+        params.encoder_windows_per_pass = int(encoder_windows_per_pass)  # 0: libqwen's default (4)
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:

@@ -117,6 +117,23 @@ def test_long_audio_is_chunked(tiny_dir: Path) -> None:
         assert "".join(stream) == r.text
 
 
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_encoder_windows_in_one_pass_give_the_same_bits(tiny_dir: Path, precision: str) -> None:
+    """A pass over several encoder windows (a request alone) gives every window the bits it gets in
+    a pass of its own (a request admitted while others decode), on every exact kernel set and fast."""
+    pcm = speech_like(19.0, seed=5)  # 8 + 8 + 3 s
+    for isa in exact_isas() if precision == "exact" else ["auto"]:
+        got = []
+        for per_pass in (1, 3):
+            with NativeModel(
+                tiny_dir, threads=2, isa=isa, precision=precision, encoder_windows_per_pass=per_pass
+            ) as m:
+                got.append(m.encode(pcm))
+                shape = (m.audio_token_count(pcm.size), m.info("output_dim"))
+        assert got[0].shape == shape, isa
+        assert np.array_equal(got[0], got[1]), isa
+
+
 def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Engine(tmp_path / "nope")
