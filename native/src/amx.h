@@ -16,19 +16,23 @@
 
 #include <stddef.h>
 
-/* A 3x3 convolution of stride 2 with zero padding 1 on the tiles, implicitly: no im2col, each A tile
- * read from the input as it is.
- *   in: bf16 [Ti + 2][Fi + 2][Cin], the input time-major and channel-last with a zero border;
+/* A 3x3 convolution of stride 2 with zero padding 1 on the tiles, with its activation and the
+ * layout of the next convolution's input in the epilogue.
+ *   Implicit (rows NULL): no im2col, each A tile read from the input as it is;
+ *     in: bf16 [Ti + 2][Fi + 2][Cin], the input time-major and channel-last with a zero border.
+ *     Needs Cin % 32 == 0 and Fo % 16 == 0 (a tile's 16 rows are one time step's frequencies).
+ *   Explicit: rows = the im2col rounded (qw_amx_round_rows layout: row m's 9 Cin values, zeros to a
+ *     multiple of 32), for inputs of few channels (conv1); in unused.
  *   packed: qw_amx_pack of W[Cout][3][3][Cin] (K = 9 Cin, k = (3 ky + kx) Cin + c); bias[Cout] or NULL;
  *   output row m = to Fo + fo, m < To Fo (To = (Ti + 1) / 2, Fo = (Fi + 1) / 2).
  * out(m)[n] = act(chain + bias[n]) for n in [n0, n1), where chain is qw_amx_matmul's over the row's
  * im2col (input at time 2 to - 1 + kx, frequency 2 fo - 1 + ky, zero outside): the same bits as
  * im2col + qw_amx_matmul + act. Written as f32 to out_f32 + m * ldo, or rounded as qw_amx_round_rows
  * does to out_bf16 + ((to + 1) (Fo + 2) + fo + 1) * ldo: the next convolution's padded input.
- * Needs Cin % 32 == 0 and Fo % 16 == 0 (a tile's 16 rows are one time step's frequencies); n0 a
- * multiple of 16. Safe from several threads on disjoint column slices, as qw_amx_matmul. */
+ * n0 a multiple of 16. Safe from several threads on disjoint column slices, as qw_amx_matmul. */
 typedef struct {
     const uint16_t *in;
+    const uint16_t *rows;
     int Ti, Fi, Cin;
     const void *packed;
     const float *bias;

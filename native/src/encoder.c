@@ -200,7 +200,8 @@ static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int 
  * chain, GELU and rounding as in conv3x3's path: the same bits (native/tests/test_amx.c for the
  * convolution, tests/engine for the encoder's output). */
 static int stem_on_tiles(const qw_encoder *e, int F2, int F3, int C) {
-    return e->conv2.dt == QW_AMX && e->conv3.dt == QW_AMX && C % 32 == 0 && F2 % 16 == 0 && F3 % 16 == 0;
+    return e->conv1.dt == QW_AMX && e->conv2.dt == QW_AMX && e->conv3.dt == QW_AMX && C % 32 == 0 && F2 % 16 == 0 &&
+           F3 % 16 == 0;
 }
 
 typedef struct {
@@ -221,29 +222,15 @@ static void stem_conv(qwen_context *ctx, const qw_amx_conv *c) {
     qw_pool_run(ctx->pool, (c->Cout + per - 1) / per, stem_conv_task, &j);
 }
 
-typedef struct {
-    const qw_kernels *k;
-    float *a;     /* [T][F][C] */
-    uint16_t *ap; /* [T + 2][F + 2][C] */
-    int F, C;
-} stem_pad_job;
-
-/* Time step t of conv1's output: GELU, then into the padded bf16 input of conv2. */
-static void stem_pad_task(void *arg, int t) {
-    const stem_pad_job *j = arg;
-    float *a = j->a + (size_t)t * j->F * j->C;
-    j->k->gelu(a, j->F * j->C);
-    qw_amx_round_rows(j->ap + ((size_t)(t + 1) * (j->F + 2) + 1) * j->C, a, j->C, j->F, j->C);
-}
-
-/* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). a1: [T1][F1][C] f32;
- * a1p, a2p: the padded bf16 inputs of conv2 and conv3, borders zero. */
-static void stem_tiles(qwen_context *ctx, float *out, const float *xin, int F, int Ti, float *cols, float *a1,
+/* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). cols: conv1's im2col,
+ * [T1 * F1][9] f32 then [T1 * F1][32] bf16 at rows; a1p, a2p: the padded bf16 inputs of conv2 and conv3,
+ * borders zero. */
+static void stem_tiles(qwen_context *ctx, float *out, const float *xin, int F, int Ti, float *cols, uint16_t *rows,
                        uint16_t *a1p, uint16_t *a2p) {
     const qw_encoder *e = &ctx->enc;
     const int C = ctx->cfg.ds_hidden, F1 = conv_out_len(F), T1 = conv_out_len(Ti);
     const int F2 = conv_out_len(F1), T2 = conv_out_len(T1);
-    /* conv1 (one input channel, K = 9): im2col time-major, then the product as in conv3x3 */
+    /* conv1 has one input channel (K = 9): its im2col, time-major, is small; rounded as the product would */
     for (int to = 0; to < T1; to++)
         for (int fo = 0; fo < F1; fo++) {
             float *row = cols + ((size_t)to * F1 + fo) * 9;
@@ -253,12 +240,12 @@ static void stem_tiles(qwen_context *ctx, float *out, const float *xin, int F, i
                     row[ky * 3 + kx] = fi < 0 || fi >= F || ti < 0 || ti >= Ti ? 0.0f : xin[(size_t)fi * Ti + ti];
                 }
         }
-    qw_matmul(ctx, a1, cols, &e->conv1, e->conv1_b, T1 * F1);
-    stem_pad_job pj = {ctx->k, a1, a1p, F1, C};
-    qw_pool_run(ctx->pool, T1, stem_pad_task, &pj);
-    const qw_amx_conv c2 = {a1p, T1, F1, C, e->conv2.data, e->conv2_b, C, ctx->k->gelu, NULL, a2p, C};
+    qw_amx_round_rows(rows, cols, 9, T1 * F1, 9);
+    const qw_amx_conv c1 = {NULL, rows, Ti, F, 1, e->conv1.data, e->conv1_b, C, ctx->k->gelu, NULL, a1p, C};
+    stem_conv(ctx, &c1);
+    const qw_amx_conv c2 = {a1p, NULL, T1, F1, C, e->conv2.data, e->conv2_b, C, ctx->k->gelu, NULL, a2p, C};
     stem_conv(ctx, &c2);
-    const qw_amx_conv c3 = {a2p, T2, F2, C, e->conv3.data, e->conv3_b, C, ctx->k->gelu, out, NULL, C};
+    const qw_amx_conv c3 = {a2p, NULL, T2, F2, C, e->conv3.data, e->conv3_b, C, ctx->k->gelu, out, NULL, C};
     stem_conv(ctx, &c3);
 }
 
@@ -307,7 +294,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     const int tiles = stem_on_tiles(e, F2, F3, C);
     size_t n_cols = (size_t)F2 * T2 * 9 * C > (size_t)F1 * T1 * 9 ? (size_t)F2 * T2 * 9 * C : (size_t)F1 * T1 * 9;
     const size_t pad1 = (size_t)(T1 + 2) * (F1 + 2) * C, pad2 = (size_t)(T2 + 2) * (F2 + 2) * C; /* bf16 */
-    if (tiles) n_cols = (size_t)F1 * T1 * 9 + (pad1 + pad2 + 1) / 2;
+    if (tiles) n_cols = (size_t)F1 * T1 * (9 + 16) + (pad1 + pad2 + 1) / 2; /* + conv1's rows in bf16 */
     size_t need = (size_t)F * Lp                 /* chunk input */
                   + (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C + n_cols
                   + (size_t)(n_tok + T3) * F3 * C /* flattened, all chunks (conv3's last rows past n_tok) */
@@ -325,7 +312,8 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     float *cols = a3 + (size_t)F3 * T3 * C, *flat = cols + n_cols;
     float *x = flat + (size_t)(n_tok + T3) * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
     float *v = kk + (size_t)n_tok * d, *att = v + (size_t)n_tok * d, *hbuf = att + (size_t)n_tok * d;
-    uint16_t *a1p = (uint16_t *)(void *)(cols + (size_t)F1 * T1 * 9), *a2p = a1p + pad1;
+    uint16_t *rows1 = (uint16_t *)(void *)(cols + (size_t)F1 * T1 * 9), *a1p = rows1 + (size_t)F1 * T1 * 32;
+    uint16_t *a2p = a1p + pad1;
     if (tiles) memset(a1p, 0, (pad1 + pad2) * sizeof(uint16_t)); /* the borders; the insides are written */
 
     /* Conv stem, chunk by chunk, into flat[t][f * C + c]. */
@@ -342,7 +330,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
         const int valid = chunk_tokens(len);
         float *fl = flat + (size_t)tok * F3 * C;
         if (tiles) {
-            stem_tiles(ctx, fl, xin, F, Lp, cols, a1, a1p, a2p);
+            stem_tiles(ctx, fl, xin, F, Lp, cols, rows1, a1p, a2p);
         } else {
             conv3x3(ctx, a1, xin, F, Lp, 1, &e->conv1, e->conv1_b, cols);
             conv3x3(ctx, a2, a1, F1, T1, C, &e->conv2, e->conv2_b, cols);

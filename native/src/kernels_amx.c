@@ -394,37 +394,54 @@ void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *pa
 
 #define CONV_PANEL_ROWS 128 /* output rows whose input (4 time steps of conv2: 570 KB) stays in L2 */
 
-/* One block of mb (16 or 32: M and the panels are multiples of 16) output rows x nr columns. An A tile
- * is 16 output frequencies of one time step: for tap (ky, kx) and channels [cc, cc + 32) its rows are
- * the input at frequencies 2 fo + ky, one every 2 Cin bf16 - read from the padded input as they are. The
- * k steps run in the packed weights' order (tap by tap, 32 channels a step), so each element is the
- * chain qw_amx_matmul forms over the im2col row. */
-AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int nr, int TWO_M, int TWO_N) {
-    const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, Cin = c->Cin, KT = 9 * Cin / AMX_KSTEP;
-    const size_t as = (size_t)4 * Cin; /* bytes from one output frequency's input to the next */
-    const int m1 = m0 + AMX_TROWS;
-    const uint16_t *a0 = c->in + ((size_t)2 * (m0 / Fo) * Fp + 2 * (m0 % Fo)) * Cin;
-    const uint16_t *a1 = c->in + ((size_t)2 * (m1 / Fo) * Fp + 2 * (m1 % Fo)) * Cin; /* read when TWO_M */
+/* One block of mb (1..32) output rows x nr columns. Implicit (IMPLICIT: Cin % 32 == 0, Fo % 16 == 0, so
+ * mb is 16 or 32): an A tile is 16 output frequencies of one time step; for tap (ky, kx) and channels
+ * [cc, cc + 32) its rows are the input at frequencies 2 fo + ky, one every 2 Cin bf16, read from the
+ * padded input as they are. The k steps run in the packed weights' order (tap by tap, 32 channels a
+ * step), so each element is the chain qw_amx_matmul forms over the im2col row. Explicit: the A tiles
+ * from c->rows (the im2col, already rounded). */
+AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int nr, int IMPLICIT, int TWO_M,
+                               int TWO_N) {
+    const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, Cin = c->Cin, KT = round_up(9 * Cin, AMX_KSTEP) / AMX_KSTEP;
     const uint16_t *b0 = (const uint16_t *)c->packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
     const uint16_t *b1 = b0 + (size_t)KT * AMX_TILE; /* read when TWO_N */
     _tile_zero(0);
     if (TWO_N) _tile_zero(1);
     if (TWO_M) _tile_zero(2);
     if (TWO_M && TWO_N) _tile_zero(3);
-    for (int ky = 0; ky < 3; ky++)
-        for (int kx = 0; kx < 3; kx++) {
-            const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
-            for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
-                _tile_loadd(4, a0 + off + cc, as);
-                if (TWO_M) _tile_loadd(5, a1 + off + cc, as);
-                _tile_loadd(6, b0, 64);
-                if (TWO_N) _tile_loadd(7, b1, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                if (TWO_N) _tile_dpbf16ps(1, 4, 7);
-                if (TWO_M) _tile_dpbf16ps(2, 5, 6);
-                if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+    if (IMPLICIT) {
+        const size_t as = (size_t)4 * Cin; /* bytes from one output frequency's input to the next */
+        const int m1 = m0 + AMX_TROWS;
+        const uint16_t *a0 = c->in + ((size_t)2 * (m0 / Fo) * Fp + 2 * (m0 % Fo)) * Cin;
+        const uint16_t *a1 = c->in + ((size_t)2 * (m1 / Fo) * Fp + 2 * (m1 % Fo)) * Cin; /* read when TWO_M */
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) {
+                const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
+                for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
+                    _tile_loadd(4, a0 + off + cc, as);
+                    if (TWO_M) _tile_loadd(5, a1 + off + cc, as);
+                    _tile_loadd(6, b0, 64);
+                    if (TWO_N) _tile_loadd(7, b1, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (TWO_N) _tile_dpbf16ps(1, 4, 7);
+                    if (TWO_M) _tile_dpbf16ps(2, 5, 6);
+                    if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+                }
             }
+    } else {
+        const size_t Kp = (size_t)KT * AMX_KSTEP;
+        const uint16_t *a = c->rows + (size_t)m0 * Kp;
+        for (int kt = 0; kt < KT; kt++, a += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
+            _tile_loadd(4, a, Kp * 2);
+            if (TWO_M) _tile_loadd(5, a + AMX_TROWS * Kp, Kp * 2);
+            _tile_loadd(6, b0, 64);
+            if (TWO_N) _tile_loadd(7, b1, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (TWO_N) _tile_dpbf16ps(1, 4, 7);
+            if (TWO_M) _tile_dpbf16ps(2, 5, 6);
+            if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
         }
+    }
     float S[AMX_MB * AMX_NB] __attribute__((aligned(64)));
     _tile_stored(0, S, AMX_NB * 4);
     if (TWO_N) _tile_stored(1, S + AMX_TCOLS, AMX_NB * 4);
@@ -454,7 +471,7 @@ void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
     const int Fo = (c->Fi + 1) / 2, M = (c->Ti + 1) / 2 * Fo;
     if (n1 > c->Cout) n1 = c->Cout;
     if (M <= 0 || n0 < 0 || n1 <= n0) return;
-    qw_amx_configure(AMX_TROWS, AMX_TROWS);
+    int config = -1; /* rows of the blocks the tiles are configured for */
     /* A panel of output rows at a time: its input stays in L2 while every column block of the slice
      * (32 columns x 9 Cin of weights each) meets it. */
     for (int p0 = 0; p0 < M; p0 += CONV_PANEL_ROWS) {
@@ -462,12 +479,20 @@ void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
         for (int n = n0; n < n1; n += AMX_NB) {
             const int nr = n1 - n < AMX_NB ? n1 - n : AMX_NB;
             for (int m = p0; m < p1; m += AMX_MB) {
-                const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB;
-                switch ((mb > AMX_TROWS) << 1 | (nr > AMX_TCOLS)) {
-                case 3: amx_conv_block(c, m, mb, n, nr, 1, 1); break;
-                case 2: amx_conv_block(c, m, mb, n, nr, 1, 0); break;
-                case 1: amx_conv_block(c, m, mb, n, nr, 0, 1); break;
-                default: amx_conv_block(c, m, mb, n, nr, 0, 0); break;
+                const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB, cfg = mb == AMX_MB ? 0 : mb;
+                if (config != cfg) /* whole blocks: 16 + 16; a last one of mb rows: min(mb, 16) + the rest */
+                    qw_amx_configure(mb < AMX_TROWS ? mb : AMX_TROWS, mb > AMX_TROWS ? mb - AMX_TROWS : 0), config = cfg;
+                const int two_m = mb > AMX_TROWS, two_n = nr > AMX_TCOLS;
+                if (c->rows) {
+                    if (two_m && two_n) amx_conv_block(c, m, mb, n, nr, 0, 1, 1);
+                    else if (two_m) amx_conv_block(c, m, mb, n, nr, 0, 1, 0);
+                    else if (two_n) amx_conv_block(c, m, mb, n, nr, 0, 0, 1);
+                    else amx_conv_block(c, m, mb, n, nr, 0, 0, 0);
+                } else {
+                    if (two_m && two_n) amx_conv_block(c, m, mb, n, nr, 1, 1, 1);
+                    else if (two_m) amx_conv_block(c, m, mb, n, nr, 1, 1, 0);
+                    else if (two_n) amx_conv_block(c, m, mb, n, nr, 1, 0, 1);
+                    else amx_conv_block(c, m, mb, n, nr, 1, 0, 0);
                 }
             }
         }

@@ -9,6 +9,10 @@
  *              touch the configured rows x bytes only; what the hardware
  *              faults on (bad config, tile not configured, shapes that do not
  *              fit, one tile twice) is counted, not executed.
+ *   conv       qw_amx_conv3x3 (implicit A from the padded input; explicit A
+ *              from a given im2col) against im2col + the matmul + the
+ *              activation (+ the rounding into the padded layout), bit for
+ *              bit, emulated and native; nothing outside the outputs written.
  *   packing    qw_amx_pack against the layout written out here (tile (nt, kt),
  *              row q, column j, element e of the pair), zeros past N and K,
  *              f16 / f32 rounded like qw_f32_to_bf16 (ties, NaN, inf,
@@ -703,7 +707,12 @@ static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, in
         float *of = malloc(out_len * sizeof(float));
         uint16_t *ob = malloc(out_len * sizeof(uint16_t));
         for (size_t i = 0; i < out_len; i++) of[i] = SENTINEL, ob[i] = SENTINEL_BF16;
-        const qw_amx_conv c = {in, Ti, Fi, Cin, packed, with_bias ? bias : NULL, Cout, act_test,
+        uint16_t *rows = NULL; /* explicit A: the im2col rounded, for Cin or Fo that the implicit tiles cannot take */
+        if (Cin % 32 || Fo % 16) {
+            rows = malloc((size_t)M * ((size_t)(K + 31) / 32 * 32) * sizeof(uint16_t));
+            qw_amx_emu_round_rows(rows, A, K, M, K);
+        }
+        const qw_amx_conv c = {in, rows, Ti, Fi, Cin, packed, with_bias ? bias : NULL, Cout, act_test,
                                bf16_out ? NULL : of, bf16_out ? ob : NULL, ldo};
         const unsigned f0 = qw_amx_emu.faults;
 #if HAVE_NATIVE
@@ -729,11 +738,12 @@ static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, in
         }
         const int faults = (int)(qw_amx_emu.faults - f0);
         check(same && untouched && !faults, variant ? "native" : "emulated",
-              "conv3x3 Ti=%d Fi=%d Cin=%d Cout=%d n=[%d,%d) %s bias=%d: im2col's bits=%d (%d differ) untouched=%d "
+              "conv3x3 Ti=%d Fi=%d Cin=%d Cout=%d n=[%d,%d) %s bias=%d %s: im2col's bits=%d (%d differ) untouched=%d "
               "faults=%d",
-              Ti, Fi, Cin, Cout, n0, n1, bf16_out ? "bf16" : "f32", with_bias, same, n_diff, untouched, faults);
+              Ti, Fi, Cin, Cout, n0, n1, bf16_out ? "bf16" : "f32", with_bias, rows ? "explicit" : "implicit", same,
+              n_diff, untouched, faults);
         if (variant) native_failed += !(same && untouched);
-        free(R), free(of), free(ob);
+        free(R), free(of), free(ob), free(rows);
     }
     free(in), free(A), free(wb), free(W), free(packed), free(bias);
 }
@@ -744,6 +754,10 @@ static void test_conv(void) {
     test_conv_case(20, 64, 64, 100, 16, 80, 1, 1);  /* Fo = 32, 320 rows: 3 panels; a slice of 2 blocks of 32 */
     test_conv_case(12, 64, 32, 100, 96, 100, 0, 1); /* the last 4 columns */
     test_conv_case(1, 32, 96, 40, 0, 40, 1, 1);     /* one time step; 40 = 32 + 8 columns */
+    /* explicit A (the im2col given): one input channel, as conv1 */
+    test_conv_case(20, 128, 1, 48, 0, 48, 1, 1);    /* Fo = 64, K = 9 on one k step */
+    test_conv_case(5, 13, 1, 20, 16, 20, 0, 1);     /* Fo = 7: blocks across time steps, a last block of 21 rows */
+    test_conv_case(3, 8, 40, 36, 0, 36, 1, 0);      /* Cin = 40: K = 360 on 12 k steps, the last partial */
 }
 
 /* ==== Probe ==== */
