@@ -114,7 +114,7 @@ int qw_config_load(const char *model_dir, qw_config *c, char *err, size_t err_si
     if ((act && strcmp(act->string, "gelu")) || (hact && strcmp(hact->string, "silu"))) {
         snprintf(err, err_size, "%s: unsupported activation (want gelu encoder, silu decoder)", path);
         rc = QWEN_ERR_UNSUPPORTED;
-    } else if (c->d_model % c->enc_heads || c->n_heads % c->n_kv_heads || c->head_dim % 2 || c->head_dim > QW_MAX_HEAD_DIM ||
+    } else if (c->d_model % c->enc_heads || c->n_heads % c->n_kv_heads || c->head_dim % 2 ||
                c->output_dim != c->hidden || c->n_window_infer % (2 * c->n_window)) {
         snprintf(err, err_size, "%s: inconsistent dimensions", path);
         rc = QWEN_ERR_FORMAT;

@@ -149,22 +149,39 @@ typedef struct {
     int n_groups, layer;
     float *q, *k;
     const float *v;
+    float *angles; /* [rows][hd]: each row's cos (hd / 2), then its sin, for its position */
 } dec_qk_job;
+
+/* The pass's group of row i and that row's position in its sequence. */
+static const qw_dec_group *row_group(const dec_qk_job *j, int i, int *pos) {
+    int g = 0;
+    while (g + 1 < j->n_groups && i >= j->row0[g + 1]) g++;
+    *pos = j->groups[g].s->n_past + i - j->row0[g];
+    return &j->groups[g];
+}
+
+/* Task = one row of a pass: the cos and sin of its position's RoPE angles, once for every layer
+ * and head of the pass (sincos for each layer was 5% of a prefill). */
+static void dec_angles_task(void *arg, int i) {
+    const dec_qk_job *j = arg;
+    const int hd = j->ctx->cfg.head_dim;
+    int pos;
+    row_group(j, i, &pos);
+    float *cs = j->angles + (size_t)i * hd, *sn = cs + hd / 2;
+    for (int f = 0; f < hd / 2; f++) {
+        const float a = (float)pos * j->ctx->dec.rope_inv_freq[f];
+        cs[f] = cosf(a), sn[f] = sinf(a);
+    }
+}
 
 static void dec_qk_task(void *arg, int i) {
     const dec_qk_job *j = arg;
     const qw_config *c = &j->ctx->cfg;
     const qw_dec_layer *y = &j->ctx->dec.layers[j->layer];
     const int hd = c->head_dim, nq = c->n_heads * hd, nk = c->n_kv_heads * hd;
-    int g = 0;
-    while (g + 1 < j->n_groups && i >= j->row0[g + 1]) g++;
-    qw_seq *s = j->groups[g].s;
-    const int pos = s->n_past + i - j->row0[g];
-    float cs[QW_MAX_HEAD_DIM / 2], sn[QW_MAX_HEAD_DIM / 2]; /* the row's angles, once for all its heads */
-    for (int f = 0; f < hd / 2; f++) {
-        const float a = (float)pos * j->ctx->dec.rope_inv_freq[f];
-        cs[f] = cosf(a), sn[f] = sinf(a);
-    }
+    int pos;
+    qw_seq *s = row_group(j, i, &pos)->s;
+    const float *cs = j->angles + (size_t)i * hd, *sn = cs + hd / 2;
     for (int hh = 0; hh < c->n_heads; hh++) {
         float *qh = j->q + (size_t)i * nq + (size_t)hh * hd;
         qw_rmsnorm(qh, qh, y->q_norm, hd, c->rms_eps);
@@ -197,7 +214,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         n_logits += groups[g].rows ? groups[g].n_rows : groups[g].want_logits;
     }
     if (n_groups <= 0) return QWEN_OK;
-    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I) + (size_t)n_logits * H + 2 * (size_t)n_groups;
+    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I + hd) + (size_t)n_logits * H + 2 * (size_t)n_groups;
     if (need > ctx->scratch_size) {
         free(ctx->scratch);
         ctx->scratch = malloc(need * sizeof(float));
@@ -209,7 +226,8 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory in the decoder");
     float *h = ctx->scratch, *q = h + (size_t)n * H, *kk = q + (size_t)n * nq, *v = kk + (size_t)n * nk;
     float *att = v + (size_t)n * nk, *g_ = att + (size_t)n * nq, *u = g_ + (size_t)n * I;
-    float *last = u + (size_t)n * I;                     /* [n_logits, H] */
+    float *angles = u + (size_t)n * I;                   /* [n, hd] */
+    float *last = angles + (size_t)n * hd;               /* [n_logits, H] */
     int *row0 = (int *)(last + (size_t)n_logits * H);    /* [n_groups] */
     int *task0 = row0 + n_groups;                        /* [n_groups] */
     for (int g = 0, r = 0; g < n_groups; r += groups[g].n, g++) {
@@ -220,6 +238,8 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     void (*mm)(qwen_context *, float *, const float *, const qw_mat *, const float *, int) =
         rows_invariant ? qw_matmul_rows : qw_matmul;
 
+    dec_qk_job qk = {ctx, groups, row0, n_groups, 0, q, kk, v, angles};
+    qw_pool_run(ctx->pool, n, dec_angles_task, &qk);
     for (int l = 0; l < c->dec_layers; l++) {
         if (n > 1 && qw_aborted(ctx)) return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted");
         const qw_dec_layer *y = &D->layers[l];
@@ -228,7 +248,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
         qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n, rows_invariant);
-        dec_qk_job qk = {ctx, groups, row0, n_groups, l, q, kk, v};
+        qk.layer = l;
         qw_pool_run(ctx->pool, n, dec_qk_task, &qk);
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
         qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);

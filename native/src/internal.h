@@ -14,7 +14,6 @@
 #include <stdint.h>
 
 /* ==== Config (config.json) ==== */
-#define QW_MAX_HEAD_DIM 4096 /* a larger head_dim is refused at load (a row's RoPE angles live on the stack) */
 /* Encoder windows one pass takes at most (qwen_params.encoder_windows_per_pass; a sequence's admission
  * only when no other sequence is decoding): its products stream the encoder's weights once for all of
  * them (a 10 s clip's 8 s and 2 s windows: 104 + 26 rows in one pass, where the 26-row pass cost as
