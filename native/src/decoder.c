@@ -243,7 +243,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     for (int l = 0; l < c->dec_layers; l++) {
         if (n > 1 && qw_aborted(ctx)) return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted");
         const qw_dec_layer *y = &D->layers[l];
-        for (int i = 0; i < n; i++) qw_rmsnorm(h + (size_t)i * H, x + (size_t)i * H, y->ln1, H, c->rms_eps);
+        qw_add_rmsnorm_rows(ctx, x, l ? h : NULL, h, y->ln1, n, H, c->rms_eps); /* + the last layer's MLP */
         float *qkv_out[3] = {q, kk, v};
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
@@ -253,15 +253,14 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
         qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);
         mm(ctx, h, att, &y->o, y->o_b, n);
-        for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
-        for (int i = 0; i < n; i++) qw_rmsnorm(h + (size_t)i * H, x + (size_t)i * H, y->ln2, H, c->rms_eps);
+        qw_add_rmsnorm_rows(ctx, x, h, h, y->ln2, n, H, c->rms_eps);
         float *gu_out[2] = {g_, u};
         const qw_mat *gu_w[2] = {&y->gate, &y->up};
         qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, n, rows_invariant);
         qw_swiglu_mt(ctx, g_, u, (size_t)n * I); /* SiLU(gate) * up */
-        mm(ctx, h, g_, &y->down, NULL, n);
-        for (size_t i = 0; i < (size_t)n * H; i++) x[i] += h[i];
+        mm(ctx, h, g_, &y->down, NULL, n); /* added to x with the next norm */
     }
+    for (size_t i = 0; c->dec_layers && i < (size_t)n * H; i++) x[i] += h[i];
     for (int g = 0; g < n_groups; g++) groups[g].s->n_past += groups[g].n;
     /* Final norm and the head on the last row of each group that wants
      * logits (or on the rows it names), in one GEMM. */

@@ -360,8 +360,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     for (int l = 0; l < c->enc_layers; l++) {
         if (qw_aborted(ctx)) { return qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"); }
         const qw_enc_layer *y = &e->layers[l];
-        memcpy(hbuf, x, (size_t)n * d * sizeof(float));
-        qw_layernorm_rows(ctx, hbuf, y->ln1_w, y->ln1_b, n, d);
+        qw_add_layernorm_rows(ctx, x, l ? att : NULL, hbuf, y->ln1_w, y->ln1_b, n, d); /* + the last layer's FFN */
         float *qkv_out[3] = {q, kk, v};
         const qw_mat *qkv_w[3] = {&y->q, &y->k, &y->v};
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
@@ -369,14 +368,12 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
         enc_attn_job job = {ctx, q, kk, v, att, n, d, heads, hd, window};
         qw_pool_run(ctx->pool, n_windows * heads, enc_attn_task, &job);
         qw_matmul(ctx, hbuf, att, &y->o, y->o_b, n);
-        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += hbuf[i];
-        memcpy(att, x, (size_t)n * d * sizeof(float));
-        qw_layernorm_rows(ctx, att, y->ln2_w, y->ln2_b, n, d);
+        qw_add_layernorm_rows(ctx, x, hbuf, att, y->ln2_w, y->ln2_b, n, d);
         qw_matmul(ctx, hbuf, att, &y->fc1, y->fc1_b, n);
         qw_gelu_mt(ctx, hbuf, (size_t)n * ffn);
-        qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n);
-        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += att[i];
+        qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n); /* added to x with the next norm */
     }
+    for (size_t i = 0; c->enc_layers && i < (size_t)n * d; i++) x[i] += att[i];
     qw_layernorm_rows(ctx, x, e->ln_post_w, e->ln_post_b, n, d);
     qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
     qw_gelu_mt(ctx, q, (size_t)n * d);

@@ -335,6 +335,12 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n);
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n);
 void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d);
+/* Residual then norm, row by row across the pool: x += h (h may be NULL), out = RMSNorm(x) * w /
+ * LayerNorm(x) * w + b (eps 1e-5) - the same bits as the add and the norm one after the other. */
+void qw_add_rmsnorm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, int rows, int d,
+                         float eps);
+void qw_add_layernorm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, const float *b,
+                           int rows, int d);
 /* One head's attention for m queries over T keys, single-threaded:
  *   out[r] = softmax(q[r] . keys[s] / sqrt(hd) for s < len_r) @ vals[0:len_r]
  * with len_r = T (causal0 < 0: bidirectional) or min(T, causal0 + r + 1).
