@@ -188,9 +188,13 @@ static void amx_pack(uint16_t *P, const void *W, qw_dtype wt, int N, int K, size
                     for (int q = 0; q < AMX_KSTEP / 2; q++) memcpy(tile + q * 2 * AMX_TCOLS + 2 * j, w0 + j * ln + 2 * q, 4);
                 continue;
             }
-            if (whole && ln == 1) { /* of bf16 columns: each k's 16 n side by side, every other slot */
-                for (int i = 0; i < AMX_KSTEP; i++) /* i = 2 q + e */
-                    for (int j = 0; j < AMX_TCOLS; j++) tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] = w0[i * lk + j];
+            if (whole && ln == 1) { /* of bf16 columns: row q interleaves k = 2 q and 2 q + 1, 16 n each */
+                for (int q = 0; q < AMX_KSTEP / 2; q++) {
+                    const uint16_t *r0 = w0 + (size_t)2 * q * lk, *r1 = r0 + lk;
+                    uint32_t pair[AMX_TCOLS]; /* (k even, k odd) of column j: one 32-bit word, little-endian */
+                    for (int j = 0; j < AMX_TCOLS; j++) pair[j] = (uint32_t)r0[j] | (uint32_t)r1[j] << 16;
+                    memcpy(tile + q * 2 * AMX_TCOLS, pair, sizeof(pair));
+                }
                 continue;
             }
             for (int j = 0; j < AMX_TCOLS; j++) {
