@@ -195,8 +195,9 @@ static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int 
 /* FAST on a CPU with AMX: the activations are time-major ([T][F][C]) bf16 copies with a zero border,
  * from which conv2's and conv3's A tiles are read as they are (qw_amx_conv3x3): 16 output frequencies
  * of one time step are 16 input rows 2 C apart. No im2col (conv2's was 14 MB a chunk, copied on one
- * thread) and no rounding pass; GELU and the rounding for the next conv run in the products' epilogue
- * on blocks still in L1, and conv3's rows land in the layout conv_out takes. Each element is the same
+ * thread; conv1, one input channel, gives its small one) and no rounding pass; GELU and the rounding
+ * for the next conv run in the products' epilogue on blocks still in L1, and conv3's rows land in the
+ * layout conv_out takes. Each element is the same
  * chain, GELU and rounding as in conv3x3's path: the same bits (native/tests/test_amx.c for the
  * convolution, tests/engine for the encoder's output). */
 static int stem_on_tiles(const qw_encoder *e, int F2, int F3, int C) {
@@ -295,8 +296,9 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     size_t n_cols = (size_t)F2 * T2 * 9 * C > (size_t)F1 * T1 * 9 ? (size_t)F2 * T2 * 9 * C : (size_t)F1 * T1 * 9;
     const size_t pad1 = (size_t)(T1 + 2) * (F1 + 2) * C, pad2 = (size_t)(T2 + 2) * (F2 + 2) * C; /* bf16 */
     if (tiles) n_cols = (size_t)F1 * T1 * (9 + 16) + (pad1 + pad2 + 1) / 2; /* + conv1's rows in bf16 */
+    const size_t n_act = tiles ? 0 : (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C; /* a1-a3 */
     size_t need = (size_t)F * Lp                 /* chunk input */
-                  + (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C + n_cols
+                  + n_act + n_cols
                   + (size_t)(n_tok + T3) * F3 * C /* flattened, all chunks (conv3's last rows past n_tok) */
                   + (size_t)n_tok * d * 5        /* x, q, k, v, attn */
                   + (size_t)n_tok * (ffn > d ? ffn : d);
@@ -309,7 +311,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     }
     float *buf = ctx->enc_scratch;
     float *xin = buf, *a1 = xin + (size_t)F * Lp, *a2 = a1 + (size_t)F1 * T1 * C, *a3 = a2 + (size_t)F2 * T2 * C;
-    float *cols = a3 + (size_t)F3 * T3 * C, *flat = cols + n_cols;
+    float *cols = xin + (size_t)F * Lp + n_act, *flat = cols + n_cols; /* a1-a3: not on the tiles' path */
     float *x = flat + (size_t)(n_tok + T3) * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
     float *v = kk + (size_t)n_tok * d, *att = v + (size_t)n_tok * d, *hbuf = att + (size_t)n_tok * d;
     uint16_t *rows1 = (uint16_t *)(void *)(cols + (size_t)F1 * T1 * 9), *a1p = rows1 + (size_t)F1 * T1 * 32;
