@@ -375,8 +375,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
         qw_gelu_mt(ctx, hbuf, (size_t)n * ffn);
         qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n); /* added to x with the next norm */
     }
-    for (size_t i = 0; c->enc_layers && i < (size_t)n * d; i++) x[i] += att[i];
-    qw_layernorm_rows(ctx, x, e->ln_post_w, e->ln_post_b, n, d);
+    qw_add_layernorm_rows(ctx, x, c->enc_layers ? att : NULL, x, e->ln_post_w, e->ln_post_b, n, d); /* + its FFN */
     qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
     qw_gelu_mt(ctx, q, (size_t)n * d);
     qw_matmul(ctx, out, q, &e->proj2, e->proj2_b, n);

@@ -334,9 +334,9 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
  * elements; LayerNorm (eps 1e-5) over rows of width d. */
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n);
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n);
-void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d);
 /* Residual then norm, row by row across the pool: x += h (h may be NULL), out = RMSNorm(x) * w /
- * LayerNorm(x) * w + b (eps 1e-5) - the same bits as the add and the norm one after the other. */
+ * LayerNorm(x) * w + b (eps 1e-5; out may be x) - the same bits as the add and the norm one after
+ * the other. */
 void qw_add_rmsnorm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, int rows, int d,
                          float eps);
 void qw_add_layernorm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, const float *b,

@@ -253,14 +253,41 @@ typedef struct {
     int mb, nr, K, KT;
 } amx_block_args;
 
-/* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
-AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
-    const size_t Kp = (size_t)b->KT * AMX_KSTEP;
-    uint16_t step[AMX_MB * AMX_KSTEP] __attribute__((aligned(64))); /* 2 KiB: A per step, without a panel */
+/* The C tiles of a block (tmm0-3; only those TWO_M / TWO_N use) set to zero. */
+AMX_INLINE void amx_zero_c(int TWO_M, int TWO_N) {
     _tile_zero(0);
     if (TWO_N) _tile_zero(1);
     if (TWO_M) _tile_zero(2);
     if (TWO_M && TWO_N) _tile_zero(3);
+}
+
+/* One step of 32 k: the A tiles of rows 0-15 from a0 and 16-31 from a1 (row stride as bytes), the
+ * packed B tiles b0, b1, and the 2x2 TDPBF16PS that continue the C tiles' chains. */
+AMX_INLINE void amx_kstep(const uint16_t *a0, const uint16_t *a1, size_t as, const uint16_t *b0, const uint16_t *b1,
+                          int TWO_M, int TWO_N) {
+    _tile_loadd(4, a0, as);
+    if (TWO_M) _tile_loadd(5, a1, as);
+    _tile_loadd(6, b0, 64);
+    if (TWO_N) _tile_loadd(7, b1, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (TWO_N) _tile_dpbf16ps(1, 4, 7);
+    if (TWO_M) _tile_dpbf16ps(2, 5, 6);
+    if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+}
+
+/* The C tiles stored as a 32 x 32 block of f32 at c (row stride ldc floats). */
+AMX_INLINE void amx_store_c(float *c, size_t ldc, int TWO_M, int TWO_N) {
+    _tile_stored(0, c, ldc * 4);
+    if (TWO_N) _tile_stored(1, c + AMX_TCOLS, ldc * 4);
+    if (TWO_M) _tile_stored(2, c + AMX_TROWS * ldc, ldc * 4);
+    if (TWO_M && TWO_N) _tile_stored(3, c + AMX_TROWS * ldc + AMX_TCOLS, ldc * 4);
+}
+
+/* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
+AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
+    const size_t Kp = (size_t)b->KT * AMX_KSTEP;
+    uint16_t step[AMX_MB * AMX_KSTEP] __attribute__((aligned(64))); /* 2 KiB: A per step, without a panel */
+    amx_zero_c(TWO_M, TWO_N);
     for (int kt = 0; kt < b->KT; kt++) {
         const uint16_t *a = step; /* rows of 32 k of A in bf16, row stride as */
         size_t as = AMX_KSTEP;
@@ -271,23 +298,14 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
             QW_AMX_BARRIER(step);
         }
-        _tile_loadd(4, a, as * 2);
-        if (TWO_M) _tile_loadd(5, a + AMX_TROWS * as, as * 2);
-        _tile_loadd(6, b->B0 + (size_t)kt * AMX_TILE, 64);
-        if (TWO_N) _tile_loadd(7, b->B1 + (size_t)kt * AMX_TILE, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        if (TWO_N) _tile_dpbf16ps(1, 4, 7);
-        if (TWO_M) _tile_dpbf16ps(2, 5, 6);
-        if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
+        amx_kstep(a, a + AMX_TROWS * as, as * 2, b->B0 + (size_t)kt * AMX_TILE, b->B1 + (size_t)kt * AMX_TILE, TWO_M,
+                  TWO_N);
     }
     const int whole = b->nr == (TWO_N ? 2 : 1) * AMX_TCOLS;
     float S[AMX_MB * AMX_NB] __attribute__((aligned(64))); /* 4 KiB: a partial block */
     float *c = whole ? b->C : S;
     const size_t ldc = whole ? (size_t)b->ldc : AMX_NB;
-    _tile_stored(0, c, ldc * 4);
-    if (TWO_N) _tile_stored(1, c + AMX_TCOLS, ldc * 4);
-    if (TWO_M) _tile_stored(2, c + AMX_TROWS * ldc, ldc * 4);
-    if (TWO_M && TWO_N) _tile_stored(3, c + AMX_TROWS * ldc + AMX_TCOLS, ldc * 4);
+    amx_store_c(c, ldc, TWO_M, TWO_N);
     const int nr = b->nr;
     if (whole) {
         if (b->bias)
@@ -409,10 +427,7 @@ AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int 
     const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, Cin = c->Cin, KT = round_up(9 * Cin, AMX_KSTEP) / AMX_KSTEP;
     const uint16_t *b0 = (const uint16_t *)c->packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
     const uint16_t *b1 = b0 + (size_t)KT * AMX_TILE; /* read when TWO_N */
-    _tile_zero(0);
-    if (TWO_N) _tile_zero(1);
-    if (TWO_M) _tile_zero(2);
-    if (TWO_M && TWO_N) _tile_zero(3);
+    amx_zero_c(TWO_M, TWO_N);
     if (IMPLICIT) {
         const size_t as = (size_t)4 * Cin; /* bytes from one output frequency's input to the next */
         const int m1 = m0 + AMX_TROWS;
@@ -421,36 +436,17 @@ AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int 
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++) {
                 const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
-                for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
-                    _tile_loadd(4, a0 + off + cc, as);
-                    if (TWO_M) _tile_loadd(5, a1 + off + cc, as);
-                    _tile_loadd(6, b0, 64);
-                    if (TWO_N) _tile_loadd(7, b1, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    if (TWO_N) _tile_dpbf16ps(1, 4, 7);
-                    if (TWO_M) _tile_dpbf16ps(2, 5, 6);
-                    if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
-                }
+                for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE)
+                    amx_kstep(a0 + off + cc, a1 + off + cc, as, b0, b1, TWO_M, TWO_N);
             }
     } else {
         const size_t Kp = (size_t)KT * AMX_KSTEP;
         const uint16_t *a = c->rows + (size_t)m0 * Kp;
-        for (int kt = 0; kt < KT; kt++, a += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
-            _tile_loadd(4, a, Kp * 2);
-            if (TWO_M) _tile_loadd(5, a + AMX_TROWS * Kp, Kp * 2);
-            _tile_loadd(6, b0, 64);
-            if (TWO_N) _tile_loadd(7, b1, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            if (TWO_N) _tile_dpbf16ps(1, 4, 7);
-            if (TWO_M) _tile_dpbf16ps(2, 5, 6);
-            if (TWO_M && TWO_N) _tile_dpbf16ps(3, 5, 7);
-        }
+        for (int kt = 0; kt < KT; kt++, a += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE)
+            amx_kstep(a, a + AMX_TROWS * Kp, Kp * 2, b0, b1, TWO_M, TWO_N);
     }
     float S[AMX_MB * AMX_NB] __attribute__((aligned(64)));
-    _tile_stored(0, S, AMX_NB * 4);
-    if (TWO_N) _tile_stored(1, S + AMX_TCOLS, AMX_NB * 4);
-    if (TWO_M) _tile_stored(2, S + AMX_TROWS * AMX_NB, AMX_NB * 4);
-    if (TWO_M && TWO_N) _tile_stored(3, S + AMX_TROWS * AMX_NB + AMX_TCOLS, AMX_NB * 4);
+    amx_store_c(S, AMX_NB, TWO_M, TWO_N);
     QW_AMX_BARRIER(S);
     if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
         for (int r = 0; r < mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
@@ -483,9 +479,9 @@ void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
         for (int n = n0; n < n1; n += AMX_NB) {
             const int nr = n1 - n < AMX_NB ? n1 - n : AMX_NB;
             for (int m = p0; m < p1; m += AMX_MB) {
-                const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB, cfg = mb == AMX_MB ? 0 : mb;
-                if (config != cfg) /* whole blocks: 16 + 16; a last one of mb rows: min(mb, 16) + the rest */
-                    qw_amx_configure(mb < AMX_TROWS ? mb : AMX_TROWS, mb > AMX_TROWS ? mb - AMX_TROWS : 0), config = cfg;
+                const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB;
+                if (config != mb) /* min(mb, 16) + the rest: 16 + 16 for whole blocks */
+                    qw_amx_configure(mb < AMX_TROWS ? mb : AMX_TROWS, mb > AMX_TROWS ? mb - AMX_TROWS : 0), config = mb;
                 const int two_m = mb > AMX_TROWS, two_n = nr > AMX_TCOLS;
                 if (c->rows) {
                     if (two_m && two_n) amx_conv_block(c, m, mb, n, nr, 0, 1, 1);

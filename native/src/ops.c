@@ -215,10 +215,9 @@ void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
 typedef struct {
     const qw_kernels *k;
     float *x;
-    const float *w, *b;
-    size_t n;   /* elements (gelu) or rows (layernorm) */
-    int d;      /* row width (layernorm) */
-    size_t per; /* elements or rows per task */
+    const float *w; /* SwiGLU's up, or NULL */
+    size_t n;       /* elements */
+    size_t per;     /* elements per task */
 } ew_job;
 
 static void gelu_task(void *arg, int t) {
@@ -228,7 +227,7 @@ static void gelu_task(void *arg, int t) {
 }
 
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n) {
-    ew_job j = {ctx->k, x, NULL, NULL, n, 0, 1 << 14};
+    ew_job j = {ctx->k, x, NULL, n, 1 << 14};
     qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), gelu_task, &j);
 }
 
@@ -239,19 +238,8 @@ static void swiglu_task(void *arg, int t) {
 }
 
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n) {
-    ew_job j = {ctx->k, g, u, NULL, n, 0, 1 << 14};
+    ew_job j = {ctx->k, g, u, n, 1 << 14};
     qw_pool_run(ctx->pool, (int)((n + j.per - 1) / j.per), swiglu_task, &j);
-}
-
-static void layernorm_task(void *arg, int t) {
-    ew_job *j = arg;
-    size_t r0 = (size_t)t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
-    for (size_t r = r0; r < r1; r++) qw_layernorm(j->x + r * j->d, j->w, j->b, j->d, 1e-5f);
-}
-
-void qw_layernorm_rows(qwen_context *ctx, float *x, const float *w, const float *b, int rows, int d) {
-    ew_job j = {ctx->k, x, w, b, (size_t)rows, d, 8};
-    qw_pool_run(ctx->pool, (rows + 7) / 8, layernorm_task, &j);
 }
 
 /* ==== Residual + norm ==== */
@@ -260,41 +248,34 @@ typedef struct {
     float *x;
     const float *h, *w, *b;
     float *out;
-    int d, rms, per;
+    int rows, d, rms, per;
     float eps;
 } addnorm_job;
 
 static void addnorm_task(void *arg, int t) {
     const addnorm_job *j = arg;
-    for (int r = t * j->per; r < (t + 1) * j->per; r++) {
+    for (int r = t * j->per; r < (t + 1) * j->per && r < j->rows; r++) {
         float *x = j->x + (size_t)r * j->d, *o = j->out + (size_t)r * j->d;
         if (j->h)
             for (int i = 0; i < j->d; i++) x[i] += j->h[(size_t)r * j->d + i];
         if (j->rms) {
             qw_rmsnorm(o, x, j->w, j->d, j->eps);
         } else {
-            memcpy(o, x, (size_t)j->d * sizeof(float));
+            if (o != x) memcpy(o, x, (size_t)j->d * sizeof(float));
             qw_layernorm(o, j->w, j->b, j->d, j->eps);
         }
     }
 }
 
-/* Rows of x += h (h may be NULL; rows of d), then out = norm(x) (RMSNorm with w when b is NULL and rms,
- * else LayerNorm with w, b): one pass over the rows, across the pool from 16 rows. */
+/* Rows of x += h (h may be NULL; rows of d), then out = RMSNorm(x) (rms) or LayerNorm(x) (out may be
+ * x): one pass over the rows, across the pool in tasks of 4 rows from 16 rows. */
 static void add_norm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, const float *b,
                           int rows, int d, int rms, float eps) {
-    if (rows <= 0) return;
-    if (rows < 16) {
-        addnorm_job j = {x, h, w, b, out, d, rms, rows, eps};
+    addnorm_job j = {x, h, w, b, out, rows, d, rms, rows < 16 ? rows : 4, eps};
+    if (rows < 16)
         addnorm_task(&j, 0);
-        return;
-    }
-    for (int r0 = 0; r0 < rows;) { /* whole tasks of 4 rows, then the rest as one */
-        const int per = rows - r0 >= 4 ? 4 : rows - r0, tasks = (rows - r0) / per;
-        addnorm_job j = {x + (size_t)r0 * d, h ? h + (size_t)r0 * d : NULL, w, b, out + (size_t)r0 * d, d, rms, per, eps};
-        qw_pool_run(ctx->pool, tasks, addnorm_task, &j);
-        r0 += tasks * per;
-    }
+    else
+        qw_pool_run(ctx->pool, (rows + j.per - 1) / j.per, addnorm_task, &j);
 }
 
 void qw_add_rmsnorm_rows(qwen_context *ctx, float *x, const float *h, float *out, const float *w, int rows, int d,
