@@ -397,8 +397,8 @@ int main(int argc, char **argv) {
             if (!only_dt || !strcmp(only_dt, "bf16"))
                 for (size_t s = 0; s < sizeof(prefill) / sizeof(prefill[0]); s++)
                     for (size_t mi = 0; mi < sizeof(prefill_m) / sizeof(prefill_m[0]); mi++) {
-                        if (only_m && only_m != prefill_m[mi]) continue;
-                        bench_amx(ref, prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
+                        if (only_m && mi) break;
+                        bench_amx(ref, only_m ? only_m : prefill_m[mi], prefill[s][0], prefill[s][1], threads, seconds);
                     }
         }
     }

@@ -19,16 +19,21 @@
  * Zeros pad N to a multiple of 16 and K to a multiple of 32, so every step
  * loads whole tiles, and a slice [n0, n1) with n0 % 16 == 0 starts on a tile.
  *
- * A panel: up to PANEL_BYTES of A (a multiple of 32 rows, at least 32),
- * rounded to bf16 once per call into a heap buffer of row stride Kp =
- * 32 KT (zeros from K to Kp). For each panel, for each 32-column block of
- * [n0, n1), for each 32-row block of the panel: zero the C tiles, step
- * through K, store. A column block's B tiles (64 Kp bytes) stay in L2 across
- * the panel's rows; the panel streams from L2 once per column block.
+ * A panel: up to PANEL_BYTES of A (a multiple of 32 rows, at least 32; the
+ * last but one also takes a last block of fewer than 32 rows, which would
+ * otherwise be a panel of its own and stream every column block's weights
+ * again: M = 130 at K = 3584 ran as 64 + 64 + 2 rows, 0.59-0.65 ms against
+ * 0.48-0.57 for M = 128, now 0.51-0.55), rounded to bf16 once per call into
+ * a heap buffer of row stride Kp = 32 KT (zeros from K to Kp). For each
+ * panel, for each 32-column block of [n0, n1), for each 32-row block of the
+ * panel: zero the C tiles, step through K, store. A column block's B tiles
+ * (64 Kp bytes) stay in L2 across the panel's rows; the panel streams from
+ * L2 once per column block.
  *
  * Edges: the last row block of R < 32 rows runs with tiles configured to
- * min(R, 16) and R - 16 rows (tmm2, 3, 5 unused when R <= 16): the config is
- * loaded again once for it. A last column block of at most 16 columns uses
+ * min(R, 16) and R - 16 rows (tmm2, 3, 5 unused when R <= 16), right after
+ * the whole blocks of the same column block (its B tiles in L1): the config
+ * is loaded again for it and back. A last column block of at most 16 columns uses
  * tmm0 and tmm2 only. Columns past n1 (N not a multiple of 16) are computed
  * on the zero padding and dropped: whole column blocks are stored straight
  * into C (bias added in place), a partial one into a 32x32 scratch from
@@ -325,11 +330,11 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
     }
 }
 
-/* Rows [0, rows) of the panel (rows: a multiple of 32, or one last block of
- * 1..31 rows) against every column block of [n0, n1); tiles configured for
- * blocks of min(rows, 32) rows. */
+/* Rows [0, rows) of the panel against every column block of [n0, n1): for each column block its
+ * blocks of 32 rows, then the last one of 1..31 rows while the column block's B tiles are in L1
+ * (the tiles configured again for it and back; *config: the rows they are configured for). */
 static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t *panel, const uint16_t *packed,
-                     const float *bias, int rows, int K, int n0, int n1) {
+                     const float *bias, int rows, int K, int n0, int n1, int *config) {
     const int KT = round_up(K, AMX_KSTEP) / AMX_KSTEP;
     const size_t Kp = (size_t)KT * AMX_KSTEP;
     for (int n = n0; n < n1; n += AMX_NB) {
@@ -341,6 +346,9 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.bias = bias ? bias + n : NULL;
         for (int m = 0; m < rows; m += AMX_MB) {
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
+            if (*config != b.mb)
+                qw_amx_configure(b.mb < AMX_TROWS ? b.mb : AMX_TROWS, b.mb > AMX_TROWS ? b.mb - AMX_TROWS : 0),
+                    *config = b.mb;
             b.C = C + (size_t)m * ldc + n;
             b.A = A + (size_t)m * lda;
             b.Ab = panel ? panel + (size_t)m * Kp : NULL;
@@ -369,11 +377,14 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_
     int P = (int)(PANEL_BYTES / row_bytes) / AMX_MB * AMX_MB; /* rows per panel */
     if (P < AMX_MB) P = AMX_MB;
     if (P > M) P = M;
+    /* a last panel would hold a short block alone and stream every column block's weights again
+     * for it: the panel before takes those rows (at most 31 more) */
+    const int tail = M % P < AMX_MB && M > P ? M % P : 0;
     uint16_t *panel = NULL; /* row stride Kp, 64-byte aligned rows */
-    if (!stepwise && !Ab) panel = aligned_alloc(64, (size_t)P * row_bytes);
+    if (!stepwise && !Ab) panel = aligned_alloc(64, (size_t)(P + tail) * row_bytes);
     int config = -1; /* rows of the blocks the tiles are configured for */
     for (int p0 = 0; p0 < M; p0 += P) {
-        const int pr = M - p0 < P ? M - p0 : P, whole = pr / AMX_MB * AMX_MB;
+        const int pr = M - p0 <= P + tail ? M - p0 : P;
         const float *Ap = A + (size_t)p0 * lda;
         if (panel) {
             QW_AMX_BARRIER(panel);
@@ -382,16 +393,8 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_
         }
         const uint16_t *pa = Ab ? Ab + (size_t)p0 * Kp : panel;
         float *Cp = C + (size_t)p0 * ldc;
-        if (whole) {
-            if (config != AMX_MB) qw_amx_configure(AMX_TROWS, AMX_TROWS), config = AMX_MB;
-            amx_rows(Cp, ldc, Ap, lda, pa, (const uint16_t *)packed, bias, whole, K, n0, n1);
-        }
-        if (pr > whole) { /* the last rows of A: one block of 1..31 rows */
-            const int r = pr - whole;
-            if (config != r) qw_amx_configure(r < AMX_TROWS ? r : AMX_TROWS, r > AMX_TROWS ? r - AMX_TROWS : 0), config = r;
-            amx_rows(Cp + (size_t)whole * ldc, ldc, Ap + (size_t)whole * lda, lda,
-                     pa ? pa + (size_t)whole * Kp : NULL, (const uint16_t *)packed, bias, r, K, n0, n1);
-        }
+        amx_rows(Cp, ldc, Ap, lda, pa, (const uint16_t *)packed, bias, pr, K, n0, n1, &config);
+        if (pr > P) break; /* it took the tail */
     }
     _tile_release();
     if (panel) QW_AMX_BARRIER(panel);
