@@ -29,7 +29,10 @@
  * fetched into L2 a few lines a group while the previous panel runs (qa_ahead):
  * the whole product went from 0.59-0.69 to 0.87-1.08 TOP/s on one thread,
  * 1.27-1.58 to 1.52-2.01 on two. The rest is the stores and the scaling of
- * each group's sums.
+ * each group's sums. perf then still put 30% of the product's samples on
+ * its B tile loads and 6.7% on the memset of each block's accumulators:
+ * the first group now starts them, and every block fetches its next groups'
+ * weights into L1 (prefill of 148 rows 170 -> 150-160 ms).
  *
  * M below QA_MIN_ROWS goes to the AVX-512 VNNI table: a decode step streams
  * the weights once for all its rows and is bound by memory, where the tiles
@@ -83,14 +86,15 @@ typedef struct {
 } __attribute__((aligned(64))) qa_block;
 
 /* f[r] = fma(float(d[r] + zsum), sw * sa_r, f[r]) for the 16 rows of one C tile: quant.h's step for one
- * group. Rows past the block's own (the last block of M) read its last row's scale and are never stored. */
+ * group; the first group's adds to 0 instead of f (no memset of the accumulators: 6% of the product's
+ * time). Rows past the block's own (the last block of M) read its last row's scale and are never stored. */
 static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16], const int32_t d[QA_ROWS][16],
                                                            const int32_t *z, const float *sw,
                                                            const float *const sa[QA_ROWS], int g) {
 #ifdef QW_AMX_EMULATE
     for (int r = 0; r < QA_ROWS; r++)
         for (int j = 0; j < 16; j++)
-            f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), sw[j] * sa[r][g], f[r][j]);
+            f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), sw[j] * sa[r][g], g ? f[r][j] : 0.0f);
 #else
     const __m512i zv = _mm512_loadu_si512((const void *)z);
     const __m512 swv = _mm512_loadu_ps(sw);
@@ -98,7 +102,7 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
     for (int r = 0; r < QA_ROWS; r++) {
         const __m512i dr = _mm512_add_epi32(_mm512_load_si512((const void *)d[r]), zv);
         _mm512_store_ps(f[r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(dr), _mm512_mul_ps(swv, _mm512_set1_ps(sa[r][g])),
-                                              _mm512_load_ps(f[r])));
+                                              g ? _mm512_load_ps(f[r]) : _mm512_setzero_ps()));
     }
 #endif
 }
@@ -133,26 +137,28 @@ static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr,
 /* A block of R (1..32) rows x nr (1..32) columns from column block nb (and nb + 1); TWO_M: R > 16, TWO_N:
  * nr > 16 (constants). Per group: 2 A and 2 B tile loads feed 4 TDPBUSD, whose sums are stored and
  * scaled while the next group's tiles are loaded and multiplied (the other half of b->d).
- * near: prefetch this panel's weights into L1 two groups ahead (the call's first panel, which no earlier
- * one fetched); far: the next panel's, into L2. */
+ * Each group fetches the block's weights two groups ahead into L1 (tile loads that miss stall, and
+ * the hardware does not fetch ahead of them as it does for vector loads; every block, not only a
+ * panel's first: 2-5% on bench_kernels -v int8 -m 145; the activations too measured nothing more);
+ * far: the next panel's weights, into L2. */
 static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int TWO_M, int TWO_N, int R, float *C,
                                                                 int ldc, const uint8_t *qa, const float *sa,
                                                                 const qw_q8 *W, int nb, int nr, const float *bias,
-                                                                int near, qa_ahead *far) {
+                                                                qa_ahead *far) {
     const int Kp = W->Kp, ng = W->ng;
     const int8_t *qb0 = W->q + (size_t)nb * 16 * Kp, *qb1 = qb0 + (size_t)16 * Kp;
     const float *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
     const int32_t *z0 = W->zsum + (size_t)nb * ng * 16, *z1 = z0 + (size_t)ng * 16;
     const float *sar[2][QA_ROWS]; /* each row's scales (rows past R: the last row's) */
     for (int r = 0; r < 2 * QA_ROWS; r++) sar[r / QA_ROWS][r % QA_ROWS] = sa + (size_t)(r < R ? r : R - 1) * ng;
-    memset(b->f, 0, sizeof(b->f));
+    if (!ng) memset(b->f, 0, sizeof(b->f)); /* no group to start them (K = 0) */
     const size_t arow = (size_t)QA_ROWS * Kp; /* A's second row block */
     /* Rows 0-15 (C tiles 0, 1) and rows 16-31 (tiles 2, 3) take turns: a set's sums are stored and
      * scaled only after the other set's products were issued, so the tile unit always has work while
      * the stores wait for their products. Both sets share a group's B tiles. */
     for (int g = 0; g <= ng; g++) {
         const size_t gq = (size_t)g * QA_GK, gw = gq * 16, gs = (size_t)g * 16;
-        if (near && g + QA_PREFETCH < ng) /* the tile loads are not prefetched by the hardware as vector loads are */
+        if (g + QA_PREFETCH < ng)
             for (int i = 0; i < QA_GK * 16; i += 64) {
                 __builtin_prefetch(qb0 + gw + QA_PREFETCH * QA_GK * 16 + i);
                 if (TWO_N) __builtin_prefetch(qb1 + gw + QA_PREFETCH * QA_GK * 16 + i);
@@ -217,12 +223,11 @@ static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W,
             const uint8_t *qa = A->q + (size_t)m * Kp;
             const float *sa = A->scale + (size_t)m * A->ng;
             float *c = C + (size_t)m * ldc + n;
-            const int near = m == 0 && n == n0; /* the call's first panel was not fetched ahead */
             switch ((R > QA_ROWS) << 1 | (nr > 16)) {
-            case 3: qa_block_rows(&b, 1, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
-            case 2: qa_block_rows(&b, 1, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
-            case 1: qa_block_rows(&b, 0, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
-            default: qa_block_rows(&b, 0, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, near, &far); break;
+            case 3: qa_block_rows(&b, 1, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, &far); break;
+            case 2: qa_block_rows(&b, 1, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, &far); break;
+            case 1: qa_block_rows(&b, 0, 1, R, c, ldc, qa, sa, W, n / 16, nr, bn, &far); break;
+            default: qa_block_rows(&b, 0, 0, R, c, ldc, qa, sa, W, n / 16, nr, bn, &far); break;
             }
         }
     }
