@@ -32,7 +32,7 @@
  * each group's sums. perf then still put 30% of the product's samples on
  * its B tile loads and 6.7% on the memset of each block's accumulators:
  * the first group now starts them, and every block fetches its next groups'
- * weights into L1 (prefill of 148 rows 170 -> 150-160 ms).
+ * weights into L1 (prefill of 148 rows 170-175 -> 155-162 ms).
  *
  * M below QA_MIN_ROWS goes to the AVX-512 VNNI table: a decode step streams
  * the weights once for all its rows and is bound by memory, where the tiles
