@@ -118,10 +118,22 @@ class AccessLog:
                 complete = True
             await send(message)
 
+        async def receive_or_gone() -> Message:
+            # When Serve cancels a request whose client went away, a pending receive() may raise
+            # Ray's TaskCancelledError instead of returning http.disconnect (a race in Serve's
+            # message queue): to the app it is the disconnect, or a stream that was listening for
+            # one fails with "Request failed." at error level. asyncio.CancelledError still raises.
+            try:
+                return await receive()
+            except Exception as e:
+                if client_gone(e):
+                    return {"type": "http.disconnect"}
+                raise
+
         token = _current.set(record)
         outcome: int | None = None
         try:
-            await self.app(scope, receive, send_and_watch)
+            await self.app(scope, receive_or_gone, send_and_watch)
         except BaseException as e:
             outcome = CLIENT_GONE if client_gone(e) else (status if complete and status else 500)
             raise
