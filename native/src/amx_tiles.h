@@ -42,4 +42,12 @@ static inline void qw_amx_configure(int r0, int r1) {
     _tile_loadconfig(&cfg);
 }
 
+/* The tiles configured for a block of `rows` (1..32) rows: min(rows, 16) + the rest (16 + 16 for a
+ * whole block), unless *config (the rows they are configured for; start it at 0) says they are. */
+static inline void qw_amx_configure_block(int rows, int *config) {
+    if (*config == rows) return;
+    qw_amx_configure(rows < 16 ? rows : 16, rows > 16 ? rows - 16 : 0);
+    *config = rows;
+}
+
 #endif /* QWEN_AMX_TILES_H */

@@ -346,9 +346,7 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.bias = bias ? bias + n : NULL;
         for (int m = 0; m < rows; m += AMX_MB) {
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
-            if (*config != b.mb)
-                qw_amx_configure(b.mb < AMX_TROWS ? b.mb : AMX_TROWS, b.mb > AMX_TROWS ? b.mb - AMX_TROWS : 0),
-                    *config = b.mb;
+            qw_amx_configure_block(b.mb, config);
             b.C = C + (size_t)m * ldc + n;
             b.A = A + (size_t)m * lda;
             b.Ab = panel ? panel + (size_t)m * Kp : NULL;
@@ -382,7 +380,7 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_
     const int tail = M % P < AMX_MB && M > P ? M % P : 0;
     uint16_t *panel = NULL; /* row stride Kp, 64-byte aligned rows */
     if (!stepwise && !Ab) panel = aligned_alloc(64, (size_t)(P + tail) * row_bytes);
-    int config = -1; /* rows of the blocks the tiles are configured for */
+    int config = 0; /* rows of the blocks the tiles are configured for */
     for (int p0 = 0; p0 < M; p0 += P) {
         const int pr = M - p0 <= P + tail ? M - p0 : P;
         const float *Ap = A + (size_t)p0 * lda;
@@ -474,7 +472,7 @@ void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
     const int Fo = (c->Fi + 1) / 2, M = (c->Ti + 1) / 2 * Fo;
     if (n1 > c->Cout) n1 = c->Cout;
     if (M <= 0 || n0 < 0 || n1 <= n0) return;
-    int config = -1; /* rows of the blocks the tiles are configured for */
+    int config = 0; /* rows of the blocks the tiles are configured for */
     /* A panel of output rows at a time: its input stays in L2 while every column block of the slice
      * (32 columns x 9 Cin of weights each) meets it. */
     for (int p0 = 0; p0 < M; p0 += CONV_PANEL_ROWS) {
@@ -483,8 +481,7 @@ void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
             const int nr = n1 - n < AMX_NB ? n1 - n : AMX_NB;
             for (int m = p0; m < p1; m += AMX_MB) {
                 const int mb = p1 - m < AMX_MB ? p1 - m : AMX_MB;
-                if (config != mb) /* min(mb, 16) + the rest: 16 + 16 for whole blocks */
-                    qw_amx_configure(mb < AMX_TROWS ? mb : AMX_TROWS, mb > AMX_TROWS ? mb - AMX_TROWS : 0), config = mb;
+                qw_amx_configure_block(mb, &config);
                 const int two_m = mb > AMX_TROWS, two_n = nr > AMX_TCOLS;
                 if (c->rows) {
                     if (two_m && two_n) amx_conv_block(c, m, mb, n, nr, 0, 1, 1);

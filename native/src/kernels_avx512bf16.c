@@ -19,6 +19,7 @@
  * horizontal sums. A is rounded to bf16 once per block of MB x KB.
  */
 #include "kernels_avx512_tile.h"
+#include "kernels_gelu.h"
 
 #include <string.h>
 
@@ -201,24 +202,24 @@ static void to_f32_bf16set(float *dst, const void *src, qw_dtype dt, int n) { qw
  * 10 s) as slow as conv1's products; this runs in 0.47x the time. Outputs go on as bf16 (or into a
  * product that rounds them so), 8 bits of mantissa, and this set is never EXACT's. */
 static void gelu_bf16set(float *x, int n) {
-    const __m512 lo = _mm512_set1_ps(-3.925f), hi = _mm512_set1_ps(3.925f), one = _mm512_set1_ps(1.0f);
+    const __m512 lo = _mm512_set1_ps(-QW_ERF_T), hi = _mm512_set1_ps(QW_ERF_T), one = _mm512_set1_ps(1.0f);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 in = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
         const __m512 v = _mm512_maskz_loadu_ps(in, x + i);
         /* the clamp keeps a NaN (max and min return their second operand then) */
         const __m512 t = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f))));
         const __m512 s = _mm512_mul_ps(t, t);
-        __m512 p = _mm512_set1_ps(1.984379594e-08f);
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-1.997702611e-06f));
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.504761603e-04f));
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(4.038781393e-03f));
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(5.161169916e-02f));
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(2.076629251e-01f));
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.128378868e+00f));
-        __m512 q = _mm512_set1_ps(1.039732946e-03f);
-        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(1.502556819e-02f));
-        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(1.182120740e-01f));
-        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(5.173655152e-01f));
+        __m512 p = _mm512_set1_ps(QW_ERF_P6);
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P5));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P4));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P3));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P2));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P1));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(QW_ERF_P0));
+        __m512 q = _mm512_set1_ps(QW_ERF_Q4);
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(QW_ERF_Q3));
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(QW_ERF_Q2));
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(QW_ERF_Q1));
         q = _mm512_fmadd_ps(q, s, one);
         __m512 r = _mm512_rcp14_ps(q);
         r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f)));

@@ -219,7 +219,7 @@ static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W,
                         (32 * Kp / 64 + blocks * W->ng - 1) / (blocks * W->ng)};
         for (int m = 0; m < M; m += 2 * QA_ROWS) {
             const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
-            if (R != config) qw_amx_configure(R < QA_ROWS ? R : QA_ROWS, R > QA_ROWS ? R - QA_ROWS : 0), config = R;
+            qw_amx_configure_block(R, &config);
             const uint8_t *qa = A->q + (size_t)m * Kp;
             const float *sa = A->scale + (size_t)m * A->ng;
             float *c = C + (size_t)m * ldc + n;

@@ -1,4 +1,4 @@
-"""Fits the float erf used by libqwen's GELU (native/src/kernels.c, qw_gelu_row).
+"""Fits the float erf used by libqwen's GELU (native/src/kernels_gelu.h: the QW_ERF_* coefficients).
 
     .venv/bin/python native/tools/fit_erf.py      # needs numpy and scipy
 
