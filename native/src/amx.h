@@ -89,6 +89,13 @@ void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K);
 /* qw_amx_matmul on A rounded by qw_amx_round_rows: the same bits. */
 void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
                            int K, int n0, int n1);
+/* qw_amx_matmul_rounded with its epilogue: Cb[m, n] = bf16(act(C[m, n])) (nearest even, as
+ * qw_amx_round_rows rounds; act in place on the f32 results, or NULL) for m < M, n in [n0, n1), row
+ * stride ldcb: the same bits as the product, act over the results, then qw_amx_round_rows; so a
+ * product whose output is only the rounded input of the next one (the encoder's fc1 -> GELU -> fc2)
+ * writes that input directly. */
+void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *packed, const float *bias,
+                            void (*act)(float *x, int n), int M, int N, int K, int n0, int n1);
 void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1);
 /* 1 when a small product with partial tiles (qw_amx_pack + qw_amx_matmul) agrees with a
  * double-precision sum; qwen_load runs it once before it puts a model on the tiles, and keeps
@@ -114,6 +121,11 @@ static inline void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int 
 static inline void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias,
                                          int M, int N, int K, int n0, int n1) {
     (void)C, (void)ldc, (void)Ab, (void)packed, (void)bias, (void)M, (void)N, (void)K, (void)n0, (void)n1;
+}
+static inline void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *packed,
+                                          const float *bias, void (*act)(float *x, int n), int M, int N, int K,
+                                          int n0, int n1) {
+    (void)Cb, (void)ldcb, (void)Ab, (void)packed, (void)bias, (void)act, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
 static inline void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) { (void)c, (void)n0, (void)n1; }
 static inline int qw_amx_selfcheck(void) { return 0; }

@@ -69,6 +69,7 @@
 #define qw_amx_matmul qw_amx_emu_matmul
 #define qw_amx_round_rows qw_amx_emu_round_rows
 #define qw_amx_matmul_rounded qw_amx_emu_matmul_rounded
+#define qw_amx_matmul_act_bf16 qw_amx_emu_matmul_act_bf16
 #define qw_amx_conv3x3 qw_amx_emu_conv3x3
 #define qw_amx_selfcheck qw_amx_emu_selfcheck
 #endif
@@ -256,6 +257,9 @@ typedef struct {
     const uint16_t *B0, *B1; /* tiles (nt, 0) and (nt + 1, 0) of packed */
     const float *bias; /* bias + n, or NULL */
     int mb, nr, K, KT;
+    uint16_t *Cb;      /* or, with an epilogue: Cb[m0, n] (row stride ldcb) gets bf16(act(C + bias)) */
+    int ldcb;
+    void (*act)(float *x, int n);
 } amx_block_args;
 
 /* The C tiles of a block (tmm0-3; only those TWO_M / TWO_N use) set to zero. */
@@ -307,7 +311,20 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
                   TWO_N);
     }
     const int whole = b->nr == (TWO_N ? 2 : 1) * AMX_TCOLS;
-    float S[AMX_MB * AMX_NB] __attribute__((aligned(64))); /* 4 KiB: a partial block */
+    float S[AMX_MB * AMX_NB] __attribute__((aligned(64))); /* 4 KiB: a partial block, or the epilogue's */
+    if (b->Cb) { /* + bias, the activation and the rounding to bf16 while the block is in L1 */
+        amx_store_c(S, AMX_NB, TWO_M, TWO_N);
+        QW_AMX_BARRIER(S);
+        if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
+            for (int r = 0; r < b->mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
+        if (b->bias)
+            for (int r = 0; r < b->mb; r++)
+                for (int j = 0; j < b->nr; j++) S[r * AMX_NB + j] += b->bias[j];
+        if (b->act) b->act(S, b->mb * AMX_NB);
+        for (int r = 0; r < b->mb; r++)
+            for (int j = 0; j < b->nr; j++) b->Cb[(size_t)r * b->ldcb + j] = amx_bf16(S[r * AMX_NB + j]);
+        return;
+    }
     float *c = whole ? b->C : S;
     const size_t ldc = whole ? (size_t)b->ldc : AMX_NB;
     amx_store_c(c, ldc, TWO_M, TWO_N);
@@ -334,7 +351,8 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
  * blocks of 32 rows, then the last one of 1..31 rows while the column block's B tiles are in L1
  * (the tiles configured again for it and back; *config: the rows they are configured for). */
 static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t *panel, const uint16_t *packed,
-                     const float *bias, int rows, int K, int n0, int n1, int *config) {
+                     const float *bias, int rows, int K, int n0, int n1, int *config, uint16_t *Cb, int ldcb,
+                     void (*act)(float *, int)) {
     const int KT = round_up(K, AMX_KSTEP) / AMX_KSTEP;
     const size_t Kp = (size_t)KT * AMX_KSTEP;
     for (int n = n0; n < n1; n += AMX_NB) {
@@ -344,7 +362,9 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.B0 = packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
         b.B1 = b.B0 + (size_t)KT * AMX_TILE; /* read only when nr > 16 */
         b.bias = bias ? bias + n : NULL;
+        b.ldcb = ldcb, b.act = act;
         for (int m = 0; m < rows; m += AMX_MB) {
+            b.Cb = Cb ? Cb + (size_t)m * ldcb + n : NULL;
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
             qw_amx_configure_block(b.mb, config);
             b.C = C + (size_t)m * ldc + n;
@@ -363,12 +383,21 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
 /* qw_amx_matmul; stepwise: round A per step (the path taken when the panel cannot be allocated);
  * Ab: A already rounded (qw_amx_round_rows, row stride Kp), the panels are its rows. */
 static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_t *Ab, const void *packed,
-                       const float *bias, int M, int N, int K, int n0, int n1, int stepwise) {
+                       const float *bias, int M, int N, int K, int n0, int n1, int stepwise, uint16_t *Cb, int ldcb,
+                       void (*act)(float *, int)) {
     if (n1 > N) n1 = N;
     if (M <= 0 || n0 < 0 || n1 <= n0) return;
     if (K <= 0) { /* no k: the bias (or zeros), as an empty tile chain gives it */
         for (int m = 0; m < M; m++)
-            for (int n = n0; n < n1; n++) C[(size_t)m * ldc + n] = bias ? 0.0f + bias[n] : 0.0f;
+            for (int n = n0; n < n1; n++) {
+                float v = bias ? 0.0f + bias[n] : 0.0f;
+                if (!Cb) {
+                    C[(size_t)m * ldc + n] = v;
+                    continue;
+                }
+                if (act) act(&v, 1);
+                Cb[(size_t)m * ldcb + n] = amx_bf16(v);
+            }
         return;
     }
     const size_t Kp = (size_t)round_up(K, AMX_KSTEP), row_bytes = Kp * sizeof(uint16_t);
@@ -390,8 +419,9 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_
             QW_AMX_BARRIER(panel);
         }
         const uint16_t *pa = Ab ? Ab + (size_t)p0 * Kp : panel;
-        float *Cp = C + (size_t)p0 * ldc;
-        amx_rows(Cp, ldc, Ap, lda, pa, (const uint16_t *)packed, bias, pr, K, n0, n1, &config);
+        float *Cp = Cb ? NULL : C + (size_t)p0 * ldc;
+        amx_rows(Cp, ldc, Ap, lda, pa, (const uint16_t *)packed, bias, pr, K, n0, n1, &config,
+                 Cb ? Cb + (size_t)p0 * ldcb : NULL, ldcb, act);
         if (pr > P) break; /* it took the tail */
     }
     _tile_release();
@@ -401,7 +431,7 @@ static void amx_matmul(float *C, int ldc, const float *A, int lda, const uint16_
 
 void qw_amx_matmul(float *C, int ldc, const float *A, int lda, const void *packed, const float *bias, int M, int N,
                    int K, int n0, int n1) {
-    amx_matmul(C, ldc, A, lda, NULL, packed, bias, M, N, K, n0, n1, 0);
+    amx_matmul(C, ldc, A, lda, NULL, packed, bias, M, N, K, n0, n1, 0, NULL, 0, NULL);
 }
 
 void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
@@ -410,7 +440,12 @@ void qw_amx_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
 
 void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *packed, const float *bias, int M, int N,
                            int K, int n0, int n1) {
-    amx_matmul(C, ldc, NULL, 0, Ab, packed, bias, M, N, K, n0, n1, 0);
+    amx_matmul(C, ldc, NULL, 0, Ab, packed, bias, M, N, K, n0, n1, 0, NULL, 0, NULL);
+}
+
+void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *packed, const float *bias,
+                            void (*act)(float *x, int n), int M, int N, int K, int n0, int n1) {
+    amx_matmul(NULL, 0, NULL, 0, Ab, packed, bias, M, N, K, n0, n1, 0, Cb, ldcb, act);
 }
 
 /* ==== 3x3 convolution of stride 2, implicit (qw_amx_conv3x3) ==== */

@@ -25,6 +25,8 @@ typedef struct {
     const qw_q8_kernels *q8;
     qw_q8_act act;              /* A quantized by rows, for int8 weights */
     const uint16_t *Ab;         /* A rounded to bf16 once for AMX weights (row stride K rounded to 32), or NULL */
+    uint16_t *Cb;               /* or NULL; else (AMX weights, Ab) C is not written: Cb = bf16(fn(C)) */
+    void (*fn)(float *x, int n);
 } mm_job;
 
 typedef struct {
@@ -93,6 +95,8 @@ static void mm_task(void *arg, int t) {
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
+    else if (j->Cb) /* qw_matmul_act_matmul: AMX weights, A rounded */
+        qw_amx_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX && j->Ab) /* each element one chain over k: batch-invariant too (amx.h) */
         qw_amx_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX)
@@ -107,9 +111,13 @@ static void mm_task(void *arg, int t) {
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
-void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
-                 const float *const *bias, int M, int rows_invariant) {
-    if (M <= 0) return;
+/* qw_matmul_n; Ab: A already rounded for AMX weights (or NULL); Cb, act: the epilogue of
+ * qw_matmul_act_matmul (one AMX product; or NULL). -1 when Cb was asked for but A could not be
+ * rounded (no memory): nothing computed then. */
+static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
+                    const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
+                    void (*act)(float *, int)) {
+    if (M <= 0) return 0;
     /* Column slices: a few per thread for balance; multiples of 16 keep the
      * SIMD kernels on their full-width path. Big M => more work per column,
      * and each slice's call sets its own work up (the AMX kernels convert or
@@ -123,24 +131,43 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     int per = total_rows / (threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
-    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}, NULL};
+    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}, Ab, Cb, act};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
         if (qw_q8_act_bytes(M, q->K) > ctx->q8_act_size) { /* qw_q8_reserve was not called: a bug */
             qw_fail(ctx, QWEN_ERR_INVALID, "int8 activation buffer not reserved for %d rows", M);
-            return;
+            return 0;
         }
         j.act = q8_quantize(ctx, A, M, q);
     }
     int amx_all = 1; /* all on tiles with one K: A rounded once */
     for (int i = 0; i < n; i++) amx_all &= W[i]->dt == QW_AMX && W[i]->cols == W[0]->cols;
-    if (amx_all) j.Ab = amx_round_once(ctx, A, M, W[0]->cols);
+    if (amx_all && !j.Ab) j.Ab = amx_round_once(ctx, A, M, W[0]->cols);
+    if (Cb && !j.Ab) return -1;
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;
         tasks += j.tasks_per_mat[i];
     }
     qw_pool_run(ctx->pool, tasks, mm_task, &j);
+    return 0;
+}
+
+void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
+                 const float *const *bias, int M, int rows_invariant) {
+    matmul_n(ctx, n, C, A, W, bias, M, rows_invariant, NULL, NULL, NULL);
+}
+
+int qw_matmul_act_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
+                         void (*act)(float *x, int n), const qw_mat *W2, const float *b2, int M, void *buf) {
+    if (M <= 0 || W1->dt != QW_AMX || W2->dt != QW_AMX || W1->rows % 32 || W2->cols != W1->rows) return 0;
+    uint16_t *Cb = buf; /* W2's A, rounded: row stride W1->rows (a multiple of 32, so no padding) */
+    const qw_mat *W[1] = {W1};
+    const float *bias1[1] = {b1}, *bias2[1] = {b2};
+    if (matmul_n(ctx, 1, NULL, A, W, b1 ? bias1 : NULL, M, 0, NULL, Cb, act)) return 0;
+    W[0] = W2;
+    matmul_n(ctx, 1, &C, NULL, W, b2 ? bias2 : NULL, M, 0, Cb, NULL, NULL);
+    return 1;
 }
 
 static void matmul_one(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M,

@@ -74,6 +74,7 @@
 #undef qw_amx_round_rows
 #undef qw_amx_matmul_rounded
 #undef qw_amx_conv3x3
+#undef qw_amx_matmul_act_bf16
 
 #include <math.h>
 #include <pthread.h>
@@ -461,7 +462,7 @@ static void test_case(int M, int K, int N, int n0, int n1, qw_dtype dt, int with
           M, K, N, n0, n1, dt_name(dt), with_bias, untouched, bitwise, n_diff, close, worst, faults, released);
     if (stepwise) { /* no panel: A rounded per step */
         float *S = new_c(&c);
-        amx_matmul(S, c.ldc, A, c.lda, NULL, packed, c.bias, M, N, K, n0, n1, 1);
+        amx_matmul(S, c.ldc, A, c.lda, NULL, packed, c.bias, M, N, K, n0, n1, 1, NULL, 0, NULL);
         int same = 1;
         for (size_t i = 0; i < (size_t)(M - 1) * c.ldc + N; i++) same &= f2u(S[i]) == f2u(C[i]);
         check(same && qw_amx_emu.faults == f0, "emulated", "per-step path M=%d K=%d N=%d n=[%d,%d) %s: same bits", M,
@@ -763,6 +764,72 @@ static void test_conv(void) {
     test_conv_case(3, 8, 40, 36, 0, 36, 1, 0);      /* Cin = 40: K = 360 on 12 k steps, the last partial */
 }
 
+/* ==== The product with an epilogue (qw_amx_matmul_act_bf16) ==== */
+
+/* qw_amx_matmul_act_bf16 against qw_amx_matmul_rounded + act + qw_amx_round_rows on the same rounded A,
+ * bit for bit: emulated, and natively where AMX runs; nothing outside the slice's outputs written. */
+static void test_act_case(int M, int K, int N, int n0, int n1, int with_bias) {
+    const int ldcb = N + 5, Kp = (K + 31) / 32 * 32;
+    float *A = malloc((size_t)M * K * sizeof(float));
+    for (int i = 0; i < M * K; i++) A[i] = i % 7 == 3 ? tie(frand()) : frand();
+    uint16_t *Ab = alloc64((size_t)M * Kp * sizeof(uint16_t) + 64);
+    qw_amx_emu_round_rows(Ab, A, K, M, K);
+    uint16_t *wb = malloc((size_t)N * K * sizeof(uint16_t));
+    void *W = make_weights(N, K, QW_BF16, wb);
+    void *packed = alloc64(qw_amx_emu_packed_size(N, K));
+    qw_amx_emu_pack(packed, W, QW_BF16, N, K);
+    float *bias = malloc((size_t)N * sizeof(float));
+    for (int n = 0; n < N; n++) bias[n] = frand();
+    for (int variant = 0; variant < 1 + HAVE_NATIVE * native; variant++) {
+        float *R = malloc((size_t)M * N * sizeof(float));
+        uint16_t *Rb = malloc((size_t)M * N * sizeof(uint16_t));
+        uint16_t *ob = malloc((size_t)M * ldcb * sizeof(uint16_t));
+        for (size_t i = 0; i < (size_t)M * ldcb; i++) ob[i] = SENTINEL_BF16;
+        const unsigned f0 = qw_amx_emu.faults;
+#if HAVE_NATIVE
+        if (variant) {
+            qw_amx_matmul_rounded(R, N, Ab, packed, with_bias ? bias : NULL, M, N, K, n0, n1);
+            qw_amx_matmul_act_bf16(ob, ldcb, Ab, packed, with_bias ? bias : NULL, act_test, M, N, K, n0, n1);
+        } else
+#endif
+        {
+            qw_amx_emu_matmul_rounded(R, N, Ab, packed, with_bias ? bias : NULL, M, N, K, n0, n1);
+            qw_amx_emu_matmul_act_bf16(ob, ldcb, Ab, packed, with_bias ? bias : NULL, act_test, M, N, K, n0, n1);
+        }
+        for (int m = 0; m < M; m++) { /* act, then the rounding of qw_amx_round_rows (qw_f32_to_bf16) */
+            act_test(R + (size_t)m * N + n0, n1 - n0);
+            for (int n = n0; n < n1; n++) Rb[(size_t)m * N + n] = qw_f32_to_bf16(R[(size_t)m * N + n]);
+        }
+        int same = 1, untouched = 1, n_diff = 0;
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < ldcb; n++) {
+                const uint16_t o = ob[(size_t)m * ldcb + n];
+                if (n >= n0 && n < n1) {
+                    const int ok = o == Rb[(size_t)m * N + n];
+                    same &= ok, n_diff += !ok;
+                } else {
+                    untouched &= o == SENTINEL_BF16;
+                }
+            }
+        const int faults = (int)(qw_amx_emu.faults - f0);
+        check(same && untouched && !faults, variant ? "native" : "emulated",
+              "matmul_act_bf16 M=%d K=%d N=%d n=[%d,%d) bias=%d: the product's bits=%d (%d differ) untouched=%d "
+              "faults=%d",
+              M, K, N, n0, n1, with_bias, same, n_diff, untouched, faults);
+        if (variant) native_failed += !(same && untouched);
+        free(R), free(Rb), free(ob);
+    }
+    free(A), free(Ab), free(wb), free(W), free(packed), free(bias);
+}
+
+static void test_act(void) {
+    test_act_case(130, 96, 128, 0, 128, 1); /* a short last block of 2 rows taken by the panel before */
+    test_act_case(17, 64, 48, 16, 48, 0);   /* a slice of one and a half column blocks; 16 + 1 rows */
+    test_act_case(40, 70, 40, 32, 40, 1);   /* K not a multiple of 32; the last 8 columns */
+    test_act_case(1, 32, 16, 0, 16, 1);     /* one row */
+    test_act_case(5, 0, 32, 0, 32, 1);      /* no k: act(bias) */
+}
+
 /* ==== Probe ==== */
 
 static void *probe_thread(void *arg) {
@@ -809,6 +876,7 @@ int main(void) {
     const int before = failed;
     test_kernel();
     test_conv();
+    test_act();
     printf("amx: emulated kernel tested, %d failures\n", failed - before - native_failed);
     if (native) {
         printf("native AMX: tested, %d failures\n", native_failed);
