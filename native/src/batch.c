@@ -25,13 +25,6 @@
 
 #define MAX_SEQUENCES 256
 
-static int32_t argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 /* Task = one decoding sequence of a step: its greedy token from its row of the step's logits. */
 typedef struct {
     const float *logits;
@@ -41,7 +34,7 @@ typedef struct {
 
 static void argmax_task(void *arg, int i) {
     const argmax_job *j = arg;
-    j->tokens[i] = argmax(j->logits + (size_t)i * j->vocab, j->vocab);
+    j->tokens[i] = qw_argmax_row(j->logits + (size_t)i * j->vocab, j->vocab);
 }
 
 static int seq_running(const qw_seq *s) { return s->state != QW_SEQ_FREE && s->state != QW_SEQ_ENDED; }
@@ -221,7 +214,7 @@ static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logi
     }
     s->state = QW_SEQ_DECODE;
     s->logits = logits;
-    *token = argmax(logits, ctx->cfg.vocab);
+    *token = qw_argmax_row(logits, ctx->cfg.vocab);
     return take_token(ctx, s, *token);
 }
 
@@ -308,7 +301,7 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int alone, int32
     free(rows);
     for (int r = 0; st == QWEN_OK && r < n_rows; r++, s->n_marked++) { /* per marker: the first maximum */
         const float *row = marks + (size_t)r * C;
-        s->mark_classes[s->n_marked] = argmax(row, C);
+        s->mark_classes[s->n_marked] = qw_argmax_row(row, C);
         if (s->mark_logits) memcpy(s->mark_logits + (size_t)s->n_marked * C, row, (size_t)C * sizeof(float));
     }
     free(marks);

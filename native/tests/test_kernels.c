@@ -595,7 +595,44 @@ static void test_bf16ps(const qw_kernels *bf) {
 
 /* ==== Main ==== */
 
+/* qw_argmax_row against the one-chain scan it replaces: random rows of every length around the lanes
+ * (1..40 and a vocabulary's), the maximum in each lane and the tail, ties (the first wins), NaNs
+ * (skipped; at x[0] the answer is 0), -0 against +0, all -inf. */
+static int32_t argmax_scan(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void test_argmax(void) {
+    enum { N = 151936 };
+    float *x = malloc(N * sizeof(float));
+    int bad = 0, cases = 0;
+    for (int n = 1; n <= 41; n++)
+        for (int at = 0; at < n; at++)
+            for (int kind = 0; kind < 6; kind++) {
+                for (int i = 0; i < n; i++) x[i] = (float)(rand() % 7) - 3.0f; /* many ties */
+                if (kind == 1) x[at] = NAN;
+                if (kind == 2) x[at] = 100.0f, x[n - 1 - at] = 100.0f; /* two maxima */
+                if (kind == 3)
+                    for (int i = 0; i < n; i++) x[i] = i == at ? 0.0f : i % 2 ? -0.0f : -1.0f; /* zeros */
+                if (kind == 4)
+                    for (int i = 0; i < n; i++) x[i] = i == at ? NAN : -INFINITY;
+                if (kind == 5) x[0] = NAN, x[at] = 50.0f;
+                bad += qw_argmax_row(x, n) != argmax_scan(x, n), cases++;
+            }
+    for (int r = 0; r < 8; r++) {
+        for (int i = 0; i < N; i++) x[i] = frand() * 20.0f;
+        if (r % 2) x[(r * 7919) % N] = NAN, x[N - 1 - r] = 30.0f, x[N / 2 + r] = 30.0f;
+        bad += qw_argmax_row(x, N) != argmax_scan(x, N), cases++;
+    }
+    check(!bad, "argmax", "qw_argmax_row is the one-chain scan's index in %d of %d rows", cases - bad, cases);
+    free(x);
+}
+
 int main(void) {
+    test_argmax();
     const qw_kernels *tables[5];
     int n_tables = 0;
     int best = qw_best_isa(), resolved = -1;
