@@ -478,6 +478,16 @@ static void test_exp_rows(const qw_kernels *t) {
         if (off) bad++;
     }
     check(!bad, t->name, "softmax of constant rows of 1..40 is uniform");
+    bad = 0;
+    for (int n = 1; n <= 70; n++) { /* a row's tail gives what whole vectors give: the row padded with -inf */
+        float r[70], w[80];
+        const int n16 = (n + 15) / 16 * 16;
+        for (int i = 0; i < n16; i++) w[i] = i < n ? (r[i] = frand() * 30.0f) : -INFINITY;
+        t->softmax(r, n);
+        t->softmax(w, n16);
+        for (int i = 0; i < n16; i++) bad += i < n ? f2u(r[i]) != f2u(w[i]) : w[i] != 0.0f;
+    }
+    check(!bad, t->name, "softmax of rows of 1..70: bit for bit the row padded to whole vectors (%d differ)", bad);
     float big[3] = {-INFINITY, 0.0f, -1e30f};
     t->softmax(big, 3);
     check(big[0] == 0.0f && big[1] == 1.0f && big[2] == 0.0f, t->name, "softmax gives 0 to -inf and far scores");
