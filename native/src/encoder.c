@@ -371,18 +371,9 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
         qw_pool_run(ctx->pool, n_windows * heads, enc_attn_task, &job);
         qw_matmul(ctx, hbuf, att, &y->o, y->o_b, n);
         qw_add_layernorm_rows(ctx, x, hbuf, att, y->ln2_w, y->ln2_b, n, d);
-        /* added to x with the next norm */
-        if (!qw_matmul_act_matmul(ctx, att, att, &y->fc1, y->fc1_b, ctx->k->gelu, &y->fc2, y->fc2_b, n, hbuf)) {
-            qw_matmul(ctx, hbuf, att, &y->fc1, y->fc1_b, n);
-            qw_gelu_mt(ctx, hbuf, (size_t)n * ffn);
-            qw_matmul(ctx, att, hbuf, &y->fc2, y->fc2_b, n);
-        }
+        qw_matmul_gelu_matmul(ctx, att, att, &y->fc1, y->fc1_b, &y->fc2, y->fc2_b, n, hbuf); /* added to x with the next norm */
     }
     qw_add_layernorm_rows(ctx, x, c->enc_layers ? att : NULL, x, e->ln_post_w, e->ln_post_b, n, d); /* + its FFN */
-    if (!qw_matmul_act_matmul(ctx, out, x, &e->proj1, e->proj1_b, ctx->k->gelu, &e->proj2, e->proj2_b, n, q)) {
-        qw_matmul(ctx, q, x, &e->proj1, e->proj1_b, n);
-        qw_gelu_mt(ctx, q, (size_t)n * d);
-        qw_matmul(ctx, out, q, &e->proj2, e->proj2_b, n);
-    }
+    qw_matmul_gelu_matmul(ctx, out, x, &e->proj1, e->proj1_b, &e->proj2, e->proj2_b, n, q);
     return QWEN_OK;
 }

@@ -95,7 +95,7 @@ static void mm_task(void *arg, int t) {
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
-    else if (j->Cb) /* qw_matmul_act_matmul: AMX weights, A rounded */
+    else if (j->Cb) /* qw_matmul_gelu_matmul: AMX weights, A rounded */
         qw_amx_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX && j->Ab) /* each element one chain over k: batch-invariant too (amx.h) */
         qw_amx_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->rows, W->cols, n0, n1);
@@ -112,7 +112,7 @@ static void mm_task(void *arg, int t) {
 }
 
 /* qw_matmul_n; Ab: A already rounded for AMX weights (or NULL); Cb, act: the epilogue of
- * qw_matmul_act_matmul (one AMX product; or NULL). -1 when Cb was asked for but A could not be
+ * qw_matmul_gelu_matmul (one AMX product; or NULL). -1 when Cb was asked for but A could not be
  * rounded (no memory): nothing computed then. */
 static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                     const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
@@ -158,16 +158,20 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
     matmul_n(ctx, n, C, A, W, bias, M, rows_invariant, NULL, NULL, NULL);
 }
 
-int qw_matmul_act_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
-                         void (*act)(float *x, int n), const qw_mat *W2, const float *b2, int M, void *buf) {
-    if (M <= 0 || W1->dt != QW_AMX || W2->dt != QW_AMX || W1->rows % 32 || W2->cols != W1->rows) return 0;
-    uint16_t *Cb = buf; /* W2's A, rounded: row stride W1->rows (a multiple of 32, so no padding) */
+void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
+                           const qw_mat *W2, const float *b2, int M, void *buf) {
     const qw_mat *W[1] = {W1};
     const float *bias1[1] = {b1}, *bias2[1] = {b2};
-    if (matmul_n(ctx, 1, NULL, A, W, b1 ? bias1 : NULL, M, 0, NULL, Cb, act)) return 0;
-    W[0] = W2;
-    matmul_n(ctx, 1, &C, NULL, W, b2 ? bias2 : NULL, M, 0, Cb, NULL, NULL);
-    return 1;
+    if (M > 0 && W1->dt == QW_AMX && W2->dt == QW_AMX && W1->rows % 32 == 0 && W2->cols == W1->rows &&
+        !matmul_n(ctx, 1, NULL, A, W, b1 ? bias1 : NULL, M, 0, NULL, buf, ctx->k->gelu)) {
+        /* buf: W2's A, rounded (row stride W1->rows, a multiple of 32: no padding) */
+        W[0] = W2;
+        matmul_n(ctx, 1, &C, NULL, W, b2 ? bias2 : NULL, M, 0, buf, NULL, NULL);
+        return;
+    }
+    qw_matmul(ctx, buf, A, W1, b1, M);
+    qw_gelu_mt(ctx, buf, (size_t)M * W1->rows);
+    qw_matmul(ctx, C, buf, W2, b2, M);
 }
 
 static void matmul_one(qwen_context *ctx, float *C, const float *A, const qw_mat *W, const float *bias, int M,
