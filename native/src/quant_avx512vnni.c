@@ -29,7 +29,7 @@
  * The same tile also fetches 32 KiB ahead into L2: at M = 8 each 64 bytes of
  * weights take 9 dot products, so fewer loads are in flight than memory needs
  * (Intel Xeon with AMX, 2 threads: decode step of 0.6B at batch 8 41.0-41.4 ->
- * 38.4-38.8 ms, batch 1 unchanged; 16 and 24 KiB ahead about the same).
+ * 38.4-38.8 ms, batch 1 unchanged; 8-24 KiB ahead within the noise of it).
  */
 #include "kernels_x86.h"
 #include "quant.h"
