@@ -325,6 +325,12 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
  * C[i][M, W[i].rows] = A @ W[i]^T (+ bias[i]), i < n <= 4. */
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                  const float *const *bias, int M, int rows_invariant);
+/* C = GELU(A W1^T + b1) W2^T + b2 (C may alias A; buf: M x W1->rows floats). With both weights on AMX
+ * tiles the GELU and the rounding of W2's input to bf16 run in W1's epilogue (into buf), the same bits
+ * as qw_matmul, qw_gelu_mt, qw_matmul, which is what runs otherwise (other weights, W1->rows not a
+ * multiple of 32, no memory to round A once). */
+void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
+                           const qw_mat *W2, const float *b2, int M, void *buf);
 /* Makes sure the context holds the quantized activations of rows x K (qw_q8_act_bytes), before a
  * pass over int8 weights; -1: out of memory. */
 int qw_q8_reserve(qwen_context *ctx, int rows, int K);
@@ -332,12 +338,6 @@ void qw_layernorm(float *x, const float *w, const float *b, int n, float eps);
 void qw_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 /* Across the pool: GELU (the kernel table's) and SwiGLU (g = SiLU(g) * u) over n
  * elements; LayerNorm (eps 1e-5) over rows of width d. */
-/* C = GELU(A W1^T + b1) W2^T + b2 (C may alias A; buf: M x W1->rows floats). With both weights on AMX
- * tiles the GELU and the rounding of W2's input to bf16 run in W1's epilogue (into buf), the same bits
- * as qw_matmul, qw_gelu_mt, qw_matmul, which is what runs otherwise (other weights, W1->rows not a
- * multiple of 32, no memory to round A once). */
-void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
-                           const qw_mat *W2, const float *b2, int M, void *buf);
 void qw_gelu_mt(qwen_context *ctx, float *x, size_t n);
 void qw_swiglu_mt(qwen_context *ctx, float *g, const float *u, size_t n);
 /* Residual then norm, row by row across the pool: x += h (h may be NULL), out = RMSNorm(x) * w /

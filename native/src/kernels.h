@@ -114,6 +114,7 @@ static inline uint16_t qw_f32_to_bf16(float f) {
  * 1.2 ms for 8 rows on one core, Intel Xeon with AMX); the batch's rows across the pool. */
 static inline int32_t qw_argmax_row(const float *x, int n) {
     enum { L = 8 };
+    if (n <= 0) return 0;
     float m[L];
     int b[L];
     for (int j = 0; j < L; j++) m[j] = -__builtin_inff(), b[j] = -1;
@@ -123,8 +124,7 @@ static inline int32_t qw_argmax_row(const float *x, int n) {
             if (x[i + j] > m[j]) m[j] = x[i + j], b[j] = i + j;
     for (int j = 0; j < L && i + j < n; j++)
         if (x[i + j] > m[j]) m[j] = x[i + j], b[j] = i + j;
-    if (n <= 0) return 0; /* (x[0] NaN: no lane beats it, 0) */
-    int32_t best = 0;
+    int32_t best = 0; /* x[0] NaN: no lane beats it, 0 */
     float v = x[0];
     for (int j = 0; j < L; j++)
         if (b[j] >= 0 && (m[j] > v || (m[j] == v && b[j] < best))) v = m[j], best = b[j];

@@ -292,6 +292,21 @@ AMX_INLINE void amx_store_c(float *c, size_t ldc, int TWO_M, int TWO_N) {
     if (TWO_M && TWO_N) _tile_stored(3, c + AMX_TROWS * ldc + AMX_TCOLS, ldc * 4);
 }
 
+/* The epilogue's start: the C tiles stored as a 32 x 32 block into S (row stride 32), + bias[0 .. nr)
+ * (or none), act over all of it (columns 16-31 zeroed first when only one column tile was computed).
+ * The products' epilogues (the GEMM's into bf16, the convolution's) write their layouts from S. */
+AMX_INLINE void amx_block_act(float *S, int mb, int nr, const float *bias, void (*act)(float *x, int n), int TWO_M,
+                              int TWO_N) {
+    amx_store_c(S, AMX_NB, TWO_M, TWO_N);
+    QW_AMX_BARRIER(S);
+    if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
+        for (int r = 0; r < mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
+    if (bias)
+        for (int r = 0; r < mb; r++)
+            for (int j = 0; j < nr; j++) S[r * AMX_NB + j] += bias[j];
+    if (act) act(S, mb * AMX_NB);
+}
+
 /* One block of mb (1..32) rows x nr (1..32) columns; TWO_M: mb > 16, TWO_N: nr > 16 (constants). */
 AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
     const size_t Kp = (size_t)b->KT * AMX_KSTEP;
@@ -313,14 +328,7 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
     const int whole = b->nr == (TWO_N ? 2 : 1) * AMX_TCOLS;
     float S[AMX_MB * AMX_NB] __attribute__((aligned(64))); /* 4 KiB: a partial block, or the epilogue's */
     if (b->Cb) { /* + bias, the activation and the rounding to bf16 while the block is in L1 */
-        amx_store_c(S, AMX_NB, TWO_M, TWO_N);
-        QW_AMX_BARRIER(S);
-        if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
-            for (int r = 0; r < b->mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
-        if (b->bias)
-            for (int r = 0; r < b->mb; r++)
-                for (int j = 0; j < b->nr; j++) S[r * AMX_NB + j] += b->bias[j];
-        if (b->act) b->act(S, b->mb * AMX_NB);
+        amx_block_act(S, b->mb, b->nr, b->bias, b->act, TWO_M, TWO_N);
         for (int r = 0; r < b->mb; r++)
             for (int j = 0; j < b->nr; j++) b->Cb[(size_t)r * b->ldcb + j] = amx_bf16(S[r * AMX_NB + j]);
         return;
@@ -482,14 +490,7 @@ AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int 
             amx_kstep(a, a + AMX_TROWS * Kp, Kp * 2, b0, b1, TWO_M, TWO_N);
     }
     float S[AMX_MB * AMX_NB] __attribute__((aligned(64)));
-    amx_store_c(S, AMX_NB, TWO_M, TWO_N);
-    QW_AMX_BARRIER(S);
-    if (!TWO_N) /* columns 16-31 of the block: not computed, but activated below */
-        for (int r = 0; r < mb; r++) memset(S + r * AMX_NB + AMX_TCOLS, 0, AMX_TCOLS * sizeof(float));
-    if (c->bias)
-        for (int r = 0; r < mb; r++)
-            for (int j = 0; j < nr; j++) S[r * AMX_NB + j] += c->bias[n + j];
-    if (c->act) c->act(S, mb * AMX_NB);
+    amx_block_act(S, mb, nr, c->bias ? c->bias + n : NULL, c->act, TWO_M, TWO_N);
     for (int r = 0; r < mb; r++) {
         const int m = m0 + r, to = m / Fo, fo = m % Fo;
         const float *s = S + r * AMX_NB;
