@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     """libqwen kernel set; auto picks the best exact one the CPU has (avx512bf16 is opt-in only)."""
     precision: Literal["exact", "fast"] = "fast"
     """libqwen precision: "fast" runs the decoder's linears on int8 weights (quantized at load, half
-    the memory traffic of bf16 per token), keeps the KV cache in bf16 and runs the encoder on bf16
+    the memory traffic of bf16 per token), keeps the KV cache in int8 and runs the encoder on bf16
     dot products where the CPU has them; "exact" is f32 throughout, token for token the official implementation. README:
     "Precision" has the measured speed and distance between the two."""
     max_new_tokens: int | None = Field(default=None, ge=1)
@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     audio that comes again, a live turn's earlier windows above all, is not encoded again.
     0 turns the cache off."""
     prefix_cache_tokens: int = Field(default=1024, ge=0)
-    """KV rows of prompt prefixes a replica keeps (229 KB each, both models; 1024 is about 235 MB):
+    """KV rows of prompt prefixes a replica keeps (65 KB each with fast, 229 KB with exact, both models;
+    1024 is about 66 or 235 MB):
     the prompt up to the audio that can still change, so the next decode of a growing live turn
     prefills only its last window's audio and the text. 0 turns the cache off."""
     max_queued_requests: int = Field(default=16, ge=-1)

@@ -98,7 +98,7 @@ typedef struct {
     qwen_precision precision; /* EXACT by default */
     int encoder_cache_windows; /* completed encoder windows (8 s each) kept for reuse; 0 = 32, < 0 = none */
     int64_t prefix_cache_tokens; /* KV rows of prompt prefixes kept for reuse (229 KB each for both
-                                  * models, 115 KB with FAST); 0 = 1024, < 0 = none */
+                                  * models, 65 KB with FAST); 0 = 1024, < 0 = none */
     int encoder_windows_per_pass; /* encoder windows one pass takes when no sequence is decoding (the
                                    * weights are read once for all); 0 = 4, 1 = window by window.
                                    * The same bits either way. */

@@ -109,7 +109,7 @@ qwen_status qw_seq_new(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     qw_seq *s = &ctx->seqs[slot];
     memset(s, 0, sizeof(*s));
     const int64_t nf = qw_mel_frames(n_samples);
-    const size_t kv = (size_t)c->dec_layers * (size_t)cap * c->n_kv_heads * c->head_dim * qw_kv_size(ctx);
+    const size_t kv = (size_t)c->dec_layers * (size_t)cap * c->n_kv_heads * qw_kv_row(ctx);
     s->prompt = malloc((size_t)n_prompt * sizeof(int32_t));
     s->k = malloc(kv);
     s->v = malloc(kv);

@@ -112,20 +112,22 @@ static void dec_attn_task(void *arg, int t) {
     const int kvh = t / nb, i0 = t % nb * ATT_QB, m = G->n - i0 < ATT_QB ? G->n - i0 : ATT_QB;
     const int group = j->heads / j->kv_heads, hd = j->hd;
     const size_t qrow = (size_t)j->heads * hd;
-    const size_t head = ((size_t)j->layer * j->kv_heads + kvh) * s->cap * hd * qw_kv_size(j->ctx);
+    const size_t head = ((size_t)j->layer * j->kv_heads + kvh) * s->cap * qw_kv_row(j->ctx);
     const int p0 = s->n_past; /* before this pass: the group's rows sit at p0 .. p0 + n - 1 */
     const size_t at = (size_t)(j->row0[g] + i0) * qrow + (size_t)kvh * group * hd;
     qw_attention(j->ctx->k, j->ctx->amx, j->out + at, (int)qrow, j->q + at, (int)qrow, m, group, (const char *)s->k + head,
                  (const char *)s->v + head, j->ctx->kv_dt, hd, p0 + i0 + m, hd, p0 + i0);
 }
 
-/* cache[at : at + n) = x, in the cache's dtype (bf16: nearest even). */
+/* Row `at` of the cache = x (n = head_dim values), in the cache's dtype (bf16: nearest even). */
 static void kv_store(const qwen_context *ctx, void *cache, size_t at, const float *x, int n) {
-    if (ctx->kv_dt == QW_BF16) {
-        uint16_t *d = (uint16_t *)cache + at;
+    if (ctx->kv_dt == QW_KV8) {
+        ctx->k->kv8_quantize((char *)cache + at * qw_kv8_row_bytes(n), x, n);
+    } else if (ctx->kv_dt == QW_BF16) {
+        uint16_t *d = (uint16_t *)cache + at * n;
         for (int i = 0; i < n; i++) d[i] = qw_f32_to_bf16(x[i]);
     } else {
-        memcpy((float *)cache + at, x, (size_t)n * sizeof(float));
+        memcpy((float *)cache + at * n, x, (size_t)n * sizeof(float));
     }
 }
 
@@ -191,7 +193,7 @@ static void dec_qk_task(void *arg, int i) {
         float *kh = j->k + (size_t)i * nk + (size_t)hh * hd;
         qw_rmsnorm(kh, kh, y->k_norm, hd, c->rms_eps);
         rope(kh, cs, sn, hd);
-        const size_t at = (((size_t)j->layer * c->n_kv_heads + hh) * s->cap + pos) * hd; /* [layer, head, pos] */
+        const size_t at = ((size_t)j->layer * c->n_kv_heads + hh) * s->cap + pos; /* row [layer, head, pos] */
         kv_store(j->ctx, s->k, at, kh, hd);
         kv_store(j->ctx, s->v, at, j->v + (size_t)i * nk + (size_t)hh * hd, hd);
     }

@@ -161,7 +161,7 @@ typedef struct {
     int n_prefilled, audio_used;  /* prompt tokens run; audio rows of emb spliced in so far */
     int prefix_entry_n;         /* prompt rows whose KV came from the prefix cache (0: none) */
     /* decoder state */
-    void *k, *v;                /* [layers, KV heads, cap, hd] of ctx->kv_dt: a head's keys in one run */
+    void *k, *v;                /* [layers, KV heads, cap] rows of qw_kv_row bytes: a head's keys in one run */
     int cap, n_past;
     int32_t last_token;
     int n_generated;
@@ -229,7 +229,7 @@ typedef struct {
     int32_t *ids;               /* [n] their prompt ids */
     int n_audio;                /* audio rows among them */
     float *audio;               /* [n_audio, hidden] their input rows, compared bit for bit */
-    void *k, *v;                /* [dec_layers, n_kv_heads, n, head_dim] of ctx->kv_dt */
+    void *k, *v;                /* [dec_layers, n_kv_heads, n] rows of qw_kv_row bytes */
     uint64_t used;              /* clock of the last hit or insert */
 } qw_prefix_entry;
 
@@ -264,7 +264,7 @@ struct qwen_context {
     qwen_precision precision;
     const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
     int amx;                    /* FAST on a CPU with AMX: the encoder on bf16 tiles */
-    qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT) or QW_BF16 (FAST) */
+    qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT), QW_KV8 (FAST) or QW_BF16 (FAST, odd heads) */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
     uint16_t *amx_a;            /* activations rounded to bf16 for an AMX product, grown as needed */
@@ -307,8 +307,12 @@ struct qwen_context {
     char err[512];
 };
 
-/* Bytes of one KV cache element (ctx->kv_dt). */
-static inline size_t qw_kv_size(const struct qwen_context *ctx) { return ctx->kv_dt == QW_BF16 ? 2 : 4; }
+/* Bytes of one position of one KV head in the cache (ctx->kv_dt): head_dim f32 (EXACT), or one
+ * QW_KV8 row (FAST; bf16 where head_dim is not a multiple of 32). */
+static inline size_t qw_kv_row(const struct qwen_context *ctx) {
+    const int hd = ctx->cfg.head_dim;
+    return ctx->kv_dt == QW_KV8 ? qw_kv8_row_bytes(hd) : (size_t)hd * (ctx->kv_dt == QW_BF16 ? 2 : 4);
+}
 
 /* Errors: record a message on the context and return the status. */
 qwen_status qw_fail(qwen_context *ctx, qwen_status st, const char *fmt, ...);
@@ -355,15 +359,16 @@ void qw_add_layernorm_rows(qwen_context *ctx, float *x, const float *h, float *o
  * transposed, S = Q K^T, O = P V); for fewer (decode), or without memory
  * for that, per query the scores of all keys in one dot_rows call, the
  * softmax, and one axpy_rows over the values (kernels.h). Keys and values
- * are f32 or bf16 (kv_dt; hd <= 4096), bf16 widened to f32 on the way in
+ * are f32, bf16 or QW_KV8 rows (kv_dt; hd <= 4096; QW_KV8: ldkv == hd, rows
+ * of qw_kv8_row_bytes(hd) bytes), bf16 and int8 widened to f32 on the way in
  * (the same bits as attention over a widened copy). The call does it for
  * `group` heads that share the keys and values (grouped-query attention),
  * head h's queries and outputs at + h * hd in their rows, and reads the
  * keys and values once for all of them; each head's result is its own.
- * amx (ctx->amx: precision FAST on a CPU with AMX) and a bf16 cache with
- * ldkv == hd (the decoder's): the GEMM way's two products on bf16 tiles
- * (amx.h: q and the probabilities rounded to bf16, f32 sums), the keys and
- * values packed from the cache as they are. */
+ * amx (ctx->amx: precision FAST on a CPU with AMX) and a bf16 or QW_KV8
+ * cache with ldkv == hd (the decoder's): the GEMM way's two products on bf16
+ * tiles (amx.h: q and the probabilities rounded to bf16, f32 sums), the keys
+ * and values packed from the cache (int8 rows widened and rounded first). */
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0);
 

@@ -17,7 +17,12 @@
 
 /* QW_Q8: int8 weights packed at load (quant.h); QW_AMX: bf16 weights packed at load into
  * AMX tiles (amx.h). Only qw_matmul_n (ops.c) takes them, never a qw_kernels entry. */
-typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4, QW_BF16P = 5 } qw_dtype;
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4, QW_BF16P = 5, QW_KV8 = 6 } qw_dtype;
+/* QW_KV8: precision FAST's KV cache row (qw_kv8_quantize): n int8 values (n a multiple of
+ * QW_KV8_BLOCK), then one f32 scale per block of QW_KV8_BLOCK; value i is (float)q[i] * scale[i / 32],
+ * one product (every table's to_f32 gives the same bits). Only to_f32 takes it. */
+#define QW_KV8_BLOCK 32
+static inline size_t qw_kv8_row_bytes(int n) { return (size_t)n + (size_t)(n / QW_KV8_BLOCK) * sizeof(float); }
 
 typedef struct {
     const char *name;
@@ -49,7 +54,7 @@ typedef struct {
      * Bitwise n_rows calls of this table's axpy(y, alpha[r], rows + r * ld, n) in order of r, with
      * y held in registers across the rows (blocks of n): an attention query's P V. */
     void (*axpy_rows)(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n);
-    /* dst[i] = (float)src[i] for a row of weights (embedding lookup). */
+    /* dst[i] = (float)src[i] for a row of weights (embedding lookup), or of a QW_KV8 cache row. */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */
     void (*gelu)(float *x, int n);
@@ -57,6 +62,8 @@ typedef struct {
     void (*softmax)(float *x, int n);
     /* g[i] = SiLU(g[i]) * u[i] (kernels_exp.h) */
     void (*swiglu)(float *g, const float *u, int n);
+    /* row = the QW_KV8 row of x[0 : n) (n a multiple of 32), bit for bit qw_kv8_quantize */
+    void (*kv8_quantize)(void *row, const float *x, int n);
 } qw_kernels;
 
 /* QWEN_NO_SIMD builds the portable scalar library only; otherwise the
@@ -105,6 +112,36 @@ static inline uint16_t qw_f32_to_bf16(float f) {
     const uint32_t nan = (v.u & 0x7fffffffu) > 0x7f800000u;
     const uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
     return (uint16_t)(nan ? (v.u >> 16) | 0x40u : rounded);
+}
+
+/* One QW_KV8 row from n floats: per block of 32, scale = max |x| / 127 and q = x * (127 / max |x|)
+ * rounded to nearest (halves away from zero), in [-127, 127], a NaN to 0; an all-zero block gets
+ * scale 0. Plain arithmetic (no rintf: a libm call per value where SSE4.1 is not assumed), so the
+ * compiler vectorizes it: 5% of a prefill's time with the call. */
+static inline void qw_kv8_quantize(void *row, const float *x, int n) {
+    int8_t *q = (int8_t *)row;
+    for (int b = 0; b < n; b += QW_KV8_BLOCK) {
+        float amax = 0.0f;
+        for (int i = b; i < b + QW_KV8_BLOCK; i++) amax = __builtin_fabsf(x[i]) > amax ? __builtin_fabsf(x[i]) : amax;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, scale = amax / 127.0f;
+        for (int i = b; i < b + QW_KV8_BLOCK; i++) {
+            float v = x[i] * inv;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            v = v == v ? v : 0.0f;
+            q[i] = (int8_t)(int)(v + (v < 0.0f ? -0.5f : 0.5f));
+        }
+        __builtin_memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(float));
+    }
+}
+
+/* (float)q[i] * scale[i / 32] of a QW_KV8 row, i < n: the tables' to_f32 in C. */
+static inline void qw_kv8_to_f32(float *dst, const void *row, int n) {
+    const int8_t *q = (const int8_t *)row;
+    for (int b = 0; b < n; b += QW_KV8_BLOCK) {
+        float scale;
+        __builtin_memcpy(&scale, (const char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), sizeof(float));
+        for (int i = b; i < b + QW_KV8_BLOCK; i++) dst[i] = (float)q[i] * scale;
+    }
 }
 
 /* The greedy token: the first index of the largest x[i] (NaN never chosen past x[0]; x[0] NaN -> 0;

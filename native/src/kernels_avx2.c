@@ -105,6 +105,17 @@ QW_INLINE float hsum(__m256 v) {
 
 /* dst[i] = (float)src[i] */
 static void to_f32_avx2(float *dst, const void *src, qw_dtype dt, int n) {
+    if (dt == QW_KV8) { /* 8 values: sign-extended, converted, times their block's scale */
+        const int8_t *q = (const int8_t *)src;
+        const char *scale = (const char *)src + n;
+        for (int i = 0; i < n; i += 8) {
+            const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i))));
+            float s;
+            memcpy(&s, scale + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), sizeof(s));
+            _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, _mm256_set1_ps(s)));
+        }
+        return;
+    }
     int i = 0;
     for (; i + 32 <= n; i += 32) {
         _mm256_storeu_ps(dst + i, widen8(src, dt, (size_t)i));
@@ -114,6 +125,38 @@ static void to_f32_avx2(float *dst, const void *src, qw_dtype dt, int n) {
     }
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, widen8(src, dt, (size_t)i));
     if (i < n) _mm256_maskstore_ps(dst + i, lane_mask(n - i), widen8_tail(src, dt, (size_t)i, n - i));
+}
+
+/* qw_kv8_quantize, a block of 32 (four vectors) at a time: the same products, clamps and rounding
+ * (halves away from zero: + copysign(0.5), then truncation), so the same bytes. */
+static void kv8_quantize_avx2(void *row, const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), hi = _mm256_set1_ps(127.0f);
+    const __m256 lo = _mm256_set1_ps(-127.0f);
+    for (int b = 0; b < n; b += QW_KV8_BLOCK) {
+        __m256 a[4], m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            a[j] = _mm256_loadu_ps(x + b + 8 * j);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, a[j]), m); /* a NaN |x| keeps m, as the C comparison */
+        }
+        __m128 r = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_max_ss(r, _mm_shuffle_ps(r, r, 1));
+        const float amax = _mm_cvtss_f32(r);
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, scale = amax / 127.0f;
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_mul_ps(a[j], _mm256_set1_ps(inv));
+            v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0 */
+            v = _mm256_max_ps(_mm256_min_ps(v, hi), lo);
+            v = _mm256_add_ps(v, _mm256_or_ps(_mm256_and_ps(v, sign), half));
+            q[j] = _mm256_cvttps_epi32(v);
+        }
+        /* 32 int32 -> int8 (no saturation needed: |q| <= 127); the packs interleave 128-bit lanes */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)((int8_t *)row + b),
+                            _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(scale));
+    }
 }
 
 /* sum_i a[i] * b[i] */
@@ -471,6 +514,7 @@ static void swiglu_avx2(float *g, const float *u, int n) { qw_swiglu_row(g, u, n
 
 const qw_kernels qw_kernels_avx2 = {
     .name = "avx2",
+    .kv8_quantize = kv8_quantize_avx2,
     .matmul = matmul_avx2,
     .matmul_rows = matmul_rows_avx2,
     .dot = dot_avx2,

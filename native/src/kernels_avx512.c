@@ -36,6 +36,8 @@
 #include "kernels_exp.h"
 #include "kernels_gelu.h"
 
+#include <string.h>
+
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
 #define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
 #define RW1 1          /* rows path: weight rows per register tile for 1, 2, 3 and 4+ rows of A */
@@ -113,6 +115,19 @@ QW_INLINE float hsum(__m512 v) {
 
 /* dst[i] = (float)src[i] */
 static void to_f32_avx512(float *dst, const void *src, qw_dtype dt, int n) {
+    if (dt == QW_KV8) { /* 16 values: sign-extended, converted, times their block's scale */
+        const int8_t *q = (const int8_t *)src;
+        const char *scale = (const char *)src + n;
+        for (int i = 0; i < n; i += 16) {
+            /* int8 -> int16 -> int32 (SIMDe, the emulated tests' AVX-512, has no one-step form) */
+            const __m512i w = _mm512_cvtepi16_epi32(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
+            const __m512 v = _mm512_cvtepi32_ps(w);
+            float s;
+            memcpy(&s, scale + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), sizeof(s));
+            _mm512_storeu_ps(dst + i, _mm512_mul_ps(v, _mm512_set1_ps(s)));
+        }
+        return;
+    }
     int i = 0;
     for (; i + 64 <= n; i += 64) {
         _mm512_storeu_ps(dst + i, widen16(src, dt, (size_t)i));
@@ -122,6 +137,28 @@ static void to_f32_avx512(float *dst, const void *src, qw_dtype dt, int n) {
     }
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, widen16(src, dt, (size_t)i));
     if (i < n) _mm512_mask_storeu_ps(dst + i, lanes(n - i), widen16_tail(src, dt, (size_t)i, n - i));
+}
+
+/* qw_kv8_quantize, a block of 32 (two vectors) at a time: the same products, clamps and rounding
+ * (halves away from zero: + copysign(0.5), then truncation), so the same bytes. */
+static void kv8_quantize_avx512(void *row, const float *x, int n) {
+    const __m512 sign = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.5f), hi = _mm512_set1_ps(127.0f);
+    for (int b = 0; b < n; b += QW_KV8_BLOCK) {
+        const __m512 a0 = _mm512_loadu_ps(x + b), a1 = _mm512_loadu_ps(x + b + 16);
+        /* max(|x|, m) keeps m for a NaN |x| (the second operand), as the C comparison does */
+        const __m512 m = _mm512_max_ps(_mm512_andnot_ps(sign, a1), _mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_setzero_ps()));
+        const float amax = _mm512_reduce_max_ps(m);
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, scale = amax / 127.0f;
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (int h = 0; h < 2; h++) {
+            __m512 v = _mm512_mul_ps(h ? a1 : a0, iv);
+            v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v); /* NaN -> 0 */
+            v = _mm512_max_ps(_mm512_min_ps(v, hi), _mm512_sub_ps(_mm512_setzero_ps(), hi));
+            v = _mm512_add_ps(v, _mm512_or_ps(_mm512_and_ps(v, sign), half));
+            _mm_storeu_si128((__m128i *)((int8_t *)row + b + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(v)));
+        }
+        memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(scale));
+    }
 }
 
 /* sum_i a[i] * b[i] */
@@ -468,6 +505,7 @@ static void swiglu_avx512(float *g, const float *u, int n) { qw_swiglu_row(g, u,
 
 const qw_kernels qw_kernels_avx512 = {
     .name = "avx512",
+    .kv8_quantize = kv8_quantize_avx512,
     .matmul = matmul_avx512,
     .matmul_rows = matmul_rows_avx512,
     .dot = dot_avx512,

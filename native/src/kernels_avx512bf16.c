@@ -230,6 +230,7 @@ static void gelu_bf16set(float *x, int n) {
     }
 }
 static void softmax_bf16set(float *x, int n) { qw_kernels_avx512.softmax(x, n); }
+static void kv8_quantize_bf16set(void *row, const float *x, int n) { qw_kernels_avx512.kv8_quantize(row, x, n); }
 static void swiglu_bf16set(float *g, const float *u, int n) { qw_kernels_avx512.swiglu(g, u, n); }
 
 const qw_kernels qw_kernels_avx512bf16 = {
@@ -244,4 +245,5 @@ const qw_kernels qw_kernels_avx512bf16 = {
     .gelu = gelu_bf16set,
     .softmax = softmax_bf16set,
     .swiglu = swiglu_bf16set,
+    .kv8_quantize = kv8_quantize_bf16set,
 };

@@ -258,6 +258,10 @@ static void axpy_rows_neon(float *y, const float *alpha, const float *rows, int 
 }
 
 static void to_f32_neon(float *dst, const void *src, qw_dtype dt, int n) {
+    if (dt == QW_KV8) { /* the compiler's vectors */
+        qw_kv8_to_f32(dst, src, n);
+        return;
+    }
     if (dt == QW_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
         return;
@@ -273,6 +277,7 @@ static void swiglu_neon(float *g, const float *u, int n) { qw_swiglu_row(g, u, n
 
 const qw_kernels qw_kernels_neon = {
     .name = "neon",
+    .kv8_quantize = qw_kv8_quantize,
     .matmul = matmul_neon,
     .matmul_rows = matmul_rows_neon,
     .dot = dot_neon,

@@ -38,6 +38,10 @@ static float load_w(const void *W, qw_dtype wt, size_t i) {
 }
 
 static void to_f32_scalar(float *dst, const void *src, qw_dtype dt, int n) {
+    if (dt == QW_KV8) {
+        qw_kv8_to_f32(dst, src, n);
+        return;
+    }
     if (dt == QW_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
         return;
@@ -124,6 +128,7 @@ static void swiglu_scalar(float *g, const float *u, int n) { qw_swiglu_row(g, u,
 
 const qw_kernels qw_kernels_scalar = {
     .name = "scalar",
+    .kv8_quantize = qw_kv8_quantize,
     .matmul = matmul_scalar,
     .matmul_rows = matmul_scalar,
     .dot = dot_scalar,

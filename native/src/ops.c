@@ -333,19 +333,25 @@ static inline int attention_len(int causal0, int r, int T) {
     return causal0 < 0 || causal0 + r + 1 > T ? T : causal0 + r + 1;
 }
 
+/* Bytes from one key (or value) row of a cache to the next: ldkv elements, or one QW_KV8 row of hd. */
+static inline size_t kv_stride(qw_dtype dt, int ldkv, int hd) {
+    return dt == QW_KV8 ? qw_kv8_row_bytes(hd) : (size_t)ldkv * (dt == QW_BF16 ? 2 : 4);
+}
+
 /* Keys (or values) s0 .. s0 + n - 1 of a cache as f32 rows: in place for f32 (stride ldkv), widened
- * into wide for bf16 (the table's to_f32; stride hd). *ld gets the stride. */
+ * into wide for bf16 and QW_KV8 (the table's to_f32; stride hd). *ld gets the stride. */
 static const float *kv_rows(const qw_kernels *k, const void *kv, qw_dtype dt, int ldkv, int s0, int n, int hd,
                             float *wide, int *ld) {
-    if (dt != QW_BF16) {
+    if (dt == QW_F32) {
         *ld = ldkv;
         return (const float *)kv + (size_t)s0 * ldkv;
     }
-    const uint16_t *rows = (const uint16_t *)kv + (size_t)s0 * ldkv;
+    const size_t rb = kv_stride(dt, ldkv, hd), used = dt == QW_KV8 ? rb : (size_t)hd * 2;
+    const char *rows = (const char *)kv + (size_t)s0 * rb;
     for (int s = 0; s < n; s++) {
-        const uintptr_t ahead = (uintptr_t)(rows + (size_t)s * ldkv) + (size_t)KV_AHEAD * ldkv * sizeof(uint16_t);
-        for (int b = 0; b < hd * 2; b += 64) __builtin_prefetch((const void *)(ahead + b)); /* never faults */
-        k->to_f32(wide + (size_t)s * hd, rows + (size_t)s * ldkv, QW_BF16, hd);
+        const uintptr_t ahead = (uintptr_t)(rows + (size_t)s * rb) + (size_t)KV_AHEAD * rb;
+        for (size_t b = 0; b < used; b += 64) __builtin_prefetch((const void *)(ahead + b)); /* never faults */
+        k->to_f32(wide + (size_t)s * hd, rows + (size_t)s * rb, dt, hd);
     }
     *ld = hd;
     return wide;
@@ -389,7 +395,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
                            const void *keys, const void *vals, qw_dtype dt, int ldkv, int T, int hd, int causal0) {
     enum { ATT_STACK = 4096, WIDE = 4096 }; /* scores and widened rows on the stack: 16 KiB each */
     const float scale = 1.0f / sqrtf((float)hd);
-    const int blk = dt == QW_BF16 ? WIDE / hd : T; /* keys at a time (hd <= 4096: qw_attention) */
+    const int blk = dt != QW_F32 ? WIDE / hd : T; /* keys at a time (hd <= 4096: qw_attention) */
     float stack[ATT_STACK], wide[WIDE], *heap = NULL;
     size_t heap_len = 0;
     int ld;
@@ -434,24 +440,44 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
     if (m <= 0 || T <= 0 || group <= 0) return;
-    const int bf16 = kv_dt == QW_BF16;
-    amx = amx && bf16 && ldkv == hd; /* the tiles take the bf16 cache as it is: keys [T][hd], values transposed */
-    /* f32: K (T x hd), V^T (hd x T) and S (m x T); AMX: S, then K and V^T packed into tiles, 64-byte aligned */
+    const int bf16 = kv_dt == QW_BF16, kv8 = kv_dt == QW_KV8;
+    /* the tiles take a bf16 cache as it is (keys [T][hd], values transposed), an int8 one widened and
+     * rounded to bf16 first (kb, vb) */
+    amx = amx && (bf16 || kv8) && ldkv == hd;
+    /* f32: K (T x hd), V^T (hd x T) and S (m x T); AMX: S, then K and V^T packed into tiles, 64-byte
+     * aligned, and for QW_KV8 the keys' (then the values') f32 rows and the bf16 keys and values */
     const size_t s_at = amx ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
     const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
-    float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv);
+    const size_t pb = amx && kv8 ? (size_t)T * hd * (sizeof(float) + 2 * sizeof(uint16_t)) : 0;
+    float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb);
     if (!Kc) {
         attention_rows(k, out, ldo, q, ldq, m, group, keys, vals, kv_dt, ldkv, T, hd, causal0);
         return;
     }
     float *Vt = Kc + (size_t)T * hd, *S = Kc + s_at; /* [T][hd], [hd][T], [m][T] */
     void *Kp = (char *)Kc + s_end, *Vp = (char *)Kp + pk;
-    if (amx) {
+    if (amx && kv8) {
+        float *f = (float *)(void *)((char *)Vp + pv); /* [T][hd] f32, the keys', then the values' */
+        uint16_t *kb = (uint16_t *)(f + (size_t)T * hd), *vb = kb + (size_t)T * hd;
+        const size_t rb = qw_kv8_row_bytes(hd);
+        for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)keys + (size_t)s * rb, QW_KV8, hd);
+        qw_amx_round_rows(kb, f, hd, T, hd);
+        for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)vals + (size_t)s * rb, QW_KV8, hd);
+        qw_amx_round_rows(vb, f, hd, T, hd);
+        qw_amx_pack(Kp, kb, QW_BF16, T, hd);
+        qw_amx_pack_bf16_t(Vp, vb, hd, hd, T);
+    } else if (amx) {
         qw_amx_pack(Kp, keys, QW_BF16, T, hd);
         qw_amx_pack_bf16_t(Vp, vals, ldkv, hd, T);
     } else {
+        const size_t rb = kv_stride(kv_dt, ldkv, hd);
         for (int s = 0; s < T; s++) {
-            if (bf16) {
+            if (kv8) { /* the value row widened into K's row s first, then the key over it */
+                float *kr = Kc + (size_t)s * hd;
+                k->to_f32(kr, (const char *)vals + (size_t)s * rb, QW_KV8, hd);
+                for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = kr[d];
+                k->to_f32(kr, (const char *)keys + (size_t)s * rb, QW_KV8, hd);
+            } else if (bf16) {
                 const uint16_t *vs = (const uint16_t *)vals + (size_t)s * ldkv;
                 k->to_f32(Kc + (size_t)s * hd, (const uint16_t *)keys + (size_t)s * ldkv, QW_BF16, hd);
                 for (int d = 0; d < hd; d++) Vt[(size_t)d * T + s] = qw_bf16_to_f32(vs[d]);

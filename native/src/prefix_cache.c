@@ -28,7 +28,7 @@
  * of from_cap positions a run to caches of to_cap ([layers, KV heads, cap, hd]). */
 static void kv_copy(const qwen_context *ctx, void *to_k, void *to_v, int to_cap, const void *from_k,
                     const void *from_v, int from_cap, int n) {
-    const size_t hb = (size_t)ctx->cfg.head_dim * qw_kv_size(ctx); /* bytes of one position */
+    const size_t hb = qw_kv_row(ctx); /* bytes of one position */
     const size_t runs = (size_t)ctx->cfg.dec_layers * ctx->cfg.n_kv_heads;
     for (size_t r = 0; r < runs; r++) {
         memcpy((char *)to_k + r * to_cap * hb, (const char *)from_k + r * from_cap * hb, (size_t)n * hb);
@@ -124,7 +124,7 @@ void qw_prefix_keep(qwen_context *ctx, const qw_seq *s) {
         pc->e = grown;
         pc->cap = cap;
     }
-    const size_t kv = (size_t)c->dec_layers * c->n_kv_heads * (size_t)p * c->head_dim * qw_kv_size(ctx);
+    const size_t kv = (size_t)c->dec_layers * c->n_kv_heads * (size_t)p * qw_kv_row(ctx);
     qw_prefix_entry e = {p, malloc((size_t)p * sizeof(int32_t)), n_audio,
                          n_audio ? malloc((size_t)n_audio * (size_t)c->hidden * sizeof(float)) : NULL,
                          malloc(kv), malloc(kv), ++pc->clock};

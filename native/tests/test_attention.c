@@ -59,26 +59,45 @@ static void reference(double *o, const float *q, const float *keys, const float 
 
 static double worst; /* the largest |o - ref| / (1 + |ref|) of the AMX cases */
 
-static void test_case(const qw_kernels *k, int amx, int m, int group, int T, int hd, int causal) {
-    const int ldq = group * hd + 3, ldo = group * hd + 5, ldkv = amx ? hd : hd + 16; /* amx: the decoder's cache */
+/* kv8: the cache in QW_KV8 rows (FAST's, hd a multiple of 32; rows of qw_kv8_row_bytes(hd)) instead of
+ * bf16; the f32 copy then holds its dequantized values. */
+static void test_case(const qw_kernels *k, int amx, int kv8, int m, int group, int T, int hd, int causal) {
+    const int ldq = group * hd + 3, ldo = group * hd + 5;
+    const int ldkv = amx || kv8 ? hd : hd + 16; /* amx, kv8: the decoder's cache */
     const size_t kv_len = (size_t)(T - 1) * ldkv + hd, q_len = (size_t)(m - 1) * ldq + (size_t)group * hd;
+    const size_t rb = qw_kv8_row_bytes(hd), cache_bytes = kv8 ? (size_t)T * rb : kv_len * sizeof(uint16_t);
+    const qw_dtype dt = kv8 ? QW_KV8 : QW_BF16;
     float *q = malloc(q_len * sizeof(float));
     float *kf = malloc(kv_len * sizeof(float)), *vf = malloc(kv_len * sizeof(float));
-    uint16_t *kb = malloc(kv_len * sizeof(uint16_t)), *vb = malloc(kv_len * sizeof(uint16_t));
+    void *kb = malloc(cache_bytes), *vb = malloc(cache_bytes);
     const size_t out_len = (size_t)(m - 1) * ldo + (size_t)group * hd;
     float *o16 = calloc(out_len, sizeof(float)), *o32 = calloc(out_len, sizeof(float));
     float *one = calloc(out_len, sizeof(float));
     double *ref = malloc((size_t)hd * sizeof(double));
     for (size_t i = 0; i < q_len; i++) q[i] = 2.0f * frand();
-    for (size_t i = 0; i < kv_len; i++) {
-        kb[i] = qw_f32_to_bf16(frand()), vb[i] = qw_f32_to_bf16(frand());
-        kf[i] = qw_bf16_to_f32(kb[i]), vf[i] = qw_bf16_to_f32(vb[i]);
+    if (kv8) { /* rows of keys and values quantized as the decoder stores them */
+        float *x = malloc((size_t)hd * sizeof(float));
+        for (int s = 0; s < T; s++) {
+            for (int d = 0; d < hd; d++) x[d] = frand() * 0.5f * (float)(1 + d / 32 % 4); /* blocks of different ranges */
+            qw_kv8_quantize((char *)kb + (size_t)s * rb, x, hd);
+            qw_kv8_to_f32(kf + (size_t)s * ldkv, (char *)kb + (size_t)s * rb, hd);
+            for (int d = 0; d < hd; d++) x[d] = frand();
+            qw_kv8_quantize((char *)vb + (size_t)s * rb, x, hd);
+            qw_kv8_to_f32(vf + (size_t)s * ldkv, (char *)vb + (size_t)s * rb, hd);
+        }
+        free(x);
+    } else {
+        uint16_t *kh = kb, *vh = vb;
+        for (size_t i = 0; i < kv_len; i++) {
+            kh[i] = qw_f32_to_bf16(frand()), vh[i] = qw_f32_to_bf16(frand());
+            kf[i] = qw_bf16_to_f32(kh[i]), vf[i] = qw_bf16_to_f32(vh[i]);
+        }
     }
     const int causal0 = causal ? T - m : -1; /* the last m positions query, each the keys up to itself */
-    qw_attention(k, amx, o16, ldo, q, ldq, m, group, kb, vb, QW_BF16, ldkv, T, hd, causal0);
+    qw_attention(k, amx, o16, ldo, q, ldq, m, group, kb, vb, dt, ldkv, T, hd, causal0);
     qw_attention(k, amx, o32, ldo, q, ldq, m, group, kf, vf, QW_F32, ldkv, T, hd, causal0);
     for (int h = 0; h < group; h++) /* each head alone */
-        qw_attention(k, amx, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, QW_BF16, ldkv, T, hd,
+        qw_attention(k, amx, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, dt, ldkv, T, hd,
                      causal0);
     /* on tiles (8 queries and more) q and the probabilities are rounded to bf16 (8 bits): 2^-8 of the
      * scores' and the outputs' size, not 1e-4 */
@@ -100,14 +119,16 @@ static void test_case(const qw_kernels *k, int amx, int m, int group, int T, int
         passed++;
     } else {
         failed++;
-        printf("FAIL %s%s m=%d group=%d T=%d hd=%d causal=%d: bitwise f32 copy %d, each head alone %d, close to double %d\n",
-               k->name, amx ? " + amx" : "", m, group, T, hd, causal, same, alone, close);
+        printf("FAIL %s%s%s m=%d group=%d T=%d hd=%d causal=%d: bitwise f32 copy %d, each head alone %d, close to double "
+               "%d\n",
+               k->name, amx ? " + amx" : "", kv8 ? " kv8" : "", m, group, T, hd, causal, same, alone, close);
     }
     free(q), free(kf), free(vf), free(kb), free(vb), free(o16), free(o32), free(one), free(ref);
 }
 
-/* Every case of one kernel table (amx: the GEMM way on AMX tiles). */
-static void test_table(const qw_kernels *k, int amx) {
+/* Every case of one kernel table (amx: the GEMM way on AMX tiles; kv8: an int8 cache, head sizes
+ * that are multiples of 32). */
+static void test_table(const qw_kernels *k, int amx, int kv8) {
     static const int ms[] = {1, 3, 7, 8, 20}, Ts[] = {1, 5, 33, 200, 2100, 4100}, hds[] = {6, 64, 128};
     const int before = failed;
     for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
@@ -115,9 +136,10 @@ static void test_table(const qw_kernels *k, int amx) {
             for (size_t h = 0; h < sizeof(hds) / sizeof(hds[0]); h++)
                 for (int causal = 0; causal < 2; causal++)
                     for (int group = 1; group <= 3; group++)
-                        if (ms[i] <= Ts[j] && (Ts[j] < 4100 || hds[h] == 128))
-                            test_case(k, amx, ms[i], group, Ts[j], hds[h], causal);
-    printf("attention: %s%s tested, %d failures\n", k->name, amx ? " + amx" : "", failed - before);
+                        if (ms[i] <= Ts[j] && (Ts[j] < 4100 || hds[h] == 128) && (!kv8 || hds[h] % 32 == 0))
+                            test_case(k, amx, kv8, ms[i], group, Ts[j], hds[h], causal);
+    printf("attention: %s%s%s tested, %d failures\n", k->name, amx ? " + amx" : "", kv8 ? " (int8 cache)" : "",
+           failed - before);
 }
 
 int main(void) {
@@ -128,11 +150,13 @@ int main(void) {
             printf("attention: kernel set %s not on this CPU, skipped\n", qwen_isa_name((qwen_isa)isas[a]));
             continue;
         }
-        test_table(k, 0);
+        test_table(k, 0, 0);
+        test_table(k, 0, 1);
     }
     const qw_kernels *bf16 = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
     if (qw_amx_available() && bf16) { /* precision FAST's attention: with the AVX-512 BF16 table, as the library */
-        test_table(bf16, 1);
+        test_table(bf16, 1, 0);
+        test_table(bf16, 1, 1);
         printf("attention: amx largest error %.2g of 1 + |ref|\n", worst);
     } else {
         printf("attention: amx not available on this CPU, skipped\n");

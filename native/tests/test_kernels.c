@@ -155,6 +155,59 @@ static void test_conversions(const qw_kernels *const *tables, int n_tables) {
     free(f);
 }
 
+/* ==== FAST's int8 KV rows (QW_KV8) ==== */
+
+/* qw_kv8_quantize of rows of 32-256 values: each value within half a step (its block's scale / 2) of the
+ * input, the block's largest magnitude at +-127 exactly, an all-zero block all zero with scale 0, a NaN
+ * stored as 0; every table's to_f32 gives bit for bit the C dequantization (q * scale). */
+static void test_kv8(const qw_kernels *const *tables, int n_tables) {
+    enum { NMAX = 256 };
+    float x[NMAX], y[NMAX], z[NMAX];
+    unsigned char row[NMAX + NMAX / QW_KV8_BLOCK * sizeof(float)];
+    int bad_round = 0, bad_peak = 0, bad_zero = 0, bad_nan = 0, bad_same = 0;
+    for (int n = 32; n <= NMAX; n += 32)
+        for (int rep = 0; rep < 50; rep++) {
+            for (int i = 0; i < n; i++) x[i] = frand() * (float)(1 + (i / 32 + rep) % 5) * (rep % 3 ? 1.0f : 1e-3f);
+            if (n >= 64 && rep % 2) memset(x + 32, 0, 32 * sizeof(float)); /* a block of zeros */
+            qw_kv8_quantize(row, x, n);
+            qw_kv8_to_f32(y, row, n);
+            for (int b = 0; b < n; b += QW_KV8_BLOCK) {
+                float amax = 0.0f, scale;
+                int peak = 0;
+                memcpy(&scale, row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), sizeof(scale));
+                for (int i = b; i < b + QW_KV8_BLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+                for (int i = b; i < b + QW_KV8_BLOCK; i++) {
+                    bad_round += fabsf(y[i] - x[i]) > 0.5f * scale * (1.0f + 1e-5f) + 1e-30f;
+                    peak |= fabsf(x[i]) == amax && abs(((const int8_t *)row)[i]) == 127;
+                }
+                if (amax == 0.0f)
+                    for (int i = b; i < b + QW_KV8_BLOCK; i++) bad_zero += ((const int8_t *)row)[i] != 0 || scale != 0.0f;
+                else
+                    bad_peak += !peak;
+            }
+            for (int t = 0; t < n_tables; t++) {
+                tables[t]->to_f32(z, row, QW_KV8, n);
+                for (int i = 0; i < n; i++) bad_round += f2u(z[i]) != f2u(y[i]);
+                unsigned char row2[sizeof(row)];
+                tables[t]->kv8_quantize(row2, x, n);
+                bad_same += memcmp(row, row2, qw_kv8_row_bytes(n)) != 0;
+            }
+        }
+    x[5] = NAN;
+    qw_kv8_quantize(row, x, 32);
+    bad_nan = ((const int8_t *)row)[5] != 0;
+    for (int t = 0; t < n_tables; t++) {
+        unsigned char row2[sizeof(row)];
+        tables[t]->kv8_quantize(row2, x, 32);
+        bad_same += memcmp(row, row2, qw_kv8_row_bytes(32)) != 0;
+    }
+    check(!bad_same, "kv8", "every table's kv8_quantize gives qw_kv8_quantize's bytes (%d rows differ)", bad_same);
+    check(!bad_round, "kv8", "values within half a step, every table's to_f32 bitwise (%d bad)", bad_round);
+    check(!bad_peak, "kv8", "each block's largest magnitude at +-127 (%d blocks not)", bad_peak);
+    check(!bad_zero, "kv8", "zero blocks: zeros and scale 0 (%d bad)", bad_zero);
+    check(!bad_nan, "kv8", "a NaN stored as 0");
+}
+
 /* ==== Vector kernels ==== */
 
 static void test_vectors(const qw_kernels *t) {
@@ -687,6 +740,7 @@ int main(void) {
 #endif
 
     test_conversions(tables, n_tables);
+    test_kv8(tables, n_tables);
     {
         const int before = failed;
         test_rows_vectors(&qw_kernels_scalar);

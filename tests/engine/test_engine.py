@@ -222,7 +222,9 @@ def test_fast_precision_is_close_to_exact(tiny_dir: Path, engine: Engine) -> Non
 def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
     """With the encoder on the same exact kernels, every int8 table gives the scalar table's
     tokens, and logits that differ only by the f32 encoder's rounding (the int8 products are
-    bitwise equal across tables: native/tests/test_quant.c)."""
+    bitwise equal across tables: native/tests/test_quant.c). The int8 KV cache turns that
+    rounding (~1e-6) into whole quantization steps where a value sits at a rounding boundary
+    (a step is 1/127 of its block's largest value): 0.8% of the largest logit seen, so 2% here."""
     pcm = speech_like(3.0, seed=3)
     results = {}
     for isa in exact_isas():
@@ -234,7 +236,7 @@ def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
     for isa, (tokens, logits) in results.items():
         assert tokens == ref_tokens, isa
         for a, b in zip(logits, ref_logits, strict=True):
-            assert np.abs(a - b).max() <= 1e-3 * float(np.abs(b).max()), isa
+            assert np.abs(a - b).max() <= 2e-2 * float(np.abs(b).max()), isa
 
 
 def test_unknown_precision_is_refused(tiny_dir: Path) -> None:
