@@ -23,6 +23,15 @@ typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4, QW_BF
  * one product (every table's to_f32 gives the same bits). Only to_f32 takes it. */
 #define QW_KV8_BLOCK 32
 static inline size_t qw_kv8_row_bytes(int n) { return (size_t)n + (size_t)(n / QW_KV8_BLOCK) * sizeof(float); }
+/* The scale of value i's block in a QW_KV8 row of n values (after the values: unaligned, so copied). */
+static inline float qw_kv8_scale(const void *row, int n, int i) {
+    float s;
+    __builtin_memcpy(&s, (const char *)row + n + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), sizeof(s));
+    return s;
+}
+static inline void qw_kv8_set_scale(void *row, int n, int i, float s) {
+    __builtin_memcpy((char *)row + n + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), &s, sizeof(s));
+}
 
 typedef struct {
     const char *name;
@@ -130,7 +139,7 @@ static inline void qw_kv8_quantize(void *row, const float *x, int n) {
             v = v == v ? v : 0.0f;
             q[i] = (int8_t)(int)(v + (v < 0.0f ? -0.5f : 0.5f));
         }
-        __builtin_memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(float));
+        qw_kv8_set_scale(row, n, b, scale);
     }
 }
 
@@ -138,8 +147,7 @@ static inline void qw_kv8_quantize(void *row, const float *x, int n) {
 static inline void qw_kv8_to_f32(float *dst, const void *row, int n) {
     const int8_t *q = (const int8_t *)row;
     for (int b = 0; b < n; b += QW_KV8_BLOCK) {
-        float scale;
-        __builtin_memcpy(&scale, (const char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), sizeof(float));
+        const float scale = qw_kv8_scale(row, n, b);
         for (int i = b; i < b + QW_KV8_BLOCK; i++) dst[i] = (float)q[i] * scale;
     }
 }

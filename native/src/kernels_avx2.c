@@ -107,12 +107,9 @@ QW_INLINE float hsum(__m256 v) {
 static void to_f32_avx2(float *dst, const void *src, qw_dtype dt, int n) {
     if (dt == QW_KV8) { /* 8 values: sign-extended, converted, times their block's scale */
         const int8_t *q = (const int8_t *)src;
-        const char *scale = (const char *)src + n;
         for (int i = 0; i < n; i += 8) {
             const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i))));
-            float s;
-            memcpy(&s, scale + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), sizeof(s));
-            _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, _mm256_set1_ps(s)));
+            _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, _mm256_set1_ps(qw_kv8_scale(src, n, i))));
         }
         return;
     }
@@ -155,7 +152,7 @@ static void kv8_quantize_avx2(void *row, const float *x, int n) {
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         _mm256_storeu_si256((__m256i *)((int8_t *)row + b),
                             _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(scale));
+        qw_kv8_set_scale(row, n, b, scale);
     }
 }
 
@@ -514,7 +511,6 @@ static void swiglu_avx2(float *g, const float *u, int n) { qw_swiglu_row(g, u, n
 
 const qw_kernels qw_kernels_avx2 = {
     .name = "avx2",
-    .kv8_quantize = kv8_quantize_avx2,
     .matmul = matmul_avx2,
     .matmul_rows = matmul_rows_avx2,
     .dot = dot_avx2,
@@ -525,4 +521,5 @@ const qw_kernels qw_kernels_avx2 = {
     .gelu = gelu_avx2,
     .softmax = softmax_avx2,
     .swiglu = swiglu_avx2,
+    .kv8_quantize = kv8_quantize_avx2,
 };

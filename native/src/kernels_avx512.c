@@ -36,8 +36,6 @@
 #include "kernels_exp.h"
 #include "kernels_gelu.h"
 
-#include <string.h>
-
 #define PACK_MIN_M 8   /* M from which the packed path is taken */
 #define PF_AHEAD 1024  /* rows path: software prefetch distance along a weight row, bytes */
 #define RW1 1          /* rows path: weight rows per register tile for 1, 2, 3 and 4+ rows of A */
@@ -117,14 +115,10 @@ QW_INLINE float hsum(__m512 v) {
 static void to_f32_avx512(float *dst, const void *src, qw_dtype dt, int n) {
     if (dt == QW_KV8) { /* 16 values: sign-extended, converted, times their block's scale */
         const int8_t *q = (const int8_t *)src;
-        const char *scale = (const char *)src + n;
         for (int i = 0; i < n; i += 16) {
             /* int8 -> int16 -> int32 (SIMDe, the emulated tests' AVX-512, has no one-step form) */
             const __m512i w = _mm512_cvtepi16_epi32(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
-            const __m512 v = _mm512_cvtepi32_ps(w);
-            float s;
-            memcpy(&s, scale + (size_t)(i / QW_KV8_BLOCK) * sizeof(float), sizeof(s));
-            _mm512_storeu_ps(dst + i, _mm512_mul_ps(v, _mm512_set1_ps(s)));
+            _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(qw_kv8_scale(src, n, i))));
         }
         return;
     }
@@ -157,7 +151,7 @@ static void kv8_quantize_avx512(void *row, const float *x, int n) {
             v = _mm512_add_ps(v, _mm512_or_ps(_mm512_and_ps(v, sign), half));
             _mm_storeu_si128((__m128i *)((int8_t *)row + b + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(v)));
         }
-        memcpy((char *)row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), &scale, sizeof(scale));
+        qw_kv8_set_scale(row, n, b, scale);
     }
 }
 
@@ -505,7 +499,6 @@ static void swiglu_avx512(float *g, const float *u, int n) { qw_swiglu_row(g, u,
 
 const qw_kernels qw_kernels_avx512 = {
     .name = "avx512",
-    .kv8_quantize = kv8_quantize_avx512,
     .matmul = matmul_avx512,
     .matmul_rows = matmul_rows_avx512,
     .dot = dot_avx512,
@@ -516,4 +509,5 @@ const qw_kernels qw_kernels_avx512 = {
     .gelu = gelu_avx512,
     .softmax = softmax_avx512,
     .swiglu = swiglu_avx512,
+    .kv8_quantize = kv8_quantize_avx512,
 };

@@ -277,7 +277,6 @@ static void swiglu_neon(float *g, const float *u, int n) { qw_swiglu_row(g, u, n
 
 const qw_kernels qw_kernels_neon = {
     .name = "neon",
-    .kv8_quantize = qw_kv8_quantize,
     .matmul = matmul_neon,
     .matmul_rows = matmul_rows_neon,
     .dot = dot_neon,
@@ -288,4 +287,5 @@ const qw_kernels qw_kernels_neon = {
     .gelu = gelu_neon,
     .softmax = softmax_neon,
     .swiglu = swiglu_neon,
+    .kv8_quantize = qw_kv8_quantize,
 };

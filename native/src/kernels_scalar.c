@@ -128,7 +128,6 @@ static void swiglu_scalar(float *g, const float *u, int n) { qw_swiglu_row(g, u,
 
 const qw_kernels qw_kernels_scalar = {
     .name = "scalar",
-    .kv8_quantize = qw_kv8_quantize,
     .matmul = matmul_scalar,
     .matmul_rows = matmul_scalar,
     .dot = dot_scalar,
@@ -139,4 +138,5 @@ const qw_kernels qw_kernels_scalar = {
     .gelu = gelu_scalar,
     .softmax = softmax_scalar,
     .swiglu = swiglu_scalar,
+    .kv8_quantize = qw_kv8_quantize,
 };

@@ -437,6 +437,14 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     free(heap);
 }
 
+/* T QW_KV8 rows of hd widened (into f, T x hd floats) and rounded to bf16 rows of hd (dst), as the
+ * tiles take them. */
+static void kv8_rows_bf16(const qw_kernels *k, uint16_t *dst, const void *rows, float *f, int T, int hd) {
+    const size_t rb = qw_kv8_row_bytes(hd);
+    for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)rows + (size_t)s * rb, QW_KV8, hd);
+    qw_amx_round_rows(dst, f, hd, T, hd);
+}
+
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
     if (m <= 0 || T <= 0 || group <= 0) return;
@@ -459,11 +467,8 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
     if (amx && kv8) {
         float *f = (float *)(void *)((char *)Vp + pv); /* [T][hd] f32, the keys', then the values' */
         uint16_t *kb = (uint16_t *)(f + (size_t)T * hd), *vb = kb + (size_t)T * hd;
-        const size_t rb = qw_kv8_row_bytes(hd);
-        for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)keys + (size_t)s * rb, QW_KV8, hd);
-        qw_amx_round_rows(kb, f, hd, T, hd);
-        for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)vals + (size_t)s * rb, QW_KV8, hd);
-        qw_amx_round_rows(vb, f, hd, T, hd);
+        kv8_rows_bf16(k, kb, keys, f, T, hd);
+        kv8_rows_bf16(k, vb, vals, f, T, hd);
         qw_amx_pack(Kp, kb, QW_BF16, T, hd);
         qw_amx_pack_bf16_t(Vp, vb, hd, hd, T);
     } else if (amx) {

@@ -104,10 +104,6 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     if (ctx->amx && qw_amx_int8_available() && qw_q8_amx_selfcheck())
         ctx->q8 = &qw_q8_amx;
 #endif
-    /* FAST keeps the KV cache in int8 (QW_KV8, after the config is read: bf16 should head_dim not be a
-     * multiple of 32): a decode step of B sequences reads B caches, which pass the weights' bytes
-     * from a few hundred tokens on. */
-    ctx->kv_dt = p.precision == QWEN_PRECISION_FAST ? QW_BF16 : QW_F32;
     if (p.precision == QWEN_PRECISION_FAST)
         snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s%s + int8 %s", ctx->k->name,
                  ctx->amx ? " + amx" : "", ctx->q8->name);
@@ -118,7 +114,11 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     ctx->pool = qw_pool_create(ctx->n_threads); /* before the weights: FAST packs them across it */
     int rc = ctx->pool ? 0 : QWEN_ERR_NOMEM;
     if (!rc) rc = qw_config_load(model_dir, &ctx->cfg, err, err_size);
-    if (!rc && ctx->kv_dt == QW_BF16 && ctx->cfg.head_dim % QW_KV8_BLOCK == 0) ctx->kv_dt = QW_KV8;
+    /* FAST keeps the KV cache in int8 (bf16 should head_dim not be a multiple of 32): a decode step of
+     * B sequences reads B caches, which pass the weights' bytes from a few hundred tokens on. */
+    ctx->kv_dt = p.precision != QWEN_PRECISION_FAST      ? QW_F32
+                 : ctx->cfg.head_dim % QW_KV8_BLOCK == 0 ? QW_KV8
+                                                         : QW_BF16;
     if (!rc) rc = qw_safetensors_open(model_dir, &ctx->st, err, err_size);
     if (!rc) rc = qw_encoder_load(ctx, err, err_size);
     if (!rc) rc = qw_decoder_load(ctx, err, err_size);

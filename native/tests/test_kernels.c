@@ -172,9 +172,9 @@ static void test_kv8(const qw_kernels *const *tables, int n_tables) {
             qw_kv8_quantize(row, x, n);
             qw_kv8_to_f32(y, row, n);
             for (int b = 0; b < n; b += QW_KV8_BLOCK) {
-                float amax = 0.0f, scale;
+                float amax = 0.0f;
+                const float scale = qw_kv8_scale(row, n, b);
                 int peak = 0;
-                memcpy(&scale, row + n + (size_t)(b / QW_KV8_BLOCK) * sizeof(float), sizeof(scale));
                 for (int i = b; i < b + QW_KV8_BLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
                 for (int i = b; i < b + QW_KV8_BLOCK; i++) {
                     bad_round += fabsf(y[i] - x[i]) > 0.5f * scale * (1.0f + 1e-5f) + 1e-30f;
@@ -656,7 +656,7 @@ static void test_bf16ps(const qw_kernels *bf) {
                 test_bf16p(bf, Ms[mi], Ks[ki], Ns[ni][0], Ns[ni][1], Ns[ni][2], (int)(mi + ni) % 2);
 }
 
-/* ==== Main ==== */
+/* ==== Greedy argmax ==== */
 
 /* qw_argmax_row against the one-chain scan it replaces: random rows of every length around the lanes
  * (1..40 and a vocabulary's), the maximum in each lane and the tail, ties (the first wins), NaNs
@@ -693,6 +693,8 @@ static void test_argmax(void) {
     check(!bad, "argmax", "qw_argmax_row is the one-chain scan's index in %d of %d rows", cases - bad, cases);
     free(x);
 }
+
+/* ==== Main ==== */
 
 int main(void) {
     test_argmax();
