@@ -99,7 +99,11 @@
 #define AMX_MB 32     /* rows of C per block (2 A tiles) */
 #define AMX_NB 32     /* columns of C per block (2 B tiles) */
 #define AMX_TILE 512  /* bf16 per packed tile (1 KiB) */
-#define PANEL_BYTES (512u << 10) /* A panel in bf16: with a column block's B tiles, in L2 */
+/* A panel in bf16: with a column block's B tiles, in L2 (2 MiB a core on every CPU with AMX). 1 MiB,
+ * not 512 KiB: the encoder's fc2 (K = 3584) and conv_out (K = 7680) at 130 rows took 2 and 4 panels,
+ * each streaming all the weights from DRAM again (encoder 79.7-80.7 -> 77.6-78.9 ms). */
+#define PANEL_BYTES (1024u << 10)
+#define AMX_FAR_BLOCKS 1         /* column blocks of B fetched into L2 ahead (amx_rows) */
 
 /* ==== Probe and packing (no CPU requirement) ==== */
 
@@ -260,6 +264,8 @@ typedef struct {
     uint16_t *Cb;      /* or, with an epilogue: Cb[m0, n] (row stride ldcb) gets bf16(act(C + bias)) */
     int ldcb;
     void (*act)(float *x, int n);
+    const char **far, *far_end; /* the next column blocks' tiles: into L2, far_lines lines a k step */
+    int far_lines;
 } amx_block_args;
 
 /* The C tiles of a block (tmm0-3; only those TWO_M / TWO_N use) set to zero. */
@@ -322,6 +328,7 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
             QW_AMX_BARRIER(step);
         }
+        for (int i = 0; i < b->far_lines && *b->far < b->far_end; i++, *b->far += 64) __builtin_prefetch(*b->far, 0, 2);
         amx_kstep(a, a + AMX_TROWS * as, as * 2, b->B0 + (size_t)kt * AMX_TILE, b->B1 + (size_t)kt * AMX_TILE, TWO_M,
                   TWO_N);
     }
@@ -357,7 +364,11 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
 
 /* Rows [0, rows) of the panel against every column block of [n0, n1): for each column block its
  * blocks of 32 rows, then the last one of 1..31 rows while the column block's B tiles are in L1
- * (the tiles configured again for it and back; *config: the rows they are configured for). */
+ * (the tiles configured again for it and back; *config: the rows they are configured for).
+ * While a column block runs, the next AMX_FAR_BLOCKS column blocks' tiles are fetched into L2, a
+ * few lines a k step: the block's first rows then find them there, not in DRAM (a tile load that
+ * misses stalls where the hardware would have fetched ahead of vector loads; the encoder's weights,
+ * 300 MB in bf16, come from DRAM on every call). */
 static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t *panel, const uint16_t *packed,
                      const float *bias, int rows, int K, int n0, int n1, int *config, uint16_t *Cb, int ldcb,
                      void (*act)(float *, int)) {
@@ -371,6 +382,13 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.B1 = b.B0 + (size_t)KT * AMX_TILE; /* read only when nr > 16 */
         b.bias = bias ? bias + n : NULL;
         b.ldcb = ldcb, b.act = act;
+        const size_t block_bytes = (size_t)2 * KT * AMX_TILE * sizeof(uint16_t);
+        const char *far = (const char *)b.B0 + block_bytes;
+        const char *slice_end = (const char *)(packed + (size_t)((n1 + AMX_TCOLS - 1) / AMX_TCOLS) * KT * AMX_TILE);
+        const int row_blocks = (rows + AMX_MB - 1) / AMX_MB;
+        b.far = &far;
+        b.far_end = far + AMX_FAR_BLOCKS * block_bytes < slice_end ? far + AMX_FAR_BLOCKS * block_bytes : slice_end;
+        b.far_lines = (int)((AMX_FAR_BLOCKS * block_bytes / 64 + (size_t)row_blocks * KT - 1) / ((size_t)row_blocks * KT));
         for (int m = 0; m < rows; m += AMX_MB) {
             b.Cb = Cb ? Cb + (size_t)m * ldcb + n : NULL;
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;
@@ -477,12 +495,21 @@ AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int 
         const int m1 = m0 + AMX_TROWS;
         const uint16_t *a0 = c->in + ((size_t)2 * (m0 / Fo) * Fp + 2 * (m0 % Fo)) * Cin;
         const uint16_t *a1 = c->in + ((size_t)2 * (m1 / Fo) * Fp + 2 * (m1 % Fo)) * Cin; /* read when TWO_M */
-        for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++) {
-                const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
-                for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE)
-                    amx_kstep(a0 + off + cc, a1 + off + cc, as, b0, b1, TWO_M, TWO_N);
+        for (int tap = 0; tap < 9; tap++) {
+            const int ky = tap / 3, kx = tap % 3, nt = tap < 8 ? tap + 1 : tap;
+            const size_t off = ((size_t)kx * Fp + ky) * Cin; /* tap (ky, kx): time 2 to + kx, frequency 2 fo + ky */
+            const size_t next_off = ((size_t)(nt % 3) * Fp + nt / 3) * Cin;
+            for (int cc = 0; cc < Cin; cc += AMX_KSTEP, b0 += AMX_TILE, b1 += AMX_TILE) {
+                /* the next step's A rows into L1: 16 lines 4 Cin bytes apart, which the hardware does not
+                 * fetch ahead of tile loads (conv2 of a 10 s clip 19.7 -> 15.5 ms) */
+                const size_t na = cc + AMX_KSTEP < Cin ? off + cc + AMX_KSTEP : next_off;
+                for (int r = 0; r < AMX_TROWS; r++) {
+                    __builtin_prefetch(a0 + na + r * (as / 2));
+                    if (TWO_M) __builtin_prefetch(a1 + na + r * (as / 2));
+                }
+                amx_kstep(a0 + off + cc, a1 + off + cc, as, b0, b1, TWO_M, TWO_N);
             }
+        }
     } else {
         const size_t Kp = (size_t)KT * AMX_KSTEP;
         const uint16_t *a = c->rows + (size_t)m0 * Kp;

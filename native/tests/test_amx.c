@@ -648,13 +648,13 @@ static void test_kernel(void) {
     static const int slices[][2] = {{0, 100}, {16, 100}, {32, 64}, {96, 100}, {48, 80}, {80, 96}, {0, 16}};
     for (size_t s = 0; s < sizeof(slices) / sizeof(slices[0]); s++)
         test_case(33, 100, 100, slices[s][0], slices[s][1], (qw_dtype)(s % 3), (int)(s & 1), 1);
-    /* Several panels of A (512 KiB of bf16 each: 256 rows at K = 1024, 128 at K = 2048, 64 at K = 3000),
-     * with a last block: a panel of its own from 32 rows on (300 = 256 + 44, 100 = 64 + 36), else taken
-     * by the panel before (77 = 64 + 13, 130 = 128 + 2). */
-    test_case(300, 1024, 64, 0, 64, QW_BF16, 1, 1);
-    test_case(100, 3000, 48, 16, 48, QW_F32, 1, 1);
-    test_case(77, 3000, 40, 0, 40, QW_F16, 0, 0);
-    test_case(130, 2048, 48, 0, 48, QW_BF16, 0, 1);
+    /* Several panels of A (1 MiB of bf16 each: 256 rows at K = 2048, 128 at K = 4096, 160 at K = 3000),
+     * with a last block: a panel of its own from 32 rows on (300 = 256 + 44, 196 = 160 + 36), else taken
+     * by the panel before (173 = 160 + 13, 130 = 128 + 2). */
+    test_case(300, 2048, 64, 0, 64, QW_BF16, 1, 1);
+    test_case(196, 3000, 48, 16, 48, QW_F32, 1, 1);
+    test_case(173, 3000, 40, 0, 40, QW_F16, 0, 0);
+    test_case(130, 4096, 48, 0, 48, QW_BF16, 0, 1);
     /* No k at all: bias (or zeros). */
     test_case(3, 0, 20, 0, 20, QW_BF16, 1, 1);
     test_case(17, 0, 16, 0, 16, QW_F32, 0, 0);
