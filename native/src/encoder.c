@@ -207,20 +207,20 @@ static int stem_on_tiles(const qw_encoder *e, int F2, int F3, int C) {
 
 typedef struct {
     qw_amx_conv c;
-    int per;
+    int tasks;
 } stem_conv_job;
 
 static void stem_conv_task(void *arg, int t) {
     const stem_conv_job *j = arg;
-    qw_amx_conv3x3(&j->c, t * j->per, (t + 1) * j->per);
+    const int n0 = qw_slice_edge(j->c.Cout, j->tasks, t), n1 = qw_slice_edge(j->c.Cout, j->tasks, t + 1);
+    if (n1 > n0) qw_amx_conv3x3(&j->c, n0, n1);
 }
 
 /* Column slices across the pool, 2 a thread (as qw_matmul_n for 16 rows and more). */
 static void stem_conv(qwen_context *ctx, const qw_amx_conv *c) {
-    int per = c->Cout / (2 * ctx->n_threads) + 1;
-    per = per < 16 ? 16 : (per + 15) & ~15;
-    stem_conv_job j = {*c, per};
-    qw_pool_run(ctx->pool, (c->Cout + per - 1) / per, stem_conv_task, &j);
+    const int tasks = (c->Cout + 15) / 16 < 2 * ctx->n_threads ? (c->Cout + 15) / 16 : 2 * ctx->n_threads;
+    stem_conv_job j = {*c, tasks};
+    qw_pool_run(ctx->pool, tasks, stem_conv_task, &j);
 }
 
 /* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). cols: conv1's im2col,

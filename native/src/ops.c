@@ -20,8 +20,7 @@ typedef struct {
     const qw_mat *const *W;
     const float *const *bias;
     int M, rows_invariant;
-    int cols_per_task;
-    int tasks_per_mat[4];
+    int tasks_per_mat[4]; /* column slices of W[i] (qw_slice_edge) */
     const qw_q8_kernels *q8;
     qw_q8_act act;              /* A quantized by rows, for int8 weights */
     const uint16_t *Ab;         /* A rounded to bf16 once for AMX weights (row stride K rounded to 32), or NULL */
@@ -90,8 +89,8 @@ static void mm_task(void *arg, int t) {
     int i = 0;
     while (t >= j->tasks_per_mat[i]) t -= j->tasks_per_mat[i++];
     const qw_mat *W = j->W[i];
-    int n0 = t * j->cols_per_task;
-    int n1 = n0 + j->cols_per_task < W->rows ? n0 + j->cols_per_task : W->rows;
+    const int n0 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t), n1 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t + 1);
+    if (n1 <= n0) return;
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
@@ -131,7 +130,7 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
     int per = total_rows / (threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
     if (per < 16) per = 16;
     per = (per + 15) & ~15;
-    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, per, {0}, ctx->q8, {0}, Ab, Cb, act};
+    mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, {0}, ctx->q8, {0}, Ab, Cb, act};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
         if (qw_q8_act_bytes(M, q->K) > ctx->q8_act_size) { /* qw_q8_reserve was not called: a bug */
