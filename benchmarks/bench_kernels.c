@@ -24,7 +24,8 @@
  *                         "fast" (quant.h) of each int8 table the CPU runs (AMX-INT8 where the CPU has it), on
  *                         the decoder's projections and the LM head, weights
  *                         from DRAM; GB/s of the packed bytes (int8 + scales
- *                         + sums) and GOP/s. Select it with -v int8.
+ *                         + sums) and GOP/s. Select it with -v int8; -m M
+ *                         then times that M alone, any M (a prefill chunk's 52 or 96).
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
@@ -382,9 +383,10 @@ int main(int argc, char **argv) {
             if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
             for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
                 for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {
-                    if (only_m && only_m != q8_m[mi]) continue;
-                    if (s == 3 && q8_m[mi] > 16) continue;
-                    bench_q8(tables[ti], q8_m[mi], q8_shapes[s][0], q8_shapes[s][1], threads, seconds);
+                    const int m = only_m ? only_m : q8_m[mi]; /* -m: that M alone, any M */
+                    if (s == 3 && m > 16) continue;
+                    bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds);
+                    if (only_m) break;
                 }
         }
     }
