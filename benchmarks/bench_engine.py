@@ -15,8 +15,8 @@ from the first run. Each side first runs --warmup untimed passes: the official e
 clip took 1.5-1.9 s in the first 2-4 calls of a process and 0.35-0.45 s from then on (2-core Xeon;
 not explained: not denormals, not elapsed time), and timing it cold made it look 2-4x slower than
 it runs in a server. The official encoder is timed inside the forward pass that also prefills
-(hooks on its audio tower), so encoder and prefill split one measured pass. The official side is qwen-asr's transformers
-backend in float32 (what runs on a CPU without bf16 matmul units); its
+(hooks on its audio tower), so encoder and prefill split one measured pass. The official side is
+qwen-asr's transformers backend in float32 (what runs on a CPU without bf16 matmul units); its
 encoder attends across the whole clip (its sdpa path ignores the 8 s
 windows), which for 10 s costs a little more than windows would.
 """

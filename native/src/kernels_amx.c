@@ -388,7 +388,8 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         const int row_blocks = (rows + AMX_MB - 1) / AMX_MB;
         b.far = &far;
         b.far_end = far + AMX_FAR_BLOCKS * block_bytes < slice_end ? far + AMX_FAR_BLOCKS * block_bytes : slice_end;
-        b.far_lines = (int)((AMX_FAR_BLOCKS * block_bytes / 64 + (size_t)row_blocks * KT - 1) / ((size_t)row_blocks * KT));
+        const size_t steps = (size_t)row_blocks * KT; /* k steps of this column block */
+        b.far_lines = (int)((AMX_FAR_BLOCKS * block_bytes / 64 + steps - 1) / steps);
         for (int m = 0; m < rows; m += AMX_MB) {
             b.Cb = Cb ? Cb + (size_t)m * ldcb + n : NULL;
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;

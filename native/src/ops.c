@@ -89,7 +89,8 @@ static void mm_task(void *arg, int t) {
     int i = 0;
     while (t >= j->tasks_per_mat[i]) t -= j->tasks_per_mat[i++];
     const qw_mat *W = j->W[i];
-    const int n0 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t), n1 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t + 1);
+    const int n0 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t);
+    const int n1 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t + 1);
     if (n1 <= n0) return;
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
