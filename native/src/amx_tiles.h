@@ -20,6 +20,18 @@
  * of what a tile store wrote happen after it, and keeps neither dropped as dead. */
 #define QW_AMX_BARRIER(p) __asm__ __volatile__("" : : "r"(p) : "memory")
 
+/* The weights a product reads next, fetched into L2 a few lines at a time while the current ones
+ * run: a tile load that misses stalls where the hardware would have fetched ahead of vector loads.
+ * Both kernels fetch their next column panel (block) this way. */
+typedef struct {
+    const char *at, *end;
+    int lines; /* per call of qw_amx_fetch_ahead */
+} qw_amx_ahead;
+
+static inline void qw_amx_fetch_ahead(qw_amx_ahead *a) {
+    for (int i = 0; i < a->lines && a->at < a->end; i++, a->at += 64) __builtin_prefetch(a->at, 0, 2);
+}
+
 /* The 64-byte operand of LDTILECFG (palette 1). */
 typedef struct {
     uint8_t palette_id, start_row;

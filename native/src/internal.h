@@ -310,8 +310,7 @@ struct qwen_context {
 /* Bytes of one position of one KV head in the cache (ctx->kv_dt): head_dim f32 (EXACT), or one
  * QW_KV8 row (FAST; bf16 where head_dim is not a multiple of 32). */
 static inline size_t qw_kv_row(const struct qwen_context *ctx) {
-    const int hd = ctx->cfg.head_dim;
-    return ctx->kv_dt == QW_KV8 ? qw_kv8_row_bytes(hd) : (size_t)hd * (ctx->kv_dt == QW_BF16 ? 2 : 4);
+    return qw_kv_row_bytes(ctx->kv_dt, ctx->cfg.head_dim);
 }
 
 /* Errors: record a message on the context and return the status. */

@@ -23,6 +23,10 @@ typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2, QW_Q8 = 3, QW_AMX = 4, QW_BF
  * one product (every table's to_f32 gives the same bits). Only to_f32 takes it. */
 #define QW_KV8_BLOCK 32
 static inline size_t qw_kv8_row_bytes(int n) { return (size_t)n + (size_t)(n / QW_KV8_BLOCK) * sizeof(float); }
+/* Bytes of a KV cache row of n values of dt (QW_F32, QW_BF16 or QW_KV8). */
+static inline size_t qw_kv_row_bytes(qw_dtype dt, int n) {
+    return dt == QW_KV8 ? qw_kv8_row_bytes(n) : (size_t)n * (dt == QW_BF16 ? 2 : 4);
+}
 /* The scale of value i's block in a QW_KV8 row of n values (after the values: unaligned, so copied). */
 static inline float qw_kv8_scale(const void *row, int n, int i) {
     float s;

@@ -264,8 +264,7 @@ typedef struct {
     uint16_t *Cb;      /* or, with an epilogue: Cb[m0, n] (row stride ldcb) gets bf16(act(C + bias)) */
     int ldcb;
     void (*act)(float *x, int n);
-    const char **far, *far_end; /* the next column blocks' tiles: into L2, far_lines lines a k step */
-    int far_lines;
+    qw_amx_ahead *far; /* the next column block's tiles, into L2 a few lines a k step */
 } amx_block_args;
 
 /* The C tiles of a block (tmm0-3; only those TWO_M / TWO_N use) set to zero. */
@@ -328,7 +327,7 @@ AMX_INLINE void amx_block(const amx_block_args *b, int TWO_M, int TWO_N) {
             amx_round(step, AMX_KSTEP, b->A, b->lda, b->mb, kt * AMX_KSTEP, AMX_KSTEP, b->K);
             QW_AMX_BARRIER(step);
         }
-        for (int i = 0; i < b->far_lines && *b->far < b->far_end; i++, *b->far += 64) __builtin_prefetch(*b->far, 0, 2);
+        qw_amx_fetch_ahead(b->far);
         amx_kstep(a, a + AMX_TROWS * as, as * 2, b->B0 + (size_t)kt * AMX_TILE, b->B1 + (size_t)kt * AMX_TILE, TWO_M,
                   TWO_N);
     }
@@ -383,13 +382,13 @@ static void amx_rows(float *C, int ldc, const float *A, int lda, const uint16_t 
         b.bias = bias ? bias + n : NULL;
         b.ldcb = ldcb, b.act = act;
         const size_t block_bytes = (size_t)2 * KT * AMX_TILE * sizeof(uint16_t);
-        const char *far = (const char *)b.B0 + block_bytes;
+        const size_t far_bytes = AMX_FAR_BLOCKS * block_bytes;
+        const size_t steps = (size_t)((rows + AMX_MB - 1) / AMX_MB) * KT; /* k steps of this column block */
+        const char *next = (const char *)b.B0 + block_bytes;
         const char *slice_end = (const char *)(packed + (size_t)((n1 + AMX_TCOLS - 1) / AMX_TCOLS) * KT * AMX_TILE);
-        const int row_blocks = (rows + AMX_MB - 1) / AMX_MB;
+        qw_amx_ahead far = {next, next + far_bytes < slice_end ? next + far_bytes : slice_end,
+                            (int)((far_bytes / 64 + steps - 1) / steps)};
         b.far = &far;
-        b.far_end = far + AMX_FAR_BLOCKS * block_bytes < slice_end ? far + AMX_FAR_BLOCKS * block_bytes : slice_end;
-        const size_t steps = (size_t)row_blocks * KT; /* k steps of this column block */
-        b.far_lines = (int)((AMX_FAR_BLOCKS * block_bytes / 64 + steps - 1) / steps);
         for (int m = 0; m < rows; m += AMX_MB) {
             b.Cb = Cb ? Cb + (size_t)m * ldcb + n : NULL;
             b.mb = rows - m < AMX_MB ? rows - m : AMX_MB;

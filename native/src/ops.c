@@ -334,9 +334,7 @@ static inline int attention_len(int causal0, int r, int T) {
 }
 
 /* Bytes from one key (or value) row of a cache to the next: ldkv elements, or one QW_KV8 row of hd. */
-static inline size_t kv_stride(qw_dtype dt, int ldkv, int hd) {
-    return dt == QW_KV8 ? qw_kv8_row_bytes(hd) : (size_t)ldkv * (dt == QW_BF16 ? 2 : 4);
-}
+static inline size_t kv_stride(qw_dtype dt, int ldkv, int hd) { return qw_kv_row_bytes(dt, dt == QW_KV8 ? hd : ldkv); }
 
 /* Keys (or values) s0 .. s0 + n - 1 of a cache as f32 rows: in place for f32 (stride ldkv), widened
  * into wide for bf16 and QW_KV8 (the table's to_f32; stride hd). *ld gets the stride. */
@@ -346,7 +344,7 @@ static const float *kv_rows(const qw_kernels *k, const void *kv, qw_dtype dt, in
         *ld = ldkv;
         return (const float *)kv + (size_t)s0 * ldkv;
     }
-    const size_t rb = kv_stride(dt, ldkv, hd), used = dt == QW_KV8 ? rb : (size_t)hd * 2;
+    const size_t rb = kv_stride(dt, ldkv, hd), used = qw_kv_row_bytes(dt, hd);
     const char *rows = (const char *)kv + (size_t)s0 * rb;
     for (int s = 0; s < n; s++) {
         const uintptr_t ahead = (uintptr_t)(rows + (size_t)s * rb) + (size_t)KV_AHEAD * rb;

@@ -26,7 +26,7 @@
  * from DRAM brought that to 1.1, since tile loads that miss stall where
  * vector loads would have been prefetched. So a panel's weights (32 x Kp
  * bytes, contiguous) are read from DRAM once, by its first row block, and
- * fetched into L2 a few lines a group while the previous panel runs (qa_ahead):
+ * fetched into L2 a few lines a group while the previous panel runs (qw_amx_ahead):
  * the whole product went from 0.59-0.69 to 0.87-1.08 TOP/s on one thread,
  * 1.27-1.58 to 1.52-2.01 on two. The rest is the stores and the scaling of
  * each group's sums. perf then still put 30% of the product's samples on
@@ -107,13 +107,6 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
 #endif
 }
 
-/* The next column panel's weights, fetched into L2 a few lines a group while this panel's row blocks
- * run: a panel's first row block then finds them there, not in DRAM (tile loads from DRAM stall). */
-typedef struct {
-    const int8_t *at, *end;
-    int lines; /* per group */
-} qa_ahead;
-
 /* C (+ bias) = the block's R x nr accumulators. */
 static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr, const float *bias) {
 #ifdef QW_AMX_EMULATE
@@ -144,7 +137,7 @@ static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr,
 static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int TWO_M, int TWO_N, int R, float *C,
                                                                 int ldc, const uint8_t *qa, const float *sa,
                                                                 const qw_q8 *W, int nb, int nr, const float *bias,
-                                                                qa_ahead *far) {
+                                                                qw_amx_ahead *far) {
     const int Kp = W->Kp, ng = W->ng;
     const int8_t *qb0 = W->q + (size_t)nb * 16 * Kp, *qb1 = qb0 + (size_t)16 * Kp;
     const float *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
@@ -163,7 +156,7 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
                 __builtin_prefetch(qb0 + gw + QA_PREFETCH * QA_GK * 16 + i);
                 if (TWO_N) __builtin_prefetch(qb1 + gw + QA_PREFETCH * QA_GK * 16 + i);
             }
-        for (int i = 0; i < far->lines && far->at < far->end; i++, far->at += 64) __builtin_prefetch(far->at, 0, 2);
+        qw_amx_fetch_ahead(far);
         if (g < ng) {
             _tile_zero(0);
             if (TWO_N) _tile_zero(1);
@@ -214,9 +207,11 @@ static void matmul_q8_amx(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W,
     for (int n = n0; n < n1; n += 32) {
         const int nr = n1 - n < 32 ? n1 - n : 32;
         const float *bn = bias ? bias + n : NULL;
-        const int8_t *next = W->q + (size_t)(n + 32) * Kp, *next_end = W->q + (size_t)(n1 + 15) / 16 * 16 * Kp;
-        qa_ahead far = {next, next + (size_t)32 * Kp < next_end ? next + (size_t)32 * Kp : next_end,
-                        (32 * Kp / 64 + blocks * W->ng - 1) / (blocks * W->ng)};
+        /* the next panel's weights, into L2 a few lines a group while this panel's row blocks run */
+        const char *next = (const char *)(W->q + (size_t)(n + 32) * Kp);
+        const char *next_end = (const char *)(W->q + (size_t)(n1 + 15) / 16 * 16 * Kp);
+        qw_amx_ahead far = {next, next + (size_t)32 * Kp < next_end ? next + (size_t)32 * Kp : next_end,
+                            (32 * Kp / 64 + blocks * W->ng - 1) / (blocks * W->ng)};
         for (int m = 0; m < M; m += 2 * QA_ROWS) {
             const int R = M - m < 2 * QA_ROWS ? M - m : 2 * QA_ROWS;
             qw_amx_configure_block(R, &config);
