@@ -71,6 +71,14 @@ void qw_amx_pack(void *dst, const void *W, qw_dtype wt, int N, int K);
  * (attention's values, [keys][head dim], as the B operand of P V). */
 void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K);
 
+/* An attention's keys and values, each [T][hd] bf16 rows: qw_amx_pack(dst, K, QW_BF16, T, hd) and
+ * qw_amx_pack_bf16_t(dst, V, hd, hd, T), the same bytes, with AVX-512 (where AMX runs). */
+void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd);
+void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd);
+/* T rows of a QW_KV8 cache (hd values each, a multiple of 16) as bf16 rows [T][hd]: each value
+ * (float) q * scale, rounded as qw_f32_to_bf16 (what to_f32 and qw_amx_round_rows gave). */
+void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd);
+
 /* C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n])  for m < M (any M >= 1), n in [n0, n1)
  *   A[M, K] f32 (row stride lda), rounded to bf16 nearest-even inside;
  *   packed: qw_amx_pack of W[N, K]; C[M, N] f32 (row stride ldc); bias[N] f32 or NULL.

@@ -99,7 +99,7 @@ typedef struct {
  * for its query i, for all the query heads that share the KV head in one
  * qw_attention call, which reads the head's run of keys and values once.
  * Each head's result is what it is computed alone. */
-#define ATT_QB 64
+#define ATT_QB 128
 
 static void dec_attn_task(void *arg, int t) {
     dec_attn_job *j = arg;

@@ -66,6 +66,9 @@
 #define qw_amx_packed_size qw_amx_emu_packed_size
 #define qw_amx_pack qw_amx_emu_pack
 #define qw_amx_pack_bf16_t qw_amx_emu_pack_bf16_t
+#define qw_amx_pack_keys qw_amx_emu_pack_keys
+#define qw_amx_kv8_bf16 qw_amx_emu_kv8_bf16
+#define qw_amx_pack_values qw_amx_emu_pack_values
 #define qw_amx_matmul qw_amx_emu_matmul
 #define qw_amx_round_rows qw_amx_emu_round_rows
 #define qw_amx_matmul_rounded qw_amx_emu_matmul_rounded
@@ -227,6 +230,123 @@ void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K) {
 #ifdef AMX_PORTABLE_REGION
 #pragma GCC pop_options
 #undef AMX_PORTABLE_REGION
+#endif
+
+/* ==== Packing the attention's keys and values (AVX-512) ==== */
+
+/* qw_amx_pack(dst, K, QW_BF16, T, hd) and qw_amx_pack_bf16_t(dst, V, hd, hd, T) - the same bytes - for
+ * a prefill's keys and values, each [T][hd] bf16 (hd a multiple of 32): whole tiles with vectors
+ * (a key tile is a 16 x 16 transpose of 32-bit pairs, a value tile 16 pairs of rows interleaved),
+ * the last partial tile with amx_pack's rule. Their scalar loops were a fifth of a prefill's
+ * attention; a CPU with AMX has AVX-512. The emulated build takes the portable packs. */
+#ifdef QW_AMX_EMULATE
+void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd) {
+    const size_t rb = qw_kv8_row_bytes(hd);
+    for (int s = 0; s < T; s++) {
+        const char *row = (const char *)rows + (size_t)s * rb;
+        for (int i = 0; i < hd; i++)
+            dst[(size_t)s * hd + i] = qw_f32_to_bf16((float)((const int8_t *)row)[i] * qw_kv8_scale(row, hd, i));
+    }
+}
+void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd) { qw_amx_pack(dst, K, QW_BF16, T, hd); }
+void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd) { qw_amx_pack_bf16_t(dst, V, hd, hd, T); }
+#else
+void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd) {
+    const size_t rb = qw_kv8_row_bytes(hd);
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    for (int s = 0; s < T; s++) {
+        const char *row = (const char *)rows + (size_t)s * rb;
+        for (int i = 0; i < hd; i += 16) { /* (float) q * scale, as the tables' to_f32; then amx_bf16 */
+            const __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + i)));
+            const __m512i u =
+                _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(qw_kv8_scale(row, hd, i))));
+            const __m512i r = _mm512_srli_epi32(
+                _mm512_add_epi32(_mm512_add_epi32(u, half), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
+            const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+            const __m512i b = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), quiet);
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)s * hd + i), _mm512_cvtepi32_epi16(b));
+        }
+    }
+}
+
+/* The 16 x 16 32-bit transpose of r (in place): r[i] word j -> r[j] word i. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);     /* per 128-bit lane L: i[4L], i+1[4L], i[4L+1], i+1[4L+1] */
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]); /* i[4L+2], i+1[4L+2], i[4L+3], i+1[4L+3] */
+    }
+    for (int i = 0; i < 16; i += 4) { /* rows i..i+3, word 4L + c in lane L of r[i + c] */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* word 4L + c of all rows: lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
+        const __m512i u0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), u1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+        const __m512i v0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512i v1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_i32x4(u0, v0, 0x88);      /* word c */
+        t[8 + c] = _mm512_shuffle_i32x4(u0, v0, 0xdd);  /* word 8 + c */
+        t[4 + c] = _mm512_shuffle_i32x4(u1, v1, 0x88);  /* word 4 + c */
+        t[12 + c] = _mm512_shuffle_i32x4(u1, v1, 0xdd); /* word 12 + c */
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* One tile of amx_pack's layout by its rule (a partial one): dst[q][j][e] = W(16 nt + j, 32 kt + 2 q + e). */
+static void pack_tile_scalar(uint16_t *tile, const uint16_t *W, size_t ln, size_t lk, int N, int K, int nt, int kt) {
+    for (int j = 0; j < AMX_TCOLS; j++)
+        for (int i = 0; i < AMX_KSTEP; i++) {
+            const int n = nt * AMX_TCOLS + j, k = kt * AMX_KSTEP + i;
+            tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] = n < N && k < K ? W[(size_t)n * ln + (size_t)k * lk] : 0;
+        }
+}
+
+void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd) {
+    const int NT = round_up(T, AMX_TCOLS) / AMX_TCOLS, KT = round_up(hd, AMX_KSTEP) / AMX_KSTEP;
+    uint16_t *P = dst;
+    for (int nt = 0; nt < NT; nt++)
+        for (int kt = 0; kt < KT; kt++) {
+            uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE;
+            if ((kt + 1) * AMX_KSTEP > hd) { /* no head size here has a partial step */
+                pack_tile_scalar(tile, K, (size_t)hd, 1, T, hd, nt, kt);
+                continue;
+            }
+            __m512i r[16]; /* key 16 nt + j: its 32 values of this step, as 16 pairs (zeros past T) */
+            for (int j = 0; j < 16; j++)
+                r[j] = nt * AMX_TCOLS + j < T
+                           ? _mm512_loadu_si512((const void *)(K + (size_t)(nt * AMX_TCOLS + j) * hd + kt * AMX_KSTEP))
+                           : _mm512_setzero_si512();
+            transpose16(r); /* r[q] = pair q of every key */
+            for (int q = 0; q < 16; q++) _mm512_store_si512((void *)(tile + q * 2 * AMX_TCOLS), r[q]);
+        }
+}
+
+void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd) {
+    /* W[n = d, k = s] = V[s][d]: N = hd columns, K = T steps */
+    const int NT = round_up(hd, AMX_TCOLS) / AMX_TCOLS, KT = round_up(T, AMX_KSTEP) / AMX_KSTEP;
+    uint16_t *P = dst;
+    for (int nt = 0; nt < NT; nt++)
+        for (int kt = 0; kt < KT; kt++) {
+            uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE;
+            if ((nt + 1) * AMX_TCOLS > hd) {
+                pack_tile_scalar(tile, V, 1, (size_t)hd, hd, T, nt, kt);
+                continue;
+            }
+            const int s0 = kt * AMX_KSTEP;
+            const uint16_t *v = V + (size_t)s0 * hd + nt * AMX_TCOLS;
+            for (int q = 0; q < 16; q++) { /* row q: values 2 q and 2 q + 1 of the 16 columns, interleaved */
+                const __m512i lo = s0 + 2 * q < T ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(v + (size_t)2 * q * hd)))
+                                                  : _mm512_setzero_si512();
+                const __m512i hi = s0 + 2 * q + 1 < T
+                                       ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(v + (size_t)(2 * q + 1) * hd)))
+                                       : _mm512_setzero_si512();
+                _mm512_store_si512((void *)(tile + q * 2 * AMX_TCOLS), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+}
 #endif
 
 /* ==== The GEMM ==== */

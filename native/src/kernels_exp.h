@@ -50,7 +50,10 @@ static inline void qw_softmax_row(float *x, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16) /* 16 running maxima: vectorises (a max is exact in any order) */
         for (int j = 0; j < 16; j++) top[j] = x[i + j] > top[j] ? x[i + j] : top[j];
-    for (int j = 0; i < n; i++, j++) top[j] = x[i] > top[j] ? x[i] : top[j];
+    const int rem = n - i; /* the tail, in 16 lanes padded with -inf: one vector, not up to 15 scalar steps */
+    float tail[16];
+    for (int j = 0; j < 16; j++) tail[j] = j < rem ? x[i + j] : -INFINITY;
+    for (int j = 0; j < 16; j++) top[j] = tail[j] > top[j] ? tail[j] : top[j];
     float mx = top[0];
     for (int j = 1; j < 16; j++) mx = top[j] > mx ? top[j] : mx;
     float part[16] = {0};
@@ -62,11 +65,11 @@ static inline void qw_softmax_row(float *x, int n) {
             part[j] += e;
         }
     }
-    for (int j = 0; i < n; i++, j++) {
-        const float e = qw_exp_approx(x[i] - mx);
-        x[i] = e;
-        part[j] += e;
+    for (int j = 0; j < 16; j++) { /* exp(-inf) = 0: the padding adds nothing */
+        tail[j] = qw_exp_approx(tail[j] - mx);
+        part[j] += tail[j];
     }
+    for (int j = 0; j < rem; j++) x[i + j] = tail[j];
     float s = 0.0f;
     for (int j = 0; j < 16; j++) s += part[j];
     const float inv = 1.0f / s;

@@ -435,14 +435,6 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     free(heap);
 }
 
-/* T QW_KV8 rows of hd widened (into f, T x hd floats) and rounded to bf16 rows of hd (dst), as the
- * tiles take them. */
-static void kv8_rows_bf16(const qw_kernels *k, uint16_t *dst, const void *rows, float *f, int T, int hd) {
-    const size_t rb = qw_kv8_row_bytes(hd);
-    for (int s = 0; s < T; s++) k->to_f32(f + (size_t)s * hd, (const char *)rows + (size_t)s * rb, QW_KV8, hd);
-    qw_amx_round_rows(dst, f, hd, T, hd);
-}
-
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
     if (m <= 0 || T <= 0 || group <= 0) return;
@@ -454,8 +446,11 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
      * aligned, and for QW_KV8 the keys' (then the values') f32 rows and the bf16 keys and values */
     const size_t s_at = amx ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
     const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
-    const size_t pb = amx && kv8 ? (size_t)T * hd * (sizeof(float) + 2 * sizeof(uint16_t)) : 0;
-    float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb);
+    const size_t pb = amx && kv8 ? ((size_t)T * hd * 2 * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
+    /* AMX: a head's queries and its probabilities rounded to bf16 once, as the tiles take them */
+    const size_t qs = (size_t)(hd + 31) / 32 * 32, ps = (size_t)(T + 31) / 32 * 32;
+    const size_t rb16 = amx ? ((size_t)m * (qs + ps) * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
+    float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb + rb16);
     if (!Kc) {
         attention_rows(k, out, ldo, q, ldq, m, group, keys, vals, kv_dt, ldkv, T, hd, causal0);
         return;
@@ -463,15 +458,14 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
     float *Vt = Kc + (size_t)T * hd, *S = Kc + s_at; /* [T][hd], [hd][T], [m][T] */
     void *Kp = (char *)Kc + s_end, *Vp = (char *)Kp + pk;
     if (amx && kv8) {
-        float *f = (float *)(void *)((char *)Vp + pv); /* [T][hd] f32, the keys', then the values' */
-        uint16_t *kb = (uint16_t *)(f + (size_t)T * hd), *vb = kb + (size_t)T * hd;
-        kv8_rows_bf16(k, kb, keys, f, T, hd);
-        kv8_rows_bf16(k, vb, vals, f, T, hd);
-        qw_amx_pack(Kp, kb, QW_BF16, T, hd);
-        qw_amx_pack_bf16_t(Vp, vb, hd, hd, T);
+        uint16_t *kb = (uint16_t *)(void *)((char *)Vp + pv), *vb = kb + (size_t)T * hd; /* [T][hd] each */
+        qw_amx_kv8_bf16(kb, keys, T, hd);
+        qw_amx_kv8_bf16(vb, vals, T, hd);
+        qw_amx_pack_keys(Kp, kb, T, hd);
+        qw_amx_pack_values(Vp, vb, T, hd);
     } else if (amx) {
-        qw_amx_pack(Kp, keys, QW_BF16, T, hd);
-        qw_amx_pack_bf16_t(Vp, vals, ldkv, hd, T);
+        qw_amx_pack_keys(Kp, (const uint16_t *)keys, T, hd);
+        qw_amx_pack_values(Vp, (const uint16_t *)vals, T, hd);
     } else {
         const size_t rb = kv_stride(kv_dt, ldkv, hd);
         for (int s = 0; s < T; s++) {
@@ -492,11 +486,14 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
         }
     }
     const float scale = 1.0f / sqrtf((float)hd);
+    uint16_t *Qb = amx ? (uint16_t *)(void *)((char *)Vp + pv + pb) : NULL, *Pb = Qb ? Qb + (size_t)m * qs : NULL;
     for (int h = 0; h < group; h++) {
-        if (amx) /* S = Q K^T */
-            qw_amx_matmul(S, T, q + (size_t)h * hd, ldq, Kp, NULL, m, T, hd, 0, T);
-        else
+        if (amx) { /* S = Q K^T */
+            qw_amx_round_rows(Qb, q + (size_t)h * hd, ldq, m, hd);
+            qw_amx_matmul_rounded(S, T, Qb, Kp, NULL, m, T, hd, 0, T);
+        } else {
             k->matmul(S, T, q + (size_t)h * hd, ldq, Kc, QW_F32, NULL, m, hd, 0, T);
+        }
         for (int r = 0; r < m; r++) {
             float *row = S + (size_t)r * T;
             const int len = attention_len(causal0, r, T);
@@ -504,9 +501,10 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
             k->softmax(row, len);
             for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
         }
-        if (amx) /* O = P V */
-            qw_amx_matmul(out + (size_t)h * hd, ldo, S, T, Vp, NULL, m, hd, T, 0, hd);
-        else
+        if (amx) { /* O = P V */
+            qw_amx_round_rows(Pb, S, T, m, T);
+            qw_amx_matmul_rounded(out + (size_t)h * hd, ldo, Pb, Vp, NULL, m, hd, T, 0, hd);
+        } else
             k->matmul(out + (size_t)h * hd, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd);
     }
     free(Kc);

@@ -70,6 +70,9 @@
 #undef qw_amx_packed_size
 #undef qw_amx_pack
 #undef qw_amx_pack_bf16_t
+#undef qw_amx_pack_keys
+#undef qw_amx_pack_values
+#undef qw_amx_kv8_bf16
 #undef qw_amx_matmul
 #undef qw_amx_round_rows
 #undef qw_amx_matmul_rounded
@@ -376,6 +379,71 @@ static void test_pack(void) {
         test_pack_one(100, 1024, (qw_dtype)dt);
     }
     check(qw_amx_emu_packed_size(0, 5) == 0 && qw_amx_emu_packed_size(5, 0) == 0, "pack", "empty size");
+}
+
+/* An attention's keys and values (T x hd bf16 rows, every bit pattern) packed by qw_amx_pack_keys /
+ * qw_amx_pack_values: the bytes of qw_amx_pack / qw_amx_pack_bf16_t, emulated and natively (the
+ * native ones transpose with AVX-512: T around the tiles' 16 keys and 32 steps); and T rows of an
+ * int8 cache widened by qw_amx_kv8_bf16: (float) q * scale rounded as qw_f32_to_bf16. */
+static void test_pack_kv_one(int T, int hd) {
+    uint16_t *K = malloc((size_t)T * hd * 2), *V = malloc((size_t)T * hd * 2);
+    for (size_t i = 0; i < (size_t)T * hd; i++) K[i] = (uint16_t)rand32(), V[i] = (uint16_t)rand32();
+    const size_t kb = qw_amx_emu_packed_size(T, hd), vb = qw_amx_emu_packed_size(hd, T);
+    uint16_t *ref = alloc64(kb > vb ? kb : vb), *got = alloc64(kb > vb ? kb : vb);
+    int same = 1;
+    for (int v = 0; v < 2; v++) {
+        const size_t bytes = v ? vb : kb;
+        if (v) qw_amx_emu_pack_bf16_t(ref, V, hd, hd, T);
+        else qw_amx_emu_pack(ref, K, QW_BF16, T, hd);
+        memset(got, 0xab, bytes);
+        if (v) qw_amx_emu_pack_values(got, V, T, hd);
+        else qw_amx_emu_pack_keys(got, K, T, hd);
+        same &= !memcmp(ref, got, bytes);
+#if HAVE_NATIVE
+        if (native) {
+            memset(got, 0xab, bytes);
+            if (v) qw_amx_pack_values(got, V, T, hd);
+            else qw_amx_pack_keys(got, K, T, hd);
+            same &= !memcmp(ref, got, bytes);
+        }
+#endif
+    }
+    check(same, "pack", "keys and values T=%d hd=%d: the bytes of qw_amx_pack and qw_amx_pack_bf16_t", T, hd);
+    /* an int8 cache: hd values, then hd / 32 f32 scales (specials among them) */
+    const size_t rb = qw_kv8_row_bytes(hd);
+    char *rows = malloc((size_t)T * rb);
+    for (int r = 0; r < T; r++) {
+        for (int i = 0; i < hd; i++) rows[(size_t)r * rb + i] = (char)(int8_t)rand32();
+        for (int b = 0; b < hd / QW_KV8_BLOCK; b++) {
+            static const uint32_t special[] = {0x7fc00000u, 0x7f800000u, 0x00000001u, 0x3f808000u, 0x00000000u};
+            const uint32_t u = (r + b) % 3 == 0 ? special[(r * 7 + b) % 5] : (f2u(frand() * 0.1f) & 0xffff0000u) | 0x8000u;
+            memcpy(rows + (size_t)r * rb + hd + (size_t)b * 4, &u, 4);
+        }
+    }
+    uint16_t *w = malloc((size_t)T * hd * 2), *wn = malloc((size_t)T * hd * 2);
+    qw_amx_emu_kv8_bf16(w, rows, T, hd);
+    int widen = 1, widen_native = 1;
+    for (int r = 0; r < T; r++)
+        for (int i = 0; i < hd; i++) {
+            const char *row = rows + (size_t)r * rb;
+            widen &= w[(size_t)r * hd + i] == qw_f32_to_bf16((float)((const int8_t *)row)[i] * qw_kv8_scale(row, hd, i));
+        }
+#if HAVE_NATIVE
+    if (native) {
+        qw_amx_kv8_bf16(wn, rows, T, hd);
+        widen_native = !memcmp(w, wn, (size_t)T * hd * 2);
+    }
+#endif
+    check(widen && widen_native, "pack", "int8 cache T=%d hd=%d widened to bf16 as to_f32 + qw_f32_to_bf16", T, hd);
+    free(rows), free(w), free(wn), free(ref), free(got), free(K), free(V);
+}
+
+static void test_pack_kv(void) {
+    static const int Ts[] = {1, 15, 16, 17, 31, 32, 33, 63, 145};
+    for (size_t t = 0; t < sizeof(Ts) / sizeof(Ts[0]); t++) {
+        test_pack_kv_one(Ts[t], 128);
+        test_pack_kv_one(Ts[t], 64);
+    }
 }
 
 /* ==== The kernel ==== */
@@ -873,6 +941,7 @@ int main(void) {
     test_probe();
     test_emulation();
     test_pack();
+    test_pack_kv();
     const int before = failed;
     test_kernel();
     test_conv();
