@@ -216,7 +216,8 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         n_logits += groups[g].rows ? groups[g].n_rows : groups[g].want_logits;
     }
     if (n_groups <= 0) return QWEN_OK;
-    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I + hd) + (size_t)n_logits * H + 2 * (size_t)n_groups;
+    /* + the last layer's rows that reach the head, gathered (xo) */
+    size_t need = (size_t)n * (H + nq + 2 * nk + nq + 2 * I + hd) + (size_t)n_logits * 2 * H + 2 * (size_t)n_groups;
     if (need > ctx->scratch_size) {
         free(ctx->scratch);
         ctx->scratch = malloc(need * sizeof(float));
@@ -230,7 +231,8 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     float *att = v + (size_t)n * nk, *g_ = att + (size_t)n * nq, *u = g_ + (size_t)n * I;
     float *angles = u + (size_t)n * I;                   /* [n, hd] */
     float *last = angles + (size_t)n * hd;               /* [n_logits, H] */
-    int *row0 = (int *)(last + (size_t)n_logits * H);    /* [n_groups] */
+    float *xo = last + (size_t)n_logits * H;             /* [n_logits, H] */
+    int *row0 = (int *)(xo + (size_t)n_logits * H);      /* [n_groups] */
     int *task0 = row0 + n_groups;                        /* [n_groups] */
     for (int g = 0, r = 0; g < n_groups; r += groups[g].n, g++) {
         row0[g] = r;
@@ -251,27 +253,50 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         const float *qkv_b[3] = {y->q_b, y->k_b, y->v_b};
         qw_matmul_n(ctx, 3, qkv_out, h, qkv_w, c->attention_bias ? qkv_b : NULL, n, rows_invariant);
         qk.layer = l;
-        qw_pool_run(ctx->pool, n, dec_qk_task, &qk);
+        qw_pool_run(ctx->pool, n, dec_qk_task, &qk); /* every row's keys and values go to the cache */
+        /* Past its keys and values, the last layer's output reaches only the head: it runs for the
+         * rows that want logits (none in a prefill chunk before the last), gathered in logits order
+         * into xo and att. fast: the same bits (its int8 products are per row); exact's prefill
+         * GEMM may round such a row differently at M = 1 (4e-5 of a logit seen, the same tokens). */
+        const int head_only = l == c->dec_layers - 1 && n_logits < n;
+        if (head_only && !n_logits) break;
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
         qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);
-        mm(ctx, h, att, &y->o, y->o_b, n);
-        qw_add_rmsnorm_rows(ctx, x, h, h, y->ln2, n, H, c->rms_eps);
+        float *xl = x;
+        int nl = n;
+        if (head_only) {
+            for (int g = 0, r = 0; g < n_groups; g++) {
+                const qw_dec_group *G = &groups[g];
+                for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++, r++) {
+                    const size_t row = (size_t)row0[g] + (size_t)(G->rows ? G->rows[i] : G->n - 1);
+                    memcpy(xo + (size_t)r * H, x + row * H, (size_t)H * sizeof(float));
+                    memmove(att + (size_t)r * nq, att + row * nq, (size_t)nq * sizeof(float)); /* r <= row */
+                }
+            }
+            xl = xo, nl = n_logits;
+        }
+        mm(ctx, h, att, &y->o, y->o_b, nl);
+        qw_add_rmsnorm_rows(ctx, xl, h, h, y->ln2, nl, H, c->rms_eps);
         float *gu_out[2] = {g_, u};
         const qw_mat *gu_w[2] = {&y->gate, &y->up};
-        qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, n, rows_invariant);
-        qw_swiglu_mt(ctx, g_, u, (size_t)n * I); /* SiLU(gate) * up */
-        mm(ctx, h, g_, &y->down, NULL, n); /* added to x with the next norm */
+        qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, nl, rows_invariant);
+        qw_swiglu_mt(ctx, g_, u, (size_t)nl * I); /* SiLU(gate) * up */
+        mm(ctx, h, g_, &y->down, NULL, nl); /* added to x with the next norm */
+        if (l == c->dec_layers - 1) { /* the residual stream's end: x, or the gathered rows */
+            for (size_t i = 0; i < (size_t)nl * H; i++) xl[i] += h[i];
+            x = xl;
+        }
     }
-    for (size_t i = 0; c->dec_layers && i < (size_t)n * H; i++) x[i] += h[i];
     for (int g = 0; g < n_groups; g++) groups[g].s->n_past += groups[g].n;
     /* Final norm and the head on the last row of each group that wants
-     * logits (or on the rows it names), in one GEMM. */
+     * logits (or on the rows it names), in one GEMM: x holds those rows in order where the last
+     * layer gathered them. */
     if (!n_logits) return QWEN_OK;
     for (int g = 0, r = 0; g < n_groups; g++) {
         const qw_dec_group *G = &groups[g];
-        for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++) {
-            const int row = G->rows ? G->rows[i] : G->n - 1;
-            qw_rmsnorm(last + (size_t)(r++) * H, x + (size_t)(row0[g] + row) * H, D->norm, H, c->rms_eps);
+        for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++, r++) {
+            const size_t row = x == xo ? (size_t)r : (size_t)row0[g] + (size_t)(G->rows ? G->rows[i] : G->n - 1);
+            qw_rmsnorm(last + (size_t)r * H, x + row * H, D->norm, H, c->rms_eps);
         }
     }
     mm(ctx, logits, last, &D->lm_head, NULL, n_logits); /* [n_logits, n_out] */
