@@ -186,6 +186,20 @@ static uint16_t amx_weight(const void *W, qw_dtype wt, size_t i) {
     }
 }
 
+/* Tile (nt, kt) of qw_amx_pack's layout, element by element: dst[q][j][e] = bf16(W(16 nt + j, 32 kt + 2 q + e)),
+ * W(n, k) = W[n * ln + k * lk], zeros past N or K (partial tiles, and dtypes other than bf16). */
+static void amx_pack_tile(uint16_t *tile, const void *W, qw_dtype wt, int N, int K, size_t ln, size_t lk, int nt,
+                          int kt) {
+    for (int j = 0; j < AMX_TCOLS; j++) {
+        const int n = nt * AMX_TCOLS + j;
+        for (int i = 0; i < AMX_KSTEP; i++) { /* i = 2 q + e */
+            const int k = kt * AMX_KSTEP + i;
+            tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] =
+                n < N && k < K ? amx_weight(W, wt, (size_t)n * ln + (size_t)k * lk) : 0;
+        }
+    }
+}
+
 /* qw_amx_pack of the matrix whose (n, k) element is W[n * ln + k * lk] (ln = K, lk = 1: W itself;
  * ln = 1, lk = ld: the transpose of a matrix stored with row stride ld). */
 static void amx_pack(uint16_t *P, const void *W, qw_dtype wt, int N, int K, size_t ln, size_t lk) {
@@ -210,14 +224,7 @@ static void amx_pack(uint16_t *P, const void *W, qw_dtype wt, int N, int K, size
                 }
                 continue;
             }
-            for (int j = 0; j < AMX_TCOLS; j++) {
-                const int n = nt * AMX_TCOLS + j;
-                for (int i = 0; i < AMX_KSTEP; i++) { /* i = 2 q + e */
-                    const int k = kt * AMX_KSTEP + i;
-                    tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] =
-                        n < N && k < K ? amx_weight(W, wt, (size_t)n * ln + (size_t)k * lk) : 0;
-                }
-            }
+            amx_pack_tile(tile, W, wt, N, K, ln, lk, nt, kt);
         }
 }
 
@@ -237,7 +244,7 @@ void qw_amx_pack_bf16_t(void *dst, const uint16_t *src, int ld, int N, int K) {
 /* qw_amx_pack(dst, K, QW_BF16, T, hd) and qw_amx_pack_bf16_t(dst, V, hd, hd, T) - the same bytes - for
  * a prefill's keys and values, each [T][hd] bf16 (hd a multiple of 32): whole tiles with vectors
  * (a key tile is a 16 x 16 transpose of 32-bit pairs, a value tile 16 pairs of rows interleaved),
- * the last partial tile with amx_pack's rule. Their scalar loops were a fifth of a prefill's
+ * a partial tile with amx_pack's own (amx_pack_tile). Their scalar loops were a fifth of a prefill's
  * attention; a CPU with AMX has AVX-512. The emulated build takes the portable packs. */
 #ifdef QW_AMX_EMULATE
 void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd) {
@@ -295,15 +302,6 @@ static inline void transpose16(__m512i r[16]) {
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-/* One tile of amx_pack's layout by its rule (a partial one): dst[q][j][e] = W(16 nt + j, 32 kt + 2 q + e). */
-static void pack_tile_scalar(uint16_t *tile, const uint16_t *W, size_t ln, size_t lk, int N, int K, int nt, int kt) {
-    for (int j = 0; j < AMX_TCOLS; j++)
-        for (int i = 0; i < AMX_KSTEP; i++) {
-            const int n = nt * AMX_TCOLS + j, k = kt * AMX_KSTEP + i;
-            tile[(i / 2) * 2 * AMX_TCOLS + 2 * j + (i & 1)] = n < N && k < K ? W[(size_t)n * ln + (size_t)k * lk] : 0;
-        }
-}
-
 void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd) {
     const int NT = round_up(T, AMX_TCOLS) / AMX_TCOLS, KT = round_up(hd, AMX_KSTEP) / AMX_KSTEP;
     uint16_t *P = dst;
@@ -311,7 +309,7 @@ void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd) {
         for (int kt = 0; kt < KT; kt++) {
             uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE;
             if ((kt + 1) * AMX_KSTEP > hd) { /* no head size here has a partial step */
-                pack_tile_scalar(tile, K, (size_t)hd, 1, T, hd, nt, kt);
+                amx_pack_tile(tile, K, QW_BF16, T, hd, (size_t)hd, 1, nt, kt);
                 continue;
             }
             __m512i r[16]; /* key 16 nt + j: its 32 values of this step, as 16 pairs (zeros past T) */
@@ -332,7 +330,7 @@ void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd) {
         for (int kt = 0; kt < KT; kt++) {
             uint16_t *tile = P + ((size_t)nt * KT + kt) * AMX_TILE;
             if ((nt + 1) * AMX_TCOLS > hd) {
-                pack_tile_scalar(tile, V, 1, (size_t)hd, hd, T, nt, kt);
+                amx_pack_tile(tile, V, QW_BF16, hd, T, 1, (size_t)hd, nt, kt);
                 continue;
             }
             const int s0 = kt * AMX_KSTEP;

@@ -443,12 +443,12 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
      * rounded to bf16 first (kb, vb) */
     amx = amx && (bf16 || kv8) && ldkv == hd;
     /* f32: K (T x hd), V^T (hd x T) and S (m x T); AMX: S, then K and V^T packed into tiles, 64-byte
-     * aligned, and for QW_KV8 the keys' (then the values') f32 rows and the bf16 keys and values */
+     * aligned, for QW_KV8 the bf16 keys and values, and a head's rounded queries and probabilities */
     const size_t s_at = amx ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
     const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
     const size_t pb = amx && kv8 ? ((size_t)T * hd * 2 * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     /* AMX: a head's queries and its probabilities rounded to bf16 once, as the tiles take them */
-    const size_t qs = (size_t)(hd + 31) / 32 * 32, ps = (size_t)(T + 31) / 32 * 32;
+    const size_t qs = amx_kp(hd), ps = amx_kp(T);
     const size_t rb16 = amx ? ((size_t)m * (qs + ps) * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb + rb16);
     if (!Kc) {
