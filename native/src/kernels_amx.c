@@ -365,6 +365,8 @@ static void amx_round(uint16_t *dst, size_t ds, const float *A, int lda, int row
     for (int r = 0; r < rows; r++) {
         uint16_t *d = dst + (size_t)r * ds;
         const float *a = A + (size_t)r * lda + k0;
+        if (r + 4 < rows) /* rows of a wide matrix (the attention's queries: 8 KiB apart) come from far */
+            for (int i = 0; i < valid; i += 16) __builtin_prefetch(a + 4 * (size_t)lda + i);
         for (int i = 0; i < valid; i++) d[i] = amx_bf16(a[i]);
         for (int i = valid; i < kw; i++) d[i] = 0;
     }

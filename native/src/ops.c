@@ -497,6 +497,8 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
         for (int r = 0; r < m; r++) {
             float *row = S + (size_t)r * T;
             const int len = attention_len(causal0, r, T);
+            if (amx) /* the row's output, written by P V's tile stores (a prefill: 8 KiB apart, not cached) */
+                for (int d = 0; d < hd; d += 16) __builtin_prefetch(out + (size_t)r * ldo + (size_t)h * hd + d, 1);
             for (int s = 0; s < len; s++) row[s] *= scale;
             k->softmax(row, len);
             for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
