@@ -40,4 +40,9 @@ QW_INLINE void transpose8(__m256 v[8]) {
     }
 }
 
+/* 8 bf16 (the int8 weights' scales, quant.h) widened to f32, exactly. */
+QW_INLINE __m256 q8_scales8(const uint16_t *s) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)s)), 16));
+}
+
 #endif /* QWEN_KERNELS_X86_H */

@@ -89,15 +89,16 @@ typedef struct {
  * group; the first group's adds to 0 instead of f (no memset of the accumulators: 6% of the product's
  * time). Rows past the block's own (the last block of M) read its last row's scale and are never stored. */
 static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16], const int32_t d[QA_ROWS][16],
-                                                           const int32_t *z, const float *sw,
+                                                           const int32_t *z, const uint16_t *sw,
                                                            const float *const sa[QA_ROWS], int g) {
 #ifdef QW_AMX_EMULATE
     for (int r = 0; r < QA_ROWS; r++)
         for (int j = 0; j < 16; j++)
-            f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), sw[j] * sa[r][g], g ? f[r][j] : 0.0f);
+            f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), qw_bf16_to_f32(sw[j]) * sa[r][g],
+                           g ? f[r][j] : 0.0f);
 #else
     const __m512i zv = _mm512_loadu_si512((const void *)z);
-    const __m512 swv = _mm512_loadu_ps(sw);
+    const __m512 swv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)sw)), 16));
 #pragma GCC unroll 16
     for (int r = 0; r < QA_ROWS; r++) {
         const __m512i dr = _mm512_add_epi32(_mm512_load_si512((const void *)d[r]), zv);
@@ -140,7 +141,7 @@ static inline __attribute__((always_inline)) void qa_block_rows(qa_block *b, int
                                                                 qw_amx_ahead *far) {
     const int Kp = W->Kp, ng = W->ng;
     const int8_t *qb0 = W->q + (size_t)nb * 16 * Kp, *qb1 = qb0 + (size_t)16 * Kp;
-    const float *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
+    const uint16_t *sw0 = W->scale + (size_t)nb * ng * 16, *sw1 = sw0 + (size_t)ng * 16;
     const int32_t *z0 = W->zsum + (size_t)nb * ng * 16, *z1 = z0 + (size_t)ng * 16;
     const float *sar[2][QA_ROWS]; /* each row's scales (rows past R: the last row's) */
     for (int r = 0; r < 2 * QA_ROWS; r++) sar[r / QA_ROWS][r % QA_ROWS] = sa + (size_t)(r < R ? r : R - 1) * ng;

@@ -22,7 +22,7 @@ QW_INLINE void q8_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, const f
                             const float *bias) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *qb = W->q + (size_t)b * 16 * Kp;
-    const float *sb = W->scale + (size_t)b * ng * 16;
+    const uint16_t *sb = W->scale + (size_t)b * ng * 16;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     __m256 f[Q8_MR][2];
     for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
@@ -42,7 +42,7 @@ QW_INLINE void q8_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, const f
                 d[r][1] = _mm256_add_epi32(d[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, s)), ones));
             }
         }
-        const __m256 sw0 = _mm256_loadu_ps(sb + g * 16), sw1 = _mm256_loadu_ps(sb + g * 16 + 8);
+        const __m256 sw0 = q8_scales8(sb + g * 16), sw1 = q8_scales8(sb + g * 16 + 8);
         for (int r = 0; r < R; r++) {
             const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
             f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][0]), _mm256_mul_ps(sw0, s), f[r][0]);

@@ -41,12 +41,17 @@
 
 QW_INLINE __mmask16 q8_lanes(int t) { return (__mmask16)((1u << t) - 1u); }
 
+/* 16 of the weights' bf16 scales, widened to f32 (exactly). */
+QW_INLINE __m512 q8_scales16(const uint16_t *s) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)s)), 16));
+}
+
 /* C[0:R, n:n+nr] for R rows from the packed column blocks b (and b + 1 when V == 2). */
 QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int V,
                        int nr, const float *bias, int prefetch, int ZS) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *q0 = W->q + (size_t)b * 16 * Kp, *q1 = q0 + (size_t)16 * Kp;
-    const float *s0 = W->scale + (size_t)b * ng * 16;
+    const uint16_t *s0 = W->scale + (size_t)b * ng * 16;
     const int32_t *z0 = W->zsum + (size_t)b * ng * 16;
     __m512 f[Q8_MR_DEC][2];
     for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
@@ -84,8 +89,8 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
                 d[r][0] = _mm512_sub_epi32(d[r][0], zs0);
                 if (V == 2) d[r][1] = _mm512_sub_epi32(d[r][1], zs1);
             }
-        const __m512 sw0 = _mm512_loadu_ps(s0 + g * 16);
-        const __m512 sw1 = V == 2 ? _mm512_loadu_ps(s0 + (size_t)ng * 16 + g * 16) : sw0;
+        const __m512 sw0 = q8_scales16(s0 + g * 16);
+        const __m512 sw1 = V == 2 ? q8_scales16(s0 + (size_t)ng * 16 + g * 16) : sw0;
         for (int r = 0; r < R; r++) {
             const __m512 s = _mm512_set1_ps(sa[(size_t)r * ng + g]);
             f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[r][0]), _mm512_mul_ps(sw0, s), f[r][0]);

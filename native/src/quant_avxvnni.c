@@ -23,7 +23,7 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
                         const float *bias, int ZS) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *qb = W->q + (size_t)b * 16 * Kp;
-    const float *sb = W->scale + (size_t)b * ng * 16;
+    const uint16_t *sb = W->scale + (size_t)b * ng * 16;
     const int32_t *zb = W->zsum + (size_t)b * ng * 16;
     __m256 f[Q8V_MR][2];
     for (int r = 0; r < R; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
@@ -52,7 +52,7 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
         }
         if (ZS) /* sum (qa + 128) q - 128 sum q = sum qa q, exactly */
             for (int r = 0; r < R; r++) d[r][0] = _mm256_sub_epi32(d[r][0], zs0), d[r][1] = _mm256_sub_epi32(d[r][1], zs1);
-        const __m256 sw0 = _mm256_loadu_ps(sb + g * 16), sw1 = _mm256_loadu_ps(sb + g * 16 + 8);
+        const __m256 sw0 = q8_scales8(sb + g * 16), sw1 = q8_scales8(sb + g * 16 + 8);
         for (int r = 0; r < R; r++) {
             const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
             f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][0]), _mm256_mul_ps(sw0, s), f[r][0]);

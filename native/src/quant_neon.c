@@ -48,7 +48,7 @@ QW_INLINE void q8_tile_neon(int R, float *C, int ldc, const uint8_t *qa, const f
                             const float *bias) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *qb = W->q + (size_t)b * 16 * Kp;
-    const float *sb = W->scale + (size_t)b * ng * 16;
+    const uint16_t *sb = W->scale + (size_t)b * ng * 16;
     float32x4_t f[Q8_NEON_MR][4];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < 4; j++) f[r][j] = vdupq_n_f32(0.0f);
@@ -94,7 +94,7 @@ QW_INLINE void q8_tile_neon(int R, float *C, int ldc, const uint8_t *qa, const f
             const float32x4_t s = vdupq_n_f32(sa[(size_t)r * ng + g]);
             for (int j = 0; j < 4; j++) {
                 const int32x4_t dj = vpaddq_s32(d[r][2 * j], d[r][2 * j + 1]); /* columns 4j .. 4j+3 */
-                f[r][j] = vfmaq_f32(f[r][j], vcvtq_f32_s32(dj), vmulq_f32(vld1q_f32(sb + g * 16 + 4 * j), s));
+                f[r][j] = vfmaq_f32(f[r][j], vcvtq_f32_s32(dj), vmulq_f32(vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(sb + g * 16 + 4 * j), 16)), s));
             }
         }
     }

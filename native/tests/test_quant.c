@@ -3,7 +3,7 @@
  * int8 product table against the scalar one and against double precision.
  *
  *   packing    every weight within half a step of its group's scale
- *              (|W - q * sw| <= sw / 2), sw = max |W in group| / 127, zero
+ *              (|W - q * sw| <= sw / 2), sw = max |W in group| / 127 in bf16, zero
  *              rows and k past N and K, zsum = -128 * the group's sum of q;
  *              f32, bf16 and f16 sources; K not a multiple of the group.
  *   rows       the same for activations (offset by 128), padding = 128.
@@ -131,7 +131,9 @@ static void free_packed(packed *p) {
 static int8_t qat(const qw_q8 *W, int n, int k) {
     return W->q[(size_t)(n / 16) * 16 * W->Kp + (size_t)(k / 4) * 64 + (size_t)(n % 16) * 4 + (size_t)(k % 4)];
 }
-static float sat(const qw_q8 *W, int n, int g) { return W->scale[(size_t)(n / 16) * W->ng * 16 + (size_t)g * 16 + n % 16]; }
+static float sat(const qw_q8 *W, int n, int g) {
+    return qw_bf16_to_f32(W->scale[(size_t)(n / 16) * W->ng * 16 + (size_t)g * 16 + n % 16]);
+}
 static int32_t zat(const qw_q8 *W, int n, int g) { return W->zsum[(size_t)(n / 16) * W->ng * 16 + (size_t)g * 16 + n % 16]; }
 
 /* ==== Packing and the row quantizer ==== */
@@ -156,7 +158,7 @@ static void test_packing(void) {
                         float amax = 0.0f;
                         for (int k = k0; k < k1 && n < N; k++) amax = fmaxf(amax, fabsf(p.wf[(size_t)n * K + k]));
                         const float sw = sat(W, n, g);
-                        ok = ok && sw == amax / 127.0f;
+                        ok = ok && sw == qw_bf16_to_f32(qw_f32_to_bf16(amax / 127.0f)); /* rounded to bf16 */
                         int32_t sum = 0;
                         for (int k = k0; k < kend; k++) {
                             const int q = qat(W, n, k);
