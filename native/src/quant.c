@@ -67,10 +67,7 @@ void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const vo
                     to_f32(w, (const char *)src + ((size_t)n * (size_t)K + (size_t)k0) * esz, dt, k1 - k0);
                     t->quantize_rows(u, &s, w, QW_Q8_GROUP, 1, k1 - k0, kw, 1);
                     const float sr = qw_bf16_to_f32(qw_f32_to_bf16(s));
-                    if (sr != s && sr > 0.0f && sr < INFINITY) {
-                        const float inv = 1.0f / sr;
-                        for (int k = 0; k < k1 - k0; k++) u[k] = (uint8_t)(q8_round(w[k], inv) + 128);
-                    }
+                    if (sr != s && sr > 0.0f && sr < INFINITY) t->quantize_group(u, w, k1 - k0, 1.0f / sr);
                 } else { /* a padding row: zeros */
                     memset(u, 128, (size_t)kw);
                 }
@@ -111,6 +108,10 @@ qw_q8_act qw_q8_quantize(const qw_q8_kernels *k, void *buf, const float *A, int 
     return qw_q8_act_at(buf, M, W);
 }
 
+void qw_q8_quantize_group(uint8_t *u, const float *x, int n, float inv) {
+    for (int k = 0; k < n; k++) u[k] = (uint8_t)(q8_round(x[k], inv) + 128);
+}
+
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
     for (int m = 0; m < M; m++) {
         const float *a = A + (size_t)m * lda;
@@ -119,8 +120,7 @@ void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int 
             const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
             float amax = 0.0f;
             for (int k = k0; k < k1; k++) amax = absmax(amax, a[k]);
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            for (int k = k0; k < k1; k++) qm[k] = (uint8_t)(q8_round(a[k], inv) + 128);
+            qw_q8_quantize_group(qm + k0, a + k0, k1 - k0, amax > 0.0f ? 127.0f / amax : 0.0f);
             scale[(size_t)m * ng + g] = amax / 127.0f;
         }
         for (int k = K; k < Kp; k++) qm[k] = 128;
@@ -150,7 +150,7 @@ static void matmul_q8_scalar(float *C, int ldc, const qw_q8_act *A, const qw_q8 
     }
 }
 
-const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows};
+const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows, qw_q8_quantize_group};
 
 /* ==== Dispatch ==== */
 

@@ -63,6 +63,8 @@ typedef struct {
     void (*matmul)(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0, int n1);
     /* qw_q8_quantize_rows, the same bytes and scales (the scalar code, or vectors that round alike) */
     void (*quantize_rows)(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
+    /* qw_q8_quantize_group, the same bytes (the packing's pass against a weight group's bf16 scale) */
+    void (*quantize_group)(uint8_t *u, const float *x, int n, float inv);
 } qw_q8_kernels;
 
 extern const qw_q8_kernels qw_q8_scalar;
@@ -98,6 +100,9 @@ void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const vo
 /* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
  * as described above: the reference, and the scalar tables' entry. */
 void qw_q8_quantize_rows(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
+/* u[k] = round(x[k] * inv) in [-127, 127] (nearest even; a NaN to 0) + 128, for k < n: one group at a
+ * given scale's inverse, the reference and the portable tables' entry. */
+void qw_q8_quantize_group(uint8_t *u, const float *x, int n, float inv);
 /* Bytes of the quantized activations of M rows of K (q, then scale, 64-byte aligned), and those
  * rows of A quantized for W's K into buf (at least qw_q8_act_bytes(M, W->K) bytes). */
 size_t qw_q8_act_bytes(int M, int K);

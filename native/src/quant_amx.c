@@ -234,7 +234,9 @@ static void quantize_rows_amx(uint8_t *q, float *scale, const float *A, int lda,
     QA_SMALL.quantize_rows(q, scale, A, lda, M, K, Kp, ng);
 }
 
-const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx};
+static void quantize_group_amx(uint8_t *u, const float *x, int n, float inv) { QA_SMALL.quantize_group(u, x, n, inv); }
+
+const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx, quantize_group_amx};
 
 /* A product of 37 x 192 by 192 x 40 (a partial row block and column block, an odd number of
  * groups; bias) on the tiles against the scalar table, bit for bit. */

@@ -160,9 +160,31 @@ static void matmul_q8_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
  * the running maximum second keeps it for a NaN a, as absmax does; a maximum's order does not
  * matter), then round(a * inv) with NaN -> 0, clamped, converted under the default rounding
  * (nearest even, as lrintf), narrowed to int8 (in range: no saturation), + 128 as x ^ 0x80. */
-static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
+/* qm[k] = round(a[k] * inv) in [-127, 127] (a NaN to 0) + 128 for k < n: qw_q8_quantize_group. */
+QW_INLINE void q8_group_avx512(uint8_t *qm, const float *a, int n, __m512 inv) {
     const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     const __m128i offset = _mm_set1_epi8((char)0x80);
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 in = q8_lanes(n - k < 16 ? n - k : 16);
+        __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, a + k), inv);
+        r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), r);
+        r = _mm512_max_ps(_mm512_min_ps(r, hi), lo);
+        const __m128i b = _mm_xor_si128(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(r)), offset);
+        if (n - k >= 16) {
+            _mm_storeu_si128((__m128i *)(void *)(qm + k), b);
+        } else {
+            uint8_t tail[16];
+            _mm_storeu_si128((__m128i *)(void *)tail, b);
+            __builtin_memcpy(qm + k, tail, (size_t)(n - k));
+        }
+    }
+}
+
+static void quantize_group_avx512(uint8_t *u, const float *x, int n, float inv) {
+    q8_group_avx512(u, x, n, _mm512_set1_ps(inv));
+}
+
+static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng) {
     for (int m = 0; m < M; m++) {
         const float *a = A + (size_t)m * lda;
         uint8_t *qm = q + (size_t)m * Kp;
@@ -174,25 +196,11 @@ static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int l
                 mx = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(in, a + k)), mx);
             }
             const float amax = _mm512_reduce_max_ps(mx);
-            const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-            for (int k = k0; k < k1; k += 16) {
-                const __mmask16 in = q8_lanes(k1 - k < 16 ? k1 - k : 16);
-                __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, a + k), inv);
-                r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), r);
-                r = _mm512_max_ps(_mm512_min_ps(r, hi), lo);
-                const __m128i b = _mm_xor_si128(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(r)), offset);
-                if (k1 - k >= 16) {
-                    _mm_storeu_si128((__m128i *)(void *)(qm + k), b);
-                } else {
-                    uint8_t tail[16];
-                    _mm_storeu_si128((__m128i *)(void *)tail, b);
-                    __builtin_memcpy(qm + k, tail, (size_t)(k1 - k));
-                }
-            }
+            q8_group_avx512(qm + k0, a + k0, k1 - k0, _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f));
             scale[(size_t)m * ng + g] = amax / 127.0f;
         }
         for (int k = K; k < Kp; k++) qm[k] = 128;
     }
 }
 
-const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512};
+const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512};

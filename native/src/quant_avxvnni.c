@@ -108,4 +108,4 @@ int qw_cpu_has_avxvnni(void) {
     return (a >> 4) & 1u;
 }
 
-const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows};
+const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group};

@@ -235,6 +235,17 @@ static void test_quantize(const qw_q8_kernels *t) {
             qw_q8_quantize_rows(r, rs, A, lda, M, K, Kp, ng);
             check(!memcmp(q, r, (size_t)M * Kp) && !memcmp(s, rs, (size_t)M * ng * sizeof(float)), t->name,
                   "quantize_rows differs from the reference: K %d%s", K, special ? " (zeros, NaN, inf)" : "");
+            /* one group at a given inverse scale (the packing's pass against a bf16 scale): rows past
+             * [-127, 127] at 5.0, halves at 1.0 (row 4) */
+            for (int m = 0; m < M; m++)
+                for (int i = 0; i < 2; i++) {
+                    const float inv = i ? 5.0f : 1.0f;
+                    memset(q, 0xAB, (size_t)K), memset(r, 0xCD, (size_t)K);
+                    t->quantize_group(q, A + (size_t)m * lda, K, inv);
+                    qw_q8_quantize_group(r, A + (size_t)m * lda, K, inv);
+                    check(!memcmp(q, r, (size_t)K), t->name, "quantize_group differs from the reference: K %d row %d inv %g%s",
+                          K, m, (double)inv, special ? " (zeros, NaN, inf)" : "");
+                }
             free(A);
             free(q);
             free(r);
