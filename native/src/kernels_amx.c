@@ -87,6 +87,7 @@
 #include "amx_emulate.h"
 #define AMX_INLINE static inline
 #else
+#include "kernels_avx512_tile.h" /* bf16x16 */
 #include <immintrin.h>
 #include <pthread.h>
 #if defined(__linux__)
@@ -260,19 +261,12 @@ void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd) { qw_amx_pa
 #else
 void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd) {
     const size_t rb = qw_kv8_row_bytes(hd);
-    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
     for (int s = 0; s < T; s++) {
         const char *row = (const char *)rows + (size_t)s * rb;
         for (int i = 0; i < hd; i += 16) { /* (float) q * scale, as the tables' to_f32; then amx_bf16 */
             const __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + i)));
-            const __m512i u =
-                _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(qw_kv8_scale(row, hd, i))));
-            const __m512i r = _mm512_srli_epi32(
-                _mm512_add_epi32(_mm512_add_epi32(u, half), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
-            const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
-            const __m512i b = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), quiet);
-            _mm256_storeu_si256((__m256i *)(dst + (size_t)s * hd + i), _mm512_cvtepi32_epi16(b));
+            const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(qw_kv8_scale(row, hd, i)));
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)s * hd + i), bf16x16(x));
         }
     }
 }

@@ -1,8 +1,8 @@
 /*
- * Pieces shared by the AVX-512 kernel files (kernels_avx512.c and
- * kernels_avx512bf16.c, both compiled with AVX-512 flags): lane masks and
- * the load and store of a register tile of C (up to QW_TILE_MR rows x 2
- * vectors of 16 columns).
+ * Pieces shared by the AVX-512 kernel files (kernels_avx512.c,
+ * kernels_avx512bf16.c and kernels_amx.c's native half, all compiled with
+ * AVX-512 flags): lane masks, the load and store of a register tile of C (up
+ * to QW_TILE_MR rows x 2 vectors of 16 columns), and rounding to bf16.
  */
 #ifndef QWEN_KERNELS_AVX512_TILE_H
 #define QWEN_KERNELS_AVX512_TILE_H
@@ -13,6 +13,15 @@
 
 /* Mask of the first t (0..16) lanes. */
 QW_INLINE __mmask16 lanes(int t) { return (__mmask16)((1u << t) - 1u); }
+
+/* qw_f32_to_bf16 in 16 lanes: nearest even, a NaN kept (quiet). */
+QW_INLINE __m256i bf16x16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x), one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    /* top halves, sign-extended so that the saturating narrowing keeps their bits */
+    return _mm512_cvtsepi32_epi16(_mm512_srai_epi32(r, 16));
+}
 
 /* c[r] = first ? bias[0:nr] (zeros without bias) : C[r, 0:nr], for R rows and
  * V (1 or 2) vectors; columns past nr are zero and never read. */

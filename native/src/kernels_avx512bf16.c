@@ -39,15 +39,7 @@ QW_INLINE __m512bh bf_as_bh(__m512i v) {
  * zeros up to np: bit for bit qw_f32_to_bf16. */
 static void bf_round_row(uint16_t *dst, const float *src, int n, int np) {
     int i = 0;
-    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
-    for (; i + 16 <= n; i += 16) {
-        __m512i u = _mm512_castps_si512(_mm512_loadu_ps(src + i));
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
-        __mmask16 nan = _mm512_cmp_ps_mask(_mm512_castsi512_ps(u), _mm512_castsi512_ps(u), _CMP_UNORD_Q);
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
-        /* top halves, sign-extended so that the saturating narrowing keeps their bits */
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtsepi32_epi16(_mm512_srai_epi32(r, 16)));
-    }
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), bf16x16(_mm512_loadu_ps(src + i)));
     for (; i < n; i++) dst[i] = qw_f32_to_bf16(src[i]);
     for (; i < np; i++) dst[i] = 0;
 }
