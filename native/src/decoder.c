@@ -256,9 +256,10 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         qw_pool_run(ctx->pool, n, dec_qk_task, &qk); /* every row's keys and values go to the cache */
         /* Past its keys and values, the last layer's output reaches only the head: it runs for the
          * rows that want logits (none in a prefill chunk before the last), gathered in logits order
-         * into xo and att. fast: the same bits (its int8 products are per row); exact's prefill
-         * GEMM may round such a row differently at M = 1 (4e-5 of a logit seen, the same tokens). */
-        const int head_only = l == c->dec_layers - 1 && n_logits < n;
+         * into xo and att (in a decode step, every row in its own place). fast: the same bits (its
+         * int8 products are per row); exact's prefill GEMM may round such a row differently at
+         * M = 1 (4e-5 of a logit seen, the same tokens). */
+        const int head_only = l == c->dec_layers - 1;
         if (head_only && !n_logits) break;
         dec_attn_job job = {ctx, groups, row0, task0, n_groups, q, att, l, nh, nkv, hd};
         qw_pool_run(ctx->pool, n_tasks, dec_attn_task, &job);
@@ -270,7 +271,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
                 for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++, r++) {
                     const size_t row = (size_t)row0[g] + (size_t)(G->rows ? G->rows[i] : G->n - 1);
                     memcpy(xo + (size_t)r * H, x + row * H, (size_t)H * sizeof(float));
-                    memmove(att + (size_t)r * nq, att + row * nq, (size_t)nq * sizeof(float)); /* r <= row */
+                    if ((size_t)r != row) memmove(att + (size_t)r * nq, att + row * nq, (size_t)nq * sizeof(float)); /* r < row */
                 }
             }
             xl = xo, nl = n_logits;
@@ -288,17 +289,10 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         }
     }
     for (int g = 0; g < n_groups; g++) groups[g].s->n_past += groups[g].n;
-    /* Final norm and the head on the last row of each group that wants
-     * logits (or on the rows it names), in one GEMM: x holds those rows in order where the last
-     * layer gathered them. */
+    /* Final norm and the head on the rows that want logits (the last row of each group that wants
+     * them, or the rows it names), in one GEMM: the last layer left them in x = xo, in order. */
     if (!n_logits) return QWEN_OK;
-    for (int g = 0, r = 0; g < n_groups; g++) {
-        const qw_dec_group *G = &groups[g];
-        for (int i = 0, m = G->rows ? G->n_rows : G->want_logits; i < m; i++, r++) {
-            const size_t row = x == xo ? (size_t)r : (size_t)row0[g] + (size_t)(G->rows ? G->rows[i] : G->n - 1);
-            qw_rmsnorm(last + (size_t)r * H, x + row * H, D->norm, H, c->rms_eps);
-        }
-    }
+    for (int r = 0; r < n_logits; r++) qw_rmsnorm(last + (size_t)r * H, x + (size_t)r * H, D->norm, H, c->rms_eps);
     mm(ctx, logits, last, &D->lm_head, NULL, n_logits); /* [n_logits, n_out] */
     return QWEN_OK;
 }
