@@ -283,7 +283,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
         qw_matmul_n(ctx, 2, gu_out, h, gu_w, NULL, nl, rows_invariant);
         qw_swiglu_mt(ctx, g_, u, (size_t)nl * I); /* SiLU(gate) * up */
         mm(ctx, h, g_, &y->down, NULL, nl); /* added to x with the next norm */
-        if (l == c->dec_layers - 1) { /* the residual stream's end: x, or the gathered rows */
+        if (head_only) { /* the residual stream's end: the gathered rows */
             for (size_t i = 0; i < (size_t)nl * H; i++) xl[i] += h[i];
             x = xl;
         }

@@ -59,8 +59,7 @@ QW_INLINE __m256i lane_mask(int t) {
 QW_INLINE __m256 widen8(const void *W, qw_dtype dt, size_t i) {
     switch (dt) {
     case QW_BF16: {
-        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)W + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        return bf16_to_f32x8(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i)));
     }
     case QW_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i)));
     default: return _mm256_loadu_ps((const float *)W + i);
@@ -73,7 +72,7 @@ QW_INLINE __m256 widen8_tail(const void *W, qw_dtype dt, size_t i, int t) {
     uint16_t h[8] = {0}; /* no 16-bit masked load in AVX2: copy the tail */
     memcpy(h, (const uint16_t *)W + i, (size_t)t * sizeof(uint16_t));
     const __m128i v = _mm_loadu_si128((const __m128i *)h);
-    if (dt == QW_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+    if (dt == QW_BF16) return bf16_to_f32x8(v);
     return _mm256_cvtph_ps(v);
 }
 

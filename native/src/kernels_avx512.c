@@ -55,8 +55,7 @@ _Static_assert(RW1 <= 6 && RW2 <= 6 && RW3 <= 6 && RW4 <= 6 && RA4 <= 4, "rows_t
 QW_INLINE __m512 widen16(const void *W, qw_dtype dt, size_t i) {
     switch (dt) {
     case QW_BF16: {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)W + i));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return bf16_to_f32x16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)W + i)));
     }
     case QW_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)W + i)));
     default: return _mm512_loadu_ps((const float *)W + i);
@@ -67,8 +66,7 @@ QW_INLINE __m512 widen16(const void *W, qw_dtype dt, size_t i) {
 QW_INLINE __m512 widen16_tail(const void *W, qw_dtype dt, size_t i, int t) {
     switch (dt) {
     case QW_BF16: {
-        __m256i h = _mm256_maskz_loadu_epi16(lanes(t), (const uint16_t *)W + i);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return bf16_to_f32x16(_mm256_maskz_loadu_epi16(lanes(t), (const uint16_t *)W + i));
     }
     case QW_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes(t), (const uint16_t *)W + i));
     default: return _mm512_maskz_loadu_ps(lanes(t), (const float *)W + i);
@@ -79,8 +77,7 @@ QW_INLINE __m512 widen16_tail(const void *W, qw_dtype dt, size_t i, int t) {
 QW_INLINE __m256 widen8(const void *W, qw_dtype dt, size_t i) {
     switch (dt) {
     case QW_BF16: {
-        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)W + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        return bf16_to_f32x8(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i)));
     }
     case QW_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)W + i)));
     default: return _mm256_loadu_ps((const float *)W + i);

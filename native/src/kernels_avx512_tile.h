@@ -14,6 +14,9 @@
 /* Mask of the first t (0..16) lanes. */
 QW_INLINE __mmask16 lanes(int t) { return (__mmask16)((1u << t) - 1u); }
 
+/* 16 bf16 widened to f32 (exactly: qw_bf16_to_f32 in 16 lanes). */
+QW_INLINE __m512 bf16_to_f32x16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
 /* qw_f32_to_bf16 in 16 lanes: nearest even, a NaN kept (quiet). */
 QW_INLINE __m256i bf16x16(__m512 x) {
     const __m512i u = _mm512_castps_si512(x), one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);

@@ -40,9 +40,7 @@ QW_INLINE void transpose8(__m256 v[8]) {
     }
 }
 
-/* 8 bf16 (the int8 weights' scales, quant.h) widened to f32, exactly. */
-QW_INLINE __m256 q8_scales8(const uint16_t *s) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)s)), 16));
-}
+/* 8 bf16 widened to f32 (exactly: qw_bf16_to_f32 in 8 lanes). */
+QW_INLINE __m256 bf16_to_f32x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
 
 #endif /* QWEN_KERNELS_X86_H */

@@ -65,6 +65,7 @@
 #endif
 #define QA_SMALL qw_q8_scalar
 #else
+#include "kernels_avx512_tile.h" /* bf16_to_f32x16 */
 #include <immintrin.h>
 #define QA_TABLE qw_q8_amx
 #define QA_SMALL qw_q8_avx512vnni
@@ -98,7 +99,7 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
                            g ? f[r][j] : 0.0f);
 #else
     const __m512i zv = _mm512_loadu_si512((const void *)z);
-    const __m512 swv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)sw)), 16));
+    const __m512 swv = bf16_to_f32x16(_mm256_loadu_si256((const __m256i *)(const void *)sw));
 #pragma GCC unroll 16
     for (int r = 0; r < QA_ROWS; r++) {
         const __m512i dr = _mm512_add_epi32(_mm512_load_si512((const void *)d[r]), zv);

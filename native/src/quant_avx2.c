@@ -42,7 +42,8 @@ QW_INLINE void q8_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, const f
                 d[r][1] = _mm256_add_epi32(d[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, s)), ones));
             }
         }
-        const __m256 sw0 = q8_scales8(sb + g * 16), sw1 = q8_scales8(sb + g * 16 + 8);
+        const __m256 sw0 = bf16_to_f32x8(_mm_loadu_si128((const __m128i *)(const void *)(sb + g * 16)));
+        const __m256 sw1 = bf16_to_f32x8(_mm_loadu_si128((const __m128i *)(const void *)(sb + g * 16 + 8)));
         for (int r = 0; r < R; r++) {
             const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
             f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][0]), _mm256_mul_ps(sw0, s), f[r][0]);

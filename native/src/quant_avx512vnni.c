@@ -31,7 +31,7 @@
  * (Intel Xeon with AMX, 2 threads: decode step of 0.6B at batch 8 41.0-41.4 ->
  * 38.4-38.8 ms, batch 1 unchanged; 8-24 KiB ahead within the noise of it).
  */
-#include "kernels_x86.h"
+#include "kernels_avx512_tile.h" /* lanes, bf16_to_f32x16 */
 #include "quant.h"
 
 #define Q8_MR 6       /* rows of C per register tile of 32 columns */
@@ -39,12 +39,8 @@
 #define Q8_PREFETCH 64 /* 64-byte weight rows ahead of the first tile over a block, into L1 */
 #define Q8_PREFETCH_L2 512 /* and into L2, 32 KiB ahead */
 
-QW_INLINE __mmask16 q8_lanes(int t) { return (__mmask16)((1u << t) - 1u); }
-
 /* 16 of the weights' bf16 scales, widened to f32 (exactly). */
-QW_INLINE __m512 q8_scales16(const uint16_t *s) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)s)), 16));
-}
+QW_INLINE __m512 q8_scales16(const uint16_t *s) { return bf16_to_f32x16(_mm256_loadu_si256((const __m256i *)(const void *)s)); }
 
 /* C[0:R, n:n+nr] for R rows from the packed column blocks b (and b + 1 when V == 2). */
 QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int V,
@@ -97,7 +93,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
             if (V == 2) f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[r][1]), _mm512_mul_ps(sw1, s), f[r][1]);
         }
     }
-    const __mmask16 m0 = q8_lanes(nr < 16 ? nr : 16), m1 = q8_lanes(nr > 16 ? nr - 16 : 0);
+    const __mmask16 m0 = lanes(nr < 16 ? nr : 16), m1 = lanes(nr > 16 ? nr - 16 : 0);
     __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
     if (bias) {
         b0 = _mm512_maskz_loadu_ps(m0, bias);
@@ -165,7 +161,7 @@ QW_INLINE void q8_group_avx512(uint8_t *qm, const float *a, int n, __m512 inv) {
     const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     const __m128i offset = _mm_set1_epi8((char)0x80);
     for (int k = 0; k < n; k += 16) {
-        const __mmask16 in = q8_lanes(n - k < 16 ? n - k : 16);
+        const __mmask16 in = lanes(n - k < 16 ? n - k : 16);
         __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, a + k), inv);
         r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), r);
         r = _mm512_max_ps(_mm512_min_ps(r, hi), lo);
@@ -192,7 +188,7 @@ static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int l
             const int k0 = g * QW_Q8_GROUP, k1 = k0 + QW_Q8_GROUP < K ? k0 + QW_Q8_GROUP : K;
             __m512 mx = _mm512_setzero_ps();
             for (int k = k0; k < k1; k += 16) {
-                const __mmask16 in = q8_lanes(k1 - k < 16 ? k1 - k : 16);
+                const __mmask16 in = lanes(k1 - k < 16 ? k1 - k : 16);
                 mx = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(in, a + k)), mx);
             }
             const float amax = _mm512_reduce_max_ps(mx);

@@ -52,7 +52,8 @@ QW_INLINE void q8v_tile(int R, float *C, int ldc, const uint8_t *qa, const float
         }
         if (ZS) /* sum (qa + 128) q - 128 sum q = sum qa q, exactly */
             for (int r = 0; r < R; r++) d[r][0] = _mm256_sub_epi32(d[r][0], zs0), d[r][1] = _mm256_sub_epi32(d[r][1], zs1);
-        const __m256 sw0 = q8_scales8(sb + g * 16), sw1 = q8_scales8(sb + g * 16 + 8);
+        const __m256 sw0 = bf16_to_f32x8(_mm_loadu_si128((const __m128i *)(const void *)(sb + g * 16)));
+        const __m256 sw1 = bf16_to_f32x8(_mm_loadu_si128((const __m128i *)(const void *)(sb + g * 16 + 8)));
         for (int r = 0; r < R; r++) {
             const __m256 s = _mm256_set1_ps(sa[(size_t)r * ng + g]);
             f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][0]), _mm256_mul_ps(sw0, s), f[r][0]);
