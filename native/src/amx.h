@@ -16,32 +16,6 @@
 
 #include <stddef.h>
 
-/* A 3x3 convolution of stride 2 with zero padding 1 on the tiles, with its activation and the
- * layout of the next convolution's input in the epilogue.
- *   Implicit (rows NULL): no im2col, each A tile read from the input as it is;
- *     in: bf16 [Ti + 2][Fi + 2][Cin], the input time-major and channel-last with a zero border.
- *     Needs Cin % 32 == 0 and Fo % 16 == 0 (a tile's 16 rows are one time step's frequencies).
- *   Explicit: rows = the im2col rounded (qw_amx_round_rows layout: row m's 9 Cin values, zeros to a
- *     multiple of 32), for inputs of few channels (conv1); in unused.
- *   packed: qw_amx_pack of W[Cout][3][3][Cin] (K = 9 Cin, k = (3 ky + kx) Cin + c); bias[Cout] or NULL;
- *   output row m = to Fo + fo, m < To Fo (To = (Ti + 1) / 2, Fo = (Fi + 1) / 2).
- * out(m)[n] = act(chain + bias[n]) for n in [n0, n1), where chain is qw_amx_matmul's over the row's
- * im2col (input at time 2 to - 1 + kx, frequency 2 fo - 1 + ky, zero outside): the same bits as
- * im2col + qw_amx_matmul + act. Written as f32 to out_f32 + m * ldo, or rounded as qw_amx_round_rows
- * does to out_bf16 + ((to + 1) (Fo + 2) + fo + 1) * ldo: the next convolution's padded input.
- * n0 a multiple of 16. Safe from several threads on disjoint column slices, as qw_amx_matmul. */
-typedef struct {
-    const uint16_t *in;
-    const uint16_t *rows;
-    int Ti, Fi, Cin;
-    const void *packed;
-    const float *bias;
-    int Cout;
-    void (*act)(float *x, int n); /* in place on the f32 results, or NULL */
-    float *out_f32;               /* or NULL: out_bf16 */
-    uint16_t *out_bf16;
-    int ldo;
-} qw_amx_conv;
 
 /* 1 when the CPU has AMX-TILE + AMX-BF16 (CPUID.(7,0):EDX bits 24, 22), the OS
  * enables tile state in XCR0 (bits 17 and 18, read with xgetbv), and
@@ -104,7 +78,11 @@ void qw_amx_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *pa
  * writes that input directly. */
 void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *packed, const float *bias,
                             void (*act)(float *x, int n), int M, int N, int K, int n0, int n1);
-void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1);
+/* The stem's convolution (qw_conv3x3, kernels.h) on the tiles, packed = qw_amx_pack of W[Cout][9 Cin]:
+ * each element the chain qw_amx_matmul forms over its im2col row, so the same bits as im2col +
+ * qw_amx_matmul + act (+ qw_amx_round_rows' rounding). Implicit A needs Cin % 32 == 0 and
+ * Fo % 16 == 0 (a tile's 16 rows are one time step's frequencies); explicit rows otherwise. */
+void qw_amx_conv3x3(const qw_conv3x3 *c, int n0, int n1);
 /* 1 when a small product with partial tiles (qw_amx_pack + qw_amx_matmul) agrees with a
  * double-precision sum; qwen_load runs it once before it puts a model on the tiles, and keeps
  * the other kernels if it fails. Only after qw_amx_available() returned 1. */
@@ -135,7 +113,7 @@ static inline void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t
                                           int n0, int n1) {
     (void)Cb, (void)ldcb, (void)Ab, (void)packed, (void)bias, (void)act, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
-static inline void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) { (void)c, (void)n0, (void)n1; }
+static inline void qw_amx_conv3x3(const qw_conv3x3 *c, int n0, int n1) { (void)c, (void)n0, (void)n1; }
 static inline int qw_amx_selfcheck(void) { return 0; }
 #endif
 

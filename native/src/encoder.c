@@ -9,8 +9,8 @@
  *
  * Activations of the conv stem are kept channel-last ([F][T][C]) so that
  * im2col copies runs of C channels; the conv weights are re-ordered to match
- * once, at load time. On AMX tiles (FAST) conv2 and conv3 skip the im2col
- * (stem_on_tiles below). conv_out takes all the call's time steps at once.
+ * once, at load time. On AMX tiles or the BF16 set (FAST) conv2 and conv3
+ * skip the im2col (stem_implicit below). conv_out takes all the call's time steps at once.
  */
 #include "internal.h"
 
@@ -190,63 +190,73 @@ static void conv3x3(qwen_context *ctx, float *out, const float *in, int Fi, int 
     qw_gelu_mt(ctx, out, (size_t)Fo * To * W->rows);
 }
 
-/* ==== Conv stem on the tiles ==== */
+/* ==== Conv stem without im2col ==== */
 
-/* FAST on a CPU with AMX: the activations are time-major ([T][F][C]) bf16 copies with a zero border,
- * from which conv2's and conv3's A tiles are read as they are (qw_amx_conv3x3): 16 output frequencies
- * of one time step are 16 input rows 2 C apart. No im2col (conv2's was 14 MB a chunk, copied on one
- * thread; conv1, one input channel, gives its small one) and no rounding pass; GELU and the rounding
- * for the next conv run in the products' epilogue on blocks still in L1, and conv3's rows land in the
- * layout conv_out takes. Each element is the same
- * chain, GELU and rounding as in conv3x3's path: the same bits (native/tests/test_amx.c for the
- * convolution, tests/engine for the encoder's output). */
-static int stem_on_tiles(const qw_encoder *e, int F2, int F3, int C) {
-    return e->conv1.dt == QW_AMX && e->conv2.dt == QW_AMX && e->conv3.dt == QW_AMX && C % 32 == 0 && F2 % 16 == 0 &&
-           F3 % 16 == 0;
+/* FAST on AMX tiles or the BF16 set's packed weights: the activations are time-major ([T][F][C]) bf16
+ * copies with a zero border, from which conv2's and conv3's A rows are read as they are
+ * (qw_amx_conv3x3, qw_bf16p_conv3x3: kernels.h): consecutive output frequencies of one time step are
+ * input rows 2 C apart. No im2col (conv2's was 14 MB a chunk, copied on one thread; conv1, one input
+ * channel, gives its small one) and no rounding pass; GELU and the rounding for the next conv run in
+ * the products' epilogue on blocks still in L1, and conv3's rows land in the layout conv_out takes.
+ * Each element is the same chain, GELU and rounding as in conv3x3's path: the same bits
+ * (native/tests/test_amx.c and test_kernels.c for the convolutions, tests/engine for the encoder's
+ * output). */
+static int stem_implicit(const qw_encoder *e, int F2, int F3, int C) {
+    const qw_dtype dt = e->conv1.dt;
+    if (e->conv2.dt != dt || e->conv3.dt != dt) return 0;
+    return (dt == QW_AMX && C % 32 == 0 && F2 % 16 == 0 && F3 % 16 == 0) || (dt == QW_BF16P && C % 2 == 0);
 }
 
 typedef struct {
-    qw_amx_conv c;
-    int tasks;
+    qw_conv3x3 c;
+    int tasks, bf16p; /* bf16p: qw_bf16p_conv3x3, else qw_amx_conv3x3 */
 } stem_conv_job;
 
 static void stem_conv_task(void *arg, int t) {
     const stem_conv_job *j = arg;
     const int n0 = qw_slice_edge(j->c.Cout, j->tasks, t), n1 = qw_slice_edge(j->c.Cout, j->tasks, t + 1);
-    if (n1 > n0) qw_amx_conv3x3(&j->c, n0, n1);
+    if (n1 <= n0) return;
+#ifdef QW_X86
+    if (j->bf16p) {
+        qw_bf16p_conv3x3(&j->c, n0, n1);
+        return;
+    }
+#endif
+    qw_amx_conv3x3(&j->c, n0, n1);
 }
 
 /* Column slices across the pool, 2 a thread (as qw_matmul_n for 16 rows and more). */
-static void stem_conv(qwen_context *ctx, const qw_amx_conv *c) {
+static void stem_conv(qwen_context *ctx, const qw_conv3x3 *c) {
     const int tasks = (c->Cout + 15) / 16 < 2 * ctx->n_threads ? (c->Cout + 15) / 16 : 2 * ctx->n_threads;
-    stem_conv_job j = {*c, tasks};
+    stem_conv_job j = {*c, tasks, ctx->enc.conv1.dt == QW_BF16P};
     qw_pool_run(ctx->pool, tasks, stem_conv_task, &j);
 }
 
-/* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). cols: conv1's im2col,
- * [T1 * F1][9] f32 then [T1 * F1][32] bf16 at rows; a1p, a2p: the padded bf16 inputs of conv2 and conv3,
- * borders zero. */
-static void stem_tiles(qwen_context *ctx, float *out, const float *xin, int F, int Ti, float *cols, uint16_t *rows,
-                       uint16_t *a1p, uint16_t *a2p) {
+/* One chunk's stem: xin[F][Ti] mel -> out[To3][F3 * C] f32 (conv_out's rows). rows: conv1's im2col
+ * in bf16, [T1 * F1][32]; a1p, a2p: the padded bf16 inputs of conv2 and conv3, borders zero. */
+static void stem_rows(qwen_context *ctx, float *out, const float *xin, int F, int Ti, uint16_t *rows, uint16_t *a1p,
+                      uint16_t *a2p) {
     const qw_encoder *e = &ctx->enc;
     const int C = ctx->cfg.ds_hidden, F1 = conv_out_len(F), T1 = conv_out_len(Ti);
     const int F2 = conv_out_len(F1), T2 = conv_out_len(T1);
-    /* conv1 has one input channel (K = 9): its im2col, time-major, is small; rounded as the product would */
+    /* conv1 has one input channel (K = 9): its im2col, time-major, is small; rounded as the products
+     * round A, zeros to 32 */
     for (int to = 0; to < T1; to++)
         for (int fo = 0; fo < F1; fo++) {
-            float *row = cols + ((size_t)to * F1 + fo) * 9;
+            uint16_t *row = rows + ((size_t)to * F1 + fo) * 32;
             for (int ky = 0; ky < 3; ky++)
                 for (int kx = 0; kx < 3; kx++) {
                     const int fi = 2 * fo - 1 + ky, ti = 2 * to - 1 + kx;
-                    row[ky * 3 + kx] = fi < 0 || fi >= F || ti < 0 || ti >= Ti ? 0.0f : xin[(size_t)fi * Ti + ti];
+                    row[ky * 3 + kx] =
+                        fi < 0 || fi >= F || ti < 0 || ti >= Ti ? 0 : qw_f32_to_bf16(xin[(size_t)fi * Ti + ti]);
                 }
+            memset(row + 9, 0, 23 * sizeof(uint16_t));
         }
-    qw_amx_round_rows(rows, cols, 9, T1 * F1, 9);
-    const qw_amx_conv c1 = {NULL, rows, Ti, F, 1, e->conv1.data, e->conv1_b, C, ctx->k->gelu, NULL, a1p, C};
+    const qw_conv3x3 c1 = {NULL, rows, Ti, F, 1, e->conv1.data, e->conv1_b, C, ctx->k->gelu, NULL, a1p, C};
     stem_conv(ctx, &c1);
-    const qw_amx_conv c2 = {a1p, NULL, T1, F1, C, e->conv2.data, e->conv2_b, C, ctx->k->gelu, NULL, a2p, C};
+    const qw_conv3x3 c2 = {a1p, NULL, T1, F1, C, e->conv2.data, e->conv2_b, C, ctx->k->gelu, NULL, a2p, C};
     stem_conv(ctx, &c2);
-    const qw_amx_conv c3 = {a2p, NULL, T2, F2, C, e->conv3.data, e->conv3_b, C, ctx->k->gelu, out, NULL, C};
+    const qw_conv3x3 c3 = {a2p, NULL, T2, F2, C, e->conv3.data, e->conv3_b, C, ctx->k->gelu, out, NULL, C};
     stem_conv(ctx, &c3);
 }
 
@@ -292,10 +302,10 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     if (T3 > c->max_source_positions) return qw_fail(ctx, QWEN_ERR_INVALID, "chunk longer than max_source_positions");
 
     /* the largest im2col: conv2's ([F2 * T2, 9 * C]); conv1's has one input channel */
-    const int tiles = stem_on_tiles(e, F2, F3, C);
+    const int tiles = stem_implicit(e, F2, F3, C);
     size_t n_cols = (size_t)F2 * T2 * 9 * C > (size_t)F1 * T1 * 9 ? (size_t)F2 * T2 * 9 * C : (size_t)F1 * T1 * 9;
     const size_t pad1 = (size_t)(T1 + 2) * (F1 + 2) * C, pad2 = (size_t)(T2 + 2) * (F2 + 2) * C; /* bf16 */
-    if (tiles) n_cols = (size_t)F1 * T1 * (9 + 16) + (pad1 + pad2 + 1) / 2; /* + conv1's rows in bf16 */
+    if (tiles) n_cols = (size_t)F1 * T1 * 16 + (pad1 + pad2 + 1) / 2; /* conv1's rows in bf16, the pads */
     const size_t n_act = tiles ? 0 : (size_t)F1 * T1 * C + (size_t)F2 * T2 * C + (size_t)F3 * T3 * C; /* a1-a3 */
     size_t need = (size_t)F * Lp                 /* chunk input */
                   + n_act + n_cols
@@ -314,7 +324,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
     float *cols = xin + (size_t)F * Lp + n_act, *flat = cols + n_cols; /* a1-a3: not on the tiles' path */
     float *x = flat + (size_t)(n_tok + T3) * F3 * C, *q = x + (size_t)n_tok * d, *kk = q + (size_t)n_tok * d;
     float *v = kk + (size_t)n_tok * d, *att = v + (size_t)n_tok * d, *hbuf = att + (size_t)n_tok * d;
-    uint16_t *rows1 = (uint16_t *)(void *)(cols + (size_t)F1 * T1 * 9), *a1p = rows1 + (size_t)F1 * T1 * 32;
+    uint16_t *rows1 = (uint16_t *)(void *)cols, *a1p = rows1 + (size_t)F1 * T1 * 32;
     uint16_t *a2p = a1p + pad1;
     if (tiles) memset(a1p, 0, (pad1 + pad2) * sizeof(uint16_t)); /* the borders; the insides are written */
 
@@ -332,7 +342,7 @@ qwen_status qw_encode(qwen_context *ctx, const float *mel, int64_t n_frames, int
         const int valid = chunk_tokens(len);
         float *fl = flat + (size_t)tok * F3 * C;
         if (tiles) {
-            stem_tiles(ctx, fl, xin, F, Lp, cols, rows1, a1p, a2p);
+            stem_rows(ctx, fl, xin, F, Lp, rows1, a1p, a2p);
         } else {
             conv3x3(ctx, a1, xin, F, Lp, 1, &e->conv1, e->conv1_b, cols);
             conv3x3(ctx, a2, a1, F1, T1, C, &e->conv2, e->conv2_b, cols);

@@ -94,6 +94,33 @@ extern const qw_kernels qw_kernels_avx512; /* defined only on x86-64 builds */
 extern const qw_kernels qw_kernels_avx512bf16; /* opt-in: bf16 activations in the GEMM (x86-64 only) */
 extern const qw_kernels qw_kernels_neon;   /* defined only on AArch64 builds */
 
+/* A 3x3 convolution of stride 2 with zero padding 1 (the encoder's conv stem) on bf16 inputs, with
+ * its activation and the layout of the next convolution's input in the epilogue: the AMX kernel's
+ * (qw_amx_conv3x3, amx.h) and the BF16 set's (qw_bf16p_conv3x3, below).
+ *   Implicit (rows NULL): no im2col, each row's A read from the input as it is;
+ *     in: bf16 [Ti + 2][Fi + 2][Cin], the input time-major and channel-last with a zero border.
+ *   Explicit: rows = the im2col in bf16 (row m's 9 Cin values, zeros to a multiple of 32), for
+ *     inputs of few channels (conv1); in unused.
+ *   packed: W[Cout][3][3][Cin] (K = 9 Cin, k = (3 ky + kx) Cin + c) packed for the kernel; bias[Cout]
+ *   or NULL; output row m = to Fo + fo, m < To Fo (To = (Ti + 1) / 2, Fo = (Fi + 1) / 2).
+ * out(m)[n] = act(chain + bias[n]) for n in [n0, n1), where chain is the kernel's product over the
+ * row's im2col (input at time 2 to - 1 + kx, frequency 2 fo - 1 + ky, zero outside): the same bits
+ * as im2col + that product + act. Written as f32 to out_f32 + m * ldo, or rounded to bf16 (nearest
+ * even) to out_bf16 + ((to + 1) (Fo + 2) + fo + 1) * ldo: the next convolution's padded input.
+ * n0 a multiple of 16. Safe from several threads on disjoint column slices. */
+typedef struct {
+    const uint16_t *in;
+    const uint16_t *rows;
+    int Ti, Fi, Cin;
+    const void *packed;
+    const float *bias;
+    int Cout;
+    void (*act)(float *x, int n); /* in place on the f32 results, or NULL */
+    float *out_f32;               /* or NULL: out_bf16 */
+    uint16_t *out_bf16;
+    int ldo;
+} qw_conv3x3;
+
 #ifdef QW_X86
 /* bf16 weights packed once for the BF16 set's dot product (QW_BF16P, kernels_avx512bf16.c):
  * bytes for W [N, K]; the panels [p0, p1) of 32 rows packed (disjoint ranges may run on several
@@ -104,6 +131,9 @@ size_t qw_bf16p_size(int N, int K);
 void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1);
 void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
                      int n0, int n1);
+/* qw_conv3x3 on weights packed so (N = Cout, K = 9 Cin): the same bits as im2col + qw_bf16p_matmul
+ * + act (+ rounding to bf16). Implicit A needs Cin even (a tap's channels are whole pairs of k). */
+void qw_bf16p_conv3x3(const qw_conv3x3 *c, int n0, int n1);
 #endif
 
 /* Resolves an ISA request (see qwen_isa in qwen.h) to a table: AUTO picks the

@@ -598,7 +598,7 @@ void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const vo
  * padded input as they are. The k steps run in the packed weights' order (tap by tap, 32 channels a
  * step), so each element is the chain qw_amx_matmul forms over the im2col row. Explicit: the A tiles
  * from c->rows (the im2col, already rounded). */
-AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int nr, int IMPLICIT, int TWO_M,
+AMX_INLINE void amx_conv_block(const qw_conv3x3 *c, int m0, int mb, int n, int nr, int IMPLICIT, int TWO_M,
                                int TWO_N) {
     const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, Cin = c->Cin, KT = round_up(9 * Cin, AMX_KSTEP) / AMX_KSTEP;
     const uint16_t *b0 = (const uint16_t *)c->packed + (size_t)(n / AMX_TCOLS) * KT * AMX_TILE;
@@ -645,7 +645,7 @@ AMX_INLINE void amx_conv_block(const qw_amx_conv *c, int m0, int mb, int n, int 
     }
 }
 
-void qw_amx_conv3x3(const qw_amx_conv *c, int n0, int n1) {
+void qw_amx_conv3x3(const qw_conv3x3 *c, int n0, int n1) {
     const int Fo = (c->Fi + 1) / 2, M = (c->Ti + 1) / 2 * Fo;
     if (n1 > c->Cout) n1 = c->Cout;
     if (M <= 0 || n0 < 0 || n1 <= n0) return;

@@ -70,16 +70,10 @@ static void bf_pack_panel(uint32_t *P, int w, const uint16_t *W, int K, int n, i
     }
 }
 
-/* C[0:R, 0:nr] = (first ? bias[0:nr] : C[0:R, 0:nr]) + Ab[0:R, 0:2kq] @ P[0:kq, 0:16V]
- * for R (1..BF_MR) rows and V (1 or 2) vectors of columns; Ab rows of bf16
- * (stride lda, even, zero-padded to 2kq). Masks keep columns past nr
- * unread and unwritten. */
-QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int ldp, int kq,
-                       int V, int nr, int first, const float *bias) {
-    __m512 c[BF_MR][2];
-    tile_load(c, C, ldc, R, V, nr, first, bias);
-    const uint32_t *a32 = (const uint32_t *)(const void *)Ab;
-    const int lda32 = lda / 2;
+/* c[r] += A[r, 0:2kq] @ P[0:kq, 0:16V] in the order of k, for R (1..BF_MR) rows of bf16 pairs a32
+ * (lda32 words apart) and V (1 or 2) vectors of P (ldp words a pair of k). */
+QW_INLINE void bf_dots(int R, __m512 c[BF_MR][2], const uint32_t *a32, size_t lda32, const uint32_t *P, int ldp,
+                       int kq, int V) {
     for (int q = 0; q < kq; q++) {
         const __m512bh p0 = bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * ldp)));
         const __m512bh p1 = V == 2 ? bf_as_bh(_mm512_loadu_si512((const void *)(P + (size_t)q * ldp + 16))) : p0;
@@ -89,6 +83,17 @@ QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, co
             if (V == 2) c[r][1] = _mm512_dpbf16_ps(c[r][1], a, p1);
         }
     }
+}
+
+/* C[0:R, 0:nr] = (first ? bias[0:nr] : C[0:R, 0:nr]) + Ab[0:R, 0:2kq] @ P[0:kq, 0:16V]
+ * for R (1..BF_MR) rows and V (1 or 2) vectors of columns; Ab rows of bf16
+ * (stride lda, even, zero-padded to 2kq). Masks keep columns past nr
+ * unread and unwritten. */
+QW_INLINE void bf_tile(int R, float *C, int ldc, const uint16_t *Ab, int lda, const uint32_t *P, int ldp, int kq,
+                       int V, int nr, int first, const float *bias) {
+    __m512 c[BF_MR][2];
+    tile_load(c, C, ldc, R, V, nr, first, bias);
+    bf_dots(R, c, (const uint32_t *)(const void *)Ab, (size_t)lda / 2, P, ldp, kq, V);
     tile_store(C, ldc, c, R, V, nr);
 }
 
@@ -173,6 +178,108 @@ void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1) {
 void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
                      int n0, int n1) {
     if (M > 0 && K > 0 && n1 > n0) bf_matmul(C, ldc, A, lda, NULL, (const uint32_t *)P, bias, M, K, n0, n1);
+}
+
+/* ==== The stem's convolution on weights packed once (qw_bf16p_conv3x3) ====
+ *
+ * Like the AMX kernel's, without an im2col (conv2's was 14 MB of f32 a chunk, written on one thread
+ * and rounded again by every thread that read it: half of a 10 s clip's encoder went to the stem)
+ * and with GELU and the rounding for the next convolution in the epilogue. A register tile is R
+ * (up to 12) output frequencies of one time step, whose inputs for tap (ky, kx) are R rows 2 Cin
+ * apart in the padded input: the tile's pairs of k are read from there as they are, tap by tap (the
+ * packed weights' order of k), so each element is bf_matmul's chain over its im2col row, in f32
+ * registers from the bias to the end of K (bf_matmul stores and reloads its sums between blocks of
+ * k: exactly). */
+
+#define BF_CONV_ROWS 128 /* output rows whose input (4 time steps of conv2: 570 KB) stays in L2 */
+
+/* S[r][0:32] = bias + the chain over K of output rows m0 .. m0 + R - 1 against the panel words Pn
+ * (32 a pair of k; V vectors of them); lanes past nr hold zeros or unused columns. */
+QW_INLINE void bf_conv_tile(int R, float *S, const qw_conv3x3 *c, int m0, const uint32_t *Pn, int V, int nr,
+                            const float *bias) {
+    __m512 acc[BF_MR][2];
+    tile_load(acc, NULL, 0, R, V, nr, 1, bias);
+    const int Cin = c->Cin, K = 9 * Cin;
+    if (c->rows) {
+        const int Kp = (K + 31) / 32 * 32;
+        bf_dots(R, acc, (const uint32_t *)(const void *)(c->rows + (size_t)m0 * Kp), (size_t)Kp / 2, Pn, 32,
+                (K + 1) / 2, V);
+    } else {
+        const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, to = m0 / Fo, fo = m0 % Fo;
+        for (int tap = 0; tap < 9; tap++) { /* time 2 to + kx, frequency 2 fo + ky of the padded input */
+            const int ky = tap / 3, kx = tap % 3;
+            const uint16_t *a = c->in + ((size_t)(2 * to + kx) * Fp + 2 * fo + ky) * Cin;
+            bf_dots(R, acc, (const uint32_t *)(const void *)a, (size_t)Cin, Pn + (size_t)tap * (Cin / 2) * 32, 32,
+                    Cin / 2, V);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        _mm512_store_ps(S + r * 32, acc[r][0]);
+        _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
+    }
+}
+
+/* dst[0:n] = bf16(s[0:n]) for n <= 16 (a partial row through a copy: SIMDe's masked 16-bit store
+ * wrote past its mask). */
+QW_INLINE void bf_store16(uint16_t *dst, const float *s, int n) {
+    const __m256i h = bf16x16(_mm512_load_ps(s));
+    if (n == 16) {
+        _mm256_storeu_si256((__m256i *)(void *)dst, h);
+    } else {
+        uint16_t t[16];
+        _mm256_storeu_si256((__m256i *)(void *)t, h);
+        memcpy(dst, t, (size_t)n * sizeof(uint16_t));
+    }
+}
+
+/* The epilogue of R rows from m0, columns [n, n + nr): act over S, then out as f32 or rounded. */
+static void bf_conv_out(const qw_conv3x3 *c, float *S, int m0, int R, int n, int nr) {
+    if (c->act) c->act(S, R * 32);
+    const int Fo = (c->Fi + 1) / 2;
+    const __mmask16 k0 = lanes(nr < 16 ? nr : 16), k1 = lanes(nr > 16 ? nr - 16 : 0);
+    for (int r = 0; r < R; r++) {
+        const int m = m0 + r, to = m / Fo, fo = m % Fo;
+        const float *s = S + r * 32;
+        if (c->out_bf16) {
+            uint16_t *d = c->out_bf16 + ((size_t)(to + 1) * (Fo + 2) + fo + 1) * c->ldo + n;
+            bf_store16(d, s, nr < 16 ? nr : 16);
+            if (nr > 16) bf_store16(d + 16, s + 16, nr - 16);
+        } else {
+            float *d = c->out_f32 + (size_t)m * c->ldo + n;
+            _mm512_mask_storeu_ps(d, k0, _mm512_load_ps(s));
+            if (nr > 16) _mm512_mask_storeu_ps(d + 16, k1, _mm512_load_ps(s + 16));
+        }
+    }
+}
+
+void qw_bf16p_conv3x3(const qw_conv3x3 *c, int n0, int n1) {
+    const int Fo = (c->Fi + 1) / 2, M = (c->Ti + 1) / 2 * Fo;
+    if (n1 > c->Cout) n1 = c->Cout;
+    if (M <= 0 || n0 < 0 || n1 <= n0 || (!c->rows && c->Cin % 2)) return;
+    const size_t panel = (size_t)((9 * c->Cin + 1) / 2) * 32; /* words of one panel of 32 columns */
+    float S[BF_MR * 32] __attribute__((aligned(64)));
+    /* A panel of output rows at a time: its input stays in L2 while every column block of the slice
+     * meets it. */
+    for (int p0 = 0; p0 < M; p0 += BF_CONV_ROWS) {
+        const int p1 = M - p0 < BF_CONV_ROWS ? M : p0 + BF_CONV_ROWS;
+        for (int n = n0; n < n1;) { /* a slice may start half-way into a panel: one vector there */
+            const int left = n1 - n, nr = n % 32 ? (left < 16 ? left : 16) : (left < 32 ? left : 32);
+            const uint32_t *Pn = (const uint32_t *)c->packed + (size_t)(n / 32) * panel + n % 32;
+            const float *bn = c->bias ? c->bias + n : NULL;
+            for (int m = p0; m < p1;) {
+                int R = p1 - m < BF_MR ? p1 - m : BF_MR;
+                if (!c->rows && R > Fo - m % Fo) R = Fo - m % Fo; /* implicit: one time step a tile */
+                if (nr > 16) {
+                    QW_TILE_ROWS(R, bf_conv_tile, S, c, m, Pn, 2, nr, bn);
+                } else {
+                    QW_TILE_ROWS(R, bf_conv_tile, S, c, m, Pn, 1, nr, bn);
+                }
+                bf_conv_out(c, S, m, R, n, nr);
+                m += R;
+            }
+            n += nr;
+        }
+    }
 }
 
 /* Exact f32, A never rounded: the AVX-512 table's. */

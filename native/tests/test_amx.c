@@ -784,7 +784,7 @@ static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, in
             rows = malloc((size_t)M * ((size_t)(K + 31) / 32 * 32) * sizeof(uint16_t));
             qw_amx_emu_round_rows(rows, A, K, M, K);
         }
-        const qw_amx_conv c = {in, rows, Ti, Fi, Cin, packed, with_bias ? bias : NULL, Cout, act_test,
+        const qw_conv3x3 c = {in, rows, Ti, Fi, Cin, packed, with_bias ? bias : NULL, Cout, act_test,
                                bf16_out ? NULL : of, bf16_out ? ob : NULL, ldo};
         const unsigned f0 = qw_amx_emu.faults;
 #if HAVE_NATIVE
@@ -792,22 +792,9 @@ static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, in
         else
 #endif
             qw_amx_emu_conv3x3(&c, n0, n1);
-        int same = 1, untouched = 1, n_diff = 0;
-        for (size_t i = 0; i < out_len; i++) {
-            const size_t row = i / ldo, n = i % ldo;
-            int m = (int)row; /* the output row this element belongs to, or -1 */
-            if (bf16_out) {
-                const int t = (int)(row / (Fo + 2)) - 1, f = (int)(row % (Fo + 2)) - 1;
-                m = t >= 0 && t < To && f >= 0 && f < Fo ? t * Fo + f : -1;
-            }
-            if (m >= 0 && (int)n >= n0 && (int)n < n1) {
-                const float r = R[(size_t)m * ldo + n];
-                const int ok = bf16_out ? ob[i] == qw_f32_to_bf16(r) : f2u(of[i]) == f2u(r);
-                same &= ok, n_diff += !ok;
-            } else {
-                untouched &= bf16_out ? ob[i] == SENTINEL_BF16 : f2u(of[i]) == f2u(SENTINEL);
-            }
-        }
+        int same, untouched;
+        const int n_diff = conv_output_check(R, of, bf16_out ? ob : NULL, out_len, ldo, (Ti + 1) / 2, Fo, n0, n1,
+                                             SENTINEL, SENTINEL_BF16, &same, &untouched);
         const int faults = (int)(qw_amx_emu.faults - f0);
         check(same && untouched && !faults, variant ? "native" : "emulated",
               "conv3x3 Ti=%d Fi=%d Cin=%d Cout=%d n=[%d,%d) %s bias=%d %s: im2col's bits=%d (%d differ) untouched=%d "

@@ -656,6 +656,74 @@ static void test_bf16ps(const qw_kernels *bf) {
                 test_bf16p(bf, Ms[mi], Ks[ki], Ns[ni][0], Ns[ni][1], Ns[ni][2], (int)(mi + ni) % 2);
 }
 
+/* ==== The stem's convolution on packed weights (qw_bf16p_conv3x3) ==== */
+
+/* An activation for the epilogue: any per-element function of the sum shows where it runs. */
+static void act_test(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.25f * x[i] - 0.125f;
+}
+
+#define SENTINEL_BF16 0xabcdu
+
+/* qw_bf16p_conv3x3 against im2col + qw_bf16p_matmul + act (+ rounding into the padded layout) on the
+ * same bf16 input, bit for bit; everything outside the slice's outputs keeps its sentinel (the bf16
+ * output's border included). Explicit rows (the im2col in bf16, zeros to 32) where asked. */
+static void test_bf16p_conv_case(const qw_kernels *bf, int Ti, int Fi, int Cin, int Cout, int n0, int n1, int bf16_out,
+                                 int with_bias, int explicit_rows) {
+    const int To = (Ti + 1) / 2, Fo = (Fi + 1) / 2, M = To * Fo, K = 9 * Cin, Kp = (K + 31) / 32 * 32, ldo = Cout + 3;
+    uint16_t *in = calloc((size_t)(Ti + 2) * (Fi + 2) * Cin, sizeof(uint16_t)); /* zero border */
+    for (int t = 0; t < Ti; t++)
+        for (int f = 0; f < Fi; f++)
+            for (int c = 0; c < Cin; c++) in[((size_t)(t + 1) * (Fi + 2) + f + 1) * Cin + c] = qw_f32_to_bf16(frand());
+    float *A = malloc((size_t)M * K * sizeof(float)); /* the im2col, of values already bf16 */
+    uint16_t *rows = calloc((size_t)M * Kp, sizeof(uint16_t));
+    for (int to = 0; to < To; to++)
+        for (int fo = 0; fo < Fo; fo++)
+            for (int tap = 0; tap < 9; tap++)
+                for (int c = 0; c < Cin; c++) {
+                    const int m = to * Fo + fo, k = tap * Cin + c;
+                    const uint16_t h = in[((size_t)(2 * to + tap % 3) * (Fi + 2) + 2 * fo + tap / 3) * Cin + c];
+                    A[(size_t)m * K + k] = qw_bf16_to_f32(h), rows[(size_t)m * Kp + k] = h;
+                }
+    float *wref = malloc((size_t)Cout * K * sizeof(float));
+    uint16_t *W = make_weights(Cout, K, QW_BF16, wref);
+    void *P = aligned_alloc(64, (qw_bf16p_size(Cout, K) + 63) / 64 * 64);
+    qw_bf16p_pack(P, W, Cout, K, 0, (Cout + 31) / 32);
+    float *bias = malloc((size_t)Cout * sizeof(float));
+    for (int n = 0; n < Cout; n++) bias[n] = frand();
+    void (*act)(float *, int) = with_bias ? act_test : bf->gelu;
+    float *R = malloc((size_t)M * ldo * sizeof(float));
+    qw_bf16p_matmul(R, ldo, A, K, P, with_bias ? bias : NULL, M, K, n0, n1);
+    for (int m = 0; m < M; m++) act(R + (size_t)m * ldo + n0, n1 - n0);
+    const size_t out_len = bf16_out ? (size_t)(To + 2) * (Fo + 2) * ldo : (size_t)M * ldo;
+    float *of = malloc(out_len * sizeof(float));
+    uint16_t *ob = malloc(out_len * sizeof(uint16_t));
+    for (size_t i = 0; i < out_len; i++) of[i] = 7.0f, ob[i] = SENTINEL_BF16;
+    const qw_conv3x3 c = {in, explicit_rows ? rows : NULL, Ti, Fi, Cin, P, with_bias ? bias : NULL, Cout, act,
+                          bf16_out ? NULL : of, bf16_out ? ob : NULL, ldo};
+    qw_bf16p_conv3x3(&c, n0, n1);
+    int same, untouched;
+    const int n_diff = conv_output_check(R, of, bf16_out ? ob : NULL, out_len, ldo, To, Fo, n0, n1, 7.0f,
+                                         SENTINEL_BF16, &same, &untouched);
+    check(same && untouched, "bf16p",
+          "conv3x3 Ti=%d Fi=%d Cin=%d Cout=%d n=[%d,%d) %s bias=%d %s: im2col's bits=%d (%d differ) untouched=%d", Ti,
+          Fi, Cin, Cout, n0, n1, bf16_out ? "bf16" : "f32", with_bias, explicit_rows ? "explicit" : "implicit", same,
+          n_diff, untouched);
+    free(in), free(A), free(rows), free(wref), free(W), free(P), free(bias), free(R), free(of), free(ob);
+}
+
+static void test_bf16p_convs(const qw_kernels *bf) {
+    test_bf16p_conv_case(bf, 9, 32, 32, 48, 0, 48, 0, 1, 0);    /* Fo = 16: tiles of 12 + 4 a time step */
+    test_bf16p_conv_case(bf, 7, 31, 20, 16, 0, 16, 1, 0, 0);    /* odd Fi; one vector of columns; GELU */
+    test_bf16p_conv_case(bf, 20, 64, 14, 100, 16, 80, 1, 1, 0); /* Fo = 32, 320 rows: 3 row panels; from 16 */
+    test_bf16p_conv_case(bf, 12, 64, 32, 100, 96, 100, 0, 1, 0); /* the last 4 columns */
+    test_bf16p_conv_case(bf, 1, 25, 6, 40, 0, 40, 1, 0, 0);     /* one time step, Fo = 13; 32 + 8 columns */
+    /* explicit rows: one input channel, as conv1 (K = 9), and an odd Cin */
+    test_bf16p_conv_case(bf, 20, 128, 1, 48, 0, 48, 1, 1, 1);   /* Fo = 64 */
+    test_bf16p_conv_case(bf, 5, 13, 1, 20, 16, 20, 0, 0, 1);    /* Fo = 7: tiles across time steps */
+    test_bf16p_conv_case(bf, 3, 8, 3, 36, 0, 36, 1, 1, 1);      /* K = 27: an odd K, the last pair half zero */
+}
+
 /* ==== Greedy argmax ==== */
 
 /* qw_argmax_row against the one-chain scan it replaces: random rows of every length around the lanes
@@ -766,6 +834,7 @@ int main(void) {
         test_exp_rows(bf);
         test_matmuls_bf16act(bf);
         test_bf16ps(bf);
+        test_bf16p_convs(bf);
         test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
     } else {

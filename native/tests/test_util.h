@@ -1,11 +1,14 @@
 /*
  * What the kernel test programs share (test_kernels.c, test_quant.c,
  * test_amx.c): pass/fail counting with a message per failure, a seeded
- * xorshift generator, and float <-> bits. Each program defines TEST_SEED
+ * xorshift generator, float <-> bits, and the check of a qw_conv3x3 output
+ * against its im2col path (test_amx.c, test_kernels.c). Each program defines TEST_SEED
  * before including it (its own sequence of data).
  */
 #ifndef QWEN_TESTS_TEST_UTIL_H
 #define QWEN_TESTS_TEST_UTIL_H
+
+#include "kernels.h" /* qw_f32_to_bf16 */
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -48,6 +51,33 @@ static __attribute__((unused)) float u2f(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+/* A qw_conv3x3's output (f32 of or bf16 ob; out_len elements, row stride ldo) against R[m][n] (the
+ * im2col path's results, f32): for the slice [n0, n1) of every output row, of equals R bit for bit or
+ * ob is R rounded to bf16 (the bf16 output's rows in the padded layout, To x Fo inside a border);
+ * everything else keeps its sentinel (sf, sb). *same / *untouched: all held; returns the differing count. */
+static __attribute__((unused)) int conv_output_check(const float *R, const float *of, const uint16_t *ob,
+                                                     size_t out_len, int ldo, int To, int Fo, int n0, int n1,
+                                                     float sf, uint16_t sb, int *same, int *untouched) {
+    int n_diff = 0;
+    *same = 1, *untouched = 1;
+    for (size_t i = 0; i < out_len; i++) {
+        const size_t row = i / (size_t)ldo, n = i % (size_t)ldo;
+        int m = (int)row; /* the output row this element belongs to, or -1 */
+        if (ob) {
+            const int t = (int)(row / (size_t)(Fo + 2)) - 1, f = (int)(row % (size_t)(Fo + 2)) - 1;
+            m = t >= 0 && t < To && f >= 0 && f < Fo ? t * Fo + f : -1;
+        }
+        if (m >= 0 && (int)n >= n0 && (int)n < n1) {
+            const float r = R[(size_t)m * ldo + n];
+            const int ok = ob ? ob[i] == qw_f32_to_bf16(r) : f2u(of[i]) == f2u(r);
+            *same &= ok, n_diff += !ok;
+        } else {
+            *untouched &= ob ? ob[i] == sb : f2u(of[i]) == f2u(sf);
+        }
+    }
+    return n_diff;
 }
 
 #endif /* QWEN_TESTS_TEST_UTIL_H */
