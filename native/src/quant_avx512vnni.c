@@ -19,13 +19,15 @@
  * from memory once and is bound by bandwidth, not by the dot products. Two
  * things keep the loads in flight (bench_kernels -v int8, Zen 5, 2 threads:
  * the LM head at M = 8 took 6.2-8.7 ms before, 2.8-3.9 ms after, M = 1 4.2):
- * 2-16 rows take tiles of up to 8 rows x 16 columns, one pass over the
+ * 1-16 rows take tiles of up to 8 rows x 16 columns, one pass over the
  * weights for 8 rows (6 + 2 rows read every weight twice, and the short
  * second pass left memory idle; M = 16: 8 + 8, not 6 + 6 + 4), and the tile
  * that first reads a block of weights prefetches 4 KB ahead of itself. With
- * 2-6 rows too, one stream of weights beats two 16 KB apart (the 32-column
+ * 1-6 rows too, one stream of weights beats two 16 KB apart (the 32-column
  * tile): the LM head at M = 2 / 4 / 6 took 4.5 / 4.1 / 5.0 ms against
- * 5.2 / 4.9 / 5.7 (medians of 3 alternating runs; M = 1 keeps 32 columns).
+ * 5.2 / 4.9 / 5.7 (medians of 3 alternating runs), and at M = 1 a decode
+ * step of 0.6B 16.8 against 17.6 ms (medians of 6 alternating runs; 10 of
+ * 11 pairs faster; Zen 5).
  * The same tile also fetches 32 KiB ahead into L2: at M = 8 each 64 bytes of
  * weights take 9 dot products, so fewer loads are in flight than memory needs
  * (Intel Xeon with AMX, 2 threads: decode step of 0.6B at batch 8 41.0-41.4 ->
@@ -123,7 +125,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
 
 static void matmul_q8_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W, const float *bias, int M, int n0,
                            int n1) {
-    if (M > 1 && M <= 2 * Q8_MR_DEC) { /* a decode batch of 2-16: 16 columns at a time, 1 or 2 passes */
+    if (M <= 2 * Q8_MR_DEC) { /* a decode step of 1-16 rows: 16 columns at a time, 1 or 2 passes */
         for (int n = n0; n < n1; n += 16) {
             const int nr = n1 - n < 16 ? n1 - n : 16;
             for (int m = 0; m < M; m += Q8_MR_DEC) {
@@ -144,10 +146,7 @@ static void matmul_q8_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
             const uint8_t *qa = A->q + (size_t)m * A->Kp;
             const float *sa = A->scale + (size_t)m * A->ng;
             const int rows = M - m < Q8_MR ? M - m : Q8_MR;
-            if (M == 1)
-                Q8_ROWS(1, c, qa, sa, n / 16, V, nr, bn, 1, 1)
-            else
-                Q8_ROWS(rows, c, qa, sa, n / 16, V, nr, bn, m == 0, 0)
+            Q8_ROWS(rows, c, qa, sa, n / 16, V, nr, bn, m == 0, 0)
         }
     }
 }
