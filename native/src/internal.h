@@ -267,8 +267,8 @@ struct qwen_context {
     qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT), QW_KV8 (FAST) or QW_BF16 (FAST, odd heads) */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
     size_t q8_act_size;
-    uint16_t *amx_a;            /* activations rounded to bf16 for an AMX product, grown as needed */
-    size_t amx_a_size;
+    uint16_t *round_a;          /* activations rounded to bf16 once for a product (AMX, BF16P), grown as needed */
+    size_t round_a_size;
     char kernels_name[64];
     qw_pool *pool;
     int n_threads;
@@ -338,7 +338,7 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
 void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                  const float *const *bias, int M, int rows_invariant);
 /* C = GELU(A W1^T + b1) W2^T + b2 (C may alias A; buf: M x W1->rows floats). With both weights on AMX
- * tiles the GELU and the rounding of W2's input to bf16 run in W1's epilogue (into buf), the same bits
+ * tiles or both BF16P the GELU and the rounding of W2's input to bf16 run in W1's epilogue (into buf), the same bits
  * as qw_matmul, qw_gelu_mt, qw_matmul, which is what runs otherwise (other weights, W1->rows not a
  * multiple of 32, no memory to round A once). */
 void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,

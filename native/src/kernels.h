@@ -131,6 +131,16 @@ size_t qw_bf16p_size(int N, int K);
 void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1);
 void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
                      int n0, int n1);
+/* A's rows rounded to bf16 once for the products below: Ab[m, k] = bf16(A[m, k]) for k < K, zeros
+ * to Kp = K rounded up to 32 (row stride Kp), as qw_kernels_avx512bf16.matmul rounds them. */
+void qw_bf16p_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K);
+/* qw_bf16p_matmul on A rounded by qw_bf16p_round_rows: the same bits. */
+void qw_bf16p_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *P, const float *bias, int M, int K,
+                             int n0, int n1);
+/* The same with its epilogue: Cb[m, n] = bf16(act(C[m, n])) (act in place on the f32 results, or
+ * NULL), row stride ldcb: the product, act over it, then qw_bf16p_round_rows' rounding, bit for bit. */
+void qw_bf16p_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *P, const float *bias,
+                              void (*act)(float *x, int n), int M, int K, int n0, int n1);
 /* qw_conv3x3 on weights packed so (N = Cout, K = 9 Cin): the same bits as im2col + qw_bf16p_matmul
  * + act (+ rounding to bf16). Implicit A needs Cin even (a tap's channels are whole pairs of k). */
 void qw_bf16p_conv3x3(const qw_conv3x3 *c, int n0, int n1);

@@ -180,39 +180,26 @@ void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, 
     if (M > 0 && K > 0 && n1 > n0) bf_matmul(C, ldc, A, lda, NULL, (const uint32_t *)P, bias, M, K, n0, n1);
 }
 
-/* ==== The stem's convolution on weights packed once (qw_bf16p_conv3x3) ====
+/* ==== Products on A rounded once (qw_bf16p_round_rows) ====
  *
- * Like the AMX kernel's, without an im2col (conv2's was 14 MB of f32 a chunk, written on one thread
- * and rounded again by every thread that read it: half of a 10 s clip's encoder went to the stem)
- * and with GELU and the rounding for the next convolution in the epilogue. A register tile is R
- * (up to 12) output frequencies of one time step, whose inputs for tap (ky, kx) are R rows 2 Cin
- * apart in the padded input: the tile's pairs of k are read from there as they are, tap by tap (the
- * packed weights' order of k), so each element is bf_matmul's chain over its im2col row, in f32
- * registers from the bias to the end of K (bf_matmul stores and reloads its sums between blocks of
- * k: exactly). */
+ * bf_matmul rounds its block of A for every slice of columns: with 2 threads a product's A was
+ * rounded 4 times, and a product whose output only feeds the next one (fc1 -> GELU -> fc2) wrote
+ * f32 to be rounded again. Here A comes rounded (once, across the pool), each register tile sums
+ * the whole of K from the bias on (the panel streams from L2, as in the stem's convolution), and
+ * the epilogue may apply the activation and write bf16: the same chain over k as bf_matmul's (its
+ * stores and reloads between blocks of k are exact), so the same bits. */
 
-#define BF_CONV_ROWS 128 /* output rows whose input (4 time steps of conv2: 570 KB) stays in L2 */
+void qw_bf16p_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
+    const int Kp = (K + 31) / 32 * 32;
+    for (int m = 0; m < M; m++) bf_round_row(Ab + (size_t)m * Kp, A + (size_t)m * lda, K, Kp);
+}
 
-/* S[r][0:32] = bias + the chain over K of output rows m0 .. m0 + R - 1 against the panel words Pn
- * (32 a pair of k; V vectors of them); lanes past nr hold zeros or unused columns. */
-QW_INLINE void bf_conv_tile(int R, float *S, const qw_conv3x3 *c, int m0, const uint32_t *Pn, int V, int nr,
+/* S[r][0:32] = bias + Ab[r, 0:K] @ panel, for R rows of rounded A (lda bf16 apart). */
+QW_INLINE void bf_rows_tile(int R, float *S, const uint16_t *Ab, size_t lda, const uint32_t *Pn, int kq, int V, int nr,
                             const float *bias) {
     __m512 acc[BF_MR][2];
     tile_load(acc, NULL, 0, R, V, nr, 1, bias);
-    const int Cin = c->Cin, K = 9 * Cin;
-    if (c->rows) {
-        const int Kp = (K + 31) / 32 * 32;
-        bf_dots(R, acc, (const uint32_t *)(const void *)(c->rows + (size_t)m0 * Kp), (size_t)Kp / 2, Pn, 32,
-                (K + 1) / 2, V);
-    } else {
-        const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, to = m0 / Fo, fo = m0 % Fo;
-        for (int tap = 0; tap < 9; tap++) { /* time 2 to + kx, frequency 2 fo + ky of the padded input */
-            const int ky = tap / 3, kx = tap % 3;
-            const uint16_t *a = c->in + ((size_t)(2 * to + kx) * Fp + 2 * fo + ky) * Cin;
-            bf_dots(R, acc, (const uint32_t *)(const void *)a, (size_t)Cin, Pn + (size_t)tap * (Cin / 2) * 32, 32,
-                    Cin / 2, V);
-        }
-    }
+    bf_dots(R, acc, (const uint32_t *)(const void *)Ab, lda / 2, Pn, 32, kq, V);
     for (int r = 0; r < R; r++) {
         _mm512_store_ps(S + r * 32, acc[r][0]);
         _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
@@ -232,23 +219,102 @@ QW_INLINE void bf_store16(uint16_t *dst, const float *s, int n) {
     }
 }
 
+/* One row of results s[0:nr] to f32 d (masked) or, rounded, to bf16 db. */
+QW_INLINE void bf_row_out(float *d, uint16_t *db, const float *s, int nr) {
+    if (db) {
+        bf_store16(db, s, nr < 16 ? nr : 16);
+        if (nr > 16) bf_store16(db + 16, s + 16, nr - 16);
+    } else {
+        _mm512_mask_storeu_ps(d, lanes(nr < 16 ? nr : 16), _mm512_load_ps(s));
+        if (nr > 16) _mm512_mask_storeu_ps(d + 16, lanes(nr - 16), _mm512_load_ps(s + 16));
+    }
+}
+
+/* C (f32, ldc) or Cb (bf16, ldcb) [m, n] = act(bias[n] + Ab[m, 0:K] @ W[n, :]) for m < M, n in [n0, n1). */
+static void bf_rows_product(float *C, int ldc, uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *P,
+                            const float *bias, void (*act)(float *x, int n), int M, int K, int n0, int n1) {
+    const size_t lda = (size_t)(K + 31) / 32 * 32, panel = (size_t)((K + 1) / 2) * 32;
+    float S[BF_MR * 32] __attribute__((aligned(64)));
+    for (int p0 = 0; p0 < M; p0 += BF_MB) { /* a block of rows whose A stays in L2 for the slice's panels */
+        const int p1 = M - p0 < BF_MB ? M : p0 + BF_MB;
+        for (int n = n0; n < n1;) { /* a slice may start half-way into a panel: one vector there */
+            const int left = n1 - n, nr = n % 32 ? (left < 16 ? left : 16) : (left < 32 ? left : 32);
+            const uint32_t *Pn = (const uint32_t *)P + (size_t)(n / 32) * panel + n % 32;
+            const float *bn = bias ? bias + n : NULL;
+            for (int m = p0; m < p1; m += BF_MR) {
+                const int R = p1 - m < BF_MR ? p1 - m : BF_MR;
+                const uint16_t *a = Ab + (size_t)m * lda;
+                if (nr > 16) {
+                    QW_TILE_ROWS(R, bf_rows_tile, S, a, lda, Pn, (K + 1) / 2, 2, nr, bn);
+                } else {
+                    QW_TILE_ROWS(R, bf_rows_tile, S, a, lda, Pn, (K + 1) / 2, 1, nr, bn);
+                }
+                if (act) act(S, R * 32);
+                for (int r = 0; r < R; r++)
+                    bf_row_out(C ? C + (size_t)(m + r) * ldc + n : NULL, Cb ? Cb + (size_t)(m + r) * ldcb + n : NULL,
+                               S + r * 32, nr);
+            }
+            n += nr;
+        }
+    }
+}
+
+void qw_bf16p_matmul_rounded(float *C, int ldc, const uint16_t *Ab, const void *P, const float *bias, int M, int K,
+                             int n0, int n1) {
+    if (M > 0 && K > 0 && n1 > n0) bf_rows_product(C, ldc, NULL, 0, Ab, P, bias, NULL, M, K, n0, n1);
+}
+
+void qw_bf16p_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t *Ab, const void *P, const float *bias,
+                              void (*act)(float *x, int n), int M, int K, int n0, int n1) {
+    if (M > 0 && K > 0 && n1 > n0) bf_rows_product(NULL, 0, Cb, ldcb, Ab, P, bias, act, M, K, n0, n1);
+}
+
+/* ==== The stem's convolution on weights packed once (qw_bf16p_conv3x3) ====
+ *
+ * Like the AMX kernel's, without an im2col (conv2's was 14 MB of f32 a chunk, written on one thread
+ * and rounded again by every thread that read it: half of a 10 s clip's encoder went to the stem)
+ * and with GELU and the rounding for the next convolution in the epilogue. A register tile is R
+ * (up to 12) output frequencies of one time step, whose inputs for tap (ky, kx) are R rows 2 Cin
+ * apart in the padded input: the tile's pairs of k are read from there as they are, tap by tap (the
+ * packed weights' order of k), so each element is bf_matmul's chain over its im2col row, in f32
+ * registers from the bias to the end of K (bf_matmul stores and reloads its sums between blocks of
+ * k: exactly). */
+
+#define BF_CONV_ROWS 128 /* output rows whose input (4 time steps of conv2: 570 KB) stays in L2 */
+
+/* S[r][0:32] = bias + the chain over K of output rows m0 .. m0 + R - 1 against the panel words Pn
+ * (32 a pair of k; V vectors of them); lanes past nr hold zeros or unused columns. */
+QW_INLINE void bf_conv_tile(int R, float *S, const qw_conv3x3 *c, int m0, const uint32_t *Pn, int V, int nr,
+                            const float *bias) {
+    const int Cin = c->Cin, K = 9 * Cin;
+    if (c->rows) { /* explicit: the im2col's rows, rounded */
+        const size_t Kp = (size_t)(K + 31) / 32 * 32;
+        bf_rows_tile(R, S, c->rows + (size_t)m0 * Kp, Kp, Pn, (K + 1) / 2, V, nr, bias);
+        return;
+    }
+    __m512 acc[BF_MR][2];
+    tile_load(acc, NULL, 0, R, V, nr, 1, bias);
+    const int Fo = (c->Fi + 1) / 2, Fp = c->Fi + 2, to = m0 / Fo, fo = m0 % Fo;
+    for (int tap = 0; tap < 9; tap++) { /* time 2 to + kx, frequency 2 fo + ky of the padded input */
+        const int ky = tap / 3, kx = tap % 3;
+        const uint16_t *a = c->in + ((size_t)(2 * to + kx) * Fp + 2 * fo + ky) * Cin;
+        bf_dots(R, acc, (const uint32_t *)(const void *)a, (size_t)Cin, Pn + (size_t)tap * (Cin / 2) * 32, 32, Cin / 2,
+                V);
+    }
+    for (int r = 0; r < R; r++) {
+        _mm512_store_ps(S + r * 32, acc[r][0]);
+        _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
+    }
+}
+
 /* The epilogue of R rows from m0, columns [n, n + nr): act over S, then out as f32 or rounded. */
 static void bf_conv_out(const qw_conv3x3 *c, float *S, int m0, int R, int n, int nr) {
     if (c->act) c->act(S, R * 32);
     const int Fo = (c->Fi + 1) / 2;
-    const __mmask16 k0 = lanes(nr < 16 ? nr : 16), k1 = lanes(nr > 16 ? nr - 16 : 0);
     for (int r = 0; r < R; r++) {
         const int m = m0 + r, to = m / Fo, fo = m % Fo;
-        const float *s = S + r * 32;
-        if (c->out_bf16) {
-            uint16_t *d = c->out_bf16 + ((size_t)(to + 1) * (Fo + 2) + fo + 1) * c->ldo + n;
-            bf_store16(d, s, nr < 16 ? nr : 16);
-            if (nr > 16) bf_store16(d + 16, s + 16, nr - 16);
-        } else {
-            float *d = c->out_f32 + (size_t)m * c->ldo + n;
-            _mm512_mask_storeu_ps(d, k0, _mm512_load_ps(s));
-            if (nr > 16) _mm512_mask_storeu_ps(d + 16, k1, _mm512_load_ps(s + 16));
-        }
+        uint16_t *db = c->out_bf16 ? c->out_bf16 + ((size_t)(to + 1) * (Fo + 2) + fo + 1) * c->ldo + n : NULL;
+        bf_row_out(db ? NULL : c->out_f32 + (size_t)m * c->ldo + n, db, S + r * 32, nr);
     }
 }
 

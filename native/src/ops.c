@@ -23,8 +23,8 @@ typedef struct {
     int tasks_per_mat[4]; /* column slices of W[i] (qw_slice_edge) */
     const qw_q8_kernels *q8;
     qw_q8_act act;              /* A quantized by rows, for int8 weights */
-    const uint16_t *Ab;         /* A rounded to bf16 once for AMX weights (row stride K rounded to 32), or NULL */
-    uint16_t *Cb;               /* or NULL; else (AMX weights, Ab) C is not written: Cb = bf16(fn(C)) */
+    const uint16_t *Ab;         /* A rounded to bf16 once for AMX or BF16P weights (row stride K rounded to 32), or NULL */
+    uint16_t *Cb;               /* or NULL; else (AMX or BF16P weights, Ab) C is not written: Cb = bf16(fn(C)) */
     void (*fn)(float *x, int n);
 } mm_job;
 
@@ -47,31 +47,36 @@ typedef struct {
     uint16_t *Ab;
     const float *A;
     int M, K, rows_per_task;
-} amx_round_job;
+    void (*round)(uint16_t *Ab, const float *A, int lda, int M, int K);
+} round_job;
 
-/* Row stride of A rounded for the tiles (amx.h: K rounded up to 32). */
+/* Row stride of A rounded to bf16 for a product (amx.h, kernels.h: K rounded up to 32). */
 static size_t amx_kp(int K) { return ((size_t)K + 31) / 32 * 32; }
 
-static void amx_round_task(void *arg, int t) {
-    amx_round_job *j = arg;
+static void round_task(void *arg, int t) {
+    round_job *j = arg;
     const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
-    qw_amx_round_rows(j->Ab + (size_t)r0 * amx_kp(j->K), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
+    j->round(j->Ab + (size_t)r0 * amx_kp(j->K), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
 }
 
-/* A rounded to bf16 once for all the slices of a product on AMX tiles (each slice rounded all of A
- * itself before: 4 times a product with 2 threads, 10% of an encoder's time), across the pool; NULL
- * when the buffer cannot grow (the slices round A themselves then, the same bits). */
-static const uint16_t *amx_round_once(qwen_context *ctx, const float *A, int M, int K) {
+/* A rounded to bf16 once for all the slices of a product on AMX tiles or BF16P weights (each slice
+ * rounded all of A itself before: 4 times a product with 2 threads, 10% of an encoder's time on
+ * AMX), across the pool; NULL when the buffer cannot grow (the slices round A themselves then, the
+ * same bits). */
+static const uint16_t *round_once(qwen_context *ctx, const float *A, int M, int K, qw_dtype dt) {
     const size_t need = (size_t)M * amx_kp(K) * sizeof(uint16_t);
-    if (need > ctx->amx_a_size) {
-        free(ctx->amx_a);
-        ctx->amx_a = aligned_alloc(64, (need + 63) & ~(size_t)63);
-        ctx->amx_a_size = ctx->amx_a ? need : 0;
-        if (!ctx->amx_a) return NULL;
+    if (need > ctx->round_a_size) {
+        free(ctx->round_a);
+        ctx->round_a = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        ctx->round_a_size = ctx->round_a ? need : 0;
+        if (!ctx->round_a) return NULL;
     }
-    amx_round_job j = {ctx->amx_a, A, M, K, 8};
-    qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, amx_round_task, &j);
-    return ctx->amx_a;
+    round_job j = {ctx->round_a, A, M, K, 8, qw_amx_round_rows};
+#ifdef QW_X86
+    if (dt == QW_BF16P) j.round = qw_bf16p_round_rows;
+#endif
+    qw_pool_run(ctx->pool, (M + j.rows_per_task - 1) / j.rows_per_task, round_task, &j);
+    return ctx->round_a;
 }
 
 /* A's rows quantized for W's int8 product: across the pool for a batch's or a prefill's rows
@@ -95,6 +100,12 @@ static void mm_task(void *arg, int t) {
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
+#ifdef QW_X86
+    else if (j->Cb && W->dt == QW_BF16P) /* qw_matmul_gelu_matmul: BF16P weights, A rounded */
+        qw_bf16p_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->cols, n0, n1);
+    else if (W->dt == QW_BF16P && j->Ab)
+        qw_bf16p_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->cols, n0, n1);
+#endif
     else if (j->Cb) /* qw_matmul_gelu_matmul: AMX weights, A rounded */
         qw_amx_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX && j->Ab) /* each element one chain over k: batch-invariant too (amx.h) */
@@ -111,8 +122,8 @@ static void mm_task(void *arg, int t) {
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
-/* qw_matmul_n; Ab: A already rounded for AMX weights (or NULL); Cb, act: the epilogue of
- * qw_matmul_gelu_matmul (one AMX product; or NULL). -1 when Cb was asked for but A could not be
+/* qw_matmul_n; Ab: A already rounded for AMX or BF16P weights (or NULL); Cb, act: the epilogue of
+ * qw_matmul_gelu_matmul (one AMX or BF16P product; or NULL). -1 when Cb was asked for but A could not be
  * rounded (no memory): nothing computed then. */
 static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, const qw_mat *const *W,
                     const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
@@ -140,9 +151,10 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
         }
         j.act = q8_quantize(ctx, A, M, q);
     }
-    int amx_all = 1; /* all on tiles with one K: A rounded once */
-    for (int i = 0; i < n; i++) amx_all &= W[i]->dt == QW_AMX && W[i]->cols == W[0]->cols;
-    if (amx_all && !j.Ab) j.Ab = amx_round_once(ctx, A, M, W[0]->cols);
+    /* all on tiles, or all on BF16P weights, with one K: A rounded once */
+    int round_all = W[0]->dt == QW_AMX || W[0]->dt == QW_BF16P;
+    for (int i = 0; i < n; i++) round_all &= W[i]->dt == W[0]->dt && W[i]->cols == W[0]->cols;
+    if (round_all && !j.Ab) j.Ab = round_once(ctx, A, M, W[0]->cols, W[0]->dt);
     if (Cb && !j.Ab) return -1;
     int tasks = 0;
     for (int i = 0; i < n; i++) {
@@ -162,7 +174,8 @@ void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw
                            const qw_mat *W2, const float *b2, int M, void *buf) {
     const qw_mat *W[1] = {W1};
     const float *bias1[1] = {b1}, *bias2[1] = {b2};
-    if (M > 0 && W1->dt == QW_AMX && W2->dt == QW_AMX && W1->rows % 32 == 0 && W2->cols == W1->rows &&
+    if (M > 0 && (W1->dt == QW_AMX || W1->dt == QW_BF16P) && W2->dt == W1->dt && W1->rows % 32 == 0 &&
+        W2->cols == W1->rows &&
         !matmul_n(ctx, 1, NULL, A, W, b1 ? bias1 : NULL, M, 0, NULL, buf, ctx->k->gelu)) {
         /* buf: W2's A, rounded (row stride W1->rows, a multiple of 32: no padding) */
         W[0] = W2;

@@ -55,7 +55,7 @@ void qwen_free(qwen_context *ctx) {
     free(ctx->scratch);
     free(ctx->enc_scratch);
     free(ctx->q8_act);
-    free(ctx->amx_a);
+    free(ctx->round_a);
     free(ctx);
 }
 

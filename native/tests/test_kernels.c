@@ -643,6 +643,30 @@ static void test_bf16p(const qw_kernels *bf, int M, int K, int N, int n0, int n1
     qw_bf16p_matmul(got, ldc, A, lda, P, with_bias ? bias : NULL, M, K, n0, n1);
     check(memcmp(got, want, (size_t)M * ldc * sizeof(float)) == 0, "bf16p",
           "packed once == packed per call, M=%d K=%d N=%d n=[%d,%d) bias=%d", M, K, N, n0, n1, with_bias);
+    /* A rounded once (qw_bf16p_round_rows: bf_round_row's bytes, zeros to 32): the product on it, and
+     * with its epilogue (act, then bf16), against the product above (slice only; the rest untouched) */
+    const int Kp = (K + 31) / 32 * 32, ldcb = N + 7;
+    uint16_t *Ab = malloc((size_t)M * Kp * sizeof(uint16_t)), *Cb = malloc((size_t)M * ldcb * sizeof(uint16_t));
+    float *rounded = malloc((size_t)M * ldc * sizeof(float));
+    for (int i = 0; i < M * ldc; i++) rounded[i] = 7.0f;
+    for (int i = 0; i < M * ldcb; i++) Cb[i] = 0xabcdu;
+    qw_bf16p_round_rows(Ab, A, lda, M, K);
+    int rows_ok = 1;
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < Kp; k++) rows_ok &= Ab[(size_t)m * Kp + k] == (k < K ? qw_f32_to_bf16(A[(size_t)m * lda + k]) : 0);
+    qw_bf16p_matmul_rounded(rounded, ldc, Ab, P, with_bias ? bias : NULL, M, K, n0, n1);
+    qw_bf16p_matmul_act_bf16(Cb, ldcb, Ab, P, with_bias ? bias : NULL, bf->gelu, M, K, n0, n1);
+    int act_ok = 1;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            float g = got[(size_t)m * ldc + n];
+            bf->gelu(&g, 1);
+            act_ok &= Cb[(size_t)m * ldcb + n] == (n >= n0 && n < n1 ? qw_f32_to_bf16(g) : 0xabcdu);
+        }
+    check(rows_ok && memcmp(rounded, got, (size_t)M * ldc * sizeof(float)) == 0 && act_ok, "bf16p",
+          "on A rounded once == packed once (f32; act + bf16), M=%d K=%d N=%d n=[%d,%d): rows=%d act=%d", M, K, N, n0,
+          n1, rows_ok, act_ok);
+    free(Ab); free(Cb); free(rounded);
     free(wref); free(W); free(P); free(A); free(bias); free(want); free(got);
 }
 
