@@ -51,12 +51,12 @@ typedef struct {
 } round_job;
 
 /* Row stride of A rounded to bf16 for a product (amx.h, kernels.h: K rounded up to 32). */
-static size_t amx_kp(int K) { return ((size_t)K + 31) / 32 * 32; }
+static size_t rounded_kp(int K) { return ((size_t)K + 31) / 32 * 32; }
 
 static void round_task(void *arg, int t) {
     round_job *j = arg;
     const int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task < j->M ? r0 + j->rows_per_task : j->M;
-    j->round(j->Ab + (size_t)r0 * amx_kp(j->K), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
+    j->round(j->Ab + (size_t)r0 * rounded_kp(j->K), j->A + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
 }
 
 /* A rounded to bf16 once for all the slices of a product on AMX tiles or BF16P weights (each slice
@@ -64,7 +64,7 @@ static void round_task(void *arg, int t) {
  * AMX), across the pool; NULL when the buffer cannot grow (the slices round A themselves then, the
  * same bits). */
 static const uint16_t *round_once(qwen_context *ctx, const float *A, int M, int K, qw_dtype dt) {
-    const size_t need = (size_t)M * amx_kp(K) * sizeof(uint16_t);
+    const size_t need = (size_t)M * rounded_kp(K) * sizeof(uint16_t);
     if (need > ctx->round_a_size) {
         free(ctx->round_a);
         ctx->round_a = aligned_alloc(64, (need + 63) & ~(size_t)63);
@@ -102,12 +102,12 @@ static void mm_task(void *arg, int t) {
         j->q8->matmul(j->C[i], W->rows, &j->act, W->data, b, j->M, n0, n1);
 #ifdef QW_X86
     else if (j->Cb && W->dt == QW_BF16P) /* qw_matmul_gelu_matmul: BF16P weights, A rounded */
-        qw_bf16p_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->cols, n0, n1);
+        qw_bf16p_matmul_act_bf16(j->Cb, (int)rounded_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->cols, n0, n1);
     else if (W->dt == QW_BF16P && j->Ab)
         qw_bf16p_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->cols, n0, n1);
 #endif
     else if (j->Cb) /* qw_matmul_gelu_matmul: AMX weights, A rounded */
-        qw_amx_matmul_act_bf16(j->Cb, (int)amx_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->rows, W->cols, n0, n1);
+        qw_amx_matmul_act_bf16(j->Cb, (int)rounded_kp(W->rows), j->Ab, W->data, b, j->fn, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX && j->Ab) /* each element one chain over k: batch-invariant too (amx.h) */
         qw_amx_matmul_rounded(j->C[i], W->rows, j->Ab, W->data, b, j->M, W->rows, W->cols, n0, n1);
     else if (W->dt == QW_AMX)
@@ -461,7 +461,7 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
     const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
     const size_t pb = amx && kv8 ? ((size_t)T * hd * 2 * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     /* AMX: a head's queries and its probabilities rounded to bf16 once, as the tiles take them */
-    const size_t qs = amx_kp(hd), ps = amx_kp(T);
+    const size_t qs = rounded_kp(hd), ps = rounded_kp(T);
     const size_t rb16 = amx ? ((size_t)m * (qs + ps) * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb + rb16);
     if (!Kc) {
