@@ -194,16 +194,21 @@ void qw_bf16p_round_rows(uint16_t *Ab, const float *A, int lda, int M, int K) {
     for (int m = 0; m < M; m++) bf_round_row(Ab + (size_t)m * Kp, A + (size_t)m * lda, K, Kp);
 }
 
+/* S[r][0:32] = acc[r] for R rows (zeros in the second vector when V == 1). */
+QW_INLINE void bf_tile_out(int R, float *S, __m512 acc[BF_MR][2], int V) {
+    for (int r = 0; r < R; r++) {
+        _mm512_store_ps(S + r * 32, acc[r][0]);
+        _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
+    }
+}
+
 /* S[r][0:32] = bias + Ab[r, 0:K] @ panel, for R rows of rounded A (lda bf16 apart). */
 QW_INLINE void bf_rows_tile(int R, float *S, const uint16_t *Ab, size_t lda, const uint32_t *Pn, int kq, int V, int nr,
                             const float *bias) {
     __m512 acc[BF_MR][2];
     tile_load(acc, NULL, 0, R, V, nr, 1, bias);
     bf_dots(R, acc, (const uint32_t *)(const void *)Ab, lda / 2, Pn, 32, kq, V);
-    for (int r = 0; r < R; r++) {
-        _mm512_store_ps(S + r * 32, acc[r][0]);
-        _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
-    }
+    bf_tile_out(R, S, acc, V);
 }
 
 /* dst[0:n] = bf16(s[0:n]) for n <= 16 (a partial row through a copy: SIMDe's masked 16-bit store
@@ -301,10 +306,7 @@ QW_INLINE void bf_conv_tile(int R, float *S, const qw_conv3x3 *c, int m0, const 
         bf_dots(R, acc, (const uint32_t *)(const void *)a, (size_t)Cin, Pn + (size_t)tap * (Cin / 2) * 32, 32, Cin / 2,
                 V);
     }
-    for (int r = 0; r < R; r++) {
-        _mm512_store_ps(S + r * 32, acc[r][0]);
-        _mm512_store_ps(S + r * 32 + 16, V == 2 ? acc[r][1] : _mm512_setzero_ps());
-    }
+    bf_tile_out(R, S, acc, V);
 }
 
 /* The epilogue of R rows from m0, columns [n, n + nr): act over S, then out as f32 or rounded. */
