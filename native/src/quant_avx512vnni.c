@@ -37,14 +37,15 @@
 #include "quant.h"
 
 #define Q8_MR 6       /* rows of C per register tile of 32 columns */
-#define Q8_MR_DEC 8   /* rows of C per register tile of 16 columns, for M of 2-16 */
+#define Q8_MR_DEC 8   /* rows of C per register tile of 16 columns, for M of 1-16 */
 #define Q8_PREFETCH 64 /* 64-byte weight rows ahead of the first tile over a block, into L1 */
 #define Q8_PREFETCH_L2 512 /* and into L2, 32 KiB ahead */
 
 /* 16 of the weights' bf16 scales, widened to f32 (exactly). */
 QW_INLINE __m512 q8_scales16(const uint16_t *s) { return bf16_to_f32x16(_mm256_loadu_si256((const __m256i *)(const void *)s)); }
 
-/* C[0:R, n:n+nr] for R rows from the packed column blocks b (and b + 1 when V == 2). */
+/* C[0:R, n:n+nr] for R rows from the packed column blocks b (and b + 1 when V == 2). ZS (a decode
+ * step's tiles) takes one vector of columns: V == 1. */
 QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int V,
                        int nr, const float *bias, int prefetch, int ZS) {
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
@@ -58,8 +59,8 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
         /* ZS: -128 x the group's weight sums (zsum) taken from the weights on the way, one more dot
          * product per weight load, instead of read from memory: 6% fewer bytes for a decode step */
         const __m512i zg0 = ZS ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(z0 + g * 16));
-        const __m512i zg1 = ZS || V != 2 ? zg0 : _mm512_loadu_si512((const void *)(z0 + (size_t)ng * 16 + g * 16));
-        __m512i d[Q8_MR_DEC][2], zs0 = _mm512_setzero_si512(), zs1 = zs0;
+        const __m512i zg1 = V != 2 ? zg0 : _mm512_loadu_si512((const void *)(z0 + (size_t)ng * 16 + g * 16));
+        __m512i d[Q8_MR_DEC][2], zs = _mm512_setzero_si512();
         const __m512i c128 = _mm512_set1_epi8((char)0x80); /* unsigned 128 */
         for (int r = 0; r < R; r++) d[r][0] = zg0, d[r][1] = zg1;
         for (int kq = kq0; kq < kq1; kq++) {
@@ -70,10 +71,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
                 _mm_prefetch((const char *)(q0 + (size_t)(kq + Q8_PREFETCH_L2) * 64), _MM_HINT_T1);
                 if (V == 2) _mm_prefetch((const char *)(q1 + (size_t)(kq + Q8_PREFETCH) * 64), _MM_HINT_T0);
             }
-            if (ZS) {
-                zs0 = _mm512_dpbusd_epi32(zs0, c128, w0);
-                if (V == 2) zs1 = _mm512_dpbusd_epi32(zs1, c128, w1);
-            }
+            if (ZS) zs = _mm512_dpbusd_epi32(zs, c128, w0);
             for (int r = 0; r < R; r++) {
                 int32_t a4;
                 __builtin_memcpy(&a4, qa + (size_t)r * Kp + (size_t)kq * 4, 4);
@@ -83,10 +81,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
             }
         }
         if (ZS) /* sum (qa + 128) q - 128 sum q = sum qa q, exactly */
-            for (int r = 0; r < R; r++) {
-                d[r][0] = _mm512_sub_epi32(d[r][0], zs0);
-                if (V == 2) d[r][1] = _mm512_sub_epi32(d[r][1], zs1);
-            }
+            for (int r = 0; r < R; r++) d[r][0] = _mm512_sub_epi32(d[r][0], zs);
         const __m512 sw0 = q8_scales16(s0 + g * 16);
         const __m512 sw1 = V == 2 ? q8_scales16(s0 + (size_t)ng * 16 + g * 16) : sw0;
         for (int r = 0; r < R; r++) {

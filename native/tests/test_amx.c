@@ -448,8 +448,6 @@ static void test_pack_kv(void) {
 
 /* ==== The kernel ==== */
 
-#define SENTINEL 7.25f
-
 typedef struct {
     int M, K, N, n0, n1;
     const float *A, *bias;
@@ -735,13 +733,6 @@ static void test_kernel(void) {
 
 /* ==== The implicit convolution ==== */
 
-/* An activation for the epilogue: any per-element function of the sum shows where it runs. */
-static void act_test(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.25f * x[i] - 0.125f;
-}
-
-#define SENTINEL_BF16 0xabcdu
-
 /* qw_amx_conv3x3 against im2col + the matmul + act (+ qw_amx_round_rows' rounding into the padded
  * layout) on the same bf16 input, bit for bit: emulated, and natively (against the native matmul)
  * where AMX runs; everything outside the slice's outputs keeps its sentinel (the bf16 output's
@@ -793,7 +784,7 @@ static void test_conv_case(int Ti, int Fi, int Cin, int Cout, int n0, int n1, in
 #endif
             qw_amx_emu_conv3x3(&c, n0, n1);
         int same, untouched;
-        const int n_diff = conv_output_check(R, of, bf16_out ? ob : NULL, out_len, ldo, (Ti + 1) / 2, Fo, n0, n1,
+        const int n_diff = conv_output_check(R, of, bf16_out ? ob : NULL, out_len, ldo, To, Fo, n0, n1,
                                              SENTINEL, SENTINEL_BF16, &same, &untouched);
         const int faults = (int)(qw_amx_emu.faults - f0);
         check(same && untouched && !faults, variant ? "native" : "emulated",

@@ -1,8 +1,9 @@
 /*
  * What the kernel test programs share (test_kernels.c, test_quant.c,
  * test_amx.c): pass/fail counting with a message per failure, a seeded
- * xorshift generator, float <-> bits, and the check of a qw_conv3x3 output
- * against its im2col path (test_amx.c, test_kernels.c). Each program defines TEST_SEED
+ * xorshift generator, float <-> bits, sentinels, and for the convolutions
+ * (test_amx.c, test_kernels.c) a test activation and the check of a
+ * qw_conv3x3 output against its im2col path. Each program defines TEST_SEED
  * before including it (its own sequence of data).
  */
 #ifndef QWEN_TESTS_TEST_UTIL_H
@@ -51,6 +52,14 @@ static __attribute__((unused)) float u2f(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+#define SENTINEL 7.25f        /* what an output a kernel must not write holds before the call */
+#define SENTINEL_BF16 0xabcdu /* the same for bf16 outputs */
+
+/* An activation for the epilogue: any per-element function of the sum shows where it runs. */
+static __attribute__((unused)) void act_test(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.25f * x[i] - 0.125f;
 }
 
 /* A qw_conv3x3's output (f32 of or bf16 ob; out_len elements, row stride ldo) against R[m][n] (the
