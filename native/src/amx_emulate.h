@@ -187,7 +187,13 @@ static inline void qw_amx_emu_dpbusd(int d, int a, int b) {
     for (int m = rows; m < QW_AMX_EMU_ROWS; m++) memset(qw_amx_emu.data[d][m], 0, QW_AMX_EMU_COLSB);
 }
 
-/* The intrinsics' names and arguments (tile numbers are small integers). */
+/* The intrinsics' names and arguments (tile numbers are small integers); in place of the hardware's
+ * where immintrin.h came first (quant_amx.c with QW_AMX_NATIVE_VECTORS). */
+#undef _tile_loadd
+#undef _tile_stored
+#undef _tile_zero
+#undef _tile_dpbf16ps
+#undef _tile_dpbusd
 #define _tile_loadconfig(config) qw_amx_emu_loadconfig(config)
 #define _tile_release() qw_amx_emu_release()
 #define _tile_loadd(t, base, stride) qw_amx_emu_loadd((t), (base), (long)(stride))

@@ -46,7 +46,10 @@
  * Compiled with -DQW_AMX_EMULATE (native/tests/test_quant.c includes this file
  * so), the tile instructions are amx_emulate.h's and the vector steps plain C
  * (fmaf: one rounding, the same bits), the table is qw_q8_amx_emu and small M
- * goes to the scalar table.
+ * goes to the scalar table. With QW_AMX_NATIVE_VECTORS as well (and AVX-512
+ * flags: native/tests/quant_amx_vectors.c), the vector steps are the AVX-512
+ * code AMX machines run, as qw_q8_amx_emu512: test_quant checks it on any CPU
+ * with AVX-512.
  */
 #include "quant.h"
 
@@ -55,10 +58,17 @@
 #include <string.h>
 
 #ifdef QW_AMX_EMULATE
+#ifdef QW_AMX_NATIVE_VECTORS /* the tiles emulated, the AVX-512 steps as on AMX hardware */
+#include "kernels_avx512_tile.h"
+#include <immintrin.h>
+#endif
 #include "amx_emulate.h"
 #ifdef QW_AMX_KEEP_NAMES /* the library itself emulated (QWEN_AMX_EMULATE) */
 #define QA_TABLE qw_q8_amx
 #define qw_q8_amx_selfcheck qw_q8_amx_selfcheck
+#elif defined(QW_AMX_NATIVE_VECTORS)
+#define QA_TABLE qw_q8_amx_emu512
+#define qw_q8_amx_selfcheck qw_q8_amx_emu512_selfcheck
 #else
 #define QA_TABLE qw_q8_amx_emu
 #define qw_q8_amx_selfcheck qw_q8_amx_emu_selfcheck
@@ -92,7 +102,7 @@ typedef struct {
 static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16], const int32_t d[QA_ROWS][16],
                                                            const int32_t *z, const uint16_t *sw,
                                                            const float *const sa[QA_ROWS], int g) {
-#ifdef QW_AMX_EMULATE
+#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_NATIVE_VECTORS)
     for (int r = 0; r < QA_ROWS; r++)
         for (int j = 0; j < 16; j++)
             f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), qw_bf16_to_f32(sw[j]) * sa[r][g],
@@ -111,7 +121,7 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
 
 /* C (+ bias) = the block's R x nr accumulators. */
 static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr, const float *bias) {
-#ifdef QW_AMX_EMULATE
+#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_NATIVE_VECTORS)
     for (int r = 0; r < R; r++)
         for (int j = 0; j < nr; j++) {
             const float v = b->f[r / QA_ROWS][j / 16][r % QA_ROWS][j % 16];

@@ -60,6 +60,9 @@
 #undef QW_AMX_EMULATE
 #ifdef QW_TEST_AMX_NATIVE
 #include "amx.h"
+/* quant_amx_vectors.c: the same table, its tiles emulated and its vector steps AVX-512 */
+extern const qw_q8_kernels qw_q8_amx_emu512;
+int qw_q8_amx_emu512_selfcheck(void);
 #endif
 
 #define TEST_SEED 2024u
@@ -379,6 +382,9 @@ static __attribute__((unused)) int cpu_has(const char *what) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (!strcmp(what, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!strcmp(what, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     if (!strcmp(what, "avx512vnni"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -421,6 +427,13 @@ int main(void) {
     check(qw_q8_amx_emu_selfcheck() == 1, "amx", "emulated: the load-time self-check passes");
     printf("quant: amx (emulated tiles) tested\n");
 #ifdef QW_TEST_AMX_NATIVE
+    if (cpu_has("avx512")) {
+        test_table(&qw_q8_amx_emu512, 0);
+        check(qw_q8_amx_emu512_selfcheck() == 1, "amx", "emulated tiles, AVX-512 steps: the self-check passes");
+        printf("quant: amx (emulated tiles, native AVX-512) tested\n");
+    } else {
+        printf("quant: amx (emulated tiles, native AVX-512) not supported by this CPU: skipped\n");
+    }
     if (qw_amx_int8_available()) {
         test_table(&qw_q8_amx, 0);
         check(qw_q8_amx_selfcheck() == 1, "amx", "the load-time self-check passes on this CPU");

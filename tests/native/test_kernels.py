@@ -113,7 +113,8 @@ def test_kernels_emulated(table: str, tmp_path: Path) -> None:
 def test_int8_kernels(variant: str, tmp_path: Path) -> None:
     """Packing, the row quantizer, and each int8 table the CPU runs bit for bit against the scalar one,
     which is held to double precision and to the quantization bound; the AMX-INT8 table over the tile
-    emulation on every CPU, and on the tiles where the CPU has AMX-INT8 (and the OS grants them)."""
+    emulation on every CPU (with its vector steps in C, and as AVX-512 where the CPU has it), and on the
+    tiles where the CPU has AMX-INT8 (and the OS grants them)."""
     build_dir = tmp_path / "build"
     build(build_dir, ["test_quant"], *VARIANTS[variant])
     out = run(build_dir / "test_quant", minimum=5000)
@@ -128,6 +129,10 @@ def test_int8_kernels(variant: str, tmp_path: Path) -> None:
     if {"avx2", "fma", "avx_vnni"} <= flags:
         assert "quant: avxvnni tested" in out, out
     assert "quant: amx (emulated tiles) tested" in out, out
+    if os.uname().machine == "x86_64":  # emulated tiles with the AVX-512 steps AMX machines run
+        avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+        native = "tested" if avx512 else "not supported by this CPU: skipped"
+        assert f"quant: amx (emulated tiles, native AVX-512) {native}" in out, out
     if os.uname().machine == "x86_64":  # the hardware's AMX-INT8 table where the CPU has it
         expected = "quant: amx tested" if {"amx_tile", "amx_int8"} <= flags else "amx not supported by this CPU: skipped"
         assert expected in out, out
