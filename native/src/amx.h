@@ -114,6 +114,13 @@ static inline void qw_amx_matmul_act_bf16(uint16_t *Cb, int ldcb, const uint16_t
     (void)Cb, (void)ldcb, (void)Ab, (void)packed, (void)bias, (void)act, (void)M, (void)N, (void)K, (void)n0, (void)n1;
 }
 static inline void qw_amx_conv3x3(const qw_conv3x3 *c, int n0, int n1) { (void)c, (void)n0, (void)n1; }
+static inline void qw_amx_pack_keys(void *dst, const uint16_t *K, int T, int hd) { (void)dst, (void)K, (void)T, (void)hd; }
+static inline void qw_amx_pack_values(void *dst, const uint16_t *V, int T, int hd) {
+    (void)dst, (void)V, (void)T, (void)hd;
+}
+static inline void qw_amx_kv8_bf16(uint16_t *dst, const void *rows, int T, int hd) {
+    (void)dst, (void)rows, (void)T, (void)hd;
+}
 static inline int qw_amx_selfcheck(void) { return 0; }
 #endif
 

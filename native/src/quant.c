@@ -164,7 +164,7 @@ const qw_q8_kernels *qw_q8_for(int isa) {
         return qw_cpu_has_avxvnni() ? &qw_q8_avxvnni : &qw_q8_avx2;
 #endif
 #ifdef QW_ARM
-    if (isa == QWEN_ISA_NEON) return &qw_q8_neon;
+    if (isa == QWEN_ISA_NEON) return qw_cpu_has_dotprod() ? &qw_q8_neondot : &qw_q8_neon;
 #endif
     (void)isa;
     return &qw_q8_scalar;

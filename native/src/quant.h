@@ -73,6 +73,8 @@ extern const qw_q8_kernels qw_q8_avx512vnni; /* x86-64 builds */
 extern const qw_q8_kernels qw_q8_avxvnni;    /* x86-64 builds: 256-bit VNNI (AVX-VNNI) */
 int qw_cpu_has_avxvnni(void);                 /* x86-64 builds: CPUID.(7,1):EAX[4] */
 extern const qw_q8_kernels qw_q8_neon;       /* AArch64 builds */
+extern const qw_q8_kernels qw_q8_neondot;    /* AArch64 builds: the dot-product instructions (FEAT_DotProd) */
+int qw_cpu_has_dotprod(void);                 /* AArch64 builds: HWCAP_ASIMDDP (Linux), FEAT_DotProd (macOS) */
 /* x86-64 builds with AMX (QWEN_HAVE_AMX): 16 rows and more on AMX-INT8 tiles, fewer on the VNNI
  * table; only where qw_amx_int8_available() (amx.h) and qw_q8_amx_selfcheck() said 1. */
 extern const qw_q8_kernels qw_q8_amx;
@@ -80,7 +82,8 @@ int qw_q8_amx_selfcheck(void); /* 1 when a small product on the tiles is bit for
 
 /* The int8 table for a resolved kernel set (QWEN_ISA_*): the same instruction
  * set, or the best the CPU has below it (AVX-512 without VNNI: AVX-VNNI where
- * the CPU has it, else AVX2; AVX2 with AVX-VNNI: AVX-VNNI). */
+ * the CPU has it, else AVX2; AVX2 with AVX-VNNI: AVX-VNNI; NEON with the
+ * dot-product instructions: neondot). */
 const qw_q8_kernels *qw_q8_for(int isa);
 
 /* Bytes of the three arrays of a packed [N, K] matrix (q, scale, zsum), each a multiple of 64. */

@@ -622,6 +622,7 @@ static void test_matmuls_bf16act(const qw_kernels *t) {
     test_matmul_bf16act(t, 16, 64, 8, 5, 5, QW_BF16, 1);
 }
 
+#if defined(QW_X86) || defined(QW_TEST_EMULATE_AVX512) /* the BF16 set's packed products: x86-64 only */
 /* Weights packed once (QW_BF16P): the same bits as the table's matmul packing per call, for
  * M >= 8; for M < 8 (the table gives those to the f32 kernels) each row equals that row of a
  * product with more rows (rows are independent in the tiles). Slices start on any multiple of 16,
@@ -738,6 +739,7 @@ static void test_bf16p_convs(const qw_kernels *bf) {
     test_bf16p_conv_case(bf, 5, 13, 1, 20, 16, 20, 0, 0, 1);    /* Fo = 7: tiles across time steps */
     test_bf16p_conv_case(bf, 3, 8, 3, 36, 0, 36, 1, 1, 1);      /* K = 27: an odd K, the last pair half zero */
 }
+#endif
 
 /* ==== Greedy argmax ==== */
 
@@ -848,8 +850,10 @@ int main(void) {
         test_gelu(bf);
         test_exp_rows(bf);
         test_matmuls_bf16act(bf);
+#if defined(QW_X86) || defined(QW_TEST_EMULATE_AVX512)
         test_bf16ps(bf);
         test_bf16p_convs(bf);
+#endif
         test_matmuls_rows(bf); /* exact f32 there too: the AVX-512 table's */
         printf("kernels: %s tested, %d failures\n", bf->name, failed - before);
     } else {

@@ -51,6 +51,11 @@
 #define qw_q8_neon qw_q8_neon_emulated
 #include "quant_neon.c"
 #undef qw_q8_neon
+#define qw_q8_neondot qw_q8_neondot_emulated
+#define qw_cpu_has_dotprod qw_cpu_has_dotprod_unused
+#include "quant_neon_dot.c"
+#undef qw_q8_neondot
+#undef qw_cpu_has_dotprod
 #endif
 
 /* The AMX-INT8 table over the tile emulation (amx_emulate.h), on every CPU: qw_q8_amx_emu, its rows
@@ -422,6 +427,12 @@ int main(void) {
 #if defined(__aarch64__) && !defined(QWEN_NO_SIMD)
     test_table(&qw_q8_neon, 0);
     printf("quant: neon tested\n");
+    if (qw_cpu_has_dotprod()) {
+        test_table(&qw_q8_neondot, 0);
+        printf("quant: neondot tested\n");
+    } else {
+        printf("quant: neondot not supported by this CPU: skipped\n");
+    }
 #endif
     test_table(&qw_q8_amx_emu, 0);
     check(qw_q8_amx_emu_selfcheck() == 1, "amx", "emulated: the load-time self-check passes");
@@ -451,6 +462,8 @@ int main(void) {
 #ifdef QW_TEST_EMULATE_NEON
     test_table(&qw_q8_neon_emulated, 1);
     printf("quant: neon (SIMDe) tested\n");
+    test_table(&qw_q8_neondot_emulated, 1);
+    printf("quant: neondot (SIMDe) tested\n");
 #endif
     printf("quant: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

@@ -36,7 +36,7 @@ def cpu_flags() -> set[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set()
-    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    match = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.MULTILINE)  # x86, AArch64
     return set(match.group(1).split()) if match else set()
 
 
@@ -138,6 +138,11 @@ def test_int8_kernels(variant: str, tmp_path: Path) -> None:
         assert expected in out, out
     if os.uname().machine in ("aarch64", "arm64"):
         assert "quant: neon tested" in out, out
+        if flags:  # Linux says (asimddp); elsewhere either line
+            dot = "tested" if "asimddp" in flags else "not supported by this CPU: skipped"
+            assert f"quant: neondot {dot}" in out, out
+        else:
+            assert "quant: neondot " in out, out
 
 
 def test_int8_kernels_emulated(tmp_path: Path) -> None:
@@ -150,7 +155,7 @@ def test_int8_kernels_emulated(tmp_path: Path) -> None:
     build_dir = tmp_path / "build"
     build(build_dir, ["test_quant_emulated"], *VARIANTS["asan"], f"-DQWEN_SIMDE_INCLUDE={include}")
     out = run(build_dir / "test_quant_emulated", minimum=5000)
-    for table in ("avx512vnni", "avxvnni", "neon"):
+    for table in ("avx512vnni", "avxvnni", "neon", "neondot"):
         assert f"quant: {table} (SIMDe) tested" in out, out
 
 
