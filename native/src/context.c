@@ -5,9 +5,13 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 qwen_status qw_fail(qwen_context *ctx, qwen_status st, const char *fmt, ...) {
     va_list ap;
@@ -28,6 +32,56 @@ void *qw_own(qwen_context *ctx, size_t bytes) {
     void *p = calloc(1, bytes ? bytes : 1);
     if (p) ctx->owned[ctx->n_owned++] = p;
     return p;
+}
+
+void *qw_own_weights(qwen_context *ctx, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (!ctx->arena_tried) { /* room for every packed copy: at most the checkpoint's bytes and padding */
+        ctx->arena_tried = 1;
+        size_t file = 0;
+        for (int i = 0; i < ctx->st.n_maps; i++) file += ctx->st.map_sizes[i];
+        const size_t size = (file + file / 4 + ((size_t)64 << 20) + huge - 1) / huge * huge;
+        void *p = mmap(NULL, size + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p != MAP_FAILED) {
+            ctx->arena_map = p;
+            ctx->arena_map_size = size + huge;
+            ctx->arena = (char *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+            ctx->arena_size = size;
+            madvise(ctx->arena, size, MADV_HUGEPAGE); /* where THP is "never", 4 KiB pages as before */
+        }
+    }
+    const size_t at = (ctx->arena_used + 63) & ~(size_t)63;
+    if (ctx->arena && bytes <= ctx->arena_size - at && at <= ctx->arena_size) {
+        ctx->arena_used = at + bytes;
+        return ctx->arena + at; /* zero: anonymous pages not written before */
+    }
+#endif
+    return qw_own(ctx, bytes);
+}
+
+void qw_trim_weights(qwen_context *ctx) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (!ctx->arena) return;
+    const size_t huge = (size_t)2 << 20, kept = (ctx->arena_used + huge - 1) / huge * huge;
+    char *end = (char *)ctx->arena_map + ctx->arena_map_size;
+    if (ctx->arena > (char *)ctx->arena_map) munmap(ctx->arena_map, (size_t)(ctx->arena - (char *)ctx->arena_map));
+    if (ctx->arena + kept < end) munmap(ctx->arena + kept, (size_t)(end - (ctx->arena + kept)));
+    ctx->arena_map = kept ? ctx->arena : NULL;
+    ctx->arena_map_size = kept;
+    ctx->arena_size = kept;
+    if (!kept) ctx->arena = NULL;
+#else
+    (void)ctx;
+#endif
+}
+
+void qw_free_weights(qwen_context *ctx) {
+#ifdef __linux__
+    if (ctx->arena_map) munmap(ctx->arena_map, ctx->arena_map_size);
+#endif
+    ctx->arena_map = NULL;
+    ctx->arena = NULL;
 }
 
 double qw_now_ms(void) {

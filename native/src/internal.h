@@ -258,6 +258,11 @@ struct qwen_context {
     qw_decoder dec;
     void **owned;               /* buffers made at load time, freed with the context */
     int n_owned, cap_owned;
+    char *arena;                /* packed weights (qw_own_weights): 2 MiB aligned, on huge pages */
+    size_t arena_size, arena_used;
+    void *arena_map;            /* its mapping (for munmap) */
+    size_t arena_map_size;
+    int arena_tried;
 
     const qw_kernels *k;
     qwen_isa isa;
@@ -316,6 +321,14 @@ static inline size_t qw_kv_row(const struct qwen_context *ctx) {
 /* Errors: record a message on the context and return the status. */
 qwen_status qw_fail(qwen_context *ctx, qwen_status st, const char *fmt, ...);
 void *qw_own(qwen_context *ctx, size_t bytes); /* zeroed, freed with the context */
+/* The same for packed weights (int8, the BF16 set's panels, AMX tiles), 64-byte aligned: the bytes
+ * every pass streams, so they come from one arena of anonymous memory advised onto transparent
+ * huge pages (Linux: one TLB entry per 2 MiB streamed instead of per 4 KiB). A bump allocator over
+ * a reservation of the checkpoint's size and a quarter (MAP_NORESERVE: only the pages written
+ * become resident, the last huge page partly used); qw_own where it is full or not mapped. */
+void *qw_own_weights(qwen_context *ctx, size_t bytes);
+void qw_trim_weights(qwen_context *ctx); /* after loading: the reservation past the last huge page goes */
+void qw_free_weights(qwen_context *ctx); /* the arena, with the context */
 double qw_now_ms(void);
 int qw_aborted(qwen_context *ctx);
 

@@ -52,6 +52,7 @@ void qwen_free(qwen_context *ctx) {
     qw_safetensors_close(&ctx->st);
     for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
     free(ctx->owned);
+    qw_free_weights(ctx);
     free(ctx->scratch);
     free(ctx->enc_scratch);
     free(ctx->q8_act);
@@ -122,6 +123,7 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     if (!rc) rc = qw_safetensors_open(model_dir, &ctx->st, err, err_size);
     if (!rc) rc = qw_encoder_load(ctx, err, err_size);
     if (!rc) rc = qw_decoder_load(ctx, err, err_size);
+    if (!rc) qw_trim_weights(ctx);
     if (!rc && qw_mel_init(ctx)) rc = QWEN_ERR_NOMEM;
     if (!rc && qw_batch_init(ctx, &p)) rc = QWEN_ERR_NOMEM;
     if (rc) {

@@ -96,7 +96,7 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     size_t qb, sb, zb;
     qw_q8_sizes(m->rows, m->cols, &qb, &sb, &zb);
     qw_q8 *W = qw_own(L->ctx, sizeof(qw_q8));
-    char *mem = W ? qw_own(L->ctx, qb + sb + zb) : NULL;
+    char *mem = W ? qw_own_weights(L->ctx, qb + sb + zb) : NULL;
     if (!mem) {
         snprintf(L->err, L->err_size, "out of memory for the int8 weights");
         return L->rc = QWEN_ERR_NOMEM;
@@ -126,7 +126,7 @@ static void bf16p_task(void *arg, int t) {
 int qw_bf16p_mat(qw_loader *L, qw_mat *m) {
 #ifdef QW_X86
     if (L->rc || m->dt != QW_BF16) return L->rc;
-    char *mem = qw_own(L->ctx, qw_bf16p_size(m->rows, m->cols) + 64);
+    char *mem = qw_own_weights(L->ctx, qw_bf16p_size(m->rows, m->cols) + 64);
     if (!mem) {
         snprintf(L->err, L->err_size, "out of memory for the packed bf16 weights");
         return L->rc = QWEN_ERR_NOMEM;
@@ -144,7 +144,7 @@ int qw_bf16p_mat(qw_loader *L, qw_mat *m) {
 
 int qw_amx_mat(qw_loader *L, qw_mat *m) {
     if (L->rc || m->dt == QW_AMX || m->dt == QW_Q8) return L->rc;
-    char *mem = qw_own(L->ctx, qw_amx_packed_size(m->rows, m->cols) + 64);
+    char *mem = qw_own_weights(L->ctx, qw_amx_packed_size(m->rows, m->cols) + 64);
     if (!mem) {
         snprintf(L->err, L->err_size, "out of memory for the AMX weights");
         return L->rc = QWEN_ERR_NOMEM;
