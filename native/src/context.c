@@ -52,7 +52,7 @@ void *qw_own_weights(qwen_context *ctx, size_t bytes) {
         }
     }
     const size_t at = (ctx->arena_used + 63) & ~(size_t)63;
-    if (ctx->arena && bytes <= ctx->arena_size - at && at <= ctx->arena_size) {
+    if (ctx->arena && at <= ctx->arena_size && bytes <= ctx->arena_size - at) {
         ctx->arena_used = at + bytes;
         return ctx->arena + at; /* zero: anonymous pages not written before */
     }
