@@ -34,21 +34,24 @@ void *qw_own(qwen_context *ctx, size_t bytes) {
     return p;
 }
 
+#define QW_HUGE_PAGE ((size_t)2 << 20)
+
 void *qw_own_weights(qwen_context *ctx, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const size_t huge = (size_t)2 << 20;
     if (!ctx->arena_tried) { /* room for every packed copy: at most the checkpoint's bytes and padding */
         ctx->arena_tried = 1;
         size_t file = 0;
         for (int i = 0; i < ctx->st.n_maps; i++) file += ctx->st.map_sizes[i];
-        const size_t size = (file + file / 4 + ((size_t)64 << 20) + huge - 1) / huge * huge;
-        void *p = mmap(NULL, size + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p != MAP_FAILED) {
-            ctx->arena_map = p;
-            ctx->arena_map_size = size + huge;
-            ctx->arena = (char *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+        const size_t size = (file + file / 4 + ((size_t)64 << 20) + QW_HUGE_PAGE - 1) / QW_HUGE_PAGE * QW_HUGE_PAGE;
+        char *p = mmap(NULL, size + QW_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p != MAP_FAILED) { /* keep the 2 MiB-aligned part of the mapping only */
+            char *a = (char *)(((uintptr_t)p + QW_HUGE_PAGE - 1) & ~(uintptr_t)(QW_HUGE_PAGE - 1));
+            if (a > p) munmap(p, (size_t)(a - p));
+            if (a + size < p + size + QW_HUGE_PAGE) munmap(a + size, (size_t)(p + size + QW_HUGE_PAGE - (a + size)));
+            ctx->arena = a;
             ctx->arena_size = size;
-            madvise(ctx->arena, size, MADV_HUGEPAGE); /* where THP is "never", 4 KiB pages as before */
+            madvise(a, size, MADV_HUGEPAGE); /* where THP is "never", 4 KiB pages as before */
         }
     }
     const size_t at = (ctx->arena_used + 63) & ~(size_t)63;
@@ -61,14 +64,10 @@ void *qw_own_weights(qwen_context *ctx, size_t bytes) {
 }
 
 void qw_trim_weights(qwen_context *ctx) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#ifdef __linux__
     if (!ctx->arena) return;
-    const size_t huge = (size_t)2 << 20, kept = (ctx->arena_used + huge - 1) / huge * huge;
-    char *end = (char *)ctx->arena_map + ctx->arena_map_size;
-    if (ctx->arena > (char *)ctx->arena_map) munmap(ctx->arena_map, (size_t)(ctx->arena - (char *)ctx->arena_map));
-    if (ctx->arena + kept < end) munmap(ctx->arena + kept, (size_t)(end - (ctx->arena + kept)));
-    ctx->arena_map = kept ? ctx->arena : NULL;
-    ctx->arena_map_size = kept;
+    const size_t kept = (ctx->arena_used + QW_HUGE_PAGE - 1) / QW_HUGE_PAGE * QW_HUGE_PAGE;
+    if (kept < ctx->arena_size) munmap(ctx->arena + kept, ctx->arena_size - kept);
     ctx->arena_size = kept;
     if (!kept) ctx->arena = NULL;
 #else
@@ -78,9 +77,8 @@ void qw_trim_weights(qwen_context *ctx) {
 
 void qw_free_weights(qwen_context *ctx) {
 #ifdef __linux__
-    if (ctx->arena_map) munmap(ctx->arena_map, ctx->arena_map_size);
+    if (ctx->arena) munmap(ctx->arena, ctx->arena_size);
 #endif
-    ctx->arena_map = NULL;
     ctx->arena = NULL;
 }
 

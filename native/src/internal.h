@@ -258,10 +258,8 @@ struct qwen_context {
     qw_decoder dec;
     void **owned;               /* buffers made at load time, freed with the context */
     int n_owned, cap_owned;
-    char *arena;                /* packed weights (qw_own_weights): 2 MiB aligned, on huge pages */
+    char *arena;                /* packed weights (qw_own_weights): a mapping 2 MiB aligned, on huge pages */
     size_t arena_size, arena_used;
-    void *arena_map;            /* its mapping (for munmap) */
-    size_t arena_map_size;
     int arena_tried;
 
     const qw_kernels *k;

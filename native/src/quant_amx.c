@@ -57,11 +57,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef QW_AMX_EMULATE
-#ifdef QW_AMX_NATIVE_VECTORS /* the tiles emulated, the AVX-512 steps as on AMX hardware */
-#include "kernels_avx512_tile.h"
+#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_NATIVE_VECTORS)
+#define QA_PLAIN_C 1 /* the vector steps in plain C */
+#else                /* the AVX-512 steps AMX machines run (the tiles emulated with QW_AMX_NATIVE_VECTORS) */
+#include "kernels_avx512_tile.h" /* bf16_to_f32x16 */
 #include <immintrin.h>
 #endif
+
+#ifdef QW_AMX_EMULATE
 #include "amx_emulate.h"
 #ifdef QW_AMX_KEEP_NAMES /* the library itself emulated (QWEN_AMX_EMULATE) */
 #define QA_TABLE qw_q8_amx
@@ -75,8 +78,6 @@
 #endif
 #define QA_SMALL qw_q8_scalar
 #else
-#include "kernels_avx512_tile.h" /* bf16_to_f32x16 */
-#include <immintrin.h>
 #define QA_TABLE qw_q8_amx
 #define QA_SMALL qw_q8_avx512vnni
 #endif
@@ -102,7 +103,7 @@ typedef struct {
 static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16], const int32_t d[QA_ROWS][16],
                                                            const int32_t *z, const uint16_t *sw,
                                                            const float *const sa[QA_ROWS], int g) {
-#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_NATIVE_VECTORS)
+#ifdef QA_PLAIN_C
     for (int r = 0; r < QA_ROWS; r++)
         for (int j = 0; j < 16; j++)
             f[r][j] = fmaf((float)(int32_t)((uint32_t)d[r][j] + (uint32_t)z[j]), qw_bf16_to_f32(sw[j]) * sa[r][g],
@@ -121,7 +122,7 @@ static inline __attribute__((always_inline)) void qa_scale(float f[QA_ROWS][16],
 
 /* C (+ bias) = the block's R x nr accumulators. */
 static inline void qa_store(const qa_block *b, int R, float *C, int ldc, int nr, const float *bias) {
-#if defined(QW_AMX_EMULATE) && !defined(QW_AMX_NATIVE_VECTORS)
+#ifdef QA_PLAIN_C
     for (int r = 0; r < R; r++)
         for (int j = 0; j < nr; j++) {
             const float v = b->f[r / QA_ROWS][j / 16][r % QA_ROWS][j % 16];

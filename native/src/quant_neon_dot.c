@@ -24,6 +24,8 @@
  */
 #include "quant.h"
 
+#include <string.h>
+
 #if defined(__linux__) && !defined(QW_NEON_SIMDE)
 #include <sys/auxv.h>
 #elif defined(__APPLE__) && !defined(QW_NEON_SIMDE)
@@ -65,7 +67,8 @@ QW_INLINE void q8d_tile(int R, float *C, int ldc, const uint8_t *qa, const float
     const int Kp = W->Kp, ng = W->ng, kq4 = Kp / 4;
     const int8_t *qb = W->q + (size_t)b * 16 * Kp;
     const uint16_t *sb = W->scale + (size_t)b * ng * 16;
-    float f[Q8D_MR][16];
+    float f[Q8D_MR][16]; /* the first group starts them */
+    if (!ng) memset(f, 0, sizeof(f)); /* no group to start them (K = 0) */
     for (int g = 0; g < ng; g++) {
         const int kq0 = g * (QW_Q8_GROUP / 4), kq1 = kq0 + QW_Q8_GROUP / 4 < kq4 ? kq0 + QW_Q8_GROUP / 4 : kq4;
         int32x4_t d[Q8D_MR][4]; /* d[r][j]: columns 4j .. 4j+3 */
@@ -111,7 +114,7 @@ QW_INLINE void q8d_tile(int R, float *C, int ldc, const uint8_t *qa, const float
     }
     for (int r = 0; r < R; r++) {
         float *c = C + (size_t)r * ldc;
-        for (int j = 0; j < nr; j++) c[j] = ng ? (bias ? f[r][j] + bias[j] : f[r][j]) : (bias ? bias[j] : 0.0f);
+        for (int j = 0; j < nr; j++) c[j] = bias ? f[r][j] + bias[j] : f[r][j];
     }
 }
 
