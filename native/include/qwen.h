@@ -102,6 +102,13 @@ typedef struct {
     int encoder_windows_per_pass; /* encoder windows one pass takes when no sequence is decoding (the
                                    * weights are read once for all); 0 = 4, 1 = window by window.
                                    * The same bits either way. */
+    int head_screen;        /* FAST, for a greedy step's LM head (up to 4 rows): 0 = screen it (the
+                             * default: a 4-bit copy of the int8 head picks the 32 best blocks of
+                             * 16 tokens, rescored on the int8 head), > 0 = that many blocks (at
+                             * most 256), < 0 = the whole int8 head every time. The logits read
+                             * back (qwen_seq_logits, qwen_last_logits) are the whole head's
+                             * either way. README: what the screen saves and what it was measured
+                             * to change (no token on the test sets). */
 } qwen_params;
 
 typedef struct {
@@ -192,7 +199,7 @@ QWEN_API qwen_status qwen_seq_abort(qwen_context *ctx, int seq);
 /* Logits [n_vocab] behind a sequence's token of the last qwen_step. Valid
  * until the next qwen_step / qwen_seq_add on the context; NULL if the
  * sequence produced no token in that step. */
-QWEN_API const float *qwen_seq_logits(const qwen_context *ctx, int seq, int *n_vocab);
+QWEN_API const float *qwen_seq_logits(qwen_context *ctx, int seq, int *n_vocab);
 
 /* Per-sequence times in milliseconds ("mel", "encoder", "prefill", and
  * "decode": the wall time of the decode steps it took part in, shared with
@@ -214,7 +221,11 @@ QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *ke
  * incomplete encoder window), and a later sequence whose prompt starts with
  * those ids and audio rows starts its prefill after them, with the same bits
  * as without. "prefill_joined": prefill chunks that ran in a decode step's
- * pass (FAST, qwen_step). -1 for an unknown key. */
+ * pass (FAST, qwen_step). The LM head's screen (FAST, qwen_params.head_screen):
+ * "head_blocks" (blocks of 16 tokens a screened row takes; 0: no screen),
+ * "head_screened_rows" (rows screened so far) and "head_whole_rows" (screened
+ * rows whose whole logits were read back, and so computed after). -1 for an
+ * unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
 
 /* ==== Transcription, batch of one (pull-style) ==== */
@@ -230,7 +241,7 @@ QWEN_API qwen_status qwen_begin(qwen_context *ctx, const float *pcm, int64_t n_s
 QWEN_API qwen_status qwen_next(qwen_context *ctx, int32_t *token);
 /* Logits of the last step (prefill's last position, or the last qwen_next).
  * Valid until the next call on the context. *n_vocab receives the size. */
-QWEN_API const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab);
+QWEN_API const float *qwen_last_logits(qwen_context *ctx, int *n_vocab);
 
 /* Per-stage wall times of the current/last qwen_begin run (or qwen_align pass), in milliseconds:
  * "mel", "encoder", "prefill", "decode" (total of qwen_next calls). Counts:

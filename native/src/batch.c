@@ -202,7 +202,8 @@ static void prefill_rows(qwen_context *ctx, qw_seq *s, int n, float *x) {
 
 /* After a chunk's pass: counts its n rows; after the last, keeps the prefix and takes the first
  * token from logits (the last row's; NULL for an aligner, whose pass then ends). */
-static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logits, int32_t *token) {
+static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logits, const float *head_x,
+                                int32_t *token) {
     s->n_prefilled += n;
     if (s->n_prefilled < s->n_prompt) return QWEN_OK;
     qw_prefix_keep(ctx, s);
@@ -214,6 +215,7 @@ static qwen_status prefill_done(qwen_context *ctx, qw_seq *s, int n, float *logi
     }
     s->state = QW_SEQ_DECODE;
     s->logits = logits;
+    s->head_x = head_x;
     *token = qw_argmax_row(logits, ctx->cfg.vocab);
     return take_token(ctx, s, *token);
 }
@@ -294,7 +296,9 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int alone, int32
     prefill_rows(ctx, s, n, x);
     const qw_dec_group g = {s, n, p0 + n == s->n_prompt && !s->align, rows, n_rows};
     const double t0 = qw_now_ms();
-    st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits);
+    int screened = 0;
+    st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits, s->align ? NULL : ctx->prefill_x,
+                            &screened);
     s->t_prefill += qw_now_ms() - t0;
     ctx->abort_cb = NULL;
     free(x);
@@ -306,7 +310,7 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int alone, int32
     }
     free(marks);
     if (st != QWEN_OK) return st;
-    return prefill_done(ctx, s, n, ctx->prefill_logits, token);
+    return prefill_done(ctx, s, n, ctx->prefill_logits, screened ? ctx->prefill_x : NULL, token);
 }
 
 /* ==== The step ==== */
@@ -322,6 +326,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
     for (int i = 0; i < ctx->max_seqs; i++) {
         qw_seq *s = &ctx->seqs[i];
         s->logits = NULL;
+        s->head_x = NULL;
         if (!seq_running(s)) continue;
         held++;
         if (s->abort_cb && s->abort_cb(s->abort_ud)) {
@@ -364,7 +369,8 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         groups[m] = (qw_dec_group){admit, n_pre, admit->n_prefilled + n_pre == admit->n_prompt, NULL, 0};
     }
     const double t0 = qw_now_ms();
-    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits);
+    int screened = 0;
+    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits, ctx->step_x, &screened);
     const double dt = qw_now_ms() - t0;
     free(x);
     int32_t *tokens = ctx->step_tokens;
@@ -382,13 +388,15 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         }
         s->t_decode += dt;
         s->logits = ctx->step_logits + (size_t)i * c->vocab;
+        s->head_x = screened ? ctx->step_x + (size_t)i * H : NULL;
         emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]));
     }
     if (join) { /* its logits, if this was its last chunk, follow the m decode rows' */
         const int slot = (int)(admit - ctx->seqs);
         int32_t token = -1;
         admit->t_prefill += dt;
-        if (st == QWEN_OK) st = prefill_done(ctx, admit, n_pre, ctx->step_logits + (size_t)m * c->vocab, &token);
+        if (st == QWEN_OK) st = prefill_done(ctx, admit, n_pre, ctx->step_logits + (size_t)m * c->vocab,
+                                             screened ? ctx->step_x + (size_t)m * H : NULL, &token);
         else qw_seq_release(ctx, admit);
         if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
     }
@@ -405,10 +413,15 @@ qwen_status qwen_seq_abort(qwen_context *ctx, int seq) {
     return QWEN_OK; /* an ended sequence: nothing left to stop */
 }
 
-const float *qwen_seq_logits(const qwen_context *ctx, int seq, int *n_vocab) {
-    const qw_seq *s = seq_at(ctx, seq);
+const float *qwen_seq_logits(qwen_context *ctx, int seq, int *n_vocab) {
+    qw_seq *s = seq_at(ctx, seq);
     if (!s) return NULL;
     if (n_vocab) *n_vocab = ctx->cfg.vocab;
+    if (s->logits && s->head_x) { /* a screened head: the whole row now, from the head's input */
+        qw_matmul_rows(ctx, (float *)(uintptr_t)s->logits, s->head_x, &ctx->dec.lm_head, NULL, 1);
+        s->head_x = NULL;
+        ctx->head_whole_rows++;
+    }
     return s->logits;
 }
 
@@ -442,6 +455,9 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "prefix_cache_tokens_reused")) return ctx->prefix_cache.tokens_reused;
     if (!strcmp(key, "prefix_cache_tokens")) return ctx->prefix_cache.tokens;
     if (!strcmp(key, "prefill_joined")) return ctx->prefill_joined;
+    if (!strcmp(key, "head_blocks")) return ctx->dec.screen ? ctx->head_blocks : 0;
+    if (!strcmp(key, "head_screened_rows")) return ctx->head_screened_rows;
+    if (!strcmp(key, "head_whole_rows")) return ctx->head_whole_rows;
     return -1;
 }
 
@@ -462,12 +478,15 @@ int qw_batch_init(qwen_context *ctx, const qwen_params *p) {
     ctx->step_logits = malloc((size_t)ctx->max_seqs * ctx->cfg.vocab * sizeof(float));
     ctx->step_tokens = malloc((size_t)ctx->max_seqs * sizeof(int32_t));
     ctx->prefill_logits = malloc((size_t)ctx->cfg.vocab * sizeof(float));
+    ctx->step_x = malloc((size_t)ctx->max_seqs * ctx->cfg.hidden * sizeof(float));
+    ctx->prefill_x = malloc((size_t)ctx->cfg.hidden * sizeof(float));
     ctx->one_seq = -1;
     const int cache = p->encoder_cache_windows == 0 ? 32 : p->encoder_cache_windows;
     if (qw_enc_cache_init(&ctx->enc_cache, cache > 0 ? cache : 0)) return QWEN_ERR_NOMEM;
     const int64_t prefix = p->prefix_cache_tokens == 0 ? 1024 : p->prefix_cache_tokens;
     qw_prefix_cache_init(&ctx->prefix_cache, prefix > 0 ? prefix : 0);
-    return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->step_tokens && ctx->prefill_logits
+    return ctx->seqs && ctx->groups && ctx->events && ctx->step_logits && ctx->step_tokens && ctx->prefill_logits &&
+                   ctx->step_x && ctx->prefill_x
                ? QWEN_OK
                : QWEN_ERR_NOMEM;
 }
@@ -480,6 +499,8 @@ void qw_batch_free(qwen_context *ctx) {
     free(ctx->step_logits);
     free(ctx->step_tokens);
     free(ctx->prefill_logits);
+    free(ctx->step_x);
+    free(ctx->prefill_x);
     qw_enc_cache_free(&ctx->enc_cache);
     qw_prefix_cache_free(&ctx->prefix_cache);
 }

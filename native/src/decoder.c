@@ -67,6 +67,7 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
          * bytes of bf16 per step). A tied embedding keeps its own entry: only the rows looked up are
          * read back from the checkpoint's file. */
         if (ctx->precision == QWEN_PRECISION_FAST) qw_quantize_mat(&L, &D->lm_head);
+        if (ctx->head_blocks > 0) qw_screen_mat(&L, &D->lm_head, &D->screen); /* its 4-bit screen */
     }
 #undef NAME
     if (L.rc) return L.rc;
@@ -202,7 +203,7 @@ static void dec_qk_task(void *arg, int i) {
 /* ==== Forward ==== */
 
 qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,
-                               float *logits) {
+                               float *logits, float *head_x, int *screened) {
     const qw_config *c = &ctx->cfg;
     const qw_decoder *D = &ctx->dec;
     const int H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
@@ -293,6 +294,14 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
      * them, or the rows it names), in one GEMM: the last layer left them in x = xo, in order. */
     if (!n_logits) return QWEN_OK;
     for (int r = 0; r < n_logits; r++) qw_rmsnorm(last + (size_t)r * H, x + (size_t)r * H, D->norm, H, c->rms_eps);
+    /* FAST: a step's few rows take the head's screen (qw_head_screened: their best blocks only),
+     * their inputs kept in head_x for the whole rows should the caller ask for them */
+    if (head_x && D->screen && ctx->head_blocks > 0 && n_logits <= QW_HEAD_SCREEN_ROWS) {
+        memcpy(head_x, last, (size_t)n_logits * H * sizeof(float));
+        qw_head_screened(ctx, logits, head_x, n_logits);
+        if (screened) *screened = 1;
+        return QWEN_OK;
+    }
     mm(ctx, logits, last, &D->lm_head, NULL, n_logits); /* [n_logits, n_out] */
     return QWEN_OK;
 }

@@ -114,6 +114,7 @@ typedef struct {
     qw_dec_layer *layers;
     float *norm;                /* [hidden] */
     qw_mat lm_head;             /* [n_out, hidden]: vocab (embed when tied), or classify_num (aligner) */
+    qw_q4 *screen;              /* FAST: lm_head's 4-bit screen (qw_head_screened), or NULL */
     float *rope_inv_freq;       /* [hd / 2] */
 } qw_decoder;
 
@@ -134,6 +135,9 @@ float *qw_load_vec(qw_loader *L, const char *name, int n);
 /* Replaces m (a checkpoint matrix) by its int8 copy (quant.h), packed across the pool; the
  * checkpoint's pages it came from are given back to the OS. */
 int qw_quantize_mat(qw_loader *L, qw_mat *m);
+/* *screen = the 4-bit screen (quant.h) of m, an int8 matrix with K a multiple of 8 (else
+ * *screen stays NULL: no screening); NOMEM in L->rc when there is no room. */
+int qw_screen_mat(qw_loader *L, const qw_mat *m, qw_q4 **screen);
 /* Replaces m by its AMX tile copy (amx.h; precision FAST on CPUs with AMX), the same way. */
 int qw_amx_mat(qw_loader *L, qw_mat *m);
 /* FAST on a CPU with AVX512_BF16 but no AMX: a bf16 matrix packed once for the BF16 set's dot
@@ -166,6 +170,8 @@ typedef struct {
     int32_t last_token;
     int n_generated;
     const float *logits;        /* behind the last token (valid until the next step) */
+    const float *head_x;        /* its head's input when that head was screened (only the best blocks
+                                 * in logits): the whole row is computed from it when asked, or NULL */
     /* forced aligner (qwen_align): the head at the <timestamp> rows, argmax per row */
     int align;
     int32_t *mark_classes;      /* [markers] the caller's */
@@ -266,6 +272,9 @@ struct qwen_context {
     qwen_isa isa;
     qwen_precision precision;
     const qw_q8_kernels *q8;    /* the int8 table (precision FAST) */
+    int head_blocks;            /* FAST: blocks of 16 columns a screened LM head row takes (0: none) */
+    int64_t head_screened_rows; /* head rows screened so far, and rows completed whole after (read back) */
+    int64_t head_whole_rows;
     int amx;                    /* FAST on a CPU with AMX: the encoder on bf16 tiles */
     qw_dtype kv_dt;             /* the decoder's KV cache: QW_F32 (EXACT), QW_KV8 (FAST) or QW_BF16 (FAST, odd heads) */
     uint8_t *q8_act;            /* activations quantized for an int8 product, grown as needed */
@@ -291,6 +300,8 @@ struct qwen_context {
     float *step_logits;         /* [max_seqs, vocab]: logits of the last decode step */
     int32_t *step_tokens;       /* [max_seqs]: their greedy tokens */
     float *prefill_logits;      /* [vocab]: logits of the last prefill chunk */
+    float *step_x, *prefill_x;  /* [max_seqs, hidden], [hidden]: the head's input rows of those, kept
+                                 * where the head was screened (qw_seq.head_x) */
     float *scratch;             /* decoder activations, grown as needed */
     size_t scratch_size;
     float *enc_scratch;         /* encoder activations and im2col, grown as needed: kept, so that
@@ -354,6 +365,13 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
  * multiple of 32, no memory to round A once). */
 void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
                            const qw_mat *W2, const float *b2, int M, void *buf);
+/* The LM head of M <= QW_HEAD_SCREEN_ROWS rows x (FAST, ctx->dec.screen set): each row's
+ * ctx->head_blocks best blocks of 16 columns by the head's 4-bit screen (quant.h) taken on the int8
+ * head, bit for bit the values the whole product gives there; the rest of the row -inf, so its
+ * argmax is the whole product's unless the screen ranked that block below the others. A row whose
+ * screen is not finite gets the whole product. */
+#define QW_HEAD_SCREEN_ROWS 4
+void qw_head_screened(qwen_context *ctx, float *logits, const float *x, int M);
 /* Makes sure the context holds the quantized activations of rows x K (qw_q8_act_bytes), before a
  * pass over int8 weights; -1: out of memory. */
 int qw_q8_reserve(qwen_context *ctx, int rows, int K);
@@ -416,9 +434,12 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
  * logits [rows wanting them, n_out]: each group's last row if it wants
  * logits, or the rows it names, in group order. With rows_invariant,
  * every GEMM computes each row as it would alone (matmul_rows): a decode
- * step of many sequences gives each the logits it gets alone. */
+ * step of many sequences gives each the logits it gets alone. With head_x
+ * (FAST, the head screened: up to QW_HEAD_SCREEN_ROWS rows wanting logits)
+ * the head is qw_head_screened's, its input rows left in head_x and
+ * *screened set to 1. */
 qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,
-                               float *logits);
+                               float *logits, float *head_x, int *screened);
 void qw_embed_token(qwen_context *ctx, int32_t id, float *out);
 
 #endif

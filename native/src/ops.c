@@ -212,6 +212,56 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
     matmul_one(ctx, C, A, W, bias, M, 1);
 }
 
+/* ==== The LM head, screened (precision FAST) ==== */
+
+typedef struct {
+    qwen_context *ctx;
+    float *C; /* [M, N] */
+    const qw_q8_act *act;
+    const qw_q8 *W;
+    const qw_q4 *S;
+    int M, N, tasks, blocks;
+    int *whole; /* per row: the screen was not finite there, the whole product is wanted */
+} screen_job;
+
+static void screen_task(void *arg, int t) {
+    screen_job *j = arg;
+    const int n0 = qw_slice_edge(j->N, j->tasks, t), n1 = qw_slice_edge(j->N, j->tasks, t + 1);
+    if (n1 > n0) j->ctx->q8->screen(j->C, j->N, j->act, j->S, j->M, n0, n1);
+}
+
+/* Row r: its best blocks by the screen, the rest of the row -inf, those blocks on the int8 matrix. */
+static void rescore_task(void *arg, int r) {
+    screen_job *j = arg;
+    float *row = j->C + (size_t)r * j->N;
+    int blocks[QW_Q4_MAX_BLOCKS];
+    const int nb = qw_q4_top_blocks(row, j->N, j->blocks, blocks);
+    j->whole[r] = !nb;
+    if (!nb) return;
+    for (int n = 0; n < j->N; n++) row[n] = -INFINITY;
+    const qw_q8_act a = {j->act->q + (size_t)r * j->act->Kp, j->act->scale + (size_t)r * j->act->ng, 1, j->act->Kp,
+                         j->act->ng};
+    for (int i = 0; i < nb; i++) {
+        const int n0 = blocks[i] * 16, n1 = n0 + 16 < j->N ? n0 + 16 : j->N;
+        j->ctx->q8->matmul(row, j->N, &a, j->W, NULL, 1, n0, n1);
+    }
+}
+
+void qw_head_screened(qwen_context *ctx, float *logits, const float *x, int M) {
+    const qw_mat *head = &ctx->dec.lm_head;
+    const qw_q8 *W = head->data;
+    const int N = head->rows;
+    const qw_q8_act act = q8_quantize(ctx, x, M, W);
+    int whole[QW_HEAD_SCREEN_ROWS];
+    const int per = ((N / (ctx->n_threads * 8) + 1) + 15) & ~15;
+    screen_job j = {ctx, logits, &act, W, ctx->dec.screen, M, N, (N + per - 1) / per, ctx->head_blocks, whole};
+    qw_pool_run(ctx->pool, j.tasks, screen_task, &j);
+    qw_pool_run(ctx->pool, M, rescore_task, &j);
+    ctx->head_screened_rows += M;
+    for (int r = 0; r < M; r++)
+        if (whole[r]) qw_matmul_rows(ctx, logits + (size_t)r * N, x + (size_t)r * head->cols, head, NULL, 1);
+}
+
 /* ==== Element-wise ==== */
 
 /* The moments of a LayerNorm in double, each in 8 running sums (lane j takes the j of every 8) added

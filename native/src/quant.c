@@ -8,6 +8,7 @@
 #include "../include/qwen.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ==== Layout ==== */
@@ -151,7 +152,106 @@ static void matmul_q8_scalar(float *C, int ldc, const qw_q8_act *A, const qw_q8 
     }
 }
 
-const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows, qw_q8_quantize_group};
+/* ==== The LM head's screen (quant.h) ==== */
+
+void qw_q4_sizes(int N, int K, size_t *q_bytes, size_t *scale_bytes) {
+    const size_t blocks = ((size_t)N + 15) / 16, ng = ((size_t)K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+    *q_bytes = round64(blocks * 16 * (size_t)K / 2);
+    *scale_bytes = round64(blocks * ng * 16 * sizeof(uint16_t));
+}
+
+void qw_q4_init(qw_q4 *S, int N, int K, void *q, void *scale) {
+    *S = (qw_q4){q, scale, N, K, (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP};
+}
+
+/* A group of a block at a time: its 16 rows of the int8 copy (4 k of 16 columns each) give each
+ * column's largest |q|, then 8 rows of the screen (8 k each: two int8 rows' bytes as nibbles). */
+void qw_q4_from_q8(qw_q4 *S, const qw_q8 *W, int b0, int b1) {
+    const int K = W->K, ng = W->ng;
+    for (int b = b0; b < b1; b++)
+        for (int g = 0; g < ng; g++) {
+            const int8_t *q = W->q + (size_t)b * 16 * W->Kp + (size_t)g * (QW_Q8_GROUP / 4) * 64;
+            uint8_t *o = S->q + (size_t)b * 8 * K + (size_t)g * (QW_Q8_GROUP / 8) * 64;
+            const uint16_t *sw = W->scale + ((size_t)b * ng + g) * 16;
+            uint16_t *s4 = S->scale + ((size_t)b * ng + g) * 16;
+            const int rows = (K - g * QW_Q8_GROUP < QW_Q8_GROUP ? K - g * QW_Q8_GROUP : QW_Q8_GROUP) / 4; /* of 4 k */
+            int m64[64] = {0}; /* per byte of a row (4 k of a column), then per column */
+            for (int i = 0; i < rows; i++)
+                for (int x = 0; x < 64; x++) {
+                    const int a = abs(q[i * 64 + x]);
+                    m64[x] = a > m64[x] ? a : m64[x];
+                }
+            float r[64]; /* q4 = round(q * r), per byte of a row */
+            for (int j = 0; j < 16; j++) {
+                int mx = 0;
+                for (int t = 0; t < 4; t++) mx = m64[4 * j + t] > mx ? m64[4 * j + t] : mx;
+                const float w = qw_bf16_to_f32(sw[j]);
+                s4[j] = qw_f32_to_bf16(w * (float)mx / 7.0f);
+                float rj = qw_bf16_to_f32(s4[j]) > 0.0f ? w / qw_bf16_to_f32(s4[j]) : 0.0f;
+                if (!(rj > 0.0f)) s4[j] = 0, rj = 0.0f;
+                for (int t = 0; t < 4; t++) r[4 * j + t] = rj;
+            }
+            for (int i = 0; i < rows / 2; i++)
+                for (int x = 0; x < 64; x++) {
+                    const int lo = q8_round((float)q[(2 * i) * 64 + x], r[x]);
+                    const int hi = q8_round((float)q[(2 * i + 1) * 64 + x], r[x]);
+                    o[i * 64 + x] = (uint8_t)(((lo < -7 ? -7 : lo > 7 ? 7 : lo) + 8) |
+                                              (((hi < -7 ? -7 : hi > 7 ? 7 : hi) + 8) << 4));
+                }
+        }
+}
+
+void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    const int K = S->K, ng = S->ng;
+    for (int n = n0; n < n1; n++) {
+        const int b = n / 16, j = n % 16;
+        const uint8_t *qb = S->q + (size_t)b * 16 * K / 2;
+        const uint16_t *sb = S->scale + (size_t)b * ng * 16;
+        for (int m = 0; m < M; m++) {
+            const uint8_t *qa = A->q + (size_t)m * A->Kp;
+            float acc = 0.0f;
+            for (int g = 0; g < ng; g++) {
+                int32_t d = 0;
+                for (int k = g * QW_Q8_GROUP; k < (g + 1) * QW_Q8_GROUP && k < K; k++) {
+                    const uint8_t byte = qb[(size_t)(k / 8) * 64 + (size_t)j * 4 + (size_t)(k % 4)];
+                    d += ((int32_t)qa[k] - 128) * ((k % 8 < 4 ? byte & 15 : byte >> 4) - 8);
+                }
+                acc = fmaf((float)d, qw_bf16_to_f32(sb[g * 16 + j]) * A->scale[(size_t)m * ng + g], acc);
+            }
+            C[(size_t)m * ldc + n] = acc;
+        }
+    }
+}
+
+int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks) {
+    float top[QW_Q4_MAX_BLOCKS]; /* the best nb so far, the smallest at [0] ... in no other order */
+    int n = 0, low = 0;
+    if (nb > QW_Q4_MAX_BLOCKS) nb = QW_Q4_MAX_BLOCKS;
+    float best = -INFINITY;
+    for (int b = 0; b * 16 < N; b++) {
+        const int e = b * 16 + 16 < N ? b * 16 + 16 : N;
+        float m = row[b * 16];
+        int nan = m != m;
+        for (int i = b * 16 + 1; i < e; i++) {
+            m = row[i] > m ? row[i] : m;
+            nan |= row[i] != row[i];
+        }
+        if (nan) return 0;
+        best = m > best ? m : best;
+        if (n < nb) {
+            top[n] = m, blocks[n] = b;
+            if (m < top[low]) low = n;
+            n++;
+        } else if (m > top[low]) { /* replaces the smallest kept; then find the new smallest */
+            top[low] = m, blocks[low] = b;
+            for (int i = 0; i < n; i++) low = top[i] < top[low] ? i : low;
+        }
+    }
+    return isfinite(best) ? n : 0;
+}
+
+const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows, qw_q8_quantize_group,
+                                    qw_q4_screen_ref};
 
 /* ==== Dispatch ==== */
 

@@ -56,6 +56,25 @@ typedef struct {
     int M, Kp, ng;
 } qw_q8_act;
 
+/* The LM head's screen (precision FAST): a 4-bit copy of an int8 matrix, read instead of it where
+ * only the largest products of a few rows are wanted (a greedy step's LM head: qw_head_screened in
+ * ops.c rescores the best blocks on the int8 matrix). For column n and group g, with m the
+ * largest |q[n, k in g]|:
+ *   s4[n, g] = bf16(sw[n, g] * m / 7),  q4[n, k] = round(q[n, k] * sw[n, g] / s4[n, g]) in [-7, 7]
+ * (0 and 0 for a zero group), and the screen's values, for every table bit for bit:
+ *   d4[m, n, g] = sum_{k in g} qa[m, k] * q4[n, k]                (int32, exact)
+ *   acc = 0; for g in order: acc = fma((float)d4[m, n, g], s4[n, g] * sa[m, g], acc)
+ * Packed, for K a multiple of 8 (the last group may be shorter), blocks of 16 columns as the int8 copy:
+ *   q     [N16 / 16][K / 8][16][4]   bytes: byte 4j + t of row i holds column j's q4 + 8 at
+ *                                    k = 8i + t (low nibble) and k = 8i + 4 + t (high nibble)
+ *   scale [N16 / 16][ng][16]         bf16 s4
+ * Half the int8 copy's bytes. */
+typedef struct {
+    uint8_t *q;
+    uint16_t *scale; /* bf16 */
+    int N, K, ng;
+} qw_q4;
+
 typedef struct {
     const char *name;
     /* C[m, n] = sum_g fma order above (+ bias[n]) for m < M, n in [n0, n1):
@@ -65,6 +84,9 @@ typedef struct {
     void (*quantize_rows)(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
     /* qw_q8_quantize_group, the same bytes (the packing's pass against a weight group's bf16 scale) */
     void (*quantize_group)(uint8_t *u, const float *x, int n, float inv);
+    /* The screen's values above into C[m, n] for m < M, n in [n0, n1) (n0 a multiple of 16), A
+     * quantized for the int8 matrix S came from; NULL where the table has none (no screening). */
+    void (*screen)(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
 } qw_q8_kernels;
 
 extern const qw_q8_kernels qw_q8_scalar;
@@ -99,6 +121,19 @@ void qw_q8_pack(qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
  * loads with its own (vectors). */
 void qw_q8_pack_with(const qw_q8_kernels *t, void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n),
                      qw_q8 *W, const void *src, qw_dtype dt, int b0, int b1);
+
+/* Bytes of a screen's two arrays (multiples of 64) for an [N, K] matrix, and S pointed at them. */
+void qw_q4_sizes(int N, int K, size_t *q_bytes, size_t *scale_bytes);
+void qw_q4_init(qw_q4 *S, int N, int K, void *q, void *scale);
+/* The screen of W's column blocks [b0, b1) (K a multiple of 8; threads may take disjoint ranges). */
+void qw_q4_from_q8(qw_q4 *S, const qw_q8 *W, int b0, int b1);
+/* The screen's values, plain C: the scalar table's entry and the reference of the others. */
+void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
+/* The nb blocks of 16 columns of row[0, N) with the largest values, by their largest value (the
+ * last block may be shorter), into blocks (any order): their count, or 0 when the row's largest
+ * value is not finite (a NaN or an infinity: the caller takes the whole product then). */
+#define QW_Q4_MAX_BLOCKS 256
+int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks); /* nb <= QW_Q4_MAX_BLOCKS */
 
 /* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
  * as described above: the reference, and the scalar tables' entry. */

@@ -74,4 +74,4 @@ static void matmul_q8_avx2(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
     }
 }
 
-const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group};
+const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};

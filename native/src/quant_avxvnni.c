@@ -122,4 +122,4 @@ int qw_cpu_has_avxvnni(void) {
     return (a >> 4) & 1u;
 }
 
-const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group};
+const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};

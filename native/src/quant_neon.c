@@ -126,4 +126,4 @@ static void matmul_q8_neon(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
     }
 }
 
-const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group};
+const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};

@@ -17,7 +17,7 @@
 
 const char *qwen_version(void) { return "0.1.0"; }
 
-qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0}; }
+qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0, 0}; }
 
 qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL}; }
 
@@ -105,6 +105,9 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
     if (ctx->amx && qw_amx_int8_available() && qw_q8_amx_selfcheck())
         ctx->q8 = &qw_q8_amx;
 #endif
+    /* FAST: the LM head of a step screened where the int8 table has a screen (quant.h) */
+    if (p.precision == QWEN_PRECISION_FAST && ctx->q8->screen && p.head_screen >= 0)
+        ctx->head_blocks = p.head_screen == 0 ? 32 : p.head_screen < QW_Q4_MAX_BLOCKS ? p.head_screen : QW_Q4_MAX_BLOCKS;
     if (p.precision == QWEN_PRECISION_FAST)
         snprintf(ctx->kernels_name, sizeof(ctx->kernels_name), "%s%s + int8 %s", ctx->k->name,
                  ctx->amx ? " + amx" : "", ctx->q8->name);
@@ -307,10 +310,10 @@ qwen_status qwen_align(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     }
 }
 
-const float *qwen_last_logits(const qwen_context *ctx, int *n_vocab) {
+const float *qwen_last_logits(qwen_context *ctx, int *n_vocab) {
     if (!ctx) return NULL;
     if (n_vocab) *n_vocab = ctx->cfg.vocab;
-    return ctx->one_seq >= 0 ? ctx->seqs[ctx->one_seq].logits : NULL;
+    return ctx->one_seq >= 0 ? qwen_seq_logits(ctx, ctx->one_seq, n_vocab) : NULL;
 }
 
 double qwen_get_timing(const qwen_context *ctx, const char *key) {

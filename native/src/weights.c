@@ -109,6 +109,36 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m) {
     return 0;
 }
 
+typedef struct {
+    qw_q4 *S;
+    const qw_q8 *W;
+    int per, blocks;
+} screen_job;
+
+static void screen_task(void *arg, int t) {
+    screen_job *j = arg;
+    const int b0 = t * j->per, b1 = b0 + j->per < j->blocks ? b0 + j->per : j->blocks;
+    qw_q4_from_q8(j->S, j->W, b0, b1);
+}
+
+int qw_screen_mat(qw_loader *L, const qw_mat *m, qw_q4 **screen) {
+    if (L->rc || m->dt != QW_Q8 || m->cols % 8) return L->rc;
+    size_t qb, sb;
+    qw_q4_sizes(m->rows, m->cols, &qb, &sb);
+    qw_q4 *S = qw_own(L->ctx, sizeof(qw_q4));
+    char *mem = S ? qw_own_weights(L->ctx, qb + sb) : NULL;
+    if (!mem) {
+        snprintf(L->err, L->err_size, "out of memory for the LM head's screen");
+        return L->rc = QWEN_ERR_NOMEM;
+    }
+    qw_q4_init(S, m->rows, m->cols, mem, mem + qb);
+    const int blocks = (m->rows + 15) / 16;
+    screen_job j = {S, m->data, 64, blocks};
+    qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, screen_task, &j);
+    *screen = S;
+    return 0;
+}
+
 #ifdef QW_X86
 typedef struct {
     void *P;

@@ -291,9 +291,12 @@ static void test_pack_with(const qw_q8_kernels *t) {
             }
 }
 
+static void test_screen(const qw_q8_kernels *t); /* below */
+
 static void test_table(const qw_q8_kernels *t, int shallow) {
     test_quantize(t);
     test_pack_with(t);
+    if (t->screen) test_screen(t);
     const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 32, 33, 47}; /* AMX: 16 and more */
     const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
     const int Ns[] = {16, 17, 40, 64, 100};
@@ -383,6 +386,158 @@ static void test_table(const qw_q8_kernels *t, int shallow) {
         }
 }
 
+/* ==== The LM head's screen (quant.h) ==== */
+
+static int q4at(const qw_q4 *S, int n, int k) {
+    const uint8_t b = S->q[(size_t)(n / 16) * 8 * S->K + (size_t)(k / 8) * 64 + (size_t)(n % 16) * 4 + (size_t)(k % 4)];
+    return (k % 8 < 4 ? b & 15 : b >> 4) - 8;
+}
+static float s4at(const qw_q4 *S, int n, int g) { return qw_bf16_to_f32(S->scale[(size_t)(n / 16) * S->ng * 16 + (size_t)g * 16 + n % 16]); }
+
+typedef struct {
+    qw_q4 S;
+    void *q, *s;
+} screen_buf;
+
+static screen_buf make_screen(const qw_q8 *W) {
+    screen_buf b;
+    size_t qb, sb;
+    qw_q4_sizes(W->N, W->K, &qb, &sb);
+    b.q = aligned_alloc(64, qb);
+    b.s = aligned_alloc(64, sb);
+    memset(b.q, 0xa5, qb);
+    memset(b.s, 0xa5, sb);
+    qw_q4_init(&b.S, W->N, W->K, b.q, b.s);
+    const int blocks = (W->N + 15) / 16;
+    qw_q4_from_q8(&b.S, W, 0, blocks / 2); /* two halves, as two threads would */
+    qw_q4_from_q8(&b.S, W, blocks / 2, blocks);
+    return b;
+}
+
+/* The definition: s4 = bf16(sw * max |q| / 7) per column and group, every q4 in [-7, 7] within half
+ * a step of s4 of the int8 weight q * sw; a zero group (a padding column) is zeros. */
+static void test_screen_build(void) {
+    const int Ns[3] = {16, 37, 100}, Ks[3] = {64, 96, 1024};
+    for (int ni = 0; ni < 3; ni++)
+        for (int ki = 0; ki < 3; ki++) {
+            const int N = Ns[ni], K = Ks[ki];
+            packed p = make_packed(N, K, QW_BF16, 1.0f);
+            screen_buf b = make_screen(&p.W);
+            const qw_q4 *S = &b.S;
+            int ok = S->ng == (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP, zeros = 1;
+            for (int n = 0; n < (N + 15) / 16 * 16; n++)
+                for (int g = 0; g < S->ng; g++) {
+                    int mx = 0;
+                    const int k1 = (g + 1) * QW_Q8_GROUP < K ? (g + 1) * QW_Q8_GROUP : K;
+                    for (int k = g * QW_Q8_GROUP; k < k1; k++) mx = abs(qat(&p.W, n, k)) > mx ? abs(qat(&p.W, n, k)) : mx;
+                    const float sw = sat(&p.W, n, g), s4 = s4at(S, n, g);
+                    ok = ok && s4 == qw_bf16_to_f32(qw_f32_to_bf16(sw * (float)mx / 7.0f));
+                    for (int k = g * QW_Q8_GROUP; k < k1; k++) {
+                        const int q4 = q4at(S, n, k);
+                        ok = ok && q4 >= -7 && q4 <= 7;
+                        if (mx == 0) zeros = zeros && q4 == 0 && s4 == 0.0f;
+                        else ok = ok && fabs((double)qat(&p.W, n, k) * sw - (double)q4 * s4) <= 0.5 * s4 * (1 + 1e-6);
+                    }
+                }
+            check(ok, "screen", "built from the int8 copy N %d K %d", N, K);
+            check(zeros, "screen", "zero groups N %d K %d", N, K);
+            free(b.q);
+            free(b.s);
+            free_packed(&p);
+        }
+}
+
+/* A table's screen bit for bit the reference's, over M = 1..5 rows and column slices (C elsewhere
+ * untouched); the reference within float slack of the double-precision sum of its operands. */
+static void test_screen(const qw_q8_kernels *t) {
+    const int Ns[3] = {16, 40, 100}, Ks[4] = {8, 96, 192, 1024};
+    for (int ni = 0; ni < 3; ni++)
+        for (int ki = 0; ki < 4; ki++) {
+            const int N = Ns[ni], K = Ks[ki], ng = (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
+            packed p = make_packed(N, K, QW_F32, 1.0f / sqrtf((float)K));
+            screen_buf b = make_screen(&p.W);
+            for (int M = 1; M <= 5; M++)
+                for (int slice = 0; slice < 2; slice++) {
+                    const int n0 = slice && N > 16 ? 16 : 0, n1 = slice && N > 32 ? 32 : N, ldc = N + 3;
+                    float *A = malloc((size_t)M * K * sizeof(float));
+                    for (int i = 0; i < M * K; i++) A[i] = frand();
+                    uint8_t *qa = malloc((size_t)M * K);
+                    float *sa = malloc((size_t)M * ng * sizeof(float));
+                    qw_q8_quantize_rows(qa, sa, A, K, M, K, K, ng);
+                    const qw_q8_act act = {qa, sa, M, K, ng};
+                    float *C = malloc((size_t)M * ldc * sizeof(float)), *R = malloc((size_t)M * ldc * sizeof(float));
+                    for (int i = 0; i < M * ldc; i++) C[i] = R[i] = 1234.5f;
+                    t->screen(C, ldc, &act, &b.S, M, n0, n1);
+                    qw_q4_screen_ref(R, ldc, &act, &b.S, M, n0, n1);
+                    int bits = 1, untouched = 1, dq = 1;
+                    for (int m = 0; m < M; m++)
+                        for (int n = 0; n < ldc; n++) {
+                            const float c = C[(size_t)m * ldc + n], r = R[(size_t)m * ldc + n];
+                            if (n < n0 || n >= n1) {
+                                untouched = untouched && c == 1234.5f;
+                                continue;
+                            }
+                            bits = bits && same_bits(c, r);
+                            double ref = 0.0;
+                            for (int g = 0; g < ng; g++) {
+                                double d = 0.0;
+                                for (int k = g * QW_Q8_GROUP; k < (g + 1) * QW_Q8_GROUP && k < K; k++)
+                                    d += (double)((int)qa[(size_t)m * K + k] - 128) * q4at(&b.S, n, k);
+                                ref += d * (double)(float)(s4at(&b.S, n, g) * sa[(size_t)m * ng + g]);
+                            }
+                            dq = dq && fabs(r - ref) <= 1e-5 * sqrt((double)K) * (1.0 + fabs(ref));
+                        }
+                    check(bits, t->name, "screen bitwise vs the reference M %d K %d N %d [%d, %d)", M, K, N, n0, n1);
+                    check(untouched, t->name, "screen wrote outside [%d, %d) (M %d K %d N %d)", n0, n1, M, K, N);
+                    if (t == &qw_q8_scalar) check(dq, "screen", "reference vs double M %d K %d N %d", M, K, N);
+                    free(A);
+                    free(qa);
+                    free(sa);
+                    free(C);
+                    free(R);
+                }
+            free(b.q);
+            free(b.s);
+            free_packed(&p);
+        }
+}
+
+/* qw_q4_top_blocks against sorting every block's largest value: nb blocks, none left out larger than
+ * one taken; 0 for a row holding a NaN or whose largest value is infinite. */
+static void test_top_blocks(void) {
+    const int Ns[4] = {16, 100, 1000, 20000}, nbs[4] = {1, 4, 32, 256};
+    for (int ni = 0; ni < 4; ni++)
+        for (int bi = 0; bi < 4; bi++) {
+            const int N = Ns[ni], nb = nbs[bi], nblocks = (N + 15) / 16, want = nb < nblocks ? nb : nblocks;
+            float *row = malloc((size_t)N * sizeof(float)), *bmax = malloc((size_t)nblocks * sizeof(float));
+            for (int i = 0; i < N; i++) row[i] = frand() * 10.0f;
+            if (N > 40) row[37] = row[36] = 50.0f; /* a tie inside a block */
+            for (int b = 0; b < nblocks; b++) {
+                bmax[b] = -INFINITY;
+                for (int i = b * 16; i < N && i < b * 16 + 16; i++) bmax[b] = row[i] > bmax[b] ? row[i] : bmax[b];
+            }
+            int blocks[QW_Q4_MAX_BLOCKS];
+            const int got = qw_q4_top_blocks(row, N, nb, blocks);
+            int ok = got == want;
+            char *in = calloc((size_t)nblocks, 1);
+            float low = INFINITY, high = -INFINITY;
+            for (int i = 0; i < got && ok; i++) {
+                ok = blocks[i] >= 0 && blocks[i] < nblocks && !in[blocks[i]];
+                if (ok) in[blocks[i]] = 1, low = bmax[blocks[i]] < low ? bmax[blocks[i]] : low;
+            }
+            for (int b = 0; b < nblocks && ok; b++)
+                if (!in[b]) high = bmax[b] > high ? bmax[b] : high;
+            check(ok && high <= low, "screen", "top %d blocks of %d columns", nb, N);
+            row[N / 2] = NAN;
+            check(qw_q4_top_blocks(row, N, nb, blocks) == 0, "screen", "a NaN in %d columns: none", N);
+            row[N / 2] = INFINITY;
+            check(qw_q4_top_blocks(row, N, nb, blocks) == 0, "screen", "an infinity in %d columns: none", N);
+            free(row);
+            free(bmax);
+            free(in);
+        }
+}
+
 static __attribute__((unused)) int cpu_has(const char *what) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -402,6 +557,8 @@ static __attribute__((unused)) int cpu_has(const char *what) {
 
 int main(void) {
     test_packing();
+    test_screen_build();
+    test_top_blocks();
     test_table(&qw_q8_scalar, 0);
     printf("quant: scalar tested\n");
 #if defined(__x86_64__) && !defined(QWEN_NO_SIMD)

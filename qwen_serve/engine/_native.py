@@ -52,6 +52,7 @@ class _Params(ctypes.Structure):
         ("encoder_cache_windows", ctypes.c_int),
         ("prefix_cache_tokens", ctypes.c_int64),
         ("encoder_windows_per_pass", ctypes.c_int),
+        ("head_screen", ctypes.c_int),
     ]
 
 
@@ -233,6 +234,7 @@ class NativeModel:
         encoder_cache_windows: int = 0,
         prefix_cache_tokens: int = 0,
         encoder_windows_per_pass: int = 0,
+        head_screen: int = 0,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
@@ -250,6 +252,9 @@ class NativeModel:
         params.encoder_cache_windows = int(encoder_cache_windows)  # 0: libqwen's default (32), < 0: off
         params.prefix_cache_tokens = int(prefix_cache_tokens)  # 0: libqwen's default (1024), < 0: off
         params.encoder_windows_per_pass = int(encoder_windows_per_pass)  # 0: libqwen's default (4)
+        params.head_screen = int(
+            head_screen
+        )  # fast: 0 screens a step's LM head (32 blocks), < 0: the whole head
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -331,7 +336,8 @@ class NativeModel:
     def context_info(self, key: str) -> int:
         """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context",
         "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows", "prefix_cache_hits",
-        "prefix_cache_tokens_reused", "prefix_cache_tokens"."""
+        "prefix_cache_tokens_reused", "prefix_cache_tokens", "prefill_joined", "head_blocks",
+        "head_screened_rows", "head_whole_rows" (native/include/qwen.h)."""
         value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)

@@ -239,6 +239,33 @@ def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
             assert np.abs(a - b).max() <= 2e-2 * float(np.abs(b).max()), isa
 
 
+@pytest.mark.parametrize("isa", ["scalar", "auto"])
+def test_fast_head_screen_keeps_tokens_and_logits(tiny_dir: Path, isa: str) -> None:
+    """fast screens a step's LM head (a 4-bit copy picks the best blocks, rescored on the int8
+    head; native/src/quant.h): the same tokens as the whole int8 head, and the logits read back
+    are the whole head's, bit for bit (computed when asked). The scalar table always screens;
+    "auto" does where its int8 table has a screen kernel (AVX-512 VNNI)."""
+    pcm = speech_like(3.0, seed=5)
+    with NativeModel(tiny_dir, isa=isa, precision="fast", head_screen=-1) as m:
+        prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
+        prompt.append(m.info("audio_end_token_id"))
+        whole_tokens, whole_logits = greedy(m, pcm, prompt, 12)
+        assert m.context_info("head_blocks") == 0 and m.context_info("head_screened_rows") == 0
+    with NativeModel(tiny_dir, isa=isa, precision="fast") as m:
+        if isa == "auto" and m.context_info("head_blocks") == 0:
+            pytest.skip(f"the int8 table {m.kernels!r} has no screen kernel on this CPU")
+        assert m.context_info("head_blocks") == 32
+        tokens = [t for t, _ in m.generate(pcm, prompt, max_new_tokens=12, eos_ids=[-2])]
+        assert tokens == whole_tokens
+        assert (
+            m.context_info("head_screened_rows") == 12 and m.context_info("head_whole_rows") == 0
+        )  # nothing read back
+        screened_tokens, screened_logits = greedy(m, pcm, prompt, 12)
+        assert screened_tokens == whole_tokens and m.context_info("head_whole_rows") == 12
+        for a, b in zip(screened_logits, whole_logits, strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_unknown_precision_is_refused(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="precision must be one of"):
         NativeModel(tiny_dir, precision="int4")
