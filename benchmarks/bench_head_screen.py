@@ -25,14 +25,12 @@ import os
 import statistics
 from pathlib import Path
 
+from bench_precision import checkpoint_dir
 from bench_serve import cpu_model
 
 from qwen_serve.engine._native import NativeModel
 from qwen_serve.engine.engine import Engine
-from qwen_serve.testing.checkpoint import make_checkpoint
 from qwen_serve.testing.clips import speech_like
-
-PRESETS = {"tiny": "tiny-0.6b", "full-0.6b": "full-0.6b", "full-1.7b": "full-1.7b"}
 
 
 def main() -> None:
@@ -46,12 +44,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="timing rounds (whole, screened), alternating")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if args.model in PRESETS:
-        model_dir = args.cache_dir / PRESETS[args.model]
-        if not (model_dir / "config.json").exists():
-            make_checkpoint(model_dir, preset=PRESETS[args.model])
-    else:
-        model_dir = Path(args.model)
+    model_dir = checkpoint_dir(args.model, args.cache_dir)
     with Engine(model_dir, threads=args.threads, precision="fast") as e:
         prompt_ids = e.prompt_ids
         models = {

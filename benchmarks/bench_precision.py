@@ -34,10 +34,22 @@ from qwen_serve.testing.checkpoint import make_checkpoint
 from qwen_serve.testing.clips import speech_like
 from qwen_serve.testing.precision import Step, teacher_forced
 
+PRESETS = {"tiny": "tiny-0.6b", "full-0.6b": "full-0.6b", "full-1.7b": "full-1.7b"}
+
+
+def checkpoint_dir(model: str, cache_dir: Path) -> Path:
+    """--model: a preset's generated checkpoint under cache_dir (made if missing), else a directory."""
+    if model not in PRESETS:
+        return Path(model)
+    model_dir = cache_dir / PRESETS[model]
+    if not (model_dir / "config.json").exists():
+        make_checkpoint(model_dir, preset=PRESETS[model])
+    return model_dir
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, or a checkpoint directory")
+    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, full-1.7b, or a checkpoint directory")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--seconds", type=float, default=5.0)
@@ -47,12 +59,7 @@ def main() -> None:
         "--isa", default="auto", help="kernel set of the fast side (avx512: f32 encoder, int8 decoder)"
     )
     args = p.parse_args()
-    if args.model in ("tiny", "full-0.6b"):
-        model_dir = args.cache_dir / ("tiny-0.6b" if args.model == "tiny" else "full-0.6b")
-        if not (model_dir / "config.json").exists():
-            make_checkpoint(model_dir, preset="tiny-0.6b" if args.model == "tiny" else "full-0.6b")
-    else:
-        model_dir = Path(args.model)
+    model_dir = checkpoint_dir(args.model, args.cache_dir)
     exact = Engine(model_dir, threads=args.threads, precision="exact")
     fast = Engine(model_dir, threads=args.threads, precision="fast", isa=args.isa)
     print(

@@ -49,7 +49,7 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
         qw_load_mat(&L, &y->down, NAME("%s.mlp.down_proj.weight", p), H, c->inter);
         if (ctx->precision == QWEN_PRECISION_FAST) { /* int8 copies replace the linears */
             qw_mat *lin[7] = {&y->q, &y->k, &y->v, &y->o, &y->gate, &y->up, &y->down};
-            for (int i = 0; i < 7; i++) qw_quantize_mat(&L, lin[i]);
+            for (int i = 0; i < 7; i++) qw_quantize_mat(&L, lin[i], NULL);
         }
     }
     D->norm = qw_load_vec(&L, "thinker.model.norm.weight", H);
@@ -66,8 +66,8 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size) {
         /* FAST: the LM head in int8 too (README: no greedy token changed on the test sets; half the
          * bytes of bf16 per step). A tied embedding keeps its own entry: only the rows looked up are
          * read back from the checkpoint's file. */
-        if (ctx->precision == QWEN_PRECISION_FAST) qw_quantize_mat(&L, &D->lm_head);
-        if (ctx->head_blocks > 0) qw_screen_mat(&L, &D->lm_head, &D->screen); /* its 4-bit screen */
+        if (ctx->precision == QWEN_PRECISION_FAST) /* and its 4-bit screen where steps screen the head */
+            qw_quantize_mat(&L, &D->lm_head, ctx->head_blocks > 0 ? &D->screen : NULL);
     }
 #undef NAME
     if (L.rc) return L.rc;
@@ -296,7 +296,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     for (int r = 0; r < n_logits; r++) qw_rmsnorm(last + (size_t)r * H, x + (size_t)r * H, D->norm, H, c->rms_eps);
     /* FAST: a step's few rows take the head's screen (qw_head_screened: their best blocks only),
      * their inputs kept in head_x for the whole rows should the caller ask for them */
-    if (head_x && D->screen && ctx->head_blocks > 0 && n_logits <= QW_HEAD_SCREEN_ROWS) {
+    if (head_x && D->screen && n_logits <= QW_HEAD_SCREEN_ROWS) { /* a screen is built only with head_blocks > 0 */
         memcpy(head_x, last, (size_t)n_logits * H * sizeof(float));
         qw_head_screened(ctx, logits, head_x, n_logits);
         if (screened) *screened = 1;

@@ -133,11 +133,10 @@ int qw_load_mat(qw_loader *L, qw_mat *m, const char *name, int rows, int cols);
 /* A small vector widened to f32 once, owned by the context. */
 float *qw_load_vec(qw_loader *L, const char *name, int n);
 /* Replaces m (a checkpoint matrix) by its int8 copy (quant.h), packed across the pool; the
- * checkpoint's pages it came from are given back to the OS. */
-int qw_quantize_mat(qw_loader *L, qw_mat *m);
-/* *screen = the 4-bit screen (quant.h) of m, an int8 matrix with K a multiple of 8 (else
- * *screen stays NULL: no screening); NOMEM in L->rc when there is no room. */
-int qw_screen_mat(qw_loader *L, const qw_mat *m, qw_q4 **screen);
+ * checkpoint's pages it came from are given back to the OS. With screen: *screen = the int8 copy's
+ * 4-bit screen (quant.h), built block by block as they are packed, or NULL where K is not a
+ * multiple of 8 (no screening). */
+int qw_quantize_mat(qw_loader *L, qw_mat *m, qw_q4 **screen);
 /* Replaces m by its AMX tile copy (amx.h; precision FAST on CPUs with AMX), the same way. */
 int qw_amx_mat(qw_loader *L, qw_mat *m);
 /* FAST on a CPU with AVX512_BF16 but no AMX: a bf16 matrix packed once for the BF16 set's dot

@@ -122,6 +122,13 @@ static void mm_task(void *arg, int t) {
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
+/* Columns per slice of a product of M rows over total_rows output columns (matmul_n's comment): a
+ * multiple of 16, a few slices per thread. */
+static int slice_width(const qwen_context *ctx, int total_rows, int M) {
+    const int per = total_rows / (ctx->n_threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
+    return ((per < 16 ? 16 : per) + 15) & ~15;
+}
+
 /* qw_matmul_n; Ab: A already rounded for AMX or BF16P weights (or NULL); Cb, act: the epilogue of
  * qw_matmul_gelu_matmul (one AMX or BF16P product; or NULL). -1 when Cb was asked for but A could not be
  * rounded (no memory): nothing computed then. */
@@ -138,10 +145,7 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
      * thread held up by another process holds up the whole product). */
     int total_rows = 0;
     for (int i = 0; i < n; i++) total_rows += W[i]->rows;
-    int threads = ctx->n_threads;
-    int per = total_rows / (threads * (M >= 16 ? 2 : M > 1 ? 4 : 8)) + 1;
-    if (per < 16) per = 16;
-    per = (per + 15) & ~15;
+    const int per = slice_width(ctx, total_rows, M);
     mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, {0}, ctx->q8, {0}, Ab, Cb, act};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
@@ -253,7 +257,7 @@ void qw_head_screened(qwen_context *ctx, float *logits, const float *x, int M) {
     const int N = head->rows;
     const qw_q8_act act = q8_quantize(ctx, x, M, W);
     int whole[QW_HEAD_SCREEN_ROWS];
-    const int per = ((N / (ctx->n_threads * 8) + 1) + 15) & ~15;
+    const int per = slice_width(ctx, N, 1); /* the screen streams its bytes as a one-row product does */
     screen_job j = {ctx, logits, &act, W, ctx->dec.screen, M, N, (N + per - 1) / per, ctx->head_blocks, whole};
     qw_pool_run(ctx->pool, j.tasks, screen_task, &j);
     qw_pool_run(ctx->pool, M, rescore_task, &j);

@@ -58,6 +58,7 @@ typedef struct {
     const qw_q8_kernels *t; /* its quantize_rows */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     const qwen_context *ctx;
+    qw_q4 *S; /* and the 4-bit screen of the packed blocks, or NULL */
 } pack_job;
 
 /* Gives the whole pages inside [p, p + n) back to the OS: they are clean
@@ -80,6 +81,7 @@ static void pack_task(void *arg, int t) {
     pack_job *j = arg;
     const int b0 = t * j->per, b1 = b0 + j->per < j->blocks ? b0 + j->per : j->blocks;
     qw_q8_pack_with(j->t, j->to_f32, j->W, j->src, j->dt, b0, b1);
+    if (j->S) qw_q4_from_q8(j->S, j->W, b0, b1); /* from the blocks just packed, still in cache */
     const int n0 = b0 * 16, n1 = b1 * 16 < j->W->N ? b1 * 16 : j->W->N;
     const size_t row = (size_t)j->W->K * (j->dt == QW_F32 ? 4 : 2);
     if (n1 > n0) drop_pages(j->ctx, (const char *)j->src + (size_t)n0 * row, (size_t)(n1 - n0) * row);
@@ -91,51 +93,26 @@ static void replace_mat(qwen_context *ctx, qw_mat *m, const void *data, qw_dtype
     *m = (qw_mat){data, dt, m->rows, m->cols};
 }
 
-int qw_quantize_mat(qw_loader *L, qw_mat *m) {
+int qw_quantize_mat(qw_loader *L, qw_mat *m, qw_q4 **screen) {
     if (L->rc || m->dt == QW_Q8) return L->rc;
-    size_t qb, sb, zb;
+    size_t qb, sb, zb, q4b = 0, s4b = 0;
     qw_q8_sizes(m->rows, m->cols, &qb, &sb, &zb);
+    const int screened = screen && m->cols % 8 == 0; /* quant.h: the screen packs 8 k a row */
+    if (screened) qw_q4_sizes(m->rows, m->cols, &q4b, &s4b);
     qw_q8 *W = qw_own(L->ctx, sizeof(qw_q8));
-    char *mem = W ? qw_own_weights(L->ctx, qb + sb + zb) : NULL;
+    qw_q4 *S = W && screened ? qw_own(L->ctx, sizeof(qw_q4)) : NULL;
+    char *mem = W && (S || !screened) ? qw_own_weights(L->ctx, qb + sb + zb + q4b + s4b) : NULL;
     if (!mem) {
         snprintf(L->err, L->err_size, "out of memory for the int8 weights");
         return L->rc = QWEN_ERR_NOMEM;
     }
     qw_q8_init(W, m->rows, m->cols, mem, mem + qb, mem + qb + sb);
+    if (S) qw_q4_init(S, m->rows, m->cols, mem + qb + sb + zb, mem + qb + sb + zb + q4b);
     const int blocks = (m->rows + 15) / 16;
-    pack_job j = {W, m->data, m->dt, 8, blocks, L->ctx->q8, L->ctx->k->to_f32, L->ctx};
+    pack_job j = {W, m->data, m->dt, 8, blocks, L->ctx->q8, L->ctx->k->to_f32, L->ctx, S};
     qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
     replace_mat(L->ctx, m, W, QW_Q8);
-    return 0;
-}
-
-typedef struct {
-    qw_q4 *S;
-    const qw_q8 *W;
-    int per, blocks;
-} screen_job;
-
-static void screen_task(void *arg, int t) {
-    screen_job *j = arg;
-    const int b0 = t * j->per, b1 = b0 + j->per < j->blocks ? b0 + j->per : j->blocks;
-    qw_q4_from_q8(j->S, j->W, b0, b1);
-}
-
-int qw_screen_mat(qw_loader *L, const qw_mat *m, qw_q4 **screen) {
-    if (L->rc || m->dt != QW_Q8 || m->cols % 8) return L->rc;
-    size_t qb, sb;
-    qw_q4_sizes(m->rows, m->cols, &qb, &sb);
-    qw_q4 *S = qw_own(L->ctx, sizeof(qw_q4));
-    char *mem = S ? qw_own_weights(L->ctx, qb + sb) : NULL;
-    if (!mem) {
-        snprintf(L->err, L->err_size, "out of memory for the LM head's screen");
-        return L->rc = QWEN_ERR_NOMEM;
-    }
-    qw_q4_init(S, m->rows, m->cols, mem, mem + qb);
-    const int blocks = (m->rows + 15) / 16;
-    screen_job j = {S, m->data, 64, blocks};
-    qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, screen_task, &j);
-    *screen = S;
+    if (screen) *screen = S;
     return 0;
 }
 

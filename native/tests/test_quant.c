@@ -218,6 +218,29 @@ typedef struct {
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0; }
 
+/* M rows of random activations (row stride lda >= W->K) and their quantization for W (qw_q8_quantize_rows). */
+typedef struct {
+    float *A;
+    uint8_t *qa;
+    float *sa;
+    qw_q8_act act;
+} rows_buf;
+
+static rows_buf make_rows(int M, int lda, const qw_q8 *W) {
+    rows_buf r = {malloc((size_t)M * lda * sizeof(float)), malloc((size_t)M * W->Kp), malloc((size_t)M * W->ng * sizeof(float)),
+                  {0}};
+    for (int i = 0; i < M * lda; i++) r.A[i] = frand();
+    qw_q8_quantize_rows(r.qa, r.sa, r.A, lda, M, W->K, W->Kp, W->ng);
+    r.act = (qw_q8_act){r.qa, r.sa, M, W->Kp, W->ng};
+    return r;
+}
+
+static void free_rows(rows_buf *r) {
+    free(r->A);
+    free(r->qa);
+    free(r->sa);
+}
+
 /* The table's row quantizer gives the reference's bytes and scales: K of tails (not a multiple
  * of 16, 64 or 4), lda past K, a group of zeros, NaN, +-inf, -0, values that round to +-127 and
  * to halves (nearest even), several rows. */
@@ -316,12 +339,11 @@ static void test_table(const qw_q8_kernels *t, int shallow) {
                     const int ldc = N + 5, use_bias = (mi + slice) % 2;
                     const float *b = use_bias ? bias : NULL;
                     const int Kp = W->Kp, ng = W->ng, lda = K + 1;
-                    float *A = malloc((size_t)M * lda * sizeof(float));
-                    for (int i = 0; i < M * lda; i++) A[i] = frand();
-                    uint8_t *qa = malloc((size_t)M * Kp);
-                    float *sa = malloc((size_t)M * ng * sizeof(float));
-                    qw_q8_quantize_rows(qa, sa, A, lda, M, K, Kp, ng);
-                    const qw_q8_act act = {qa, sa, M, Kp, ng};
+                    rows_buf rows = make_rows(M, lda, W);
+                    const float *A = rows.A;
+                    const uint8_t *qa = rows.qa;
+                    const float *sa = rows.sa;
+                    const qw_q8_act act = rows.act;
                     float *C = malloc((size_t)M * ldc * sizeof(float)), *R = malloc((size_t)M * ldc * sizeof(float));
                     for (int i = 0; i < M * ldc; i++) C[i] = R[i] = 1234.5f;
                     t->matmul(C, ldc, &act, W, b, M, n0, n1);
@@ -374,9 +396,7 @@ static void test_table(const qw_q8_kernels *t, int shallow) {
                         free(one);
                     }
                     check(inv, t->name, "row alone differs M %d K %d N %d", M, K, N);
-                    free(A);
-                    free(qa);
-                    free(sa);
+                    free_rows(&rows);
                     free(C);
                     free(R);
                 }
@@ -459,12 +479,10 @@ static void test_screen(const qw_q8_kernels *t) {
             for (int M = 1; M <= 5; M++)
                 for (int slice = 0; slice < 2; slice++) {
                     const int n0 = slice && N > 16 ? 16 : 0, n1 = slice && N > 32 ? 32 : N, ldc = N + 3;
-                    float *A = malloc((size_t)M * K * sizeof(float));
-                    for (int i = 0; i < M * K; i++) A[i] = frand();
-                    uint8_t *qa = malloc((size_t)M * K);
-                    float *sa = malloc((size_t)M * ng * sizeof(float));
-                    qw_q8_quantize_rows(qa, sa, A, K, M, K, K, ng);
-                    const qw_q8_act act = {qa, sa, M, K, ng};
+                    rows_buf rows = make_rows(M, K, &p.W);
+                    const uint8_t *qa = rows.qa;
+                    const float *sa = rows.sa;
+                    const qw_q8_act act = rows.act;
                     float *C = malloc((size_t)M * ldc * sizeof(float)), *R = malloc((size_t)M * ldc * sizeof(float));
                     for (int i = 0; i < M * ldc; i++) C[i] = R[i] = 1234.5f;
                     t->screen(C, ldc, &act, &b.S, M, n0, n1);
@@ -490,9 +508,7 @@ static void test_screen(const qw_q8_kernels *t) {
                     check(bits, t->name, "screen bitwise vs the reference M %d K %d N %d [%d, %d)", M, K, N, n0, n1);
                     check(untouched, t->name, "screen wrote outside [%d, %d) (M %d K %d N %d)", n0, n1, M, K, N);
                     if (t == &qw_q8_scalar) check(dq, "screen", "reference vs double M %d K %d N %d", M, K, N);
-                    free(A);
-                    free(qa);
-                    free(sa);
+                    free_rows(&rows);
                     free(C);
                     free(R);
                 }
