@@ -16,6 +16,7 @@ sides, each against `head_screen=-1` (the whole int8 head every step) in the sam
     python benchmarks/bench_head_screen.py --model tiny
     python benchmarks/bench_head_screen.py --model full-0.6b --clips 8 --tokens 32
     python benchmarks/bench_head_screen.py --model full-1.7b --clips 2 --rounds 3
+    python benchmarks/bench_head_screen.py --model full-0.6b --isa avx2
 """
 
 from __future__ import annotations
@@ -43,13 +44,21 @@ def main() -> None:
     p.add_argument("--blocks", default="1,2,4,32", help="head_screen block counts to compare")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds (whole, screened), alternating")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--isa", default="auto", help="kernel set (avx2: the AVX2 / AVX-VNNI int8 tables' screens)"
+    )
     args = p.parse_args()
     model_dir = checkpoint_dir(args.model, args.cache_dir)
     with Engine(model_dir, threads=args.threads, precision="fast") as e:
         prompt_ids = e.prompt_ids
         models = {
             hs: NativeModel(
-                model_dir, threads=args.threads, precision="fast", head_screen=hs, prefix_cache_tokens=-1
+                model_dir,
+                threads=args.threads,
+                isa=args.isa,
+                precision="fast",
+                head_screen=hs,
+                prefix_cache_tokens=-1,
             )
             for hs in [-1] + [int(b) for b in args.blocks.split(",")]
         }
@@ -84,7 +93,9 @@ def main() -> None:
         screened = (
             models[0]
             if 0 in models
-            else NativeModel(model_dir, threads=args.threads, precision="fast", prefix_cache_tokens=-1)
+            else NativeModel(
+                model_dir, threads=args.threads, isa=args.isa, precision="fast", prefix_cache_tokens=-1
+            )
         )
         times: dict[str, list[float]] = {"whole": [], "screened": []}
         prefill: dict[str, list[float]] = {"whole": [], "screened": []}

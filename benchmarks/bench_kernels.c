@@ -26,6 +26,8 @@
  *                         from DRAM; GB/s of the packed bytes (int8 + scales
  *                         + sums) and GOP/s. Select it with -v int8; -m M
  *                         then times that M alone, any M (a prefill chunk's 52 or 96).
+ *                         On the LM head at M <= 4, each table's screen of it
+ *                         too (quant.h; "screen" lines: GB/s of its 4-bit bytes).
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
@@ -165,25 +167,28 @@ typedef struct {
     float *C;
     const qw_q8_act *A;
     const qw_q8 *W; /* [copies] */
+    const qw_q4 *S; /* [copies]: their screens, timed instead of W where not NULL */
     int copies, reps, M, n0, n1;
 } q8_job;
 
 static void *run_q8_job(void *arg) {
     q8_job *j = arg;
     for (int r = 0; r < j->reps; r++)
-        for (int c = 0; c < j->copies; c++) j->t->matmul(j->C, j->W[c].N, j->A, &j->W[c], NULL, j->M, j->n0, j->n1);
+        for (int c = 0; c < j->copies; c++)
+            if (j->S) j->t->screen(j->C, j->W[c].N, j->A, &j->S[c], j->M, j->n0, j->n1);
+            else j->t->matmul(j->C, j->W[c].N, j->A, &j->W[c], NULL, j->M, j->n0, j->n1);
     return NULL;
 }
 
-static double timed_q8(const qw_q8_kernels *t, float *C, const qw_q8_act *A, const qw_q8 *W, int copies, int reps,
-                       int M, int N, int threads) {
+static double timed_q8(const qw_q8_kernels *t, float *C, const qw_q8_act *A, const qw_q8 *W, const qw_q4 *S,
+                       int copies, int reps, int M, int N, int threads) {
     q8_job jobs[16];
     pthread_t tid[16];
     int per = ((N + threads - 1) / threads + 15) & ~15;
     double t0 = now();
     for (int i = 0; i < threads; i++) {
         int n0 = i * per < N ? i * per : N, n1 = n0 + per < N ? n0 + per : N;
-        jobs[i] = (q8_job){t, C, A, W, copies, reps, M, n0, n1};
+        jobs[i] = (q8_job){t, C, A, W, S, copies, reps, M, n0, n1};
         if (i > 0) pthread_create(&tid[i], NULL, run_q8_job, &jobs[i]);
     }
     run_q8_job(&jobs[0]);
@@ -191,20 +196,27 @@ static double timed_q8(const qw_q8_kernels *t, float *C, const qw_q8_act *A, con
     return now() - t0;
 }
 
-static void bench_q8(const qw_q8_kernels *t, int M, int K, int N, int threads, double seconds) {
-    size_t qb, sb, zb;
+/* screen: time the table's screen of the packed weights (quant.h; its bytes the screen's) */
+static void bench_q8(const qw_q8_kernels *t, int M, int K, int N, int threads, double seconds, int screen) {
+    size_t qb, sb, zb, q4b = 0, s4b = 0;
     qw_q8_sizes(N, K, &qb, &sb, &zb);
-    const size_t bytes = qb + sb + zb;
+    if (screen) qw_q4_sizes(N, K, &q4b, &s4b);
+    const size_t stride = qb + sb + zb + q4b + s4b, bytes = screen ? q4b + s4b : qb + sb + zb;
     int copies = (int)((192u << 20) / bytes) + 1;
     if (copies > 64) copies = 64;
     qw_q8 *W = malloc((size_t)copies * sizeof(qw_q8));
-    char *mem = aligned_alloc(4096, ((bytes * copies) + 4095) & ~(size_t)4095);
+    qw_q4 *S = screen ? malloc((size_t)copies * sizeof(qw_q4)) : NULL;
+    char *mem = aligned_alloc(4096, ((stride * copies) + 4095) & ~(size_t)4095);
     uint16_t *src = malloc((size_t)N * K * 2);
     fill_weights(src, QW_BF16, (size_t)N * K);
     for (int c = 0; c < copies; c++) {
-        char *m = mem + (size_t)c * bytes;
+        char *m = mem + (size_t)c * stride;
         qw_q8_init(&W[c], N, K, m, m + qb, m + qb + sb);
         qw_q8_pack(&W[c], src, QW_BF16, 0, (N + 15) / 16);
+        if (screen) {
+            qw_q4_init(&S[c], N, K, m + qb + sb + zb, m + qb + sb + zb + q4b);
+            qw_q4_from_q8(&S[c], &W[c], 0, (N + 15) / 16);
+        }
     }
     float *A = malloc((size_t)M * K * sizeof(float)), *C = malloc((size_t)M * N * sizeof(float));
     for (size_t i = 0; i < (size_t)M * K; i++) A[i] = frand();
@@ -212,18 +224,19 @@ static void bench_q8(const qw_q8_kernels *t, int M, int K, int N, int threads, d
     float *sa = malloc((size_t)M * W[0].ng * sizeof(float));
     qw_q8_quantize_rows(qa, sa, A, K, M, K, W[0].Kp, W[0].ng);
     const qw_q8_act act = {qa, sa, M, W[0].Kp, W[0].ng};
-    double t1 = timed_q8(t, C, &act, W, copies, 1, M, N, threads);
+    double t1 = timed_q8(t, C, &act, W, S, copies, 1, M, N, threads);
     int reps = (int)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6));
     if (reps < 1) reps = 1;
     double per_call = 1e30;
     for (int r = 0; r < ROUNDS; r++) {
-        double x = timed_q8(t, C, &act, W, copies, reps, M, N, threads) / ((double)reps * copies);
+        double x = timed_q8(t, C, &act, W, S, copies, reps, M, N, threads) / ((double)reps * copies);
         if (x < per_call) per_call = x;
     }
-    printf("int8 %-10s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GOP/s   %6.1f GB/s\n", t->name, threads, M, K, N,
-           per_call * 1e3, 2.0 * M * K * N / per_call * 1e-9, (double)bytes / per_call * 1e-9);
+    printf("%-6s %-10s t=%d M=%-4d K=%-5d N=%-6d %9.3f ms  %7.1f GOP/s   %6.1f GB/s\n", screen ? "screen" : "int8",
+           t->name, threads, M, K, N, per_call * 1e3, 2.0 * M * K * N / per_call * 1e-9,
+           (double)bytes / per_call * 1e-9);
     fflush(stdout);
-    free(W), free(mem), free(src), free(A), free(C), free(qa), free(sa);
+    free(W), free(S), free(mem), free(src), free(A), free(C), free(qa), free(sa);
 }
 
 /* ==== AMX ==== */
@@ -385,7 +398,9 @@ int main(int argc, char **argv) {
                 for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {
                     const int m = only_m ? only_m : q8_m[mi]; /* -m: that M alone, any M */
                     if (s == 3 && m > 16) continue;
-                    bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds);
+                    bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 0);
+                    if (s == 3 && m <= 4 && tables[ti]->screen) /* a step's LM head screened (up to 4 rows) */
+                        bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 1);
                     if (only_m) break;
                 }
         }

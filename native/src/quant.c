@@ -223,6 +223,33 @@ void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int
     }
 }
 
+void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K) {
+    for (int r = 0; r < R; r++) {
+        const uint8_t *qa = A->q + (size_t)(m + r) * A->Kp;
+        for (int g = 0; g * QW_Q8_GROUP < K; g++) {
+            int32_t sum = 0;
+            for (int k = g * QW_Q8_GROUP; k < (g + 1) * QW_Q8_GROUP && k < K; k++) sum += (int32_t)qa[k] - 128;
+            sums[r * QW_Q4_MAX_NG + g] = 8 * sum;
+        }
+    }
+}
+
+void qw_q4_screen_tiles(const qw_q4_tile tiles[QW_Q4_MR], float *C, int ldc, const qw_q8_act *A, const qw_q4 *S,
+                        int M, int n0, int n1) {
+    if (S->ng > QW_Q4_MAX_NG) {
+        qw_q4_screen_ref(C, ldc, A, S, M, n0, n1);
+        return;
+    }
+    for (int m = 0; m < M; m += QW_Q4_MR) {
+        const int R = M - m < QW_Q4_MR ? M - m : QW_Q4_MR;
+        int32_t sums[QW_Q4_MR * QW_Q4_MAX_NG];
+        qw_q4_act_sums(sums, A, m, R, S->K);
+        for (int n = n0; n < n1; n += 16)
+            tiles[R - 1](C + (size_t)m * ldc + n, ldc, A->q + (size_t)m * A->Kp, A->Kp, A->scale + (size_t)m * A->ng,
+                         sums, S, n / 16, n1 - n < 16 ? n1 - n : 16);
+    }
+}
+
 int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks) {
     float top[QW_Q4_MAX_BLOCKS]; /* the best nb so far, the smallest at [0] ... in no other order */
     int n = 0, low = 0;

@@ -15,6 +15,7 @@
  */
 #include "kernels_x86.h"
 #include "quant.h"
+#include "quant_screen256.h"
 
 #define Q8_MR 2
 
@@ -74,4 +75,24 @@ static void matmul_q8_avx2(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
     }
 }
 
-const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};
+/* ==== The LM head's screen (quant.h, quant_screen256.h) ====
+ * vpmaddubsw takes the nibbles as its unsigned operand as they are: the low and the high products of
+ * a row add up in int16 lanes (4 products of at most 15 * 127 each: no saturation), vpmaddwd by
+ * ones into int32 per column. */
+QW_INLINE __m256i q4_dot_avx2(__m256i d, __m256i lo, __m256i al, __m256i hi, __m256i ah) {
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, al), _mm256_maddubs_epi16(hi, ah));
+    return _mm256_add_epi32(d, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+QW_INLINE void q4_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+                            const qw_q4 *S, int b, int nr) {
+    q4_tile256(q4_dot_avx2, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
+}
+
+QW_Q4_TILES(q4_tile_avx2)
+
+static void screen_avx2(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    qw_q4_screen_tiles(q4_tile_avx2_rows, C, ldc, A, S, M, n0, n1);
+}
+
+const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2};

@@ -213,22 +213,19 @@ static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int l
  * A 64-byte row of the screen is 8 k of 16 columns: its low nibbles are q4 + 8 at 4 k, its high
  * nibbles at the next 4, each an unsigned operand of vpdpbusd as they are once masked; the rows'
  * activations go in signed (qa, 4 bytes broadcast). So the sums are sum (q4 + 8) qa, and 8 sum qa
- * of the row's group (once per call) comes off each: exactly sum q4 qa. Up to 4 rows share each
+ * of the row's group (qw_q4_act_sums) comes off each: exactly sum q4 qa. Up to 4 rows share each
  * unpacked row of weights; a step's head has 1-4 (ops.c). */
-#define Q4_MR 4
-#define Q4_MAX_NG 128 /* K <= 8192: the screen's activation sums on the stack (ops.c checks) */
-
-QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *corr,
+QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
                        const qw_q4 *S, int b, int nr) {
     const int ng = S->ng;
     const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
     const uint16_t *sb = S->scale + (size_t)b * ng * 16;
     const __m512i nib = _mm512_set1_epi8(15);
-    __m512 f[Q4_MR];
+    __m512 f[QW_Q4_MR];
     for (int r = 0; r < R; r++) f[r] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g++) {
-        __m512i d[Q4_MR];
-        for (int r = 0; r < R; r++) d[r] = _mm512_set1_epi32(-corr[r * Q4_MAX_NG + g]);
+        __m512i d[QW_Q4_MR];
+        for (int r = 0; r < R; r++) d[r] = _mm512_set1_epi32(-sums[r * QW_Q4_MAX_NG + g]);
         const int i1 = (g + 1) * (QW_Q8_GROUP / 8) < S->K / 8 ? (g + 1) * (QW_Q8_GROUP / 8) : S->K / 8;
         for (int i = g * (QW_Q8_GROUP / 8); i < i1; i++) {
             const __m512i v = _mm512_loadu_si512((const void *)(qb + (size_t)i * 64));
@@ -248,35 +245,10 @@ QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, cons
     for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(C + (size_t)r * ldc, lanes(nr), f[r]);
 }
 
+QW_Q4_TILES(q4_tile)
+
 static void screen_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    const int ng = S->ng;
-    if (ng > Q4_MAX_NG) {
-        qw_q4_screen_ref(C, ldc, A, S, M, n0, n1);
-        return;
-    }
-    for (int m = 0; m < M; m += Q4_MR) {
-        const int R = M - m < Q4_MR ? M - m : Q4_MR;
-        int32_t corr[Q4_MR * Q4_MAX_NG]; /* 8 sum qa, per row and group */
-        for (int r = 0; r < R; r++)
-            for (int g = 0; g < ng; g++) {
-                int32_t sum = 0;
-                for (int k = g * QW_Q8_GROUP; k < (g + 1) * QW_Q8_GROUP && k < S->K; k++)
-                    sum += (int32_t)A->q[(size_t)(m + r) * A->Kp + k] - 128;
-                corr[r * Q4_MAX_NG + g] = 8 * sum;
-            }
-        const uint8_t *qa = A->q + (size_t)m * A->Kp;
-        const float *sa = A->scale + (size_t)m * A->ng;
-        for (int n = n0; n < n1; n += 16) {
-            const int nr = n1 - n < 16 ? n1 - n : 16;
-            float *c = C + (size_t)m * ldc + n;
-            switch (R) {
-            case 1: q4_tile(1, c, ldc, qa, A->Kp, sa, corr, S, n / 16, nr); break;
-            case 2: q4_tile(2, c, ldc, qa, A->Kp, sa, corr, S, n / 16, nr); break;
-            case 3: q4_tile(3, c, ldc, qa, A->Kp, sa, corr, S, n / 16, nr); break;
-            default: q4_tile(4, c, ldc, qa, A->Kp, sa, corr, S, n / 16, nr); break;
-            }
-        }
-    }
+    qw_q4_screen_tiles(q4_tile_rows, C, ldc, A, S, M, n0, n1);
 }
 
 const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512,

@@ -16,6 +16,7 @@
  */
 #include "kernels_x86.h"
 #include "quant.h"
+#include "quant_screen256.h"
 
 #define Q8V_MR 6 /* rows of C per tile: 12 int32 sums in registers */
 
@@ -112,6 +113,22 @@ static void matmul_q8_avxvnni(float *C, int ldc, const qw_q8_act *A, const qw_q8
     }
 }
 
+/* ==== The LM head's screen (quant.h, quant_screen256.h) ==== */
+QW_INLINE __m256i q4v_dot(__m256i d, __m256i lo, __m256i al, __m256i hi, __m256i ah) {
+    return q8v_dp(q8v_dp(d, lo, al), hi, ah);
+}
+
+QW_INLINE void q4v_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+                        const qw_q4 *S, int b, int nr) {
+    q4_tile256(q4v_dot, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
+}
+
+QW_Q4_TILES(q4v_tile)
+
+static void screen_avxvnni(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    qw_q4_screen_tiles(q4v_tile_rows, C, ldc, A, S, M, n0, n1);
+}
+
 /* CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The
  * table is chosen only where AVX2 is (ymm state enabled by the OS). */
 int qw_cpu_has_avxvnni(void) {
@@ -122,4 +139,5 @@ int qw_cpu_has_avxvnni(void) {
     return (a >> 4) & 1u;
 }
 
-const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};
+const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group,
+                                     screen_avxvnni};

@@ -126,4 +126,69 @@ static void matmul_q8_neon(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
     }
 }
 
-const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};
+/* ==== The LM head's screen (quant.h) ====
+ * A 16-byte quarter of a 64-byte row of the screen is 8 k of 4 columns: its low nibbles (q4 + 8 at
+ * 4 k) and high nibbles (the next 4), as signed bytes once masked, go through smull / smlal with the
+ * rows' signed activations as the int8 product's do, into int16 lanes that take a whole group (16
+ * products of at most 15 * 127 a lane: 30480 fits); at the group's end saddlp and addp leave one
+ * int32 per column, started at -8 sum qa of the row's group: exactly sum q4 qa. Passes of up to 2
+ * rows over a block (the second reads its 8 KiB from L1); the f32 accumulators in memory. */
+QW_INLINE void q4_pass_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+                            const qw_q4 *S, int b, int nr) {
+    const int ng = S->ng, k8 = S->K / 8;
+    const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
+    const uint16_t *sb = S->scale + (size_t)b * ng * 16;
+    const uint8x16_t nib = vdupq_n_u8(15);
+    float f[Q8_NEON_MR][16] = {{0.0f}};
+    for (int g = 0; g < ng; g++) {
+        int16x8_t e[Q8_NEON_MR][8]; /* e[r][2j]: columns 4j, 4j+1 x 4 k; e[r][2j+1]: 4j+2, 4j+3 */
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 8; j++) e[r][j] = vdupq_n_s16(0);
+        const int i1 = (g + 1) * (QW_Q8_GROUP / 8) < k8 ? (g + 1) * (QW_Q8_GROUP / 8) : k8;
+        for (int i = g * (QW_Q8_GROUP / 8); i < i1; i++) {
+            int8x16_t al[Q8_NEON_MR], ah[Q8_NEON_MR];
+            for (int r = 0; r < R; r++) {
+                al[r] = q8_act4(qa + (size_t)r * Kp + (size_t)i * 8);
+                ah[r] = q8_act4(qa + (size_t)r * Kp + (size_t)i * 8 + 4);
+            }
+            for (int j = 0; j < 4; j++) {
+                const uint8x16_t v = vld1q_u8(qb + (size_t)i * 64 + 16 * j);
+                const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, nib)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                for (int r = 0; r < R; r++) {
+                    e[r][2 * j] = vmlal_s8(vmlal_s8(e[r][2 * j], vget_low_s8(lo), vget_low_s8(al[r])), vget_low_s8(hi),
+                                           vget_low_s8(ah[r]));
+                    e[r][2 * j + 1] = vmlal_high_s8(vmlal_high_s8(e[r][2 * j + 1], lo, al[r]), hi, ah[r]);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const int32x4_t z = vdupq_n_s32(-sums[r * QW_Q4_MAX_NG + g]);
+            const float32x4_t s = vdupq_n_f32(sa[(size_t)r * ng + g]);
+            for (int j = 0; j < 4; j++) {
+                const int32x4_t dj = vaddq_s32(vpaddq_s32(vpaddlq_s16(e[r][2 * j]), vpaddlq_s16(e[r][2 * j + 1])), z);
+                const float32x4_t sw = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(sb + g * 16 + 4 * j), 16));
+                vst1q_f32(f[r] + 4 * j, vfmaq_f32(vld1q_f32(f[r] + 4 * j), vcvtq_f32_s32(dj), vmulq_f32(sw, s)));
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
+}
+
+QW_INLINE void q4_tile_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+                            const qw_q4 *S, int b, int nr) {
+    if (R > Q8_NEON_MR) {
+        q4_pass_neon(Q8_NEON_MR, C, ldc, qa, Kp, sa, sums, S, b, nr);
+        q4_pass_neon(R - Q8_NEON_MR, C + (size_t)Q8_NEON_MR * ldc, ldc, qa + (size_t)Q8_NEON_MR * Kp, Kp,
+                     sa + (size_t)Q8_NEON_MR * S->ng, sums + Q8_NEON_MR * QW_Q4_MAX_NG, S, b, nr);
+    } else {
+        q4_pass_neon(R, C, ldc, qa, Kp, sa, sums, S, b, nr);
+    }
+}
+
+QW_Q4_TILES(q4_tile_neon)
+
+static void screen_neon(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    qw_q4_screen_tiles(q4_tile_neon_rows, C, ldc, A, S, M, n0, n1);
+}
+
+const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon};

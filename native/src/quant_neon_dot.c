@@ -140,7 +140,64 @@ static void matmul_q8_neondot(float *C, int ldc, const qw_q8_act *A, const qw_q8
     }
 }
 
-const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group, NULL};
+/* ==== The LM head's screen (quant.h) ====
+ * A 16-byte quarter of a 64-byte row of the screen is 8 k of 4 columns: its low nibbles (q4 + 8 at
+ * 4 k) and high nibbles (the next 4), as signed bytes once masked, are SDOT operands as they are. A
+ * row's 16 activation bytes cover two rows of the screen: lane 0 the first's low nibbles' k, lane 1
+ * its high ones', lanes 2 and 3 the second's. The sums start at -8 sum qa of the row's group: exactly
+ * sum q4 qa. Register tile: up to 4 rows x 16 columns; the f32 accumulators in memory. */
+QW_INLINE void q4d_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+                        const qw_q4 *S, int b, int nr) {
+    const int ng = S->ng, k8 = S->K / 8;
+    const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
+    const uint16_t *sb = S->scale + (size_t)b * ng * 16;
+    const uint8x16_t nib = vdupq_n_u8(15);
+    float f[Q8D_MR][16] = {{0.0f}};
+    for (int g = 0; g < ng; g++) {
+        int32x4_t d[Q8D_MR][4]; /* d[r][j]: columns 4j .. 4j+3 */
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 4; j++) d[r][j] = vdupq_n_s32(-sums[r * QW_Q4_MAX_NG + g]);
+        const int i1 = (g + 1) * (QW_Q8_GROUP / 8) < k8 ? (g + 1) * (QW_Q8_GROUP / 8) : k8;
+        for (int i = g * (QW_Q8_GROUP / 8); i < i1; i += 2) {
+            const int two = i + 1 < i1; /* a short last group may end on an odd row */
+            int8x16_t a[Q8D_MR];
+            for (int r = 0; r < R; r++) {
+                const uint8_t *p = qa + (size_t)r * Kp + (size_t)i * 8;
+                a[r] = two ? q8d_act16(p)
+                           : veorq_s8(vreinterpretq_s8_u8(vcombine_u8(vld1_u8(p), vdup_n_u8(0x80))), vdupq_n_s8((int8_t)0x80));
+            }
+            for (int j = 0; j < 4; j++) {
+                const uint8x16_t v0 = vld1q_u8(qb + (size_t)i * 64 + 16 * j);
+                const int8x16_t lo0 = vreinterpretq_s8_u8(vandq_u8(v0, nib)), hi0 = vreinterpretq_s8_u8(vshrq_n_u8(v0, 4));
+                for (int r = 0; r < R; r++) d[r][j] = vdotq_laneq_s32(vdotq_laneq_s32(d[r][j], lo0, a[r], 0), hi0, a[r], 1);
+                if (two) {
+                    const uint8x16_t v1 = vld1q_u8(qb + (size_t)(i + 1) * 64 + 16 * j);
+                    const int8x16_t lo1 = vreinterpretq_s8_u8(vandq_u8(v1, nib));
+                    const int8x16_t hi1 = vreinterpretq_s8_u8(vshrq_n_u8(v1, 4));
+                    for (int r = 0; r < R; r++)
+                        d[r][j] = vdotq_laneq_s32(vdotq_laneq_s32(d[r][j], lo1, a[r], 2), hi1, a[r], 3);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const float32x4_t s = vdupq_n_f32(sa[(size_t)r * ng + g]);
+            for (int j = 0; j < 4; j++) {
+                const float32x4_t sw = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(sb + g * 16 + 4 * j), 16));
+                vst1q_f32(f[r] + 4 * j, vfmaq_f32(vld1q_f32(f[r] + 4 * j), vcvtq_f32_s32(d[r][j]), vmulq_f32(sw, s)));
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
+}
+
+QW_Q4_TILES(q4d_tile)
+
+static void screen_neondot(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    qw_q4_screen_tiles(q4d_tile_rows, C, ldc, A, S, M, n0, n1);
+}
+
+const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group,
+                                     screen_neondot};
 
 /* FEAT_DotProd, as the OS reports it (its instructions are not baseline Armv8.0). */
 int qw_cpu_has_dotprod(void) {
