@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bench_engine.py --preset full-1.7b
     .venv/bin/python benchmarks/bench_engine.py --model-dir models/qwen3-asr-0.6b   # real weights
     .venv/bin/python benchmarks/bench_engine.py --configs exact:avx2,fast:auto   # chosen columns
+    .venv/bin/python benchmarks/bench_engine.py --configs "fast:auto,fast:auto@$(benchmarks/build_rev.sh main)" \
+        --rounds 3 --skip-reference          # A/B: the working tree's library against main's
 
 Columns: precision "exact" on every exact kernel set the CPU has, precision "fast" (int8 decoder
 weights, bf16 encoder where the CPU has it), and the official implementation. Each runs in its own
@@ -19,6 +21,10 @@ it runs in a server. The official encoder is timed inside the forward pass that 
 qwen-asr's transformers backend in float32 (what runs on a CPU without bf16 matmul units); its
 encoder attends across the whole clip (its sdpa path ignores the 8 s
 windows), which for 10 s costs a little more than windows would.
+
+A column `precision:isa@path` runs the libqwen at path (QWEN_LIBRARY; benchmarks/build_rev.sh builds
+one of any git revision). With --rounds N every column runs N times, the columns taking turns
+(A B A B ...: a busy minute of the machine falls on both), and each figure is the median of its N.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     from qwen_serve.engine import Engine
 
     pcm = test_audio(args.seconds)
-    precision, isa = args.config.split(":")
+    precision, isa = args.config.split("@")[0].split(":")
     t0 = time.perf_counter()
     # No encoder-window or prompt-prefix cache: the repeats below would find the first run's
     # complete 8 s window and prompt prefix there and time only the rest (the official side
@@ -120,7 +126,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     short = engine.prompt_ids(test_audio(5.0).size)
     best["decode8_ms_per_token"] = batch_step_ms(native, test_audio(5.0), short, 8, 8) / 8
     best.update(load_s=load_s, prompt_tokens=len(prompt), peak_rss_mb=rss, kernels=native.kernels)  # type: ignore[dict-item]
-    best["label"] = f"{precision} {native.kernels}"  # type: ignore[assignment]
+    library = args.config.partition("@")[2]
+    best["label"] = f"{precision} {native.kernels}" + (f" @{library}" if library else "")  # type: ignore[assignment]
     engine.close()
     return best
 
@@ -200,12 +207,24 @@ def spawn(args: argparse.Namespace, which: str) -> dict[str, float]:
     cmd += ["--seconds", str(args.seconds), "--threads", str(args.threads), "--tokens", str(args.tokens)]
     cmd += ["--repeat", str(args.repeat), "--warmup", str(args.warmup), "--config", args.config]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    library = args.config.partition("@")[2] if which == "ours" else ""
+    if library:
+        env["QWEN_LIBRARY"] = library
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{which} worker failed")
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over a column's runs (the rest from its first run)."""
+    out = dict(runs[0])
+    for k, v in out.items():
+        if isinstance(v, float):
+            out[k] = float(np.median([r[k] for r in runs]))
+    return out
 
 
 def main() -> None:
@@ -235,6 +254,7 @@ def main() -> None:
         "exact kernel set the CPU has, then fast:auto",
     )
     p.add_argument("--config", default="exact:auto", help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=1, help="runs of every column, taking turns; medians")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -258,9 +278,15 @@ def main() -> None:
     from bench_serve import cpu_model
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
-    ours = []
-    for config in args.configs.split(","):  # one worker per column, one after another
-        ours.append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
+    configs = args.configs.split(",")
+    runs: list[list[dict[str, Any]]] = [[] for _ in configs]
+    for _ in range(args.rounds):  # one worker per column and round, the columns taking turns
+        for i, config in enumerate(configs):
+            runs[i].append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
+    ours = [median_run(r) for r in runs]
+    if args.rounds > 1:
+        for o, r in zip(ours, runs, strict=True):
+            print(f"{o['label']}: end to end " + ", ".join(f"{x['end_to_end_s']:.3f}" for x in r) + " s")
     ref = None if args.skip_reference else spawn(args, "ref")
     rows = [
         ("mel", "mel_ms", "ms"),
