@@ -254,6 +254,7 @@ static void test_quantize(const qw_q8_kernels *t) {
             if (special) {
                 for (int k = 0; k < K && k < 64; k++) A[k] = 0.0f; /* row 0: a group of zeros */
                 A[lda + K / 2] = NAN;
+                for (int i = 1; i < 4 && 16 * i + 1 < K; i++) A[lda + 16 * i + 1] = NAN; /* each vector of a group */
                 A[2 * lda] = INFINITY;
                 A[2 * lda + K - 1] = -INFINITY;
                 A[3 * lda + K / 3] = -0.0f;
