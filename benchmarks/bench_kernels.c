@@ -26,8 +26,9 @@
  *                         from DRAM; GB/s of the packed bytes (int8 + scales
  *                         + sums) and GOP/s. Select it with -v int8; -m M
  *                         then times that M alone, any M (a prefill chunk's 52 or 96).
- *                         On the LM head at M <= 4, each table's screen of it
- *                         too (quant.h; "screen" lines: GB/s of its 4-bit bytes).
+ *                         On the LM head, each table's screen of it too, for as
+ *                         many rows as the table screens (quant.h screen_rows;
+ *                         "screen" lines: GB/s of its 4-bit bytes).
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
@@ -399,7 +400,7 @@ int main(int argc, char **argv) {
                     const int m = only_m ? only_m : q8_m[mi]; /* -m: that M alone, any M */
                     if (s == 3 && m > 16) continue;
                     bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 0);
-                    if (s == 3 && m <= 4 && tables[ti]->screen) /* a step's LM head screened (up to 4 rows) */
+                    if (s == 3 && m <= tables[ti]->screen_rows && tables[ti]->screen) /* a step's head screened */
                         bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 1);
                     if (only_m) break;
                 }

@@ -102,7 +102,7 @@ typedef struct {
     int encoder_windows_per_pass; /* encoder windows one pass takes when no sequence is decoding (the
                                    * weights are read once for all); 0 = 4, 1 = window by window.
                                    * The same bits either way. */
-    int head_screen;        /* FAST, for a greedy step's LM head (up to 4 rows): 0 = screen it (the
+    int head_screen;        /* FAST, for a greedy step's LM head (up to 4 or 8 rows): 0 = screen it (the
                              * default: a 4-bit copy of the int8 head picks the 32 best blocks of
                              * 16 tokens, rescored on the int8 head), > 0 = that many blocks (at
                              * most 256), < 0 = the whole int8 head every time. The logits read
@@ -223,7 +223,8 @@ QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *ke
  * as without. "prefill_joined": prefill chunks that ran in a decode step's
  * pass (FAST, qwen_step). The LM head's screen (FAST, qwen_params.head_screen):
  * "head_blocks" (blocks of 16 tokens a screened row takes; 0: no screen),
- * "head_screened_rows" (rows screened so far) and "head_whole_rows" (screened
+ * "head_screen_rows" (the most rows of a step it screens: 4 or 8 by the int8
+ * kernel set; 0: no screen), "head_screened_rows" (rows screened so far) and "head_whole_rows" (screened
  * rows whose whole logits were read back, and so computed after). -1 for an
  * unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);

@@ -456,6 +456,7 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "prefix_cache_tokens")) return ctx->prefix_cache.tokens;
     if (!strcmp(key, "prefill_joined")) return ctx->prefill_joined;
     if (!strcmp(key, "head_blocks")) return ctx->dec.screen ? ctx->head_blocks : 0;
+    if (!strcmp(key, "head_screen_rows")) return ctx->dec.screen ? ctx->q8->screen_rows : 0;
     if (!strcmp(key, "head_screened_rows")) return ctx->head_screened_rows;
     if (!strcmp(key, "head_whole_rows")) return ctx->head_whole_rows;
     return -1;

@@ -296,7 +296,7 @@ qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *
     for (int r = 0; r < n_logits; r++) qw_rmsnorm(last + (size_t)r * H, x + (size_t)r * H, D->norm, H, c->rms_eps);
     /* FAST: a step's few rows take the head's screen (qw_head_screened: their best blocks only),
      * their inputs kept in head_x for the whole rows should the caller ask for them */
-    if (head_x && D->screen && n_logits <= QW_HEAD_SCREEN_ROWS) { /* a screen is built only with head_blocks > 0 */
+    if (head_x && D->screen && n_logits <= ctx->q8->screen_rows) { /* a screen is built only with head_blocks > 0 */
         memcpy(head_x, last, (size_t)n_logits * H * sizeof(float));
         qw_head_screened(ctx, logits, head_x, n_logits);
         if (screened) *screened = 1;

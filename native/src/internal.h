@@ -364,12 +364,12 @@ void qw_matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, cons
  * multiple of 32, no memory to round A once). */
 void qw_matmul_gelu_matmul(qwen_context *ctx, float *C, const float *A, const qw_mat *W1, const float *b1,
                            const qw_mat *W2, const float *b2, int M, void *buf);
-/* The LM head of M <= QW_HEAD_SCREEN_ROWS rows x (FAST, ctx->dec.screen set): each row's
+/* The LM head of M <= ctx->q8->screen_rows rows x (FAST, ctx->dec.screen set): each row's
  * ctx->head_blocks best blocks of 16 columns by the head's 4-bit screen (quant.h) taken on the int8
  * head, bit for bit the values the whole product gives there; the rest of the row -inf, so its
  * argmax is the whole product's unless the screen ranked that block below the others. A row whose
  * screen is not finite gets the whole product. */
-#define QW_HEAD_SCREEN_ROWS 4
+#define QW_HEAD_SCREEN_ROWS 8 /* the most any table's screen takes (qw_q8_kernels.screen_rows) */
 void qw_head_screened(qwen_context *ctx, float *logits, const float *x, int M);
 /* Makes sure the context holds the quantized activations of rows x K (qw_q8_act_bytes), before a
  * pass over int8 weights; -1: out of memory. */
@@ -434,7 +434,7 @@ int qw_decoder_load(qwen_context *ctx, char *err, size_t err_size);
  * logits, or the rows it names, in group order. With rows_invariant,
  * every GEMM computes each row as it would alone (matmul_rows): a decode
  * step of many sequences gives each the logits it gets alone. With head_x
- * (FAST, the head screened: up to QW_HEAD_SCREEN_ROWS rows wanting logits)
+ * (FAST, the head screened: up to the int8 table's screen_rows rows wanting logits)
  * the head is qw_head_screened's, its input rows left in head_x and
  * *screened set to 1. */
 qwen_status qw_decoder_forward(qwen_context *ctx, float *x, const qw_dec_group *groups, int n_groups, int rows_invariant,

@@ -278,7 +278,7 @@ int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks) {
 }
 
 const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows, qw_q8_quantize_group,
-                                    qw_q4_screen_ref};
+                                    qw_q4_screen_ref, 4};
 
 /* ==== Dispatch ==== */
 

@@ -87,6 +87,10 @@ typedef struct {
     /* The screen's values above into C[m, n] for m < M, n in [n0, n1) (n0 a multiple of 16), A
      * quantized for the int8 matrix S came from; NULL where the table has none (no screening). */
     void (*screen)(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
+    /* The most rows of a step whose head the screen takes: where it beats the whole int8 product
+     * (bench_kernels.sh -v int8, the LM head: the AVX2 and AVX-VNNI products of 5-8 rows are bound
+     * by their dot products, the screens are not; at most QW_HEAD_SCREEN_ROWS, internal.h). */
+    int screen_rows;
 } qw_q8_kernels;
 
 extern const qw_q8_kernels qw_q8_scalar;

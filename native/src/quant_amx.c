@@ -253,7 +253,7 @@ static void screen_amx(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, in
     QA_SMALL.screen(C, ldc, A, S, M, n0, n1);
 }
 
-const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx, quantize_group_amx, screen_amx};
+const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx, quantize_group_amx, screen_amx, 4};
 
 /* A product of 37 x 192 by 192 x 40 (a partial row block and column block, an odd number of
  * groups; bias) on the tiles against the scalar table, bit for bit. */

@@ -95,4 +95,5 @@ static void screen_avx2(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, i
     qw_q4_screen_tiles(q4_tile_avx2_rows, C, ldc, A, S, M, n0, n1);
 }
 
-const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2};
+const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2,
+                                  8};

@@ -267,4 +267,4 @@ static void screen_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, i
 }
 
 const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512,
-                                        screen_vnni};
+                                        screen_vnni, 4};

@@ -140,4 +140,4 @@ int qw_cpu_has_avxvnni(void) {
 }
 
 const qw_q8_kernels qw_q8_avxvnni = {"avxvnni", matmul_q8_avxvnni, qw_q8_quantize_rows, qw_q8_quantize_group,
-                                     screen_avxvnni};
+                                     screen_avxvnni, 8};

@@ -191,4 +191,4 @@ static void screen_neon(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, i
     qw_q4_screen_tiles(q4_tile_neon_rows, C, ldc, A, S, M, n0, n1);
 }
 
-const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon};
+const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon, 4};

@@ -197,7 +197,7 @@ static void screen_neondot(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S
 }
 
 const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group,
-                                     screen_neondot};
+                                     screen_neondot, 4};
 
 /* FEAT_DotProd, as the OS reports it (its instructions are not baseline Armv8.0). */
 int qw_cpu_has_dotprod(void) {

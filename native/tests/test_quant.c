@@ -321,6 +321,8 @@ static void test_table(const qw_q8_kernels *t, int shallow) {
     test_quantize(t);
     test_pack_with(t);
     if (t->screen) test_screen(t);
+    check(!t->screen || (t->screen_rows >= 1 && t->screen_rows <= 8), t->name, /* internal.h QW_HEAD_SCREEN_ROWS */
+          "screen_rows %d outside 1-8", t->screen_rows);
     const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 32, 33, 47}; /* AMX: 16 and more */
     const int Ks[] = {4, 8, 60, 64, 68, 96, 128, 200, 288, 1024};
     const int Ns[] = {16, 17, 40, 64, 100};

@@ -337,7 +337,7 @@ class NativeModel:
         """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context",
         "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows", "prefix_cache_hits",
         "prefix_cache_tokens_reused", "prefix_cache_tokens", "prefill_joined", "head_blocks",
-        "head_screened_rows", "head_whole_rows" (native/include/qwen.h)."""
+        "head_screen_rows", "head_screened_rows", "head_whole_rows" (native/include/qwen.h)."""
         value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)

@@ -243,8 +243,7 @@ def test_fast_precision_int8_tables_agree(tiny_dir: Path) -> None:
 def test_fast_head_screen_keeps_tokens_and_logits(tiny_dir: Path, isa: str) -> None:
     """fast screens a step's LM head (a 4-bit copy picks the best blocks, rescored on the int8
     head; native/src/quant.h): the same tokens as the whole int8 head, and the logits read back
-    are the whole head's, bit for bit (computed when asked). The scalar table always screens;
-    "auto" does where its int8 table has a screen kernel (AVX-512 VNNI)."""
+    are the whole head's, bit for bit (computed when asked)."""
     pcm = speech_like(3.0, seed=5)
     with NativeModel(tiny_dir, isa=isa, precision="fast", head_screen=-1) as m:
         prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
@@ -252,9 +251,7 @@ def test_fast_head_screen_keeps_tokens_and_logits(tiny_dir: Path, isa: str) -> N
         whole_tokens, whole_logits = greedy(m, pcm, prompt, 12)
         assert m.context_info("head_blocks") == 0 and m.context_info("head_screened_rows") == 0
     with NativeModel(tiny_dir, isa=isa, precision="fast") as m:
-        if isa == "auto" and m.context_info("head_blocks") == 0:
-            pytest.skip(f"the int8 table {m.kernels!r} has no screen kernel on this CPU")
-        assert m.context_info("head_blocks") == 32
+        assert m.context_info("head_blocks") == 32  # every int8 table has a screen kernel
         tokens = [t for t, _ in m.generate(pcm, prompt, max_new_tokens=12, eos_ids=[-2])]
         assert tokens == whole_tokens
         assert (
@@ -264,6 +261,44 @@ def test_fast_head_screen_keeps_tokens_and_logits(tiny_dir: Path, isa: str) -> N
         assert screened_tokens == whole_tokens and m.context_info("head_whole_rows") == 12
         for a, b in zip(screened_logits, whole_logits, strict=True):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("isa", [i for i in exact_isas() if i != "scalar"])
+def test_fast_head_screen_in_a_batch(tiny_dir: Path, isa: str) -> None:
+    """A decode step of 8 sequences screens its 8 head rows where the int8 table's screen takes
+    them (head_screen_rows 8: the AVX2 and AVX-VNNI tables, whose products of 5-8 rows are bound
+    by their dot products), else takes the whole head; every sequence's tokens are the whole
+    head's either way."""
+    pcms = [speech_like(2.0, seed=20 + i) for i in range(8)]
+
+    def run(head_screen: int) -> tuple[dict[int, list[int]], int, int]:
+        with NativeModel(tiny_dir, isa=isa, precision="fast", max_sequences=8, head_screen=head_screen) as m:
+            prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcms[0].size)
+            prompt.append(m.info("audio_end_token_id"))
+            seqs = {m.seq_add(pcm, prompt, max_new_tokens=48, eos_ids=[-2]): i for i, pcm in enumerate(pcms)}
+            tokens: dict[int, list[int]] = {i: [] for i in range(8)}
+
+            def step() -> int:
+                events = [(seq, t) for seq, t, _ in (m.step() or []) if t >= 0]
+                for seq, t in events:
+                    tokens[seqs[seq]].append(t)
+                return len(events)
+
+            while any(not t for t in tokens.values()):  # admission: each sequence's first token
+                step()
+            before = m.context_info("head_screened_rows")
+            for _ in range(6):
+                assert step() == 8  # all 8 decoding, no prefill joining
+            screened = m.context_info("head_screened_rows") - before
+            while m.context_info("active"):
+                step()
+            return tokens, screened, m.context_info("head_screen_rows")
+
+    whole, none, _ = run(-1)
+    tokens, screened, rows = run(0)
+    assert none == 0 and rows in (4, 8)
+    assert screened == (6 * 8 if rows >= 8 else 0)
+    assert tokens == whole and all(len(t) == 48 for t in tokens.values())
 
 
 def test_unknown_precision_is_refused(tiny_dir: Path) -> None:
