@@ -140,7 +140,8 @@ void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int
 #define QW_Q4_MAX_NG 128
 void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K);
 /* A vector table's screen: rows in passes of up to QW_Q4_MR with their sums above, each block of 16
- * columns through tiles[R - 1] (a tile of R rows: R a constant in each, QW_Q4_TILES makes them). */
+ * columns through tiles[R - 1] (a tile of R rows: R a constant in each). QW_Q4_SCREEN(name, tile)
+ * makes a table's screen entry `name` from its tile(R, ...) this way. */
 #define QW_Q4_MR 4
 typedef void (*qw_q4_tile)(float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
                            const qw_q4 *S, int b, int nr);
@@ -151,12 +152,15 @@ void qw_q4_screen_tiles(const qw_q4_tile tiles[QW_Q4_MR], float *C, int ldc, con
                            const qw_q4 *S, int b, int nr) {                                                            \
         tile(R, C, ldc, qa, Kp, sa, sums, S, b, nr);                                                                   \
     }
-#define QW_Q4_TILES(tile)                                                                                              \
+#define QW_Q4_SCREEN(name, tile)                                                                                       \
     QW_Q4_TILE_R(tile, 1)                                                                                              \
     QW_Q4_TILE_R(tile, 2)                                                                                              \
     QW_Q4_TILE_R(tile, 3)                                                                                              \
     QW_Q4_TILE_R(tile, 4)                                                                                              \
-    static const qw_q4_tile tile##_rows[QW_Q4_MR] = {tile##_1, tile##_2, tile##_3, tile##_4};
+    static void name(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {                 \
+        static const qw_q4_tile tiles[QW_Q4_MR] = {tile##_1, tile##_2, tile##_3, tile##_4};                           \
+        qw_q4_screen_tiles(tiles, C, ldc, A, S, M, n0, n1);                                                            \
+    }
 /* The nb blocks of 16 columns of row[0, N) with the largest values, by their largest value (the
  * last block may be shorter), into blocks (any order): their count, or 0 when the row's largest
  * value is not finite (a NaN or an infinity: the caller takes the whole product then). */

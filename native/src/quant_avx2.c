@@ -89,11 +89,7 @@ QW_INLINE void q4_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, int Kp,
     q4_tile256(q4_dot_avx2, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
 }
 
-QW_Q4_TILES(q4_tile_avx2)
-
-static void screen_avx2(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    qw_q4_screen_tiles(q4_tile_avx2_rows, C, ldc, A, S, M, n0, n1);
-}
+QW_Q4_SCREEN(screen_avx2, q4_tile_avx2)
 
 const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2,
                                   8};

@@ -260,11 +260,7 @@ QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, cons
     for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(C + (size_t)r * ldc, lanes(nr), f[r]);
 }
 
-QW_Q4_TILES(q4_tile)
-
-static void screen_vnni(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    qw_q4_screen_tiles(q4_tile_rows, C, ldc, A, S, M, n0, n1);
-}
+QW_Q4_SCREEN(screen_vnni, q4_tile)
 
 const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512,
                                         screen_vnni, 4};

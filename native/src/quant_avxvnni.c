@@ -123,11 +123,7 @@ QW_INLINE void q4v_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, con
     q4_tile256(q4v_dot, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
 }
 
-QW_Q4_TILES(q4v_tile)
-
-static void screen_avxvnni(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    qw_q4_screen_tiles(q4v_tile_rows, C, ldc, A, S, M, n0, n1);
-}
+QW_Q4_SCREEN(screen_avxvnni, q4v_tile)
 
 /* CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The
  * table is chosen only where AVX2 is (ymm state enabled by the OS). */

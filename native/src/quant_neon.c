@@ -185,10 +185,6 @@ QW_INLINE void q4_tile_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp,
     }
 }
 
-QW_Q4_TILES(q4_tile_neon)
-
-static void screen_neon(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    qw_q4_screen_tiles(q4_tile_neon_rows, C, ldc, A, S, M, n0, n1);
-}
+QW_Q4_SCREEN(screen_neon, q4_tile_neon)
 
 const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon, 4};

@@ -190,11 +190,7 @@ QW_INLINE void q4d_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, con
     for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
 }
 
-QW_Q4_TILES(q4d_tile)
-
-static void screen_neondot(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    qw_q4_screen_tiles(q4d_tile_rows, C, ldc, A, S, M, n0, n1);
-}
+QW_Q4_SCREEN(screen_neondot, q4d_tile)
 
 const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group,
                                      screen_neondot, 4};
