@@ -22,11 +22,9 @@ sides, each against `head_screen=-1` (the whole int8 head every step) in the sam
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-from pathlib import Path
 
-from bench_precision import checkpoint_dir
+from bench_precision import add_checkpoint_args, checkpoint_dir
 from bench_serve import cpu_model
 
 from qwen_serve.engine._native import NativeModel
@@ -36,8 +34,7 @@ from qwen_serve.testing.clips import speech_like
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, full-1.7b, or a checkpoint directory")
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    add_checkpoint_args(p)
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--tokens", type=int, default=32)

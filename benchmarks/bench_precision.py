@@ -37,6 +37,12 @@ from qwen_serve.testing.precision import Step, teacher_forced
 PRESETS = {"tiny": "tiny-0.6b", "full-0.6b": "full-0.6b", "full-1.7b": "full-1.7b"}
 
 
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """--model and --cache-dir, what checkpoint_dir takes."""
+    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, full-1.7b, or a checkpoint directory")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+
+
 def checkpoint_dir(model: str, cache_dir: Path) -> Path:
     """--model: a preset's generated checkpoint under cache_dir (made if missing), else a directory."""
     if model not in PRESETS:
@@ -49,8 +55,7 @@ def checkpoint_dir(model: str, cache_dir: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny, full-0.6b, full-1.7b, or a checkpoint directory")
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    add_checkpoint_args(p)
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--tokens", type=int, default=32)
