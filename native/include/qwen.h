@@ -107,8 +107,8 @@ typedef struct {
                              * 16 tokens, rescored on the int8 head), > 0 = that many blocks (at
                              * most 256), < 0 = the whole int8 head every time. The logits read
                              * back (qwen_seq_logits, qwen_last_logits) are the whole head's
-                             * either way. README: what the screen saves and what it was measured
-                             * to change (no token on the test sets). */
+                             * either way. README (Correctness): what the screen saves and what it
+                             * was measured to change (no token on the test sets). */
 } qwen_params;
 
 typedef struct {

@@ -559,7 +559,7 @@ static void test_case(int M, int K, int N, int n0, int n1, qw_dtype dt, int with
         /* Required on hardware: the columns asked for and nothing else, within the double-sum bound.
          * Bit-for-bit equality with the emulation is counted, not required: the SDM and the
          * intrinsics guide describe the pairs' accumulation order differently, and which one the
-         * silicon follows is what this count shows (README: what was verified where). */
+         * silicon follows is what this count shows (CONTRIBUTING: the AMX-BF16 GEMM). */
         check(untouched && close, "native",
               "M=%d K=%d N=%d n=[%d,%d) %s bias=%d: untouched=%d vs_double=%d (worst %.3g)", M, K, N, n0, n1,
               dt_name(dt), with_bias, untouched, close, worst);
