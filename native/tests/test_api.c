@@ -331,12 +331,33 @@ int main(void) {
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "JSON"), "truncated config");
     write_file(path, "{\"thinker_config\": {\"audio_config\": {}, \"text_config\": {}}}");
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "num_mel_bins"), "missing keys");
-    write_file(path,
-               "{\"thinker_config\": {\"audio_config\": {\"num_mel_bins\": 128, \"d_model\": 64, \"encoder_layers\": 1,"
-               "\"encoder_attention_heads\": 4, \"encoder_ffn_dim\": 64, \"output_dim\": 64, \"downsample_hidden_size\": 8,"
-               "\"n_window\": 50, \"n_window_infer\": 800}, \"text_config\": {\"hidden_size\": 64, \"intermediate_size\": 64,"
-               "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"vocab_size\": 100}}}");
+    static const char good_config[] =
+        "{\"thinker_config\": {\"audio_config\": {\"num_mel_bins\": 128, \"d_model\": 64, \"encoder_layers\": 1,"
+        "\"encoder_attention_heads\": 4, \"encoder_ffn_dim\": 64, \"output_dim\": 64, \"downsample_hidden_size\": 8,"
+        "\"n_window\": 50, \"n_window_infer\": 800}, \"text_config\": {\"hidden_size\": 64, \"intermediate_size\": 64,"
+        "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"vocab_size\": 100}}}";
+    write_file(path, good_config);
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "safetensors"), "no weights");
+    /* Values the loader would divide by, cast out of range, or size arrays by: refused by name (each
+     * put first in text_config: the first of a repeated key is the one read). */
+    static const struct { const char *text, *key; } bad[] = {
+        {"\"num_key_value_heads\": 0", "num_key_value_heads"},  /* n_heads % 0 (a fuzzer's first find) */
+        {"\"num_key_value_heads\": 8", "num_key_value_heads"},  /* more than the 4 query heads */
+        {"\"head_dim\": -2", "head_dim"},
+        {"\"hidden_size\": 64.5", "hidden_size"},               /* not a whole number */
+        {"\"vocab_size\": 1e300", "vocab_size"},                /* (int)1e300 is undefined */
+        {"\"intermediate_size\": 1e6", "intermediate_size"},    /* past the bound */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[1024];
+        const char *tc = strstr(good_config, "\"text_config\": {") + strlen("\"text_config\": {");
+        snprintf(text, sizeof(text), "%.*s%s, %s", (int)(tc - good_config), good_config, bad[i].text, tc);
+        write_file(path, text);
+        CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, bad[i].key) && !strstr(err, "safetensors"),
+              "config value refused by name");
+        if (!strstr(err, bad[i].key)) fprintf(stderr, "  %s: got %s\n", bad[i].text, err);
+    }
+    write_file(path, good_config);
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     write_file(path, "\xff\xff\xff\xff\xff\xff\xff\x7f{}");
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "header"), "bad header length");

@@ -1,7 +1,9 @@
 """The C API test programs (native/tests/test_api.c: the contract on bad input, two contexts at once;
 native/tests/test_align.c: qwen_align on the tiny forced aligner; native/tests/test_pool.c: the thread
 pool, also under ThreadSanitizer; native/tests/test_attention.c: attention over the bf16 KV cache of
-precision fast, every kernel set), built with CMake, plain and under AddressSanitizer; and the export map. The kernel test program has its own file, test_kernels.py."""
+precision fast, every kernel set), built with CMake, plain and under AddressSanitizer; the fuzz targets
+(native/tests/fuzz_*.c) over their saved inputs, under AddressSanitizer and UBSan too; and the export map.
+The kernel test program has its own file, test_kernels.py."""
 
 from __future__ import annotations
 
@@ -27,7 +29,14 @@ VARIANTS = {
 def build(
     tmp: Path,
     *options: str,
-    targets: tuple[str, ...] = ("test_api", "test_align", "test_pool", "test_attention"),
+    targets: tuple[str, ...] = (
+        "test_api",
+        "test_align",
+        "test_pool",
+        "test_attention",
+        "replay_checkpoint",
+        "replay_json",
+    ),
 ) -> Path:
     build_dir = tmp / "build"
     subprocess.run(
@@ -81,6 +90,44 @@ def test_attention_program(programs: Path) -> None:
     assert ", 0 failed" in out, out
     passed = int(out.split("attention: ")[-1].split(" passed")[0])
     assert passed >= 354, out  # at least the scalar table's cases (354 each table)
+
+
+CORPUS = ROOT / "native" / "tests" / "corpus"
+
+
+def replay(build_dir: Path, target: str) -> str:
+    """A fuzz target over native/tests/corpus/<target>: the seeds (a few-KB checkpoint of the real
+    layout in bf16, f16 and f32; a config.json and a safetensors header) and every input a fuzzer
+    found to crash. Each must load or fail cleanly."""
+    proc = subprocess.run(
+        [str(build_dir / f"replay_{target}"), str(CORPUS / target)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1"),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "json"])
+def test_fuzz_corpus(programs: Path, target: str) -> None:
+    out = replay(programs, target)
+    n = len(list((CORPUS / target).iterdir()))
+    assert f"replay: {n} passed, 0 failed" in out, out
+
+
+def test_fuzz_corpus_under_ubsan(tmp_path: Path) -> None:
+    """Undefined behaviour that does not crash (an int from an out-of-range double, an overflow)."""
+    build_dir = build(
+        tmp_path,
+        "-DCMAKE_BUILD_TYPE=Debug",
+        "-DQWEN_SANITIZE=undefined",
+        targets=("replay_checkpoint", "replay_json"),
+    )
+    for target in ("checkpoint", "json"):
+        assert ", 0 failed" in replay(build_dir, target)
 
 
 def test_pool_program_under_thread_sanitizer(tmp_path: Path) -> None:
