@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,7 @@ static int add_file(qw_safetensors *st, const char *path, char *err, size_t err_
             double v = shape->items[d].number;
             if (shape->items[d].type != QJ_NUMBER || v < 0 || v > 1e12) { rc = QWEN_ERR_FORMAT; break; }
             t.shape[d] = (int64_t)v;
+            if (t.shape[d] && count > SIZE_MAX / (size_t)t.shape[d]) { rc = QWEN_ERR_FORMAT; break; } /* wraps */
             count *= (size_t)t.shape[d];
         }
         double b = off->items[0].number, e2 = off->items[1].number;

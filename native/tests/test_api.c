@@ -363,6 +363,13 @@ int main(void) {
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "header"), "bad header length");
     write_bytes(path, "\x0a\x00\x00\x00\x00\x00\x00\x00{\"a\": {}} ", 18);
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "bad entry"), "bad tensor entry");
+    { /* a shape whose element count wraps size_t to 0 must not pass as a 0-byte tensor */
+        const char h[] = "{\"w\": {\"dtype\": \"F32\", \"shape\": [8589934592, 2147483648, 1, 1], \"data_offsets\": [0, 0]}}";
+        char buf[160] = {(char)(sizeof(h) - 1)};
+        memcpy(buf + 8, h, sizeof(h) - 1);
+        write_bytes(path, buf, 8 + sizeof(h) - 1);
+        CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "inconsistent"), "shape overflow");
+    }
     write_bytes(path, "\x02\x00\x00\x00\x00\x00\x00\x00{}", 10);
     CHECK(qwen_load(dir, NULL, err, sizeof(err)) == NULL && strstr(err, "missing"), "missing tensors");
     if (!strstr(err, "missing")) fprintf(stderr, "  got: %s\n", err);
