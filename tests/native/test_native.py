@@ -36,6 +36,7 @@ def build(
         "test_attention",
         "replay_checkpoint",
         "replay_json",
+        "replay_batch",
     ),
 ) -> Path:
     build_dir = tmp / "build"
@@ -95,16 +96,16 @@ def test_attention_program(programs: Path) -> None:
 CORPUS = ROOT / "native" / "tests" / "corpus"
 
 
-def replay(build_dir: Path, target: str) -> str:
+def replay(build_dir: Path, target: str, **env_vars: str) -> str:
     """A fuzz target over native/tests/corpus/<target>: the seeds (a few-KB checkpoint of the real
-    layout in bf16, f16 and f32; a config.json and a safetensors header) and every input a fuzzer
-    found to crash. Each must load or fail cleanly."""
+    layout in bf16, f16 and f32; a config.json and a safetensors header; programs of scheduler
+    calls) and every input a fuzzer found to crash. Each must run cleanly."""
     proc = subprocess.run(
         [str(build_dir / f"replay_{target}"), str(CORPUS / target)],
         capture_output=True,
         text=True,
-        env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1"),
-        timeout=300,
+        env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1", **env_vars),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
@@ -118,16 +119,38 @@ def test_fuzz_corpus(programs: Path, target: str) -> None:
     assert f"replay: {n} passed, 0 failed" in out, out
 
 
+@pytest.mark.parametrize("seed", ["seed_bf16_tied_exact", "seed_f16_tied_fast"])
+def test_fuzz_batch_corpus(programs: Path, seed: str) -> None:
+    """Programs of qwen_seq_add / qwen_step / qwen_seq_abort / logits (native/tests/fuzz_batch.c): no
+    memory error, every slot and KV token back at the end, and each sequence that ended on its own
+    with the tokens it gets alone (both caches on in the batch, off alone). The programs were kept
+    from a fuzzing run for what they reach: sequences compared, windows and prefixes reused."""
+    out = replay(
+        programs,
+        "batch",
+        QWEN_FUZZ_CHECKPOINT=str(CORPUS / "checkpoint" / seed),
+        QWEN_FUZZ_VERBOSE="1",
+    )
+    lines = [line.split() for line in out.splitlines() if line.startswith("batch: ")]
+    n = len(list((CORPUS / "batch").iterdir()))
+    assert len(lines) == n and f"replay: {n} passed, 0 failed" in out, out
+    assert sum(int(w[1]) for w in lines) >= 2 * n, out  # sequences compared with their runs alone
+    assert any(int(w[-5].rstrip(",")) > 0 for w in lines), out  # an encoder window reused
+    assert any(int(w[-1]) > 0 for w in lines), out  # a prompt prefix reused
+
+
 def test_fuzz_corpus_under_ubsan(tmp_path: Path) -> None:
     """Undefined behaviour that does not crash (an int from an out-of-range double, an overflow)."""
     build_dir = build(
         tmp_path,
         "-DCMAKE_BUILD_TYPE=Debug",
         "-DQWEN_SANITIZE=undefined",
-        targets=("replay_checkpoint", "replay_json"),
+        targets=("replay_checkpoint", "replay_json", "replay_batch"),
     )
     for target in ("checkpoint", "json"):
         assert ", 0 failed" in replay(build_dir, target)
+    seed = str(CORPUS / "checkpoint" / "seed_f16_tied_fast")
+    assert ", 0 failed" in replay(build_dir, "batch", QWEN_FUZZ_CHECKPOINT=seed)
 
 
 def test_pool_program_under_thread_sanitizer(tmp_path: Path) -> None:
