@@ -109,6 +109,7 @@ static void take_events(const qwen_event *ev, int ne, seq_rec *rec, seq_rec *end
         if (ev[e].seq < 0 || ev[e].seq >= SLOTS || !rec[ev[e].seq].live) abort(); /* an event for no sequence */
         seq_rec *r = &rec[ev[e].seq];
         if (ev[e].token >= 0 && r->n_tokens <= MAX_NEW) r->tokens[r->n_tokens++] = ev[e].token;
+        if (ev[e].status < 0) abort(); /* nothing a program does may fail a running sequence */
         if (ev[e].status != QWEN_OK) {
             r->live = 0;
             if (ev[e].status == QWEN_DONE && *n_ended < 32) ended[(*n_ended)++] = *r, r->pcm = NULL;
