@@ -77,7 +77,7 @@ typedef struct { /* what a sequence was given, to run it again alone */
 
 static const int64_t lengths[6] = {0, 1, 3000, 16000, 128000, 136000}; /* 8 s is one encoder window */
 
-static float *signal(int kind, int64_t n) {
+static float *audio_signal(int kind, int64_t n) {
     float *x = malloc((size_t)(n ? n : 1) * sizeof(float));
     for (int64_t i = 0; i < n; i++) /* the same kind gives the same samples: its windows and prefixes repeat */
         x[i] = kind == 0 ? 0.0f : kind == 1 ? 0.3f * sinf(0.05f * (float)i) : kind == 2 ? (float)((i * 7919) % 401 - 200) / 400.0f : (i & 1 ? 0.9f : -0.9f);
@@ -137,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             const int a = ARG(), b = ARG(), c = ARG();
             seq_rec r = {0};
             r.n = lengths[a % 6];
-            r.pcm = signal(a / 6 % 4, r.n);
+            r.pcm = audio_signal(a / 6 % 4, r.n);
             const int64_t na = qwen_audio_token_count(multi, r.n);
             const int pre = b % 4, post = b / 4 % 4, wrong = b / 16 % 8 == 0;
             for (int k = 0; k < pre; k++) r.prompt[r.n_prompt++] = (c + 3 * k) % vocab;
