@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_engine import batch_step_ms, test_audio
+from bench_engine import add_checkpoint_args, batch_step_ms, checkpoint_dir, test_audio
 from bench_serve import cpu_model
 
 from qwen_serve.engine import Engine
@@ -159,9 +159,7 @@ def long_file(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="full-0.6b")
-    p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    add_checkpoint_args(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,2,4,8,16")
     p.add_argument("--steps", type=int, default=12, help="decode steps timed per batch size (median kept)")
@@ -174,13 +172,7 @@ def main() -> None:
     p.add_argument("--client-seconds", type=float, default=40.0)
     p.add_argument("--precision", default="exact,fast", help="precisions to measure, each in turn")
     args = p.parse_args()
-    if args.model_dir is None:
-        from qwen_serve.testing.checkpoint import make_checkpoint
-
-        args.model_dir = args.cache_dir / args.preset
-        if not (args.model_dir / "config.json").exists():
-            print(f"generating {args.preset} into {args.model_dir} ...", flush=True)
-            make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
+    args.model_dir = checkpoint_dir(args)
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {args.threads} threads; checkpoint {args.model_dir}")
 
     precisions = args.precision.split(",")

@@ -84,6 +84,30 @@ def batch_step_ms(native: Any, pcm: np.ndarray, prompt: list[int], batch: int, s
     return sorted(times)[len(times) // 2]
 
 
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """--preset, --model-dir and --cache-dir: the checkpoint a benchmark runs on (checkpoint_dir)."""
+    p.add_argument(
+        "--preset", default="full-0.6b", help="checkpoint preset to generate (full-0.6b, full-1.7b)"
+    )
+    p.add_argument(
+        "--model-dir", type=Path, default=None, help="use this checkpoint instead of generating one"
+    )
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """--model-dir, or the --preset generated once under --cache-dir (random weights, bf16)."""
+    if args.model_dir is not None:
+        return Path(args.model_dir)
+    from qwen_serve.testing.checkpoint import make_checkpoint
+
+    path = Path(args.cache_dir) / args.preset
+    if not (path / "config.json").exists():
+        print(f"generating {args.preset} into {path} ...", flush=True)
+        make_checkpoint(path, preset=args.preset, seed=0, dtype="bf16")
+    return path
+
+
 def run_ours(args: argparse.Namespace) -> dict[str, float]:
     from qwen_serve.engine import Engine
 
@@ -229,13 +253,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--preset", default="full-0.6b", help="checkpoint preset to generate (full-0.6b, full-1.7b)"
-    )
-    p.add_argument(
-        "--model-dir", type=Path, default=None, help="use this checkpoint instead of generating one"
-    )
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "qwen-bench")
+    add_checkpoint_args(p)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32, help="decode steps to time")
@@ -261,13 +279,7 @@ def main() -> None:
     if args.worker:
         worker_main(args)
         return
-    if args.model_dir is None:
-        from qwen_serve.testing.checkpoint import make_checkpoint
-
-        args.model_dir = args.cache_dir / args.preset
-        if not (args.model_dir / "config.json").exists():
-            print(f"generating {args.preset} into {args.model_dir} ...", flush=True)
-            make_checkpoint(args.model_dir, preset=args.preset, seed=0, dtype="bf16")
+    args.model_dir = checkpoint_dir(args)
     print(
         f"checkpoint {args.model_dir}, {args.seconds:g} s audio, {args.threads} threads, {args.tokens} tokens"
     )

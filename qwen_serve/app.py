@@ -165,6 +165,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             kv_budget_tokens=settings.kv_budget_tokens,
             encoder_cache_windows=settings.encoder_cache_windows,
             prefix_cache_tokens=settings.prefix_cache_tokens,
+            weight_cache=settings.weight_cache,
             record_metrics=settings.metrics,
         )
     if not handles:
@@ -209,7 +210,11 @@ def aligner_deployment(settings: Settings) -> tuple[Application | None, str]:
         **replica_options(settings),
     )(AlignerServer)
     app = deployment.bind(
-        str(aligner_dir), threads=settings.threads, isa=settings.isa, precision=settings.precision
+        str(aligner_dir),
+        threads=settings.threads,
+        isa=settings.isa,
+        precision=settings.precision,
+        weight_cache=settings.weight_cache,
     )
     return app, ""
 

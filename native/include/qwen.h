@@ -109,6 +109,12 @@ typedef struct {
                              * back (qwen_seq_logits, qwen_last_logits) are the whole head's
                              * either way. README (Correctness): what the screen saves and what it
                              * was measured to change (no token on the test sets). */
+    const char *weight_cache; /* a directory (that exists) for the weights packed at load (FAST's int8
+                               * copies, bf16 panels and tiles): the first load writes them to a
+                               * file there, a later load of the same checkpoint by the same library
+                               * with the same kernels maps that file instead of packing again, and
+                               * processes that map it share its pages. NULL or "" = none.
+                               * qwen_get_info "weight_cache" says what a load did. */
 } qwen_params;
 
 typedef struct {
@@ -225,8 +231,12 @@ QWEN_API double qwen_seq_timing(const qwen_context *ctx, int seq, const char *ke
  * "head_blocks" (blocks of 16 tokens a screened row takes; 0: no screen),
  * "head_screen_rows" (the most rows of a step it screens: 4 or 8 by the int8
  * kernel set; 0: no screen), "head_screened_rows" (rows screened so far) and "head_whole_rows" (screened
- * rows whose whole logits were read back, and so computed after). -1 for an
- * unknown key. */
+ * rows whose whole logits were read back, and so computed after). The weight
+ * cache (qwen_params.weight_cache): "weight_cache" is 0 (none: no directory,
+ * or nothing packed), 1 (this load packed the weights and wrote the file), 2
+ * (it mapped them from the file) or 3 (the file could not be written:
+ * "weight_cache_errno" says why); "weight_cache_bytes" the packed bytes. -1 for
+ * an unknown key. */
 QWEN_API int64_t qwen_get_info(const qwen_context *ctx, const char *key);
 
 /* ==== Transcription, batch of one (pull-style) ==== */

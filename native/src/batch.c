@@ -459,6 +459,9 @@ int64_t qwen_get_info(const qwen_context *ctx, const char *key) {
     if (!strcmp(key, "head_screen_rows")) return ctx->dec.screen ? ctx->q8->screen_rows : 0;
     if (!strcmp(key, "head_screened_rows")) return ctx->head_screened_rows;
     if (!strcmp(key, "head_whole_rows")) return ctx->head_whole_rows;
+    if (!strcmp(key, "weight_cache")) return ctx->wcache.state == QW_WCACHE_MISS ? 0 : ctx->wcache.state;
+    if (!strcmp(key, "weight_cache_errno")) return ctx->wcache.err_no;
+    if (!strcmp(key, "weight_cache_bytes")) return (int64_t)ctx->arena_used;
     return -1;
 }
 

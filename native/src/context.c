@@ -65,7 +65,7 @@ void *qw_own_weights(qwen_context *ctx, size_t bytes) {
 
 void qw_trim_weights(qwen_context *ctx) {
 #ifdef __linux__
-    if (!ctx->arena) return;
+    if (!ctx->arena || ctx->wcache.state == QW_WCACHE_HIT) return; /* a file's mapping: its own size */
     const size_t kept = (ctx->arena_used + QW_HUGE_PAGE - 1) / QW_HUGE_PAGE * QW_HUGE_PAGE;
     if (kept < ctx->arena_size) munmap(ctx->arena + kept, ctx->arena_size - kept);
     ctx->arena_size = kept;

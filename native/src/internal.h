@@ -63,6 +63,8 @@ typedef struct {
     void **maps;        /* one mapping per file */
     size_t *map_sizes;
     int n_maps;
+    char *files;        /* a line per file mapped: path, size, mtime, device and inode (the weight
+                         * cache's key) */
 } qw_safetensors;
 
 int qw_safetensors_open(const char *model_dir, qw_safetensors *st, char *err, size_t err_size);
@@ -255,6 +257,30 @@ int qw_prefix_reuse(struct qwen_context *ctx, qw_seq *s);
  * audio row that can change (down to a prefill_chunk boundary). */
 void qw_prefix_keep(struct qwen_context *ctx, const qw_seq *s);
 
+/* ==== Weight cache (weight_cache.c) ====
+ * The packed weights of a load (the arena below) kept in a file of a cache directory, so that the
+ * next load of the same checkpoint by the same library with the same kernels maps them instead
+ * of computing them. */
+typedef struct {
+    int state;      /* QW_WCACHE_* */
+    int err_no;     /* QW_WCACHE_FAILED: why the file could not be written */
+    char *key;      /* what the bytes depend on (written into the file, compared on a load) */
+    char *path;     /* the file for this checkpoint, library and kernels */
+    size_t bytes;   /* QW_WCACHE_HIT: the arena's bytes in the file */
+} qw_wcache;
+/* qwen_get_info "weight_cache" reports the first four; MISS is a load still running without a file. */
+enum { QW_WCACHE_OFF = 0, QW_WCACHE_WRITTEN = 1, QW_WCACHE_HIT = 2, QW_WCACHE_FAILED = 3, QW_WCACHE_MISS = 4 };
+struct qwen_context;
+/* Before the weights load: the key and the file's path; where the file holds this key, the arena
+ * becomes its mapping (state HIT). No error: a file that cannot be read is a load without it. */
+void qw_wcache_begin(struct qwen_context *ctx, const char *dir, const char *model_dir);
+/* After they loaded: HIT checks that the load took exactly the file's bytes (else the file goes
+ * and the load fails); MISS writes the arena to the file and maps it in the arena's place. */
+int qw_wcache_end(struct qwen_context *ctx, char *err, size_t err_size);
+/* p (from qw_own_weights) holds weights already packed: it lies in the mapped file. */
+int qw_wcache_has(const struct qwen_context *ctx, const void *p);
+void qw_wcache_free(struct qwen_context *ctx);
+
 /* ==== Context ==== */
 struct qwen_context {
     qw_config cfg;
@@ -266,6 +292,7 @@ struct qwen_context {
     char *arena;                /* packed weights (qw_own_weights): a mapping 2 MiB aligned, on huge pages */
     size_t arena_size, arena_used;
     int arena_tried;
+    qw_wcache wcache;           /* the arena kept in a file (weight_cache.c) */
 
     const qw_kernels *k;
     qwen_isa isa;

@@ -17,7 +17,7 @@
 
 const char *qwen_version(void) { return "0.1.0"; }
 
-qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0, 0}; }
+qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0, 0, NULL}; }
 
 qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL}; }
 
@@ -53,6 +53,7 @@ void qwen_free(qwen_context *ctx) {
     for (int i = 0; i < ctx->n_owned; i++) free(ctx->owned[i]);
     free(ctx->owned);
     qw_free_weights(ctx);
+    qw_wcache_free(ctx);
     free(ctx->scratch);
     free(ctx->enc_scratch);
     free(ctx->q8_act);
@@ -124,9 +125,11 @@ qwen_context *qwen_load(const char *model_dir, const qwen_params *params, char *
                  : ctx->cfg.head_dim % QW_KV8_BLOCK == 0 ? QW_KV8
                                                          : QW_BF16;
     if (!rc) rc = qw_safetensors_open(model_dir, &ctx->st, err, err_size);
+    if (!rc) qw_wcache_begin(ctx, p.weight_cache, model_dir);
     if (!rc) rc = qw_encoder_load(ctx, err, err_size);
     if (!rc) rc = qw_decoder_load(ctx, err, err_size);
     if (!rc) qw_trim_weights(ctx);
+    if (!rc) rc = qw_wcache_end(ctx, err, err_size);
     if (!rc && qw_mel_init(ctx)) rc = QWEN_ERR_NOMEM;
     if (!rc && qw_batch_init(ctx, &p)) rc = QWEN_ERR_NOMEM;
     if (rc) {

@@ -74,6 +74,17 @@ static int add_file(qw_safetensors *st, const char *path, char *err, size_t err_
     st->maps[st->n_maps] = map;
     st->map_sizes[st->n_maps] = size;
     st->n_maps++;
+    char line[4200];
+    const int ln = snprintf(line, sizeof(line), "%s %zu %lld.%09ld %llu:%llu\n", path, size, (long long)sb.st_mtim.tv_sec,
+                            (long)sb.st_mtim.tv_nsec, (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+    const size_t have = st->files ? strlen(st->files) : 0;
+    char *files = realloc(st->files, have + (size_t)ln + 1);
+    if (!files) {
+        snprintf(err, err_size, "out of memory");
+        return QWEN_ERR_NOMEM;
+    }
+    memcpy(files + have, line, (size_t)ln + 1);
+    st->files = files;
 
     uint64_t hlen = 0;
     memcpy(&hlen, map, 8); /* little-endian u64 */
@@ -195,6 +206,7 @@ void qw_safetensors_close(qw_safetensors *st) {
     free(st->tensors);
     free(st->maps);
     free(st->map_sizes);
+    free(st->files);
     memset(st, 0, sizeof(*st));
 }
 

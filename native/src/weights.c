@@ -2,7 +2,8 @@
  * Weights — the loaders every stage uses: a checkpoint tensor checked for its
  * shape and used in place (a matrix, in the checkpoint's dtype), or a small
  * vector widened to f32 once and owned by the context; for precision FAST,
- * the int8 copy of a matrix that replaces it.
+ * the int8 copy of a matrix that replaces it (or the weight cache's, packed
+ * by an earlier load: weight_cache.c).
  */
 #include "internal.h"
 
@@ -110,7 +111,7 @@ int qw_quantize_mat(qw_loader *L, qw_mat *m, qw_q4 **screen) {
     if (S) qw_q4_init(S, m->rows, m->cols, mem + qb + sb + zb, mem + qb + sb + zb + q4b);
     const int blocks = (m->rows + 15) / 16;
     pack_job j = {W, m->data, m->dt, 8, blocks, L->ctx->q8, L->ctx->k->to_f32, L->ctx, S};
-    qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
+    if (!qw_wcache_has(L->ctx, mem)) qw_pool_run(L->ctx->pool, (blocks + j.per - 1) / j.per, pack_task, &j);
     replace_mat(L->ctx, m, W, QW_Q8);
     if (screen) *screen = S;
     return 0;
@@ -141,7 +142,7 @@ int qw_bf16p_mat(qw_loader *L, qw_mat *m) {
     void *packed = mem + (64 - (uintptr_t)mem % 64) % 64;
     const int panels = (m->rows + 31) / 32;
     bf16p_job j = {packed, m->data, m->rows, m->cols, 4, panels};
-    qw_pool_run(L->ctx->pool, (panels + j.per - 1) / j.per, bf16p_task, &j);
+    if (!qw_wcache_has(L->ctx, packed)) qw_pool_run(L->ctx->pool, (panels + j.per - 1) / j.per, bf16p_task, &j);
     replace_mat(L->ctx, m, packed, QW_BF16P);
 #else
     (void)m;
@@ -157,7 +158,7 @@ int qw_amx_mat(qw_loader *L, qw_mat *m) {
         return L->rc = QWEN_ERR_NOMEM;
     }
     void *packed = mem + (64 - (uintptr_t)mem % 64) % 64;
-    qw_amx_pack(packed, m->data, m->dt, m->rows, m->cols);
+    if (!qw_wcache_has(L->ctx, packed)) qw_amx_pack(packed, m->data, m->dt, m->rows, m->cols);
     replace_mat(L->ctx, m, packed, QW_AMX);
     return 0;
 }

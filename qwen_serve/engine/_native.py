@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Literal, overload
 
 import numpy as np
+
+logger = logging.getLogger("qwen_serve")
 
 QWEN_OK = 0
 QWEN_DONE = 1
@@ -53,6 +56,7 @@ class _Params(ctypes.Structure):
         ("prefix_cache_tokens", ctypes.c_int64),
         ("encoder_windows_per_pass", ctypes.c_int),
         ("head_screen", ctypes.c_int),
+        ("weight_cache", ctypes.c_char_p),
     ]
 
 
@@ -235,6 +239,7 @@ class NativeModel:
         prefix_cache_tokens: int = 0,
         encoder_windows_per_pass: int = 0,
         head_screen: int = 0,
+        weight_cache: str | os.PathLike[str] | None = None,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
@@ -255,6 +260,13 @@ class NativeModel:
         params.head_screen = int(
             head_screen
         )  # fast: 0 screens a step's LM head (32 blocks), < 0: the whole head
+        if weight_cache:  # the packed weights kept for the next load (libqwen writes or maps the file)
+            weight_cache = os.path.expanduser(weight_cache)
+            try:
+                os.makedirs(weight_cache, exist_ok=True)
+                params.weight_cache = os.fsencode(weight_cache)
+            except OSError as exc:
+                logger.warning("weight cache %s not used: %s", weight_cache, exc)
         err = ctypes.create_string_buffer(512)
         ctx = self._lib.qwen_load(os.fsencode(model_dir), ctypes.byref(params), err, len(err))
         if not ctx:
@@ -268,6 +280,22 @@ class NativeModel:
         self.max_sequences = int(self.context_info("max_sequences"))
         self._events = (_Event * self.max_sequences)()
         self._seq_callbacks: dict[int, object] = {}
+        if self.weight_cache == "failed":
+            errno = self.context_info("weight_cache_errno")
+            logger.warning("weight cache not written in %s: %s", weight_cache, os.strerror(errno))
+
+    @property
+    def weight_cache(self) -> Literal["none", "written", "loaded", "failed"]:
+        """What the load did with the weight cache: "none" (no directory, or no packed weights: exact
+        on most kernel sets), "written" (packed them and wrote the file), "loaded" (mapped them from
+        the file, nothing packed), "failed" (packed them; the file could not be written)."""
+        states: tuple[Literal["none", "written", "loaded", "failed"], ...] = (
+            "none",
+            "written",
+            "loaded",
+            "failed",
+        )
+        return states[self.context_info("weight_cache")]
 
     # ---- life cycle -------------------------------------------------------
     def close(self) -> None:
@@ -337,7 +365,8 @@ class NativeModel:
         """qwen_get_info: "active", "free_slots", "max_sequences", "kv_reserved", "kv_budget", "max_context",
         "encoder_cache_hits", "encoder_cache_misses", "encoder_cache_windows", "prefix_cache_hits",
         "prefix_cache_tokens_reused", "prefix_cache_tokens", "prefill_joined", "head_blocks",
-        "head_screen_rows", "head_screened_rows", "head_whole_rows" (native/include/qwen.h)."""
+        "head_screen_rows", "head_screened_rows", "head_whole_rows", "weight_cache", "weight_cache_errno",
+        "weight_cache_bytes" (native/include/qwen.h)."""
         value = int(self._lib.qwen_get_info(self.ctx, key.encode()))
         if value < 0:
             raise KeyError(key)

@@ -38,7 +38,12 @@ class Aligner:
     """A Qwen3-ForcedAligner checkpoint directory loaded into libqwen."""
 
     def __init__(
-        self, model_dir: str | Path, threads: int | None = None, isa: str = "auto", precision: str = "exact"
+        self,
+        model_dir: str | Path,
+        threads: int | None = None,
+        isa: str = "auto",
+        precision: str = "exact",
+        weight_cache: str | Path | None = None,
     ):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
@@ -47,7 +52,12 @@ class Aligner:
         # 13 audio tokens a second, and a word at least every 0.1 s, each word 1-3 tokens + 2 markers
         max_context = int(MAX_ALIGN_SECONDS * (13 + 10 * 5)) + 64
         self.native = NativeModel(
-            self.model_dir, threads=threads, isa=isa, precision=precision, max_context=max_context
+            self.model_dir,
+            threads=threads,
+            isa=isa,
+            precision=precision,
+            max_context=max_context,
+            weight_cache=weight_cache,
         )
         if not self.native.is_aligner:
             self.native.close()

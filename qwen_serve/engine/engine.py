@@ -61,13 +61,17 @@ class Engine:
         precision: str = "exact",
         encoder_cache_windows: int = 0,
         prefix_cache_tokens: int = 0,
+        weight_cache: str | Path | None = None,
     ):
         """`encoder_cache_windows`: complete 8 s encoder windows libqwen keeps to reuse when the
         same audio comes again (a live turn's earlier windows, a repeated request); 0 is libqwen's
         default (32), a negative number turns the cache off. `prefix_cache_tokens`: KV rows of
         prompt prefixes (up to their audio that can still change) libqwen keeps, so that the next
         decode of a growing turn prefills only what changed; 0 is libqwen's default (1024, about
-        235 MB), negative turns it off. Neither changes a result by a bit."""
+        235 MB), negative turns it off. Neither changes a result by a bit. `weight_cache`: a
+        directory where libqwen keeps the weights it packs at load (precision fast), so that the
+        next load maps them instead (no quantizing; processes share the pages); None: none. The
+        same bits either way."""
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"no Qwen3-ASR checkpoint at {self.model_dir} (config.json missing)")
@@ -93,6 +97,7 @@ class Engine:
             precision=precision,
             encoder_cache_windows=encoder_cache_windows,
             prefix_cache_tokens=prefix_cache_tokens,
+            weight_cache=weight_cache,
         )
         if self.tokenizer.token_to_id(self.audio_token) != self.native.audio_token_id:
             raise ValueError(

@@ -54,10 +54,14 @@ class AlignerEngine(Protocol):
     def close(self) -> None: ...
 
 
-def load_aligner(model_dir: Path, *, threads: int | None, isa: str, precision: str) -> AlignerEngine:
+def load_aligner(
+    model_dir: Path, *, threads: int | None, isa: str, precision: str, weight_cache: str = ""
+) -> AlignerEngine:
     from qwen_serve.engine import Aligner  # here, on the replica (see the module doc)
 
-    return Aligner(model_dir, threads=threads, isa=isa, precision=precision)
+    return Aligner(
+        model_dir, threads=threads, isa=isa, precision=precision, weight_cache=weight_cache or None
+    )
 
 
 class AlignerServer:
@@ -69,6 +73,7 @@ class AlignerServer:
         threads: int | None = None,
         isa: str = "auto",
         precision: str = "exact",
+        weight_cache: str = "",
         aligner_factory: Any = None,
     ):
         self.model_dir = Path(model_dir)
@@ -80,7 +85,7 @@ class AlignerServer:
                 )
         self.threads = threads if threads is not None else node_cpus()
         self.aligner: AlignerEngine = (aligner_factory or load_aligner)(
-            self.model_dir, threads=self.threads, isa=isa, precision=precision
+            self.model_dir, threads=self.threads, isa=isa, precision=precision, weight_cache=weight_cache
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self._closed = False

@@ -132,6 +132,7 @@ class EngineFactory(Protocol):
         max_waiting: int | None,
         encoder_cache_windows: int,
         prefix_cache_tokens: int,
+        weight_cache: str,
     ) -> BatchingEngine: ...
 
 
@@ -146,9 +147,10 @@ def load_engine(
     max_waiting: int | None,
     encoder_cache_windows: int,
     prefix_cache_tokens: int,
+    weight_cache: str,
 ) -> BatchingEngine:
     """The replica's Engine; `encoder_cache_windows` / `prefix_cache_tokens` 0 turn libqwen's
-    caches off."""
+    caches off, `weight_cache` "" its weight cache (a "~" in it is this node's home)."""
     from qwen_serve.engine import Engine  # here, on the replica: keeps ctypes out of this module
 
     return Engine(
@@ -161,6 +163,7 @@ def load_engine(
         max_waiting=max_waiting,
         encoder_cache_windows=encoder_cache_windows if encoder_cache_windows > 0 else -1,
         prefix_cache_tokens=prefix_cache_tokens if prefix_cache_tokens > 0 else -1,
+        weight_cache=weight_cache or None,
     )
 
 
@@ -228,6 +231,7 @@ class ModelServer:
         max_waiting: int | None = None,
         encoder_cache_windows: int = 32,
         prefix_cache_tokens: int = 1024,
+        weight_cache: str = "",
         engine_factory: EngineFactory | None = None,
         record_metrics: bool = True,
     ):
@@ -251,6 +255,7 @@ class ModelServer:
             max_waiting=max_waiting,
             encoder_cache_windows=encoder_cache_windows,
             prefix_cache_tokens=prefix_cache_tokens,
+            weight_cache=weight_cache,
         )
         # One thread per request the engine can hold; busy requests never take one.
         capacity = max_batch + (max_batch if max_waiting is None else max_waiting)

@@ -122,8 +122,10 @@ class FakeEngine:
         max_waiting: int | None = None,
         encoder_cache_windows: int = 32,
         prefix_cache_tokens: int = 1024,
+        weight_cache: str = "",
     ):
         self.model_dir = Path(model_dir)
+        self.weight_cache = weight_cache
         self.encoder_cache_windows = encoder_cache_windows
         self.prefix_cache_tokens = prefix_cache_tokens
         self.threads = threads

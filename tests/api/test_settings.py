@@ -31,6 +31,7 @@ def test_defaults() -> None:
     assert s.models["qwen-asr-1.7b"].repo == "Qwen/Qwen3-ASR-1.7B"
     assert (s.max_batch, s.kv_budget_tokens, s.model_num_cpus) == (8, None, 1.0)
     assert (s.encoder_cache_windows, s.prefix_cache_tokens) == (32, 1024)
+    assert s.weight_cache == "~/.cache/qwen-serve/weights"
 
 
 def test_batching_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,9 +51,11 @@ def test_env_wins_over_args(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN_API_TOKEN", "sk-a, sk-b ,")
     monkeypatch.setenv("QWEN_ISA", "avx512bf16")
     monkeypatch.setenv("QWEN_PRECISION", "exact")
+    monkeypatch.setenv("QWEN_WEIGHT_CACHE", "")
     s = Settings.from_args(
         {"port": 8500, "model_pool_size": 3, "models_dir": "elsewhere", "isa": "avx2", "precision": "fast"}
     )
+    assert s.weight_cache == ""  # turned off
     assert s.port == 9000 and s.model_pool_size == 3 and s.model_idle_timeout == 0
     assert s.isa == "avx512bf16" and s.precision == "exact"
     assert s.model_dir("qwen-asr-0.6b") == Path("/srv/models/qwen3-asr-0.6b")

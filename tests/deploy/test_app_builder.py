@@ -81,6 +81,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
             "kv_budget_tokens": 20000,
             "encoder_cache_windows": 4,
             "prefix_cache_tokens": 512,
+            "weight_cache": "/var/cache/qwen",
         }
     )
     assert isinstance(app, Application)
@@ -103,6 +104,7 @@ def test_build_app_one_deployment_per_model(tmp_path: Path) -> None:
         )
         assert deployment.init_kwargs["encoder_cache_windows"] == 4
         assert deployment.init_kwargs["prefix_cache_tokens"] == 512
+        assert deployment.init_kwargs["weight_cache"] == "/var/cache/qwen"
         assert deployment.ray_actor_options["num_cpus"] == 1.0
     assert infos["my-asr"].languages == ("English", "Chinese")
 
@@ -120,7 +122,12 @@ def test_aligner_deployment_when_its_checkpoint_is_there(tmp_path: Path) -> None
     scaling = deployment._deployment_config.autoscaling_config
     assert scaling.max_replicas == 3 and scaling.min_replicas == 0 and scaling.initial_replicas == 0
     assert deployment.init_args == (str((tmp_path / "qwen3-forcedaligner-0.6b").resolve()),)
-    assert deployment.init_kwargs == {"threads": 2, "isa": "auto", "precision": "exact"}
+    assert deployment.init_kwargs == {
+        "threads": 2,
+        "isa": "auto",
+        "precision": "exact",
+        "weight_cache": "~/.cache/qwen-serve/weights",  # "~": the replica's node expands it
+    }
 
 
 def test_aligner_turned_off(tmp_path: Path) -> None:

@@ -1,0 +1,240 @@
+/*
+ * Weight cache — the packed weights of a load (the arena of qw_own_weights:
+ * the int8 copies and the LM head's screen, the BF16 set's panels, AMX tiles)
+ * kept in a file, so that the next load of the same checkpoint by the same
+ * library with the same kernels maps them instead of computing them: no
+ * quantizing, no fresh pages to zero, and the processes that map one file
+ * share one copy of it in the page cache (a pool's replicas on one node).
+ *
+ * The file: the arena's bytes from offset 0, then at a page boundary the key
+ * (what the bytes depend on: this library file, the kernels and precision, the
+ * quantization group, the screen, config.json and each checkpoint file by
+ * path, size, mtime and inode), then a footer (magic, the two sizes). It is
+ * mapped 2 MiB aligned, so that a file system that keeps large folios (ext4 and
+ * XFS on recent kernels) gives it huge pages as the anonymous arena has them.
+ * A file with another key is written again; written under a temporary name and
+ * renamed, so a load never maps half a file. A file that cannot be read or
+ * written is a load without it; a load fails only where a file holds this key
+ * and not this load's bytes (a library bug: the file is removed), or where the
+ * file just written cannot be mapped in the arena's place.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr */
+#endif
+#include "internal.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quant.h"
+
+#define QW_WCACHE_MAGIC "QWENWC01"
+#define QW_HUGE ((size_t)2 << 20)
+
+typedef struct {
+    char magic[8];
+    uint64_t data_bytes; /* the arena's bytes, at offset 0 */
+    uint64_t key_bytes;  /* the key's, at data_bytes rounded up to a page */
+    uint64_t pad;
+} footer;
+
+static size_t page_round(size_t n) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + page - 1) / page * page;
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* "path size mtime" of a file, or "path -" where it cannot be read. */
+static int file_line(char *out, size_t n, const char *path) {
+    struct stat sb;
+    if (!path || stat(path, &sb) != 0) return snprintf(out, n, "%s -\n", path ? path : "?");
+    return snprintf(out, n, "%s %lld %lld.%09ld\n", path, (long long)sb.st_size, (long long)sb.st_mtim.tv_sec,
+                    (long)sb.st_mtim.tv_nsec);
+}
+
+static char *build_key(const qwen_context *ctx, const char *model_dir) {
+    Dl_info info;
+    const char *lib = dladdr((void *)qwen_load, &info) && info.dli_fname ? info.dli_fname : NULL;
+    char cfg[4200]; /* a realpath and the name */
+    snprintf(cfg, sizeof(cfg), "%s/config.json", model_dir);
+    char head[8192];
+    int n = snprintf(head, sizeof(head), "libqwen %s weight cache 1\nkernels %s\nprecision %s\ngroup %d\nscreen %d\nlibrary ",
+                     qwen_version(), ctx->kernels_name, qwen_precision_name(ctx->precision), QW_Q8_GROUP,
+                     ctx->head_blocks > 0);
+    n += lib ? file_line(head + n, sizeof(head) - (size_t)n, lib)
+             : snprintf(head + n, sizeof(head) - (size_t)n, "static %s %s\n", __DATE__, __TIME__);
+    if ((size_t)n < sizeof(head)) n += snprintf(head + n, sizeof(head) - (size_t)n, "config ");
+    if ((size_t)n < sizeof(head)) n += file_line(head + n, sizeof(head) - (size_t)n, cfg);
+    if ((size_t)n >= sizeof(head)) return NULL;
+    const char *files = ctx->st.files ? ctx->st.files : "";
+    char *key = malloc((size_t)n + strlen(files) + 1);
+    if (key) {
+        memcpy(key, head, (size_t)n);
+        strcpy(key + n, files);
+    }
+    return key;
+}
+
+/* Maps the file's first len bytes (page-rounded) at a 2 MiB-aligned address, read only. */
+static char *map_aligned(int fd, size_t len) {
+    char *r = mmap(NULL, len + QW_HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) return NULL;
+    char *a = (char *)(((uintptr_t)r + QW_HUGE - 1) & ~(uintptr_t)(QW_HUGE - 1));
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (a + len < r + len + QW_HUGE) munmap(a + len, (size_t)(r + len + QW_HUGE - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE); /* readahead in huge folios where the file system has them */
+#endif
+    char *p = mmap(a, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+        munmap(a, len);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+/* The file's data bytes where it is whole and holds exactly this key, else 0. */
+static size_t read_matching(int fd, const char *key) {
+    struct stat sb;
+    footer f;
+    if (fstat(fd, &sb) != 0 || sb.st_size < (off_t)sizeof(f)) return 0;
+    if (pread(fd, &f, sizeof(f), sb.st_size - (off_t)sizeof(f)) != (ssize_t)sizeof(f)) return 0;
+    const size_t klen = strlen(key);
+    if (memcmp(f.magic, QW_WCACHE_MAGIC, 8) || f.key_bytes != klen || f.data_bytes == 0 ||
+        f.data_bytes > (uint64_t)sb.st_size || page_round(f.data_bytes) + klen + sizeof(f) != (uint64_t)sb.st_size)
+        return 0;
+    char *k = malloc(klen + 1);
+    int same = k && pread(fd, k, klen, (off_t)page_round(f.data_bytes)) == (ssize_t)klen && !memcmp(k, key, klen);
+    free(k);
+    return same ? (size_t)f.data_bytes : 0;
+}
+
+void qw_wcache_begin(qwen_context *ctx, const char *dir, const char *model_dir) {
+    qw_wcache *w = &ctx->wcache;
+    if (!dir || !dir[0]) return;
+    char real[4096];
+    const char *md = realpath(model_dir, real) ? real : model_dir;
+    w->key = build_key(ctx, md);
+    const char *base = strrchr(md, '/');
+    base = base && base[1] ? base + 1 : "model";
+    char slot[8192]; /* one file per checkpoint directory, kernels and precision: a new library replaces it */
+    snprintf(slot, sizeof(slot), "%s\n%s\n%s", md, ctx->kernels_name, qwen_precision_name(ctx->precision));
+    const size_t plen = strlen(dir) + strlen(base) + 64;
+    w->path = malloc(plen);
+    if (!w->key || !w->path) {
+        qw_wcache_free(ctx);
+        return;
+    }
+    snprintf(w->path, plen, "%s/%s-%016llx.qwc", dir, base, (unsigned long long)fnv1a(slot));
+    w->state = QW_WCACHE_MISS;
+    const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    const size_t bytes = read_matching(fd, w->key);
+    char *p = bytes ? map_aligned(fd, page_round(bytes)) : NULL;
+    close(fd);
+    if (!p) return;
+    ctx->arena = p; /* qw_own_weights hands out the same offsets as the load that wrote it */
+    ctx->arena_size = page_round(bytes);
+    ctx->arena_tried = 1;
+    w->bytes = bytes;
+    w->state = QW_WCACHE_HIT;
+}
+
+int qw_wcache_has(const qwen_context *ctx, const void *p) {
+    return ctx->wcache.state == QW_WCACHE_HIT && (const char *)p >= ctx->arena &&
+           (const char *)p < ctx->arena + ctx->wcache.bytes;
+}
+
+static int write_all(int fd, const void *p, size_t n) {
+    for (const char *c = p; n;) {
+        const ssize_t k = write(fd, c, n > ((size_t)1 << 30) ? (size_t)1 << 30 : n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* arena[0, used) + padding + key + footer into a new file renamed over the slot; errno or 0. */
+static int write_file(const qwen_context *ctx, const char *path, const char *key) {
+    const size_t used = ctx->arena_used, klen = strlen(key), padded = page_round(used);
+    char tmp[8300];
+    snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+    const int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return errno ? errno : EIO;
+    footer f = {{0}, used, klen, 0};
+    memcpy(f.magic, QW_WCACHE_MAGIC, 8);
+    int rc = write_all(fd, ctx->arena, used);
+    if (!rc && padded > used) rc = lseek(fd, (off_t)padded, SEEK_SET) < 0 ? -1 : 0; /* a hole */
+    if (!rc) rc = write_all(fd, key, klen);
+    if (!rc) rc = write_all(fd, &f, sizeof(f));
+    if (!rc) rc = fsync(fd); /* the bytes on disk before the name: a crash leaves no file of zeros */
+    const int e = rc ? (errno ? errno : EIO) : 0;
+    if (close(fd) != 0 && !rc) rc = -1;
+    if (!rc && rename(tmp, path) != 0) rc = -1;
+    if (rc) {
+        const int e2 = e ? e : (errno ? errno : EIO);
+        unlink(tmp);
+        return e2;
+    }
+    return 0;
+}
+
+int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
+    qw_wcache *w = &ctx->wcache;
+    if (w->state == QW_WCACHE_HIT) {
+        if (ctx->arena_used == w->bytes) return 0;
+        unlink(w->path);
+        snprintf(err, err_size, "weight cache %s did not match this load (removed; load again)", w->path);
+        return QWEN_ERR_FORMAT;
+    }
+    if (w->state != QW_WCACHE_MISS) return 0;
+    if (!ctx->arena || !ctx->arena_used) { /* nothing packed (EXACT on most kernel sets) */
+        w->state = QW_WCACHE_OFF;
+        return 0;
+    }
+    const int e = write_file(ctx, w->path, w->key);
+    if (e) {
+        w->state = QW_WCACHE_FAILED;
+        w->err_no = e;
+        return 0;
+    }
+    w->state = QW_WCACHE_WRITTEN;
+    /* The file's pages in the arena's place (the same bytes): shared with the next load's. */
+    const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const size_t len = page_round(ctx->arena_used);
+    const int mapped = len > ctx->arena_size ||
+                       mmap(ctx->arena, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0) != MAP_FAILED;
+    close(fd);
+    if (!mapped) { /* a failed MAP_FIXED may have taken the arena's pages with it */
+        snprintf(err, err_size, "cannot map the weight cache %s just written", w->path);
+        return QWEN_ERR_IO;
+    }
+#ifdef MADV_HUGEPAGE
+    if (len <= ctx->arena_size) madvise(ctx->arena, len, MADV_HUGEPAGE);
+#endif
+    return 0;
+}
+
+void qw_wcache_free(qwen_context *ctx) {
+    free(ctx->wcache.key);
+    free(ctx->wcache.path);
+    ctx->wcache.key = ctx->wcache.path = NULL;
+}
