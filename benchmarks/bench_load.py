@@ -7,7 +7,7 @@
                                                            # the page cache (root: /proc/sys/vm/drop_caches)
 
 What a replica's start costs and holds (precision fast, `Engine(...)` in a fresh process each time:
-what ModelServer runs), in rounds whose cases take turns:
+what ModelServer runs; the load times exclude the Python imports), in rounds whose cases take turns:
 
 - `packed`: no weight cache, every load quantizes and packs (the behaviour without QWEN_WEIGHT_CACHE);
 - `writes`: an empty cache directory, the load packs and writes the file (a node's first load);
@@ -52,12 +52,12 @@ def smaps() -> dict[str, float]:
 
 def worker(args: argparse.Namespace) -> None:
     """Loads, tells the parent, decodes (unless --no-decode), waits for "measure", reports."""
-    t0 = time.perf_counter()
-    if args.worker == "official":
+    if args.worker == "official":  # imports before the clock, on both sides
         import torch
         from qwen_asr.core.transformers_backend import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 
         torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
         model = Qwen3ASRForConditionalGeneration.from_pretrained(args.model_dir, dtype=torch.float32).eval()
         Qwen3ASRProcessor.from_pretrained(args.model_dir)
         result: dict[str, Any] = {"load_s": time.perf_counter() - t0, "state": "-"}
@@ -66,6 +66,7 @@ def worker(args: argparse.Namespace) -> None:
         from qwen_serve.engine import Engine
 
         cache = args.worker_cache or None
+        t0 = time.perf_counter()
         engine = Engine(
             args.model_dir,
             threads=args.threads,
