@@ -33,7 +33,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends wget \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 --shell /bin/bash ray \
- && mkdir -p /models && chown ray /models
+ && mkdir -p /models /weight-cache && chown ray /models /weight-cache
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -24,8 +24,8 @@ of ours. On the wire Ray prefixes every name with `ray_` and counters end in
       qwen_encoder_cache_hits_total{model}                 counter (complete 8 s windows not encoded again)
       qwen_encoder_cache_misses_total{model}               counter (complete windows encoded)
       qwen_prefix_cache_tokens_reused_total{model}         counter (prompt rows not prefilled again)
-      qwen_model_load_seconds{model}                       histogram
-      qwen_model_loads_total{model}, qwen_model_unloads_total{model}  counters
+      qwen_model_load_seconds{model,weight_cache}          histogram
+      qwen_model_loads_total{model,weight_cache}, qwen_model_unloads_total{model}  counters
 
 `status` is the HTTP status, except that a stream which failed after its 200
 went out counts with the status of the error event it carried, and a
@@ -54,7 +54,7 @@ logger = logging.getLogger("ray.serve")
 
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]
 RTF_BUCKETS = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
-LOAD_BUCKETS_S = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]
+LOAD_BUCKETS_S = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]
 
 _lock = threading.Lock()
 _enabled = True
@@ -69,6 +69,7 @@ class _Registry:
 
         model = ("model",)
         request: Any = ("model", "endpoint", "status")  # Ray annotates tag_keys as a 1-tuple
+        load: Any = ("model", "weight_cache")
         self.requests = Counter(
             "qwen_requests",
             description="HTTP requests by model, endpoint and status (499: the client went away).",
@@ -135,10 +136,12 @@ class _Registry:
             "qwen_model_load_seconds",
             description="Time a replica took to load its model.",
             boundaries=LOAD_BUCKETS_S,
-            tag_keys=model,
+            tag_keys=load,
         )
         self.loads = Counter(
-            "qwen_model_loads", description="Models loaded (replicas started).", tag_keys=model
+            "qwen_model_loads",
+            description="Models loaded (replicas started).",
+            tag_keys=load,
         )
         self.unloads = Counter(
             "qwen_model_unloads", description="Models unloaded (replicas stopped).", tag_keys=model
@@ -240,13 +243,15 @@ def engine_sampled(model: str, stats: Mapping[str, Any], counts: Mapping[str, in
 
 
 @_never_raises
-def model_loaded(model: str, seconds: float) -> None:
-    """A replica loaded its model."""
+def model_loaded(model: str, seconds: float, weight_cache: str = "none") -> None:
+    """A replica loaded its model; `weight_cache`: what the load did with libqwen's weight cache
+    ("none", "written", "loaded" from it, "failed" to write it)."""
     m = _metrics()
     if m is None:
         return
-    m.load_time.observe(seconds, {"model": model})
-    m.loads.inc(1, {"model": model})
+    tags = {"model": model, "weight_cache": weight_cache}
+    m.load_time.observe(seconds, tags)
+    m.loads.inc(1, tags)
 
 
 @_never_raises

@@ -74,8 +74,9 @@ static int add_file(qw_safetensors *st, const char *path, char *err, size_t err_
     st->maps[st->n_maps] = map;
     st->map_sizes[st->n_maps] = size;
     st->n_maps++;
-    char line[4200];
-    const int ln = snprintf(line, sizeof(line), "%s %zu %lld.%09ld %llu:%llu\n", path, size, (long long)sb.st_mtim.tv_sec,
+    char line[8400], real[4096]; /* the file itself: a symlink (a Hugging Face snapshot's) resolved */
+    const int ln = snprintf(line, sizeof(line), "%s %zu %lld.%09ld %llu:%llu\n", realpath(path, real) ? real : path,
+                            size, (long long)sb.st_mtim.tv_sec,
                             (long)sb.st_mtim.tv_nsec, (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
     const size_t have = st->files ? strlen(st->files) : 0;
     char *files = realloc(st->files, have + (size_t)ln + 1);

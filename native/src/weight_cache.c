@@ -23,6 +23,7 @@
 #endif
 #include "internal.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "quant.h"
@@ -125,6 +127,29 @@ static size_t read_matching(int fd, const char *key) {
     return same ? (size_t)f.data_bytes : 0;
 }
 
+/* Removes this file's temporaries older than an hour: what a writer killed mid-write left (a
+ * running write is seconds old). */
+static void remove_stale(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    const char *name = slash + 1;
+    const size_t n = strlen(name);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    const time_t old = time(NULL) - 3600;
+    for (struct dirent *e; (e = readdir(d));) {
+        const size_t len = strlen(e->d_name);
+        if (len <= n + 5 || strncmp(e->d_name, name, n) || e->d_name[n] != '.' || strcmp(e->d_name + len - 4, ".tmp"))
+            continue;
+        char p[8500];
+        struct stat sb;
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_mtime < old) unlink(p);
+    }
+    closedir(d);
+}
+
 void qw_wcache_begin(qwen_context *ctx, const char *dir, const char *model_dir) {
     qw_wcache *w = &ctx->wcache;
     if (!dir || !dir[0]) return;
@@ -174,9 +199,9 @@ static int write_all(int fd, const void *p, size_t n) {
 /* arena[0, used) + padding + key + footer into a new file renamed over the slot; errno or 0. */
 static int write_file(const qwen_context *ctx, const char *path, const char *key) {
     const size_t used = ctx->arena_used, klen = strlen(key), padded = page_round(used);
-    char tmp[8300];
-    snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
-    const int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    char tmp[8300]; /* a name of this process and moment: two writers never share one */
+    snprintf(tmp, sizeof(tmp), "%s.%ld-%llx.tmp", path, (long)getpid(), (unsigned long long)(qw_now_ms() * 1e3));
+    const int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return errno ? errno : EIO;
     footer f = {{0}, used, klen, 0};
     memcpy(f.magic, QW_WCACHE_MAGIC, 8);
@@ -209,6 +234,7 @@ int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
         w->state = QW_WCACHE_OFF;
         return 0;
     }
+    remove_stale(w->path);
     const int e = write_file(ctx, w->path, w->key);
     if (e) {
         w->state = QW_WCACHE_FAILED;

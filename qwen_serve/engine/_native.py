@@ -280,12 +280,12 @@ class NativeModel:
         self.max_sequences = int(self.context_info("max_sequences"))
         self._events = (_Event * self.max_sequences)()
         self._seq_callbacks: dict[int, object] = {}
-        if self.weight_cache == "failed":
+        if self.weight_cache_state == "failed":
             errno = self.context_info("weight_cache_errno")
             logger.warning("weight cache not written in %s: %s", weight_cache, os.strerror(errno))
 
     @property
-    def weight_cache(self) -> Literal["none", "written", "loaded", "failed"]:
+    def weight_cache_state(self) -> Literal["none", "written", "loaded", "failed"]:
         """What the load did with the weight cache: "none" (no directory, or no packed weights: exact
         on most kernel sets), "written" (packed them and wrote the file), "loaded" (mapped them from
         the file, nothing packed), "failed" (packed them; the file could not be written)."""

@@ -114,6 +114,11 @@ class Engine:
             kv_budget_tokens=kv_budget_tokens,
         )
 
+    @property
+    def weight_cache_state(self) -> str:
+        """What the load did with the weight cache: "none", "written", "loaded" or "failed"."""
+        return self.native.weight_cache_state
+
     def stats(self) -> dict[str, int]:
         """Sequences holding a slot ("active"; the most at once so far: "peak_active"; of them not
         yet past their encoder and prefill: "admitting"), requests waiting for their first one

@@ -114,6 +114,11 @@ class BatchingEngine(Protocol):
         sequences summed over steps, and libqwen's cache counts) if there."""
         ...
 
+    @property
+    def weight_cache_state(self) -> str:
+        """What its load did with the weight cache: "none", "written", "loaded" or "failed"."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -263,7 +268,7 @@ class ModelServer:
         self._stop_sampling = threading.Event()
         self._closed = False
         self._cancelled = 0
-        metrics.model_loaded(model_id, time.perf_counter() - started)
+        metrics.model_loaded(model_id, time.perf_counter() - started, self.engine.weight_cache_state)
         if record_metrics:
             threading.Thread(
                 target=_sample_engine,
@@ -272,12 +277,14 @@ class ModelServer:
                 daemon=True,
             ).start()
         logger.info(
-            "model %s loaded from %s (max_batch %d, precision %s, %s threads)",
+            "model %s loaded from %s in %.2f s (max_batch %d, precision %s, %s threads, weight cache: %s)",
             model_id,
             self.model_dir,
+            time.perf_counter() - started,
             max_batch,
             precision,
             self.threads or "all",
+            self.engine.weight_cache_state,
         )
 
     # ---- requests --------------------------------------------------------------

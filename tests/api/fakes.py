@@ -126,6 +126,7 @@ class FakeEngine:
     ):
         self.model_dir = Path(model_dir)
         self.weight_cache = weight_cache
+        self.weight_cache_state = "loaded" if weight_cache else "none"
         self.encoder_cache_windows = encoder_cache_windows
         self.prefix_cache_tokens = prefix_cache_tokens
         self.threads = threads

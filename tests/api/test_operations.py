@@ -153,9 +153,10 @@ def test_request_metrics(client: TestClient, harness: Harness, recorded: dict) -
 
 
 def test_model_load_and_unload_metrics(recorded: dict) -> None:
-    harness = Harness(make_settings())
+    harness = Harness(make_settings(), weight_cache="/cache")  # ModelServer's weight_cache reaches the engine
     loads = recorded["model_loaded"]
-    assert [m for m, _ in loads] == [MODEL, "qwen-asr-1.7b"] and all(0 <= s < 5 for _, s in loads)
+    assert [m for m, _, _ in loads] == [MODEL, "qwen-asr-1.7b"] and all(0 <= s < 5 for _, s, _ in loads)
+    assert [state for _, _, state in loads] == ["loaded", "loaded"]  # the engines' weight_cache_state
     server = harness.handles[MODEL].server
     gc.collect()  # servers of earlier tests unload when collected
     before = len(recorded.get("model_unloaded", []))
@@ -210,11 +211,12 @@ def test_metrics_module_without_ray() -> None:
     metrics.engine_sampled(
         MODEL, {"active": 1, "waiting": 0}, {"steps": 3, "step_sequences": 3, "encoder_cache_hits": 1}
     )
-    metrics.model_loaded(MODEL, 1.0)
+    metrics.model_loaded(MODEL, 1.0, "written")
     metrics.model_unloaded(MODEL)
     registry = metrics._registry
     assert registry is not None
     assert registry.requests.info["tag_keys"] == ("model", "endpoint", "status")
+    assert registry.loads.info["tag_keys"] == ("model", "weight_cache")
     assert registry.latency.info["name"] == "qwen_request_latency_seconds"
 
 

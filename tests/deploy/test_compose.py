@@ -28,7 +28,7 @@ def service() -> dict[str, Any]:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     assert set(compose) <= {"name", "services", "volumes"}
     (svc,) = compose["services"].values()
-    assert compose["volumes"] == {"models": None}  # a named volume, declared
+    assert compose["volumes"] == {"models": None, "weight-cache": None}  # named volumes, declared
     return svc
 
 
@@ -89,9 +89,10 @@ def test_ports_user_and_volume_match_the_image(service: dict) -> None:
     (user,) = instruction("USER")
     assert service["user"] == user
     assert f"--uid {user}" in " ".join(instruction("RUN"))  # the image creates that user
-    assert service["volumes"] == ["models:/models"]
+    assert service["volumes"] == ["models:/models", "weight-cache:/weight-cache"]
     assert service["environment"]["QWEN_MODELS_DIR"] == "/models"
-    assert "chown ray /models" in " ".join(instruction("RUN"))  # the volume starts owned by it
+    assert service["environment"]["QWEN_WEIGHT_CACHE"] == "/weight-cache"
+    assert "chown ray /models /weight-cache" in " ".join(instruction("RUN"))  # the volumes start owned by it
     assert service["build"] == "." and (ROOT / "Dockerfile").is_file()
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -49,6 +51,7 @@ def main(checkpoint: str) -> dict[str, Any]:
     from conftest import wav  # the e2e clips
 
     report: dict[str, Any] = {"requests": [], "phases": {}}
+    weight_cache = tempfile.mkdtemp(prefix="qwen-weight-cache-")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     ray.init(address=cluster.address, namespace="serve", log_to_driver=False)
     port = free_port()
@@ -63,6 +66,7 @@ def main(checkpoint: str) -> dict[str, Any]:
             "model_num_cpus": 1,  # one replica per one-CPU node
             "threads": 1,
             "max_new_tokens": 200,
+            "weight_cache": weight_cache,  # both nodes are this machine: the second replica maps the file
         }
         # Not waiting for it to run: its second replica needs the worker node added below.
         serve.run_many(
@@ -164,6 +168,7 @@ def main(checkpoint: str) -> dict[str, Any]:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(weight_cache, ignore_errors=True)
     return report
 
 

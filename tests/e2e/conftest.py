@@ -70,6 +70,8 @@ class Service:
     dirs: dict[str, Path]
     metrics_url: str = ""
     """The node's Prometheus endpoint (Ray's metrics agent)."""
+    weight_cache: str = ""
+    """The apps' weight cache directory."""
     initial_replicas: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def replicas(self, model_id: str) -> dict[str, int]:
@@ -97,7 +99,13 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
+def weight_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The apps' weight cache directory (not the user's ~/.cache): shared, as replicas on a node share it."""
+    return str(tmp_path_factory.mktemp("weight-cache"))
+
+
+@pytest.fixture(scope="session")
+def service(tiny_dirs: dict[str, Path], weight_cache: str) -> Iterator[Service]:
     import ray
     from ray import serve
 
@@ -120,6 +128,7 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
         "max_upload_mb": 2,
         "max_audio_seconds": 150,
         "autoscaling": {"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
+        "weight_cache": weight_cache,
     }
     metrics_port = _free_port()
     ray.init(
@@ -138,6 +147,7 @@ def service(tiny_dirs: dict[str, Path]) -> Iterator[Service]:
             base_url=f"http://127.0.0.1:{port}",
             dirs=dirs,
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            weight_cache=weight_cache,
         )
         svc.initial_replicas = {m: svc.replicas(m) for m in dirs}
         yield svc
@@ -158,7 +168,7 @@ class Limits:
 
 
 @pytest.fixture(scope="session")
-def limits(service: Service) -> Limits:
+def limits(service: Service, weight_cache: str) -> Limits:
     """The small app with tight limits, next to the main one (same Serve instance and proxy)."""
     from ray import serve
 
@@ -177,6 +187,7 @@ def limits(service: Service) -> Limits:
         "kv_budget_tokens": LIMITS_KV_BUDGET,
         "max_new_tokens": LIMITS_MAX_NEW_TOKENS,
         "max_upload_mb": 4,
+        "weight_cache": weight_cache,
     }
     serve.run(build_app(args), name=LIMITS_APP, route_prefix=f"/{LIMITS_APP}")
     handle = serve.get_deployment_handle(deployment_name(LARGE), app_name=LIMITS_APP)
@@ -187,7 +198,7 @@ WORDS_APP = "words"
 
 
 @pytest.fixture(scope="session")
-def words_url(service: Service, tiny_aligner_dir: Path) -> str:
+def words_url(service: Service, tiny_aligner_dir: Path, weight_cache: str) -> str:
     """An app with the 0.6B model and the tiny forced aligner (word timestamps, cues from words),
     next to the main one, started on first use."""
     from ray import serve
@@ -204,6 +215,7 @@ def words_url(service: Service, tiny_aligner_dir: Path) -> str:
         "model_num_cpus": 0,  # the main app holds the 2 CPUs
         "max_new_tokens": MAX_NEW_TOKENS,
         "max_upload_mb": 2,
+        "weight_cache": weight_cache,
     }
     serve.run(build_app(args), name=WORDS_APP, route_prefix=f"/{WORDS_APP}")
     return f"{service.base_url}/{WORDS_APP}"

@@ -119,6 +119,13 @@ def test_metrics_reach_the_prometheus_endpoint(service: Service, limits: Limits)
         assert steps >= max(tokens)  # one token per step for each sequence in it
         assert steps <= delta(now, "ray_qwen_engine_step_sequences_total", **model_labels) <= 4 * steps
         assert total(now, "ray_qwen_model_loads_total", **app, **model_labels) == 1  # resident
+        # packed and written by the first replica of the checkpoint, or mapped from its file (conftest:
+        # the apps share a weight cache directory)
+        cached = [
+            total(now, "ray_qwen_model_loads_total", **app, **model_labels, weight_cache=s)
+            for s in ("written", "loaded")
+        ]
+        assert sum(cached) == 1
         assert total(now, "ray_qwen_model_load_seconds_count", **app, **model_labels) == 1
         assert 0 < total(now, "ray_qwen_model_load_seconds_sum", **app, **model_labels) < 60
 
@@ -261,6 +268,7 @@ def _drain_args(service: Service, drain_timeout: float, kv_budget_tokens: int) -
         "max_audio_seconds": 200,
         "max_upload_mb": 8,
         "drain_timeout": drain_timeout,
+        "weight_cache": service.weight_cache,
     }
 
 

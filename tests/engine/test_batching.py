@@ -201,6 +201,7 @@ def test_the_cache_settings_reach_libqwen(
         max_waiting=None,
         encoder_cache_windows=windows,
         prefix_cache_tokens=tokens,
+        weight_cache="",
     )
     try:
         for _ in range(2):  # the same audio twice: the second finds its window and its prefix

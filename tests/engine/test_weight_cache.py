@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def decode(
     pcm, prompt = clip_and_prompt
     with NativeModel(model_dir, threads=2, weight_cache=cache, **{"precision": "fast", **options}) as m:
         steps = list(m.generate(pcm, prompt, max_new_tokens=8, eos_ids=[-1], with_logits=True))
-        return m.weight_cache, [t for t, _ in steps], [np.array(x) for _, x in steps]
+        return m.weight_cache_state, [t for t, _ in steps], [np.array(x) for _, x in steps]
 
 
 def cache_files(cache: Path) -> list[Path]:
@@ -141,3 +142,77 @@ def test_exact_on_avx2_or_scalar_packs_nothing_to_cache(
     isa = "avx2" if "avx2" in exact_isas() else "scalar"
     assert decode(checkpoint, clip_and_prompt, cache, precision="exact", isa=isa)[0] == "none"
     assert cache_files(cache) == []
+
+
+def test_fast_write_removes_only_its_own_stale_temporaries(
+    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+) -> None:
+    """A writer killed mid-write leaves `<file>.<pid>-<time>.tmp`; the next load that writes the file
+    removes such leftovers older than an hour, never a running writer's or another file's."""
+    cache = tmp_path / "cache"
+    decode(checkpoint, clip_and_prompt, cache)
+    (file,) = cache_files(cache)
+    file.unlink()
+    stale, running = cache / f"{file.name}.123-abc.tmp", cache / f"{file.name}.456-def.tmp"
+    other = cache / "other.qwc.123-abc.tmp"
+    for path in (stale, running, other):
+        path.write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert decode(checkpoint, clip_and_prompt, cache)[0] == "written"
+    assert cache_files(cache) == sorted([file, running, other])
+
+
+def test_fast_weights_of_random_bytes_decode_without_harm(
+    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+) -> None:
+    """The cache is trusted as the checkpoint is (its key is no checksum): a file whose weights are
+    any bytes (NaN and infinite scales among them) holds no index or pointer, so it decodes tokens of
+    the vocabulary, nothing worse."""
+    cache = tmp_path / "cache"
+    decode(checkpoint, clip_and_prompt, cache)
+    (file,) = cache_files(cache)
+    whole = bytearray(file.read_bytes())
+    data = FOOTER.unpack(whole[-FOOTER.size :])[1]
+    whole[:data] = np.random.default_rng(0).integers(0, 256, data, dtype=np.uint8).tobytes()
+    file.write_bytes(bytes(whole))
+    state, tokens, _ = decode(checkpoint, clip_and_prompt, cache)
+    with NativeModel(checkpoint) as m:
+        vocab = m.vocab_size
+    assert state == "loaded" and len(tokens) == 8 and all(0 <= t < vocab for t in tokens)
+
+
+def test_fast_checkpoint_through_a_symlink_maps_the_same_file(
+    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+) -> None:
+    """The key names files by their real paths: a models directory of symlinks (what a Hugging Face
+    snapshot or a benchmark's temporary directory is) finds the file its target wrote."""
+    cache = tmp_path / "cache"
+    assert decode(checkpoint, clip_and_prompt, cache)[0] == "written"
+    link = tmp_path / "models" / "linked"
+    link.parent.mkdir()
+    link.symlink_to(checkpoint, target_is_directory=True)
+    assert decode(link, clip_and_prompt, cache)[0] == "loaded"
+    assert len(cache_files(cache)) == 1
+
+
+def test_fast_the_replicas_setting_reaches_libqwen(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QWEN_WEIGHT_CACHE as a replica builds its engine: "~" is that process's home, "" is off."""
+    from qwen_serve.model.server import load_engine
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    options = dict(
+        threads=1, isa="auto", precision="fast", max_batch=1, kv_budget_tokens=None, max_waiting=None
+    )
+    states = []
+    for setting in ("~/.cache/qwen-serve/weights", "~/.cache/qwen-serve/weights", ""):
+        engine = load_engine(
+            checkpoint, **options, encoder_cache_windows=0, prefix_cache_tokens=0, weight_cache=setting
+        )
+        states.append(engine.weight_cache_state)
+        engine.close()
+    assert states == ["written", "loaded", "none"]
+    assert len(cache_files(tmp_path / "home/.cache/qwen-serve/weights")) == 1
