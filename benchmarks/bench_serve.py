@@ -72,6 +72,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pool2": {"model_pool_size": 2},  # two replicas sharing the node's cores (the default before)
     # the cost of our metrics (--configs defaults,nometrics): the same with QWEN_METRICS=false
     "nometrics": {"metrics": False},
+    # every load packs the weights (--configs nocache,defaults: the cold requests without / with the
+    # weight cache, which each run starts empty in its own directory)
+    "nocache": {"weight_cache": ""},
 }
 """App args on top of the common ones; "defaults" changes nothing."""
 
@@ -147,6 +150,7 @@ class Server:
             max_new_tokens=args.max_new_tokens,
             max_queued_requests=256,  # closed-loop clients: nobody should see a 503
             autoscaling={"metrics_interval_s": 0.5, "look_back_period_s": 2.0, "upscale_delay_s": 0.0},
+            weight_cache=str(workdir / "weight-cache"),  # empty: the first load writes it, later ones map it
         )
         app_args.update(overrides)
         self.config_path = workdir / "serve_config.yaml"
