@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     weight_cache: str = "~/.cache/qwen-serve/weights"
     """Directory (on each node; "~" is the replica's home) where a replica keeps the weights it packs
     at load with precision fast (the int8 decoder, the encoder's bf16 panels or tiles): the first
-    load of a checkpoint writes them (about 1.1 GB for 0.6B, 2.9 GB for 1.7B), every later load
+    load of a checkpoint writes them (about 1.1 GB for 0.6B, 2.7 GB for 1.7B), every later load
     maps that file instead of packing again (0.03 s instead of 0.7-2.9 s on the Zen 5) and the
     replicas on a node share its pages. A new library build or a changed checkpoint rewrites it.
     "" turns it off."""

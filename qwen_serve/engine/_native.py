@@ -283,6 +283,11 @@ class NativeModel:
         if self.weight_cache_state == "failed":
             errno = self.context_info("weight_cache_errno")
             logger.warning("weight cache not written in %s: %s", weight_cache, os.strerror(errno))
+        elif self.weight_cache_state == "written":  # disk the user did not ask for by name: say where
+            size = self.context_info("weight_cache_bytes") / 1e9
+            logger.info(
+                "packed weights of %s (%.2f GB) written to the weight cache %s", model_dir, size, weight_cache
+            )
 
     @property
     def weight_cache_state(self) -> Literal["none", "written", "loaded", "failed"]:

@@ -6,6 +6,7 @@ test_kernels.py's emulated-AMX run takes them (the AMX tiles' packing from the f
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -51,8 +52,12 @@ def cache_files(cache: Path) -> list[Path]:
 
 
 def test_fast_weights_written_then_mapped_with_the_same_bits(
-    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+    checkpoint: Path,
+    tmp_path: Path,
+    clip_and_prompt: tuple[np.ndarray, list[int]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="qwen_serve")
     cache = tmp_path / "cache"
     state, tokens, logits = decode(checkpoint, clip_and_prompt, None)
     assert state == "none"
@@ -62,6 +67,7 @@ def test_fast_weights_written_then_mapped_with_the_same_bits(
         assert t == tokens
         assert all(np.array_equal(a, b) for a, b in zip(x, logits, strict=True))
     (file,) = cache_files(cache)  # one file, no temporary left
+    assert caplog.text.count(f"written to the weight cache {cache}") == 1  # where the disk went, once
     assert file.name.startswith("tiny-") and file.suffix == ".qwc"
     magic, data, key, _ = FOOTER.unpack(file.read_bytes()[-FOOTER.size :])
     assert magic == b"QWENWC01" and data > 0
