@@ -43,8 +43,16 @@ void *qw_own_weights(qwen_context *ctx, size_t bytes) {
         size_t file = 0;
         for (int i = 0; i < ctx->st.n_maps; i++) file += ctx->st.map_sizes[i];
         const size_t size = (file + file / 4 + ((size_t)64 << 20) + QW_HUGE_PAGE - 1) / QW_HUGE_PAGE * QW_HUGE_PAGE;
-        char *p = mmap(NULL, size + QW_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
+        /* a load that writes the weight cache packs straight into the file's pages (weight_cache.c) */
+        char *p = qw_wcache_arena(ctx, size);
+        if (p) {
+            ctx->arena = p;
+            ctx->arena_size = size;
+            p = MAP_FAILED;
+        } else {
+            p = mmap(NULL, size + QW_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                     0);
+        }
         if (p != MAP_FAILED) { /* keep the 2 MiB-aligned part of the mapping only */
             char *a = (char *)(((uintptr_t)p + QW_HUGE_PAGE - 1) & ~(uintptr_t)(QW_HUGE_PAGE - 1));
             if (a > p) munmap(p, (size_t)(a - p));

@@ -267,6 +267,8 @@ typedef struct {
     char *key;      /* what the bytes depend on (written into the file, compared on a load) */
     char *path;     /* the file for this checkpoint, library and kernels */
     size_t bytes;   /* QW_WCACHE_HIT: the arena's bytes in the file */
+    int fd;         /* MISS with the arena in a new file: that file (open), else -1 */
+    char *tmp;      /* and its name until it is renamed to path */
 } qw_wcache;
 /* qwen_get_info "weight_cache" reports the first four; MISS is a load still running without a file. */
 enum { QW_WCACHE_OFF = 0, QW_WCACHE_WRITTEN = 1, QW_WCACHE_HIT = 2, QW_WCACHE_FAILED = 3, QW_WCACHE_MISS = 4 };
@@ -277,6 +279,10 @@ void qw_wcache_begin(struct qwen_context *ctx, const char *dir, const char *mode
 /* After they loaded: HIT checks that the load took exactly the file's bytes (else the file goes
  * and the load fails); MISS writes the arena to the file and maps it in the arena's place. */
 int qw_wcache_end(struct qwen_context *ctx, char *err, size_t err_size);
+/* MISS: the arena of `size` bytes as a shared mapping of a new file (the packing writes the page
+ * cache the file is made of: no second copy to write), 2 MiB aligned; NULL where the file system
+ * cannot reserve the room (then the arena is anonymous memory, written to the file at the end). */
+char *qw_wcache_arena(struct qwen_context *ctx, size_t size);
 /* p (from qw_own_weights) holds weights already packed: it lies in the mapped file. */
 int qw_wcache_has(const struct qwen_context *ctx, const void *p);
 void qw_wcache_free(struct qwen_context *ctx);

@@ -12,8 +12,12 @@
  * path, size, mtime and inode), then a footer (magic, the two sizes). It is
  * mapped 2 MiB aligned, so that a file system that keeps large folios (ext4 and
  * XFS on recent kernels) gives it huge pages as the anonymous arena has them.
- * A file with another key is written again; written under a temporary name and
- * renamed, so a load never maps half a file. A file that cannot be read or
+ * A file with another key is written again: the load that writes it packs
+ * straight into a shared mapping of a new file (its room reserved first with
+ * fallocate, so that no page fault can find the disk full), which becomes the
+ * cache once the key and footer follow and it is on disk; where the file
+ * system cannot reserve the room, the anonymous arena is written out at the
+ * end. Always under a temporary name, renamed: a load never maps half a file. A file that cannot be read or
  * written is a load without it; a load fails only where a file holds this key
  * and not this load's bytes (a library bug: the file is removed), or where the
  * file just written cannot be mapped in the arena's place.
@@ -90,8 +94,9 @@ static char *build_key(const qwen_context *ctx, const char *model_dir) {
     return key;
 }
 
-/* Maps the file's first len bytes (page-rounded) at a 2 MiB-aligned address, read only. */
-static char *map_aligned(int fd, size_t len) {
+/* Maps the file's first len bytes (page-rounded) at a 2 MiB-aligned address: read only and
+ * populated, or (writable) shared for the packing to write. */
+static char *map_aligned(int fd, size_t len, int writable) {
     char *r = mmap(NULL, len + QW_HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) return NULL;
     char *a = (char *)(((uintptr_t)r + QW_HUGE - 1) & ~(uintptr_t)(QW_HUGE - 1));
@@ -100,7 +105,8 @@ static char *map_aligned(int fd, size_t len) {
 #ifdef MADV_HUGEPAGE
     madvise(a, len, MADV_HUGEPAGE); /* readahead in huge folios where the file system has them */
 #endif
-    char *p = mmap(a, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0);
+    char *p = writable ? mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
+                       : mmap(a, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
         munmap(a, len);
         return NULL;
@@ -171,7 +177,7 @@ void qw_wcache_begin(qwen_context *ctx, const char *dir, const char *model_dir) 
     const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;
     const size_t bytes = read_matching(fd, w->key);
-    char *p = bytes ? map_aligned(fd, page_round(bytes)) : NULL;
+    char *p = bytes ? map_aligned(fd, page_round(bytes), 0) : NULL;
     close(fd);
     if (!p) return;
     ctx->arena = p; /* qw_own_weights hands out the same offsets as the load that wrote it */
@@ -179,6 +185,32 @@ void qw_wcache_begin(qwen_context *ctx, const char *dir, const char *model_dir) 
     ctx->arena_tried = 1;
     w->bytes = bytes;
     w->state = QW_WCACHE_HIT;
+}
+
+/* A new file for this process and moment (two writers never share one), open for writing. */
+static int open_temporary(const char *path, char *tmp, size_t n, int rdwr) {
+    snprintf(tmp, n, "%s.%ld-%llx.tmp", path, (long)getpid(), (unsigned long long)(qw_now_ms() * 1e3));
+    return open(tmp, (rdwr ? O_RDWR : O_WRONLY) | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+}
+
+char *qw_wcache_arena(qwen_context *ctx, size_t size) {
+    qw_wcache *w = &ctx->wcache;
+    if (w->state != QW_WCACHE_MISS || w->tmp) return NULL;
+    char tmp[8300];
+    const int fd = open_temporary(w->path, tmp, sizeof(tmp), 1);
+    if (fd < 0) return NULL;
+    /* The room reserved on disk before a page is written: a fault in the packing can never find the
+     * disk full (SIGBUS). A file system that cannot reserve it takes the anonymous arena. */
+    char *p = fallocate(fd, 0, 0, (off_t)size) == 0 ? map_aligned(fd, size, 1) : NULL;
+    w->tmp = p ? strdup(tmp) : NULL;
+    if (!w->tmp) {
+        if (p) munmap(p, size);
+        close(fd);
+        unlink(tmp);
+        return NULL;
+    }
+    w->fd = fd;
+    return p;
 }
 
 int qw_wcache_has(const qwen_context *ctx, const void *p) {
@@ -199,9 +231,8 @@ static int write_all(int fd, const void *p, size_t n) {
 /* arena[0, used) + padding + key + footer into a new file renamed over the slot; errno or 0. */
 static int write_file(const qwen_context *ctx, const char *path, const char *key) {
     const size_t used = ctx->arena_used, klen = strlen(key), padded = page_round(used);
-    char tmp[8300]; /* a name of this process and moment: two writers never share one */
-    snprintf(tmp, sizeof(tmp), "%s.%ld-%llx.tmp", path, (long)getpid(), (unsigned long long)(qw_now_ms() * 1e3));
-    const int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    char tmp[8300];
+    const int fd = open_temporary(path, tmp, sizeof(tmp), 0);
     if (fd < 0) return errno ? errno : EIO;
     footer f = {{0}, used, klen, 0};
     memcpy(f.magic, QW_WCACHE_MAGIC, 8);
@@ -221,6 +252,49 @@ static int write_file(const qwen_context *ctx, const char *path, const char *key
     return 0;
 }
 
+static int pwrite_all(int fd, const void *p, size_t n, off_t at) {
+    for (const char *c = p; n;) {
+        const ssize_t k = pwrite(fd, c, n, at);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k, n -= (size_t)k, at += k;
+    }
+    return 0;
+}
+
+/* The temporary file of a shared arena goes (a load that failed, or a file not completed). */
+static void drop_temporary(qw_wcache *w) {
+    if (!w->tmp) return;
+    close(w->fd);
+    unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+}
+
+/* A shared arena's file completed: cut to the packed bytes, the key and footer after them, on
+ * disk, renamed to the slot; errno or 0. The arena keeps its pages either way. */
+static int finish_file(qwen_context *ctx) {
+    qw_wcache *w = &ctx->wcache;
+    const size_t used = ctx->arena_used, len = page_round(used), klen = strlen(w->key);
+    if (ctx->arena_size > len) { /* nothing past the end of the file stays mapped */
+        munmap(ctx->arena + len, ctx->arena_size - len);
+        ctx->arena_size = len;
+    }
+    footer f = {{0}, used, klen, 0};
+    memcpy(f.magic, QW_WCACHE_MAGIC, 8);
+    int rc = ftruncate(w->fd, (off_t)len);
+    if (!rc) rc = pwrite_all(w->fd, w->key, klen, (off_t)len);
+    if (!rc) rc = pwrite_all(w->fd, &f, sizeof(f), (off_t)(len + klen));
+    if (!rc) rc = fsync(w->fd); /* the bytes on disk before the name */
+    int e = rc ? (errno ? errno : EIO) : 0;
+    if (close(w->fd) != 0 && !e) e = errno ? errno : EIO;
+    if (!e && rename(w->tmp, w->path) != 0) e = errno ? errno : EIO;
+    if (e) unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+    return e;
+}
+
 int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
     qw_wcache *w = &ctx->wcache;
     if (w->state == QW_WCACHE_HIT) {
@@ -231,18 +305,21 @@ int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
     }
     if (w->state != QW_WCACHE_MISS) return 0;
     if (!ctx->arena || !ctx->arena_used) { /* nothing packed (EXACT on most kernel sets) */
+        drop_temporary(w);
         w->state = QW_WCACHE_OFF;
         return 0;
     }
     remove_stale(w->path);
-    const int e = write_file(ctx, w->path, w->key);
+    /* packed into the file's own pages (qw_wcache_arena), or copied from the anonymous arena */
+    const int e = w->tmp ? finish_file(ctx) : write_file(ctx, w->path, w->key);
     if (e) {
         w->state = QW_WCACHE_FAILED;
         w->err_no = e;
         return 0;
     }
     w->state = QW_WCACHE_WRITTEN;
-    /* The file's pages in the arena's place (the same bytes): shared with the next load's. */
+    /* The file's pages in the arena's place, read only (the same bytes): shared with the next load's,
+     * and mapped with huge pages where the file system keeps large folios. */
     const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     const size_t len = page_round(ctx->arena_used);
@@ -260,6 +337,7 @@ int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
 }
 
 void qw_wcache_free(qwen_context *ctx) {
+    drop_temporary(&ctx->wcache);
     free(ctx->wcache.key);
     free(ctx->wcache.path);
     ctx->wcache.key = ctx->wcache.path = NULL;

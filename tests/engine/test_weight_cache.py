@@ -10,6 +10,8 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,3 +224,34 @@ def test_fast_the_replicas_setting_reaches_libqwen(
         engine.close()
     assert states == ["written", "loaded", "none"]
     assert len(cache_files(tmp_path / "home/.cache/qwen-serve/weights")) == 1
+
+
+def test_fast_file_system_without_room_to_reserve_still_gets_the_file(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """The writing load packs into the new file's own pages once fallocate reserved the room; where it
+    cannot (here a file size limit below the reservation, which is the checkpoint's size and more),
+    the anonymous arena is written out at the end instead: the same file. Below even that, the
+    load goes on without one."""
+    with NativeModel(checkpoint, precision="fast", weight_cache=tmp_path / "probe") as m:
+        packed = m.context_info("weight_cache_bytes")
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a write past the limit fails with EFBIG instead
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))\n"
+        "from qwen_serve.engine._native import NativeModel\n"
+        "with NativeModel(sys.argv[1], precision='fast', weight_cache=sys.argv[2]) as m:\n"
+        "    print(m.weight_cache_state)\n"
+    )
+    for limit, expected in ((packed + (1 << 20), "written"), (4096, "failed")):
+        cache = tmp_path / f"cache-{limit}"
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(checkpoint), str(cache), str(limit)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.split() == [expected], out.stderr
+        assert all(not f.name.endswith(".tmp") for f in cache_files(cache))  # nothing half-written left
+        with NativeModel(checkpoint, precision="fast", weight_cache=cache) as m:
+            assert m.weight_cache_state == ("loaded" if expected == "written" else "written")
