@@ -102,9 +102,6 @@ static char *map_aligned(int fd, size_t len, int writable) {
     char *a = (char *)(((uintptr_t)r + QW_HUGE - 1) & ~(uintptr_t)(QW_HUGE - 1));
     if (a > r) munmap(r, (size_t)(a - r));
     if (a + len < r + len + QW_HUGE) munmap(a + len, (size_t)(r + len + QW_HUGE - (a + len)));
-#ifdef MADV_HUGEPAGE
-    madvise(a, len, MADV_HUGEPAGE); /* readahead in huge folios where the file system has them */
-#endif
     char *p = writable ? mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
                        : mmap(a, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -112,7 +109,7 @@ static char *map_aligned(int fd, size_t len, int writable) {
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    madvise(p, len, MADV_HUGEPAGE);
+    madvise(p, len, MADV_HUGEPAGE); /* faults and readahead in huge folios where the file system has them */
 #endif
     return p;
 }

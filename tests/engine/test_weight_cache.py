@@ -6,6 +6,7 @@ test_kernels.py's emulated-AMX run takes them (the AMX tiles' packing from the f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -255,3 +256,16 @@ def test_fast_file_system_without_room_to_reserve_still_gets_the_file(
         assert all(not f.name.endswith(".tmp") for f in cache_files(cache))  # nothing half-written left
         with NativeModel(checkpoint, precision="fast", weight_cache=cache) as m:
             assert m.weight_cache_state == ("loaded" if expected == "written" else "written")
+
+
+def test_fast_load_that_fails_midway_leaves_no_file(checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint that fails in the decoder, after the encoder's weights were packed into the new
+    file: the load's error, and nothing in the cache directory (the temporary goes with the context)."""
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    config["thinker_config"]["text_config"]["num_hidden_layers"] += 1  # a layer the weights lack
+    config_path.write_text(json.dumps(config))
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="missing"):
+        NativeModel(checkpoint, precision="fast", weight_cache=cache)
+    assert cache_files(cache) == []
