@@ -36,6 +36,25 @@ void *qw_own(qwen_context *ctx, size_t bytes) {
 
 #define QW_HUGE_PAGE ((size_t)2 << 20)
 
+#ifdef __linux__
+char *qw_map_huge(size_t len, int prot, int flags, int fd) {
+    char *r = mmap(NULL, len + QW_HUGE_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) return NULL;
+    /* keep the 2 MiB-aligned part of the reservation only, and map there */
+    char *a = (char *)(((uintptr_t)r + QW_HUGE_PAGE - 1) & ~(uintptr_t)(QW_HUGE_PAGE - 1));
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (a + len < r + len + QW_HUGE_PAGE) munmap(a + len, (size_t)(r + len + QW_HUGE_PAGE - (a + len)));
+    if (mmap(a, len, prot, flags | MAP_FIXED, fd, 0) == MAP_FAILED) {
+        munmap(a, len);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE); /* where THP is "never", 4 KiB pages as before */
+#endif
+    return a;
+}
+#endif
+
 void *qw_own_weights(qwen_context *ctx, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (!ctx->arena_tried) { /* room for every packed copy: at most the checkpoint's bytes and padding */
@@ -44,22 +63,11 @@ void *qw_own_weights(qwen_context *ctx, size_t bytes) {
         for (int i = 0; i < ctx->st.n_maps; i++) file += ctx->st.map_sizes[i];
         const size_t size = (file + file / 4 + ((size_t)64 << 20) + QW_HUGE_PAGE - 1) / QW_HUGE_PAGE * QW_HUGE_PAGE;
         /* a load that writes the weight cache packs straight into the file's pages (weight_cache.c) */
-        char *p = qw_wcache_arena(ctx, size);
-        if (p) {
-            ctx->arena = p;
-            ctx->arena_size = size;
-            p = MAP_FAILED;
-        } else {
-            p = mmap(NULL, size + QW_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                     0);
-        }
-        if (p != MAP_FAILED) { /* keep the 2 MiB-aligned part of the mapping only */
-            char *a = (char *)(((uintptr_t)p + QW_HUGE_PAGE - 1) & ~(uintptr_t)(QW_HUGE_PAGE - 1));
-            if (a > p) munmap(p, (size_t)(a - p));
-            if (a + size < p + size + QW_HUGE_PAGE) munmap(a + size, (size_t)(p + size + QW_HUGE_PAGE - (a + size)));
+        char *a = qw_wcache_arena(ctx, size);
+        if (!a) a = qw_map_huge(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+        if (a) {
             ctx->arena = a;
             ctx->arena_size = size;
-            madvise(a, size, MADV_HUGEPAGE); /* where THP is "never", 4 KiB pages as before */
         }
     }
     const size_t at = (ctx->arena_used + 63) & ~(size_t)63;

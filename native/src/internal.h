@@ -368,6 +368,9 @@ void *qw_own(qwen_context *ctx, size_t bytes); /* zeroed, freed with the context
  * a reservation of the checkpoint's size and a quarter (MAP_NORESERVE: only the pages written
  * become resident, the last huge page partly used); qw_own where it is full or not mapped. */
 void *qw_own_weights(qwen_context *ctx, size_t bytes);
+/* Linux: a mapping of len bytes (mmap's prot, flags and fd, at offset 0) at a 2 MiB-aligned address,
+ * advised onto huge pages; NULL where it cannot be made. The arena's, and the weight cache file's. */
+char *qw_map_huge(size_t len, int prot, int flags, int fd);
 void qw_trim_weights(qwen_context *ctx); /* after loading: the reservation past the last huge page goes */
 void qw_free_weights(qwen_context *ctx); /* the arena, with the context */
 double qw_now_ms(void);

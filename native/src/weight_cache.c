@@ -17,8 +17,8 @@
  * fallocate, so that no page fault can find the disk full), which becomes the
  * cache once the key and footer follow and it is on disk; where the file
  * system cannot reserve the room, the anonymous arena is written out at the
- * end. Always under a temporary name, renamed: a load never maps half a file. A file that cannot be read or
- * written is a load without it; a load fails only where a file holds this key
+ * end. Always under a temporary name, renamed: a load never maps half a file.
+ * A file that cannot be read or written is a load without it; a load fails only where a file holds this key
  * and not this load's bytes (a library bug: the file is removed), or where the
  * file just written cannot be mapped in the arena's place.
  */
@@ -43,7 +43,6 @@
 #include "quant.h"
 
 #define QW_WCACHE_MAGIC "QWENWC01"
-#define QW_HUGE ((size_t)2 << 20)
 
 typedef struct {
     char magic[8];
@@ -94,24 +93,11 @@ static char *build_key(const qwen_context *ctx, const char *model_dir) {
     return key;
 }
 
-/* Maps the file's first len bytes (page-rounded) at a 2 MiB-aligned address: read only and
- * populated, or (writable) shared for the packing to write. */
+/* The file's first len bytes (page-rounded) 2 MiB aligned (huge folios where the file system keeps
+ * them): read only and populated, or (writable) shared for the packing to write. */
 static char *map_aligned(int fd, size_t len, int writable) {
-    char *r = mmap(NULL, len + QW_HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (r == MAP_FAILED) return NULL;
-    char *a = (char *)(((uintptr_t)r + QW_HUGE - 1) & ~(uintptr_t)(QW_HUGE - 1));
-    if (a > r) munmap(r, (size_t)(a - r));
-    if (a + len < r + len + QW_HUGE) munmap(a + len, (size_t)(r + len + QW_HUGE - (a + len)));
-    char *p = writable ? mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
-                       : mmap(a, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE, fd, 0);
-    if (p == MAP_FAILED) {
-        munmap(a, len);
-        return NULL;
-    }
-#ifdef MADV_HUGEPAGE
-    madvise(p, len, MADV_HUGEPAGE); /* faults and readahead in huge folios where the file system has them */
-#endif
-    return p;
+    return writable ? qw_map_huge(len, PROT_READ | PROT_WRITE, MAP_SHARED, fd)
+                    : qw_map_huge(len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd);
 }
 
 /* The file's data bytes where it is whole and holds exactly this key, else 0. */
@@ -215,40 +201,6 @@ int qw_wcache_has(const qwen_context *ctx, const void *p) {
            (const char *)p < ctx->arena + ctx->wcache.bytes;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
-    for (const char *c = p; n;) {
-        const ssize_t k = write(fd, c, n > ((size_t)1 << 30) ? (size_t)1 << 30 : n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k, n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* arena[0, used) + padding + key + footer into a new file renamed over the slot; errno or 0. */
-static int write_file(const qwen_context *ctx, const char *path, const char *key) {
-    const size_t used = ctx->arena_used, klen = strlen(key), padded = page_round(used);
-    char tmp[8300];
-    const int fd = open_temporary(path, tmp, sizeof(tmp), 0);
-    if (fd < 0) return errno ? errno : EIO;
-    footer f = {{0}, used, klen, 0};
-    memcpy(f.magic, QW_WCACHE_MAGIC, 8);
-    int rc = write_all(fd, ctx->arena, used);
-    if (!rc && padded > used) rc = lseek(fd, (off_t)padded, SEEK_SET) < 0 ? -1 : 0; /* a hole */
-    if (!rc) rc = write_all(fd, key, klen);
-    if (!rc) rc = write_all(fd, &f, sizeof(f));
-    if (!rc) rc = fsync(fd); /* the bytes on disk before the name: a crash leaves no file of zeros */
-    const int e = rc ? (errno ? errno : EIO) : 0;
-    if (close(fd) != 0 && !rc) rc = -1;
-    if (!rc && rename(tmp, path) != 0) rc = -1;
-    if (rc) {
-        const int e2 = e ? e : (errno ? errno : EIO);
-        unlink(tmp);
-        return e2;
-    }
-    return 0;
-}
-
 static int pwrite_all(int fd, const void *p, size_t n, off_t at) {
     for (const char *c = p; n;) {
         const ssize_t k = pwrite(fd, c, n, at);
@@ -257,6 +209,38 @@ static int pwrite_all(int fd, const void *p, size_t n, off_t at) {
         c += k, n -= (size_t)k, at += k;
     }
     return 0;
+}
+
+static int last_errno(void) { return errno ? errno : EIO; }
+
+/* fd (the temporary tmp) holds the arena's bytes [0, used): the key at the next page (a hole
+ * between) and the footer after it, on disk, closed, renamed over path (or removed); errno or 0. */
+static int complete_file(int fd, const char *tmp, const char *path, size_t used, const char *key) {
+    const size_t klen = strlen(key), at = page_round(used);
+    footer f = {{0}, used, klen, 0};
+    memcpy(f.magic, QW_WCACHE_MAGIC, 8);
+    int rc = pwrite_all(fd, key, klen, (off_t)at);
+    if (!rc) rc = pwrite_all(fd, &f, sizeof(f), (off_t)(at + klen));
+    if (!rc) rc = fsync(fd); /* the bytes on disk before the name: a crash leaves no file of zeros */
+    int e = rc ? last_errno() : 0;
+    if (close(fd) != 0 && !e) e = last_errno();
+    if (!e && rename(tmp, path) != 0) e = last_errno();
+    if (e) unlink(tmp);
+    return e;
+}
+
+/* The anonymous arena's [0, used) copied into a new file completed over the slot; errno or 0. */
+static int write_file(const qwen_context *ctx, const char *path, const char *key) {
+    char tmp[8300];
+    const int fd = open_temporary(path, tmp, sizeof(tmp), 0);
+    if (fd < 0) return last_errno();
+    if (pwrite_all(fd, ctx->arena, ctx->arena_used, 0)) {
+        const int e = last_errno();
+        close(fd);
+        unlink(tmp);
+        return e;
+    }
+    return complete_file(fd, tmp, path, ctx->arena_used, key);
 }
 
 /* The temporary file of a shared arena goes (a load that failed, or a file not completed). */
@@ -268,25 +252,22 @@ static void drop_temporary(qw_wcache *w) {
     w->tmp = NULL;
 }
 
-/* A shared arena's file completed: cut to the packed bytes, the key and footer after them, on
- * disk, renamed to the slot; errno or 0. The arena keeps its pages either way. */
+/* A shared arena's file cut to the packed bytes and completed over the slot; errno or 0. The arena
+ * keeps its pages either way. */
 static int finish_file(qwen_context *ctx) {
     qw_wcache *w = &ctx->wcache;
-    const size_t used = ctx->arena_used, len = page_round(used), klen = strlen(w->key);
+    const size_t len = page_round(ctx->arena_used);
     if (ctx->arena_size > len) { /* nothing past the end of the file stays mapped */
         munmap(ctx->arena + len, ctx->arena_size - len);
         ctx->arena_size = len;
     }
-    footer f = {{0}, used, klen, 0};
-    memcpy(f.magic, QW_WCACHE_MAGIC, 8);
-    int rc = ftruncate(w->fd, (off_t)len);
-    if (!rc) rc = pwrite_all(w->fd, w->key, klen, (off_t)len);
-    if (!rc) rc = pwrite_all(w->fd, &f, sizeof(f), (off_t)(len + klen));
-    if (!rc) rc = fsync(w->fd); /* the bytes on disk before the name */
-    int e = rc ? (errno ? errno : EIO) : 0;
-    if (close(w->fd) != 0 && !e) e = errno ? errno : EIO;
-    if (!e && rename(w->tmp, w->path) != 0) e = errno ? errno : EIO;
-    if (e) unlink(w->tmp);
+    int e = ftruncate(w->fd, (off_t)len) ? last_errno() : 0;
+    if (e) {
+        close(w->fd);
+        unlink(w->tmp);
+    } else {
+        e = complete_file(w->fd, w->tmp, w->path, ctx->arena_used, w->key);
+    }
     free(w->tmp);
     w->tmp = NULL;
     return e;
