@@ -123,9 +123,8 @@ def run_case(args: argparse.Namespace, which: str, cache: str, n: int = 1, decod
             results.append(json.loads(line[len("RESULT ") :]))
     finally:
         for p in procs:
-            with_input = p.stdin
-            if with_input:
-                with_input.close()
+            if p.stdin:
+                p.stdin.close()
             p.wait(timeout=120)
     return results
 
@@ -172,9 +171,8 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             cache = work / f"round{r}"
-            for name, which, where in (("packed", "ours", ""), ("writes", "ours", str(cache))):
-                cases.setdefault(name, []).extend(run_case(args, which, where))
-            cases.setdefault("mapped", []).extend(run_case(args, "ours", str(cache)))
+            for name, where in (("packed", ""), ("writes", str(cache)), ("mapped", str(cache))):
+                cases.setdefault(name, []).extend(run_case(args, "ours", where))
             if args.cold:
                 if not drop_page_cache():
                     raise SystemExit("--cold needs to write /proc/sys/vm/drop_caches (root)")
