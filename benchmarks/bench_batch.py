@@ -85,7 +85,7 @@ def admitting_steps(
         seqs = [m.seq_add(pcm, prompt, max_new_tokens=400, eos_ids=[-1]) for _ in range(batch)]
         started: set[int] = set()
         while len(started) < batch:
-            started.update(s for s, t, _ in (m.step() or []) if t >= 0)
+            started.update(s for s, t, *_ in (m.step() or []) if t >= 0)
         extra = m.seq_add(pcm, prompt, max_new_tokens=400, eos_ids=[-1])
         joined0 = m.context_info("prefill_joined")
         first = True
@@ -94,7 +94,7 @@ def admitting_steps(
             events = m.step() or []
             (enc if first else pre).append((time.perf_counter() - t0) * 1e3)
             first = False
-            if any(s == extra and t >= 0 for s, t, _ in events):
+            if any(s == extra and t >= 0 for s, t, *_ in events):
                 break
         joined = m.context_info("prefill_joined") - joined0
         for s in seqs + [extra]:

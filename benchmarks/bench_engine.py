@@ -64,15 +64,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def batch_step_ms(native: Any, pcm: np.ndarray, prompt: list[int], batch: int, steps: int) -> float:
+def batch_step_ms(
+    native: Any, pcm: np.ndarray, prompt: list[int], batch: int, steps: int, logprobs: int = 0
+) -> float:
     """Median time of one decode step that advances `batch` sequences together (after all of
-    them have been admitted: encoder and prefill done)."""
+    them have been admitted: encoder and prefill done); the first `logprobs` of them ask for
+    their tokens' log-probabilities."""
     seqs = [
-        native.seq_add(pcm, prompt, max_new_tokens=4 * batch + steps + 8, eos_ids=[-1]) for _ in range(batch)
+        native.seq_add(pcm, prompt, max_new_tokens=4 * batch + steps + 8, eos_ids=[-1], logprobs=i < logprobs)
+        for i in range(batch)
     ]
     started: set[int] = set()
     while len(started) < batch:  # admission: encoders and prefills, until each has its first token
-        started.update(seq for seq, token, _ in (native.step() or []) if token >= 0)
+        started.update(seq for seq, token, *_ in (native.step() or []) if token >= 0)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

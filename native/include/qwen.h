@@ -125,6 +125,10 @@ typedef struct {
                                          * only while the sequence runs: until it ends (QWEN_DONE
                                          * or an error), is aborted, or the next qwen_begin. */
     void *abort_user_data;
+    int logprobs;                   /* non-zero: each token's event carries its log-probability
+                                     * (qwen_event.logprob). FAST: a step whose head was screened
+                                     * computes such a sequence's whole head row as well (the
+                                     * rows of one step in one product); the token is the same. */
 } qwen_run_params;
 
 /* ==== Library ==== */
@@ -180,6 +184,10 @@ typedef struct {
     int32_t token;      /* the token generated in this step, or -1 */
     qwen_status status; /* QWEN_OK: running; QWEN_DONE: ended (EOS or limit); < 0: failed. On
                          * anything but QWEN_OK the slot is free again at once. */
+    float logprob;      /* the token's natural log-probability, log softmax(logits)[token] over the
+                         * whole vocabulary (the logits qwen_seq_logits reads back), when the
+                         * sequence was added with run->logprobs and token >= 0 (NaN if the memory
+                         * to compute it ran out); else 0 */
 } qwen_event;
 
 /* One scheduling step. First at most one unit of admission work for the

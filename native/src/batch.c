@@ -20,6 +20,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,6 +155,7 @@ qwen_status qw_seq_new(qwen_context *ctx, const float *pcm, int64_t n_samples, c
     s->order = ctx->n_admitted++;
     s->abort_cb = rp.abort_callback;
     s->abort_ud = rp.abort_user_data;
+    s->logprobs = rp.logprobs && !align;
     ctx->kv_reserved += cap;
     *seq = slot;
     return QWEN_OK;
@@ -174,9 +176,111 @@ static qwen_status take_token(qwen_context *ctx, qw_seq *s, int32_t t) {
     return QWEN_DONE;
 }
 
-static void emit(qwen_event *ev, int *n, int seq, int32_t token, qwen_status st) {
-    ev[*n] = (qwen_event){seq, token, st};
+static void emit(qwen_event *ev, int *n, int seq, int32_t token, qwen_status st, float logprob) {
+    ev[*n] = (qwen_event){seq, token, st, logprob};
     (*n)++;
+}
+
+/* ==== Log-probabilities (qwen_run_params.logprobs) ==== */
+
+/* The whole head's logits behind the last token of those of the n sequences ss whose head was
+ * screened (head_x set: only the best blocks in logits), in one product from the head's input
+ * rows the step kept. */
+static qwen_status whole_logits(qwen_context *ctx, qw_seq *const *ss, int n) {
+    const int H = ctx->cfg.hidden, V = ctx->cfg.vocab;
+    int k = 0;
+    for (int i = 0; i < n; i++) k += ss[i]->logits && ss[i]->head_x;
+    if (!k) return QWEN_OK;
+    float *x = malloc((size_t)k * H * sizeof(float)), *out = malloc((size_t)k * V * sizeof(float));
+    if (!x || !out) {
+        free(x);
+        free(out);
+        return qw_fail(ctx, QWEN_ERR_NOMEM, "out of memory for the whole head");
+    }
+    for (int i = 0, r = 0; i < n; i++)
+        if (ss[i]->logits && ss[i]->head_x) memcpy(x + (size_t)r++ * H, ss[i]->head_x, (size_t)H * sizeof(float));
+    qw_matmul_rows(ctx, out, x, &ctx->dec.lm_head, NULL, k);
+    for (int i = 0, r = 0; i < n; i++)
+        if (ss[i]->logits && ss[i]->head_x) { /* logits points into the context's step or prefill buffer */
+            memcpy((float *)(uintptr_t)ss[i]->logits, out + (size_t)r++ * V, (size_t)V * sizeof(float));
+            ss[i]->head_x = NULL;
+        }
+    ctx->head_whole_rows += k;
+    free(x);
+    free(out);
+    return QWEN_OK;
+}
+
+/* log softmax(s->logits)[token], the whole head's (whole_logits first); tmp holds a vocabulary.
+ * A likely token's is log1p of minus the others' probabilities (summed in double): its own
+ * probability rounds to 1 in float long before its logarithm is 0. */
+static float token_logprob(const qwen_context *ctx, const qw_seq *s, int32_t token, float *tmp) {
+    const int V = ctx->cfg.vocab;
+    memcpy(tmp, s->logits, (size_t)V * sizeof(float));
+    ctx->k->softmax(tmp, V);
+    double rest = 0;
+    for (int i = 0; i < V; i++) rest += i == token ? 0 : tmp[i];
+    if (rest < 0.5) return (float)log1p(-rest);
+    return tmp[token] > 0 ? logf(tmp[token]) : -INFINITY;
+}
+
+/* The log-probabilities of the m decode rows' tokens ([m], 0 for rows that did not ask for
+ * them), the screened ones' whole head rows in one product; NULL when no row asked. */
+/* Task = one row of step_logprobs: its log-probability, with a vocabulary of tmp of its own. */
+typedef struct {
+    const qwen_context *ctx;
+    qw_seq **ss;
+    const int32_t *tokens;
+    float *tmp, *lp;
+} logprob_job;
+
+static void logprob_task(void *arg, int i) {
+    const logprob_job *j = arg;
+    j->lp[i] = token_logprob(j->ctx, j->ss[i], j->tokens[i], j->tmp + (size_t)i * j->ctx->cfg.vocab);
+}
+
+/* The log-probabilities of the m decode rows' tokens ([m], 0 for rows that did not ask for
+ * them; NaN where the memory to compute them ran out), the screened ones' whole head rows in
+ * one product, the rows across the pool; NULL when no row asked. */
+static float *step_logprobs(qwen_context *ctx, const qw_dec_group *groups, int m, const int32_t *tokens) {
+    int n = 0;
+    for (int i = 0; i < m; i++) n += groups[i].s->logprobs;
+    if (!n) return NULL;
+    qw_seq **ss = malloc((size_t)n * sizeof(*ss));
+    int32_t *tok = malloc((size_t)n * sizeof(*tok));
+    float *lp = malloc((size_t)m * sizeof(float)), *out = malloc((size_t)n * sizeof(float));
+    float *tmp = malloc((size_t)n * ctx->cfg.vocab * sizeof(float));
+    int ok = ss && tok && out && tmp;
+    for (int i = 0, j = 0; ok && i < m; i++)
+        if (groups[i].s->logprobs) {
+            tok[j] = tokens[i];
+            ss[j++] = groups[i].s;
+        }
+    ok = ok && whole_logits(ctx, ss, n) == QWEN_OK;
+    if (ok) {
+        logprob_job job = {ctx, ss, tok, tmp, out};
+        qw_pool_run(ctx->pool, n, logprob_task, &job);
+    }
+    for (int i = 0, j = 0; lp && i < m; i++)
+        lp[i] = !groups[i].s->logprobs ? 0 : ok ? out[j++] : NAN;
+    free(ss);
+    free(tok);
+    free(out);
+    free(tmp);
+    return lp;
+}
+
+/* The log-probability of the token s took (its logits set), where s asked for them; else 0. */
+static float seq_logprob(qwen_context *ctx, qw_seq *s, int32_t token) {
+    if (!s->logprobs || token < 0 || !s->logits) return 0;
+    float *tmp = malloc((size_t)ctx->cfg.vocab * sizeof(float));
+    if (!tmp || whole_logits(ctx, &s, 1) != QWEN_OK) {
+        free(tmp);
+        return NAN;
+    }
+    const float lp = token_logprob(ctx, s, token, tmp);
+    free(tmp);
+    return lp;
 }
 
 /* ==== Prefill chunks ==== */
@@ -331,7 +435,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         held++;
         if (s->abort_cb && s->abort_cb(s->abort_ud)) {
             qw_seq_release(ctx, s);
-            emit(events, n_events, i, -1, qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"));
+            emit(events, n_events, i, -1, qw_fail(ctx, QWEN_ERR_ABORTED, "aborted"), 0);
             continue;
         }
         if (s->state != QW_SEQ_DECODE && (!admit || s->order < admit->order)) admit = s;
@@ -355,7 +459,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         qwen_status st = admission_unit(ctx, admit, !m, &token);
         if (st < 0) qw_seq_release(ctx, admit);
         /* QWEN_DONE with token -1: an aligner's pass ended */
-        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
+        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st, seq_logprob(ctx, admit, token));
     }
     if (!m) return QWEN_OK;
 
@@ -378,19 +482,23 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         argmax_job aj = {ctx->step_logits, c->vocab, tokens};
         qw_pool_run(ctx->pool, m, argmax_task, &aj);
     }
+    for (int i = 0; i < m && st == QWEN_OK; i++) {
+        groups[i].s->logits = ctx->step_logits + (size_t)i * c->vocab;
+        groups[i].s->head_x = screened ? ctx->step_x + (size_t)i * H : NULL;
+    }
+    float *logprobs = st == QWEN_OK ? step_logprobs(ctx, groups, m, tokens) : NULL;
     for (int i = 0; i < m; i++) {
         qw_seq *s = groups[i].s;
         const int slot = (int)(s - ctx->seqs);
         if (st != QWEN_OK) {
             qw_seq_release(ctx, s);
-            emit(events, n_events, slot, -1, st);
+            emit(events, n_events, slot, -1, st, 0);
             continue;
         }
         s->t_decode += dt;
-        s->logits = ctx->step_logits + (size_t)i * c->vocab;
-        s->head_x = screened ? ctx->step_x + (size_t)i * H : NULL;
-        emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]));
+        emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]), logprobs ? logprobs[i] : s->logprobs ? NAN : 0);
     }
+    free(logprobs);
     if (join) { /* its logits, if this was its last chunk, follow the m decode rows' */
         const int slot = (int)(admit - ctx->seqs);
         int32_t token = -1;
@@ -398,7 +506,7 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         if (st == QWEN_OK) st = prefill_done(ctx, admit, n_pre, ctx->step_logits + (size_t)m * c->vocab,
                                              screened ? ctx->step_x + (size_t)m * H : NULL, &token);
         else qw_seq_release(ctx, admit);
-        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st);
+        if (st != QWEN_OK || token >= 0) emit(events, n_events, slot, token, st, seq_logprob(ctx, admit, token));
     }
     return QWEN_OK;
 }
@@ -417,11 +525,7 @@ const float *qwen_seq_logits(qwen_context *ctx, int seq, int *n_vocab) {
     qw_seq *s = seq_at(ctx, seq);
     if (!s) return NULL;
     if (n_vocab) *n_vocab = ctx->cfg.vocab;
-    if (s->logits && s->head_x) { /* a screened head: the whole row now, from the head's input */
-        qw_matmul_rows(ctx, (float *)(uintptr_t)s->logits, s->head_x, &ctx->dec.lm_head, NULL, 1);
-        s->head_x = NULL;
-        ctx->head_whole_rows++;
-    }
+    if (whole_logits(ctx, &s, 1) != QWEN_OK) return NULL; /* a screened head: the whole row now */
     return s->logits;
 }
 

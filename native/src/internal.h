@@ -158,6 +158,7 @@ typedef struct {
     int n_eos;
     qwen_abort_callback abort_cb;
     void *abort_ud;
+    int logprobs;               /* each token's event carries its log-probability */
     /* admission work */
     float *mel;                 /* [n_mels, n_frames], freed once encoded */
     int64_t n_frames;

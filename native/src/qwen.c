@@ -19,7 +19,7 @@ const char *qwen_version(void) { return "0.1.0"; }
 
 qwen_params qwen_default_params(void) { return (qwen_params){0, QWEN_ISA_AUTO, 0, 1, 0, 0, QWEN_PRECISION_EXACT, 0, 0, 0, 0, NULL}; }
 
-qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL}; }
+qwen_run_params qwen_default_run_params(void) { return (qwen_run_params){0, NULL, 0, NULL, NULL, 0}; }
 
 qwen_isa qwen_best_isa(void) { return (qwen_isa)qw_best_isa(); }
 

@@ -34,15 +34,23 @@ class ModelUnavailableError(Exception):
 
 
 class ModelBackend(Protocol):
-    async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
-        """The whole result at once."""
+    async def transcribe(
+        self, pcm: np.ndarray, language: str | None, context: str, logprobs: bool = False
+    ) -> TranscriptResult:
+        """The whole result at once (`logprobs`: with each token's log-probability)."""
         ...
 
     def stream(
-        self, pcm: np.ndarray, language: str | None, context: str, prefix_ids: Sequence[int] = ()
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        prefix_ids: Sequence[int] = (),
+        logprobs: bool = False,
     ) -> AsyncIterator[StreamItem]:
         """StreamStarted first (a replica took the request), then TextDelta items, then the
-        TranscriptResult. `prefix_ids`: a live turn's fixed answer (LiveText), not sent again."""
+        TranscriptResult. `prefix_ids`: a live turn's fixed answer (LiveText), not sent again.
+        `logprobs`: the deltas and the result carry their tokens' log-probabilities."""
         ...
 
     async def live(
@@ -106,14 +114,23 @@ class HandleBackend:
     def __init__(self, handle: Any):
         self._handle = handle
 
-    async def transcribe(self, pcm: np.ndarray, language: str | None, context: str) -> TranscriptResult:
+    async def transcribe(
+        self, pcm: np.ndarray, language: str | None, context: str, logprobs: bool = False
+    ) -> TranscriptResult:
         with _translated_errors():
-            return await self._handle.transcribe.remote(pcm, language, context)
+            return await self._handle.transcribe.remote(pcm, language, context, logprobs)
 
     async def stream(
-        self, pcm: np.ndarray, language: str | None, context: str, prefix_ids: Sequence[int] = ()
+        self,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        prefix_ids: Sequence[int] = (),
+        logprobs: bool = False,
     ) -> AsyncIterator[StreamItem]:
-        gen = self._handle.options(stream=True).stream.remote(pcm, language, context, list(prefix_ids))
+        gen = self._handle.options(stream=True).stream.remote(
+            pcm, language, context, list(prefix_ids), logprobs
+        )
         finished = False
         try:
             with _translated_errors():

@@ -18,11 +18,12 @@ from collections.abc import Collection
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..languages import to_response_language
-from ..model.results import ResultSegment, TranscriptResult
+from ..model.results import ResultLogprob, ResultSegment, TranscriptResult
 from . import subtitles
 from .protocol import (
     DurationUsage,
     InputTokenDetails,
+    Logprob,
     TextDeltaEvent,
     TextDoneEvent,
     TokenUsage,
@@ -41,6 +42,12 @@ def token_usage(result: TranscriptResult) -> TokenUsage:
         input_token_details=InputTokenDetails(
             audio_tokens=result.audio_tokens, text_tokens=result.input_tokens - result.audio_tokens
         ),
+    )
+
+
+def logprobs(items: list[ResultLogprob] | None) -> list[Logprob] | None:
+    return (
+        None if items is None else [Logprob(token=i.token, logprob=i.logprob, bytes=i.bytes) for i in items]
     )
 
 
@@ -148,7 +155,9 @@ def render(
         return JSONResponse(
             verbose(result, language, granularities).model_dump(exclude_none=True), headers=headers
         )
-    body = TranscriptionResponse(text=result.text, usage=token_usage(result))
+    body = TranscriptionResponse(
+        text=result.text, logprobs=logprobs(result.logprobs), usage=token_usage(result)
+    )
     return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
 
 
@@ -159,12 +168,13 @@ def sse(data: str) -> str:
     return f"data: {data}\n\n"
 
 
-def delta_event(text: str) -> str:
-    return sse(TextDeltaEvent(delta=text).model_dump_json())
+def delta_event(text: str, items: list[ResultLogprob] | None = None) -> str:
+    return sse(TextDeltaEvent(delta=text, logprobs=logprobs(items)).model_dump_json(exclude_none=True))
 
 
 def done_event(result: TranscriptResult) -> str:
-    return sse(TextDoneEvent(text=result.text, usage=token_usage(result)).model_dump_json())
+    event = TextDoneEvent(text=result.text, logprobs=logprobs(result.logprobs), usage=token_usage(result))
+    return sse(event.model_dump_json(exclude_none=True))
 
 
 def error_event(body: dict) -> str:

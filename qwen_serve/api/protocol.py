@@ -30,7 +30,8 @@ class TranscriptionRequest(BaseModel):
     chunking_strategy: Literal["auto"] | dict[str, Any] | None = None
     """`auto` is accepted (long audio is always cut at quiet points); `server_vad` is not supported."""
     include: list[str] = Field(default_factory=list)
-    """Extra information in the response. `logprobs` is not supported."""
+    """`logprobs` (with `json`): each transcript token's log-probability in the response, or in
+    the stream's events."""
     known_speaker_names: list[str] = Field(default_factory=list)
     """Diarization only; not supported."""
     known_speaker_references: list[str] = Field(default_factory=list)
@@ -82,11 +83,24 @@ class DurationUsage(BaseModel):
     seconds: float
 
 
+class Logprob(BaseModel):
+    """A token of the transcript and its log-probability (`include[]=logprobs`)."""
+
+    token: str
+    """The token's text (U+FFFD where it holds only part of a UTF-8 character)."""
+    logprob: float
+    """Natural log of its probability (greedy decoding took the most likely token)."""
+    bytes: list[int]
+    """Its UTF-8 bytes."""
+
+
 class TranscriptionResponse(BaseModel):
     """`response_format=json`."""
 
     text: str
     """The transcript."""
+    logprobs: list[Logprob] | None = None
+    """Only with `include[]=logprobs`: each token of the transcript, in order."""
     usage: TokenUsage | None = None
 
 
@@ -145,6 +159,8 @@ class TextDeltaEvent(BaseModel):
 
     type: Literal["transcript.text.delta"] = "transcript.text.delta"
     delta: str
+    logprobs: list[Logprob] | None = None
+    """Only with `include[]=logprobs`: the tokens decoded since the last delta."""
 
 
 class TextDoneEvent(BaseModel):
@@ -152,6 +168,8 @@ class TextDoneEvent(BaseModel):
 
     type: Literal["transcript.text.done"] = "transcript.text.done"
     text: str
+    logprobs: list[Logprob] | None = None
+    """Only with `include[]=logprobs`: every token of the transcript."""
     usage: TokenUsage
 
 

@@ -83,11 +83,16 @@ class TranscriptionService:
                 param="response_format",
                 code="unsupported_value",
             )
-        if req.include:
+        for item in req.include:
+            if item != "logprobs":
+                raise bad_request(
+                    f"Invalid value for 'include': '{item}' (use 'logprobs').",
+                    param="include",
+                    code="unsupported_value",
+                )
+        if req.include and req.response_format != "json":
             raise bad_request(
-                f"include[] {req.include} is not supported: this server does not return logprobs.",
-                param="include",
-                code="unsupported_value",
+                "include[]=logprobs requires response_format=json.", param="include", code="unsupported_value"
             )
         if req.known_speaker_names or req.known_speaker_references:
             param = "known_speaker_names" if req.known_speaker_names else "known_speaker_references"
@@ -156,10 +161,11 @@ class TranscriptionService:
                 raise bad_request(str(e), param="language", code="unsupported_language") from None
         pcm = await self.decode(upload)
         access.note(audio_seconds=pcm.size / SAMPLE_RATE)
+        logprobs = "logprobs" in req.include
         if req.stream:
-            return await self._stream(served, pcm, language, req.prompt)
+            return await self._stream(served, pcm, language, req.prompt, logprobs)
         try:
-            result = await served.backend.transcribe(pcm, language, req.prompt)
+            result = await served.backend.transcribe(pcm, language, req.prompt, logprobs)
         except Exception as e:
             raise self._failure(req.model, e) from None
         if self.aligner is not None and req.response_format in TIMED_FORMATS:
@@ -185,9 +191,9 @@ class TranscriptionService:
         return dataclasses.replace(result, words=words)
 
     async def _stream(
-        self, served: ServedModel, pcm: np.ndarray, language: str | None, prompt: str
+        self, served: ServedModel, pcm: np.ndarray, language: str | None, prompt: str, logprobs: bool
     ) -> Response:
-        items: AsyncIterator[StreamItem] = served.backend.stream(pcm, language, prompt)
+        items: AsyncIterator[StreamItem] = served.backend.stream(pcm, language, prompt, (), logprobs)
         model_id = served.info.id
         try:
             await items.__anext__()  # StreamStarted: a replica has the request
@@ -204,7 +210,7 @@ class TranscriptionService:
                 async for item in items:
                     if isinstance(item, TextDelta):
                         access.first_delta()
-                        yield formats.delta_event(item.text)
+                        yield formats.delta_event(item.text, item.logprobs)
                     elif isinstance(item, TranscriptResult):
                         result = item
                 if result is None:

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -61,7 +61,12 @@ class _Params(ctypes.Structure):
 
 
 class _Event(ctypes.Structure):
-    _fields_ = [("seq", ctypes.c_int), ("token", ctypes.c_int32), ("status", ctypes.c_int)]
+    _fields_ = [
+        ("seq", ctypes.c_int),
+        ("token", ctypes.c_int32),
+        ("status", ctypes.c_int),
+        ("logprob", ctypes.c_float),
+    ]
 
 
 class _RunParams(ctypes.Structure):
@@ -71,7 +76,20 @@ class _RunParams(ctypes.Structure):
         ("n_eos_ids", ctypes.c_int),
         ("abort_callback", _AbortCallback),
         ("abort_user_data", ctypes.c_void_p),
+        ("logprobs", ctypes.c_int),
     ]
+
+
+class StepEvent(NamedTuple):
+    """What one step did to one sequence (qwen_event)."""
+
+    slot: int
+    token: int
+    """The token it generated, or -1."""
+    status: int
+    """0: running; QWEN_DONE: ended; < 0: failed (the slot is free again)."""
+    logprob: float
+    """The token's natural log-probability (sequences added with logprobs), else 0."""
 
 
 class NativeError(RuntimeError):
@@ -507,11 +525,14 @@ class NativeModel:
         prompt_ids: Sequence[int],
         max_new_tokens: int = 0,
         eos_ids: Sequence[int] | None = None,
+        logprobs: bool = False,
     ) -> int:
-        """Adds a sequence; returns its slot. BusyError when no slot or KV budget is free."""
+        """Adds a sequence; returns its slot. BusyError when no slot or KV budget is free.
+        `logprobs`: its step events carry each token's log-probability."""
         a = _pcm(pcm)
         ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
         run, _eos = _run_params(max_new_tokens, eos_ids)
+        run.logprobs = int(bool(logprobs))
         seq = ctypes.c_int(-1)
         self._check(
             self._lib.qwen_seq_add(
@@ -520,14 +541,14 @@ class NativeModel:
         )
         return seq.value
 
-    def step(self) -> list[tuple[int, int, int]] | None:
-        """One scheduling step: (slot, token or -1, status) per sequence that produced a
-        token, ended (QWEN_DONE) or failed (< 0); None when no sequence was left."""
+    def step(self) -> list[StepEvent] | None:
+        """One scheduling step: an event per sequence that produced a token, ended (QWEN_DONE)
+        or failed (< 0); None when no sequence was left."""
         n = ctypes.c_int(0)
         status = self._check(self._lib.qwen_step(self.ctx, self._events, ctypes.byref(n)))
         if status == QWEN_DONE:
             return None
-        return [(e.seq, e.token, e.status) for e in self._events[: n.value]]
+        return [StepEvent(e.seq, e.token, e.status, e.logprob) for e in self._events[: n.value]]
 
     def seq_abort(self, seq: int) -> None:
         self._check(self._lib.qwen_seq_abort(self.ctx, int(seq)))

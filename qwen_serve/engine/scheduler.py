@@ -50,11 +50,13 @@ class ChunkJob:
 @dataclass(frozen=True)
 class TokenEvent:
     """A chunk produced `token` (or -1) and is still running (status 0), ended (QWEN_DONE,
-    with its `timings`), or failed (`error`)."""
+    with its `timings`), or failed (`error`). `logprob`: the token's log-probability, for a
+    request that asked for them."""
 
     chunk: int
     token: int
     status: int
+    logprob: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None
 
@@ -62,9 +64,10 @@ class TokenEvent:
 class Request:
     """A transcription in the scheduler: its chunks and the queue its events go to."""
 
-    def __init__(self, chunks: Sequence[ChunkJob], eos_ids: Sequence[int]):
+    def __init__(self, chunks: Sequence[ChunkJob], eos_ids: Sequence[int], logprobs: bool = False):
         self.chunks = list(chunks)
         self.eos_ids = list(eos_ids)
+        self.logprobs = logprobs  # each token's log-probability in its event
         self.events: queue.Queue[TokenEvent] = queue.Queue()
         self.next_chunk = 0  # the first chunk not yet admitted
         self.running = 0  # chunks holding a slot
@@ -172,7 +175,9 @@ class Scheduler:
             index = request.next_chunk
             job = request.chunks[index]
             try:
-                slot = self.native.seq_add(job.pcm, job.prompt, job.max_new_tokens, request.eos_ids)
+                slot = self.native.seq_add(
+                    job.pcm, job.prompt, job.max_new_tokens, request.eos_ids, logprobs=request.logprobs
+                )
             except BusyError:
                 if self._slots:
                     return  # the KV budget is reserved: admit once a sequence ends
@@ -208,11 +213,12 @@ class Scheduler:
             cache = {key: self.native.context_info(key) for key in self._cache}
             with self._cond:
                 self._cache = cache
-                for slot, token, status in events:
+                for slot, token, status, logprob in events:
                     request, index = self._slots[slot]
+                    lp = logprob if request.logprobs and token >= 0 else None
                     if status == 0:
                         self._decoding.add(slot)
-                        request.events.put(TokenEvent(index, token, 0))
+                        request.events.put(TokenEvent(index, token, 0, lp))
                         continue
                     del self._slots[slot]
                     self._decoding.discard(slot)
@@ -223,6 +229,6 @@ class Scheduler:
                         )
                         continue
                     timings = {k: self.native.seq_timing(slot, k) for k in TIMING_KEYS}
-                    request.events.put(TokenEvent(index, token, status, timings))
+                    request.events.put(TokenEvent(index, token, status, lp, timings))
                     if request.next_chunk == len(request.chunks) and request.running == 0:
                         self._finish(request)

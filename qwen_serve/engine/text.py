@@ -34,6 +34,27 @@ _QWEN2_SPLIT = (
 )
 
 
+def _byte_level_chars() -> dict[str, int]:
+    """The characters byte-level BPE writes the 256 byte values as (GPT-2's table), to bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1)]
+    printable += range(ord("\u00ae"), ord("\u00ff") + 1)
+    chars = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in set(printable)]
+    chars.update((chr(256 + i), b) for i, b in enumerate(others))
+    return chars
+
+
+BYTE_LEVEL_CHARS = _byte_level_chars()
+
+
+def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
+    """The bytes a token stands for (an added token: its UTF-8 content)."""
+    piece = tokenizer.id_to_token(token_id) or ""
+    if token_id in tokenizer.get_added_tokens_decoder() or not all(c in BYTE_LEVEL_CHARS for c in piece):
+        return piece.encode()
+    return bytes(BYTE_LEVEL_CHARS[c] for c in piece)
+
+
 def normalize_language(language: str) -> str:
     """'cHINese' -> 'Chinese' (the official normalisation); ValueError when unsupported."""
     s = str(language).strip()

@@ -47,6 +47,18 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token of the transcript and its log-probability (OpenAI's `logprobs`)."""
+
+    token: str
+    """The token's text (U+FFFD where it holds only part of a UTF-8 character)."""
+    logprob: float
+    """Natural log of its probability under the model's softmax over the whole vocabulary."""
+    bytes: list[int]
+    """Its UTF-8 bytes."""
+
+
+@dataclass(frozen=True)
 class Transcription:
     """What Engine.transcribe returns."""
 
@@ -62,3 +74,6 @@ class Transcription:
     """Audio duration in seconds."""
     segments: list[Segment] = field(default_factory=list)
     """One segment per audio chunk (a single one for short audio)."""
+    logprobs: list[TokenLogprob] | None = None
+    """When asked for: each token of the transcript text in order (the `language X<asr_text>`
+    prefix and the stop tokens are not text)."""

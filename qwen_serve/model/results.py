@@ -21,6 +21,22 @@ class ResultSegment:
 
 
 @dataclass(frozen=True)
+class ResultLogprob:
+    """A transcript token and its log-probability (requests with include[]=logprobs)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+def result_logprobs(items: Any) -> list[ResultLogprob] | None:
+    """The engine's TokenLogprob list (duck-typed), or None."""
+    if items is None:
+        return None
+    return [ResultLogprob(str(i.token), float(i.logprob), [int(b) for b in i.bytes]) for i in items]
+
+
+@dataclass(frozen=True)
 class ResultWord:
     """A word with its time (from the forced aligner) and its place in the transcript."""
 
@@ -51,6 +67,8 @@ class TranscriptResult:
     """Wall time the engine spent on the request."""
     words: list[ResultWord] = field(default_factory=list)
     """Word timestamps, in order; empty when the request did not ask for them (no aligner run)."""
+    logprobs: list[ResultLogprob] | None = None
+    """Each transcript token's log-probability, when the request asked for them."""
 
     @property
     def total_tokens(self) -> int:
@@ -72,6 +90,7 @@ class TranscriptResult:
                 ResultWord(w.word, float(w.start), float(w.end), (int(w.span[0]), int(w.span[1])))
                 for w in (getattr(t, "words", None) or ())
             ],
+            logprobs=result_logprobs(getattr(t, "logprobs", None)),
         )
 
 
@@ -93,9 +112,10 @@ class StreamStarted:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text (one or more tokens' worth)."""
+    """New text (one or more tokens' worth), with its tokens' log-probabilities when asked for."""
 
     text: str
+    logprobs: list[ResultLogprob] | None = None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,15 @@ import numpy as np
 
 from .. import metrics
 from ..download import checkpoint_problem, missing_checkpoint_message
-from .results import LiveText, ReplicaBusy, StreamItem, StreamStarted, TextDelta, TranscriptResult
+from .results import (
+    LiveText,
+    ReplicaBusy,
+    StreamItem,
+    StreamStarted,
+    TextDelta,
+    TranscriptResult,
+    result_logprobs,
+)
 
 if TYPE_CHECKING:
     from ..engine.types import Transcription
@@ -77,6 +85,11 @@ class EngineStream(Protocol):
         """The next text delta; blocks until one is decoded; StopIteration at the end."""
         ...
 
+    def take_logprobs(self) -> Sequence[Any]:
+        """Log-probabilities (token, logprob, bytes) of the tokens decoded since the last call, for
+        a request made with `logprobs`; called from the iterating thread."""
+        ...
+
     def close(self) -> None:
         """Cancels the request and frees its slot at once; safe from any thread, a no-op when done."""
         ...
@@ -97,6 +110,7 @@ class BatchingEngine(Protocol):
         context: str = "",
         max_new_tokens: int | None = None,
         prefix_ids: Sequence[int] = (),
+        logprobs: bool = False,
     ) -> EngineStream: ...
 
     def fix_prefix(
@@ -289,11 +303,11 @@ class ModelServer:
 
     # ---- requests --------------------------------------------------------------
     async def transcribe(
-        self, pcm: np.ndarray, language: str | None = None, context: str = ""
+        self, pcm: np.ndarray, language: str | None = None, context: str = "", logprobs: bool = False
     ) -> TranscriptResult:
-        """The whole transcription at once."""
+        """The whole transcription at once (`logprobs`: with each token's log-probability)."""
         result: TranscriptResult | None = None
-        async with contextlib.aclosing(self._run(pcm, language, context)) as items:
+        async with contextlib.aclosing(self._run(pcm, language, context, logprobs=logprobs)) as items:
             async for item in items:
                 if isinstance(item, TranscriptResult):
                     result = item
@@ -301,14 +315,22 @@ class ModelServer:
         return result
 
     async def stream(
-        self, pcm: np.ndarray, language: str | None = None, context: str = "", prefix_ids: Sequence[int] = ()
+        self,
+        pcm: np.ndarray,
+        language: str | None = None,
+        context: str = "",
+        prefix_ids: Sequence[int] = (),
+        logprobs: bool = False,
     ) -> AsyncIterator[StreamItem]:
         """StreamStarted once the engine has taken the request, then TextDelta items, then the result.
 
         ReplicaBusy instead of StreamStarted when the engine cannot take it. `prefix_ids`: the
         fixed start of the answer from `live` (its text is not sent again; the result has it).
+        `logprobs`: each delta and the result carry their tokens' log-probabilities.
         """
-        async with contextlib.aclosing(self._run(pcm, language, context, prefix_ids)) as items:
+        async with contextlib.aclosing(
+            self._run(pcm, language, context, prefix_ids, logprobs=logprobs)
+        ) as items:
             async for item in items:
                 yield item
 
@@ -360,6 +382,7 @@ class ModelServer:
         context: str,
         prefix_ids: Sequence[int],
         max_new_tokens: int | None,
+        logprobs: bool,
     ) -> EngineStream:
         from qwen_serve.engine import EngineBusy  # loaded on the replica already (see the module doc)
 
@@ -372,6 +395,7 @@ class ModelServer:
                 context=context,
                 max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
                 prefix_ids=prefix_ids,
+                logprobs=logprobs,
             )
         except EngineBusy as e:
             logger.info("model %s: engine busy (%s)", self.model_id, e)
@@ -384,9 +408,10 @@ class ModelServer:
         context: str,
         prefix_ids: Sequence[int] = (),
         max_new_tokens: int | None = None,
+        logprobs: bool = False,
     ) -> AsyncGenerator[StreamItem, None]:
         # Submitted before the first item: busy fails the call.
-        stream = self._submit(pcm, language, context, prefix_ids, max_new_tokens)
+        stream = self._submit(pcm, language, context, prefix_ids, max_new_tokens, logprobs)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -397,7 +422,7 @@ class ModelServer:
         def work() -> None:
             try:
                 for delta in stream:
-                    put(TextDelta(delta))
+                    put(TextDelta(delta, result_logprobs(stream.take_logprobs()) if logprobs else None))
                 put(_Done(stream.result))
             except BaseException as e:  # reported on the loop; aborted runs end here too
                 put(_Failed(e))
@@ -410,9 +435,12 @@ class ModelServer:
                 batch = [await queue.get()]
                 while not queue.empty():  # coalesce what arrived meanwhile into one message
                     batch.append(queue.get_nowait())
-                text = "".join(i.text for i in batch if isinstance(i, TextDelta))
-                if text:
-                    yield TextDelta(text)
+                deltas = [i for i in batch if isinstance(i, TextDelta)]
+                if deltas:
+                    text = "".join(i.text for i in deltas)
+                    yield TextDelta(
+                        text, [lp for i in deltas for lp in i.logprobs or ()] if logprobs else None
+                    )
                 last = batch[-1]  # _Done / _Failed always come last
                 ended = isinstance(last, (_Done, _Failed))
                 if isinstance(last, _Done):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qwen_serve.engine import EngineBusy
-from qwen_serve.engine.types import Segment, Timings, Transcription, Usage
+from qwen_serve.engine.types import Segment, Timings, TokenLogprob, Transcription, Usage
 
 SAMPLE_RATE = 16000
 LANGUAGES = ["Chinese", "English", "Cantonese", "German", "French", "Spanish", "Japanese", "Filipino"]
@@ -35,12 +35,25 @@ def expected_words(seconds: float, start: int = 0) -> list[str]:
     return [f"w{i}" for i in range(start, start + max(1, int(seconds / 0.5)))]
 
 
+def fake_logprob(token_index: int) -> float:
+    """The log-probability the fake gives its answer's token k (one per word)."""
+    return -0.01 * (token_index + 1)
+
+
 class FakeStream:
     def __init__(
-        self, engine: FakeEngine, pcm: np.ndarray, language: str | None, context: str, prefix: int = 0
+        self,
+        engine: FakeEngine,
+        pcm: np.ndarray,
+        language: str | None,
+        context: str,
+        prefix: int = 0,
+        logprobs: bool = False,
     ):
         self.result: Transcription | None = None
         self.closed = False
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None
+        self._taken = 0
         self._engine = engine
         self._gen = self._run(engine, pcm, language, context, prefix)
 
@@ -53,6 +66,11 @@ class FakeStream:
         except BaseException:
             self._engine._release(self)
             raise
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        new = (self.logprobs or [])[self._taken :]
+        self._taken += len(new)
+        return new
 
     def close(self) -> None:
         self.closed = True
@@ -85,7 +103,13 @@ class FakeStream:
                     engine.hold.wait(timeout=30)  # every stream stops after its first token until set
                 chunk_ids.append(1000 + len(ids) + len(chunk_ids))
                 if len(ids) + len(chunk_ids) > prefix:  # a forced prefix's words were sent before
-                    yield piece if i == 0 else " " + piece
+                    token = piece if i == 0 else " " + piece
+                    if self.logprobs is not None:
+                        data = token.encode()
+                        self.logprobs.append(
+                            TokenLogprob(token, fake_logprob(len(self.logprobs)), list(data))
+                        )
+                    yield token
             texts.append(text)
             ids.extend(chunk_ids)
             segments.append(
@@ -104,6 +128,7 @@ class FakeStream:
             timings=Timings(total_ms=1.5),
             duration=duration,
             segments=segments,
+            logprobs=self.logprobs,
         )
 
 
@@ -167,6 +192,7 @@ class FakeEngine:
         context: str = "",
         max_new_tokens: int | None = None,
         prefix_ids: Sequence[int] = (),
+        logprobs: bool = False,
     ) -> FakeStream:
         """`prefix_ids` (from fix_prefix) stand for the first words: they are not yielded again."""
         if pcm.ndim != 1 or pcm.dtype != np.float32:
@@ -184,9 +210,10 @@ class FakeEngine:
                 "max_new_tokens": max_new_tokens,
                 "writeable": pcm.flags.writeable,
                 "prefix_ids": list(prefix_ids),
+                "logprobs": logprobs,
             }
         )
-        stream = FakeStream(self, pcm, language, context, len(prefix_ids))
+        stream = FakeStream(self, pcm, language, context, len(prefix_ids), logprobs)
         with self._lock:
             self.open.append(stream)
         self.streams.append(stream)

@@ -49,6 +49,7 @@ async def test_stream_order_and_text() -> None:
         "max_new_tokens": 7,
         "writeable": True,
         "prefix_ids": [],
+        "logprobs": False,
     }
     assert engine.threads == 2 and engine.isa == "avx2" and engine.precision == "fast"
     assert (engine.max_batch, engine.kv_budget_tokens, engine.max_waiting) == (8, None, 8)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from openai import AsyncOpenAI
 
 from .conftest import MODEL, MODEL_B, TOKEN, Harness, make_settings, wav_bytes
-from .fakes import expected_words
+from .fakes import expected_words, fake_logprob
 
 pytestmark = pytest.mark.anyio
 
@@ -134,6 +134,55 @@ async def test_stream_events(openai_client: AsyncOpenAI, harness: Harness) -> No
     )
 
 
+# ---- logprobs ------------------------------------------------------------------------
+
+
+async def test_logprobs_json(openai_client: AsyncOpenAI, harness: Harness) -> None:
+    res = await openai_client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", wav_bytes(2.0)), include=["logprobs"]
+    )
+    assert harness.engines[MODEL].calls[-1]["logprobs"] is True
+    assert res.logprobs is not None
+    words = expected_words(2.0)
+    assert [(lp.token, lp.logprob) for lp in res.logprobs] == [
+        (w if i == 0 else " " + w, fake_logprob(i)) for i, w in enumerate(words)
+    ]
+    assert b"".join(bytes(int(b) for b in lp.bytes or []) for lp in res.logprobs).decode() == res.text
+    plain = await openai_client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(2.0)))
+    assert plain.logprobs is None and harness.engines[MODEL].calls[-1]["logprobs"] is False
+
+
+async def test_logprobs_stream(openai_client: AsyncOpenAI, harness: Harness) -> None:
+    harness.engines[MODEL].token_delay = 0.02  # deltas one at a time, not coalesced into one
+    stream = await openai_client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", wav_bytes(3.0)), stream=True, include=["logprobs"]
+    )
+    events = [event async for event in stream]
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.logprobs is not None
+    assert len(deltas) > 1 and all(d.logprobs for d in deltas)
+
+    # each delta carries its own tokens: together they are the done event's, and spell the text
+    def triples(logprobs: list) -> list[tuple]:
+        return [(lp.token, lp.logprob, lp.bytes) for lp in logprobs]
+
+    assert triples([lp for d in deltas for lp in d.logprobs or []]) == triples(done.logprobs)
+    for d in deltas:
+        assert "".join(lp.token for lp in d.logprobs or []) == d.delta
+    assert [lp.logprob for lp in done.logprobs] == [fake_logprob(i) for i in range(6)]
+
+
+def test_stream_without_logprobs_has_no_field(client: TestClient) -> None:
+    r = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav_bytes(1.0))},
+        data={"model": MODEL, "stream": "true"},
+    )
+    events = [json.loads(b[6:]) for b in r.text.split("\n\n") if b and b != "data: [DONE]"]
+    assert events and all("logprobs" not in e for e in events)
+
+
 def test_stream_wire_format(client: TestClient) -> None:
     r = client.post(
         "/v1/audio/transcriptions",
@@ -223,7 +272,17 @@ def _assert_envelope(body: dict) -> dict:
             "language",
             "unsupported_language",
         ),  # not in the fake model's list
-        ({"model": MODEL, "include[]": "logprobs"}, "include", "unsupported_value"),
+        ({"model": MODEL, "include[]": "tokens"}, "include", "unsupported_value"),
+        (
+            {"model": MODEL, "include[]": "logprobs", "response_format": "verbose_json"},
+            "include",
+            "unsupported_value",
+        ),
+        (
+            {"model": MODEL, "include[]": "logprobs", "response_format": "text"},
+            "include",
+            "unsupported_value",
+        ),
         ({"model": MODEL, "timestamp_granularities[]": "segment"}, "timestamp_granularities", None),
         ({"model": MODEL, "timestamp_granularities[]": "word"}, "timestamp_granularities", None),
         (

@@ -59,6 +59,32 @@ def test_stream_equals_non_stream_and_engine(client: openai.OpenAI, engines: dic
     )
 
 
+def test_logprobs_equal_the_engine(client: openai.OpenAI, engines: dict) -> None:
+    """include[]=logprobs through Serve, whole and streamed, against the engine's own."""
+    data = wav(3.0, seed=1)
+    pcm = decode_audio(data)
+    truth = engines[LARGE].transcribe(pcm, max_new_tokens=MAX_NEW_TOKENS, logprobs=True)
+    assert truth.text and truth.logprobs  # the tiny 1.7B checkpoint says something for this clip
+    want = [(lp.token, lp.logprob, lp.bytes) for lp in truth.logprobs]
+    res = client.audio.transcriptions.create(model=LARGE, file=("clip.wav", data), include=["logprobs"])
+    assert res.text == truth.text and res.logprobs is not None
+    got = [(lp.token, lp.logprob, [int(b) for b in lp.bytes or []]) for lp in res.logprobs]
+    assert [(t, b) for t, _, b in got] == [(t, b) for t, _, b in want]
+    assert [g[1] for g in got] == pytest.approx([w[1] for w in want], rel=1e-5, abs=1e-9)
+    assert all(lp.logprob is not None and lp.logprob <= 0 for lp in res.logprobs)
+    events = list(
+        client.audio.transcriptions.create(
+            model=LARGE, file=("clip.wav", data), stream=True, include=["logprobs"]
+        )
+    )
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.logprobs is not None
+    streamed = [lp for e in events[:-1] if e.type == "transcript.text.delta" for lp in e.logprobs or []]
+    assert [(lp.token, lp.logprob) for lp in streamed] == [(lp.token, lp.logprob) for lp in done.logprobs]
+    assert [lp.token for lp in done.logprobs] == [w[0] for w in want]
+    assert [lp.logprob for lp in done.logprobs] == pytest.approx([w[1] for w in want], rel=1e-5, abs=1e-9)
+
+
 def test_stream_wire_ends_with_done(service: Service) -> None:
     r = httpx.post(
         f"{service.base_url}/v1/audio/transcriptions",

@@ -168,7 +168,7 @@ def test_native_sequences(tiny_dir: Path) -> None:
         tokens: dict[int, list[int]] = {a: [], b: []}
         ended: dict[int, int] = {}
         while (events := m.step()) is not None:
-            for seq, token, status in events:
+            for seq, token, status, _ in events:
                 assert status in (0, QWEN_DONE)
                 logits = m.seq_logits(seq)
                 assert logits is not None and int(np.argmax(logits)) == token

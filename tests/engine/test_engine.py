@@ -279,7 +279,7 @@ def test_fast_head_screen_in_a_batch(tiny_dir: Path, isa: str) -> None:
             tokens: dict[int, list[int]] = {i: [] for i in range(8)}
 
             def step() -> int:
-                events = [(seq, t) for seq, t, _ in (m.step() or []) if t >= 0]
+                events = [(seq, t) for seq, t, *_ in (m.step() or []) if t >= 0]
                 for seq, t in events:
                     tokens[seqs[seq]].append(t)
                 return len(events)

@@ -132,7 +132,8 @@ class SessionConfig:
             raise ClientError(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
         if parsed.include:
             raise ClientError(
-                "session.include is not supported: this server does not return logprobs.",
+                "session.include is not supported: realtime transcription does not return logprobs here "
+                "(POST /v1/audio/transcriptions with include[]=logprobs does).",
                 param="session.include",
                 code="unsupported_value",
             )
