@@ -10,10 +10,11 @@ cut at quiet points), timed by the chunk boundaries.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -56,7 +57,49 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _segment(i: int, start: float, end: float, text: str, tokens: list[int]) -> TranscriptionSegment:
+def token_offsets(text: str, tokens: Sequence[bytes]) -> list[int]:
+    """Where each token (its bytes, in order, as the model spelled the transcript) starts in
+    `text`. Tokens that end inside a character go with the next; one not next in the text (past
+    whitespace: text the repetition fix took out) is put where the previous one ended."""
+    out: list[int] = []
+    cursor = 0
+    pending = 0  # tokens waiting for the rest of a character
+    buf = b""
+    for i, data in enumerate(tokens):
+        buf += data
+        pending += 1
+        try:
+            piece = buf.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            if e.reason == "unexpected end of data" and i + 1 < len(tokens):
+                continue
+            piece = buf.decode("utf-8", errors="replace").strip()
+        at = text.find(piece, cursor) if piece else -1
+        if at >= 0 and not text[cursor:at].strip():
+            out += [at] * pending
+            cursor = at + len(piece)
+        else:
+            out += [cursor] * pending
+        pending, buf = 0, b""
+    return out
+
+
+def phrase_logprobs(result: TranscriptResult, phrases: Sequence[subtitles.Phrase]) -> list[float]:
+    """The mean log-probability of the transcript tokens that start in each phrase (the first
+    phrase from the text's start, each up to the next one's first word); 0.0 without logprobs."""
+    if not result.logprobs or not phrases:
+        return [0.0] * len(phrases)
+    starts = [result.words[p.first].span[0] for p in phrases][1:]
+    groups: list[list[float]] = [[] for _ in phrases]
+    offsets = token_offsets(result.text, [bytes(lp.bytes) for lp in result.logprobs])
+    for at, lp in zip(offsets, result.logprobs, strict=True):
+        groups[bisect.bisect_right(starts, at)].append(lp.logprob)
+    return [sum(g) / len(g) if g else 0.0 for g in groups]
+
+
+def _segment(
+    i: int, start: float, end: float, text: str, tokens: list[int], avg_logprob: float | None
+) -> TranscriptionSegment:
     return TranscriptionSegment(
         id=i,
         seek=round(start * 100),
@@ -65,7 +108,7 @@ def _segment(i: int, start: float, end: float, text: str, tokens: list[int]) -> 
         text=text,
         tokens=tokens,
         temperature=0.0,
-        avg_logprob=0.0,
+        avg_logprob=round(avg_logprob or 0.0, 6),
         compression_ratio=round(compression_ratio(text), 4),
         no_speech_prob=0.0,
     )
@@ -77,13 +120,13 @@ def verbose(
     """verbose_json: segments are phrases when the result has words, else audio chunks;
     `words` is listed when "word" is among the requested granularities."""
     if result.words:
-        segments = [
-            _segment(i, p.start, p.end, p.text, [])
-            for i, p in enumerate(subtitles.phrases(result.text, result.words))
-        ]
+        phrases = subtitles.phrases(result.text, result.words)
+        means = phrase_logprobs(result, phrases)
+        segments = [_segment(i, p.start, p.end, p.text, [], means[i]) for i, p in enumerate(phrases)]
     else:
         segments = [
-            _segment(i, s.start, s.end, s.text, list(s.token_ids)) for i, s in enumerate(result.segments)
+            _segment(i, s.start, s.end, s.text, list(s.token_ids), s.avg_logprob)
+            for i, s in enumerate(result.segments)
         ]
     words = None
     if "word" in granularities:

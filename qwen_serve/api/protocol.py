@@ -121,7 +121,8 @@ class TranscriptionSegment(BaseModel):
     temperature: float
     """Always 0.0: decoding is greedy."""
     avg_logprob: float
-    """Not computed by this server: always 0.0."""
+    """The mean log-probability of the segment's tokens: a chunk's generated tokens (its `tokens`),
+    or the transcript tokens that begin in a phrase."""
     compression_ratio: float
     """zlib compression ratio of the segment text."""
     no_speech_prob: float

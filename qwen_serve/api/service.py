@@ -161,7 +161,7 @@ class TranscriptionService:
                 raise bad_request(str(e), param="language", code="unsupported_language") from None
         pcm = await self.decode(upload)
         access.note(audio_seconds=pcm.size / SAMPLE_RATE)
-        logprobs = "logprobs" in req.include
+        logprobs = "logprobs" in req.include or req.response_format == "verbose_json"  # avg_logprob
         if req.stream:
             return await self._stream(served, pcm, language, req.prompt, logprobs)
         try:

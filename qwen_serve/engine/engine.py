@@ -351,6 +351,7 @@ class TranscriptionStream:
                 sep = _joiner(texts[-1]) if texts and texts[-1] else ""
                 first = True
                 chunk_ids: list[int] = []
+                chunk_logprobs: list[float] = []  # every generated token's, for the segment's mean
                 before_text: list[TokenLogprob] = []  # tokens before <asr_text>: the language prefix
                 in_text = language is not None  # a forced language ends the prompt with the tag
                 if index == 0 and prefix:  # the forced start of the answer: its text was sent before
@@ -363,6 +364,7 @@ class TranscriptionStream:
                     if event.token >= 0:
                         chunk_ids.append(event.token)
                         if self._logprobs is not None and event.logprob is not None:
+                            chunk_logprobs.append(event.logprob)
                             in_text = self._logprob(event, in_text, before_text)
                         delta = inc.push(event.token)
                         if delta:
@@ -387,7 +389,10 @@ class TranscriptionStream:
                 languages.append(lang)
                 all_ids.extend(chunk_ids)
                 n_chunk = job.pcm.size
-                segments.append(Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids))
+                mean = sum(chunk_logprobs) / len(chunk_logprobs) if chunk_logprobs else None
+                segments.append(
+                    Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids, mean)
+                )
                 n_in += len(job.prompt)
                 n_out += len(chunk_ids) - (len(prefix) if index == 0 else 0)
                 n_audio += job.prompt.count(engine.native.audio_token_id)

@@ -44,6 +44,9 @@ class Segment:
     end: float
     text: str
     token_ids: list[int] = field(default_factory=list)
+    avg_logprob: float | None = None
+    """Requests with logprobs: the mean log-probability of the tokens this chunk generated (its
+    language prefix and stop token included, as Whisper's)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ class ResultSegment:
     end: float
     text: str
     token_ids: list[int] = field(default_factory=list)
+    avg_logprob: float | None = None
+    """The mean log-probability of the chunk's generated tokens (requests with logprobs)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,10 @@ class TranscriptResult:
             input_tokens=int(t.usage.input_tokens),
             output_tokens=int(t.usage.output_tokens),
             audio_tokens=int(t.usage.audio_tokens),
-            segments=[ResultSegment(s.start, s.end, s.text, list(s.token_ids)) for s in t.segments],
+            segments=[
+                ResultSegment(s.start, s.end, s.text, list(s.token_ids), getattr(s, "avg_logprob", None))
+                for s in t.segments
+            ],
             engine_ms=float(t.timings.total_ms),
             words=[
                 ResultWord(w.word, float(w.start), float(w.end), (int(w.span[0]), int(w.span[1])))

@@ -93,6 +93,7 @@ class FakeStream:
             if texts:
                 text = " " + text
             chunk_ids: list[int] = []
+            first_logprob = len(self.logprobs or [])
             for i, piece in enumerate(text.split(" ")):
                 if self.closed:
                     return
@@ -112,8 +113,10 @@ class FakeStream:
                     yield token
             texts.append(text)
             ids.extend(chunk_ids)
+            chunk_logprobs = [lp.logprob for lp in (self.logprobs or [])[first_logprob:]]
+            mean = sum(chunk_logprobs) / len(chunk_logprobs) if chunk_logprobs else None
             segments.append(
-                Segment(start / SAMPLE_RATE, start / SAMPLE_RATE + seconds, text.strip(), chunk_ids)
+                Segment(start / SAMPLE_RATE, start / SAMPLE_RATE + seconds, text.strip(), chunk_ids, mean)
             )
         audio_tokens = max(1, round(duration * 13))
         self.result = Transcription(

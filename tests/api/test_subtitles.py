@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -12,10 +13,10 @@ import srt
 import webvtt
 
 from qwen_serve.api import subtitles
-from qwen_serve.api.formats import render, to_srt, to_vtt, verbose
+from qwen_serve.api.formats import render, to_srt, to_vtt, token_offsets, verbose
 from qwen_serve.api.subtitles import Phrase, cues, display_pieces, phrases, width
 from qwen_serve.engine.alignment import split_words
-from qwen_serve.model.results import ResultSegment, ResultWord, TranscriptResult
+from qwen_serve.model.results import ResultLogprob, ResultSegment, ResultWord, TranscriptResult
 
 EN = (
     "Hello, world. This is a test of the subtitle layout, which should cut at sentence ends. "
@@ -128,6 +129,35 @@ def test_long_sentence_is_cut_at_its_best_break() -> None:
     assert len(got) >= 2
     assert got[0].text.endswith("then,")  # the comma, not the middle of a run of words
     assert all(p.end - p.start <= 30.0 or p.stop - p.first == 1 for p in got)
+
+
+def test_token_offsets() -> None:
+    text = "Hello, wörld. Hi"
+    tokens = [b"Hello", b",", b" w", b"\xc3", b"\xb6rld", b".", b"\n", b"zzz", b" Hi", b" "]
+    # the halves of "ö" start together; a token not in the text stays where the last one ended
+    assert token_offsets(text, tokens) == [0, 5, 7, 8, 8, 12, 13, 13, 14, 16]
+    assert token_offsets("a b", [b"b", b"a"]) == [0, 0]  # "b" is not next: it stays at the start
+    assert token_offsets("x", [b"x", b"\xff", b"\xe4"]) == [0, 1, 1]  # invalid bytes, a cut-off end
+
+
+def test_verbose_phrase_avg_logprob() -> None:
+    """Each phrase's avg_logprob is the mean of the tokens that begin in it."""
+    words = _words(EN)
+    got = phrases(EN, words)
+    pieces = re.findall(r"\s*\S+", EN)  # tokens as the model spells them: leading space kept
+    logprobs, at = [], 0
+    for piece in pieces:
+        start = EN.index(piece.strip(), at)
+        at = start + len(piece.strip())
+        k = max(i for i, p in enumerate(got) if words[p.first].span[0] <= start)
+        logprobs.append(ResultLogprob(piece, -1.0 - k - 0.1 * (len(logprobs) % 2), list(piece.encode())))
+    res = dataclasses.replace(_result(EN, words), logprobs=logprobs)
+    want = []
+    for k in range(len(got)):
+        mine = [lp.logprob for lp in logprobs if round(-lp.logprob - 1.0) == k]
+        want.append(sum(mine) / len(mine))
+    assert [s.avg_logprob for s in verbose(res, None).segments] == pytest.approx(want, abs=1e-6)
+    assert [s.avg_logprob for s in verbose(_result(EN, words), None).segments] == [0.0] * len(got)
 
 
 def test_verbose_with_words() -> None:

@@ -86,6 +86,12 @@ async def test_verbose_json(openai_client: AsyncOpenAI, harness: Harness) -> Non
     assert res.segments is not None and [s.text for s in res.segments] == ["w0 w1", "w2 w3"]
     assert [(s.id, s.start, s.end, s.seek) for s in res.segments] == [(0, 0.0, 1.0, 0), (1, 1.0, 2.0, 100)]
     assert all(s.tokens and s.temperature == 0.0 for s in res.segments)
+    # each chunk's mean log-probability: the engine was asked for them
+    assert harness.engines[MODEL].calls[-1]["logprobs"] is True
+    result = harness.engines[MODEL].streams[-1].result
+    means = [s.avg_logprob for s in result.segments]
+    assert means[0] == pytest.approx((fake_logprob(0) + fake_logprob(1)) / 2)
+    assert [s.avg_logprob for s in res.segments] == pytest.approx(means)
     assert res.usage is not None and res.usage.seconds == pytest.approx(2.0)
     raw = res.model_dump()
     assert raw.get("words") is None

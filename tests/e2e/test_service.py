@@ -124,6 +124,10 @@ def test_text_srt_vtt_verbose(client: openai.OpenAI, engines: dict) -> None:
     assert verbose.language == (truth.language or "unknown").lower()
     assert verbose.segments is not None and len(verbose.segments) == len(truth.segments) == 1
     assert verbose.segments[0].tokens == truth.segments[0].token_ids
+    # the chunk's mean log-probability, as the engine computes it when asked
+    scored = engines[LARGE].transcribe(decode_audio(data), max_new_tokens=MAX_NEW_TOKENS, logprobs=True)
+    mean = scored.segments[0].avg_logprob
+    assert mean is not None and mean < 0 and verbose.segments[0].avg_logprob == pytest.approx(mean, abs=1e-6)
     assert verbose.usage is not None and verbose.usage.seconds == pytest.approx(2.0)
 
 

@@ -76,6 +76,10 @@ def test_asking_changes_no_token(tiny_dir: Path) -> None:
     # the tiny model's answers have no language prefix and end at max_new_tokens: every token is text
     assert len(result.logprobs) == len(result.token_ids) == 32
     assert all(lp.logprob <= 0.0 for lp in result.logprobs)
+    for k, segment in enumerate(result.segments):  # each chunk's mean over its 16 tokens
+        mine = [lp.logprob for lp in result.logprobs[16 * k : 16 * (k + 1)]]
+        assert segment.avg_logprob == pytest.approx(sum(mine) / 16, rel=1e-6)
+    assert all(s.avg_logprob is None for s in plain.segments)
 
 
 def test_the_text_tokens_are_reported(tiny_dir: Path) -> None:
