@@ -4,11 +4,14 @@
  * alone. One input is a list of operations, a byte each and its arguments after it:
  *   add (audio of one of 4 signals and one of 6 lengths, some of them past an 8 s encoder window
  *        so that complete windows and prompt prefixes are reused, a prompt of 0-3 text ids around
- *        the placeholders, a wrong placeholder count now and then, 1-12 new tokens, an EOS id),
+ *        the placeholders, a wrong placeholder count now and then, 1-12 new tokens, an EOS id,
+ *        log-probabilities or not),
  *   step, abort (a slot), the logits and timings of a slot, info.
  * At its end the program steps until no sequence is left; then each sequence that ended on its
  * own (QWEN_DONE) runs again alone, in a context of one slot with both caches off, and its tokens
- * must be the same. Slots, the KV budget and the caches must be back to empty.
+ * must be the same (asking for log-probabilities changes no token). Each event's log-probability
+ * is a number <= 0 for a sequence that asked, 0 for one that did not. Slots, the KV budget and
+ * the caches must be back to empty.
  *
  * The checkpoint: a file in fuzz_checkpoint.c's format (u32 n | config.json | model.safetensors),
  * named by QWEN_FUZZ_CHECKPOINT (the tests: native/tests/corpus/checkpoint/seed_*); bit 31 of n
@@ -27,6 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_PROMPT 160
 
 static qwen_context *multi, *solo;
+static int n_logprobs; /* events with a log-probability checked, over the inputs so far */
 
 static void free_contexts(void) {
     qwen_free(multi);
@@ -71,6 +75,7 @@ typedef struct { /* what a sequence was given, to run it again alone */
     int32_t prompt[MAX_PROMPT];
     int n_prompt, max_new;
     int32_t eos;
+    int logprobs;
     int32_t tokens[MAX_NEW + 1];
     int n_tokens, live, used; /* live: running; used: the slot held a sequence (an ended one stays there) */
 } seq_rec;
@@ -109,6 +114,9 @@ static void take_events(const qwen_event *ev, int ne, seq_rec *rec, seq_rec *end
         if (ev[e].seq < 0 || ev[e].seq >= SLOTS || !rec[ev[e].seq].live) abort(); /* an event for no sequence */
         seq_rec *r = &rec[ev[e].seq];
         if (ev[e].token >= 0 && r->n_tokens <= MAX_NEW) r->tokens[r->n_tokens++] = ev[e].token;
+        const float lp = ev[e].logprob;
+        if (ev[e].token >= 0 && r->logprobs ? isnan(lp) || lp > 0 : lp != 0) abort(); /* a log-probability or 0 */
+        n_logprobs += ev[e].token >= 0 && r->logprobs;
         if (ev[e].status < 0) abort(); /* nothing a program does may fail a running sequence */
         if (ev[e].status != QWEN_OK) {
             r->live = 0;
@@ -150,6 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             rp.max_new_tokens = r.max_new;
             rp.eos_ids = &r.eos;
             rp.n_eos_ids = 1;
+            rp.logprobs = r.logprobs = b / 128;
             int s = -1;
             const qwen_status st = qwen_seq_add(multi, r.pcm, r.n, r.prompt, r.n_prompt, &rp, &s);
             if (st == QWEN_OK && s >= 0 && s < SLOTS) {
@@ -195,8 +204,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     for (int s = 0; s < SLOTS; s++) free(rec[s].pcm);
     if (getenv("QWEN_FUZZ_VERBOSE")) /* what the replay test counts: the oracle was not vacuous */
-        printf("batch: %d sequences compared with their runs alone, encoder cache hits %lld, prefix cache hits %lld\n",
+        printf("batch: %d sequences compared with their runs alone, encoder cache hits %lld, prefix cache hits %lld, "
+               "log-probabilities %d\n",
                n_ended, (long long)qwen_get_info(multi, "encoder_cache_hits"),
-               (long long)qwen_get_info(multi, "prefix_cache_hits"));
+               (long long)qwen_get_info(multi, "prefix_cache_hits"), n_logprobs);
     return 0;
 }

@@ -178,8 +178,8 @@ def test_library_with_emulated_amx(tmp_path: Path, tiny_dir: Path) -> None:
     """precision "fast" with AMX through the whole library: built with QWEN_AMX_EMULATE, libqwen puts
     the encoder on (emulated) tiles on any x86-64 CPU. The C API test's batching
     contract (each sequence's logits in a batch bitwise those it gets alone), the engine's
-    precision tests (fast within quantization noise of exact) and the weight cache's (the tiles
-    mapped from its file, the same bits) must hold there too."""
+    precision tests (fast within quantization noise of exact), the weight cache's (the tiles
+    mapped from its file, the same bits) and the log-probabilities' must hold there too."""
     if os.uname().machine != "x86_64":
         pytest.skip("the AMX kernel is x86-64 only")
     build_dir = tmp_path / "build"
@@ -206,6 +206,7 @@ def test_library_with_emulated_amx(tmp_path: Path, tiny_dir: Path) -> None:
             "no:cacheprovider",
             str(ROOT / "tests/engine/test_engine.py"),
             str(ROOT / "tests/engine/test_weight_cache.py"),  # the tiles packed once, then mapped
+            str(ROOT / "tests/engine/test_logprobs.py"),  # the screened head's whole rows on the tiles' table
             "-k",
             "fast",
         ],

@@ -123,7 +123,8 @@ def test_fuzz_corpus(programs: Path, target: str) -> None:
 def test_fuzz_batch_corpus(programs: Path, seed: str) -> None:
     """Programs of qwen_seq_add / qwen_step / qwen_seq_abort / logits (native/tests/fuzz_batch.c): no
     memory error, every slot and KV token back at the end, and each sequence that ended on its own
-    with the tokens it gets alone (both caches on in the batch, off alone). The programs were kept
+    with the tokens it gets alone (both caches on in the batch, off alone; some of them asking for
+    log-probabilities, which must be numbers <= 0). The programs were kept
     from a fuzzing run for what they reach: sequences compared, windows and prefixes reused."""
     out = replay(
         programs,
@@ -135,8 +136,9 @@ def test_fuzz_batch_corpus(programs: Path, seed: str) -> None:
     n = len(list((CORPUS / "batch").iterdir()))
     assert len(lines) == n and f"replay: {n} passed, 0 failed" in out, out
     assert sum(int(w[1]) for w in lines) >= 2 * n, out  # sequences compared with their runs alone
-    assert any(int(w[-5].rstrip(",")) > 0 for w in lines), out  # an encoder window reused
-    assert any(int(w[-1]) > 0 for w in lines), out  # a prompt prefix reused
+    assert any(int(w[-7].rstrip(",")) > 0 for w in lines), out  # an encoder window reused
+    assert any(int(w[-3].rstrip(",")) > 0 for w in lines), out  # a prompt prefix reused
+    assert int(lines[-1][-1]) > 0, out  # log-probabilities checked (the count runs over the inputs)
 
 
 def test_fuzz_corpus_under_ubsan(tmp_path: Path) -> None:
