@@ -18,6 +18,7 @@
  * cache once the key and footer follow and it is on disk; where the file
  * system cannot reserve the room, the anonymous arena is written out at the
  * end. Always under a temporary name, renamed: a load never maps half a file.
+ * A load that writes removes the files of checkpoints that are gone.
  * A file that cannot be read or written is a load without it; a load fails only where a file holds this key
  * and not this load's bytes (a library bug: the file is removed), or where the
  * file just written cannot be mapped in the arena's place.
@@ -116,9 +117,41 @@ static size_t read_matching(int fd, const char *key) {
     return same ? (size_t)f.data_bytes : 0;
 }
 
-/* Removes this file's temporaries older than an hour: what a writer killed mid-write left (a
- * running write is seconds old). */
-static void remove_stale(const char *path) {
+/* Whether the checkpoint of a cache file is gone: its key names a config.json that no longer
+ * exists (a file that is not a whole cache file, or whose key has no such line, is not judged). */
+static int checkpoint_gone(const char *path) {
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat sb;
+    footer f;
+    char *key = NULL;
+    int gone = 0;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size >= (off_t)sizeof(f) &&
+        pread(fd, &f, sizeof(f), sb.st_size - (off_t)sizeof(f)) == (ssize_t)sizeof(f) &&
+        !memcmp(f.magic, QW_WCACHE_MAGIC, 8) && f.key_bytes < (1u << 24) && f.data_bytes <= (uint64_t)sb.st_size &&
+        page_round(f.data_bytes) + f.key_bytes + sizeof(f) == (uint64_t)sb.st_size &&
+        (key = malloc(f.key_bytes + 1)) &&
+        pread(fd, key, f.key_bytes, (off_t)page_round(f.data_bytes)) == (ssize_t)f.key_bytes) {
+        key[f.key_bytes] = 0;
+        /* "config <path> <size> <mtime>" (file_line), the path being the rest */
+        char *line = strstr(key, "\nconfig "), *end = line ? strchr(line + 8, '\n') : NULL;
+        char *mtime = end ? memrchr(line + 8, ' ', (size_t)(end - line - 8)) : NULL;
+        char *size = mtime ? memrchr(line + 8, ' ', (size_t)(mtime - line - 8)) : NULL;
+        if (size) {
+            *size = 0;
+            struct stat cb;
+            gone = stat(line + 8, &cb) != 0 && errno == ENOENT;
+        }
+    }
+    free(key);
+    close(fd);
+    return gone;
+}
+
+/* What a write leaves for others to tidy, removed: this file's temporaries older than an hour
+ * (a writer killed mid-write; a running write is seconds old), and the cache files of
+ * checkpoints that are gone (a model directory deleted or moved). */
+static void remove_leftovers(const char *path) {
     const char *slash = strrchr(path, '/');
     char dir[4200];
     snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
@@ -129,12 +162,15 @@ static void remove_stale(const char *path) {
     const time_t old = time(NULL) - 3600;
     for (struct dirent *e; (e = readdir(d));) {
         const size_t len = strlen(e->d_name);
-        if (len <= n + 5 || strncmp(e->d_name, name, n) || e->d_name[n] != '.' || strcmp(e->d_name + len - 4, ".tmp"))
-            continue;
+        const int temporary = len > n + 5 && !strncmp(e->d_name, name, n) && e->d_name[n] == '.' &&
+                              !strcmp(e->d_name + len - 4, ".tmp");
+        const int other = len > 4 && !strcmp(e->d_name + len - 4, ".qwc") && strcmp(e->d_name, name);
+        if (!temporary && !other) continue;
         char p[8500];
         struct stat sb;
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_mtime < old) unlink(p);
+        if (lstat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        if (temporary ? sb.st_mtime < old : checkpoint_gone(p)) unlink(p);
     }
     closedir(d);
 }
@@ -287,7 +323,7 @@ int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
         w->state = QW_WCACHE_OFF;
         return 0;
     }
-    remove_stale(w->path);
+    remove_leftovers(w->path);
     /* packed into the file's own pages (qw_wcache_arena), or copied from the anonymous arena */
     const int e = w->tmp ? finish_file(ctx) : write_file(ctx, w->path, w->key);
     if (e) {

@@ -173,6 +173,32 @@ def test_fast_write_removes_only_its_own_stale_temporaries(
     assert cache_files(cache) == sorted([file, running, other])
 
 
+def test_fast_write_removes_the_files_of_checkpoints_that_are_gone(
+    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+) -> None:
+    """A model directory deleted (or moved) leaves its file; the next load that writes a file
+    removes it. Files of checkpoints still there, and files that are not the cache's, stay."""
+    cache = tmp_path / "cache"
+    gone, kept = (
+        Path(shutil.copytree(checkpoint, tmp_path / "gone")),
+        Path(shutil.copytree(checkpoint, tmp_path / "kept")),
+    )
+    for model_dir in (gone, kept):
+        assert decode(model_dir, clip_and_prompt, cache)[0] == "written"
+    files = {f.name.split("-")[0]: f for f in cache_files(cache)}
+    assert set(files) == {"gone", "kept"}
+    foreign = cache / "notes.qwc"
+    foreign.write_bytes(b"not a cache file")
+    shutil.rmtree(gone)
+    assert (
+        decode(kept, clip_and_prompt, cache)[0] == "loaded"
+    )  # a load that maps writes nothing, tidies nothing
+    assert files["gone"].exists()
+    assert decode(checkpoint, clip_and_prompt, cache)[0] == "written"
+    assert sorted(f.name.split("-")[0] for f in cache_files(cache)) == ["kept", "notes.qwc", "tiny"]
+    assert decode(kept, clip_and_prompt, cache)[0] == "loaded"
+
+
 def test_fast_weights_of_random_bytes_decode_without_harm(
     checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
 ) -> None:
