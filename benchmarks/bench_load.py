@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_load.py --model-dir models/qwen3-asr-0.6b   # real weights
     .venv/bin/python benchmarks/bench_load.py --cold       # also a load from the cache after dropping
                                                            # the page cache (root: /proc/sys/vm/drop_caches)
+    .venv/bin/python benchmarks/bench_load.py --cache-root /dev/shm --skip-reference   # 4 KiB pages
 
 What a replica's start costs and holds (precision fast, `Engine(...)` in a fresh process each time:
 what ModelServer runs; the load times exclude the Python imports), in rounds whose cases take turns:
@@ -154,6 +155,13 @@ def main() -> None:
     p.add_argument(
         "--cold", action="store_true", help="also load from the cache after dropping the page cache"
     )
+    p.add_argument(
+        "--cache-root",
+        type=Path,
+        default=None,
+        help="where the cache directories go (default: the temp dir); /dev/shm: a file system "
+        "without large folios (tmpfs without huge=), whose mapped file has 4 KiB pages",
+    )
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
     p.add_argument("--worker-cache", default="", help=argparse.SUPPRESS)
@@ -167,7 +175,7 @@ def main() -> None:
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; checkpoint {args.model_dir}, {args.threads} threads")
     cases: dict[str, list[dict]] = {}
-    work = Path(tempfile.mkdtemp(prefix="qwen-weight-cache-"))
+    work = Path(tempfile.mkdtemp(prefix="qwen-weight-cache-", dir=args.cache_root))
     try:
         for r in range(args.rounds):
             cache = work / f"round{r}"

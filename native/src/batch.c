@@ -224,62 +224,63 @@ static float token_logprob(const qwen_context *ctx, const qw_seq *s, int32_t tok
     return tmp[token] > 0 ? logf(tmp[token]) : -INFINITY;
 }
 
-/* The log-probabilities of the m decode rows' tokens ([m], 0 for rows that did not ask for
- * them), the screened ones' whole head rows in one product; NULL when no row asked. */
-/* Task = one row of step_logprobs: its log-probability, with a vocabulary of tmp of its own. */
+/* Task = one row of logprobs_of: its log-probability, with a vocabulary of tmp of its own. */
 typedef struct {
     const qwen_context *ctx;
-    qw_seq **ss;
+    qw_seq *const *ss;
     const int32_t *tokens;
-    float *tmp, *lp;
+    float *tmp, *out;
 } logprob_job;
 
 static void logprob_task(void *arg, int i) {
     const logprob_job *j = arg;
-    j->lp[i] = token_logprob(j->ctx, j->ss[i], j->tokens[i], j->tmp + (size_t)i * j->ctx->cfg.vocab);
+    j->out[i] = token_logprob(j->ctx, j->ss[i], j->tokens[i], j->tmp + (size_t)i * j->ctx->cfg.vocab);
 }
 
-/* The log-probabilities of the m decode rows' tokens ([m], 0 for rows that did not ask for
- * them; NaN where the memory to compute them ran out), the screened ones' whole head rows in
- * one product, the rows across the pool; NULL when no row asked. */
+/* out[i] = the log-probability of tokens[i] under the logits behind the last token of ss[i], for
+ * the n sequences ss: the screened ones' whole head rows in one product, then the rows across the
+ * pool. NaN each where the memory for it ran out. */
+static void logprobs_of(qwen_context *ctx, qw_seq *const *ss, const int32_t *tokens, int n, float *out) {
+    float *tmp = malloc((size_t)n * ctx->cfg.vocab * sizeof(float));
+    if (tmp && whole_logits(ctx, ss, n) == QWEN_OK) {
+        logprob_job job = {ctx, ss, tokens, tmp, out};
+        qw_pool_run(ctx->pool, n, logprob_task, &job);
+    } else {
+        for (int i = 0; i < n; i++) out[i] = NAN;
+    }
+    free(tmp);
+}
+
+/* The log-probabilities of the m decode rows' tokens ([m], 0 for rows that did not ask for them),
+ * or NULL when no row asked or there was no memory for the list (the rows that asked then get NaN). */
 static float *step_logprobs(qwen_context *ctx, const qw_dec_group *groups, int m, const int32_t *tokens) {
     int n = 0;
     for (int i = 0; i < m; i++) n += groups[i].s->logprobs;
-    if (!n) return NULL;
-    qw_seq **ss = malloc((size_t)n * sizeof(*ss));
-    int32_t *tok = malloc((size_t)n * sizeof(*tok));
-    float *lp = malloc((size_t)m * sizeof(float)), *out = malloc((size_t)n * sizeof(float));
-    float *tmp = malloc((size_t)n * ctx->cfg.vocab * sizeof(float));
-    int ok = ss && tok && out && tmp;
-    for (int i = 0, j = 0; ok && i < m; i++)
-        if (groups[i].s->logprobs) {
-            tok[j] = tokens[i];
-            ss[j++] = groups[i].s;
-        }
-    ok = ok && whole_logits(ctx, ss, n) == QWEN_OK;
-    if (ok) {
-        logprob_job job = {ctx, ss, tok, tmp, out};
-        qw_pool_run(ctx->pool, n, logprob_task, &job);
+    qw_seq **ss = n ? malloc((size_t)n * sizeof(*ss)) : NULL;
+    int32_t *tok = n ? malloc((size_t)n * sizeof(*tok)) : NULL;
+    float *lp = n ? calloc((size_t)m + n, sizeof(float)) : NULL; /* [m] results, then [n] of logprobs_of */
+    if (ss && tok && lp) {
+        for (int i = 0, j = 0; i < m; i++)
+            if (groups[i].s->logprobs) {
+                tok[j] = tokens[i];
+                ss[j++] = groups[i].s;
+            }
+        logprobs_of(ctx, ss, tok, n, lp + m);
+        for (int i = 0, j = 0; i < m; i++)
+            if (groups[i].s->logprobs) lp[i] = lp[m + j++];
+    } else {
+        free(lp);
+        lp = NULL;
     }
-    for (int i = 0, j = 0; lp && i < m; i++)
-        lp[i] = !groups[i].s->logprobs ? 0 : ok ? out[j++] : NAN;
     free(ss);
     free(tok);
-    free(out);
-    free(tmp);
     return lp;
 }
 
 /* The log-probability of the token s took (its logits set), where s asked for them; else 0. */
 static float seq_logprob(qwen_context *ctx, qw_seq *s, int32_t token) {
-    if (!s->logprobs || token < 0 || !s->logits) return 0;
-    float *tmp = malloc((size_t)ctx->cfg.vocab * sizeof(float));
-    if (!tmp || whole_logits(ctx, &s, 1) != QWEN_OK) {
-        free(tmp);
-        return NAN;
-    }
-    const float lp = token_logprob(ctx, s, token, tmp);
-    free(tmp);
+    float lp = 0;
+    if (s->logprobs && token >= 0 && s->logits) logprobs_of(ctx, &s, &token, 1, &lp);
     return lp;
 }
 
@@ -496,7 +497,8 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
             continue;
         }
         s->t_decode += dt;
-        emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]), logprobs ? logprobs[i] : s->logprobs ? NAN : 0);
+        const float lp = logprobs ? logprobs[i] : s->logprobs ? NAN : 0;
+        emit(events, n_events, slot, tokens[i], take_token(ctx, s, tokens[i]), lp);
     }
     free(logprobs);
     if (join) { /* its logits, if this was its last chunk, follow the m decode rows' */
