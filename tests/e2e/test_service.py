@@ -201,7 +201,7 @@ def test_error_paths(client: openai.OpenAI, service: Service) -> None:
             {"file": ("c.wav", data), "response_format": "verbose_json", "timestamp_granularities": ["word"]},
             "timestamp_granularities",
         ),
-        ({"file": ("c.wav", data), "include": ["logprobs"]}, "include"),
+        ({"file": ("c.wav", data), "include": ["logprobs"], "response_format": "verbose_json"}, "include"),
         ({"file": ("c.wav", data), "response_format": "diarized_json"}, "response_format"),
         ({"file": ("c.wav", data), "temperature": 3.0}, "temperature"),
     ]
