@@ -210,7 +210,7 @@ class Engine:
         `logprobs`: the result lists each text token with its log-probability, and
         `take_logprobs()` hands out those that arrived since its last call (after a delta: the
         tokens behind it and any held back before). Costs a softmax over the vocabulary a token
-        (with `fast`, also the whole LM head for that row: about a tenth of a 0.6B decode step).
+        (with `fast`, also the whole LM head for that row: a quarter of a 0.6B decode step alone).
 
         `prefix_ids` is the start of the answer, forced: it goes into the first chunk's prompt
         and decoding goes on after it (live transcription re-decodes a growing turn this way,
