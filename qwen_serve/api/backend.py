@@ -61,8 +61,10 @@ class ModelBackend(Protocol):
         fixed_ids: Sequence[int],
         hold_back: int,
         max_new_tokens: int,
+        logprobs: bool = False,
     ) -> LiveText:
-        """One decode of a live turn's audio so far after its fixed ids: the ids fixed now and their text."""
+        """One decode of a live turn's audio so far after its fixed ids: the ids fixed now and their
+        text (`logprobs`: with the log-probabilities of the text tokens it fixed)."""
         ...
 
 
@@ -149,9 +151,10 @@ class HandleBackend:
         fixed_ids: Sequence[int],
         hold_back: int,
         max_new_tokens: int,
+        logprobs: bool = False,
     ) -> LiveText:
         response = self._handle.live.remote(
-            pcm, language, context, list(fixed_ids), hold_back, max_new_tokens
+            pcm, language, context, list(fixed_ids), hold_back, max_new_tokens, logprobs
         )
         try:
             with _translated_errors():

@@ -351,12 +351,13 @@ class TranscriptionStream:
                 sep = _joiner(texts[-1]) if texts and texts[-1] else ""
                 first = True
                 chunk_ids: list[int] = []
-                chunk_logprobs: list[float] = []  # every generated token's, for the segment's mean
-                before_text: list[TokenLogprob] = []  # tokens before <asr_text>: the language prefix
-                in_text = language is not None  # a forced language ends the prompt with the tag
+                tokens = _ChunkTokens(
+                    engine, in_text=language is not None
+                )  # forced: the tag is in the prompt
                 if index == 0 and prefix:  # the forced start of the answer: its text was sent before
                     for token in prefix:
                         inc.push(token)
+                        tokens.add(token, None, 0)
                     chunk_ids.extend(prefix)
                     first = not inc.emitted
                 while True:
@@ -364,9 +365,10 @@ class TranscriptionStream:
                     if event.token >= 0:
                         chunk_ids.append(event.token)
                         if self._logprobs is not None and event.logprob is not None:
-                            chunk_logprobs.append(event.logprob)
-                            in_text = self._logprob(event, in_text, before_text)
+                            tokens.add(event.token, event.logprob, len(all_ids) + len(chunk_ids) - 1)
                         delta = inc.push(event.token)
+                        if self._logprobs is not None:  # those whose text has gone out (or goes now)
+                            self._logprobs += tokens.spelled(len(inc.emitted))
                         if delta:
                             if first and sep and not _starts_cjk(delta):
                                 delta = sep + delta
@@ -377,8 +379,8 @@ class TranscriptionStream:
                             t[key] += event.timings.get(key, 0.0)
                         break
                 lang, text, delta = inc.finish()
-                if self._logprobs is not None and not in_text:  # no tag: the answer was all text
-                    self._logprobs.extend(before_text)
+                if self._logprobs is not None:
+                    self._logprobs += tokens.rest()
                 if delta:
                     if first and sep and not _starts_cjk(delta):
                         delta = sep + delta
@@ -389,9 +391,8 @@ class TranscriptionStream:
                 languages.append(lang)
                 all_ids.extend(chunk_ids)
                 n_chunk = job.pcm.size
-                mean = sum(chunk_logprobs) / len(chunk_logprobs) if chunk_logprobs else None
                 segments.append(
-                    Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids, mean)
+                    Segment(offset, offset + n_chunk / SAMPLE_RATE, text.strip(), chunk_ids, tokens.mean())
                 )
                 n_in += len(job.prompt)
                 n_out += len(chunk_ids) - (len(prefix) if index == 0 else 0)
@@ -415,20 +416,59 @@ class TranscriptionStream:
             logprobs=self._logprobs,
         )
 
-    def _logprob(self, event: TokenEvent, in_text: bool, before_text: list[TokenLogprob]) -> bool:
-        """Keeps a text token's log-probability; returns whether the chunk's text has begun."""
+
+class _ChunkTokens:
+    """One chunk's answer for `logprobs`: which tokens are the transcript's text (after the
+    `language X<asr_text>` prefix, not the stop token), and how many of them the text sent so far
+    spells, so that a delta carries the tokens behind it (the last few are held back as their
+    text is). A chunk whose answer has no tag is all text, as its parsed text is."""
+
+    def __init__(self, engine: Engine, in_text: bool):
+        self._engine = engine
+        self._in_text = in_text
+        self._logprobs: list[float] = []  # every generated token's: the segment's mean
+        self._text: list[TokenLogprob] = []  # the text tokens (before a tag: perhaps the prefix)
+        self._ends: list[int] = []  # where each one's text ends in the raw text (characters)
+        self._raw = b""  # the raw text's bytes, from the tag on, forced tokens included
+        self._given = 0  # of _text, handed out
+
+    def add(self, token: int, logprob: float | None, at: int) -> None:
+        """A token of the answer at `at` in it; logprob None: forced (its text was sent before)."""
         engine = self._engine
-        if event.token in engine.eos_ids:
-            return in_text
-        if not in_text and event.token == engine.asr_text_id:
-            return True  # what came before was the language prefix
-        data = token_bytes(engine.tokenizer, event.token)
-        entry = TokenLogprob(
-            data.decode("utf-8", errors="replace"), float(event.logprob or 0.0) + 0.0, list(data)
-        )
-        assert self._logprobs is not None
-        (self._logprobs if in_text else before_text).append(entry)
-        return in_text
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        if token in engine.eos_ids:
+            return
+        if not self._in_text and token == engine.asr_text_id:  # what came before was the prefix
+            self._in_text, self._text, self._ends, self._raw = True, [], [], b""
+            return
+        data = token_bytes(engine.tokenizer, token)
+        self._raw += data
+        if logprob is not None:
+            text = data.decode("utf-8", errors="replace")
+            self._text.append(TokenLogprob(text, float(logprob) + 0.0, list(data), at))
+            self._ends.append(len(self._raw.decode("utf-8", errors="ignore")))
+
+    def spelled(self, emitted: int) -> list[TokenLogprob]:
+        """The text tokens not handed out yet that the first `emitted` characters of the chunk's
+        text (stripped at its start) cover."""
+        if not self._in_text:
+            return []
+        raw = self._raw.decode("utf-8", errors="ignore")
+        lead = len(raw) - len(raw.lstrip())
+        n = self._given
+        while n < len(self._text) and self._ends[n] - lead <= emitted:
+            n += 1
+        out, self._given = self._text[self._given : n], n
+        return out
+
+    def rest(self) -> list[TokenLogprob]:
+        """At the chunk's end: the text tokens not handed out yet."""
+        out, self._given = self._text[self._given :], len(self._text)
+        return out
+
+    def mean(self) -> float | None:
+        return sum(self._logprobs) / len(self._logprobs) if self._logprobs else None
 
 
 def _starts_cjk(text: str) -> bool:

@@ -59,6 +59,8 @@ class TokenLogprob:
     """Natural log of its probability under the model's softmax over the whole vocabulary."""
     bytes: list[int]
     """Its UTF-8 bytes."""
+    index: int = 0
+    """Its place in the answer (Transcription.token_ids)."""
 
 
 @dataclass(frozen=True)

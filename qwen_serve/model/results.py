@@ -29,13 +29,17 @@ class ResultLogprob:
     token: str
     logprob: float
     bytes: list[int]
+    index: int = 0
+    """Its place in the answer's token ids."""
 
 
 def result_logprobs(items: Any) -> list[ResultLogprob] | None:
     """The engine's TokenLogprob list (duck-typed), or None."""
     if items is None:
         return None
-    return [ResultLogprob(str(i.token), float(i.logprob), [int(b) for b in i.bytes]) for i in items]
+    return [
+        ResultLogprob(str(i.token), float(i.logprob), [int(b) for b in i.bytes], int(i.index)) for i in items
+    ]
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ class LiveText:
 
     fixed_ids: list[int]
     text: str
+    logprobs: list[ResultLogprob] | None = None
+    """When asked for: the log-probabilities of the text tokens fixed by this decode."""
 
 
 StreamItem = StreamStarted | TextDelta | TranscriptResult

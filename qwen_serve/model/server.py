@@ -342,10 +342,11 @@ class ModelServer:
         fixed_ids: Sequence[int],
         hold_back: int,
         max_new_tokens: int,
+        logprobs: bool = False,
     ) -> LiveText:
         """One decode of a live turn's audio so far, after its fixed ids (at most
         `max_new_tokens` more): the ids fixed now (all but the last `hold_back` of the answer)
-        and their text (see LiveText). The answer stays within this server's max_new_tokens,
+        and their text (see LiveText); `logprobs`: with those of the text tokens it fixed. The answer stays within this server's max_new_tokens,
         with room after the fixed ids for the item's own decode. Best effort: when the engine
         has other requests' encoders or prefills to run (or requests waiting for a slot), it
         does not decode and the fixed ids stay as they are, so live text only uses spare time."""
@@ -354,17 +355,18 @@ class ModelServer:
         stats = self.engine.stats()
         busy = stats.get("admitting", 0) or stats.get("waiting", 0)  # encoders and prefills to run
         if busy or len(fixed) + hold_back >= cap:  # they go first; or as much as may be fixed already
-            return LiveText(*self.engine.fix_prefix(fixed, len(fixed), 0, language))
+            return LiveText(*self.engine.fix_prefix(fixed, len(fixed), 0, language), [] if logprobs else None)
         result: TranscriptResult | None = None
         limit = min(cap, len(fixed) + max_new_tokens)
-        async with contextlib.aclosing(self._run(pcm, language, context, fixed, limit)) as items:
+        async with contextlib.aclosing(self._run(pcm, language, context, fixed, limit, logprobs)) as items:
             async for item in items:
                 if isinstance(item, TranscriptResult):
                     result = item
         assert result is not None
         answer = [i for segment in result.segments for i in segment.token_ids]
         ids, text = self.engine.fix_prefix(answer[:cap], len(fixed), hold_back, language)
-        return LiveText(ids, text)
+        fixed_now = None if result.logprobs is None else [lp for lp in result.logprobs if lp.index < len(ids)]
+        return LiveText(ids, text, fixed_now)
 
     async def stats(self) -> dict[str, int]:
         """The engine's stats ({"max_batch", "active", "waiting"}, and whatever else it reports),

@@ -107,8 +107,9 @@ class FakeStream:
                     token = piece if i == 0 else " " + piece
                     if self.logprobs is not None:
                         data = token.encode()
+                        at = len(ids) + len(chunk_ids) - 1  # its place in the answer
                         self.logprobs.append(
-                            TokenLogprob(token, fake_logprob(len(self.logprobs)), list(data))
+                            TokenLogprob(token, fake_logprob(len(self.logprobs)), list(data), at)
                         )
                     yield token
             texts.append(text)

@@ -426,6 +426,39 @@ async def test_live_text_comes_during_the_turn_and_adds_up(harness: Harness, bas
     assert item["prefix_ids"][: len(last)] == last
 
 
+async def test_logprobs_of_live_text_and_of_the_item(harness: Harness, base_url: str) -> None:
+    """include logprobs: every delta (those of live text during the turn and those after the commit)
+    carries its tokens', and the completed event all of them, which spell the transcript."""
+    clip = speech_like(6.0, seed=21)
+    async with connect(base_url) as conn:
+        assert (await recv(conn)).type == "session.created"
+        await conn.session.update(session={**MANUAL, "include": ["item.input_audio_transcription.logprobs"]})
+        updated = await recv(conn)
+        assert updated.type == "session.updated"
+        assert updated.session.include == ["item.input_audio_transcription.logprobs"]
+        await append_paced(conn, clip)
+        await conn.input_audio_buffer.commit()
+        events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+        await conn.session.update(session={"type": "transcription", "include": []})  # off again
+        assert (await recv(conn)).session.include is None
+        await append(conn, pcm24(speech_like(1.0, seed=3)))
+        await conn.input_audio_buffer.commit()
+        _, plain_deltas, plain = await transcribed(conn)
+    committed = next(i for i, e in enumerate(events) if e.type == "input_audio_buffer.committed")
+    deltas = [e for e in events if e.type == DELTA]
+    done = events[-1]
+    assert any(e.type == DELTA for e in events[:committed])  # live text, with its logprobs
+    assert all(d.logprobs for d in deltas)
+    for d in deltas:
+        assert "".join(lp.token for lp in d.logprobs) == d.delta
+    tokens = [(lp.token, lp.logprob, lp.bytes) for d in deltas for lp in d.logprobs]
+    assert done.logprobs is not None and [(lp.token, lp.logprob, lp.bytes) for lp in done.logprobs] == tokens
+    assert "".join(t for t, _, _ in tokens) == done.transcript == words(clip.size)
+    assert all(lp < 0 for _, lp, _ in tokens)
+    assert plain.logprobs is None and all(d.logprobs is None for d in plain_deltas)
+    assert [c["logprobs"] for c in item_calls(harness)] == [True, False]
+
+
 async def test_live_text_of_a_cleared_turn_gets_no_item(harness: Harness, base_url: str) -> None:
     async with manual_session(base_url) as conn:
         await append_paced(conn, speech_like(5.0, seed=22))
@@ -561,7 +594,7 @@ BAD_SESSIONS = [
     ({"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}, "model_not_found", None),
     ({"type": "transcription", "audio": {"input": {"transcription": {"language": "xx"}}}}, "unsupported_language", None),
     ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}, "invalid_value", None),
-    ({"type": "transcription", "include": ["item.input_audio_transcription.logprobs"]}, "unsupported_value", "session.include"),
+    ({"type": "transcription", "include": ["item.input_audio_transcription.text"]}, "unsupported_value", "session.include"),
     ({"type": "transcription", "voice": "alloy"}, "invalid_value", "session.voice"),
 ]  # fmt: skip
 

@@ -85,6 +85,41 @@ async def test_manual_commit_equals_engine(service: Service, engines: dict[str, 
         assert event.usage.output_tokens == reference.usage.output_tokens
 
 
+async def test_logprobs_through_the_proxy(service: Service, engines: dict[str, Any]) -> None:
+    """include logprobs: the completed item's are the engine's tokens for the same audio (their
+    values may come from live decodes of the turn's start), and the deltas carry them too."""
+    data = pcm24(3.0, seed=1)
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    async with client.realtime.connect(model=LARGE, extra_query={"intent": "transcription"}) as conn:
+        assert (await recv(conn)).type == "session.created"
+        session = {
+            "type": "transcription",
+            "audio": {"input": {"turn_detection": None}},
+            "include": ["item.input_audio_transcription.logprobs"],
+        }
+        await conn.session.update(session=session)
+        assert (await recv(conn)).session.include == ["item.input_audio_transcription.logprobs"]
+        await conn.input_audio_buffer.append(audio=base64.b64encode(data).decode())
+        await conn.input_audio_buffer.commit()
+        deltas = []
+        for _ in range(400):
+            event = await recv(conn)
+            assert event.type != "conversation.item.input_audio_transcription.failed", event
+            if event.type == "conversation.item.input_audio_transcription.delta":
+                deltas.append(event)
+            elif event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    reference = engines[LARGE].transcribe(
+        as_the_ingress_hears(data), max_new_tokens=MAX_NEW_TOKENS, logprobs=True
+    )
+    assert event.transcript == reference.text and reference.text  # the tiny 1.7B says something here
+    assert event.logprobs is not None and reference.logprobs is not None
+    assert [lp.token for lp in event.logprobs] == [lp.token for lp in reference.logprobs]
+    assert all(lp.logprob <= 0 for lp in event.logprobs)
+    streamed = [lp.token for d in deltas for lp in d.logprobs or []]
+    assert "".join(streamed) == "".join(d.delta for d in deltas)
+
+
 async def test_bad_token_is_refused_through_the_proxy(service: Service) -> None:
     client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key="sk-not-this", max_retries=0)
     async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:

@@ -108,3 +108,25 @@ def test_the_text_tokens_are_reported(tiny_dir: Path) -> None:
             first = 0 if forced else len(prefix)
             assert [lp.logprob for lp in got] == [-0.5 * (first + i + 1) for i in range(len(text))]
             assert [lp.token for lp in got] == [bytes(lp.bytes).decode(errors="replace") for lp in got]
+            assert [lp.index for lp in got] == [i for i, t in enumerate(ids) if t in text]
+
+        # a forced start past the tag (a live turn's fixed ids): the tokens after it are text at once
+        fixed = prefix + text
+        more = tok.encode(" and then some more words follow here, one by one.", add_special_tokens=False).ids
+        request = Request([ChunkJob(pcm, e.prompt_ids(pcm.size) + fixed, 32)], e.eos_ids, logprobs=True)
+        for i, token in enumerate(more):
+            request.events.put(TokenEvent(0, token, QWEN_DONE if i == len(more) - 1 else 0, -0.25))
+        stream = TranscriptionStream(e, request, [0.0], pcm.size, None, fixed)
+        sent, spelled, early = e.stable_text(fixed), "", 0  # what went out before, then the deltas
+        taken: list = []
+        for delta in stream:
+            sent += delta
+            new = stream.take_logprobs()
+            taken += new
+            spelled += "".join(lp.token for lp in new)
+            assert not spelled or sent.startswith("Hi, wörld" + spelled)  # tokens never ahead of the text
+            early += bool(new) and len(taken) < len(more) - 3
+        assert early >= 3  # handed out as their text went, not all at the end
+        assert stream.result is not None and stream.result.logprobs == taken
+        assert "Hi, wörld" + spelled == sent == stream.result.text
+        assert [lp.index for lp in taken] == list(range(len(fixed), len(fixed) + len(more)))

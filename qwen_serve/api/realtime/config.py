@@ -6,8 +6,8 @@ under `audio.input`) and the beta `transcription_session.update`
 (`input_audio_format`, `input_audio_transcription`, `turn_detection`), which
 is translated into the GA shape first. Only the fields present in an update
 change; `turn_detection: null` turns server VAD off (manual commits).
-Fields this server cannot honour (noise reduction, semantic VAD, logprobs,
-keywords) are refused with an `error` naming them, never ignored, and an
+Fields this server cannot honour (noise reduction, semantic VAD, keywords)
+are refused with an `error` naming them, never ignored, and an
 update applies whole or not at all.
 """
 
@@ -25,6 +25,7 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_PREFIX_PADDING_MS = 300
 DEFAULT_SILENCE_DURATION_MS = 500
 MAX_PROMPT_CHARS = 4000
+LOGPROBS = "item.input_audio_transcription.logprobs"
 
 
 class ClientError(ValueError):
@@ -107,6 +108,8 @@ class SessionConfig:
     """As the client sent it (ISO-639-1)."""
     prompt: str = ""
     turn_detection: TurnDetection | None = TurnDetection()
+    logprobs: bool = False
+    """`include: ["item.input_audio_transcription.logprobs"]`: the transcription events carry them."""
 
     @classmethod
     def new(cls, model: str | None) -> SessionConfig:
@@ -130,14 +133,16 @@ class SessionConfig:
             first = e.errors()[0]
             param = ".".join(["session", *(str(p) for p in first["loc"])])
             raise ClientError(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
-        if parsed.include:
-            raise ClientError(
-                "session.include is not supported: realtime transcription does not return logprobs here "
-                "(POST /v1/audio/transcriptions with include[]=logprobs does).",
-                param="session.include",
-                code="unsupported_value",
-            )
         config = self
+        if "include" in parsed.model_fields_set:
+            for item in parsed.include or []:
+                if item != LOGPROBS:
+                    raise ClientError(
+                        f"Invalid value for 'session.include': {item!r} (use {LOGPROBS!r}).",
+                        param="session.include",
+                        code="unsupported_value",
+                    )
+            config = replace(config, logprobs=bool(parsed.include))
         audio_input = parsed.audio.input if parsed.audio else None
         if audio_input is None:
             return config
@@ -205,7 +210,7 @@ class SessionConfig:
                     "turn_detection": self._turn_detection(),
                 }
             },
-            "include": None,
+            "include": [LOGPROBS] if self.logprobs else None,
         }
 
     def beta_session(self) -> dict[str, Any]:
@@ -223,7 +228,7 @@ class SessionConfig:
             },
             "turn_detection": self._turn_detection(),
             "input_audio_noise_reduction": None,
-            "include": None,
+            "include": [LOGPROBS] if self.logprobs else None,
         }
 
     def _turn_detection(self) -> dict[str, Any] | None:

@@ -45,14 +45,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ...languages import ISO_TO_MODEL, LanguageError, to_model_language
-from ...model.results import TextDelta, TranscriptResult
+from ...model.results import ResultLogprob, TextDelta, TranscriptResult
 from ..service import TranscriptionService
 from .audio import SAMPLE_RATE, AudioDecoder, AudioFormatError, to_float32
 from .config import ClientError, SessionConfig, from_beta
@@ -169,6 +169,10 @@ class Item:
     """The ids its live turn fixed: the item's decode goes on after them."""
     sent: str = ""
     """The text of those ids, sent as deltas during the turn."""
+    logprobs: bool = False
+    """Its events carry log-probabilities (the session's `include`)."""
+    sent_logprobs: tuple[ResultLogprob, ...] = ()
+    """Those of the text tokens its live turn fixed."""
 
 
 @dataclass
@@ -184,9 +188,13 @@ class LiveTurn:
     prompt: str
     settings: tuple[str | None, str | None, str]
     """The session's (model, language, prompt) it started with."""
+    logprobs: bool = False
+    """Its deltas carry log-probabilities (the session's `include` when it started)."""
     fixed_ids: tuple[int, ...] = ()
     text: str = ""
     """What went out as deltas: the text of fixed_ids."""
+    fixed_logprobs: list[ResultLogprob] = field(default_factory=list)
+    """With logprobs: those of the text tokens of fixed_ids."""
     due: int = 0
     """Buffer end from which the next decode may start (set at each decode's end)."""
     task: asyncio.Task[None] | None = None
@@ -467,9 +475,20 @@ class RealtimeSession:
         self._waiting_samples += pcm.size
         if live is not None and live.item_id == item_id and live.fixed_ids:
             # Decoded on from where its live turn got, with the settings it got there with.
-            item = Item(item_id, pcm, live.model, live.language, live.prompt, live.fixed_ids, live.text)
+            item = Item(
+                item_id,
+                pcm,
+                live.model,
+                live.language,
+                live.prompt,
+                live.fixed_ids,
+                live.text,
+                live.logprobs,
+                tuple(live.fixed_logprobs),
+            )
         else:
-            item = Item(item_id, pcm, config.model, self._model_language(config.model), config.prompt)
+            language = self._model_language(config.model)
+            item = Item(item_id, pcm, config.model, language, config.prompt, logprobs=config.logprobs)
         self._queue.put_nowait(item)
 
     def _model_language(self, model: str) -> str | None:
@@ -490,7 +509,15 @@ class RealtimeSession:
         model = self.config.model
         assert model is not None
         config = self.config
-        live = LiveTurn(item_id, start, model, self._model_language(model), config.prompt, _settings(config))
+        live = LiveTurn(
+            item_id,
+            start,
+            model,
+            self._model_language(model),
+            config.prompt,
+            _settings(config),
+            config.logprobs,
+        )
         live.stopped = not self.limits.live_text
         return live
 
@@ -510,7 +537,13 @@ class RealtimeSession:
         started = time.monotonic()
         try:
             out = await backend.live(
-                to_float32(pcm), live.language, live.prompt, live.fixed_ids, HOLD_BACK, LIVE_MAX_NEW_TOKENS
+                to_float32(pcm),
+                live.language,
+                live.prompt,
+                live.fixed_ids,
+                HOLD_BACK,
+                LIVE_MAX_NEW_TOKENS,
+                live.logprobs,
             )
         except asyncio.CancelledError:
             raise
@@ -524,8 +557,10 @@ class RealtimeSession:
             return
         delta = out.text[len(live.text) :]
         live.fixed_ids, live.text = tuple(out.fixed_ids), out.text
+        live.fixed_logprobs += out.logprobs or []
         if delta:  # shielded: a commit that cancels this task now must not lose text it counts as sent
-            await asyncio.shield(self._send(self._delta(live.item_id, delta)))
+            event = self._delta(live.item_id, delta, out.logprobs if live.logprobs else None)
+            await asyncio.shield(self._send(event))
 
     async def _end_live(self) -> LiveTurn | None:
         """The live turn, its running decode stopped and awaited (what it fixed before stays)."""
@@ -552,14 +587,16 @@ class RealtimeSession:
 
     async def _transcribe(self, item: Item) -> None:
         served = self.service.models[item.model]
-        items = served.backend.stream(to_float32(item.pcm), item.language, item.prompt, item.prefix_ids)
+        items = served.backend.stream(
+            to_float32(item.pcm), item.language, item.prompt, item.prefix_ids, item.logprobs
+        )
         sent: list[str] = [item.sent] if item.sent else []
         result: TranscriptResult | None = None
         try:
             async for out in items:
                 if isinstance(out, TextDelta) and out.text:
                     sent.append(out.text)
-                    await self._send(self._delta(item.id, out.text))
+                    await self._send(self._delta(item.id, out.text, out.logprobs if item.logprobs else None))
                 elif isinstance(out, TranscriptResult):
                     result = out
             if result is None:
@@ -601,17 +638,22 @@ class RealtimeSession:
         code = _MODEL_TO_ISO.get(result.language or "")
         if code:
             completed["languages"] = [{"code": code}]
+        if item.logprobs:  # what the live turn fixed, then the item's own decode
+            completed["logprobs"] = _logprobs([*item.sent_logprobs, *(result.logprobs or [])])
         await self._send(completed)
 
     @staticmethod
-    def _delta(item_id: str, text: str) -> dict[str, Any]:
-        return {
+    def _delta(item_id: str, text: str, logprobs: list[ResultLogprob] | None = None) -> dict[str, Any]:
+        event = {
             "type": "conversation.item.input_audio_transcription.delta",
             "event_id": new_id("event"),
             "item_id": item_id,
             "content_index": 0,
             "delta": text,
         }
+        if logprobs is not None:
+            event["logprobs"] = _logprobs(logprobs)
+        return event
 
     @staticmethod
     def _failed(item_id: str, message: str, type: str, code: str | None) -> dict[str, Any]:
@@ -622,3 +664,8 @@ class RealtimeSession:
             "content_index": 0,
             "error": {"type": type, "code": code, "message": message, "param": None},
         }
+
+
+def _logprobs(items: list[ResultLogprob]) -> list[dict[str, Any]]:
+    """OpenAI's LogProbProperties: token, logprob, bytes."""
+    return [{"token": i.token, "logprob": i.logprob, "bytes": i.bytes} for i in items]
