@@ -447,7 +447,7 @@ class _ChunkTokens:
         if logprob is not None:
             text = data.decode("utf-8", errors="replace")
             self._text.append(TokenLogprob(text, float(logprob) + 0.0, list(data), at))
-            self._ends.append(len(self._raw.decode("utf-8", errors="ignore")))
+            self._ends.append(len(self._raw.decode("utf-8", errors="replace")))  # a cut character: one
 
     def spelled(self, emitted: int) -> list[TokenLogprob]:
         """The text tokens not handed out yet that the first `emitted` characters of the chunk's

@@ -70,3 +70,16 @@ def test_higher_threshold_needs_more_certain_speech() -> None:
     probs = [0.1] * 15 + [0.6] * 10 + [0.1] * 20
     assert scripted(probs, threshold=0.5)[1][0] == SpeechStarted(15 * FRAME - 300 * 16)
     assert scripted(probs, threshold=0.7)[1] == []
+
+
+def test_live_logprobs_go_out_with_the_text_they_spell() -> None:
+    """A live delta carries the fixed tokens whose text has gone out; the rest wait (text lags the
+    fixed ids: its end is held back while the model may still revise it)."""
+    from qwen_serve.api.realtime.session import _spelled
+    from qwen_serve.model.results import ResultLogprob
+
+    pieces = [b"Hi", b",", b" w", b"\xc3", b"\xb6rld", b"\n"]
+    tokens = [ResultLogprob(p.decode(errors="replace"), -0.5, list(p)) for p in pieces]
+    texts = ("", "H", "Hi", "Hi,", "Hi, w", "Hi, wö", "Hi, wörld")
+    assert [_spelled(text, tokens) for text in texts] == [0, 0, 1, 2, 3, 4, 5]  # "ö"'s halves with it
+    assert _spelled("Hi, wörld\nA", tokens) == 6  # the newline: once text follows it (the text is stripped)

@@ -116,8 +116,12 @@ async def test_logprobs_through_the_proxy(service: Service, engines: dict[str, A
     assert event.logprobs is not None and reference.logprobs is not None
     assert [lp.token for lp in event.logprobs] == [lp.token for lp in reference.logprobs]
     assert all(lp.logprob <= 0 for lp in event.logprobs)
-    streamed = [lp.token for d in deltas for lp in d.logprobs or []]
-    assert "".join(streamed) == "".join(d.delta for d in deltas)
+    sent = spelled = ""
+    for d in deltas:  # each delta's tokens are behind its text, and all of them go out
+        sent += d.delta
+        spelled += "".join(lp.token for lp in d.logprobs or [])
+        assert sent.startswith(spelled.strip())
+    assert [lp.token for d in deltas for lp in d.logprobs or []] == [lp.token for lp in event.logprobs]
 
 
 async def test_bad_token_is_refused_through_the_proxy(service: Service) -> None:

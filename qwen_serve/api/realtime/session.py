@@ -171,8 +171,10 @@ class Item:
     """The text of those ids, sent as deltas during the turn."""
     logprobs: bool = False
     """Its events carry log-probabilities (the session's `include`)."""
-    sent_logprobs: tuple[ResultLogprob, ...] = ()
+    fixed_logprobs: tuple[ResultLogprob, ...] = ()
     """Those of the text tokens its live turn fixed."""
+    logprobs_sent: int = 0
+    """How many of them went out with the turn's deltas (the rest go with the item's first)."""
 
 
 @dataclass
@@ -195,6 +197,8 @@ class LiveTurn:
     """What went out as deltas: the text of fixed_ids."""
     fixed_logprobs: list[ResultLogprob] = field(default_factory=list)
     """With logprobs: those of the text tokens of fixed_ids."""
+    logprobs_sent: int = 0
+    """How many of them went out: those whose text has (text lags the fixed ids a little)."""
     due: int = 0
     """Buffer end from which the next decode may start (set at each decode's end)."""
     task: asyncio.Task[None] | None = None
@@ -485,6 +489,7 @@ class RealtimeSession:
                 live.text,
                 live.logprobs,
                 tuple(live.fixed_logprobs),
+                live.logprobs_sent,
             )
         else:
             language = self._model_language(config.model)
@@ -558,9 +563,10 @@ class RealtimeSession:
         delta = out.text[len(live.text) :]
         live.fixed_ids, live.text = tuple(out.fixed_ids), out.text
         live.fixed_logprobs += out.logprobs or []
+        sent, live.logprobs_sent = live.logprobs_sent, _spelled(live.text, live.fixed_logprobs)
         if delta:  # shielded: a commit that cancels this task now must not lose text it counts as sent
-            event = self._delta(live.item_id, delta, out.logprobs if live.logprobs else None)
-            await asyncio.shield(self._send(event))
+            logprobs = live.fixed_logprobs[sent : live.logprobs_sent] if live.logprobs else None
+            await asyncio.shield(self._send(self._delta(live.item_id, delta, logprobs)))
 
     async def _end_live(self) -> LiveTurn | None:
         """The live turn, its running decode stopped and awaited (what it fixed before stays)."""
@@ -591,12 +597,15 @@ class RealtimeSession:
             to_float32(item.pcm), item.language, item.prompt, item.prefix_ids, item.logprobs
         )
         sent: list[str] = [item.sent] if item.sent else []
+        held = list(item.fixed_logprobs[item.logprobs_sent :])  # fixed, but their text not sent yet
         result: TranscriptResult | None = None
         try:
             async for out in items:
                 if isinstance(out, TextDelta) and out.text:
                     sent.append(out.text)
-                    await self._send(self._delta(item.id, out.text, out.logprobs if item.logprobs else None))
+                    logprobs = [*held, *(out.logprobs or [])] if item.logprobs else None
+                    held = []
+                    await self._send(self._delta(item.id, out.text, logprobs))
                 elif isinstance(out, TranscriptResult):
                     result = out
             if result is None:
@@ -639,7 +648,7 @@ class RealtimeSession:
         if code:
             completed["languages"] = [{"code": code}]
         if item.logprobs:  # what the live turn fixed, then the item's own decode
-            completed["logprobs"] = _logprobs([*item.sent_logprobs, *(result.logprobs or [])])
+            completed["logprobs"] = _logprobs([*item.fixed_logprobs, *(result.logprobs or [])])
         await self._send(completed)
 
     @staticmethod
@@ -664,6 +673,17 @@ class RealtimeSession:
             "content_index": 0,
             "error": {"type": type, "code": code, "message": message, "param": None},
         }
+
+
+def _spelled(text: str, tokens: list[ResultLogprob]) -> int:
+    """How many of the transcript's first `tokens` the transcript's start `text` spells whole."""
+    raw, n = b"", 0
+    for token in tokens:
+        raw += bytes(token.bytes)
+        if len(raw.decode("utf-8", errors="replace").lstrip()) > len(text):  # a cut character: one
+            break
+        n += 1
+    return n
 
 
 def _logprobs(items: list[ResultLogprob]) -> list[dict[str, Any]]:
