@@ -2,6 +2,7 @@
 
 python -m qwen_serve transcribe --model-dir DIR FILE ...   # transcribe files with a local checkpoint
 python -m qwen_serve transcribe --model-dir DIR --aligner-dir ALIGNER --words FILE   # ... with word times
+python -m qwen_serve transcribe --model-dir DIR --logprobs FILE   # ... with each token's log-probability
 python -m qwen_serve download [MODEL ...] [--if-missing]   # fetch Qwen/Qwen3-ASR-* into ./models
 """
 
@@ -51,7 +52,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             pcm = read_audio(Path(name))
             if args.stream:
                 stream = engine.stream(
-                    pcm, language=args.language, context=args.context, max_new_tokens=args.max_new_tokens
+                    pcm,
+                    language=args.language,
+                    context=args.context,
+                    max_new_tokens=args.max_new_tokens,
+                    logprobs=args.logprobs,
                 )
                 for delta in stream:
                     print(delta, end="", flush=True)
@@ -59,7 +64,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 result = stream.result
             else:
                 result = engine.transcribe(
-                    pcm, language=args.language, context=args.context, max_new_tokens=args.max_new_tokens
+                    pcm,
+                    language=args.language,
+                    context=args.context,
+                    max_new_tokens=args.max_new_tokens,
+                    logprobs=args.logprobs,
                 )
             assert result is not None
             words = aligner.align_transcription(pcm, result) if aligner is not None else None
@@ -81,6 +90,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                                 if words is not None
                                 else {}
                             ),
+                            **(
+                                {
+                                    "logprobs": [
+                                        {"token": t.token, "logprob": t.logprob} for t in result.logprobs
+                                    ]
+                                }
+                                if result.logprobs is not None
+                                else {}
+                            ),
                         },
                         ensure_ascii=False,
                     )
@@ -90,6 +108,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             if words is not None and not args.json:
                 for w in words:
                     print(f"{w.start:8.3f} {w.end:8.3f}  {w.word}")
+            if result.logprobs is not None and not args.json:
+                for t in result.logprobs:
+                    print(f"{t.logprob:10.5f}  {t.token!r}")
     return 0
 
 
@@ -124,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         "--aligner-dir", default=None, help="Qwen3-ForcedAligner checkpoint directory (for --words)"
     )
     t.add_argument("--words", action="store_true", help="word timestamps (start, end in seconds, word)")
+    t.add_argument(
+        "--logprobs", action="store_true", help="each text token's log-probability (logprob, token)"
+    )
     t.add_argument("files", nargs="+")
     t.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)

@@ -38,6 +38,24 @@ def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path
     assert streamed.stdout.rstrip("\n") == expected.text
 
 
+def test_logprobs(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    d = tiny_dirs["tiny-1.7b"]
+    pcm = speech_like(2.0, seed=5)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, pcm, 16000, subtype="FLOAT")
+    with Engine(d) as e:
+        expected = e.transcribe(pcm, max_new_tokens=12, logprobs=True)
+    assert expected.logprobs
+    args = ("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--logprobs")
+    out = run_cli(*args, "--json", str(wav))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])["logprobs"]
+    assert got == [{"token": t.token, "logprob": t.logprob} for t in expected.logprobs]
+    lines = run_cli(*args, str(wav)).stdout.splitlines()
+    assert lines[0] == expected.text and len(lines) == 1 + len(expected.logprobs)
+    assert [float(line.split()[0]) for line in lines[1:]] == [round(t.logprob, 5) for t in expected.logprobs]
+
+
 def test_stereo_44k_is_resampled(tmp_path: Path, tiny_dir: Path) -> None:
     t = np.arange(44100) / 44100
     stereo = (
