@@ -563,9 +563,11 @@ class RealtimeSession:
         delta = out.text[len(live.text) :]
         live.fixed_ids, live.text = tuple(out.fixed_ids), out.text
         live.fixed_logprobs += out.logprobs or []
-        sent, live.logprobs_sent = live.logprobs_sent, _spelled(live.text, live.fixed_logprobs)
         if delta:  # shielded: a commit that cancels this task now must not lose text it counts as sent
-            logprobs = live.fixed_logprobs[sent : live.logprobs_sent] if live.logprobs else None
+            logprobs = None
+            if live.logprobs:  # those whose text goes out now
+                sent, live.logprobs_sent = live.logprobs_sent, _spelled(live.text, live.fixed_logprobs)
+                logprobs = live.fixed_logprobs[sent : live.logprobs_sent]
             await asyncio.shield(self._send(self._delta(live.item_id, delta, logprobs)))
 
     async def _end_live(self) -> LiveTurn | None:
