@@ -101,18 +101,29 @@ static char *map_aligned(int fd, size_t len, int writable) {
                     : qw_map_huge(len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd);
 }
 
+/* The key of a whole cache file (its footer in *f), malloc'ed and NUL-terminated; NULL where the
+ * file is not one (too short, no magic, sizes that do not add up, a key of 16 MiB or more). */
+static char *read_key(int fd, footer *f) {
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < (off_t)sizeof(*f)) return NULL;
+    if (pread(fd, f, sizeof(*f), sb.st_size - (off_t)sizeof(*f)) != (ssize_t)sizeof(*f)) return NULL;
+    if (memcmp(f->magic, QW_WCACHE_MAGIC, 8) || f->key_bytes >= (1u << 24) || f->data_bytes > (uint64_t)sb.st_size ||
+        page_round(f->data_bytes) + f->key_bytes + sizeof(*f) != (uint64_t)sb.st_size)
+        return NULL;
+    char *key = malloc(f->key_bytes + 1);
+    if (key && pread(fd, key, f->key_bytes, (off_t)page_round(f->data_bytes)) == (ssize_t)f->key_bytes) {
+        key[f->key_bytes] = 0;
+        return key;
+    }
+    free(key);
+    return NULL;
+}
+
 /* The file's data bytes where it is whole and holds exactly this key, else 0. */
 static size_t read_matching(int fd, const char *key) {
-    struct stat sb;
     footer f;
-    if (fstat(fd, &sb) != 0 || sb.st_size < (off_t)sizeof(f)) return 0;
-    if (pread(fd, &f, sizeof(f), sb.st_size - (off_t)sizeof(f)) != (ssize_t)sizeof(f)) return 0;
-    const size_t klen = strlen(key);
-    if (memcmp(f.magic, QW_WCACHE_MAGIC, 8) || f.key_bytes != klen || f.data_bytes == 0 ||
-        f.data_bytes > (uint64_t)sb.st_size || page_round(f.data_bytes) + klen + sizeof(f) != (uint64_t)sb.st_size)
-        return 0;
-    char *k = malloc(klen + 1);
-    int same = k && pread(fd, k, klen, (off_t)page_round(f.data_bytes)) == (ssize_t)klen && !memcmp(k, key, klen);
+    char *k = read_key(fd, &f);
+    const int same = k && f.data_bytes && f.key_bytes == strlen(key) && !memcmp(k, key, f.key_bytes);
     free(k);
     return same ? (size_t)f.data_bytes : 0;
 }
@@ -122,29 +133,20 @@ static size_t read_matching(int fd, const char *key) {
 static int checkpoint_gone(const char *path) {
     const int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
-    struct stat sb;
     footer f;
-    char *key = NULL;
+    char *key = read_key(fd, &f);
+    close(fd);
+    /* "config <path> <size> <mtime>" (file_line), the path being the rest */
+    char *line = key ? strstr(key, "\nconfig ") : NULL, *end = line ? strchr(line + 8, '\n') : NULL;
+    char *mtime = end ? memrchr(line + 8, ' ', (size_t)(end - line - 8)) : NULL;
+    char *size = mtime ? memrchr(line + 8, ' ', (size_t)(mtime - line - 8)) : NULL;
     int gone = 0;
-    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size >= (off_t)sizeof(f) &&
-        pread(fd, &f, sizeof(f), sb.st_size - (off_t)sizeof(f)) == (ssize_t)sizeof(f) &&
-        !memcmp(f.magic, QW_WCACHE_MAGIC, 8) && f.key_bytes < (1u << 24) && f.data_bytes <= (uint64_t)sb.st_size &&
-        page_round(f.data_bytes) + f.key_bytes + sizeof(f) == (uint64_t)sb.st_size &&
-        (key = malloc(f.key_bytes + 1)) &&
-        pread(fd, key, f.key_bytes, (off_t)page_round(f.data_bytes)) == (ssize_t)f.key_bytes) {
-        key[f.key_bytes] = 0;
-        /* "config <path> <size> <mtime>" (file_line), the path being the rest */
-        char *line = strstr(key, "\nconfig "), *end = line ? strchr(line + 8, '\n') : NULL;
-        char *mtime = end ? memrchr(line + 8, ' ', (size_t)(end - line - 8)) : NULL;
-        char *size = mtime ? memrchr(line + 8, ' ', (size_t)(mtime - line - 8)) : NULL;
-        if (size) {
-            *size = 0;
-            struct stat cb;
-            gone = stat(line + 8, &cb) != 0 && errno == ENOENT;
-        }
+    if (size) {
+        *size = 0;
+        struct stat cb;
+        gone = stat(line + 8, &cb) != 0 && errno == ENOENT;
     }
     free(key);
-    close(fd);
     return gone;
 }
 
