@@ -11,6 +11,7 @@ import numpy as np
 import soundfile as sf
 
 from qwen_serve.engine import Engine
+from qwen_serve.engine.types import Transcription
 from qwen_serve.testing.clips import speech_like
 
 
@@ -20,13 +21,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
-    d = tiny_dirs["tiny-1.7b"]
+def speech_file(tmp_path: Path, model_dir: Path, logprobs: bool = False) -> tuple[Path, Transcription]:
+    """A 2 s clip as a WAV file, and what the engine makes of it (12 tokens at most)."""
     pcm = speech_like(2.0, seed=5)
     wav = tmp_path / "clip.wav"
     sf.write(wav, pcm, 16000, subtype="FLOAT")
-    with Engine(d) as e:
-        expected = e.transcribe(pcm, max_new_tokens=12)
+    with Engine(model_dir) as e:
+        return wav, e.transcribe(pcm, max_new_tokens=12, logprobs=logprobs)
+
+
+def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    d = tiny_dirs["tiny-1.7b"]
+    wav, expected = speech_file(tmp_path, d)
     out = run_cli("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--json", str(wav))
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -40,11 +46,7 @@ def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path
 
 def test_logprobs(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     d = tiny_dirs["tiny-1.7b"]
-    pcm = speech_like(2.0, seed=5)
-    wav = tmp_path / "clip.wav"
-    sf.write(wav, pcm, 16000, subtype="FLOAT")
-    with Engine(d) as e:
-        expected = e.transcribe(pcm, max_new_tokens=12, logprobs=True)
+    wav, expected = speech_file(tmp_path, d, logprobs=True)
     assert expected.logprobs
     args = ("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--logprobs")
     out = run_cli(*args, "--json", str(wav))
