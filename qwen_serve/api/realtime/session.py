@@ -53,6 +53,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...languages import ISO_TO_MODEL, LanguageError, to_model_language
 from ...model.results import ResultLogprob, TextDelta, TranscriptResult
+from .. import formats
 from ..service import TranscriptionService
 from .audio import SAMPLE_RATE, AudioDecoder, AudioFormatError, to_float32
 from .config import ClientError, SessionConfig, from_beta
@@ -689,5 +690,5 @@ def _spelled(text: str, tokens: list[ResultLogprob]) -> int:
 
 
 def _logprobs(items: list[ResultLogprob]) -> list[dict[str, Any]]:
-    """OpenAI's LogProbProperties: token, logprob, bytes."""
-    return [{"token": i.token, "logprob": i.logprob, "bytes": i.bytes} for i in items]
+    """OpenAI's LogProbProperties (token, logprob, bytes): the HTTP API's Logprob."""
+    return [lp.model_dump() for lp in formats.logprobs(items) or []]
