@@ -58,13 +58,14 @@ class Page:
         response_format: str = "json",
         stream: bool = False,
         words: bool = False,
+        confidence: bool = False,
         timeout: float = WAIT_S,
     ) -> None:
         """Choose the file and options, press Transcribe, wait until it is done or failed."""
         from selenium.webdriver.support.ui import Select
 
         Select(self.el("format")).select_by_value(response_format)
-        for box, wanted in (("stream", stream), ("words", words)):
+        for box, wanted in (("stream", stream), ("words", words), ("confidence", confidence)):
             if self.el(box).is_selected() != wanted:
                 self.el(box).click()
         self.el("file").send_keys(str(path))
@@ -72,9 +73,21 @@ class Page:
         done = ("Done", "Failed", "Cancelled")
         self.wait(lambda: self.text("file-status").startswith(done), "the transcription", timeout)
 
-    def live(self, stop_when: Callable[[Items], bool], timeout: float = WAIT_S) -> Items:
+    def shaded(self, selector: str) -> list[tuple[str, float, str, bool]]:
+        """The token spans inside `selector`: (text, log-probability, title, marked unsure)."""
+        script = (
+            f"return [...document.querySelectorAll({selector!r} + ' span.token')]"
+            ".map(s => [s.textContent, Number(s.dataset.logprob), s.title, s.classList.contains('unsure')])"
+        )
+        return [tuple(span) for span in self.driver.execute_script(script)]
+
+    def live(
+        self, stop_when: Callable[[Items], bool], timeout: float = WAIT_S, confidence: bool = False
+    ) -> Items:
         """Start the microphone, press Stop once `stop_when(the items on the page)`, wait for the
         session to close; the items then."""
+        if self.el("confidence").is_selected() != confidence:
+            self.el("confidence").click()
         self.el("mic-start").click()
         self.wait(lambda: stop_when(live_items(self)), "the moment to stop", timeout)
         self.el("mic-stop").click()

@@ -10,6 +10,7 @@ Each flow's end state is saved as a screenshot under tmp_path.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,6 +87,67 @@ def test_upload_shows_the_transcript(
     assert page.el("file-error").get_attribute("hidden") is not None
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_upload_shades_unsure_tokens(
+    chromium: Callable[..., Any], base_url: str, speech_wav: Path, tmp_path: Path, stream: bool
+) -> None:
+    body = api_transcription(base_url, speech_wav, **{"include[]": "logprobs"}).json()
+    probabilities = [math.exp(t["logprob"]) for t in body["logprobs"]]
+    assert min(probabilities) < 0.5 < max(probabilities)  # the fake's every third token is unsure
+    page = Page(chromium(), base_url)
+    page.sign_in(TOKEN, MODEL)
+    page.transcribe(speech_wav, stream=stream, confidence=True)
+    page.screenshot(tmp_path, "upload-confidence-streamed" if stream else "upload-confidence")
+    assert page.text("file-status").startswith("Done"), page.text("file-error")
+    assert page.text("transcript") == body["text"]
+    assert page.shaded("#transcript") == [
+        (t["token"], t["logprob"], f"p = {p:.3f}", p < 0.5)
+        for t, p in zip(body["logprobs"], probabilities, strict=True)
+    ]
+    unsure = sum(p < 0.5 for p in probabilities)
+    assert f"{unsure} of {len(probabilities)} tokens below p = 0.5" in page.text("file-meta")
+
+    page.transcribe(speech_wav, stream=stream)  # the box unticked: the text alone
+    assert page.text("transcript") == body["text"] and page.shaded("#transcript") == []
+    assert "tokens below" not in page.text("file-meta")
+
+
+SHOW_CONFIDENCE = """
+const [text, logprobs, done] = arguments;
+import('./playground.js').then(({ showConfidence }) => {
+  const p = document.createElement('p');
+  const counts = showConfidence(p, text, logprobs);
+  done([p.textContent, [...p.childNodes].map(n => n.nodeType === 3 ? ['', n.textContent] :
+        [n.dataset.logprob, n.textContent]), counts]);
+}, (e) => done(String(e)));
+"""
+
+
+def test_confidence_is_placed_on_the_text(chromium: Callable[..., Any], base_url: str) -> None:
+    """The page's placing of tokens on a transcript: a character cut between two tokens is one
+    piece (their log-probabilities summed), whitespace tokens and tokens the text lacks (a
+    repetition the parser collapsed) are left out, text no token spells (stripped edges, the space
+    joining long audio's chunks) stays plain, and the text is the transcript exactly."""
+    driver = chromium()
+    driver.get(f"{base_url}/playground/")
+    driver.set_script_timeout(WAIT_S)
+
+    def token(text: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": text.decode(errors="replace"), "logprob": logprob, "bytes": list(text)}
+
+    text = "Hi, wörld next"
+    tokens = [token(b"\n", -0.5), token(b"Hi", -0.1), token(b",", -0.2), token(b" w", -0.3),
+              token(b"\xc3", -0.25), token(b"\xb6rld", -0.375), token(b" again", -2.0),
+              token(b"next", -1.0), token(b" ", -0.4)]  # fmt: skip
+    result = driver.execute_async_script(SHOW_CONFIDENCE, text, tokens)
+    assert isinstance(result, list), result
+    shown, nodes, counts = result
+    assert shown == text
+    assert nodes == [["-0.1", "Hi"], ["-0.2", ","], ["-0.3", " w"], ["-0.625", "örld"], ["", " "],
+                     ["-1", "next"]]  # fmt: skip
+    assert counts == [5, 1]  # p = e^-1 < 0.5: "next" alone is unsure
+
+
 def test_upload_verbose_json_words_and_srt(
     chromium: Callable[..., Any], base_url: str, speech_wav: Path, tmp_path: Path
 ) -> None:
@@ -133,6 +195,7 @@ def live_session(
     speech_s: float,
     stop_when: Callable[[Items], bool],
     capture: str = "worklet",
+    confidence: bool = False,
 ) -> tuple[list[np.ndarray], Items]:
     """Start the microphone, press Stop once `stop_when(the items on the page)`, wait for the close;
     returns the audio of each item the engine got and the items on the page (one, completed).
@@ -144,21 +207,31 @@ def live_session(
         hide = "Object.defineProperty(BaseAudioContext.prototype, 'audioWorklet', {get: () => undefined})"
         page.driver.execute_script(hide)
         assert page.driver.execute_script("return new AudioContext().audioWorklet === undefined")
-    items = page.live(stop_when)
-    page.screenshot(tmp_path, f"microphone-{capture}-{speech_s:g}s")
+    items = page.live(stop_when, confidence=confidence)
+    page.screenshot(tmp_path, f"microphone-{capture}-{speech_s:g}s{'-confidence' if confidence else ''}")
     assert len(seen) == len(items) == 1, items
-    assert items[0] == (" ".join(expected_words(seen[0].size / 16000)), "done")
+    words = expected_words(seen[0].size / 16000)
+    assert items[0] == (" ".join(words), "done")
+    shaded = page.shaded("#items li .text")
+    if not confidence:
+        assert shaded == []
+    else:  # each word a token of the completed item, shaded by its probability
+        assert [text.strip() for text, *_ in shaded] == words
+        for _, logprob, title, unsure in shaded:
+            assert title == f"p = {math.exp(logprob):.3f}" and unsure == (math.exp(logprob) < 0.5)
     return seen, items
 
 
-@pytest.mark.parametrize("capture", ["worklet", "scriptprocessor"])
+@pytest.mark.parametrize(
+    ("capture", "confidence"), [("worklet", False), ("scriptprocessor", False), ("worklet", True)]
+)
 def test_microphone_live_transcript(
-    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path, capture: str
+    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path, capture: str, confidence: bool
 ) -> None:
     def completed(items: Items) -> bool:
         return bool(items) and items[0][1] == "done"
 
-    _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed, capture)
+    _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed, capture, confidence)
     # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
     assert 4 <= len(items[0][0].split()) <= 6, items
 

@@ -90,6 +90,66 @@ function initSettings() {
   if (key.value) loadModels();
 }
 
+// ---- confidence: the tokens' log-probabilities shown on the text --------------------------
+
+const UNSURE = 0.5; // a piece of text the model gave less than this probability is marked unsure
+
+/** The pieces of text the tokens ({token, logprob, bytes}) spell, in order, as {text, logprob}: a
+ * character cut between tokens goes whole to the piece that completes it, their log-probabilities
+ * summed. */
+function tokenPieces(logprobs) {
+  const decoder = new TextDecoder();
+  const pieces = [];
+  let logprob = 0;
+  for (const token of logprobs) {
+    logprob += token.logprob;
+    const text = decoder.decode(new Uint8Array(token.bytes), { stream: true });
+    if (text) {
+      pieces.push({ text, logprob });
+      logprob = 0;
+    }
+  }
+  return pieces;
+}
+
+/** Fills `element` with `text`, each piece of it that a token spells a span shaded by the model's
+ * doubt (1 - its probability) with the probability as its title; what no token spells stays plain
+ * (the text is stripped at its edges, long audio's chunks are joined by a space). The element's
+ * text is `text` exactly. Returns [pieces shown, pieces marked unsure]. */
+export function showConfidence(element, text, logprobs) {
+  const nodes = [];
+  let at = 0;
+  let shown = 0;
+  let unsure = 0;
+  for (const piece of tokenPieces(logprobs)) {
+    for (const candidate of new Set([piece.text, piece.text.trimStart(), piece.text.trim()])) {
+      if (!candidate.trim()) break; // whitespace: nothing to shade
+      const found = text.indexOf(candidate, at);
+      if (found < 0 || text.slice(at, found).trim()) continue; // only whitespace may come between
+      if (found > at) nodes.push(text.slice(at, found));
+      const p = Math.exp(piece.logprob);
+      const span = document.createElement("span");
+      span.textContent = candidate;
+      span.title = `p = ${p.toFixed(3)}`;
+      span.dataset.logprob = String(piece.logprob);
+      span.className = p < UNSURE ? "token unsure" : "token";
+      span.style.setProperty("--doubt", (1 - p).toFixed(3));
+      nodes.push(span);
+      at = found + candidate.length;
+      shown += 1;
+      if (p < UNSURE) unsure += 1;
+      break;
+    }
+  }
+  if (at < text.length) nodes.push(text.slice(at));
+  element.replaceChildren(...nodes);
+  return [shown, unsure];
+}
+
+function confidenceText([shown, unsure]) {
+  return `${unsure} of ${shown} tokens below p = ${UNSURE}`;
+}
+
 // ---- a file: POST /v1/audio/transcriptions -------------------------------------------------
 
 let fileRequest = null; // the AbortController of the request in flight
@@ -140,6 +200,7 @@ async function transcribeFile(event) {
   form.append("response_format", format);
   if ($("language").value) form.append("language", $("language").value);
   if (stream) form.append("stream", "true");
+  if ($("confidence").checked && format === "json") form.append("include[]", "logprobs");
   if ($("words").checked) {
     form.append("timestamp_granularities[]", "word");
     form.append("timestamp_granularities[]", "segment");
@@ -188,7 +249,10 @@ async function readEvents(response) {
         transcript.textContent += event.delta;
       } else if (event.type === "transcript.text.done") {
         transcript.textContent = event.text;
-        if (event.usage) $("file-meta").textContent = usageText(event.usage);
+        const meta = [];
+        if (event.usage) meta.push(usageText(event.usage));
+        if (event.logprobs) meta.push(confidenceText(showConfidence(transcript, event.text, event.logprobs)));
+        $("file-meta").textContent = meta.join(" · ");
       } else if (event.error) {
         const error = event.error;
         throw new Error(`${error.code || error.type}: ${error.message}`);
@@ -221,6 +285,7 @@ async function showResult(response, format, file) {
   if (body.language) meta.push(`language: ${body.language}`);
   if (body.duration !== undefined) meta.push(`duration: ${Number(body.duration).toFixed(2)} s`);
   if (body.usage) meta.push(usageText(body.usage));
+  if (body.logprobs) meta.push(confidenceText(showConfidence($("transcript"), body.text, body.logprobs)));
   $("file-meta").textContent = meta.join(" · ");
   if (Array.isArray(body.words) && body.words.length > 0) showWords(body.words, file);
 }
@@ -283,10 +348,11 @@ function itemElement(session, itemId) {
   return li;
 }
 
-function setItem(session, itemId, { text, append, state, failed }) {
+function setItem(session, itemId, { text, append, state, failed, logprobs }) {
   const li = itemElement(session, itemId);
   const span = li.querySelector(".text");
-  if (text !== undefined) span.textContent = text;
+  if (text !== undefined && logprobs) showConfidence(span, text, logprobs);
+  else if (text !== undefined) span.textContent = text;
   if (append !== undefined) span.textContent += append;
   if (state !== undefined) li.querySelector(".state").textContent = state;
   li.classList.toggle("failed", Boolean(failed));
@@ -408,7 +474,9 @@ async function startLive() {
       turn_detection: { type: "server_vad" },
     };
     if ($("language").value) input.transcription.language = $("language").value;
-    send(session, { type: "session.update", session: { type: "transcription", audio: { input } } });
+    const update = { type: "transcription", audio: { input } };
+    if ($("confidence").checked) update.include = ["item.input_audio_transcription.logprobs"];
+    send(session, { type: "session.update", session: update });
   };
 }
 
@@ -455,7 +523,7 @@ async function onServerEvent(session, event) {
       break;
     case "conversation.item.input_audio_transcription.completed":
       session.pending.delete(event.item_id);
-      setItem(session, event.item_id, { text: event.transcript, state: "done" });
+      setItem(session, event.item_id, { text: event.transcript, state: "done", logprobs: event.logprobs });
       maybeClose(session);
       break;
     case "conversation.item.input_audio_transcription.failed":
