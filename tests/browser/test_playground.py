@@ -2,7 +2,9 @@
 
 Upload: the transcript on the page equals what the API returns for the same
 file, as json, streamed, verbose_json with words, and an HTTP error in
-OpenAI's envelope. Microphone: Chromium plays a WAV file as the microphone;
+OpenAI's envelope; with confidence asked, its tokens are shaded by the
+log-probabilities the API gives (and the placing of tokens on a text is
+checked on its own). Microphone: Chromium plays a WAV file as the microphone;
 the page streams it through /v1/realtime, the server's VAD cuts the turn,
 and the completed item's transcript is the fake engine's for the audio it got.
 Each flow's end state is saved as a screenshot under tmp_path.
@@ -101,7 +103,7 @@ def test_upload_shades_unsure_tokens(
     assert page.text("file-status").startswith("Done"), page.text("file-error")
     assert page.text("transcript") == body["text"]
     assert page.shaded("#transcript") == [
-        (t["token"], t["logprob"], f"p = {p:.3f}", p < 0.5)
+        (t["token"].strip(), t["logprob"], f"p = {p:.3f}", p < 0.5)
         for t, p in zip(body["logprobs"], probabilities, strict=True)
     ]
     unsure = sum(p < 0.5 for p in probabilities)
@@ -143,8 +145,8 @@ def test_confidence_is_placed_on_the_text(chromium: Callable[..., Any], base_url
     assert isinstance(result, list), result
     shown, nodes, counts = result
     assert shown == text
-    assert nodes == [["-0.1", "Hi"], ["-0.2", ","], ["-0.3", " w"], ["-0.625", "örld"], ["", " "],
-                     ["-1", "next"]]  # fmt: skip
+    assert nodes == [["-0.1", "Hi"], ["-0.2", ","], ["", " "], ["-0.3", "w"], ["-0.625", "örld"],
+                     ["", " "], ["-1", "next"]]  # fmt: skip
     assert counts == [5, 1]  # p = e^-1 < 0.5: "next" alone is unsure
 
 
@@ -216,7 +218,7 @@ def live_session(
     if not confidence:
         assert shaded == []
     else:  # each word a token of the completed item, shaded by its probability
-        assert [text.strip() for text, *_ in shaded] == words
+        assert [text for text, *_ in shaded] == words
         for _, logprob, title, unsure in shaded:
             assert title == f"p = {math.exp(logprob):.3f}" and unsure == (math.exp(logprob) < 0.5)
     return seen, items
@@ -226,7 +228,12 @@ def live_session(
     ("capture", "confidence"), [("worklet", False), ("scriptprocessor", False), ("worklet", True)]
 )
 def test_microphone_live_transcript(
-    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path, capture: str, confidence: bool
+    chromium: Callable[..., Any],
+    harness: Harness,
+    base_url: str,
+    tmp_path: Path,
+    capture: str,
+    confidence: bool,
 ) -> None:
     def completed(items: Items) -> bool:
         return bool(items) and items[0][1] == "done"

@@ -1,13 +1,15 @@
 """The playground page in headless Chromium against the real Ray Serve instance (tiny checkpoints).
 
 Through Serve's proxy: the page's transcript of an uploaded file (json and
-streamed) equals what the API returns for it, and the microphone (a WAV file
-played by Chromium) ends with a completed item. English is forced: the tiny
+streamed) equals what the API returns for it, shaded by the engine's
+log-probabilities when asked, and the microphone (a WAV file played by
+Chromium) ends with a completed item, shaded too. English is forced: the tiny
 model's random weights name no language otherwise, and the text is empty.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,43 @@ def test_upload_through_serve(chromium: Callable[..., Any], service: Service, tm
         assert page.text("transcript") == expected
     page.screenshot(tmp_path, "serve-upload-streamed")
 
+    # shaded by the engine's log-probabilities: each span one of its tokens (or the run of tokens
+    # that spells a character), in order; the repetitions the parser collapsed are not shown
+    page.transcribe(path, confidence=True, timeout=WAIT_S)
+    assert page.text("transcript") == expected
+    shaded = page.shaded("#transcript")
+    assert shaded
+    tokens, j = engine_logprobs(service, path), 0
+    for text, logprob, title, unsure in shaded:
+        assert title == f"p = {math.exp(logprob):.3f}" and unsure == (math.exp(logprob) < 0.5)
+        while not (run := spelling(tokens[j : j + 4], text)):
+            j += 1  # IndexError: a span that no run of tokens spells
+        j += len(run)
+        assert logprob == pytest.approx(sum(t["logprob"] for t in run), abs=1e-12)
+
+
+def spelling(tokens: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """The shortest run at the start of `tokens` whose bytes are `text` (spaces around it aside)."""
+    for n in range(1, len(tokens) + 1):
+        data = b"".join(bytes(t["bytes"]) for t in tokens[:n])
+        if data.decode(errors="replace").strip() == text:
+            return tokens[:n]
+    if not tokens:
+        raise IndexError(f"no run of tokens spells {text!r}")
+    return []
+
+
+def engine_logprobs(service: Service, path: Path) -> list[dict[str, Any]]:
+    with path.open("rb") as f:
+        response = httpx.post(
+            f"{service.base_url}/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            files={"file": (path.name, f, "audio/wav")},
+            data={"model": SMALL, "language": "en", "include[]": "logprobs"},
+            timeout=WAIT_S,
+        )
+    return list(response.json()["logprobs"])
+
 
 def test_microphone_through_serve(chromium: Callable[..., Any], service: Service, tmp_path: Path) -> None:  # noqa: F811
     page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav")), service.base_url)
@@ -53,6 +92,8 @@ def test_microphone_through_serve(chromium: Callable[..., Any], service: Service
     def completed(items: Items) -> bool:
         return bool(items) and items[0][1] in ("done", "failed")
 
-    items = page.live(completed, timeout=WAIT_S)
+    items = page.live(completed, timeout=WAIT_S, confidence=True)
     page.screenshot(tmp_path, "serve-microphone")
     assert items[0][1] == "done" and items[0][0], items  # the tiny model's text is random, but some
+    shaded = page.shaded("#items li .text")  # the completed item's tokens, with include logprobs
+    assert shaded and all(text in items[0][0] for text, *_ in shaded), shaded

@@ -122,20 +122,22 @@ export function showConfidence(element, text, logprobs) {
   let shown = 0;
   let unsure = 0;
   for (const piece of tokenPieces(logprobs)) {
-    for (const candidate of new Set([piece.text, piece.text.trimStart(), piece.text.trim()])) {
-      if (!candidate.trim()) break; // whitespace: nothing to shade
+    const word = piece.text.trim(); // shaded without the spaces around it
+    if (!word) continue; // whitespace: nothing to shade
+    for (const candidate of new Set([piece.text, piece.text.trimStart(), word])) {
       const found = text.indexOf(candidate, at);
       if (found < 0 || text.slice(at, found).trim()) continue; // only whitespace may come between
-      if (found > at) nodes.push(text.slice(at, found));
+      const start = found + candidate.indexOf(word);
+      if (start > at) nodes.push(text.slice(at, start));
       const p = Math.exp(piece.logprob);
       const span = document.createElement("span");
-      span.textContent = candidate;
+      span.textContent = word;
       span.title = `p = ${p.toFixed(3)}`;
       span.dataset.logprob = String(piece.logprob);
       span.className = p < UNSURE ? "token unsure" : "token";
       span.style.setProperty("--doubt", (1 - p).toFixed(3));
       nodes.push(span);
-      at = found + candidate.length;
+      at = start + word.length;
       shown += 1;
       if (p < UNSURE) unsure += 1;
       break;
