@@ -136,6 +136,9 @@ class LiveText:
     text: str
     logprobs: list[ResultLogprob] | None = None
     """When asked for: the log-probabilities of the text tokens fixed by this decode."""
+    whole: str | None = None
+    """The decode's whole transcript of the audio (its last words too, which may still change);
+    None when the replica skipped the decode (busy) and nothing was heard."""
 
 
 StreamItem = StreamStarted | TextDelta | TranscriptResult

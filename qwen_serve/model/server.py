@@ -346,7 +346,8 @@ class ModelServer:
     ) -> LiveText:
         """One decode of a live turn's audio so far, after its fixed ids (at most
         `max_new_tokens` more): the ids fixed now (all but the last `hold_back` of the answer)
-        and their text (see LiveText); `logprobs`: with those of the text tokens it fixed. The answer stays within this server's max_new_tokens,
+        and their text (see LiveText), and the whole transcript it heard; `logprobs`: with those
+        of the text tokens it fixed. The answer stays within this server's max_new_tokens,
         with room after the fixed ids for the item's own decode. Best effort: when the engine
         has other requests' encoders or prefills to run (or requests waiting for a slot), it
         does not decode and the fixed ids stay as they are, so live text only uses spare time."""
@@ -366,7 +367,7 @@ class ModelServer:
         answer = [i for segment in result.segments for i in segment.token_ids]
         ids, text = self.engine.fix_prefix(answer[:cap], len(fixed), hold_back, language)
         fixed_now = None if result.logprobs is None else [lp for lp in result.logprobs if lp.index < len(ids)]
-        return LiveText(ids, text, fixed_now)
+        return LiveText(ids, text, fixed_now, result.text)
 
     async def stats(self) -> dict[str, int]:
         """The engine's stats ({"max_batch", "active", "waiting"}, and whatever else it reports),

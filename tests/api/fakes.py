@@ -90,6 +90,8 @@ class FakeStream:
             seconds = min(pcm.size - start, chunk) / SAMPLE_RATE
             words = expected_words(seconds, word_index)
             word_index += len(words)
+            if start + chunk >= pcm.size:  # the answer's last word
+                words[-1] += engine.sentence_end
             text = " ".join(words)
             if texts:
                 text = " " + text
@@ -174,6 +176,8 @@ class FakeEngine:
         self.token_delay = 0.0
         self.fail_after: int | None = None
         self.hold: threading.Event | None = None
+        self.sentence_end = ""
+        """Put after the answer's last word (a sentence's end, for semantic VAD)."""
         self.closed = False
         self._lock = threading.Lock()
 

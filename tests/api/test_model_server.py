@@ -81,8 +81,10 @@ async def test_live_with_a_small_answer_bound_leaves_room_for_the_item() -> None
     server, engine = _server(max_new_tokens=7)
     out = await server.live(_pcm(6.0), None, "", [], 2, 64)  # 12 words, answers of at most 7
     assert out.fixed_ids == [1000 + i for i in range(5)]  # 7 - 2 held back
+    assert out.whole == " ".join(f"w{i}" for i in range(12))  # what it heard, bound or not
     again = await server.live(_pcm(7.0), None, "", out.fixed_ids, 2, 64)
-    assert again == out and len(engine.calls) == 1  # as much as may be fixed: no decode
+    assert (again.fixed_ids, again.text) == (out.fixed_ids, out.text) and len(engine.calls) == 1
+    assert again.whole is None  # as much as may be fixed: no decode, nothing heard
 
 
 async def test_live_yields_to_other_requests_encoders_and_prefills() -> None:
@@ -90,10 +92,11 @@ async def test_live_yields_to_other_requests_encoders_and_prefills() -> None:
     busy = {"max_batch": 8, "active": 2, "waiting": 0, "admitting": 1}
     engine.stats = lambda: busy  # type: ignore[method-assign]
     out = await server.live(_pcm(4.0), None, "", [1000, 1001], 2, 64)
-    assert (out.fixed_ids, out.text) == ([1000, 1001], "w0 w1") and engine.calls == []
+    assert (out.fixed_ids, out.text, out.whole) == ([1000, 1001], "w0 w1", None) and engine.calls == []
     busy["admitting"] = 0
     out = await server.live(_pcm(4.0), None, "", [1000, 1001], 2, 64)
     assert len(out.fixed_ids) == 6 and len(engine.calls) == 1
+    assert out.whole == "w0 w1 w2 w3 w4 w5 w6 w7"  # the fixed words' too
 
 
 async def test_cancel_stops_the_engine() -> None:

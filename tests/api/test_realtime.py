@@ -507,6 +507,78 @@ async def test_server_vad_sends_text_before_the_turn_ends(harness: Harness, base
     assert events[-1].transcript == words(item["samples"]) and item["prefix_ids"]
 
 
+# ---- semantic VAD -----------------------------------------------------------------------------
+
+
+async def semantic_turn(
+    harness: Harness, base_url: str, eagerness: str, speech_s: float = 2.5, silence_s: float = 3.0
+) -> tuple[float, list[Any]]:
+    """0.6 s of silence, speech, silence, appended in 100 ms pieces (each followed by a moment for
+    the session's decodes) with semantic_vad at `eagerness`: the silence's start (s) and the events
+    up to the item's completion."""
+    z = lambda s: np.zeros(int(s * 16000), dtype=np.float32)  # noqa: E731
+    audio = np.concatenate([z(0.6), speech_like(speech_s, seed=8), z(silence_s)])
+    vad = {"type": "semantic_vad", "eagerness": eagerness}
+    async with connect(base_url) as conn:
+        assert (await recv(conn)).type == "session.created"
+        await conn.session.update(
+            session={"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+        )
+        updated = await recv(conn)
+        assert updated.session.audio.input.turn_detection.model_dump(exclude_none=True) == vad
+        await append_paced(conn, audio, piece_s=0.1, pause_s=0.03)
+        events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    assert [e.type for e in events if e.type != DELTA][:3] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+    ]
+    return 0.6 + speech_s, events
+
+
+def silence_before_the_end(events: list[Any], speech_end: float) -> float:
+    stopped = next(e for e in events if e.type == "input_audio_buffer.speech_stopped")
+    return stopped.audio_end_ms / 1000 - speech_end
+
+
+async def test_semantic_vad_ends_a_finished_sentence_soon(harness: Harness, base_url: str) -> None:
+    """The turn's words end a sentence: it ends after high eagerness's 300 ms of silence (plus the
+    VAD's own lag, as server VAD's test allows), not its 2 s; its words were decoded at the pause
+    although the turn is shorter than live text's first decode, which fixed nothing."""
+    harness.engines[MODEL].sentence_end = "."
+    speech_end, events = await semantic_turn(harness, base_url, "high", speech_s=1.2)
+    assert 0.15 <= silence_before_the_end(events, speech_end) <= 0.9
+    live = [c for c in harness.engines[MODEL].calls if is_live(c)]
+    assert live and all(c["samples"] < LIVE_FIRST_S * 16000 for c in live)  # the pause's decode
+    committed = next(i for i, e in enumerate(events) if e.type == "input_audio_buffer.committed")
+    assert not any(e.type == DELTA for e in events[:committed])  # no text fixed under LIVE_FIRST_S
+    (item,) = item_calls(harness)
+    assert item["prefix_ids"] == [] and events[-1].transcript == words(item["samples"]) + "."
+
+
+@pytest.mark.parametrize(("eagerness", "longest"), [("high", 2.0), ("auto", 4.0)])
+async def test_semantic_vad_waits_for_an_unfinished_sentence(
+    harness: Harness, base_url: str, eagerness: str, longest: float
+) -> None:
+    """No sentence end in the words: the turn waits for more speech up to the eagerness's longest
+    silence (high 2 s, auto = medium 4 s), then ends."""
+    speech_end, events = await semantic_turn(harness, base_url, eagerness, silence_s=longest + 1.0)
+    assert longest - 0.15 <= silence_before_the_end(events, speech_end) <= longest + 0.4
+    assert not events[-1].transcript.endswith(".")
+
+
+async def test_semantic_vad_without_words_ends_at_the_short_silence(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Live text off: the turn's words are not decoded before its end, so it ends after the short
+    silence (as server VAD would with it)."""
+    harness = make_harness(realtime_live_text=False)
+    with serve(harness) as base_url:
+        speech_end, events = await semantic_turn(harness, base_url, "high")
+    assert 0.15 <= silence_before_the_end(events, speech_end) <= 0.9
+    assert not any(is_live(c) for c in harness.engines[MODEL].calls)
+
+
 # ---- auth and limits -----------------------------------------------------------------------
 
 
@@ -587,7 +659,9 @@ async def test_busy_model_fails_the_item_and_keeps_the_session(make_harness: Cal
 
 BAD_SESSIONS = [
     ({"type": "realtime"}, "unsupported_value", "session.type"),
-    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "unsupported_value", None),
+    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "semantic_vad", "silence_duration_ms": 500}}}}, "unsupported_value", "session.audio.input.turn_detection.silence_duration_ms"),
+    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "server_vad", "eagerness": "high"}}}}, "unsupported_value", "session.audio.input.turn_detection.eagerness"),
+    ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}}, "invalid_value", None),
     ({"type": "transcription", "audio": {"input": {"noise_reduction": {"type": "near_field"}}}}, "unsupported_value", None),
     ({"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}, "invalid_value", None),
     ({"type": "transcription", "audio": {"input": {"format": {"type": "audio/opus"}}}}, "invalid_value", None),

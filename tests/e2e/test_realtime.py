@@ -131,6 +131,25 @@ async def test_bad_token_is_refused_through_the_proxy(service: Service) -> None:
         assert event.type == "error" and event.error.code == "invalid_api_key"
 
 
+async def append_paced(conn: Any, data: bytes) -> None:
+    """100 ms appends every 50 ms (twice real time: live decodes keep up, as with a microphone)."""
+    for i in range(0, len(data), 4800):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(data[i : i + 4800]).decode())
+        await asyncio.sleep(0.05)
+
+
+async def until_completed(conn: Any) -> list[Any]:
+    """The events up to an item's completion (none may be an error or a failed item)."""
+    events: list[Any] = []
+    for _ in range(400):
+        event = await recv(conn)
+        assert event.type not in ("error", "conversation.item.input_audio_transcription.failed"), event
+        events.append(event)
+        if event.type == "conversation.item.input_audio_transcription.completed":
+            return events
+    raise AssertionError(f"no completed item in 400 events: {[e.type for e in events]}")
+
+
 async def test_server_vad_through_the_proxy(service: Service) -> None:
     """The default session (server VAD) cuts speech-silence-speech-silence into two transcribed items."""
     silence = np.zeros(int(1.2 * 24000), dtype="<i2").tobytes()
@@ -157,6 +176,31 @@ async def test_server_vad_through_the_proxy(service: Service) -> None:
     assert all(e.usage.input_token_details.audio_tokens > 0 for e in completed)
 
 
+async def test_semantic_vad_through_the_proxy(service: Service) -> None:
+    """semantic_vad (high eagerness) with the real engine behind Serve: the turn ends after the
+    short silence (300 ms) if the words the replica heard at the pause end a sentence, else
+    after the longest (2 s); either way one item, transcribed."""
+    silence = np.zeros(int(0.6 * 24000), dtype="<i2").tobytes()
+    tail = np.zeros(int(3.0 * 24000), dtype="<i2").tobytes()
+    audio = silence + pcm24(2.5, seed=17) + tail
+    client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
+    async with client.realtime.connect(model=SMALL, extra_query={"intent": "transcription"}) as conn:
+        assert (await recv(conn)).type == "session.created"
+        vad = {"type": "semantic_vad", "eagerness": "high"}
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+        await conn.session.update(session=session)
+        updated = await recv(conn)
+        assert updated.session.audio.input.turn_detection.type == "semantic_vad"
+        await append_paced(conn, audio)
+        events = await until_completed(conn)
+    kinds = [e.type for e in events]
+    assert kinds.count("input_audio_buffer.speech_stopped") == 1, kinds
+    stopped = events[kinds.index("input_audio_buffer.speech_stopped")]
+    silence_s = stopped.audio_end_ms / 1000 - 3.1  # after the speech's end
+    assert 0.15 <= silence_s <= 2.4, silence_s
+    assert events[-1].usage.input_token_details.audio_tokens > 0
+
+
 async def test_text_comes_during_speech(service: Service) -> None:
     """Appended at twice real time, a 6 s turn gets deltas before its commit (live decodes on
     the model replica, after the ids fixed so far); all deltas add up to the transcript, and
@@ -165,22 +209,14 @@ async def test_text_comes_during_speech(service: Service) -> None:
     client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=TOKEN, max_retries=0)
     warm = soxr.resample(speech_like(1.0, seed=16), 16000, 24000)  # a replica is up (idle timeout 4 s)
     await client.audio.transcriptions.create(model=LARGE, file=("w.wav", wav_bytes(warm, 24000)))
-    events: list[Any] = []
     async with client.realtime.connect(model=LARGE, extra_query={"intent": "transcription"}) as conn:
         assert (await recv(conn)).type == "session.created"
         session = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
         await conn.session.update(session=session)
         assert (await recv(conn)).type == "session.updated"
-        for i in range(0, len(data), 4800):  # 100 ms appends every 50 ms
-            await conn.input_audio_buffer.append(audio=base64.b64encode(data[i : i + 4800]).decode())
-            await asyncio.sleep(0.05)
+        await append_paced(conn, data)
         await conn.input_audio_buffer.commit()
-        for _ in range(400):
-            event = await recv(conn)
-            assert event.type not in ("error", "conversation.item.input_audio_transcription.failed"), event
-            events.append(event)
-            if event.type == "conversation.item.input_audio_transcription.completed":
-                break
+        events = await until_completed(conn)
     kinds = [e.type for e in events]
     committed = kinds.index("input_audio_buffer.committed")
     deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]

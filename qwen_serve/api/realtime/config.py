@@ -6,9 +6,9 @@ under `audio.input`) and the beta `transcription_session.update`
 (`input_audio_format`, `input_audio_transcription`, `turn_detection`), which
 is translated into the GA shape first. Only the fields present in an update
 change; `turn_detection: null` turns server VAD off (manual commits).
-Fields this server cannot honour (noise reduction, semantic VAD, keywords)
-are refused with an `error` naming them, never ignored, and an
-update applies whole or not at all.
+Fields this server cannot honour (noise reduction, keywords, a field of the
+other kind of VAD) are refused with an `error` naming them, never ignored,
+and an update applies whole or not at all.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ DEFAULT_PREFIX_PADDING_MS = 300
 DEFAULT_SILENCE_DURATION_MS = 500
 MAX_PROMPT_CHARS = 4000
 LOGPROBS = "item.input_audio_transcription.logprobs"
+EAGERNESS_MS = {"low": (1000, 8000), "medium": (600, 4000), "high": (300, 2000)}
+"""semantic_vad's eagerness ("auto" is "medium"): the silence after which a turn whose words end a
+sentence ends (or whose words are not known), and the silence after which any turn ends (OpenAI's
+documented maximum timeouts)."""
 
 
 class ClientError(ValueError):
@@ -64,7 +68,7 @@ class TurnDetectionIn(_Strict):
     create_response: bool | None = None
     interrupt_response: bool | None = None
     idle_timeout_ms: int | None = None
-    eagerness: str | None = None
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
 class AudioInputIn(_Strict):
@@ -92,9 +96,23 @@ class TranscriptionSessionIn(_Strict):
 
 @dataclass(frozen=True)
 class TurnDetection:
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
     threshold: float = DEFAULT_THRESHOLD
     prefix_padding_ms: int = DEFAULT_PREFIX_PADDING_MS
     silence_duration_ms: int = DEFAULT_SILENCE_DURATION_MS
+    """server_vad's; semantic_vad's are its eagerness's (EAGERNESS_MS)."""
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+
+    @property
+    def semantic(self) -> bool:
+        return self.type == "semantic_vad"
+
+    @property
+    def silences_ms(self) -> tuple[int, int]:
+        """(after a finished sentence, at most): semantic_vad's by eagerness; server_vad's one value twice."""
+        if self.semantic:
+            return EAGERNESS_MS["medium" if self.eagerness == "auto" else self.eagerness]
+        return self.silence_duration_ms, self.silence_duration_ms
 
 
 @dataclass(frozen=True)
@@ -235,6 +253,8 @@ class SessionConfig:
         td = self.turn_detection
         if td is None:
             return None
+        if td.semantic:
+            return {"type": "semantic_vad", "eagerness": td.eagerness}
         return {
             "type": "server_vad",
             "threshold": td.threshold,
@@ -246,12 +266,21 @@ class SessionConfig:
 def _turn_detection(td: TurnDetectionIn | None) -> TurnDetection | None:
     if td is None:
         return None
+    other = (
+        ("threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms")
+        if td.type == "semantic_vad"
+        else ("eagerness",)
+    )
+    for name in other:
+        if getattr(td, name) is not None:
+            kind = "server_vad" if td.type == "semantic_vad" else "semantic_vad"
+            raise ClientError(
+                f"turn_detection.{name} is used only with {kind}; {td.type} does not take it.",
+                param=f"session.audio.input.turn_detection.{name}",
+                code="unsupported_value",
+            )
     if td.type == "semantic_vad":
-        raise ClientError(
-            "semantic_vad is not supported; use server_vad or null (manual commits).",
-            param="session.audio.input.turn_detection.type",
-            code="unsupported_value",
-        )
+        return TurnDetection(type="semantic_vad", eagerness=td.eagerness or "auto")
     if td.idle_timeout_ms is not None:
         raise ClientError(
             "turn_detection.idle_timeout_ms is not supported (transcription sessions create no responses).",

@@ -33,6 +33,17 @@ concatenate exactly to the completed transcript. A turn keeps the model,
 language and prompt it fixed text with; turns longer than LIVE_MAX_SECONDS
 stop fixing more there (the rest comes at the commit); a cleared turn's
 deltas get no completed event.
+
+Semantic VAD (`semantic_vad`) ends a turn by its words: once the turn has
+been silent for PAUSE_MS, its audio so far is decoded at once (a live decode
+out of turn; under LIVE_FIRST_S it fixes nothing), and when that decode's
+whole transcript ends a sentence (SENTENCE_END: the model's own
+punctuation) the turn ends after the eagerness's short silence (300 / 600 /
+1000 ms for high / medium / low); otherwise it waits for more speech up to
+the eagerness's longest silence (2 / 4 / 8 s, OpenAI's documented maximum
+timeouts). A turn whose words cannot be known (live text off, its live
+decoding stopped, past LIVE_MAX_SECONDS, or the replica too busy to decode)
+ends after the short silence, as server VAD would.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -77,6 +89,10 @@ HOLD_BACK = 5
 """Ids of a live decode's answer left unfixed at its end (the official `unfixed_token_num`)."""
 LIVE_MAX_NEW_TOKENS = 64
 """Ids one live decode may add."""
+PAUSE_MS = 150
+"""semantic_vad: a turn silent this long has its words so far decoded (shorter gaps are within words)."""
+SENTENCE_END = re.compile(r"[.!?…。！？؟।][\"'”’»)\]」』]*\s*$")
+"""semantic_vad: a transcript that ends so ends a sentence."""
 
 _MODEL_TO_ISO = {name: code for code, name in reversed(list(ISO_TO_MODEL.items()))}
 
@@ -202,6 +218,10 @@ class LiveTurn:
     """How many of them went out: those whose text has (text lags the fixed ids a little)."""
     due: int = 0
     """Buffer end from which the next decode may start (set at each decode's end)."""
+    heard: int = -1
+    """Buffer end of the audio the last decode got."""
+    words: str | None = None
+    """That decode's whole transcript (None: not decoded, or the replica was busy)."""
     task: asyncio.Task[None] | None = None
     stopped: bool = False
     """A decode failed: no more for this turn (its commit decodes it whole)."""
@@ -350,7 +370,7 @@ class RealtimeSession:
         td = config.turn_detection
         if td != self.config.turn_detection or (td is not None and self.turns is None):
             self.turns = (
-                TurnDetector(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
+                TurnDetector(td.threshold, td.prefix_padding_ms, td.silences_ms[1])
                 if td is not None
                 else None
             )
@@ -415,20 +435,54 @@ class RealtimeSession:
                     }
                 )
             elif isinstance(change, SpeechStopped) and self._turn_item is not None:
-                item_id, start = self._turn_item, self._turn_start or 0
-                self._turn_start = self._turn_item = None
-                await self._send(
-                    {
-                        "type": "input_audio_buffer.speech_stopped",
-                        "event_id": new_id("event"),
-                        "audio_end_ms": change.end * 1000 // SAMPLE_RATE,
-                        "item_id": item_id,
-                    }
-                )
-                live = await self._end_live()
-                await self._commit(item_id, self.buffer.take(start, change.end), live)
+                await self._stop_turn(change.end)
+        if turns.in_speech and self._turn_item is not None and self._semantic_end():
+            await self._stop_turn(turns.stop().end)
         if not turns.in_speech:  # nobody speaks: keep only what a turn's prefix padding may need
             self.buffer.drop_before(turns.position - turns.prefix)
+
+    async def _stop_turn(self, end: int) -> None:
+        """The VAD's turn ends at `end`: speech_stopped, and its audio committed as an item."""
+        item_id, start = self._turn_item, self._turn_start or 0
+        assert item_id is not None
+        self._turn_start = self._turn_item = None
+        await self._send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "event_id": new_id("event"),
+                "audio_end_ms": end * 1000 // SAMPLE_RATE,
+                "item_id": item_id,
+            }
+        )
+        live = await self._end_live()
+        await self._commit(item_id, self.buffer.take(start, end), live)
+
+    def _pause(self) -> int | None:
+        """semantic_vad: where the turn's silence began, once it has lasted PAUSE_MS (else None)."""
+        td, turns = self.config.turn_detection, self.turns
+        if td is None or not td.semantic or turns is None or turns.silent_since is None:
+            return None
+        since = turns.silent_since
+        return since if turns.position - since >= PAUSE_MS * SAMPLE_RATE // 1000 else None
+
+    def _semantic_end(self) -> bool:
+        """semantic_vad: whether the turn ends now, before its longest silence (module docstring)."""
+        td, turns = self.config.turn_detection, self.turns
+        since = self._pause()
+        if td is None or turns is None or since is None:
+            return False
+        if turns.position - since < td.silences_ms[0] * SAMPLE_RATE // 1000:
+            return False
+        live = self._live
+        if live is None or live.heard < since:  # the words of the pause: coming, or never
+            return not self._can_hear(live)
+        return live.words is None or bool(SENTENCE_END.search(live.words))
+
+    def _can_hear(self, live: LiveTurn | None) -> bool:
+        """Whether a decode of the turn's words so far can still come."""
+        if live is None or live.stopped:
+            return False
+        return (self.buffer.end - live.start) / SAMPLE_RATE <= LIVE_MAX_SECONDS
 
     async def _commit_manual(self) -> None:
         if self.turns is None:
@@ -534,11 +588,13 @@ class RealtimeSession:
             return
         end = self.buffer.end
         seconds = (end - live.start) / SAMPLE_RATE
-        if seconds < LIVE_FIRST_S or seconds > LIVE_MAX_SECONDS or end < live.due:
+        pause = self._pause()
+        words_due = pause is not None and live.heard < pause  # semantic_vad: the words of the pause
+        if seconds > LIVE_MAX_SECONDS or (not words_due and (seconds < LIVE_FIRST_S or end < live.due)):
             return
-        live.task = asyncio.create_task(self._live_step(live, self.buffer.peek(live.start, end)))
+        live.task = asyncio.create_task(self._live_step(live, self.buffer.peek(live.start, end), end))
 
-    async def _live_step(self, live: LiveTurn, pcm: np.ndarray) -> None:
+    async def _live_step(self, live: LiveTurn, pcm: np.ndarray, end: int) -> None:
         backend = self.service.models[live.model].backend
         started = time.monotonic()
         try:
@@ -559,6 +615,9 @@ class RealtimeSession:
             return
         wait = max(LIVE_INTERVAL_S, LIVE_BACKOFF * (time.monotonic() - started))
         live.due = self.buffer.end + int(wait * SAMPLE_RATE)
+        live.heard, live.words = end, out.whole
+        if pcm.size < LIVE_FIRST_S * SAMPLE_RATE:  # heard for semantic_vad; too early to fix text
+            return
         if len(out.fixed_ids) <= len(live.fixed_ids) or not out.text.startswith(live.text):
             return
         delta = out.text[len(live.text) :]

@@ -12,6 +12,10 @@ whose probability reaches `threshold`, and its audio begins
 `threshold - 0.15` (Silero's own hysteresis) for `silence_duration_ms`, and
 its audio ends there, the silence included (as OpenAI's `audio_end_ms`).
 Positions count samples at 16 kHz since the session's first append.
+
+Semantic VAD (`semantic_vad`) is this detector with the eagerness's longest
+silence, ended sooner by the session (`stop`) once the words of the turn end
+a sentence (session.py, `_semantic_end`).
 """
 
 from __future__ import annotations
@@ -84,6 +88,17 @@ class TurnDetector:
                     changes.append(SpeechStopped(self.position))
         self._pending = samples[n_frames * FRAME :].copy()
         return changes
+
+    @property
+    def silent_since(self) -> int | None:
+        """In a turn: where its current silence began (None while speech goes on)."""
+        return self._silent_since
+
+    def stop(self) -> SpeechStopped:
+        """Ends the turn in progress here, its silence so far included (as a long enough silence would)."""
+        self.in_speech = False
+        self._silent_since = None
+        return SpeechStopped(self.position)
 
     def reset_turn(self) -> None:
         """Forget the turn in progress (a manual commit or a clear); the model keeps its context."""
