@@ -73,6 +73,7 @@ class Harness:
             self.aligner_handle = FakeHandle(server, busy=busy)
             backend = HandleAlignerBackend(self.aligner_handle)
         missing = "Word timestamps need the forced aligner, which is not installed on this server."
+        self.served: dict[str, ServedModel] = served
         self.app: FastAPI = create_app(
             settings, served, unavailable, aligner=backend, aligner_missing=missing
         )
