@@ -209,7 +209,14 @@ def live_session(
         hide = "Object.defineProperty(BaseAudioContext.prototype, 'audioWorklet', {get: () => undefined})"
         page.driver.execute_script(hide)
         assert page.driver.execute_script("return new AudioContext().audioWorklet === undefined")
-    items = page.live(stop_when, confidence=confidence)
+    statuses: set[str] = set()
+
+    def watching(items: Items) -> bool:
+        statuses.add(page.text("live-status"))
+        return stop_when(items)
+
+    items = page.live(watching, confidence=confidence)
+    assert "Listening — speak. Turns: server VAD, 500 ms of silence." in statuses, statuses
     page.screenshot(tmp_path, f"microphone-{capture}-{speech_s:g}s{'-confidence' if confidence else ''}")
     assert len(seen) == len(items) == 1, items
     words = expected_words(seen[0].size / 16000)
@@ -241,6 +248,30 @@ def test_microphone_live_transcript(
     _, items = live_session(chromium, harness, base_url, tmp_path, 2.0, completed, capture, confidence)
     # the turn the server cut holds the 2 s of speech (plus padding): the fake hears 4-6 words
     assert 4 <= len(items[0][0].split()) <= 6, items
+
+
+def test_microphone_with_semantic_vad(
+    chromium: Callable[..., Any], harness: Harness, base_url: str, tmp_path: Path
+) -> None:
+    """Turns chosen to end with the sentence: the page asks for semantic VAD and says what the
+    server took; the fake model's answer ends a sentence, so the turn ends at its pause."""
+    from selenium.webdriver.support.ui import Select
+
+    harness.engines[MODEL].sentence_end = "."
+    seen = record_pcm(harness)
+    page = Page(chromium(microphone=microphone_wav(tmp_path / "mic.wav", 2.0)), base_url)
+    page.sign_in(TOKEN, MODEL)
+    Select(page.el("turns")).select_by_value("semantic_vad")
+    statuses: set[str] = set()
+
+    def completed(items: Items) -> bool:
+        statuses.add(page.text("live-status"))
+        return bool(items) and items[0][1] == "done"
+
+    items = page.live(completed)
+    assert "Listening — speak. Turns: semantic VAD, eagerness auto." in statuses, statuses
+    assert len(seen) == len(items) == 1
+    assert items[0] == (" ".join(expected_words(seen[0].size / 16000)) + ".", "done")
 
 
 def test_stop_during_speech_commits_the_turn(

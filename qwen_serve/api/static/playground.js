@@ -473,13 +473,20 @@ async function startLive() {
     const input = {
       format: { type: "audio/pcm", rate: 24000 },
       transcription: { model },
-      turn_detection: { type: "server_vad" },
+      turn_detection: { type: $("turns").value },
     };
     if ($("language").value) input.transcription.language = $("language").value;
     const update = { type: "transcription", audio: { input } };
     if ($("confidence").checked) update.include = ["item.input_audio_transcription.logprobs"];
     send(session, { type: "session.update", session: update });
   };
+}
+
+/** The session's turn detection as the server took it (session.updated). */
+function turnsText(td) {
+  if (!td) return "Turns: committed by the page.";
+  if (td.type === "semantic_vad") return `Turns: semantic VAD, eagerness ${td.eagerness}.`;
+  return `Turns: server VAD, ${td.silence_duration_ms} ms of silence.`;
 }
 
 function send(session, event) {
@@ -499,7 +506,7 @@ async function onServerEvent(session, event) {
           break;
         }
         session.capture = capture;
-        setLiveStatus("Listening — speak.");
+        setLiveStatus(`Listening — speak. ${turnsText(event.session?.audio?.input?.turn_detection)}`);
       } catch (e) {
         showError("live-error", `The audio capture failed: ${e.message}`);
         stopLive();
