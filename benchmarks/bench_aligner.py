@@ -26,16 +26,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_engine import test_audio
+from bench_engine import peak_rss_mb, test_audio
 from bench_serve import cpu_model
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bright", "stars", "shine", "above", "quiet", "hills", "and", "people", "talk", "about", "music", "weather", "travel", "plans", "friends", "dinner", "books", "science", "history"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "bright",
+    "stars",
+    "shine",
+    "above",
+    "quiet",
+    "hills",
+    "and",
+    "people",
+    "talk",
+    "about",
+    "music",
+    "weather",
+    "travel",
+    "plans",
+    "friends",
+    "dinner",
+    "books",
+    "science",
+    "history",
+]
 
 
 def transcript(seconds: float) -> str:
@@ -73,7 +103,7 @@ def run_side(args: argparse.Namespace) -> dict[str, float]:
             best = min(best, time.perf_counter() - t0)
         n_words = len(words)
         aligner.close()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()  # not ru_maxrss: it keeps the parent's RSS at fork time
     return {"align_ms": best * 1e3, "load_s": load, "rss_mb": rss, "words": n_words}
 
 
@@ -89,7 +119,9 @@ def serve_latency(args: argparse.Namespace) -> None:
 
     asr_dir, _ = checkpoint(argparse.Namespace(model_dir=None, quick=False, cache_dir=args.cache_dir))
     serve_args = argparse.Namespace(idle_timeout=600.0, max_new_tokens=32)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; serve run, full-size random 0.6B + aligner, 32 new tokens")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; serve run, full-size random 0.6B + aligner, 32 new tokens"
+    )
     print("| audio | json p50 | verbose_json + words p50 | words add |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-aligner-serve-") as tmp:
         server = Server(serve_args, asr_dir, Path(tmp), {})
