@@ -124,24 +124,21 @@ export function showConfidence(element, text, logprobs) {
   for (const piece of tokenPieces(logprobs)) {
     const word = piece.text.trim(); // shaded without the spaces around it
     if (!word) continue; // whitespace: nothing to shade
-    for (const candidate of new Set([piece.text, piece.text.trimStart(), word])) {
-      const found = text.indexOf(candidate, at);
-      if (found < 0 || text.slice(at, found).trim()) continue; // only whitespace may come between
-      const start = found + candidate.indexOf(word);
-      if (start > at) nodes.push(text.slice(at, start));
-      const p = Math.exp(piece.logprob);
-      const span = document.createElement("span");
-      span.textContent = word;
-      span.title = `p = ${p.toFixed(3)}`;
-      span.dataset.logprob = String(piece.logprob);
-      span.className = p < UNSURE ? "token unsure" : "token";
-      span.style.setProperty("--doubt", (1 - p).toFixed(3));
-      nodes.push(span);
-      at = start + word.length;
-      shown += 1;
-      if (p < UNSURE) unsure += 1;
-      break;
-    }
+    let start = at; // only whitespace may come between the last piece and this one
+    while (start < text.length && /\s/.test(text[start])) start += 1;
+    if (!text.startsWith(word, start)) continue; // not in the text here: left out
+    if (start > at) nodes.push(text.slice(at, start));
+    const p = Math.exp(piece.logprob);
+    const span = document.createElement("span");
+    span.textContent = word;
+    span.title = `p = ${p.toFixed(3)}`;
+    span.dataset.logprob = String(piece.logprob);
+    span.className = p < UNSURE ? "token unsure" : "token";
+    span.style.setProperty("--doubt", (1 - p).toFixed(3));
+    nodes.push(span);
+    at = start + word.length;
+    shown += 1;
+    if (p < UNSURE) unsure += 1;
   }
   if (at < text.length) nodes.push(text.slice(at));
   element.replaceChildren(...nodes);
