@@ -297,6 +297,13 @@ async def test_beta_transcription_session_update(harness: Harness, base_url: str
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["input_audio_format"] == "g711_ulaw"
         assert updated["session"]["input_audio_transcription"]["model"] == MODEL_B
+        semantic = {"type": "semantic_vad", "eagerness": "low"}  # the beta shape takes it too
+        await conn.send({"type": "transcription_session.update", "session": {"turn_detection": semantic}})
+        updated = json.loads(await asyncio.wait_for(conn.recv_bytes(), RECV_TIMEOUT_S))
+        assert updated["session"]["turn_detection"] == semantic
+        await conn.send({"type": "transcription_session.update", "session": {"turn_detection": None}})
+        updated = json.loads(await asyncio.wait_for(conn.recv_bytes(), RECV_TIMEOUT_S))
+        assert updated["session"]["turn_detection"] is None
         await append(conn, g711(clip, ULAW), chunk=800)
         await conn.input_audio_buffer.commit()
         _, _, done = await transcribed(conn)
