@@ -13,7 +13,8 @@ speech_started and speech_stopped alternate, and a stopped turn is
 committed; refusals are `error` events
 with a code. The fake model sometimes fails (failed items, live decoding
 stopped) and sometimes ends its answers with a full stop (semantic VAD's
-early end).
+early end). `QWEN_TEST_REALTIME_SEEDS=150` runs more seeds than the suite's 16
+(150 passed, 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
 from typing import Any
 
@@ -36,7 +38,7 @@ from .conftest import MODEL, MODEL_B, Harness, make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
-SEEDS = 16
+SEEDS = int(os.environ.get("QWEN_TEST_REALTIME_SEEDS", "16"))
 DELTA = "conversation.item.input_audio_transcription.delta"
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 FAILED = "conversation.item.input_audio_transcription.failed"
