@@ -53,24 +53,24 @@ def test_upload_through_serve(chromium: Callable[..., Any], service: Service, tm
     assert page.text("transcript") == expected
     shaded = page.shaded("#transcript")
     assert shaded
-    tokens, j = engine_logprobs(service, path), 0
+    tokens, at = engine_logprobs(service, path), 0
     for text, logprob, title, unsure in shaded:
         assert title == f"p = {math.exp(logprob):.3f}" and unsure == (math.exp(logprob) < 0.5)
-        while not (run := spelling(tokens[j : j + 4], text)):
-            j += 1  # IndexError: a span that no run of tokens spells
-        j += len(run)
+        run, at = next_run(tokens, at, text)
         assert logprob == pytest.approx(sum(t["logprob"] for t in run), abs=1e-12)
 
 
-def spelling(tokens: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """The shortest run at the start of `tokens` whose bytes are `text` (spaces around it aside)."""
-    for n in range(1, len(tokens) + 1):
-        data = b"".join(bytes(t["bytes"]) for t in tokens[:n])
-        if data.decode(errors="replace").strip() == text:
-            return tokens[:n]
-    if not tokens:
-        raise IndexError(f"no run of tokens spells {text!r}")
-    return []
+def next_run(tokens: list[dict[str, Any]], start: int, text: str) -> tuple[list[dict[str, Any]], int]:
+    """The first run of 1-4 tokens from `start` on whose bytes spell `text` (spaces around it
+    aside), and the index after it."""
+    for i in range(start, len(tokens)):
+        for n in range(1, 5):
+            if (
+                b"".join(bytes(t["bytes"]) for t in tokens[i : i + n]).decode(errors="replace").strip()
+                == text
+            ):
+                return tokens[i : i + n], i + n
+    raise AssertionError(f"no run of tokens from {start} on spells {text!r}")
 
 
 def engine_logprobs(service: Service, path: Path) -> list[dict[str, Any]]:
