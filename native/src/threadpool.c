@@ -17,6 +17,10 @@
  * a new job's function and size, the index reads CLOSED (no claim succeeds).
  * The few atomics a job publishes are sequentially consistent: a worker that
  * read the new job's fields cannot then claim under the old generation.
+ *
+ * Waking the sleepers never waits long for the mutex (wake_sleepers): a
+ * worker holding it, on its way into or out of its wait, may be off its core,
+ * and no job needs a worker.
  */
 #include "threadpool.h"
 
@@ -35,6 +39,7 @@
 
 #define SPIN_ITERS 2048 /* ~20-60 us: long spins starve other replicas' threads on a busy machine */
 #define CLOSED 0xffffffffu /* task index while a job is being published */
+#define WAKE_TRIES 64      /* tries for the mutex before a job goes without its sleepers */
 
 struct qw_pool {
     int n_threads; /* including the caller */
@@ -122,6 +127,24 @@ void qw_pool_free(qw_pool *p) {
     free(p);
 }
 
+/* Wakes the sleeping workers for a new job. The mutex is held only by a worker between deciding to
+ * sleep and waiting (or waking and leaving), but that worker may be off its core for a time slice
+ * (or, in test_pool, held in a signal handler): rather than wait for it, the job goes without the
+ * sleepers after WAKE_TRIES tries (the caller runs what nobody claims; a worker that misses a wake
+ * sleeps until the next job's). A worker that took the mutex before this job was published looks
+ * at the generation again under it, so it does not sleep through the job unless it had already
+ * looked. */
+static void wake_sleepers(qw_pool *p) {
+    for (int tries = 0; tries < WAKE_TRIES; tries++) {
+        if (pthread_mutex_trylock(&p->mu) == 0) {
+            pthread_cond_broadcast(&p->wake);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        cpu_relax();
+    }
+}
+
 void qw_pool_run(qw_pool *p, int n_tasks, qw_task_fn fn, void *arg) {
     if (n_tasks <= 0) return;
     if (p->n_threads == 1 || n_tasks == 1) {
@@ -135,11 +158,7 @@ void qw_pool_run(qw_pool *p, int n_tasks, qw_task_fn fn, void *arg) {
     atomic_store(&p->n_tasks, n_tasks);
     atomic_store(&p->done, 0);
     atomic_store(&p->next, (uint64_t)gen << 32);
-    if (atomic_load(&p->sleepers) > 0) {
-        pthread_mutex_lock(&p->mu);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->mu);
-    }
+    if (atomic_load(&p->sleepers) > 0) wake_sleepers(p);
     work(p, gen, fn, arg, n_tasks);
     int spins = 0;
     while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
