@@ -475,14 +475,13 @@ class RealtimeSession:
             return False
         live = self._live
         if live is None or live.heard < since:  # the words of the pause: coming, or never
-            return not self._can_hear(live)
+            return live is None or not self._can_decode(live)
         return live.words is None or bool(SENTENCE_END.search(live.words))
 
-    def _can_hear(self, live: LiveTurn | None) -> bool:
-        """Whether a decode of the turn's words so far can still come."""
-        if live is None or live.stopped:
-            return False
-        return (self.buffer.end - live.start) / SAMPLE_RATE <= LIVE_MAX_SECONDS
+    def _can_decode(self, live: LiveTurn) -> bool:
+        """Whether the live turn may still be decoded (its decoding has not stopped, and it is within
+        the seconds in which text is fixed)."""
+        return not live.stopped and (self.buffer.end - live.start) / SAMPLE_RATE <= LIVE_MAX_SECONDS
 
     async def _commit_manual(self) -> None:
         if self.turns is None:
@@ -584,13 +583,12 @@ class RealtimeSession:
     def _decode_live(self) -> None:
         """Starts the next decode of the live turn if it is due."""
         live = self._live
-        if live is None or live.stopped or (live.task is not None and not live.task.done()):
+        if live is None or not self._can_decode(live) or (live.task is not None and not live.task.done()):
             return
         end = self.buffer.end
-        seconds = (end - live.start) / SAMPLE_RATE
         pause = self._pause()
         words_due = pause is not None and live.heard < pause  # semantic_vad: the words of the pause
-        if seconds > LIVE_MAX_SECONDS or (not words_due and (seconds < LIVE_FIRST_S or end < live.due)):
+        if not words_due and ((end - live.start) / SAMPLE_RATE < LIVE_FIRST_S or end < live.due):
             return
         live.task = asyncio.create_task(self._live_step(live, self.buffer.peek(live.start, end), end))
 
