@@ -438,10 +438,14 @@ void qw_add_layernorm_rows(qwen_context *ctx, float *x, const float *h, float *o
  * `group` heads that share the keys and values (grouped-query attention),
  * head h's queries and outputs at + h * hd in their rows, and reads the
  * keys and values once for all of them; each head's result is its own.
- * amx (ctx->amx: precision FAST on a CPU with AMX) and a bf16 or QW_KV8
- * cache with ldkv == hd (the decoder's): the GEMM way's two products on bf16
- * tiles (amx.h: q and the probabilities rounded to bf16, f32 sums), the keys
- * and values packed from the cache (int8 rows widened and rounded first). */
+ * amx (ctx->amx: precision FAST on a CPU with AMX), or the BF16 set as k
+ * (FAST on a CPU with AVX512_BF16), and a bf16 or QW_KV8 cache with
+ * ldkv == hd (the decoder's): the GEMM way's two products on bf16 tiles
+ * (amx.h) or bf16 dot products (kernels.h qw_bf16p_*), q and the
+ * probabilities rounded to bf16, f32 sums, the keys and values packed from
+ * the cache (int8 rows widened and rounded first). The rows way takes
+ * QW_KV8 rows through the table's kv8_dot_rows / kv8_axpy_rows where it has
+ * them (widened in registers: the same bits). */
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0);
 

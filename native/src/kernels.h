@@ -67,6 +67,12 @@ typedef struct {
      * Bitwise n_rows calls of this table's axpy(y, alpha[r], rows + r * ld, n) in order of r, with
      * y held in registers across the rows (blocks of n): an attention query's P V. */
     void (*axpy_rows)(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n);
+    /* dot_rows and axpy_rows over QW_KV8 rows of n values (n a multiple of QW_KV8_BLOCK, row r at
+     * rows + r * qw_kv8_row_bytes(n)), widened in registers: bitwise dot_rows / axpy_rows over the
+     * rows' to_f32 widening, without writing it (a decode step's attention over FAST's cache).
+     * NULL in a table without them: the caller widens through to_f32. */
+    void (*kv8_dot_rows)(float *out, const float *q, const void *rows, int n_rows, int n);
+    void (*kv8_axpy_rows)(float *y, const float *alpha, const void *rows, int n_rows, int n);
     /* dst[i] = (float)src[i] for a row of weights (embedding lookup), or of a QW_KV8 cache row. */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */
@@ -129,6 +135,9 @@ typedef struct {
  * with AVX512_BF16. */
 size_t qw_bf16p_size(int N, int K);
 void qw_bf16p_pack(void *P, const uint16_t *W, int N, int K, int p0, int p1);
+/* qw_bf16p_pack(P, W, N, K, 0, all) of W = V^T, V [K][N] bf16 rows (an attention's values: K keys,
+ * N = head size), the same bytes without the transposed copy. */
+void qw_bf16p_pack_t(void *P, const uint16_t *V, int K, int N);
 void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, const float *bias, int M, int K,
                      int n0, int n1);
 /* A's rows rounded to bf16 once for the products below: Ab[m, k] = bf16(A[m, k]) for k < K, zeros

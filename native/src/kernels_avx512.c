@@ -202,30 +202,44 @@ QW_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, w));
 }
 
-/* out[r] = dot_avx512(q, rows + r * ld, n) for R (1..4) rows side by side:
- * each row its own four chains, fed as dot_avx512 feeds them (4R + 1
- * registers), then one hsum4. */
-QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+/* Lanes i .. i + 15 of a row: f32 (x + i), or a QW_KV8 row of n values widened in registers as
+ * to_f32 widens it (sign-extended, converted, times the block's scale), i a multiple of 16. */
+QW_INLINE __m512 row16(const void *x, int kv8, int n, int i) {
+    if (!kv8) return _mm512_loadu_ps((const float *)x + i);
+    const __m128i b = _mm_loadu_si128((const __m128i *)((const int8_t *)x + i));
+#ifdef QW_TEST_EMULATE_AVX512 /* SIMDe has no one-step int8 -> int32 */
+    const __m512i w = _mm512_cvtepi16_epi32(_mm256_cvtepi8_epi16(b));
+#else
+    const __m512i w = _mm512_cvtepi8_epi32(b);
+#endif
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(qw_kv8_scale(x, n, i)));
+}
+
+/* out[r] = dot_avx512(q, row r, n) for R (1..4) rows side by side, row r at rows + r * ldb bytes,
+ * f32 or (kv8) QW_KV8 rows widened in registers: each row its own four chains, fed as dot_avx512
+ * feeds them (4R + 1 registers), then one hsum4. A QW_KV8 row's n is a multiple of 32 (no tail). */
+QW_INLINE void dot_tile(int R, int kv8, float *out, const float *q, const char *rows, size_t ldb, int n) {
     __m512 s[4][4];
-    const float *x[4];
+    const char *x[4];
     for (int r = 0; r < R; r++) {
-        x[r] = rows + (size_t)r * ld;
+        x[r] = rows + (size_t)r * ldb;
         for (int j = 0; j < 4; j++) s[r][j] = _mm512_setzero_ps();
     }
     int i = 0;
     for (; i + 64 <= n; i += 64)
         for (int j = 0; j < 4; j++) {
             const __m512 qv = _mm512_loadu_ps(q + i + 16 * j);
-            for (int r = 0; r < R; r++) s[r][j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x[r] + i + 16 * j), s[r][j]);
+            for (int r = 0; r < R; r++) s[r][j] = _mm512_fmadd_ps(qv, row16(x[r], kv8, n, i + 16 * j), s[r][j]);
         }
     for (; i + 16 <= n; i += 16) {
         const __m512 qv = _mm512_loadu_ps(q + i);
-        for (int r = 0; r < R; r++) s[r][0] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(x[r] + i), s[r][0]);
+        for (int r = 0; r < R; r++) s[r][0] = _mm512_fmadd_ps(qv, row16(x[r], kv8, n, i), s[r][0]);
     }
     if (i < n) {
         const __mmask16 m = lanes(n - i);
         const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-        for (int r = 0; r < R; r++) s[r][1] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, x[r] + i), s[r][1]);
+        for (int r = 0; r < R; r++)
+            s[r][1] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, (const float *)(const void *)x[r] + i), s[r][1]);
     }
     __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int r = 0; r < R; r++) c[r] = _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][1]), _mm512_add_ps(s[r][2], s[r][3]));
@@ -234,54 +248,74 @@ QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, in
     for (int r = 0; r < R; r++) out[r] = t[r];
 }
 
-/* out[r] = dot_avx512(q, rows + r * ld, n), bitwise, four rows at a time. */
-static void dot_rows_avx512(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+/* dot_tile over n_rows rows, four at a time. */
+QW_INLINE void dot_rows_any(int kv8, float *out, const float *q, const char *rows, size_t ldb, int n_rows, int n) {
     int r = 0;
-    for (; r + 4 <= n_rows; r += 4) dot_tile(4, out + r, q, rows + (size_t)r * ld, ld, n);
+    for (; r + 4 <= n_rows; r += 4) dot_tile(4, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n);
     switch (n_rows - r) {
-    case 3: dot_tile(3, out + r, q, rows + (size_t)r * ld, ld, n); break;
-    case 2: dot_tile(2, out + r, q, rows + (size_t)r * ld, ld, n); break;
-    case 1: dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    case 3: dot_tile(3, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n); break;
+    case 2: dot_tile(2, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n); break;
+    case 1: dot_tile(1, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n); break;
     default: break;
     }
 }
 
-/* y[0 : 16V + t) += alpha[r] * rows[r][0 : 16V + t) for every row r in
- * order, the V vectors (and a masked one of t < 16 lanes) of y in registers
- * throughout; per lane the FMA axpy_avx512 does, in the same order. */
-QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows, int t) {
+/* out[r] = dot_avx512(q, rows + r * ld, n), bitwise, four rows at a time. */
+static void dot_rows_avx512(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening. */
+static void kv8_dot_rows_avx512(float *out, const float *q, const void *rows, int n_rows, int n) {
+    dot_rows_any(1, out, q, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+}
+
+/* y[0 : 16V + t) += alpha[r] * rows[r][i0 : i0 + 16V + t) for every row r in order (row r at
+ * rows + r * ldb bytes: f32, or a QW_KV8 row of n values widened in registers, t = 0), the V
+ * vectors (and a masked one of t < 16 lanes) of y in registers throughout; per lane the FMA
+ * axpy_avx512 does, in the same order. */
+QW_INLINE void axpy_block(int V, int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows,
+                          int n, int i0, int t) {
     __m512 v[8], vt = _mm512_setzero_ps();
     const __mmask16 m = lanes(t);
     for (int j = 0; j < V; j++) v[j] = _mm512_loadu_ps(y + 16 * j);
     if (t) vt = _mm512_maskz_loadu_ps(m, y + 16 * V);
     for (int r = 0; r < n_rows; r++) {
         const __m512 a = _mm512_set1_ps(alpha[r]);
-        const float *x = rows + (size_t)r * ld;
-        for (int j = 0; j < V; j++) v[j] = _mm512_fmadd_ps(a, _mm512_loadu_ps(x + 16 * j), v[j]);
-        if (t) vt = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + 16 * V), vt);
+        const char *x = rows + (size_t)r * ldb;
+        for (int j = 0; j < V; j++) v[j] = _mm512_fmadd_ps(a, row16(x, kv8, n, i0 + 16 * j), v[j]);
+        if (t) vt = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, (const float *)(const void *)x + i0 + 16 * V), vt);
     }
     for (int j = 0; j < V; j++) _mm512_storeu_ps(y + 16 * j, v[j]);
     if (t) _mm512_mask_storeu_ps(y + 16 * V, m, vt);
 }
 
-/* axpy_avx512(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks
- * of 128 columns (8 registers: a head of 128 in one pass over the rows), then
- * the rest in one block. */
-static void axpy_rows_avx512(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+/* axpy_avx512(y, alpha[r], row r, n) for r in order, bitwise: blocks of 128 columns (8 registers:
+ * a head of 128 in one pass over the rows), then the rest in one block. */
+QW_INLINE void axpy_rows_any(int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows, int n) {
     if (n_rows <= 0) return;
     int i = 0;
-    for (; i + 128 <= n; i += 128) axpy_block(8, y + i, alpha, rows + i, ld, n_rows, 0);
+    for (; i + 128 <= n; i += 128) axpy_block(8, kv8, y + i, alpha, rows, ldb, n_rows, n, i, 0);
     const int t = (n - i) & 15;
     switch ((n - i) >> 4) {
-    case 0: if (t) axpy_block(0, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 1: axpy_block(1, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 2: axpy_block(2, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 3: axpy_block(3, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 4: axpy_block(4, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 5: axpy_block(5, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 6: axpy_block(6, y + i, alpha, rows + i, ld, n_rows, t); break;
-    default: axpy_block(7, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 0: if (t) axpy_block(0, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 1: axpy_block(1, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 2: axpy_block(2, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 3: axpy_block(3, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 4: axpy_block(4, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 5: axpy_block(5, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 6: axpy_block(6, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    default: axpy_block(7, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
     }
+}
+
+static void axpy_rows_avx512(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    axpy_rows_any(0, y, alpha, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening. */
+static void kv8_axpy_rows_avx512(float *y, const float *alpha, const void *rows, int n_rows, int n) {
+    axpy_rows_any(1, y, alpha, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
@@ -502,6 +536,8 @@ const qw_kernels qw_kernels_avx512 = {
     .axpy = axpy_avx512,
     .dot_rows = dot_rows_avx512,
     .axpy_rows = axpy_rows_avx512,
+    .kv8_dot_rows = kv8_dot_rows_avx512,
+    .kv8_axpy_rows = kv8_axpy_rows_avx512,
     .to_f32 = to_f32_avx512,
     .gelu = gelu_avx512,
     .softmax = softmax_avx512,

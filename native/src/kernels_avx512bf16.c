@@ -180,6 +180,32 @@ void qw_bf16p_matmul(float *C, int ldc, const float *A, int lda, const void *P, 
     if (M > 0 && K > 0 && n1 > n0) bf_matmul(C, ldc, A, lda, NULL, (const uint32_t *)P, bias, M, K, n0, n1);
 }
 
+/* qw_bf16p_pack of W = V^T for V [K][N] bf16 (an attention's values, K = T keys, N = hd): word
+ * (q, j) of panel p is (V[2q][32p + j], V[2q + 1][32p + j]), zero past N and K. A whole panel's
+ * word row is two rows of V side by side, widened to 32-bit lanes and interleaved. */
+void qw_bf16p_pack_t(void *P, const uint16_t *V, int K, int N) {
+    const int kq = (K + 1) / 2;
+    const size_t panel = (size_t)kq * 32;
+    for (int n = 0; n < N; n += 32) {
+        uint32_t *pp = (uint32_t *)P + (size_t)(n / 32) * panel;
+        for (int q = 0; q < kq; q++) {
+            const uint16_t *a = V + (size_t)2 * q * N + n, *b = 2 * q + 1 < K ? a + N : NULL;
+            uint32_t *w = pp + (size_t)q * 32;
+            if (N - n >= 32) {
+                for (int h = 0; h < 32; h += 16) {
+                    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(a + h)));
+                    const __m512i hi = b ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(b + h)))
+                                         : _mm512_setzero_si512();
+                    _mm512_storeu_si512((void *)(w + h), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                }
+            } else {
+                for (int j = 0; j < 32; j++)
+                    w[j] = n + j < N ? (uint32_t)a[j] | (uint32_t)(b ? b[j] : 0) << 16 : 0;
+            }
+        }
+    }
+}
+
 /* ==== Products on A rounded once (qw_bf16p_round_rows) ====
  *
  * bf_matmul rounds its block of A for every slice of columns: with 2 threads a product's A was
@@ -360,6 +386,12 @@ static void axpy_bf16set(float *y, float alpha, const float *x, int n) { qw_kern
 static void dot_rows_bf16set(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
     qw_kernels_avx512.dot_rows(out, q, rows, ld, n_rows, n);
 }
+static void kv8_dot_rows_bf16set(float *out, const float *q, const void *rows, int n_rows, int n) {
+    qw_kernels_avx512.kv8_dot_rows(out, q, rows, n_rows, n);
+}
+static void kv8_axpy_rows_bf16set(float *y, const float *alpha, const void *rows, int n_rows, int n) {
+    qw_kernels_avx512.kv8_axpy_rows(y, alpha, rows, n_rows, n);
+}
 static void axpy_rows_bf16set(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
     qw_kernels_avx512.axpy_rows(y, alpha, rows, ld, n_rows, n);
 }
@@ -408,6 +440,8 @@ const qw_kernels qw_kernels_avx512bf16 = {
     .axpy = axpy_bf16set,
     .dot_rows = dot_rows_bf16set,
     .axpy_rows = axpy_rows_bf16set,
+    .kv8_dot_rows = kv8_dot_rows_bf16set,
+    .kv8_axpy_rows = kv8_axpy_rows_bf16set,
     .to_f32 = to_f32_bf16set,
     .gelu = gelu_bf16set,
     .softmax = softmax_bf16set,

@@ -461,6 +461,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     enum { ATT_STACK = 4096, WIDE = 4096 }; /* scores and widened rows on the stack: 16 KiB each */
     const float scale = 1.0f / sqrtf((float)hd);
     const int blk = dt != QW_F32 ? WIDE / hd : T; /* keys at a time (hd <= 4096: qw_attention) */
+    const int fused = dt == QW_KV8 && k->kv8_dot_rows; /* QW_KV8 rows widened in registers, not in wide */
     float stack[ATT_STACK], wide[WIDE], *heap = NULL;
     size_t heap_len = 0;
     int ld;
@@ -483,15 +484,24 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
                 attention_online(k, o + (size_t)h * hd, qr + (size_t)h * hd, keys, vals, dt, ldkv, len, hd, wide);
             continue;
         }
-        for (int s0 = 0; s0 < len; s0 += blk) {
-            const int n = len - s0 < blk ? len - s0 : blk;
-            const float *rows = kv_rows(k, keys, dt, ldkv, s0, n, hd, wide, &ld);
-            for (int h = 0; h < group; h++) k->dot_rows(p + (size_t)h * len + s0, qr + (size_t)h * hd, rows, ld, n, hd);
+        if (fused) {
+            for (int h = 0; h < group; h++) k->kv8_dot_rows(p + (size_t)h * len, qr + (size_t)h * hd, keys, len, hd);
+        } else {
+            for (int s0 = 0; s0 < len; s0 += blk) {
+                const int n = len - s0 < blk ? len - s0 : blk;
+                const float *rows = kv_rows(k, keys, dt, ldkv, s0, n, hd, wide, &ld);
+                for (int h = 0; h < group; h++)
+                    k->dot_rows(p + (size_t)h * len + s0, qr + (size_t)h * hd, rows, ld, n, hd);
+            }
         }
         for (int h = 0; h < group; h++) {
             float *ph = p + (size_t)h * len;
             for (int s = 0; s < len; s++) ph[s] *= scale;
             k->softmax(ph, len);
+        }
+        if (fused) {
+            for (int h = 0; h < group; h++) k->kv8_axpy_rows(o + (size_t)h * hd, p + (size_t)h * len, vals, len, hd);
+            continue;
         }
         for (int s0 = 0; s0 < len; s0 += blk) {
             const int n = len - s0 < blk ? len - s0 : blk;
@@ -502,21 +512,71 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     free(heap);
 }
 
+/* ==== The attention's bf16 products: AMX tiles, or the BF16 set's panels (kernels.h qw_bf16p_*) ==== */
+
+/* Precision FAST's attention on bf16 dot products without AMX: the BF16 set, on CPUs with AVX512_BF16. */
+static int bf16_dots(const qw_kernels *k) {
+#ifdef QW_X86
+    return k == &qw_kernels_avx512bf16;
+#else
+    (void)k;
+    return 0;
+#endif
+}
+
+/* Bytes of W [N][K] bf16 packed for the products, rounded up to 64. */
+static size_t bf16_packed_size(int amx, int N, int K) {
+    size_t n = 0;
+    if (amx) n = qw_amx_packed_size(N, K);
+#ifdef QW_X86
+    else n = qw_bf16p_size(N, K);
+#endif
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Keys and values, [T][hd] bf16 each, packed: the keys as W = K (N = T, K = hd), the values as
+ * W = V^T (N = hd, K = T). */
+static void bf16_pack(int amx, void *Kp, void *Vp, const uint16_t *keys, const uint16_t *vals, int T, int hd) {
+    if (amx) {
+        qw_amx_pack_keys(Kp, keys, T, hd);
+        qw_amx_pack_values(Vp, vals, T, hd);
+        return;
+    }
+#ifdef QW_X86
+    qw_bf16p_pack(Kp, keys, T, hd, 0, (T + 31) / 32);
+    qw_bf16p_pack_t(Vp, vals, T, hd);
+#endif
+}
+
+/* C [M][N] (row stride ldc) = bf16(A) [M][K] (row stride lda, rounded once into Ab) times the packed W. */
+static void bf16_product(int amx, float *C, int ldc, uint16_t *Ab, const float *A, int lda, const void *W, int M,
+                         int N, int K) {
+    if (amx) {
+        qw_amx_round_rows(Ab, A, lda, M, K);
+        qw_amx_matmul_rounded(C, ldc, Ab, W, NULL, M, N, K, 0, N);
+        return;
+    }
+#ifdef QW_X86
+    qw_bf16p_round_rows(Ab, A, lda, M, K);
+    qw_bf16p_matmul_rounded(C, ldc, Ab, W, NULL, M, K, 0, N);
+#endif
+}
+
 void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float *q, int ldq, int m, int group,
                   const void *keys, const void *vals, qw_dtype kv_dt, int ldkv, int T, int hd, int causal0) {
     if (m <= 0 || T <= 0 || group <= 0) return;
     const int bf16 = kv_dt == QW_BF16, kv8 = kv_dt == QW_KV8;
-    /* the tiles take a bf16 cache as it is (keys [T][hd], values transposed), an int8 one widened and
-     * rounded to bf16 first (kb, vb) */
+    /* bf16 products (AMX tiles, else the BF16 set's dot products) take a bf16 cache as it is (keys
+     * [T][hd], values transposed), an int8 one widened and rounded to bf16 first */
     amx = amx && (bf16 || kv8) && ldkv == hd;
-    /* f32: K (T x hd), V^T (hd x T) and S (m x T); AMX: S, then K and V^T packed into tiles, 64-byte
-     * aligned, for QW_KV8 the bf16 keys and values, and a head's rounded queries and probabilities */
-    const size_t s_at = amx ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
-    const size_t pk = amx ? qw_amx_packed_size(T, hd) : 0, pv = amx ? qw_amx_packed_size(hd, T) : 0;
-    const size_t pb = amx && kv8 ? ((size_t)T * hd * 2 * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
-    /* AMX: a head's queries and its probabilities rounded to bf16 once, as the tiles take them */
+    const int tiles = amx || (bf16_dots(k) && (bf16 || kv8) && ldkv == hd);
+    /* f32: K (T x hd), V^T (hd x T) and S (m x T); bf16: S, then K and V^T packed, 64-byte aligned,
+     * for QW_KV8 the bf16 keys and values, and a head's rounded queries and probabilities */
+    const size_t s_at = tiles ? 0 : (size_t)2 * T * hd, s_end = ((s_at + (size_t)m * T) * sizeof(float) + 63) & ~(size_t)63;
+    const size_t pk = tiles ? bf16_packed_size(amx, T, hd) : 0, pv = tiles ? bf16_packed_size(amx, hd, T) : 0;
+    const size_t pb = tiles && kv8 ? ((size_t)T * hd * 2 * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     const size_t qs = rounded_kp(hd), ps = rounded_kp(T);
-    const size_t rb16 = amx ? ((size_t)m * (qs + ps) * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
+    const size_t rb16 = tiles ? ((size_t)m * (qs + ps) * sizeof(uint16_t) + 63) & ~(size_t)63 : 0;
     float *Kc = m < ATT_GEMM_MIN ? NULL : aligned_alloc(64, s_end + pk + pv + pb + rb16);
     if (!Kc) {
         attention_rows(k, out, ldo, q, ldq, m, group, keys, vals, kv_dt, ldkv, T, hd, causal0);
@@ -524,15 +584,13 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
     }
     float *Vt = Kc + (size_t)T * hd, *S = Kc + s_at; /* [T][hd], [hd][T], [m][T] */
     void *Kp = (char *)Kc + s_end, *Vp = (char *)Kp + pk;
-    if (amx && kv8) {
+    if (tiles && kv8) {
         uint16_t *kb = (uint16_t *)(void *)((char *)Vp + pv), *vb = kb + (size_t)T * hd; /* [T][hd] each */
-        qw_amx_kv8_bf16(kb, keys, T, hd);
+        qw_amx_kv8_bf16(kb, keys, T, hd); /* AVX-512 (amx.h), where either kind of bf16 product runs */
         qw_amx_kv8_bf16(vb, vals, T, hd);
-        qw_amx_pack_keys(Kp, kb, T, hd);
-        qw_amx_pack_values(Vp, vb, T, hd);
-    } else if (amx) {
-        qw_amx_pack_keys(Kp, (const uint16_t *)keys, T, hd);
-        qw_amx_pack_values(Vp, (const uint16_t *)vals, T, hd);
+        bf16_pack(amx, Kp, Vp, kb, vb, T, hd);
+    } else if (tiles) {
+        bf16_pack(amx, Kp, Vp, keys, vals, T, hd);
     } else {
         const size_t rb = kv_stride(kv_dt, ldkv, hd);
         for (int s = 0; s < T; s++) {
@@ -553,14 +611,12 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
         }
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    uint16_t *Qb = amx ? (uint16_t *)(void *)((char *)Vp + pv + pb) : NULL, *Pb = Qb ? Qb + (size_t)m * qs : NULL;
+    uint16_t *Qb = tiles ? (uint16_t *)(void *)((char *)Vp + pv + pb) : NULL, *Pb = Qb ? Qb + (size_t)m * qs : NULL;
     for (int h = 0; h < group; h++) {
-        if (amx) { /* S = Q K^T */
-            qw_amx_round_rows(Qb, q + (size_t)h * hd, ldq, m, hd);
-            qw_amx_matmul_rounded(S, T, Qb, Kp, NULL, m, T, hd, 0, T);
-        } else {
+        if (tiles) /* S = Q K^T */
+            bf16_product(amx, S, T, Qb, q + (size_t)h * hd, ldq, Kp, m, T, hd);
+        else
             k->matmul(S, T, q + (size_t)h * hd, ldq, Kc, QW_F32, NULL, m, hd, 0, T);
-        }
         for (int r = 0; r < m; r++) {
             float *row = S + (size_t)r * T;
             const int len = attention_len(causal0, r, T);
@@ -570,10 +626,9 @@ void qw_attention(const qw_kernels *k, int amx, float *out, int ldo, const float
             k->softmax(row, len);
             for (int s = len; s < T; s++) row[s] = 0.0f; /* keys after the query's position */
         }
-        if (amx) { /* O = P V */
-            qw_amx_round_rows(Pb, S, T, m, T);
-            qw_amx_matmul_rounded(out + (size_t)h * hd, ldo, Pb, Vp, NULL, m, hd, T, 0, hd);
-        } else
+        if (tiles) /* O = P V */
+            bf16_product(amx, out + (size_t)h * hd, ldo, Pb, S, T, Vp, m, hd, T);
+        else
             k->matmul(out + (size_t)h * hd, ldo, S, T, Vt, QW_F32, NULL, m, T, 0, hd);
     }
     free(Kc);

@@ -15,11 +15,13 @@
  *   close    and it is within 1e-4 (relative to 1 + |ref|) of the same
  *            attention in double precision over the widened cache.
  *
- * Where the CPU has AMX, the same cases with the GEMM way on bf16 tiles
- * (precision FAST's attention, which takes a bf16 cache with row stride hd):
+ * The AVX-512 BF16 set (precision FAST on CPUs with AVX512_BF16) takes the
+ * GEMM way on bf16 dot products for a bf16 or int8 cache with row stride hd
+ * (the decoder's): its cases use that layout, and there, as on AMX below,
  * group as above, close within 1e-2 (q and the probabilities are rounded to
  * bf16); the f32 copy takes the f32 way, so "bitwise" holds for the rows
- * path only.
+ * path only. Where the CPU has AMX, the same cases with the GEMM way on bf16
+ * tiles.
  *
  * Buffers are allocated to the exact size the kernel may touch, so
  * AddressSanitizer sees any read past them. Exit status is non-zero on any
@@ -57,13 +59,16 @@ static void reference(double *o, const float *q, const float *keys, const float 
     free(p);
 }
 
-static double worst; /* the largest |o - ref| / (1 + |ref|) of the AMX cases */
+static double worst[2]; /* the largest |o - ref| / (1 + |ref|) of the cases on bf16 dot products, on AMX */
 
 /* kv8: the cache in QW_KV8 rows (FAST's, hd a multiple of 32; rows of qw_kv8_row_bytes(hd)) instead of
  * bf16; the f32 copy then holds its dequantized values. */
 static void test_case(const qw_kernels *k, int amx, int kv8, int m, int group, int T, int hd, int causal) {
     const int ldq = group * hd + 3, ldo = group * hd + 5;
-    const int ldkv = amx || kv8 ? hd : hd + 16; /* amx, kv8: the decoder's cache */
+    /* the BF16 set takes bf16 dot products for a cache laid out as the decoder's, as AMX takes tiles */
+    const int dots = amx || k == qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
+    const int ldkv = dots || kv8 ? hd : hd + 16; /* amx, kv8: the decoder's cache */
+    const int rounded = dots && m >= 8; /* q and the probabilities rounded to bf16 */
     const size_t kv_len = (size_t)(T - 1) * ldkv + hd, q_len = (size_t)(m - 1) * ldq + (size_t)group * hd;
     const size_t rb = qw_kv8_row_bytes(hd), cache_bytes = kv8 ? (size_t)T * rb : kv_len * sizeof(uint16_t);
     const qw_dtype dt = kv8 ? QW_KV8 : QW_BF16;
@@ -99,20 +104,20 @@ static void test_case(const qw_kernels *k, int amx, int kv8, int m, int group, i
     for (int h = 0; h < group; h++) /* each head alone */
         qw_attention(k, amx, one + (size_t)h * hd, ldo, q + (size_t)h * hd, ldq, m, 1, kb, vb, dt, ldkv, T, hd,
                      causal0);
-    /* on tiles (8 queries and more) q and the probabilities are rounded to bf16 (8 bits): 2^-8 of the
-     * scores' and the outputs' size, not 1e-4 */
-    const double tol = amx && m >= 8 ? 1e-2 : 1e-4; /* 1.2e-3 seen */
+    /* on tiles or bf16 dot products (8 queries and more) q and the probabilities are rounded to bf16
+     * (8 bits): 2^-8 of the scores' and the outputs' size, not 1e-4 */
+    const double tol = rounded ? 1e-2 : 1e-4; /* 1.2e-3 seen */
     int same = 1, alone = 1, close = 1;
     for (int r = 0; r < m; r++)
         for (int h = 0; h < group; h++) {
             const size_t o = (size_t)r * ldo + (size_t)h * hd;
-            same &= (amx && m >= 8) || !memcmp(o16 + o, o32 + o, (size_t)hd * sizeof(float)); /* tiles: bf16 only */
+            same &= rounded || !memcmp(o16 + o, o32 + o, (size_t)hd * sizeof(float)); /* bf16 products: bf16 only */
             alone &= !memcmp(o16 + o, one + o, (size_t)hd * sizeof(float));
             reference(ref, q + (size_t)r * ldq + (size_t)h * hd, kf, vf, ldkv, causal ? causal0 + r + 1 : T, hd);
             for (int i = 0; i < hd; i++) {
                 const double e = fabs(o16[o + i] - ref[i]) / (1.0 + fabs(ref[i]));
                 close &= e <= tol;
-                if (amx && m >= 8 && e > worst) worst = e;
+                if (rounded && e > worst[amx]) worst[amx] = e;
             }
         }
     if (same && alone && close) {
@@ -153,11 +158,13 @@ int main(void) {
         test_table(k, 0, 0);
         test_table(k, 0, 1);
     }
+    if (qw_kernels_for(QWEN_ISA_AVX512BF16, NULL))
+        printf("attention: bf16 dot products largest error %.2g of 1 + |ref|\n", worst[0]);
     const qw_kernels *bf16 = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
     if (qw_amx_available() && bf16) { /* precision FAST's attention: with the AVX-512 BF16 table, as the library */
         test_table(bf16, 1, 0);
         test_table(bf16, 1, 1);
-        printf("attention: amx largest error %.2g of 1 + |ref|\n", worst);
+        printf("attention: amx largest error %.2g of 1 + |ref|\n", worst[1]);
     } else {
         printf("attention: amx not available on this CPU, skipped\n");
     }

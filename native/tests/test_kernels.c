@@ -15,6 +15,8 @@
  *   dot_rows, axpy_rows bit for bit each table's dot per row and its axpy row
  *            after row, over n around every vector width and 1..9, 37 rows
  *            with a row stride larger than n; y past [0, n) untouched.
+ *            kv8_dot_rows, kv8_axpy_rows (tables that have them) bit for bit
+ *            dot_rows / axpy_rows over the int8 rows' to_f32 widening.
  *   f16 / bf16 conversions: every f16 and bf16 value (subnormals, inf, NaN)
  *            against an independent formula and against each table's to_f32;
  *            f32 -> bf16 round-to-nearest-even on ties, overflow, NaN.
@@ -451,6 +453,37 @@ static void test_rows_case(const qw_kernels *t, int n, int n_rows, int ld) {
     free(rows), free(q), free(out), free(alpha), free(y0), free(y1), free(yg);
 }
 
+/* kv8_dot_rows, kv8_axpy_rows (where the table has them) against dot_rows and axpy_rows over the
+ * rows' to_f32 widening, bitwise; the int8 rows end where the last row ends. */
+static void test_kv8_rows_case(const qw_kernels *t, int n, int n_rows) {
+    enum { G = 17 };
+    const size_t rb = qw_kv8_row_bytes(n);
+    unsigned char *rows = malloc((size_t)n_rows * rb);
+    float *wide = malloc((size_t)n_rows * n * sizeof(float)), *x = malloc((size_t)n * sizeof(float));
+    float *q = malloc((size_t)n * sizeof(float)), *alpha = malloc((size_t)n_rows * sizeof(float));
+    float *want = malloc((size_t)n_rows * sizeof(float)), *got = malloc((size_t)n_rows * sizeof(float));
+    float *y0 = malloc((size_t)n * sizeof(float)), *yg = malloc(((size_t)n + 2 * G) * sizeof(float));
+    for (int r = 0; r < n_rows; r++) {
+        for (int i = 0; i < n; i++) x[i] = frand() * (float)(1 + (i / 32 + r) % 4);
+        t->kv8_quantize(rows + (size_t)r * rb, x, n);
+        t->to_f32(wide + (size_t)r * n, rows + (size_t)r * rb, QW_KV8, n);
+        alpha[r] = frand();
+    }
+    for (int i = 0; i < n; i++) q[i] = frand(), y0[i] = yg[G + i] = frand();
+    for (int i = 0; i < G; i++) yg[i] = yg[G + n + i] = SENTINEL;
+    t->dot_rows(want, q, wide, n, n_rows, n);
+    t->kv8_dot_rows(got, q, rows, n_rows, n);
+    check(!memcmp(want, got, (size_t)n_rows * sizeof(float)), t->name, "kv8_dot_rows n=%d rows=%d: bitwise dot_rows widened",
+          n, n_rows);
+    t->axpy_rows(y0, alpha, wide, n, n_rows, n);
+    t->kv8_axpy_rows(yg + G, alpha, rows, n_rows, n);
+    int guards = 1;
+    for (int i = 0; i < G; i++) guards &= yg[i] == SENTINEL && yg[G + n + i] == SENTINEL;
+    check(!memcmp(y0, yg + G, (size_t)n * sizeof(float)) && guards, t->name,
+          "kv8_axpy_rows n=%d rows=%d: bitwise axpy_rows widened, y's neighbours untouched", n, n_rows);
+    free(rows), free(wide), free(x), free(q), free(alpha), free(want), free(got), free(y0), free(yg);
+}
+
 static void test_rows_vectors(const qw_kernels *t) {
     static const int counts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 37};
     for (int n = 0; n <= 129; n++) {
@@ -460,6 +493,11 @@ static void test_rows_vectors(const qw_kernels *t) {
     }
     /* Decode shape: head dim 128 in a KV cache row of 8 heads, a long sequence. */
     test_rows_case(t, 128, 1001, 1024);
+    if (t->kv8_dot_rows) { /* FAST's int8 cache: head sizes that are multiples of 32 */
+        static const int kv_rows[] = {1, 2, 3, 4, 5, 9, 37, 1001};
+        for (int n = 32; n <= 256; n += 32)
+            for (size_t c = 0; c < sizeof(kv_rows) / sizeof(kv_rows[0]); c++) test_kv8_rows_case(t, n, kv_rows[c]);
+    }
     /* No rows: nothing written. */
     float out = SENTINEL, y[3] = {SENTINEL, SENTINEL, SENTINEL}, x[3] = {1.0f, 2.0f, 3.0f}, a = 1.0f;
     t->dot_rows(&out, x, x, 3, 0, 3);
@@ -669,7 +707,24 @@ static void test_bf16p(const qw_kernels *bf, int M, int K, int N, int n0, int n1
     free(wref); free(W); free(P); free(A); free(bias); free(want); free(got);
 }
 
+/* qw_bf16p_pack_t of V [K][N] against qw_bf16p_pack of its transposed copy: the same bytes. */
+static void test_bf16p_pack_t(int K, int N) {
+    uint16_t *V = malloc((size_t)K * N * sizeof(uint16_t)), *Vt = malloc((size_t)K * N * sizeof(uint16_t));
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++) Vt[(size_t)n * K + k] = V[(size_t)k * N + n] = qw_f32_to_bf16(frand());
+    const size_t bytes = qw_bf16p_size(N, K);
+    void *want = malloc(bytes), *got = malloc(bytes);
+    memset(want, 0xab, bytes), memset(got, 0xcd, bytes);
+    qw_bf16p_pack(want, Vt, N, K, 0, (N + 31) / 32);
+    qw_bf16p_pack_t(got, V, K, N);
+    check(!memcmp(want, got, bytes), "bf16p", "pack_t of V [%d][%d] == pack of V^T", K, N);
+    free(V), free(Vt), free(want), free(got);
+}
+
 static void test_bf16ps(const qw_kernels *bf) {
+    static const int pack_K[] = {1, 2, 7, 64, 145}, pack_N[] = {6, 32, 64, 70, 128};
+    for (size_t i = 0; i < sizeof(pack_K) / sizeof(pack_K[0]); i++)
+        for (size_t j = 0; j < sizeof(pack_N) / sizeof(pack_N[0]); j++) test_bf16p_pack_t(pack_K[i], pack_N[j]);
     static const int Ms[] = {1, 3, 8, 13, 50, 101};
     static const int Ks[] = {1, 9, 31, 256, 257, 600};
     static const int Ns[][3] = {{13, 0, 13}, {64, 0, 64}, {70, 16, 70}, {83, 48, 80}, {100, 32, 48}, {40, 16, 32}};
