@@ -203,30 +203,39 @@ QW_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(w, _mm256_setr_epi32(0, 4, 2, 6, 0, 0, 0, 0)));
 }
 
-/* out[r] = dot_avx2(q, rows + r * ld, n) for R (1..3) rows side by side: each
- * row its own four chains, fed as dot_avx2 feeds them (4R + 1 registers),
- * then one hsum4. */
-QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+/* Lanes i .. i + 7 of a row: f32 (x + i), or a QW_KV8 row of n values widened in registers as
+ * to_f32 widens it (sign-extended, converted, times the block's scale), i a multiple of 8. */
+QW_INLINE __m256 row8(const void *x, int kv8, int n, int i) {
+    if (!kv8) return _mm256_loadu_ps((const float *)x + i);
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)x + i))));
+    return _mm256_mul_ps(v, _mm256_set1_ps(qw_kv8_scale(x, n, i)));
+}
+
+/* out[r] = dot_avx2(q, row r, n) for R (1..3) rows side by side, row r at rows + r * ldb bytes,
+ * f32 or (kv8) QW_KV8 rows widened in registers: each row its own four chains, fed as dot_avx2
+ * feeds them (4R + 1 registers), then one hsum4. A QW_KV8 row's n is a multiple of 32 (no tail). */
+QW_INLINE void dot_tile(int R, int kv8, float *out, const float *q, const char *rows, size_t ldb, int n) {
     __m256 s[3][4];
-    const float *x[3];
+    const char *x[3];
     for (int r = 0; r < R; r++) {
-        x[r] = rows + (size_t)r * ld;
+        x[r] = rows + (size_t)r * ldb;
         for (int j = 0; j < 4; j++) s[r][j] = _mm256_setzero_ps();
     }
     int i = 0;
     for (; i + 32 <= n; i += 32)
         for (int j = 0; j < 4; j++) {
             const __m256 qv = _mm256_loadu_ps(q + i + 8 * j);
-            for (int r = 0; r < R; r++) s[r][j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(x[r] + i + 8 * j), s[r][j]);
+            for (int r = 0; r < R; r++) s[r][j] = _mm256_fmadd_ps(qv, row8(x[r], kv8, n, i + 8 * j), s[r][j]);
         }
     for (; i + 8 <= n; i += 8) {
         const __m256 qv = _mm256_loadu_ps(q + i);
-        for (int r = 0; r < R; r++) s[r][0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(x[r] + i), s[r][0]);
+        for (int r = 0; r < R; r++) s[r][0] = _mm256_fmadd_ps(qv, row8(x[r], kv8, n, i), s[r][0]);
     }
     if (i < n) {
         const __m256i m = lane_mask(n - i);
         const __m256 qv = _mm256_maskload_ps(q + i, m);
-        for (int r = 0; r < R; r++) s[r][1] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(x[r] + i, m), s[r][1]);
+        for (int r = 0; r < R; r++)
+            s[r][1] = _mm256_fmadd_ps(qv, _mm256_maskload_ps((const float *)(const void *)x[r] + i, m), s[r][1]);
     }
     __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int r = 0; r < R; r++) c[r] = _mm256_add_ps(_mm256_add_ps(s[r][0], s[r][1]), _mm256_add_ps(s[r][2], s[r][3]));
@@ -235,52 +244,73 @@ QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, in
     for (int r = 0; r < R; r++) out[r] = t[r];
 }
 
-/* out[r] = dot_avx2(q, rows + r * ld, n), bitwise, three rows at a time. */
-static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+/* dot_tile over n_rows rows, three at a time. */
+QW_INLINE void dot_rows_any(int kv8, float *out, const float *q, const char *rows, size_t ldb, int n_rows, int n) {
     int r = 0;
-    for (; r + 3 <= n_rows; r += 3) dot_tile(3, out + r, q, rows + (size_t)r * ld, ld, n);
+    for (; r + 3 <= n_rows; r += 3) dot_tile(3, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n);
     switch (n_rows - r) {
-    case 2: dot_tile(2, out + r, q, rows + (size_t)r * ld, ld, n); break;
-    case 1: dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n); break;
+    case 2: dot_tile(2, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n); break;
+    case 1: dot_tile(1, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n); break;
     default: break;
     }
 }
 
-/* y[0 : 8V + t) += alpha[r] * rows[r][0 : 8V + t) for every row r in order,
- * the V vectors (and a masked one of t < 8 lanes) of y in registers
- * throughout; per lane the FMA axpy_avx2 does, in the same order. */
-QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows, int t) {
+/* out[r] = dot_avx2(q, rows + r * ld, n), bitwise, three rows at a time. */
+static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening. */
+static void kv8_dot_rows_avx2(float *out, const float *q, const void *rows, int n_rows, int n) {
+    dot_rows_any(1, out, q, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+}
+
+/* y[0 : 8V + t) += alpha[r] * rows[r][i0 : i0 + 8V + t) for every row r in order (row r at
+ * rows + r * ldb bytes: f32, or a QW_KV8 row of n values widened in registers, t = 0), the V
+ * vectors (and a masked one of t < 8 lanes) of y in registers throughout; per lane the FMA
+ * axpy_avx2 does, in the same order. */
+QW_INLINE void axpy_block(int V, int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows,
+                          int n, int i0, int t) {
     __m256 v[8], vt = _mm256_setzero_ps();
     const __m256i m = lane_mask(t);
     for (int j = 0; j < V; j++) v[j] = _mm256_loadu_ps(y + 8 * j);
     if (t) vt = _mm256_maskload_ps(y + 8 * V, m);
     for (int r = 0; r < n_rows; r++) {
         const __m256 a = _mm256_broadcast_ss(alpha + r);
-        const float *x = rows + (size_t)r * ld;
-        for (int j = 0; j < V; j++) v[j] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + 8 * j), v[j]);
-        if (t) vt = _mm256_fmadd_ps(a, _mm256_maskload_ps(x + 8 * V, m), vt);
+        const char *x = rows + (size_t)r * ldb;
+        for (int j = 0; j < V; j++) v[j] = _mm256_fmadd_ps(a, row8(x, kv8, n, i0 + 8 * j), v[j]);
+        if (t) vt = _mm256_fmadd_ps(a, _mm256_maskload_ps((const float *)(const void *)x + i0 + 8 * V, m), vt);
     }
     for (int j = 0; j < V; j++) _mm256_storeu_ps(y + 8 * j, v[j]);
     if (t) _mm256_maskstore_ps(y + 8 * V, m, vt);
 }
 
-/* axpy_avx2(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks of
- * 64 columns (8 of the 16 registers), then the rest in one block. */
-static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+/* axpy_avx2(y, alpha[r], row r, n) for r in order, bitwise: blocks of 64 columns (8 of the 16
+ * registers), then the rest in one block. */
+QW_INLINE void axpy_rows_any(int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows, int n) {
     if (n_rows <= 0) return;
     int i = 0;
-    for (; i + 64 <= n; i += 64) axpy_block(8, y + i, alpha, rows + i, ld, n_rows, 0);
+    for (; i + 64 <= n; i += 64) axpy_block(8, kv8, y + i, alpha, rows, ldb, n_rows, n, i, 0);
     const int t = (n - i) & 7;
     switch ((n - i) >> 3) {
-    case 0: if (t) axpy_block(0, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 1: axpy_block(1, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 2: axpy_block(2, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 3: axpy_block(3, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 4: axpy_block(4, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 5: axpy_block(5, y + i, alpha, rows + i, ld, n_rows, t); break;
-    case 6: axpy_block(6, y + i, alpha, rows + i, ld, n_rows, t); break;
-    default: axpy_block(7, y + i, alpha, rows + i, ld, n_rows, t); break;
+    case 0: if (t) axpy_block(0, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 1: axpy_block(1, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 2: axpy_block(2, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 3: axpy_block(3, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 4: axpy_block(4, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 5: axpy_block(5, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    case 6: axpy_block(6, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
+    default: axpy_block(7, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
     }
+}
+
+static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    axpy_rows_any(0, y, alpha, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening. */
+static void kv8_axpy_rows_avx2(float *y, const float *alpha, const void *rows, int n_rows, int n) {
+    axpy_rows_any(1, y, alpha, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */
@@ -516,6 +546,8 @@ const qw_kernels qw_kernels_avx2 = {
     .axpy = axpy_avx2,
     .dot_rows = dot_rows_avx2,
     .axpy_rows = axpy_rows_avx2,
+    .kv8_dot_rows = kv8_dot_rows_avx2,
+    .kv8_axpy_rows = kv8_axpy_rows_avx2,
     .to_f32 = to_f32_avx2,
     .gelu = gelu_avx2,
     .softmax = softmax_avx2,
