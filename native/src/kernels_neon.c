@@ -195,66 +195,111 @@ static void axpy_neon(float *y, float alpha, const float *x, int n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
-/* out[r] = dot_neon(q, rows + r * ld, n), bitwise, four rows side by side:
- * each row its own two chains (8 accumulators), fed as dot_neon feeds them,
- * then its own vaddvq_f32 and scalar tail. (A pairwise vpaddq_f32 tree for
- * four rows would give the same bits on AArch64, but SIMDe's vaddvq_f32 sums
- * in another order, so the emulated test could not hold it to dot_neon.) */
-QW_INLINE void dot_tile(int R, float *out, const float *q, const float *rows, int ld, int n) {
+/* Lanes i .. i + 7 of a row, as two vectors: f32 (x + i), or a QW_KV8 row of n values widened in
+ * registers as to_f32 widens it (q * its block's scale, qw_kv8_to_f32), i a multiple of 8. */
+QW_INLINE void row8(float32x4_t v[2], const void *x, int kv8, int n, int i) {
+    if (!kv8) {
+        v[0] = vld1q_f32((const float *)x + i);
+        v[1] = vld1q_f32((const float *)x + i + 4);
+        return;
+    }
+    const int16x8_t w = vmovl_s8(vld1_s8((const int8_t *)x + i));
+    const float scale = qw_kv8_scale(x, n, i);
+    v[0] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), scale);
+    v[1] = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), scale);
+}
+
+/* out[r] = dot_neon(q, row r, n), bitwise, for R (1..4) rows side by side, row r at rows + r * ldb
+ * bytes (f32, or QW_KV8 rows widened in registers; their n is a multiple of 32, so no tail): each
+ * row its own two chains (8 accumulators), fed as dot_neon feeds them, then its own vaddvq_f32 and
+ * scalar tail. (A pairwise vpaddq_f32 tree for four rows would give the same bits on AArch64, but
+ * SIMDe's vaddvq_f32 sums in another order, so the emulated test could not hold it to dot_neon.) */
+QW_INLINE void dot_tile(int R, int kv8, float *out, const float *q, const char *rows, size_t ldb, int n) {
     float32x4_t s[4][2];
-    const float *x[4];
+    const char *x[4];
     for (int r = 0; r < R; r++) {
-        x[r] = rows + (size_t)r * ld;
+        x[r] = rows + (size_t)r * ldb;
         s[r][0] = s[r][1] = vdupq_n_f32(0.0f);
     }
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const float32x4_t q0 = vld1q_f32(q + i), q1 = vld1q_f32(q + i + 4);
         for (int r = 0; r < R; r++) {
-            s[r][0] = vfmaq_f32(s[r][0], q0, vld1q_f32(x[r] + i));
-            s[r][1] = vfmaq_f32(s[r][1], q1, vld1q_f32(x[r] + i + 4));
+            float32x4_t v[2];
+            row8(v, x[r], kv8, n, i);
+            s[r][0] = vfmaq_f32(s[r][0], q0, v[0]);
+            s[r][1] = vfmaq_f32(s[r][1], q1, v[1]);
         }
     }
     for (int r = 0; r < R; r++) {
         float v = vaddvq_f32(vaddq_f32(s[r][0], s[r][1]));
-        for (int k = i; k < n; k++) v += q[k] * x[r][k];
+        for (int k = i; k < n; k++) v += q[k] * ((const float *)(const void *)x[r])[k];
         out[r] = v;
     }
 }
 
-static void dot_rows_neon(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+QW_INLINE void dot_rows_any(int kv8, float *out, const float *q, const char *rows, size_t ldb, int n_rows, int n) {
     int r = 0;
-    for (; r + 4 <= n_rows; r += 4) dot_tile(4, out + r, q, rows + (size_t)r * ld, ld, n);
-    for (; r < n_rows; r++) dot_tile(1, out + r, q, rows + (size_t)r * ld, ld, n);
+    for (; r + 4 <= n_rows; r += 4) dot_tile(4, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n);
+    for (; r < n_rows; r++) dot_tile(1, kv8, out + r, q, rows + (size_t)r * ldb, ldb, n);
 }
 
-/* y[0 : 4V) += alpha[r] * rows[r][0 : 4V) for every row r in order, the V
- * vectors of y in registers throughout; per lane axpy_neon's FMA. */
-QW_INLINE void axpy_block(int V, float *y, const float *alpha, const float *rows, int ld, int n_rows) {
+static void dot_rows_neon(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
+    dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening. */
+static void kv8_dot_rows_neon(float *out, const float *q, const void *rows, int n_rows, int n) {
+    dot_rows_any(1, out, q, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+}
+
+/* y[0 : 4V) += alpha[r] * rows[r][i0 : i0 + 4V) for every row r in order (row r at rows + r * ldb
+ * bytes: f32, or a QW_KV8 row of n values widened in registers, V even), the V vectors of y in
+ * registers throughout; per lane axpy_neon's FMA. */
+QW_INLINE void axpy_block(int V, int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows,
+                          int n, int i0) {
     float32x4_t v[16];
     for (int j = 0; j < V; j++) v[j] = vld1q_f32(y + 4 * j);
     for (int r = 0; r < n_rows; r++) {
         const float32x4_t a = vdupq_n_f32(alpha[r]);
-        const float *x = rows + (size_t)r * ld;
-        for (int j = 0; j < V; j++) v[j] = vfmaq_f32(v[j], a, vld1q_f32(x + 4 * j));
+        const char *x = rows + (size_t)r * ldb;
+        if (kv8) {
+            for (int j = 0; j < V; j += 2) {
+                float32x4_t w[2];
+                row8(w, x, 1, n, i0 + 4 * j);
+                v[j] = vfmaq_f32(v[j], a, w[0]);
+                v[j + 1] = vfmaq_f32(v[j + 1], a, w[1]);
+            }
+        } else {
+            for (int j = 0; j < V; j++) v[j] = vfmaq_f32(v[j], a, vld1q_f32((const float *)(const void *)x + i0 + 4 * j));
+        }
     }
     for (int j = 0; j < V; j++) vst1q_f32(y + 4 * j, v[j]);
 }
 
-/* axpy_neon(y, alpha[r], rows + r * ld, n) for r in order, bitwise: blocks of
- * 64 columns (16 of the 32 registers), then of 16, then of 4, then the
- * scalar tail of axpy_neon, each element across all rows. */
-static void axpy_rows_neon(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+/* axpy_neon(y, alpha[r], row r, n) for r in order, bitwise: blocks of 64 columns (16 of the 32
+ * registers), then of 16, then of 4, then the scalar tail of axpy_neon, each element across all
+ * rows (a QW_KV8 row's n, a multiple of 32, ends in blocks of 16). */
+QW_INLINE void axpy_rows_any(int kv8, float *y, const float *alpha, const char *rows, size_t ldb, int n_rows, int n) {
     if (n_rows <= 0) return;
     int i = 0;
-    for (; i + 64 <= n; i += 64) axpy_block(16, y + i, alpha, rows + i, ld, n_rows);
-    for (; i + 16 <= n; i += 16) axpy_block(4, y + i, alpha, rows + i, ld, n_rows);
-    for (; i + 4 <= n; i += 4) axpy_block(1, y + i, alpha, rows + i, ld, n_rows);
+    for (; i + 64 <= n; i += 64) axpy_block(16, kv8, y + i, alpha, rows, ldb, n_rows, n, i);
+    for (; i + 16 <= n; i += 16) axpy_block(4, kv8, y + i, alpha, rows, ldb, n_rows, n, i);
+    for (; i + 4 <= n; i += 4) axpy_block(1, 0, y + i, alpha, rows, ldb, n_rows, n, i);
     for (; i < n; i++) {
         float v = y[i];
-        for (int r = 0; r < n_rows; r++) v += alpha[r] * rows[(size_t)r * ld + i];
+        for (int r = 0; r < n_rows; r++) v += alpha[r] * ((const float *)(const void *)(rows + (size_t)r * ldb))[i];
         y[i] = v;
     }
+}
+
+static void axpy_rows_neon(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
+    axpy_rows_any(0, y, alpha, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
+}
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening. */
+static void kv8_axpy_rows_neon(float *y, const float *alpha, const void *rows, int n_rows, int n) {
+    axpy_rows_any(1, y, alpha, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
 }
 
 static void to_f32_neon(float *dst, const void *src, qw_dtype dt, int n) {
@@ -283,6 +328,8 @@ const qw_kernels qw_kernels_neon = {
     .axpy = axpy_neon,
     .dot_rows = dot_rows_neon,
     .axpy_rows = axpy_rows_neon,
+    .kv8_dot_rows = kv8_dot_rows_neon,
+    .kv8_axpy_rows = kv8_axpy_rows_neon,
     .to_f32 = to_f32_neon,
     .gelu = gelu_neon,
     .softmax = softmax_neon,
