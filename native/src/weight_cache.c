@@ -102,10 +102,11 @@ static char *map_aligned(int fd, size_t len, int writable) {
 }
 
 /* The key of a whole cache file (its footer in *f), malloc'ed and NUL-terminated; NULL where the
- * file is not one (too short, no magic, sizes that do not add up, a key of 16 MiB or more). */
+ * file is not one (not a regular file, too short, no magic, sizes that do not add up, a key of 16 MiB
+ * or more). The callers open with O_NONBLOCK: a FIFO by that name must not wait for a writer. */
 static char *read_key(int fd, footer *f) {
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size < (off_t)sizeof(*f)) return NULL;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(*f)) return NULL;
     if (pread(fd, f, sizeof(*f), sb.st_size - (off_t)sizeof(*f)) != (ssize_t)sizeof(*f)) return NULL;
     if (memcmp(f->magic, QW_WCACHE_MAGIC, 8) || f->key_bytes >= (1u << 24) || f->data_bytes > (uint64_t)sb.st_size ||
         page_round(f->data_bytes) + f->key_bytes + sizeof(*f) != (uint64_t)sb.st_size)
@@ -131,7 +132,7 @@ static size_t read_matching(int fd, const char *key) {
 /* Whether the checkpoint of a cache file is gone: its key names a config.json that no longer
  * exists (a file that is not a whole cache file, or whose key has no such line, is not judged). */
 static int checkpoint_gone(const char *path) {
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return 0;
     footer f;
     char *key = read_key(fd, &f);
@@ -195,7 +196,7 @@ void qw_wcache_begin(qwen_context *ctx, const char *dir, const char *model_dir) 
     }
     snprintf(w->path, plen, "%s/%s-%016llx.qwc", dir, base, (unsigned long long)fnv1a(slot));
     w->state = QW_WCACHE_MISS;
-    const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    const int fd = open(w->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return;
     const size_t bytes = read_matching(fd, w->key);
     char *p = bytes ? map_aligned(fd, page_round(bytes), 0) : NULL;
@@ -336,7 +337,7 @@ int qw_wcache_end(qwen_context *ctx, char *err, size_t err_size) {
     w->state = QW_WCACHE_WRITTEN;
     /* The file's pages in the arena's place, read only (the same bytes): shared with the next load's,
      * and mapped with huge pages where the file system keeps large folios. */
-    const int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    const int fd = open(w->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return 0;
     const size_t len = page_round(ctx->arena_used);
     const int mapped = len > ctx->arena_size ||

@@ -112,6 +112,28 @@ def test_fast_damaged_file_is_written_again(
         assert file.read_bytes() == whole
 
 
+def test_fast_cache_name_taken_by_a_fifo_neither_blocks_nor_is_read(
+    checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
+) -> None:
+    """A FIFO (or any file that is not a regular one) where the cache file goes: opening it for
+    reading would wait for a writer forever. The load treats it as no file and writes over it."""
+    cache = tmp_path / "cache"
+    assert decode(checkpoint, clip_and_prompt, cache)[0] == "written"
+    (file,) = cache_files(cache)
+    file.unlink()
+    os.mkfifo(file)
+    code = (
+        "from qwen_serve.engine._native import NativeModel\n"
+        f"with NativeModel({str(checkpoint)!r}, threads=1, precision='fast', weight_cache={str(cache)!r}) as m:\n"
+        "    print(m.weight_cache_state)\n"
+    )
+    load = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert load.returncode == 0, load.stderr
+    assert load.stdout.split() == ["written"]
+    assert file.is_file()  # the new file replaced the FIFO
+    assert decode(checkpoint, clip_and_prompt, cache)[0] == "loaded"
+
+
 def test_fast_file_with_this_key_and_other_bytes_is_removed(
     checkpoint: Path, tmp_path: Path, clip_and_prompt: tuple[np.ndarray, list[int]]
 ) -> None:
