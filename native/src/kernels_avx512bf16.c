@@ -8,7 +8,9 @@
  * mantissa) is why this set is opt-in: results differ from the f32 sets by
  * about 1e-3 relative, so greedy tokens can differ from the reference on
  * near ties. Everything else (decode, f16/f32 weights, dot, axpy, dot_rows,
- * axpy_rows, to_f32) runs the AVX-512 table.
+ * axpy_rows, to_f32) runs the AVX-512 table. The products on weights packed
+ * once (qw_bf16p_*, kernels.h) serve the encoder's linears and stem, and
+ * precision FAST's prefill attention (ops.c qw_attention).
  *
  * C[m, n] = sum_k bf16(A[m, k]) * W[n, k] (+ bias[n]), blocked like the
  * AVX-512 packed path: a panel of 32 weight rows x KB columns is transposed

@@ -449,11 +449,13 @@ static void attention_online(const qw_kernels *k, float *o, const float *qr, con
  * the keys and values (head h's query and output at + h * hd in each row). Per row: each head's
  * scores of all len keys by dot_rows into a buffer (on the stack up to 4096 scores, else
  * malloc'ed), times scale, the table's softmax, then the values by axpy_rows. f32 keys and
- * values are read in place, all len at once; bf16 ones are widened to f32 (kv_rows) in blocks
- * that fit a 16 KiB buffer on the stack, once for the group. dot_rows gives every row its own
- * dot whatever the stride, and axpy_rows in blocks is the same axpys in the same order, so each
- * query gets bit for bit the attention over an f32 copy of the cache, and each head what it
- * gets alone; a bf16 cache is read once for the group, at half the bytes. Should the malloc
+ * values are read in place, all len at once; QW_KV8 ones by the table's kv8_dot_rows /
+ * kv8_axpy_rows where it has them (widened in registers, per head); else bf16 and QW_KV8 ones are
+ * widened to f32 (kv_rows) in blocks that fit a 16 KiB buffer on the stack, once for the group.
+ * dot_rows gives every row its own dot whatever the stride, and axpy_rows in blocks is the same
+ * axpys in the same order (the kv8 ones those over the widened rows), so each query gets bit for
+ * bit the attention over an f32 copy of the cache, and each head what it gets alone; a bf16
+ * cache is read once for the group, at half the bytes. Should the malloc
  * fail: attention_online, per head. Single-threaded; each query's result depends on its own q,
  * keys and values only. */
 static void attention_rows(const qw_kernels *k, float *out, int ldo, const float *q, int ldq, int m, int group,
