@@ -291,17 +291,8 @@ QW_INLINE void axpy_rows_any(int kv8, float *y, const float *alpha, const char *
     if (n_rows <= 0) return;
     int i = 0;
     for (; i + 64 <= n; i += 64) axpy_block(8, kv8, y + i, alpha, rows, ldb, n_rows, n, i, 0);
-    const int t = (n - i) & 7;
-    switch ((n - i) >> 3) {
-    case 0: if (t) axpy_block(0, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 1: axpy_block(1, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 2: axpy_block(2, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 3: axpy_block(3, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 4: axpy_block(4, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 5: axpy_block(5, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    case 6: axpy_block(6, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    default: axpy_block(7, kv8, y + i, alpha, rows, ldb, n_rows, n, i, t); break;
-    }
+    /* the rest in one block: whole vectors, and a masked one for a part of one */
+    if (i < n) QW_VECTORS((n - i) >> 3, axpy_block, kv8, y + i, alpha, rows, ldb, n_rows, n, i, (n - i) & 7);
 }
 
 static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {

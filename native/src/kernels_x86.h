@@ -20,6 +20,20 @@
 #define QW_INLINE static inline __attribute__((always_inline))
 #endif
 
+/* BLOCK(V, ...) with V a compile-time count of vectors for a run-time count v of 0..7 (7 for more):
+ * the last block of a row, whose registers the compiler must know. */
+#define QW_VECTORS(v, BLOCK, ...)          \
+    switch (v) {                           \
+    case 0: BLOCK(0, __VA_ARGS__); break;  \
+    case 1: BLOCK(1, __VA_ARGS__); break;  \
+    case 2: BLOCK(2, __VA_ARGS__); break;  \
+    case 3: BLOCK(3, __VA_ARGS__); break;  \
+    case 4: BLOCK(4, __VA_ARGS__); break;  \
+    case 5: BLOCK(5, __VA_ARGS__); break;  \
+    case 6: BLOCK(6, __VA_ARGS__); break;  \
+    default: BLOCK(7, __VA_ARGS__); break; \
+    }
+
 /* In-register transpose of an 8x8 block of 32-bit lanes: v[i][j] -> v[j][i]
  * (packs weight panels; also moves pairs of bf16 as one lane). */
 QW_INLINE void transpose8(__m256 v[8]) {

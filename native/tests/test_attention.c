@@ -67,7 +67,7 @@ static void test_case(const qw_kernels *k, int amx, int kv8, int m, int group, i
     const int ldq = group * hd + 3, ldo = group * hd + 5;
     /* the BF16 set takes bf16 dot products for a cache laid out as the decoder's, as AMX takes tiles */
     const int dots = amx || k == qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
-    const int ldkv = dots || kv8 ? hd : hd + 16; /* amx, kv8: the decoder's cache */
+    const int ldkv = dots || kv8 ? hd : hd + 16; /* bf16 products, kv8: the decoder's cache */
     const int rounded = dots && m >= 8; /* q and the probabilities rounded to bf16 */
     const size_t kv_len = (size_t)(T - 1) * ldkv + hd, q_len = (size_t)(m - 1) * ldq + (size_t)group * hd;
     const size_t rb = qw_kv8_row_bytes(hd), cache_bytes = kv8 ? (size_t)T * rb : kv_len * sizeof(uint16_t);
@@ -158,9 +158,8 @@ int main(void) {
         test_table(k, 0, 0);
         test_table(k, 0, 1);
     }
-    if (qw_kernels_for(QWEN_ISA_AVX512BF16, NULL))
-        printf("attention: bf16 dot products largest error %.2g of 1 + |ref|\n", worst[0]);
     const qw_kernels *bf16 = qw_kernels_for(QWEN_ISA_AVX512BF16, NULL);
+    if (bf16) printf("attention: bf16 dot products largest error %.2g of 1 + |ref|\n", worst[0]);
     if (qw_amx_available() && bf16) { /* precision FAST's attention: with the AVX-512 BF16 table, as the library */
         test_table(bf16, 1, 0);
         test_table(bf16, 1, 1);
