@@ -25,8 +25,11 @@ rolls them back) and their text goes out as deltas at once, under the item id
 the turn will commit as. A decode starts only when the previous one is done
 and the turn has grown by LIVE_INTERVAL_S since, or by LIVE_BACKOFF times the
 previous decode's wall time if that is more: a busy engine gets fewer of them
-(at most about a third of a session's time is spent decoding its turn), so
-live text never eats the capacity the items themselves need. At the commit the running
+(at most about a third of a session's time is spent decoding its turn; semantic
+VAD's pause decodes, below, come on top: one per pause, each pushing the next
+regular decode back), and the backend decodes only on spare engine time
+(`live`: not while other requests' encoders or prefills wait), so live text
+never eats the capacity the items themselves need. At the commit the running
 decode is dropped and the item's decode starts after the fixed ids, so only
 the last words are left to decode after speech ends, and the deltas of both
 concatenate exactly to the completed transcript. A turn keeps the model,
