@@ -11,7 +11,8 @@ served. A second,
 small app ("limits", only the 1.7B, one resident replica, started on first
 use) has the tight limits the backpressure tests need: max_batch 4, a Serve
 queue of 2, and a KV budget that three short requests fit but one 60 s chunk
-does not.
+does not. Its replica is also where a test needs one that idle scale-down
+cannot take away mid-test (live text during a realtime turn).
 """
 
 from __future__ import annotations
