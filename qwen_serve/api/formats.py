@@ -18,12 +18,13 @@ from collections.abc import Collection, Sequence
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from ..languages import to_response_language
+from ..languages import to_language_codes, to_response_language
 from ..model.results import ResultLogprob, ResultSegment, TranscriptResult
 from . import subtitles
 from .protocol import (
     DurationUsage,
     InputTokenDetails,
+    Language,
     Logprob,
     TextDeltaEvent,
     TextDoneEvent,
@@ -44,6 +45,11 @@ def token_usage(result: TranscriptResult) -> TokenUsage:
             audio_tokens=result.audio_tokens, text_tokens=result.input_tokens - result.audio_tokens
         ),
     )
+
+
+def languages(result: TranscriptResult) -> list[Language]:
+    """OpenAI's `languages`: the language the model named (or was given), [] for none."""
+    return [Language(code=code) for code in to_language_codes(result.language)]
 
 
 def logprobs(items: list[ResultLogprob] | None) -> list[Logprob] | None:
@@ -199,7 +205,10 @@ def render(
             verbose(result, language, granularities).model_dump(exclude_none=True), headers=headers
         )
     body = TranscriptionResponse(
-        text=result.text, logprobs=logprobs(result.logprobs), usage=token_usage(result)
+        text=result.text,
+        languages=languages(result),
+        logprobs=logprobs(result.logprobs),
+        usage=token_usage(result),
     )
     return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
 
@@ -216,7 +225,12 @@ def delta_event(text: str, items: list[ResultLogprob] | None = None) -> str:
 
 
 def done_event(result: TranscriptResult) -> str:
-    event = TextDoneEvent(text=result.text, logprobs=logprobs(result.logprobs), usage=token_usage(result))
+    event = TextDoneEvent(
+        text=result.text,
+        languages=languages(result),
+        logprobs=logprobs(result.logprobs),
+        usage=token_usage(result),
+    )
     return sse(event.model_dump_json(exclude_none=True))
 
 

@@ -6,6 +6,7 @@ The shapes follow the official `openai` SDK types (`openai/types/audio/`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +15,23 @@ ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized
 
 
 # ---- requests ----------------------------------------------------------------
+
+
+MAX_CONTEXT_CHARS = 4000
+"""The longest context a request gives the model: `prompt` and `keywords` together."""
+
+
+def model_context(prompt: str, keywords: Sequence[str]) -> str:
+    """The model's context (the system turn of its prompt) from OpenAI's `prompt` and `keywords`:
+    the prompt, then each keyword on a line of its own. ValueError (client-safe) for an empty
+    keyword or a context longer than MAX_CONTEXT_CHARS."""
+    words = [k.strip() for k in keywords]
+    if any(not k for k in words):
+        raise ValueError("keywords[] must not contain empty strings.")
+    context = "\n".join(part for part in (prompt, *words) if part)
+    if len(context) > MAX_CONTEXT_CHARS:
+        raise ValueError(f"prompt and keywords[] together exceed {MAX_CONTEXT_CHARS} characters.")
+    return context
 
 
 class TranscriptionRequest(BaseModel):
@@ -37,12 +55,13 @@ class TranscriptionRequest(BaseModel):
     known_speaker_references: list[str] = Field(default_factory=list)
     """Diarization only; not supported."""
     keywords: list[str] = Field(default_factory=list)
-    """Not supported; put the words in `prompt` (the model's context) instead."""
+    """Words or phrases to expect: the model's context after `prompt`, one a line (model_context)."""
     language: str | None = None
     """Language of the audio in ISO-639-1 (`en`, `zh`, ...), mapped to the model's language names."""
     languages: list[str] = Field(default_factory=list)
-    """Possible languages; not supported (use `language`)."""
-    prompt: str = Field(default="", max_length=4000)
+    """Possible languages: one is the same as `language`; several cannot be enforced and get a 400
+    (languages.forced_language)."""
+    prompt: str = Field(default="", max_length=MAX_CONTEXT_CHARS)
     """Text handed to the model as context: names, terms, the previous transcript."""
     response_format: ResponseFormat = "json"
     """`json` (default), `text`, `srt`, `verbose_json` or `vtt`."""
@@ -51,7 +70,8 @@ class TranscriptionRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=1.0)
     """Accepted for compatibility; decoding is always greedy (temperature 0)."""
     timestamp_granularities: list[str] = Field(default_factory=list)
-    """`segment` with `verbose_json` (segments are audio chunks); `word` is not supported."""
+    """With `verbose_json`: `segment` (phrases cut from the aligned words, else the audio chunks) and
+    `word` (the forced aligner's word timestamps)."""
 
 
 # ---- responses ---------------------------------------------------------------
@@ -94,11 +114,19 @@ class Logprob(BaseModel):
     """Its UTF-8 bytes."""
 
 
+class Language(BaseModel):
+    code: str
+    """ISO-639-1 (`yue` for Cantonese, `fil` for Filipino)."""
+
+
 class TranscriptionResponse(BaseModel):
     """`response_format=json`."""
 
     text: str
     """The transcript."""
+    languages: list[Language] = Field(default_factory=list)
+    """The language the model named (or was told), one per language for long audio whose chunks
+    differ; empty when it named none (no speech)."""
     logprobs: list[Logprob] | None = None
     """Only with `include[]=logprobs`: each token of the transcript, in order."""
     usage: TokenUsage | None = None
@@ -169,6 +197,8 @@ class TextDoneEvent(BaseModel):
 
     type: Literal["transcript.text.done"] = "transcript.text.done"
     text: str
+    languages: list[Language] = Field(default_factory=list)
+    """As in TranscriptionResponse."""
     logprobs: list[Logprob] | None = None
     """Only with `include[]=logprobs`: every token of the transcript."""
     usage: TokenUsage

@@ -2,7 +2,7 @@
 
 Order of checks (cheapest first, and nothing wakes a model that is scaled to
 zero until the request is known to be good): form fields and unsupported
-options -> model id -> language -> audio decoding (in a worker thread) ->
+options -> model id -> language and context -> audio decoding (in a worker thread) ->
 the model's backend. Streaming waits for the model to accept the request
 before the 200 goes out, so backpressure and start-up failures are still
 proper HTTP errors; anything after that travels as an SSE error event.
@@ -21,14 +21,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..audio_decoding import SAMPLE_RATE, AudioError, AudioTooLongError, decode_audio
-from ..languages import LanguageError, to_model_language
+from ..languages import LanguageError, forced_language
 from ..model.results import AlignmentUnsupported, StreamItem, TextDelta, TranscriptResult
 from ..settings import ALIGNER_ID, Settings
 from . import access, formats
 from .backend import AlignerBackend, ModelBusyError, ModelUnavailableError, ServedModel
 from .errors import APIError, bad_request, internal_error
 from .forms import Upload
-from .protocol import TranscriptionRequest
+from .protocol import TranscriptionRequest, model_context
 
 logger = logging.getLogger("ray.serve")
 
@@ -97,15 +97,6 @@ class TranscriptionService:
         if req.known_speaker_names or req.known_speaker_references:
             param = "known_speaker_names" if req.known_speaker_names else "known_speaker_references"
             raise bad_request(f"{param}[] is not supported: there is no diarization.", param=param)
-        if req.keywords:
-            raise bad_request(
-                "keywords[] is not supported; put the words in 'prompt', which is given to the model as context.",
-                param="keywords",
-            )
-        if req.languages:
-            raise bad_request(
-                "languages[] is not supported; give one ISO-639-1 code in 'language'.", param="languages"
-            )
         if isinstance(req.chunking_strategy, dict):
             raise bad_request(
                 "chunking_strategy server_vad is not supported: long audio is always cut at quiet points. "
@@ -153,19 +144,21 @@ class TranscriptionService:
         self.check_supported(req)
         served = self.model(req.model)
         access.note(model=served.info.id, stream=req.stream)
-        language = None
-        if req.language:
-            try:
-                language = to_model_language(req.language, served.info.languages)
-            except LanguageError as e:
-                raise bad_request(str(e), param="language", code="unsupported_language") from None
+        try:
+            language = forced_language(req.language, req.languages, served.info.languages)
+        except LanguageError as e:
+            raise bad_request(str(e), param=e.param, code="unsupported_language") from None
+        try:
+            context = model_context(req.prompt, req.keywords)
+        except ValueError as e:
+            raise bad_request(str(e), param="keywords") from None
         pcm = await self.decode(upload)
         access.note(audio_seconds=pcm.size / SAMPLE_RATE)
         logprobs = "logprobs" in req.include or req.response_format == "verbose_json"  # avg_logprob
         if req.stream:
-            return await self._stream(served, pcm, language, req.prompt, logprobs)
+            return await self._stream(served, pcm, language, context, logprobs)
         try:
-            result = await served.backend.transcribe(pcm, language, req.prompt, logprobs)
+            result = await served.backend.transcribe(pcm, language, context, logprobs)
         except Exception as e:
             raise self._failure(req.model, e) from None
         if self.aligner is not None and req.response_format in TIMED_FORMATS:
@@ -191,9 +184,9 @@ class TranscriptionService:
         return dataclasses.replace(result, words=words)
 
     async def _stream(
-        self, served: ServedModel, pcm: np.ndarray, language: str | None, prompt: str, logprobs: bool
+        self, served: ServedModel, pcm: np.ndarray, language: str | None, context: str, logprobs: bool
     ) -> Response:
-        items: AsyncIterator[StreamItem] = served.backend.stream(pcm, language, prompt, (), logprobs)
+        items: AsyncIterator[StreamItem] = served.backend.stream(pcm, language, context, (), logprobs)
         model_id = served.info.id
         try:
             await items.__anext__()  # StreamStarted: a replica has the request

@@ -9,12 +9,14 @@ import srt
 import webvtt
 
 from qwen_serve.api.errors import APIError
-from qwen_serve.api.formats import compression_ratio, to_srt, to_vtt, verbose
+from qwen_serve.api.formats import compression_ratio, languages, to_srt, to_vtt, verbose
 from qwen_serve.api.forms import fields_to_dict, parse_transcription_form
 from qwen_serve.languages import (
     ISO_TO_MODEL,
     SUPPORTED_LANGUAGES,
     LanguageError,
+    forced_language,
+    to_language_codes,
     to_model_language,
     to_response_language,
 )
@@ -118,6 +120,48 @@ def test_restricted_to_the_model() -> None:
 def test_response_language() -> None:
     assert to_response_language("English") == "english"
     assert to_response_language(None) == "unknown"
+
+
+@pytest.mark.parametrize(
+    "language, possible, name",
+    [
+        (None, [], None),  # the model detects it
+        ("", [], None),
+        ("de", [], "German"),
+        (None, ["de"], "German"),
+        (None, ["de", "de-AT", "German"], "German"),  # one language, however spelled
+        ("de", ["en", "de"], "German"),
+        ("tl", ["fil"], "Filipino"),
+    ],
+)
+def test_forced_language(language: str | None, possible: list[str], name: str | None) -> None:
+    assert forced_language(language, possible, SUPPORTED_LANGUAGES) == name
+
+
+@pytest.mark.parametrize(
+    "language, possible, param",
+    [
+        (None, ["en", "de"], "languages"),  # several cannot be enforced
+        ("fr", ["en"], "languages"),  # not among the possible ones
+        (None, ["xx"], "languages"),
+        ("xx", [], "language"),
+        ("ko", ["ko"], "languages"),  # the model below lacks it: the list's entry is at fault first
+    ],
+)
+def test_forced_language_refusals(language: str | None, possible: list[str], param: str) -> None:
+    with pytest.raises(LanguageError) as e:
+        forced_language(language, possible, ["English", "German", "French"])
+    assert e.value.param == param
+
+
+def test_language_codes() -> None:
+    assert to_language_codes("English") == ["en"]
+    assert to_language_codes("Chinese,English,Chinese") == ["zh", "en"]  # long audio, chunks differ
+    assert to_language_codes("Cantonese") == ["yue"] and to_language_codes("Filipino") == ["fil"]
+    assert to_language_codes(None) == [] and to_language_codes("") == []
+    assert to_language_codes("Klingon") == []  # a checkpoint's own language without a code
+    silent = TranscriptResult("", None, 0.4, 5, 1, 4, [ResultSegment(0.0, 0.4, "")], 0.0)
+    assert languages(silent) == []
 
 
 # ---- srt / vtt / verbose ------------------------------------------------------------

@@ -228,7 +228,12 @@ async def test_manual_commit_transcribes_each_item_in_order(harness: Harness, ba
             "audio": {
                 "input": {
                     "format": {"type": "audio/pcm", "rate": 24000},
-                    "transcription": {"model": MODEL, "language": "en", "prompt": "Names: Qwen."},
+                    "transcription": {
+                        "model": MODEL,
+                        "language": "en",
+                        "prompt": "Names: Qwen.",
+                        "keywords": ["Ray Serve", "KubeRay"],
+                    },
                     "turn_detection": None,
                 }
             },
@@ -239,6 +244,7 @@ async def test_manual_commit_transcribes_each_item_in_order(harness: Harness, ba
         shown = updated.session.audio.input
         assert shown.turn_detection is None and shown.transcription.language == "en"
         assert shown.transcription.model == MODEL and shown.format.type == "audio/pcm"
+        assert shown.transcription.keywords == ["Ray Serve", "KubeRay"]
 
         items = []
         for clip in clips:
@@ -253,7 +259,7 @@ async def test_manual_commit_transcribes_each_item_in_order(harness: Harness, ba
         assert [lang.code for lang in done.languages] == ["en"]
     calls = item_calls(harness)
     assert [c["language"] for c in calls] == ["English", "English"]
-    assert [c["context"] for c in calls] == ["Names: Qwen.", "Names: Qwen."]
+    assert [c["context"] for c in calls] == ["Names: Qwen.\nRay Serve\nKubeRay"] * 2
     for pcm, clip in zip(seen, clips, strict=True):  # 24 kHz in, the same 16 kHz signal to the model
         assert abs(pcm.size - clip.size) <= 2
         assert similar(pcm, clip) > 0.99
@@ -288,7 +294,7 @@ async def test_beta_transcription_session_update(harness: Harness, base_url: str
             "type": "transcription_session.update",
             "session": {
                 "input_audio_format": "g711_ulaw",
-                "input_audio_transcription": {"model": MODEL_B, "language": "de"},
+                "input_audio_transcription": {"model": MODEL_B, "languages": ["de"]},
                 "turn_detection": None,
             },
         }
@@ -297,6 +303,7 @@ async def test_beta_transcription_session_update(harness: Harness, base_url: str
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["input_audio_format"] == "g711_ulaw"
         assert updated["session"]["input_audio_transcription"]["model"] == MODEL_B
+        assert updated["session"]["input_audio_transcription"]["languages"] == ["de"]
         semantic = {"type": "semantic_vad", "eagerness": "low"}  # the beta shape takes it too
         await conn.send({"type": "transcription_session.update", "session": {"turn_detection": semantic}})
         updated = json.loads(await asyncio.wait_for(conn.recv_bytes(), RECV_TIMEOUT_S))
@@ -674,6 +681,9 @@ BAD_SESSIONS = [
     ({"type": "transcription", "audio": {"input": {"format": {"type": "audio/opus"}}}}, "invalid_value", None),
     ({"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}, "model_not_found", None),
     ({"type": "transcription", "audio": {"input": {"transcription": {"language": "xx"}}}}, "unsupported_language", None),
+    ({"type": "transcription", "audio": {"input": {"transcription": {"languages": ["en", "de"]}}}}, "unsupported_language", "session.audio.input.transcription.languages"),
+    ({"type": "transcription", "audio": {"input": {"transcription": {"keywords": ["Qwen", ""]}}}}, "invalid_value", "session.audio.input.transcription.keywords"),
+    ({"type": "transcription", "audio": {"input": {"transcription": {"delay": "low"}}}}, "unsupported_value", "session.audio.input.transcription.delay"),
     ({"type": "transcription", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}, "invalid_value", None),
     ({"type": "transcription", "include": ["item.input_audio_transcription.text"]}, "unsupported_value", "session.include"),
     ({"type": "transcription", "voice": "alloy"}, "invalid_value", "session.voice"),

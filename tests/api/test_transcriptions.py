@@ -33,6 +33,7 @@ async def test_json_default(openai_client: AsyncOpenAI, harness: Harness) -> Non
     assert res.usage.output_tokens == result.usage.output_tokens
     assert res.usage.total_tokens == result.usage.input_tokens + result.usage.output_tokens
     assert engine.calls[-1]["language"] is None and engine.calls[-1]["context"] == ""
+    assert [lang.code for lang in res.languages or []] == ["en"]  # what the model named
 
 
 async def test_text_is_raw(openai_client: AsyncOpenAI) -> None:
@@ -107,6 +108,27 @@ async def test_language_and_prompt_reach_engine(openai_client: AsyncOpenAI, harn
     assert call["writeable"] is True  # the replica copied the read-only array
 
 
+async def test_keywords_join_the_context_and_one_possible_language_is_forced(
+    openai_client: AsyncOpenAI, harness: Harness
+) -> None:
+    res = await openai_client.audio.transcriptions.create(
+        model=MODEL,
+        file=("a.wav", wav_bytes()),
+        prompt="A talk about serving.",
+        keywords=[" Qwen3-ASR", "Ray Serve", "KubeRay "],
+        languages=["de"],
+    )
+    call = harness.engines[MODEL].calls[-1]
+    assert call["context"] == "A talk about serving.\nQwen3-ASR\nRay Serve\nKubeRay"
+    assert call["language"] == "German"
+    assert [lang.code for lang in res.languages or []] == ["de"]
+    await openai_client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", wav_bytes()), keywords=["Qwen"], language="ja", languages=["ja", "en"]
+    )
+    call = harness.engines[MODEL].calls[-1]
+    assert call["context"] == "Qwen" and call["language"] == "Japanese"
+
+
 async def test_two_models(openai_client: AsyncOpenAI, harness: Harness) -> None:
     await openai_client.audio.transcriptions.create(model=MODEL_B, file=("a.wav", wav_bytes()))
     assert len(harness.engines[MODEL_B].calls) == 1 and not harness.engines[MODEL].calls
@@ -132,6 +154,7 @@ async def test_stream_events(openai_client: AsyncOpenAI, harness: Harness) -> No
     done = events[-1]
     assert done.type == "transcript.text.done"
     assert deltas and "".join(deltas) == done.text == " ".join(expected_words(3.0))
+    assert [lang.code for lang in done.languages or []] == ["en"]
     result = harness.engines[MODEL].streams[-1].result
     assert done.usage is not None and done.usage.type == "tokens"
     assert (done.usage.input_tokens, done.usage.output_tokens) == (
@@ -299,8 +322,16 @@ def _assert_envelope(body: dict) -> dict:
         ({"model": MODEL, "stream": "true", "response_format": "srt"}, "stream", "unsupported_value"),
         ({"model": MODEL, "chunking_strategy[type]": "server_vad"}, "chunking_strategy", "unsupported_value"),
         ({"model": MODEL, "known_speaker_names[]": "agent"}, "known_speaker_names", None),
-        ({"model": MODEL, "keywords[]": "Qwen"}, "keywords", None),
-        ({"model": MODEL, "languages[]": "en"}, "languages", None),
+        ({"model": MODEL, "keywords[]": ["Qwen", " "]}, "keywords", None),
+        ({"model": MODEL, "keywords[]": "x" * 3000, "prompt": "y" * 1000}, "keywords", None),
+        ({"model": MODEL, "languages[]": ["en", "de"]}, "languages", "unsupported_language"),
+        ({"model": MODEL, "languages[]": "xx"}, "languages", "unsupported_language"),
+        (
+            {"model": MODEL, "language": "fr", "languages[]": ["en", "de"]},
+            "languages",
+            "unsupported_language",
+        ),
+        ({"model": MODEL, "language": "xx"}, "language", "unsupported_language"),
         ({"model": MODEL, "speed": "2"}, "speed", None),
     ],
 )

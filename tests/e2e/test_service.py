@@ -141,6 +141,15 @@ def test_language_and_prompt_are_used(client: openai.OpenAI, engines: dict) -> N
     assert res.usage is not None and res.usage.input_tokens == truth.usage.input_tokens
     plain = reference(engines, LARGE, data)
     assert truth.usage.input_tokens > plain.usage.input_tokens  # context and language are in the prompt
+    assert [lang.code for lang in res.languages or []] == ["en"]
+    # keywords follow the prompt in the context, one a line; one possible language is forced
+    res = client.audio.transcriptions.create(
+        model=LARGE, file=("c.wav", data), prompt="Names:", keywords=["Qwen", "Ray"], languages=["de"]
+    )
+    truth = reference(engines, LARGE, data, language="German", context="Names:\nQwen\nRay")
+    assert res.text == truth.text
+    assert res.usage is not None and res.usage.input_tokens == truth.usage.input_tokens
+    assert [lang.code for lang in res.languages or []] == ["de"]
 
 
 def test_other_containers(client: openai.OpenAI, engines: dict) -> None:

@@ -6,8 +6,10 @@ under `audio.input`) and the beta `transcription_session.update`
 (`input_audio_format`, `input_audio_transcription`, `turn_detection`), which
 is translated into the GA shape first. Only the fields present in an update
 change; `turn_detection: null` turns server VAD off (manual commits).
-Fields this server cannot honour (noise reduction, keywords, a field of the
-other kind of VAD) are refused with an `error` naming them, never ignored,
+`keywords` join the prompt in the model's context; one entry of `languages`
+forces that language as `language` does. Fields this server cannot honour
+(noise reduction, `delay`, several possible languages, a field of the other
+kind of VAD) are refused with an `error` naming them, never ignored,
 and an update applies whole or not at all.
 """
 
@@ -19,12 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..protocol import MAX_CONTEXT_CHARS, model_context
 from .audio import BETA_FORMATS, FORMAT_RATES
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_PREFIX_PADDING_MS = 300
 DEFAULT_SILENCE_DURATION_MS = 500
-MAX_PROMPT_CHARS = 4000
 LOGPROBS = "item.input_audio_transcription.logprobs"
 EAGERNESS_MS = {"low": (1000, 8000), "medium": (600, 4000), "high": (300, 2000)}
 """semantic_vad's eagerness ("auto" is "medium"): the silence after which a turn whose words end a
@@ -54,7 +56,7 @@ class AudioFormatIn(_Strict):
 class TranscriptionIn(_Strict):
     model: str | None = None
     language: str | None = None
-    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    prompt: str | None = Field(default=None, max_length=MAX_CONTEXT_CHARS)
     delay: str | None = None
     keywords: list[str] | None = None
     languages: list[str] | None = None
@@ -124,10 +126,19 @@ class SessionConfig:
     model: str | None = None
     language: str | None = None
     """As the client sent it (ISO-639-1)."""
+    languages: tuple[str, ...] = ()
+    """The possible languages, as sent: one forces it as `language` does (languages.forced_language)."""
     prompt: str = ""
+    keywords: tuple[str, ...] = ()
+    """Words to expect: the model's context after the prompt (`context`)."""
     turn_detection: TurnDetection | None = TurnDetection()
     logprobs: bool = False
     """`include: ["item.input_audio_transcription.logprobs"]`: the transcription events carry them."""
+
+    @property
+    def context(self) -> str:
+        """The model's context: the prompt, then the keywords one a line."""
+        return model_context(self.prompt, self.keywords)
 
     @classmethod
     def new(cls, model: str | None) -> SessionConfig:
@@ -188,26 +199,29 @@ class SessionConfig:
 
     def _with_transcription(self, t: TranscriptionIn | None) -> SessionConfig:
         if t is None:
-            return replace(self, model=None, language=None, prompt="")
-        for name, advice in (
-            ("delay", ""),
-            ("keywords", "; put the words in 'prompt'"),
-            ("languages", "; give one 'language'"),
-        ):
-            if getattr(t, name):
-                raise ClientError(
-                    f"session.audio.input.transcription.{name} is not supported{advice}.",
-                    param=f"session.audio.input.transcription.{name}",
-                    code="unsupported_value",
-                )
+            return replace(self, model=None, language=None, languages=(), prompt="", keywords=())
+        if t.delay:
+            raise ClientError(
+                "session.audio.input.transcription.delay is not supported.",
+                param="session.audio.input.transcription.delay",
+                code="unsupported_value",
+            )
         fields = t.model_fields_set
         config = self
         if "model" in fields:
             config = replace(config, model=t.model)
         if "language" in fields:
             config = replace(config, language=t.language or None)
+        if "languages" in fields:
+            config = replace(config, languages=tuple(t.languages or ()))
         if "prompt" in fields:
             config = replace(config, prompt=t.prompt or "")
+        if "keywords" in fields:
+            config = replace(config, keywords=tuple(t.keywords or ()))
+        try:
+            config.context  # noqa: B018 (checked here, where the update can still be refused whole)
+        except ValueError as e:
+            raise ClientError(str(e), param="session.audio.input.transcription.keywords") from None
         return config
 
     # ---- shown to the client ------------------------------------------------
@@ -224,7 +238,7 @@ class SessionConfig:
                 "input": {
                     "format": fmt,
                     "noise_reduction": None,
-                    "transcription": {"model": self.model, "language": self.language, "prompt": self.prompt},
+                    "transcription": self._transcription(),
                     "turn_detection": self._turn_detection(),
                 }
             },
@@ -239,15 +253,19 @@ class SessionConfig:
             "object": "realtime.transcription_session",
             "modalities": ["text"],
             "input_audio_format": beta_format,
-            "input_audio_transcription": {
-                "model": self.model,
-                "language": self.language,
-                "prompt": self.prompt,
-            },
+            "input_audio_transcription": self._transcription(),
             "turn_detection": self._turn_detection(),
             "input_audio_noise_reduction": None,
             "include": [LOGPROBS] if self.logprobs else None,
         }
+
+    def _transcription(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"model": self.model, "language": self.language, "prompt": self.prompt}
+        if self.languages:
+            shown["languages"] = list(self.languages)
+        if self.keywords:
+            shown["keywords"] = list(self.keywords)
+        return shown
 
     def _turn_detection(self) -> dict[str, Any] | None:
         td = self.turn_detection

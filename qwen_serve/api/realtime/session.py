@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from ...languages import ISO_TO_MODEL, LanguageError, to_model_language
+from ...languages import SUPPORTED_LANGUAGES, LanguageError, forced_language, to_language_codes
 from ...model.results import ResultLogprob, TextDelta, TranscriptResult
 from .. import formats
 from ..service import TranscriptionService
@@ -96,8 +96,6 @@ PAUSE_MS = 150
 """semantic_vad: a turn silent this long has its words so far decoded (shorter gaps are within words)."""
 SENTENCE_END = re.compile(r"[.!?…。！？؟।][\"'”’»)\]」』]*\s*$")
 """semantic_vad: a transcript that ends so ends a sentence."""
-
-_MODEL_TO_ISO = {name: code for code, name in reversed(list(ISO_TO_MODEL.items()))}
 
 
 @dataclass(frozen=True)
@@ -208,8 +206,9 @@ class LiveTurn:
     language: str | None
     """The model's language name, or None to detect."""
     prompt: str
-    settings: tuple[str | None, str | None, str]
-    """The session's (model, language, prompt) it started with."""
+    """The model's context (the session's prompt and keywords)."""
+    settings: tuple[str | None, str | None, tuple[str, ...], str]
+    """The session's (model, language, languages, context) it started with."""
     logprobs: bool = False
     """Its deltas carry log-probabilities (the session's `include` when it started)."""
     fixed_ids: tuple[int, ...] = ()
@@ -230,8 +229,8 @@ class LiveTurn:
     """A decode failed: no more for this turn (its commit decodes it whole)."""
 
 
-def _settings(config: SessionConfig) -> tuple[str | None, str | None, str]:
-    return (config.model, config.language, config.prompt)
+def _settings(config: SessionConfig) -> tuple[str | None, str | None, tuple[str, ...], str]:
+    return (config.model, config.language, config.languages, config.context)
 
 
 class RealtimeSession:
@@ -343,14 +342,16 @@ class RealtimeSession:
         if config.model is not None and config.model not in self.service.models:
             err = self._model_error(config.model, param="session.audio.input.transcription.model")["error"]
             raise ClientError(err["message"], param=err["param"], code=err["code"])
-        if config.language and config.model is not None:
-            languages = self.service.models[config.model].info.languages
-            try:
-                to_model_language(config.language, languages)
-            except LanguageError as e:
-                raise ClientError(
-                    str(e), param="session.audio.input.transcription.language", code="unsupported_language"
-                ) from None
+        # without a model yet, against every language the model family knows (again once one is set)
+        model = self.service.models.get(config.model or "")
+        try:
+            forced_language(
+                config.language, config.languages, model.info.languages if model else SUPPORTED_LANGUAGES
+            )
+        except LanguageError as e:
+            raise ClientError(
+                str(e), param=f"session.audio.input.transcription.{e.param}", code="unsupported_language"
+            ) from None
         return config
 
     def _model_error(self, model: str, param: str) -> dict[str, Any]:
@@ -550,13 +551,12 @@ class RealtimeSession:
             )
         else:
             language = self._model_language(config.model)
-            item = Item(item_id, pcm, config.model, language, config.prompt, logprobs=config.logprobs)
+            item = Item(item_id, pcm, config.model, language, config.context, logprobs=config.logprobs)
         self._queue.put_nowait(item)
 
     def _model_language(self, model: str) -> str | None:
-        if not self.config.language:
-            return None
-        return to_model_language(self.config.language, self.service.models[model].info.languages)
+        config = self.config
+        return forced_language(config.language, config.languages, self.service.models[model].info.languages)
 
     def _clear(self) -> None:
         self.decoder.flush()
@@ -576,7 +576,7 @@ class RealtimeSession:
             start,
             model,
             self._model_language(model),
-            config.prompt,
+            config.context,
             _settings(config),
             config.logprobs,
         )
@@ -707,9 +707,7 @@ class RealtimeSession:
                 },
             },
         }
-        code = _MODEL_TO_ISO.get(result.language or "")
-        if code:
-            completed["languages"] = [{"code": code}]
+        completed["languages"] = [{"code": code} for code in to_language_codes(result.language)]
         if item.logprobs:  # what the live turn fixed, then the item's own decode
             completed["logprobs"] = _logprobs([*item.fixed_logprobs, *(result.logprobs or [])])
         await self._send(completed)
