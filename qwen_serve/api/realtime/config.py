@@ -218,8 +218,8 @@ class SessionConfig:
             config = replace(config, prompt=t.prompt or "")
         if "keywords" in fields:
             config = replace(config, keywords=tuple(t.keywords or ()))
-        try:
-            config.context  # noqa: B018 (checked here, where the update can still be refused whole)
+        try:  # checked here, where the update can still be refused whole
+            model_context(config.prompt, config.keywords)
         except ValueError as e:
             raise ClientError(str(e), param="session.audio.input.transcription.keywords") from None
         return config
