@@ -15,9 +15,15 @@ margin is clear (more than twice the p99 error: a flip there would not be a near
 weights give flatter logits than trained ones, so near ties are more common here than on a real
 checkpoint; the error figures carry over, the agreement share is a lower bound in that sense.
 
+Then the whole transcripts (`Engine.transcribe`, free-running, long audio in chunks): the word
+and character error rates of fast against exact, and where a clip has a reference transcript
+(--audio FILE with FILE.txt beside it) each side's against it. On real weights and real speech
+these are the figures that decide whether a change of `fast`'s numerics costs accuracy.
+
     python benchmarks/bench_precision.py --model tiny          # the tiny checkpoint (made if missing)
     python benchmarks/bench_precision.py --model full-0.6b --clips 6 --tokens 24
     python benchmarks/bench_precision.py --model full-0.6b --isa avx512   # the int8 decoder's share alone
+    python benchmarks/bench_precision.py --model models/qwen3-asr-0.6b --audio speech/*.wav [--language en]
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import argparse
 import os
 from pathlib import Path
 
+import jiwer
 import numpy as np
 from bench_serve import cpu_model
 
+from qwen_serve.audio_decoding import SAMPLE_RATE, decode_audio
 from qwen_serve.engine.engine import Engine
+from qwen_serve.languages import to_model_language
 from qwen_serve.testing.checkpoint import make_checkpoint
 from qwen_serve.testing.clips import speech_like
 from qwen_serve.testing.precision import Step, teacher_forced
@@ -63,6 +72,13 @@ def main() -> None:
     p.add_argument(
         "--isa", default="auto", help="kernel set of the fast side (avx512: f32 encoder, int8 decoder)"
     )
+    p.add_argument(
+        "--audio",
+        nargs="+",
+        type=Path,
+        help="audio files instead of generated clips (FILE.txt beside one: its reference transcript)",
+    )
+    p.add_argument("--language", help="ISO-639-1 code forced on both sides (default: the model detects it)")
     args = p.parse_args()
     model_dir = checkpoint_dir(args.model, args.cache_dir)
     exact = Engine(model_dir, threads=args.threads, precision="exact")
@@ -70,15 +86,24 @@ def main() -> None:
     print(
         f"CPU: {cpu_model()}; model {model_dir.name}; exact: {exact.native.kernels}; fast: {fast.native.kernels}"
     )
+    language = to_model_language(args.language, exact.supported_languages) if args.language else None
+    if args.audio:
+        clips = [(decode_audio(f.read_bytes()), reference_text(f)) for f in args.audio]
+    else:
+        clips = [
+            (speech_like(args.seconds * (0.6 + 0.8 * (i % 4) / 3), seed=100 + i), None)
+            for i in range(args.clips)
+        ]
     steps: list[Step] = []
-    for i in range(args.clips):
-        pcm = speech_like(args.seconds * (0.6 + 0.8 * (i % 4) / 3), seed=100 + i)
-        steps += teacher_forced(exact.native, fast.native, pcm, exact.prompt_ids(pcm.size), args.tokens)
+    for pcm, _ in clips:
+        pcm = pcm[: TEACHER_FORCED_SECONDS * SAMPLE_RATE]  # one sequence, no chunks
+        prompt = exact.prompt_ids(pcm.size, language=language)
+        steps += teacher_forced(exact.native, fast.native, pcm, prompt, args.tokens)
     err = np.array([s.error for s in steps])
     margin = np.array([s.margin for s in steps])
     agree = np.array([s.agree for s in steps])
     clear = margin > 2 * np.percentile(err, 99)
-    print(f"steps {len(steps)} over {args.clips} clips")
+    print(f"steps {len(steps)} over {len(clips)} clips")
     print(
         f"logit error / spread: median {np.median(err):.4f}  p99 {np.percentile(err, 99):.4f}  max {err.max():.4f}"
     )
@@ -89,8 +114,68 @@ def main() -> None:
             f"greedy agreement where the margin is clear (> 2 x p99 error): {agree[clear].mean():.1%} "
             f"({agree[clear].sum()}/{clear.sum()}, {clear.mean():.0%} of the steps)"
         )
+    compare_transcripts(exact, fast, clips, language)
     exact.close()
     fast.close()
+
+
+TEACHER_FORCED_SECONDS = 30
+"""Audio the teacher-forced part takes of each clip (the start of a longer file)."""
+
+NORMALIZE = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+NORMALIZE_CHARS = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfChars(),
+    ]
+)
+
+
+def reference_text(audio: Path) -> str | None:
+    """FILE.txt beside FILE.wav (any audio extension), if there is one."""
+    path = audio.with_suffix(".txt")
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
+
+
+def error_rates(reference: list[str], hypothesis: list[str]) -> str:
+    """Word and character error rates (case and punctuation ignored; CER is what counts for
+    languages written without spaces). Empty references are skipped."""
+    pairs = [(r, h) for r, h in zip(reference, hypothesis, strict=True) if NORMALIZE([r])[0]]
+    if not pairs:
+        return "no words to compare"
+    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
+    wer = jiwer.wer(refs, hyps, reference_transform=NORMALIZE, hypothesis_transform=NORMALIZE)
+    cer = jiwer.cer(refs, hyps, reference_transform=NORMALIZE_CHARS, hypothesis_transform=NORMALIZE_CHARS)
+    return f"WER {wer:.2%}, CER {cer:.2%} over {len(pairs)} clips"
+
+
+def compare_transcripts(
+    exact: Engine, fast: Engine, clips: list[tuple[np.ndarray, str | None]], language: str | None
+) -> None:
+    """The whole transcripts, free-running: fast against exact, and each against the references."""
+    texts = {
+        name: [engine.transcribe(pcm, language=language).text for pcm, _ in clips]
+        for name, engine in (("exact", exact), ("fast", fast))
+    }
+    same = sum(a == b for a, b in zip(texts["exact"], texts["fast"], strict=True))
+    print(f"transcripts: fast equals exact in {same}/{len(clips)} clips; fast against exact: ", end="")
+    print(error_rates(texts["exact"], texts["fast"]))
+    refs = [(i, ref) for i, (_, ref) in enumerate(clips) if ref is not None]
+    if refs:
+        for name in ("exact", "fast"):
+            hyps = [texts[name][i] for i, _ in refs]
+            print(f"{name} against the references: {error_rates([r for _, r in refs], hyps)}")
 
 
 if __name__ == "__main__":
