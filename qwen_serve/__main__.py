@@ -1,6 +1,7 @@
 """Command line.
 
 python -m qwen_serve transcribe --model-dir DIR FILE ...   # transcribe files with a local checkpoint
+python -m qwen_serve transcribe --model-dir DIR --precision exact FILE   # ... the official's tokens (f32)
 python -m qwen_serve transcribe --model-dir DIR --aligner-dir ALIGNER --words FILE   # ... with word times
 python -m qwen_serve transcribe --model-dir DIR --logprobs FILE   # ... with each token's log-probability
 python -m qwen_serve download [MODEL ...] [--if-missing]   # fetch Qwen/Qwen3-ASR-* into ./models
@@ -42,9 +43,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.words and not args.aligner_dir:
         raise ValueError("--words needs --aligner-dir (a Qwen3-ForcedAligner checkpoint)")
     with contextlib.ExitStack() as stack:
-        engine = stack.enter_context(Engine(args.model_dir, threads=args.threads, isa=args.isa))
+        engine = stack.enter_context(
+            Engine(args.model_dir, threads=args.threads, isa=args.isa, precision=args.precision)
+        )
         aligner = (
-            stack.enter_context(Aligner(args.aligner_dir, threads=args.threads, isa=args.isa))
+            stack.enter_context(
+                Aligner(args.aligner_dir, threads=args.threads, isa=args.isa, precision=args.precision)
+            )
             if args.words
             else None
         )
@@ -137,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument(
         "--isa", default="auto", choices=["auto", "scalar", "avx2", "avx512", "avx512bf16", "neon"]
+    )
+    t.add_argument(
+        "--precision",
+        default="fast",
+        choices=["fast", "exact"],
+        help="fast (the service's default: int8 decoder weights, bf16 encoder where the CPU has it) "
+        "or exact (f32: the official implementation's tokens)",
     )
     t.add_argument("--max-new-tokens", type=int, default=None)
     t.add_argument("--stream", action="store_true", help="print text as it is decoded")

@@ -21,12 +21,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def speech_file(tmp_path: Path, model_dir: Path, logprobs: bool = False) -> tuple[Path, Transcription]:
-    """A 2 s clip as a WAV file, and what the engine makes of it (12 tokens at most)."""
+def speech_file(
+    tmp_path: Path, model_dir: Path, logprobs: bool = False, precision: str = "fast"
+) -> tuple[Path, Transcription]:
+    """A 2 s clip as a WAV file, and what the engine makes of it (12 tokens at most) with the
+    CLI's default precision, or the one given."""
     pcm = speech_like(2.0, seed=5)
     wav = tmp_path / "clip.wav"
     sf.write(wav, pcm, 16000, subtype="FLOAT")
-    with Engine(model_dir) as e:
+    with Engine(model_dir, precision=precision) as e:
         return wav, e.transcribe(pcm, max_new_tokens=12, logprobs=logprobs)
 
 
@@ -42,6 +45,17 @@ def test_transcribe_wav_matches_engine(tmp_path: Path, tiny_dirs: dict[str, Path
     assert plain.stdout.rstrip("\n") == expected.text
     streamed = run_cli("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--stream", str(wav))
     assert streamed.stdout.rstrip("\n") == expected.text
+
+
+def test_precision_exact(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    d = tiny_dirs["tiny-1.7b"]
+    wav, expected = speech_file(tmp_path, d, precision="exact")
+    args = ("transcribe", "--model-dir", str(d), "--max-new-tokens", "12", "--json")
+    out = run_cli(*args, "--precision", "exact", str(wav))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["text"] == expected.text and got["usage"]["output_tokens"] == expected.usage.output_tokens
+    assert run_cli(*args, "--precision", "half", str(wav)).returncode == 2  # argparse's refusal
 
 
 def test_logprobs(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
@@ -85,7 +99,7 @@ def test_words_with_the_aligner(tmp_path: Path, tiny_dir: Path, tiny_aligner_dir
     pcm = speech_like(4.0, seed=3)
     wav = tmp_path / "clip.wav"
     sf.write(wav, pcm, 16000, subtype="FLOAT")
-    with Engine(tiny_dir) as e, Aligner(tiny_aligner_dir) as a:
+    with Engine(tiny_dir, precision="fast") as e, Aligner(tiny_aligner_dir, precision="fast") as a:
         result = e.transcribe(pcm, language="English", max_new_tokens=12)
         expected = a.align_transcription(pcm, result)
     assert expected
