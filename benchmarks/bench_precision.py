@@ -46,6 +46,15 @@ from qwen_serve.testing.precision import Step, teacher_forced
 PRESETS = {"tiny": "tiny-0.6b", "full-0.6b": "full-0.6b", "full-1.7b": "full-1.7b"}
 
 
+TEACHER_FORCED_SECONDS = 30
+"""Audio the teacher-forced part takes of each clip (the start of a longer file)."""
+
+_CLEAN = [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()]
+NORMALIZE = jiwer.Compose([*_CLEAN, jiwer.ReduceToListOfListOfWords()])
+NORMALIZE_CHARS = jiwer.Compose([*_CLEAN, jiwer.ReduceToListOfListOfChars()])
+"""Case and punctuation ignored, then words (WER) or characters (CER)."""
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """--model and --cache-dir, what checkpoint_dir takes."""
     p.add_argument("--model", default="tiny", help="tiny, full-0.6b, full-1.7b, or a checkpoint directory")
@@ -117,29 +126,6 @@ def main() -> None:
     compare_transcripts(exact, fast, clips, language)
     exact.close()
     fast.close()
-
-
-TEACHER_FORCED_SECONDS = 30
-"""Audio the teacher-forced part takes of each clip (the start of a longer file)."""
-
-NORMALIZE = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
-NORMALIZE_CHARS = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfChars(),
-    ]
-)
 
 
 def reference_text(audio: Path) -> str | None:

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from ...languages import SUPPORTED_LANGUAGES, LanguageError, forced_language, to_language_codes
+from ...languages import SUPPORTED_LANGUAGES, LanguageError, forced_language
 from ...model.results import ResultLogprob, TextDelta, TranscriptResult
 from .. import formats
 from ..service import TranscriptionService
@@ -182,7 +182,8 @@ class Item:
     model: str
     language: str | None
     """The model's language name, or None to detect."""
-    prompt: str
+    context: str
+    """The model's context (the session's prompt and keywords)."""
     prefix_ids: tuple[int, ...] = ()
     """The ids its live turn fixed: the item's decode goes on after them."""
     sent: str = ""
@@ -205,7 +206,7 @@ class LiveTurn:
     model: str
     language: str | None
     """The model's language name, or None to detect."""
-    prompt: str
+    context: str
     """The model's context (the session's prompt and keywords)."""
     settings: tuple[str | None, str | None, tuple[str, ...], str]
     """The session's (model, language, languages, context) it started with."""
@@ -542,7 +543,7 @@ class RealtimeSession:
                 pcm,
                 live.model,
                 live.language,
-                live.prompt,
+                live.context,
                 live.fixed_ids,
                 live.text,
                 live.logprobs,
@@ -602,7 +603,7 @@ class RealtimeSession:
             out = await backend.live(
                 to_float32(pcm),
                 live.language,
-                live.prompt,
+                live.context,
                 live.fixed_ids,
                 HOLD_BACK,
                 LIVE_MAX_NEW_TOKENS,
@@ -657,7 +658,7 @@ class RealtimeSession:
     async def _transcribe(self, item: Item) -> None:
         served = self.service.models[item.model]
         items = served.backend.stream(
-            to_float32(item.pcm), item.language, item.prompt, item.prefix_ids, item.logprobs
+            to_float32(item.pcm), item.language, item.context, item.prefix_ids, item.logprobs
         )
         sent: list[str] = [item.sent] if item.sent else []
         held = list(item.fixed_logprobs[item.logprobs_sent :])  # fixed, but their text not sent yet
@@ -707,7 +708,7 @@ class RealtimeSession:
                 },
             },
         }
-        completed["languages"] = [{"code": code} for code in to_language_codes(result.language)]
+        completed["languages"] = [lang.model_dump() for lang in formats.languages(result)]
         if item.logprobs:  # what the live turn fixed, then the item's own decode
             completed["logprobs"] = _logprobs([*item.fixed_logprobs, *(result.logprobs or [])])
         await self._send(completed)
