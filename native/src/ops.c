@@ -122,15 +122,15 @@ static void mm_task(void *arg, int t) {
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
-/* Columns per slice of a product of M rows over total_rows output columns (matmul_n's comment): a
- * multiple of 16, a few slices per thread. A single row (a decode step of one sequence) takes 2 a
- * thread, not 8: each slice is a new stream of weights from memory for the thread that claims it,
- * and a batch-1 step's products streamed at 0.79-0.89 of the LM head screen's pace (one long slice
- * a thread) with 8 slices a thread, 0.72-0.74 with 16, 0.87-0.97 with 2 or 1 (0.6B, Zen 5, rounds
- * alternating within minutes): a step of 10.7-11.0 ms became 9.4-10.2. A software prefetch of
- * each slice's first 32 KiB, or none past its end, changed nothing. */
-static int slice_width(const qwen_context *ctx, int total_rows, int M) {
-    const int per = total_rows / (ctx->n_threads * (M >= 16 || M == 1 ? 2 : 4)) + 1;
+/* Columns per slice of a product over total_rows output columns (matmul_n's comment): a multiple of
+ * 16, 2 slices a thread. Each slice is a new stream of weights from memory for the thread that
+ * claims it: a batch-1 decode step's products streamed at 0.79-0.89 of the LM head screen's pace
+ * (one long slice a thread) with 8 slices a thread, 0.72-0.74 with 16, 0.87-0.97 with 2 or 1 (0.6B,
+ * Zen 5, rounds alternating within minutes; a step of 10.7-11.0 ms became 9.4-10.2), and steps of
+ * 2-8 rows took 2-3% less with 2 than with 4 (4 pairs of runs each). A software prefetch of each
+ * slice's first 32 KiB, or none past its end, changed nothing. */
+static int slice_width(const qwen_context *ctx, int total_rows) {
+    const int per = total_rows / (ctx->n_threads * 2) + 1;
     return ((per < 16 ? 16 : per) + 15) & ~15;
 }
 
@@ -141,16 +141,16 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
                     const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
                     void (*act)(float *, int)) {
     if (M <= 0) return 0;
-    /* Column slices: a few per thread for balance; multiples of 16 keep the
-     * SIMD kernels on their full-width path. Big M => more work per column,
-     * and each slice's call sets its own work up (the AMX kernels convert or
-     * stream A, configure the tiles, start a cold panel of weights): 16 rows
-     * and more take 2 slices a thread, not 4 (Intel Xeon with AMX, 2 threads:
-     * encoder of 10 s 44-47 -> 40-42 ms; 1 a thread: 38-41, but then one
-     * thread held up by another process holds up the whole product). */
+    /* Column slices (slice_width): 2 a thread, so that a thread held up by
+     * another process does not hold up the whole product; multiples of 16 keep
+     * the SIMD kernels on their full-width path. Fewer, longer slices also
+     * set up less (the AMX kernels convert or stream A, configure the tiles,
+     * start a cold panel of weights: Intel Xeon with AMX, 2 threads, encoder of
+     * 10 s 44-47 ms with 4 a thread, 40-42 with 2, 38-41 with 1) and keep a
+     * decode step's weights streaming (slice_width). */
     int total_rows = 0;
     for (int i = 0; i < n; i++) total_rows += W[i]->rows;
-    const int per = slice_width(ctx, total_rows, M);
+    const int per = slice_width(ctx, total_rows);
     mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, {0}, ctx->q8, {0}, Ab, Cb, act};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
@@ -262,7 +262,7 @@ void qw_head_screened(qwen_context *ctx, float *logits, const float *x, int M) {
     const int N = head->rows;
     const qw_q8_act act = q8_quantize(ctx, x, M, W);
     int whole[QW_HEAD_SCREEN_ROWS];
-    const int per = slice_width(ctx, N, 1); /* the screen streams its bytes as a one-row product does */
+    const int per = slice_width(ctx, N); /* the screen streams its bytes as a product does */
     screen_job j = {ctx, logits, &act, W, ctx->dec.screen, M, N, (N + per - 1) / per, ctx->head_blocks, whole};
     qw_pool_run(ctx->pool, j.tasks, screen_task, &j);
     qw_pool_run(ctx->pool, M, rescore_task, &j);
