@@ -68,11 +68,15 @@ typedef struct {
      * y held in registers across the rows (blocks of n): an attention query's P V. */
     void (*axpy_rows)(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n);
     /* dot_rows and axpy_rows over QW_KV8 rows of n values (n a multiple of QW_KV8_BLOCK, row r at
-     * rows + r * qw_kv8_row_bytes(n)), widened in registers: bitwise dot_rows / axpy_rows over the
-     * rows' to_f32 widening, without writing it (a decode step's attention over FAST's cache).
-     * NULL in a table without them: the caller widens through to_f32. */
-    void (*kv8_dot_rows)(float *out, const float *q, const void *rows, int n_rows, int n);
-    void (*kv8_axpy_rows)(float *y, const float *alpha, const void *rows, int n_rows, int n);
+     * rows + r * qw_kv8_row_bytes(n)), widened in registers, for `heads` query heads that share the
+     * rows (a KV head's group): head h's q at q + h * ldq and scores at out + h * ldo; its y at
+     * y + h * ldy and alpha at alpha + h * lda. Each head bitwise dot_rows / axpy_rows over the
+     * rows' to_f32 widening, without writing it (a decode step's attention over FAST's cache); a
+     * table may widen a row once for several heads. NULL in a table without them: the caller
+     * widens through to_f32. */
+    void (*kv8_dot_rows)(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows, int n);
+    void (*kv8_axpy_rows)(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows, int n_rows,
+                          int n);
     /* dst[i] = (float)src[i] for a row of weights (embedding lookup), or of a QW_KV8 cache row. */
     void (*to_f32)(float *dst, const void *src, qw_dtype dt, int n);
     /* x[i] = GELU(x[i]) with erf (kernels_gelu.h: within 4.2e-7 of the exact erf) */

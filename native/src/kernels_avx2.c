@@ -260,9 +260,11 @@ static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld,
     dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening. */
-static void kv8_dot_rows_avx2(float *out, const float *q, const void *rows, int n_rows, int n) {
-    dot_rows_any(1, out, q, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, one head at a time. */
+static void kv8_dot_rows_avx2(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows,
+                              int n) {
+    for (int h = 0; h < heads; h++)
+        dot_rows_any(1, out + (size_t)h * ldo, q + (size_t)h * ldq, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
 }
 
 /* y[0 : 8V + t) += alpha[r] * rows[r][i0 : i0 + 8V + t) for every row r in order (row r at
@@ -299,9 +301,12 @@ static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int 
     axpy_rows_any(0, y, alpha, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening. */
-static void kv8_axpy_rows_avx2(float *y, const float *alpha, const void *rows, int n_rows, int n) {
-    axpy_rows_any(1, y, alpha, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, one head at a time. */
+static void kv8_axpy_rows_avx2(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows,
+                               int n_rows, int n) {
+    for (int h = 0; h < heads; h++)
+        axpy_rows_any(1, y + (size_t)h * ldy, alpha + (size_t)h * lda, (const char *)rows, qw_kv8_row_bytes(n), n_rows,
+                      n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */

@@ -265,9 +265,70 @@ static void dot_rows_avx512(float *out, const float *q, const float *rows, int l
     dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening. */
-static void kv8_dot_rows_avx512(float *out, const float *q, const void *rows, int n_rows, int n) {
-    dot_rows_any(1, out, q, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+/* QW_KV8 rows ahead of the ones being read whose bytes are prefetched: a decode step reads each
+ * sequence's keys and values for each layer and KV head as a short run (tens of KB), too short for
+ * the hardware prefetcher to get ahead of (ops.c's KV_AHEAD, the same distance). */
+#define KV8_AHEAD 32
+QW_INLINE void kv8_prefetch_rows(const char *rows, size_t ldb, int r, int count) {
+    const char *p = rows + (size_t)(r + KV8_AHEAD) * ldb;
+    for (size_t o = 0; o < (size_t)count * ldb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0); /* never faults */
+}
+
+/* dot_tile's four chains of R (1..2) QW_KV8 rows for two heads (q and q + ldq) side by side: each
+ * widened vector of a row meets both heads' queries, so a row is widened once for the pair, and
+ * each (row, head) has its own four chains fed in dot_tile's order, then one hsum4 for all four:
+ * out[h * ldo + r] bitwise dot_tile's for head h. n is a multiple of 32 (no masked tail). */
+QW_INLINE void kv8_dot_tile2(int R, float *out, int ldo, const float *q, int ldq, const char *rows, size_t ldb, int n) {
+    __m512 s[2][2][4];
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++) s[r][h][j] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++) {
+            const __m512 q0 = _mm512_loadu_ps(q + i + 16 * j), q1 = _mm512_loadu_ps(q + ldq + i + 16 * j);
+            for (int r = 0; r < R; r++) {
+                const __m512 w = row16(rows + (size_t)r * ldb, 1, n, i + 16 * j);
+                s[r][0][j] = _mm512_fmadd_ps(q0, w, s[r][0][j]);
+                s[r][1][j] = _mm512_fmadd_ps(q1, w, s[r][1][j]);
+            }
+        }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 q0 = _mm512_loadu_ps(q + i), q1 = _mm512_loadu_ps(q + ldq + i);
+        for (int r = 0; r < R; r++) {
+            const __m512 w = row16(rows + (size_t)r * ldb, 1, n, i);
+            s[r][0][0] = _mm512_fmadd_ps(q0, w, s[r][0][0]);
+            s[r][1][0] = _mm512_fmadd_ps(q1, w, s[r][1][0]);
+        }
+    }
+    __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < 2; h++)
+            c[2 * r + h] = _mm512_add_ps(_mm512_add_ps(s[r][h][0], s[r][h][1]), _mm512_add_ps(s[r][h][2], s[r][h][3]));
+    float t[4];
+    _mm_storeu_ps(t, hsum4(c[0], c[1], c[2], c[3]));
+    for (int r = 0; r < R; r++) out[r] = t[2 * r], out[(size_t)ldo + r] = t[2 * r + 1];
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, per head; heads in pairs
+ * (kv8_dot_tile2: a decode step's attention is bound by the widening, which a pair shares), the
+ * rows a few ahead prefetched. */
+static void kv8_dot_rows_avx512(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows,
+                                int n) {
+    const char *x = rows;
+    const size_t ldb = qw_kv8_row_bytes(n);
+    int h = 0;
+    for (; h + 2 <= heads; h += 2) {
+        float *o = out + (size_t)h * ldo;
+        const float *qh = q + (size_t)h * ldq;
+        int r = 0;
+        for (; r + 2 <= n_rows; r += 2) {
+            kv8_prefetch_rows(x, ldb, r, 2);
+            kv8_dot_tile2(2, o + r, ldo, qh, ldq, x + (size_t)r * ldb, ldb, n);
+        }
+        if (r < n_rows) kv8_dot_tile2(1, o + r, ldo, qh, ldq, x + (size_t)r * ldb, ldb, n);
+    }
+    if (h < heads) dot_rows_any(1, out + (size_t)h * ldo, q + (size_t)h * ldq, x, ldb, n_rows, n);
 }
 
 /* y[0 : 16V + t) += alpha[r] * rows[r][i0 : i0 + 16V + t) for every row r in order (row r at
@@ -304,9 +365,44 @@ static void axpy_rows_avx512(float *y, const float *alpha, const float *rows, in
     axpy_rows_any(0, y, alpha, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening. */
-static void kv8_axpy_rows_avx512(float *y, const float *alpha, const void *rows, int n_rows, int n) {
-    axpy_rows_any(1, y, alpha, (const char *)rows, qw_kv8_row_bytes(n), n_rows, n);
+/* axpy_block's V vectors of QW_KV8 rows for two heads (y, alpha and y + ldy, alpha + lda) side by
+ * side: each widened vector of a row goes into both heads' FMAs, in axpy_block's order per head;
+ * the rows a few ahead prefetched. n is a multiple of 32 (no masked part). */
+QW_INLINE void kv8_axpy_block2(int V, float *y, int ldy, const float *alpha, int lda, const char *rows, size_t ldb,
+                               int n_rows, int n, int i0) {
+    __m512 v0[8], v1[8];
+    for (int j = 0; j < V; j++) v0[j] = _mm512_loadu_ps(y + 16 * j), v1[j] = _mm512_loadu_ps(y + ldy + 16 * j);
+    for (int r = 0; r < n_rows; r++) {
+        const __m512 a0 = _mm512_set1_ps(alpha[r]), a1 = _mm512_set1_ps(alpha[(size_t)lda + r]);
+        const char *x = rows + (size_t)r * ldb;
+        if (i0 == 0) kv8_prefetch_rows(rows, ldb, r, 1);
+        for (int j = 0; j < V; j++) {
+            const __m512 w = row16(x, 1, n, i0 + 16 * j);
+            v0[j] = _mm512_fmadd_ps(a0, w, v0[j]);
+            v1[j] = _mm512_fmadd_ps(a1, w, v1[j]);
+        }
+    }
+    for (int j = 0; j < V; j++) _mm512_storeu_ps(y + 16 * j, v0[j]), _mm512_storeu_ps(y + ldy + 16 * j, v1[j]);
+}
+
+/* QW_VECTORS' form of kv8_axpy_block2 (the block's vector count first). */
+#define KV8_AXPY2(V, ...) kv8_axpy_block2(V, __VA_ARGS__)
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, per head; heads in
+ * pairs, as kv8_dot_rows. */
+static void kv8_axpy_rows_avx512(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows,
+                                 int n_rows, int n) {
+    const char *x = rows;
+    const size_t ldb = qw_kv8_row_bytes(n);
+    int h = 0;
+    for (; h + 2 <= heads && n_rows > 0; h += 2) {
+        float *yh = y + (size_t)h * ldy;
+        const float *ah = alpha + (size_t)h * lda;
+        int i = 0;
+        for (; i + 128 <= n; i += 128) kv8_axpy_block2(8, yh + i, ldy, ah, lda, x, ldb, n_rows, n, i);
+        if (i < n) QW_VECTORS((n - i) >> 4, KV8_AXPY2, yh + i, ldy, ah, lda, x, ldb, n_rows, n, i);
+    }
+    for (; h < heads; h++) axpy_rows_any(1, y + (size_t)h * ldy, alpha + (size_t)h * lda, x, ldb, n_rows, n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */

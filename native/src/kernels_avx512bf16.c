@@ -388,11 +388,13 @@ static void axpy_bf16set(float *y, float alpha, const float *x, int n) { qw_kern
 static void dot_rows_bf16set(float *out, const float *q, const float *rows, int ld, int n_rows, int n) {
     qw_kernels_avx512.dot_rows(out, q, rows, ld, n_rows, n);
 }
-static void kv8_dot_rows_bf16set(float *out, const float *q, const void *rows, int n_rows, int n) {
-    qw_kernels_avx512.kv8_dot_rows(out, q, rows, n_rows, n);
+static void kv8_dot_rows_bf16set(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows,
+                                 int n) {
+    qw_kernels_avx512.kv8_dot_rows(out, ldo, q, ldq, heads, rows, n_rows, n);
 }
-static void kv8_axpy_rows_bf16set(float *y, const float *alpha, const void *rows, int n_rows, int n) {
-    qw_kernels_avx512.kv8_axpy_rows(y, alpha, rows, n_rows, n);
+static void kv8_axpy_rows_bf16set(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows,
+                                  int n_rows, int n) {
+    qw_kernels_avx512.kv8_axpy_rows(y, ldy, alpha, lda, heads, rows, n_rows, n);
 }
 static void axpy_rows_bf16set(float *y, const float *alpha, const float *rows, int ld, int n_rows, int n) {
     qw_kernels_avx512.axpy_rows(y, alpha, rows, ld, n_rows, n);

@@ -455,7 +455,8 @@ static void attention_online(const qw_kernels *k, float *o, const float *qr, con
  * scores of all len keys by dot_rows into a buffer (on the stack up to 4096 scores, else
  * malloc'ed), times scale, the table's softmax, then the values by axpy_rows. f32 keys and
  * values are read in place, all len at once; QW_KV8 ones by the table's kv8_dot_rows /
- * kv8_axpy_rows where it has them (widened in registers, per head); else bf16 and QW_KV8 ones are
+ * kv8_axpy_rows where it has them (widened in registers, for all the group's heads in one call:
+ * AVX-512 widens each row once for a pair of heads); else bf16 and QW_KV8 ones are
  * widened to f32 (kv_rows) in blocks that fit a 16 KiB buffer on the stack, once for the group.
  * dot_rows gives every row its own dot whatever the stride, and axpy_rows in blocks is the same
  * axpys in the same order (the kv8 ones those over the widened rows), so each query gets bit for
@@ -492,7 +493,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
             continue;
         }
         if (fused) {
-            for (int h = 0; h < group; h++) k->kv8_dot_rows(p + (size_t)h * len, qr + (size_t)h * hd, keys, len, hd);
+            k->kv8_dot_rows(p, len, qr, hd, group, keys, len, hd);
         } else {
             for (int s0 = 0; s0 < len; s0 += blk) {
                 const int n = len - s0 < blk ? len - s0 : blk;
@@ -507,7 +508,7 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
             k->softmax(ph, len);
         }
         if (fused) {
-            for (int h = 0; h < group; h++) k->kv8_axpy_rows(o + (size_t)h * hd, p + (size_t)h * len, vals, len, hd);
+            k->kv8_axpy_rows(o, hd, p, len, group, vals, len, hd);
             continue;
         }
         for (int s0 = 0; s0 < len; s0 += blk) {

@@ -15,7 +15,7 @@
  *   dot_rows, axpy_rows bit for bit each table's dot per row and its axpy row
  *            after row, over n around every vector width and 1..9, 37 rows
  *            with a row stride larger than n; y past [0, n) untouched.
- *            kv8_dot_rows, kv8_axpy_rows (tables that have them) bit for bit
+ *            kv8_dot_rows, kv8_axpy_rows (tables that have them; 1-3 heads) bit for bit
  *            dot_rows / axpy_rows over the int8 rows' to_f32 widening.
  *   f16 / bf16 conversions: every f16 and bf16 value (subnormals, inf, NaN)
  *            against an independent formula and against each table's to_f32;
@@ -453,35 +453,46 @@ static void test_rows_case(const qw_kernels *t, int n, int n_rows, int ld) {
     free(rows), free(q), free(out), free(alpha), free(y0), free(y1), free(yg);
 }
 
-/* kv8_dot_rows, kv8_axpy_rows (where the table has them) against dot_rows and axpy_rows over the
- * rows' to_f32 widening, bitwise; the int8 rows end where the last row ends. */
-static void test_kv8_rows_case(const qw_kernels *t, int n, int n_rows) {
+/* kv8_dot_rows, kv8_axpy_rows (where the table has them) for `heads` query heads sharing the rows,
+ * each head against dot_rows and axpy_rows over the rows' to_f32 widening, bitwise; the int8 rows
+ * end where the last row ends, and every head's y has guards on both sides. */
+static void test_kv8_rows_case(const qw_kernels *t, int n, int n_rows, int heads) {
     enum { G = 17 };
     const size_t rb = qw_kv8_row_bytes(n);
+    const int ldq = n + 3, ldo = n_rows + 5, lda = n_rows + 2, ldy = n + 2 * G;
     unsigned char *rows = malloc((size_t)n_rows * rb);
     float *wide = malloc((size_t)n_rows * n * sizeof(float)), *x = malloc((size_t)n * sizeof(float));
-    float *q = malloc((size_t)n * sizeof(float)), *alpha = malloc((size_t)n_rows * sizeof(float));
-    float *want = malloc((size_t)n_rows * sizeof(float)), *got = malloc((size_t)n_rows * sizeof(float));
-    float *y0 = malloc((size_t)n * sizeof(float)), *yg = malloc(((size_t)n + 2 * G) * sizeof(float));
+    float *q = malloc((size_t)heads * ldq * sizeof(float)), *alpha = malloc((size_t)heads * lda * sizeof(float));
+    float *want = malloc((size_t)n_rows * sizeof(float)), *got = malloc((size_t)heads * ldo * sizeof(float));
+    float *y0 = malloc((size_t)n * sizeof(float)), *yg = malloc((size_t)heads * ldy * sizeof(float));
     for (int r = 0; r < n_rows; r++) {
         for (int i = 0; i < n; i++) x[i] = frand() * (float)(1 + (i / 32 + r) % 4);
         t->kv8_quantize(rows + (size_t)r * rb, x, n);
         t->to_f32(wide + (size_t)r * n, rows + (size_t)r * rb, QW_KV8, n);
-        alpha[r] = frand();
     }
-    for (int i = 0; i < n; i++) q[i] = frand(), y0[i] = yg[G + i] = frand();
-    for (int i = 0; i < G; i++) yg[i] = yg[G + n + i] = SENTINEL;
-    t->dot_rows(want, q, wide, n, n_rows, n);
-    t->kv8_dot_rows(got, q, rows, n_rows, n);
-    check(!memcmp(want, got, (size_t)n_rows * sizeof(float)), t->name, "kv8_dot_rows n=%d rows=%d: bitwise dot_rows widened",
-          n, n_rows);
-    t->axpy_rows(y0, alpha, wide, n, n_rows, n);
-    t->kv8_axpy_rows(yg + G, alpha, rows, n_rows, n);
-    int guards = 1;
-    for (int i = 0; i < G; i++) guards &= yg[i] == SENTINEL && yg[G + n + i] == SENTINEL;
-    check(!memcmp(y0, yg + G, (size_t)n * sizeof(float)) && guards, t->name,
-          "kv8_axpy_rows n=%d rows=%d: bitwise axpy_rows widened, y's neighbours untouched", n, n_rows);
-    free(rows), free(wide), free(x), free(q), free(alpha), free(want), free(got), free(y0), free(yg);
+    for (size_t i = 0; i < (size_t)heads * ldq; i++) q[i] = frand();
+    for (size_t i = 0; i < (size_t)heads * lda; i++) alpha[i] = frand();
+    for (size_t i = 0; i < (size_t)heads * ldy; i++) yg[i] = (i % ldy) < G || (i % ldy) >= (size_t)G + n ? SENTINEL : frand();
+    t->kv8_dot_rows(got, ldo, q, ldq, heads, rows, n_rows, n);
+    for (int h = 0; h < heads; h++) {
+        t->dot_rows(want, q + (size_t)h * ldq, wide, n, n_rows, n);
+        check(!memcmp(want, got + (size_t)h * ldo, (size_t)n_rows * sizeof(float)), t->name,
+              "kv8_dot_rows n=%d rows=%d head %d of %d: bitwise dot_rows widened", n, n_rows, h, heads);
+    }
+    float *yh0 = malloc((size_t)heads * n * sizeof(float));
+    for (int h = 0; h < heads; h++) memcpy(yh0 + (size_t)h * n, yg + (size_t)h * ldy + G, (size_t)n * sizeof(float));
+    t->kv8_axpy_rows(yg + G, ldy, alpha, lda, heads, rows, n_rows, n);
+    for (int h = 0; h < heads; h++) {
+        memcpy(y0, yh0 + (size_t)h * n, (size_t)n * sizeof(float));
+        t->axpy_rows(y0, alpha + (size_t)h * lda, wide, n, n_rows, n);
+        const float *yh = yg + (size_t)h * ldy;
+        int guards = 1;
+        for (int i = 0; i < G; i++) guards &= yh[i] == SENTINEL && yh[G + n + i] == SENTINEL;
+        check(!memcmp(y0, yh + G, (size_t)n * sizeof(float)) && guards, t->name,
+              "kv8_axpy_rows n=%d rows=%d head %d of %d: bitwise axpy_rows widened, y's neighbours untouched", n, n_rows,
+              h, heads);
+    }
+    free(rows), free(wide), free(x), free(q), free(alpha), free(want), free(got), free(y0), free(yg), free(yh0);
 }
 
 static void test_rows_vectors(const qw_kernels *t) {
@@ -496,7 +507,8 @@ static void test_rows_vectors(const qw_kernels *t) {
     if (t->kv8_dot_rows) { /* FAST's int8 cache: head sizes that are multiples of 32 */
         static const int kv_rows[] = {1, 2, 3, 4, 5, 9, 37, 1001};
         for (int n = 32; n <= 256; n += 32)
-            for (size_t c = 0; c < sizeof(kv_rows) / sizeof(kv_rows[0]); c++) test_kv8_rows_case(t, n, kv_rows[c]);
+            for (size_t c = 0; c < sizeof(kv_rows) / sizeof(kv_rows[0]); c++)
+                for (int heads = 1; heads <= 3; heads++) test_kv8_rows_case(t, n, kv_rows[c], heads);
     }
     /* No rows: nothing written. */
     float out = SENTINEL, y[3] = {SENTINEL, SENTINEL, SENTINEL}, x[3] = {1.0f, 2.0f, 3.0f}, a = 1.0f;
