@@ -260,13 +260,6 @@ static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld,
     dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* QW_KV8 rows ahead of the ones being read whose bytes are prefetched (kernels_avx512.c's KV8_AHEAD). */
-#define KV8_AHEAD 32
-QW_INLINE void kv8_prefetch_rows(const char *rows, size_t ldb, int r, int count) {
-    const char *p = rows + (size_t)(r + KV8_AHEAD) * ldb;
-    for (size_t o = 0; o < (size_t)count * ldb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0); /* never faults */
-}
-
 /* dot_tile's four chains of one QW_KV8 row x for two heads (q and q + ldq): each widened vector
  * meets both heads' queries, so the row is widened once for the pair; c[0], c[1] get each head's
  * chains added as dot_tile adds them (8 accumulators: 16 registers hold no more rows). n is a

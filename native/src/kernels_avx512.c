@@ -265,15 +265,6 @@ static void dot_rows_avx512(float *out, const float *q, const float *rows, int l
     dot_rows_any(0, out, q, (const char *)rows, (size_t)ld * sizeof(float), n_rows, n);
 }
 
-/* QW_KV8 rows ahead of the ones being read whose bytes are prefetched: a decode step reads each
- * sequence's keys and values for each layer and KV head as a short run (tens of KB), too short for
- * the hardware prefetcher to get ahead of (ops.c's KV_AHEAD, the same distance). */
-#define KV8_AHEAD 32
-QW_INLINE void kv8_prefetch_rows(const char *rows, size_t ldb, int r, int count) {
-    const char *p = rows + (size_t)(r + KV8_AHEAD) * ldb;
-    for (size_t o = 0; o < (size_t)count * ldb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0); /* never faults */
-}
-
 /* dot_tile's four chains of R (1..2) QW_KV8 rows for two heads (q and q + ldq) side by side: each
  * widened vector of a row meets both heads' queries, so a row is widened once for the pair, and
  * each (row, head) has its own four chains fed in dot_tile's order, then one hsum4 for all four:
