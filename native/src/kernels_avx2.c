@@ -264,7 +264,7 @@ static void dot_rows_avx2(float *out, const float *q, const float *rows, int ld,
  * meets both heads' queries, so the row is widened once for the pair; c[0], c[1] get each head's
  * chains added as dot_tile adds them (8 accumulators: 16 registers hold no more rows). n is a
  * multiple of 32 (no tail). */
-QW_INLINE void kv8_dot_pair(__m256 c[2], const float *q, int ldq, const char *x, int n) {
+QW_INLINE void kv8_dot_row2(__m256 c[2], const float *q, int ldq, const char *x, int n) {
     __m256 s[2][4];
     for (int h = 0; h < 2; h++)
         for (int j = 0; j < 4; j++) s[h][j] = _mm256_setzero_ps();
@@ -277,29 +277,32 @@ QW_INLINE void kv8_dot_pair(__m256 c[2], const float *q, int ldq, const char *x,
     for (int h = 0; h < 2; h++) c[h] = _mm256_add_ps(_mm256_add_ps(s[h][0], s[h][1]), _mm256_add_ps(s[h][2], s[h][3]));
 }
 
-/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, per head; heads in pairs
- * (kv8_dot_pair, two rows to an hsum4), the rows a few ahead prefetched. */
+/* The scores of two heads (kv8_in_pairs' pair): kv8_dot_row2 over the rows, two rows to an hsum4,
+ * the rows a few ahead prefetched. */
+static void kv8_dot_pair(float *o, int ldo, const float *q, int ldq, const char *x, size_t ldb, int n_rows, int n) {
+    for (int r = 0; r < n_rows; r += 2) {
+        __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        const int two = r + 1 < n_rows;
+        kv8_prefetch_rows(x, ldb, r, 2);
+        kv8_dot_row2(c, q, ldq, x + (size_t)r * ldb, n);
+        if (two) kv8_dot_row2(c + 2, q, ldq, x + (size_t)(r + 1) * ldb, n);
+        float t[4];
+        _mm_storeu_ps(t, hsum4(c[0], c[1], c[2], c[3]));
+        o[r] = t[0], o[(size_t)ldo + r] = t[1];
+        if (two) o[r + 1] = t[2], o[(size_t)ldo + r + 1] = t[3];
+    }
+}
+
+/* The scores of one head (kv8_in_pairs' one). */
+static void kv8_dot_one(float *o, int ldo, const float *q, int ldq, const char *x, size_t ldb, int n_rows, int n) {
+    (void)ldo, (void)ldq;
+    dot_rows_any(1, o, q, x, ldb, n_rows, n);
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, per head; heads in pairs. */
 static void kv8_dot_rows_avx2(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows,
                               int n) {
-    const char *x = rows;
-    const size_t ldb = qw_kv8_row_bytes(n);
-    int h = 0;
-    for (; h + 2 <= heads; h += 2) {
-        float *o = out + (size_t)h * ldo;
-        const float *qh = q + (size_t)h * ldq;
-        for (int r = 0; r < n_rows; r += 2) {
-            __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            const int two = r + 1 < n_rows;
-            kv8_prefetch_rows(x, ldb, r, 2);
-            kv8_dot_pair(c, qh, ldq, x + (size_t)r * ldb, n);
-            if (two) kv8_dot_pair(c + 2, qh, ldq, x + (size_t)(r + 1) * ldb, n);
-            float t[4];
-            _mm_storeu_ps(t, hsum4(c[0], c[1], c[2], c[3]));
-            o[r] = t[0], o[(size_t)ldo + r] = t[1];
-            if (two) o[r + 1] = t[2], o[(size_t)ldo + r + 1] = t[3];
-        }
-    }
-    if (h < heads) dot_rows_any(1, out + (size_t)h * ldo, q + (size_t)h * ldq, x, ldb, n_rows, n);
+    kv8_in_pairs(kv8_dot_pair, kv8_dot_one, out, ldo, q, ldq, heads, rows, n_rows, n);
 }
 
 /* y[0 : 8V + t) += alpha[r] * rows[r][i0 : i0 + 8V + t) for every row r in order (row r at
@@ -339,8 +342,8 @@ static void axpy_rows_avx2(float *y, const float *alpha, const float *rows, int 
 /* axpy_block's 4 vectors of QW_KV8 rows for two heads (y, alpha and y + ldy, alpha + lda) side by
  * side: each widened vector of a row goes into both heads' FMAs, in axpy_block's order per lane
  * (8 accumulators); the rows a few ahead prefetched on the first block. n is a multiple of 32. */
-QW_INLINE void kv8_axpy_pair(float *y, int ldy, const float *alpha, int lda, const char *rows, size_t ldb, int n_rows,
-                             int n, int i0) {
+QW_INLINE void kv8_axpy_block2(float *y, int ldy, const float *alpha, int lda, const char *rows, size_t ldb,
+                               int n_rows, int n, int i0) {
     __m256 v0[4], v1[4];
     for (int j = 0; j < 4; j++) v0[j] = _mm256_loadu_ps(y + 8 * j), v1[j] = _mm256_loadu_ps(y + ldy + 8 * j);
     for (int r = 0; r < n_rows; r++) {
@@ -356,17 +359,24 @@ QW_INLINE void kv8_axpy_pair(float *y, int ldy, const float *alpha, int lda, con
     for (int j = 0; j < 4; j++) _mm256_storeu_ps(y + 8 * j, v0[j]), _mm256_storeu_ps(y + ldy + 8 * j, v1[j]);
 }
 
-/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, per head; heads in
- * pairs (kv8_axpy_pair, 32 columns a pass). */
+/* P V of two heads (kv8_in_pairs' pair): kv8_axpy_block2, 32 columns a pass. */
+static void kv8_axpy_pair(float *y, int ldy, const float *alpha, int lda, const char *x, size_t ldb, int n_rows,
+                          int n) {
+    if (n_rows <= 0) return;
+    for (int i = 0; i < n; i += 32) kv8_axpy_block2(y + i, ldy, alpha, lda, x, ldb, n_rows, n, i);
+}
+
+/* P V of one head (kv8_in_pairs' one). */
+static void kv8_axpy_one(float *y, int ldy, const float *alpha, int lda, const char *x, size_t ldb, int n_rows,
+                         int n) {
+    (void)ldy, (void)lda;
+    axpy_rows_any(1, y, alpha, x, ldb, n_rows, n);
+}
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, per head; heads in pairs. */
 static void kv8_axpy_rows_avx2(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows,
                                int n_rows, int n) {
-    const char *x = rows;
-    const size_t ldb = qw_kv8_row_bytes(n);
-    int h = 0;
-    for (; h + 2 <= heads && n_rows > 0; h += 2)
-        for (int i = 0; i < n; i += 32)
-            kv8_axpy_pair(y + (size_t)h * ldy + i, ldy, alpha + (size_t)h * lda, lda, x, ldb, n_rows, n, i);
-    for (; h < heads; h++) axpy_rows_any(1, y + (size_t)h * ldy, alpha + (size_t)h * lda, x, ldb, n_rows, n);
+    kv8_in_pairs(kv8_axpy_pair, kv8_axpy_one, y, ldy, alpha, lda, heads, rows, n_rows, n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */

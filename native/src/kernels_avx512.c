@@ -301,25 +301,28 @@ QW_INLINE void kv8_dot_tile2(int R, float *out, int ldo, const float *q, int ldq
     for (int r = 0; r < R; r++) out[r] = t[2 * r], out[(size_t)ldo + r] = t[2 * r + 1];
 }
 
-/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, per head; heads in pairs
- * (kv8_dot_tile2: a decode step's attention is bound by the widening, which a pair shares), the
- * rows a few ahead prefetched. */
+/* The scores of two heads (kv8_in_pairs' pair): kv8_dot_tile2 over the rows, two at a time (a
+ * decode step's attention is bound by the widening, which the pair shares), the rows a few ahead
+ * prefetched. */
+static void kv8_dot_pair(float *o, int ldo, const float *q, int ldq, const char *x, size_t ldb, int n_rows, int n) {
+    int r = 0;
+    for (; r + 2 <= n_rows; r += 2) {
+        kv8_prefetch_rows(x, ldb, r, 2);
+        kv8_dot_tile2(2, o + r, ldo, q, ldq, x + (size_t)r * ldb, ldb, n);
+    }
+    if (r < n_rows) kv8_dot_tile2(1, o + r, ldo, q, ldq, x + (size_t)r * ldb, ldb, n);
+}
+
+/* The scores of one head (kv8_in_pairs' one). */
+static void kv8_dot_one(float *o, int ldo, const float *q, int ldq, const char *x, size_t ldb, int n_rows, int n) {
+    (void)ldo, (void)ldq;
+    dot_rows_any(1, o, q, x, ldb, n_rows, n);
+}
+
+/* dot_rows over QW_KV8 rows: bitwise dot_rows over their to_f32 widening, per head; heads in pairs. */
 static void kv8_dot_rows_avx512(float *out, int ldo, const float *q, int ldq, int heads, const void *rows, int n_rows,
                                 int n) {
-    const char *x = rows;
-    const size_t ldb = qw_kv8_row_bytes(n);
-    int h = 0;
-    for (; h + 2 <= heads; h += 2) {
-        float *o = out + (size_t)h * ldo;
-        const float *qh = q + (size_t)h * ldq;
-        int r = 0;
-        for (; r + 2 <= n_rows; r += 2) {
-            kv8_prefetch_rows(x, ldb, r, 2);
-            kv8_dot_tile2(2, o + r, ldo, qh, ldq, x + (size_t)r * ldb, ldb, n);
-        }
-        if (r < n_rows) kv8_dot_tile2(1, o + r, ldo, qh, ldq, x + (size_t)r * ldb, ldb, n);
-    }
-    if (h < heads) dot_rows_any(1, out + (size_t)h * ldo, q + (size_t)h * ldq, x, ldb, n_rows, n);
+    kv8_in_pairs(kv8_dot_pair, kv8_dot_one, out, ldo, q, ldq, heads, rows, n_rows, n);
 }
 
 /* y[0 : 16V + t) += alpha[r] * rows[r][i0 : i0 + 16V + t) for every row r in order (row r at
@@ -379,21 +382,26 @@ QW_INLINE void kv8_axpy_block2(int V, float *y, int ldy, const float *alpha, int
 /* QW_VECTORS' form of kv8_axpy_block2 (the block's vector count first). */
 #define KV8_AXPY2(V, ...) kv8_axpy_block2(V, __VA_ARGS__)
 
-/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, per head; heads in
- * pairs, as kv8_dot_rows. */
+/* P V of two heads (kv8_in_pairs' pair): kv8_axpy_block2 over blocks of 128 columns, then the rest. */
+static void kv8_axpy_pair(float *y, int ldy, const float *alpha, int lda, const char *x, size_t ldb, int n_rows,
+                          int n) {
+    if (n_rows <= 0) return;
+    int i = 0;
+    for (; i + 128 <= n; i += 128) kv8_axpy_block2(8, y + i, ldy, alpha, lda, x, ldb, n_rows, n, i);
+    if (i < n) QW_VECTORS((n - i) >> 4, KV8_AXPY2, y + i, ldy, alpha, lda, x, ldb, n_rows, n, i);
+}
+
+/* P V of one head (kv8_in_pairs' one). */
+static void kv8_axpy_one(float *y, int ldy, const float *alpha, int lda, const char *x, size_t ldb, int n_rows,
+                         int n) {
+    (void)ldy, (void)lda;
+    axpy_rows_any(1, y, alpha, x, ldb, n_rows, n);
+}
+
+/* axpy_rows over QW_KV8 rows: bitwise axpy_rows over their to_f32 widening, per head; heads in pairs. */
 static void kv8_axpy_rows_avx512(float *y, int ldy, const float *alpha, int lda, int heads, const void *rows,
                                  int n_rows, int n) {
-    const char *x = rows;
-    const size_t ldb = qw_kv8_row_bytes(n);
-    int h = 0;
-    for (; h + 2 <= heads && n_rows > 0; h += 2) {
-        float *yh = y + (size_t)h * ldy;
-        const float *ah = alpha + (size_t)h * lda;
-        int i = 0;
-        for (; i + 128 <= n; i += 128) kv8_axpy_block2(8, yh + i, ldy, ah, lda, x, ldb, n_rows, n, i);
-        if (i < n) QW_VECTORS((n - i) >> 4, KV8_AXPY2, yh + i, ldy, ah, lda, x, ldb, n_rows, n, i);
-    }
-    for (; h < heads; h++) axpy_rows_any(1, y + (size_t)h * ldy, alpha + (size_t)h * lda, x, ldb, n_rows, n);
+    kv8_in_pairs(kv8_axpy_pair, kv8_axpy_one, y, ldy, alpha, lda, heads, rows, n_rows, n);
 }
 
 /* ==== Rows path: C[m, n] = bias[n] + W[n, :] . A[m, :], batch-invariant ==== */

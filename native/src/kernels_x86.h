@@ -30,6 +30,20 @@ QW_INLINE void kv8_prefetch_rows(const char *rows, size_t ldb, int r, int count)
     for (size_t o = 0; o < (size_t)count * ldb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
+/* A table's kv8_dot_rows / kv8_axpy_rows (kernels.h) for the `heads` query heads of a KV head's
+ * group: the heads in pairs through pair(), which widens each row once for both, an odd last one
+ * alone through one(). Head h's output at v + h * ldv (its scores, or its y), its input at
+ * in + h * ldin (its q, or its alpha); the rows' stride is ldb bytes. */
+typedef void (*qw_kv8_heads_fn)(float *v, int ldv, const float *in, int ldin, const char *rows, size_t ldb,
+                                int n_rows, int n);
+QW_INLINE void kv8_in_pairs(qw_kv8_heads_fn pair, qw_kv8_heads_fn one, float *v, int ldv, const float *in, int ldin,
+                            int heads, const void *rows, int n_rows, int n) {
+    const size_t ldb = qw_kv8_row_bytes(n);
+    int h = 0;
+    for (; h + 2 <= heads; h += 2) pair(v + (size_t)h * ldv, ldv, in + (size_t)h * ldin, ldin, rows, ldb, n_rows, n);
+    if (h < heads) one(v + (size_t)h * ldv, ldv, in + (size_t)h * ldin, ldin, rows, ldb, n_rows, n);
+}
+
 /* BLOCK(V, ...) with V a compile-time count of vectors for a run-time count v of 0..7 (7 for more):
  * the last block of a row, whose registers the compiler must know. */
 #define QW_VECTORS(v, BLOCK, ...)          \
