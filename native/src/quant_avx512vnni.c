@@ -32,6 +32,10 @@
  * weights take 9 dot products, so fewer loads are in flight than memory needs
  * (Intel Xeon with AMX, 2 threads: decode step of 0.6B at batch 8 41.0-41.4 ->
  * 38.4-38.8 ms, batch 1 unchanged; 8-24 KiB ahead within the noise of it).
+ * Tiles of one row do without it: their dot products keep up with memory, and
+ * on a Zen 5 streaming 74-78 GB/s a batch-1 step's products went from
+ * 0.90-0.98 of the LM head screen's pace (in the same process) to 0.99-1.04
+ * without it (alternating rounds), batch 8 unchanged.
  */
 #include "kernels_avx512_tile.h" /* lanes, bf16_to_f32x16 */
 #include "quant.h"
@@ -82,7 +86,7 @@ QW_INLINE void q8_tile(int R, float *C, int ldc, const uint8_t *qa, const float 
             const __m512i w1 = V == 2 ? _mm512_loadu_si512((const void *)(q1 + (size_t)kq * 64)) : w0;
             if (prefetch) { /* past the block's end it reads the next one's start; it never faults */
                 _mm_prefetch((const char *)(q0 + (size_t)(kq + Q8_PREFETCH) * 64), _MM_HINT_T0);
-                _mm_prefetch((const char *)(q0 + (size_t)(kq + Q8_PREFETCH_L2) * 64), _MM_HINT_T1);
+                if (R > 1) _mm_prefetch((const char *)(q0 + (size_t)(kq + Q8_PREFETCH_L2) * 64), _MM_HINT_T1);
                 if (V == 2) _mm_prefetch((const char *)(q1 + (size_t)(kq + Q8_PREFETCH) * 64), _MM_HINT_T0);
             }
             if (ZS) zs = q8_dp(zs, c128, w0);
