@@ -22,6 +22,14 @@ qwen-asr's transformers backend in float32 (what runs on a CPU without bf16 matm
 encoder attends across the whole clip (its sdpa path ignores the 8 s
 windows), which for 10 s costs a little more than windows would.
 
+--floor adds the bandwidth floor of `fast`'s batch-1 decode step, measured in the same run: the
+bytes a step streams (the decoder's int8 linears with their scales, the LM head's 4-bit screen and
+the blocks it rescores: fast_step_bytes) over the best read rate of the int8 product of the LM head
+at M = 1 (benchmarks/bench_kernels.sh -v int8 -m 1, run after each round, weights from DRAM), and
+decode / floor (issue 8's target without AMX: 1.2x). The box's memory is then judged in the same
+minutes as its decode, not from another hour (one Zen 5 streamed 42-46 GB/s in one hour and
+70-78 in another).
+
 A column `precision:isa@path` runs the libqwen at path (QWEN_LIBRARY; benchmarks/build_rev.sh builds
 one of any git revision). With --rounds N every column runs N times, the columns taking turns
 (A B A B ...: a busy minute of the machine falls on both), and each figure is the median of its N.
@@ -225,6 +233,46 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     return best
 
 
+def fast_step_bytes(model_dir: Path, head_blocks: int = 32) -> int:
+    """Bytes of weights one batch-1 decode step of `fast` reads (quant.h's layouts, qw_q8_sizes /
+    qw_q4_sizes): every decoder linear in int8 (K padded to 4) with a bf16 scale per 64 k (its
+    zsum is not read by steps of up to 16 rows), and the LM head through its 4-bit screen (half a
+    byte a weight, the same scales) plus the head_blocks blocks of 16 rows it rescores in int8.
+    Norms, biases and the one embedding row are left out (a few KB)."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    t = cfg.get("thinker_config", cfg).get("text_config", cfg)
+    hidden, inter, vocab = t["hidden_size"], t["intermediate_size"], t["vocab_size"]
+    hd = t.get("head_dim") or hidden // t["num_attention_heads"]
+    nq, nkv = t["num_attention_heads"] * hd, t["num_key_value_heads"] * hd
+
+    def scales(n: int, k: int) -> int:
+        return -(-n // 16) * 16 * -(-k // 64) * 2
+
+    def int8(n: int, k: int) -> int:
+        return -(-n // 16) * 16 * ((k + 3) & ~3) + scales(n, k)
+
+    shapes = [(nq, hidden), (nkv, hidden), (nkv, hidden), (hidden, nq), (inter, hidden), (inter, hidden)]
+    layer = sum(int8(n, k) for n, k in shapes + [(hidden, inter)])
+    screen = -(-vocab // 16) * 16 * hidden // 2 + scales(vocab, hidden)
+    return t["num_hidden_layers"] * layer + screen + int8(16 * head_blocks, hidden)
+
+
+def read_rate_gbs(threads: int) -> float:
+    """The best GB/s of the int8 product of the LM head at M = 1 over the int8 tables the CPU runs
+    (bench_kernels.sh -v int8 -m 1: weights from DRAM, the fastest of its rounds)."""
+    script = Path(__file__).with_name("bench_kernels.sh")
+    out = subprocess.run(
+        ["bash", str(script), "-t", str(threads), "-v", "int8", "-m", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rates = [float(x.split()[-2]) for x in out.splitlines() if x.startswith("int8 ") and "N=151936" in x]
+    if not rates:
+        raise SystemExit("bench_kernels printed no int8 LM head line:\n" + out[-2000:])
+    return max(rates)
+
+
 def worker_main(args: argparse.Namespace) -> None:
     result = run_ours(args) if args.worker == "ours" else run_reference(args)
     print("RESULT " + json.dumps(result))
@@ -278,6 +326,12 @@ def main() -> None:
     p.add_argument("--config", default="exact:auto", help=argparse.SUPPRESS)
     p.add_argument("--rounds", type=int, default=1, help="runs of every column, taking turns; medians")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the read rate after each round (bench_kernels.sh -v int8 -m 1, ~45 s) and add "
+        "fast's decode floor and decode / floor",
+    )
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -296,10 +350,24 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     configs = args.configs.split(",")
     runs: list[list[dict[str, Any]]] = [[] for _ in configs]
+    rates: list[float] = []
     for _ in range(args.rounds):  # one worker per column and round, the columns taking turns
         for i, config in enumerate(configs):
             runs[i].append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
+        if args.floor:
+            rates.append(read_rate_gbs(args.threads))
     ours = [median_run(r) for r in runs]
+    if rates:
+        rate = float(np.median(rates))
+        step_gb = fast_step_bytes(args.model_dir) / 1e9
+        print("read rate (int8 LM head, M = 1): " + ", ".join(f"{r:.1f}" for r in rates) + " GB/s")
+        print(
+            f"fast decode step: {step_gb:.3f} GB of weights, floor {step_gb / rate * 1e3:.2f} ms at {rate:.1f} GB/s"
+        )
+        for o in ours:
+            if str(o["label"]).startswith("fast"):
+                o["floor_ms"] = step_gb / rate * 1e3
+                o["over_floor"] = float(o["decode_ms_per_token"]) / o["floor_ms"]
     if args.rounds > 1:
         for o, r in zip(ours, runs, strict=True):
             print(f"{o['label']}: end to end " + ", ".join(f"{x['end_to_end_s']:.3f}" for x in r) + " s")
@@ -310,6 +378,7 @@ def main() -> None:
         ("prefill", "prefill_ms", "ms"),
         ("decode / token", "decode_ms_per_token", "ms"),
         ("decode / tok, b8", "decode8_ms_per_token", "ms"),
+        *([("decode floor, b1", "floor_ms", "ms"), ("decode / floor", "over_floor", "x")] if rates else []),
         ("end to end", "end_to_end_s", "s"),
         ("peak RSS", "peak_rss_mb", "MB"),
         ("load", "load_s", "s"),
@@ -322,14 +391,26 @@ def main() -> None:
         head += ["official (PyTorch f32)"] + [f"speed-up, {o['label']}" for o in ours]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+
+    def cell(v: Any, unit: str) -> str:
+        if v is None:
+            return "-"
+        return (
+            f"{float(v):.2f}{unit}"
+            if unit == "x"
+            else f"{float(v):.2f} {unit}"
+            if unit == "s"
+            else f"{float(v):.1f} {unit}"
+        )
+
     for label, key, unit in rows:
-        cells = [label] + [
-            f"{float(o[key]):.2f} {unit}" if unit == "s" else f"{float(o[key]):.1f} {unit}" for o in ours
-        ]
+        cells = [label] + [cell(o.get(key), unit) for o in ours]
         if ref is not None:
-            b = float(ref.get(key, float("nan")))
-            cells += [f"{b:.2f} {unit}" if unit == "s" else f"{b:.1f} {unit}"]
-            cells += [f"{b / float(o[key]):.2f}x" for o in ours]
+            b = ref.get(key)
+            cells += [cell(b, unit)]
+            cells += [
+                f"{float(b) / float(o[key]):.2f}x" if b is not None and o.get(key) else "-" for o in ours
+            ]
         print("| " + " | ".join(cells) + " |")
 
 
