@@ -22,13 +22,13 @@ qwen-asr's transformers backend in float32 (what runs on a CPU without bf16 matm
 encoder attends across the whole clip (its sdpa path ignores the 8 s
 windows), which for 10 s costs a little more than windows would.
 
---floor adds the bandwidth floor of `fast`'s batch-1 decode step, measured in the same run: the
+--floor adds the bandwidth floor of `fast`'s batch-1 decode step, measured in the same process: the
 bytes a step streams (the decoder's int8 linears with their scales, the LM head's 4-bit screen and
-the blocks it rescores: fast_step_bytes) over the best read rate of the int8 product of the LM head
-at M = 1 (benchmarks/bench_kernels.sh -v int8 -m 1, run after each round, weights from DRAM), and
-decode / floor (issue 8's target without AMX: 1.2x). The box's memory is then judged in the same
-minutes as its decode, not from another hour (one Zen 5 streamed 42-46 GB/s in one hour and
-70-78 in another).
+the blocks it rescores: fast_step_bytes) over the read rate of the int8 product of the LM head at M
+= 1 on the engine's int8 table (bench_kernels, weights from DRAM), taken just before and just after
+the timed runs (their mean), and decode / floor (issue 8's target without AMX: 1.2x). A shared
+box's memory can move 2x within a minute (a Zen 5 read at 35-76 GB/s over 20 minutes), so the
+floor has to come from the same seconds as the decode it judges.
 
 A column `precision:isa@path` runs the libqwen at path (QWEN_LIBRARY; benchmarks/build_rev.sh builds
 one of any git revision). With --rounds N every column runs N times, the columns taking turns
@@ -142,7 +142,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     native = engine.native
     prompt = engine.prompt_ids(pcm.size)
     best: dict[str, float] = {}
+    table = native.kernels.partition("int8 ")[2].split()[0] if "int8 " in native.kernels else ""
+    rates = []
     for i in range(args.warmup + args.repeat):
+        if (
+            args.floor and table and i == args.warmup
+        ):  # the read rate just before and just after the timed runs
+            rates.append(read_rate_gbs(args.threads, table))
         # Never stop early: an id that cannot occur as the only stop token.
         t0 = time.perf_counter()
         tokens = list(native.generate(pcm, prompt, max_new_tokens=args.tokens, eos_ids=[-1]))
@@ -158,6 +164,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
         }
         if i >= args.warmup:
             best = {k: min(v, best.get(k, v)) for k, v in run.items()}
+    if rates:
+        rates.append(read_rate_gbs(args.threads, table))
+        best["read_rate_gbs"] = float(np.mean(rates))
+        best["floor_ms"] = fast_step_bytes(args.model_dir) / best["read_rate_gbs"] * 1e-6
+        best["over_floor"] = best["decode_ms_per_token"] / best["floor_ms"]
     rss = peak_rss_mb()  # before the batch part: its 8 KV caches are not the single request's
     short = engine.prompt_ids(test_audio(5.0).size)
     best["decode8_ms_per_token"] = batch_step_ms(native, test_audio(5.0), short, 8, 8) / 8
@@ -257,20 +268,38 @@ def fast_step_bytes(model_dir: Path, head_blocks: int = 32) -> int:
     return t["num_hidden_layers"] * layer + screen + int8(16 * head_blocks, hidden)
 
 
-def read_rate_gbs(threads: int) -> float:
-    """The best GB/s of the int8 product of the LM head at M = 1 over the int8 tables the CPU runs
-    (bench_kernels.sh -v int8 -m 1: weights from DRAM, the fastest of its rounds)."""
+KERNELS_BENCH = Path(__file__).resolve().parents[1] / "build" / "kernels-bench" / "bench_kernels"
+
+
+def build_kernels_bench() -> None:
+    """Builds benchmarks/bench_kernels.c (bench_kernels.sh, with a variant that times nothing)."""
     script = Path(__file__).with_name("bench_kernels.sh")
-    out = subprocess.run(
-        ["bash", str(script), "-t", str(threads), "-v", "int8", "-m", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rates = [float(x.split()[-2]) for x in out.splitlines() if x.startswith("int8 ") and "N=151936" in x]
+    subprocess.run(["bash", str(script), "-v", "none"], capture_output=True, text=True, check=True)
+
+
+def read_rate_gbs(threads: int, table: str) -> float:
+    """GB/s of the int8 product of the LM head at M = 1 on the engine's int8 table, weights from DRAM
+    (bench_kernels -v int8 -m 1 -n 151936 -q table: about 5 s, the fastest of its rounds)."""
+    cmd = [
+        str(KERNELS_BENCH),
+        "-t",
+        str(threads),
+        "-v",
+        "int8",
+        "-m",
+        "1",
+        "-n",
+        "151936",
+        "-q",
+        table,
+        "-s",
+        "0.5",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rates = [float(x.split()[-2]) for x in out.splitlines() if x.startswith("int8 ")]
     if not rates:
-        raise SystemExit("bench_kernels printed no int8 LM head line:\n" + out[-2000:])
-    return max(rates)
+        raise SystemExit("bench_kernels printed no int8 line:\n" + out[-2000:])
+    return rates[0]
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -282,6 +311,7 @@ def spawn(args: argparse.Namespace, which: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", which, "--model-dir", str(args.model_dir)]
     cmd += ["--seconds", str(args.seconds), "--threads", str(args.threads), "--tokens", str(args.tokens)]
     cmd += ["--repeat", str(args.repeat), "--warmup", str(args.warmup), "--config", args.config]
+    cmd += ["--floor"] if args.floor else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     library = args.config.partition("@")[2] if which == "ours" else ""
     if library:
@@ -350,24 +380,22 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     configs = args.configs.split(",")
     runs: list[list[dict[str, Any]]] = [[] for _ in configs]
-    rates: list[float] = []
+    if args.floor:
+        build_kernels_bench()
+        print(f"fast decode step: {fast_step_bytes(args.model_dir) / 1e9:.3f} GB of weights")
     for _ in range(args.rounds):  # one worker per column and round, the columns taking turns
         for i, config in enumerate(configs):
             runs[i].append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
-        if args.floor:
-            rates.append(read_rate_gbs(args.threads))
+    for r in runs:
+        if "over_floor" in r[0]:
+            print(
+                f"{r[0]['label']}: decode / floor "
+                + ", ".join(
+                    f"{x['decode_ms_per_token']:.2f} / {x['floor_ms']:.2f} ms ({x['read_rate_gbs']:.1f} GB/s)"
+                    for x in r
+                )
+            )
     ours = [median_run(r) for r in runs]
-    if rates:
-        rate = float(np.median(rates))
-        step_gb = fast_step_bytes(args.model_dir) / 1e9
-        print("read rate (int8 LM head, M = 1): " + ", ".join(f"{r:.1f}" for r in rates) + " GB/s")
-        print(
-            f"fast decode step: {step_gb:.3f} GB of weights, floor {step_gb / rate * 1e3:.2f} ms at {rate:.1f} GB/s"
-        )
-        for o in ours:
-            if str(o["label"]).startswith("fast"):
-                o["floor_ms"] = step_gb / rate * 1e3
-                o["over_floor"] = float(o["decode_ms_per_token"]) / o["floor_ms"]
     if args.rounds > 1:
         for o, r in zip(ours, runs, strict=True):
             print(f"{o['label']}: end to end " + ", ".join(f"{x['end_to_end_s']:.3f}" for x in r) + " s")
@@ -378,7 +406,11 @@ def main() -> None:
         ("prefill", "prefill_ms", "ms"),
         ("decode / token", "decode_ms_per_token", "ms"),
         ("decode / tok, b8", "decode8_ms_per_token", "ms"),
-        *([("decode floor, b1", "floor_ms", "ms"), ("decode / floor", "over_floor", "x")] if rates else []),
+        *(
+            [("decode floor, b1", "floor_ms", "ms"), ("decode / floor", "over_floor", "x")]
+            if args.floor
+            else []
+        ),
         ("end to end", "end_to_end_s", "s"),
         ("peak RSS", "peak_rss_mb", "MB"),
         ("load", "load_s", "s"),

@@ -35,8 +35,11 @@
  * fastest of 5 rounds.
  *
  * Usage: bench_kernels [-t threads] [-s seconds_per_case] [-v variant] [-d dtype] [-m M] [-c all|rows]
+ *                      [-n N] [-q int8_table]
  * (-c rows: only the matmul_rows cases. Compiled with -DBENCH_NO_ROWS, e.g.
- * against an older kernels.h, those cases time matmul instead.)
+ * against an older kernels.h, those cases time matmul instead. -n, -q: the
+ * int8 cases of N columns only, of that int8 table only; `-v int8 -m 1
+ * -n 151936 -q avx512vnni` is bench_engine.py --floor's read rate.)
  * Built and run by benchmarks/bench_kernels.sh.
  */
 #include "../native/include/qwen.h"
@@ -308,8 +311,8 @@ static void bench_amx(const qw_kernels *ref, int M, int K, int N, int threads, d
 int main(int argc, char **argv) {
     int threads = 1;
     double seconds = 0.4;
-    const char *only = NULL, *only_dt = NULL, *cases = "all";
-    int only_m = 0;
+    const char *only = NULL, *only_dt = NULL, *cases = "all", *only_q8 = NULL;
+    int only_m = 0, only_n = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-s")) seconds = atof(argv[i + 1]);
@@ -317,6 +320,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-d")) only_dt = argv[i + 1];
         else if (!strcmp(argv[i], "-m")) only_m = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-c")) cases = argv[i + 1];
+        else if (!strcmp(argv[i], "-n")) only_n = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-q")) only_q8 = argv[i + 1];
     }
     const int only_rows = !strcmp(cases, "rows");
     if (threads < 1) threads = 1;
@@ -394,9 +399,9 @@ int main(int argc, char **argv) {
         if (tables[2] == tables[1]) tables[2] = NULL; /* one table below AVX-512 VNNI: not twice */
         if (tables[2] == &qw_q8_avxvnni) tables[3] = &qw_q8_avx2;
         for (int ti = 0; ti < 4; ti++) {
-            if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
+            if (!tables[ti] || tables[ti] == &qw_q8_scalar || (only_q8 && strcmp(only_q8, tables[ti]->name))) continue;
             for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
-                for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {
+                for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]) && (!only_n || only_n == q8_shapes[s][1]); mi++) {
                     const int m = only_m ? only_m : q8_m[mi]; /* -m: that M alone, any M */
                     if (s == 3 && m > 16) continue;
                     bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 0);
