@@ -145,9 +145,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     table = native.kernels.partition("int8 ")[2].split()[0] if "int8 " in native.kernels else ""
     rates = []
     for i in range(args.warmup + args.repeat):
-        if (
-            args.floor and table and i == args.warmup
-        ):  # the read rate just before and just after the timed runs
+        # --floor: the read rate just before the timed runs (and just after, below)
+        if args.floor and table and i == args.warmup:
             rates.append(read_rate_gbs(args.threads, table))
         # Never stop early: an id that cannot occur as the only stop token.
         t0 = time.perf_counter()
@@ -284,14 +283,14 @@ def read_rate_gbs(threads: int, table: str) -> float:
         str(KERNELS_BENCH),
         "-t",
         str(threads),
+        "-q",
+        table,
         "-v",
         "int8",
         "-m",
         "1",
         "-n",
         "151936",
-        "-q",
-        table,
         "-s",
         "0.5",
     ]
@@ -359,8 +358,8 @@ def main() -> None:
     p.add_argument(
         "--floor",
         action="store_true",
-        help="measure the read rate after each round (bench_kernels.sh -v int8 -m 1, ~45 s) and add "
-        "fast's decode floor and decode / floor",
+        help="time the int8 LM head product just before and after fast's timed runs (about 5 s each) "
+        "and add fast's batch-1 decode floor and decode / floor",
     )
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -427,13 +426,9 @@ def main() -> None:
     def cell(v: Any, unit: str) -> str:
         if v is None:
             return "-"
-        return (
-            f"{float(v):.2f}{unit}"
-            if unit == "x"
-            else f"{float(v):.2f} {unit}"
-            if unit == "s"
-            else f"{float(v):.1f} {unit}"
-        )
+        if unit == "x":
+            return f"{float(v):.2f}x"
+        return f"{float(v):.2f} {unit}" if unit == "s" else f"{float(v):.1f} {unit}"
 
     for label, key, unit in rows:
         cells = [label] + [cell(o.get(key), unit) for o in ours]

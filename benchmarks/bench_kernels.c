@@ -399,9 +399,11 @@ int main(int argc, char **argv) {
         if (tables[2] == tables[1]) tables[2] = NULL; /* one table below AVX-512 VNNI: not twice */
         if (tables[2] == &qw_q8_avxvnni) tables[3] = &qw_q8_avx2;
         for (int ti = 0; ti < 4; ti++) {
-            if (!tables[ti] || tables[ti] == &qw_q8_scalar || (only_q8 && strcmp(only_q8, tables[ti]->name))) continue;
-            for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++)
-                for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]) && (!only_n || only_n == q8_shapes[s][1]); mi++) {
+            if (!tables[ti] || tables[ti] == &qw_q8_scalar) continue;
+            if (only_q8 && strcmp(only_q8, tables[ti]->name)) continue; /* -q: that table alone */
+            for (size_t s = 0; s < sizeof(q8_shapes) / sizeof(q8_shapes[0]); s++) {
+                if (only_n && only_n != q8_shapes[s][1]) continue; /* -n: that N alone */
+                for (size_t mi = 0; mi < sizeof(q8_m) / sizeof(q8_m[0]); mi++) {
                     const int m = only_m ? only_m : q8_m[mi]; /* -m: that M alone, any M */
                     if (s == 3 && m > 16) continue;
                     bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 0);
@@ -409,6 +411,7 @@ int main(int argc, char **argv) {
                         bench_q8(tables[ti], m, q8_shapes[s][0], q8_shapes[s][1], threads, seconds, 1);
                     if (only_m) break;
                 }
+            }
         }
     }
     if (!only_rows && (!only || !strcmp(only, "amx"))) {
