@@ -283,7 +283,7 @@ static void kv8_dot_pair(float *o, int ldo, const float *q, int ldq, const char 
     for (int r = 0; r < n_rows; r += 2) {
         __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         const int two = r + 1 < n_rows;
-        kv8_prefetch_rows(x, ldb, r, 2);
+        qw_prefetch_kv_row(x, ldb, r, 2 * ldb);
         kv8_dot_row2(c, q, ldq, x + (size_t)r * ldb, n);
         if (two) kv8_dot_row2(c + 2, q, ldq, x + (size_t)(r + 1) * ldb, n);
         float t[4];
@@ -349,7 +349,7 @@ QW_INLINE void kv8_axpy_block2(float *y, int ldy, const float *alpha, int lda, c
     for (int r = 0; r < n_rows; r++) {
         const __m256 a0 = _mm256_broadcast_ss(alpha + r), a1 = _mm256_broadcast_ss(alpha + lda + r);
         const char *x = rows + (size_t)r * ldb;
-        if (i0 == 0) kv8_prefetch_rows(rows, ldb, r, 1);
+        if (i0 == 0) qw_prefetch_kv_row(rows, ldb, r, ldb);
         for (int j = 0; j < 4; j++) {
             const __m256 w = row8(x, 1, n, i0 + 8 * j);
             v0[j] = _mm256_fmadd_ps(a0, w, v0[j]);

@@ -307,7 +307,7 @@ QW_INLINE void kv8_dot_tile2(int R, float *out, int ldo, const float *q, int ldq
 static void kv8_dot_pair(float *o, int ldo, const float *q, int ldq, const char *x, size_t ldb, int n_rows, int n) {
     int r = 0;
     for (; r + 2 <= n_rows; r += 2) {
-        kv8_prefetch_rows(x, ldb, r, 2);
+        qw_prefetch_kv_row(x, ldb, r, 2 * ldb);
         kv8_dot_tile2(2, o + r, ldo, q, ldq, x + (size_t)r * ldb, ldb, n);
     }
     if (r < n_rows) kv8_dot_tile2(1, o + r, ldo, q, ldq, x + (size_t)r * ldb, ldb, n);
@@ -369,7 +369,7 @@ QW_INLINE void kv8_axpy_block2(int V, float *y, int ldy, const float *alpha, int
     for (int r = 0; r < n_rows; r++) {
         const __m512 a0 = _mm512_set1_ps(alpha[r]), a1 = _mm512_set1_ps(alpha[(size_t)lda + r]);
         const char *x = rows + (size_t)r * ldb;
-        if (i0 == 0) kv8_prefetch_rows(rows, ldb, r, 1);
+        if (i0 == 0) qw_prefetch_kv_row(rows, ldb, r, ldb);
         for (int j = 0; j < V; j++) {
             const __m512 w = row16(x, 1, n, i0 + 16 * j);
             v0[j] = _mm512_fmadd_ps(a0, w, v0[j]);

@@ -20,16 +20,6 @@
 #define QW_INLINE static inline __attribute__((always_inline))
 #endif
 
-/* Rows r + KV8_AHEAD .. r + KV8_AHEAD + count - 1 of a QW_KV8 cache (row stride ldb bytes)
- * prefetched: a decode step reads each sequence's keys and values for each layer and KV head as a
- * short run (tens of KB), too short for the hardware prefetcher to get ahead of (ops.c's KV_AHEAD,
- * the same distance). A prefetch never faults, so past the run's end is harmless. */
-#define KV8_AHEAD 32
-QW_INLINE void kv8_prefetch_rows(const char *rows, size_t ldb, int r, int count) {
-    const char *p = rows + (size_t)(r + KV8_AHEAD) * ldb;
-    for (size_t o = 0; o < (size_t)count * ldb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-}
-
 /* A table's kv8_dot_rows / kv8_axpy_rows (kernels.h) for the `heads` query heads of a KV head's
  * group: the heads in pairs through pair(), which widens each row once for both, an odd last one
  * alone through one(). Head h's output at v + h * ldv (its scores, or its y), its input at

@@ -393,11 +393,6 @@ void qw_add_layernorm_rows(qwen_context *ctx, float *x, const float *h, float *o
 
 /* ==== Attention of one head ==== */
 
-/* Positions ahead of the one being widened whose bf16 row is prefetched: a decode step reads
- * B x layers x KV heads short runs (a few pages each), too short for the hardware prefetcher
- * to get ahead of. 32 (8 KB at hd 128): batch-8 step 0.94-0.97x with 5 s clips, 0.88x with
- * 30 s clips, batch 1 1.01x (abstep, Zen 5); 8 and 64 gained nothing. */
-#define KV_AHEAD 32
 #define ATT_GEMM_MIN 8 /* queries from which the GEMM way pays for its copies */
 
 /* Keys that query r sees: all T, or the causal prefix up to position causal0 + r. */
@@ -419,8 +414,7 @@ static const float *kv_rows(const qw_kernels *k, const void *kv, qw_dtype dt, in
     const size_t rb = kv_stride(dt, ldkv, hd), used = qw_kv_row_bytes(dt, hd);
     const char *rows = (const char *)kv + (size_t)s0 * rb;
     for (int s = 0; s < n; s++) {
-        const uintptr_t ahead = (uintptr_t)(rows + (size_t)s * rb) + (size_t)KV_AHEAD * rb;
-        for (size_t b = 0; b < used; b += 64) __builtin_prefetch((const void *)(ahead + b)); /* never faults */
+        qw_prefetch_kv_row(rows, rb, s, used); /* the row QW_KV_AHEAD ahead (kernels.h) */
         k->to_f32(wide + (size_t)s * hd, rows + (size_t)s * rb, dt, hd);
     }
     *ld = hd;
