@@ -166,7 +166,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     if rates:
         rates.append(read_rate_gbs(args.threads, table))
         best["read_rate_gbs"] = float(np.mean(rates))
-        best["floor_ms"] = fast_step_bytes(args.model_dir) / best["read_rate_gbs"] * 1e-6
+        best["step_gb"] = fast_step_bytes(args.model_dir, native.context_info("head_blocks")) / 1e9
+        best["floor_ms"] = best["step_gb"] / best["read_rate_gbs"] * 1e3
         best["over_floor"] = best["decode_ms_per_token"] / best["floor_ms"]
     rss = peak_rss_mb()  # before the batch part: its 8 KV caches are not the single request's
     short = engine.prompt_ids(test_audio(5.0).size)
@@ -243,11 +244,12 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     return best
 
 
-def fast_step_bytes(model_dir: Path, head_blocks: int = 32) -> int:
+def fast_step_bytes(model_dir: Path, head_blocks: int) -> int:
     """Bytes of weights one batch-1 decode step of `fast` reads (quant.h's layouts, qw_q8_sizes /
     qw_q4_sizes): every decoder linear in int8 (K padded to 4) with a bf16 scale per 64 k (its
     zsum is not read by steps of up to 16 rows), and the LM head through its 4-bit screen (half a
-    byte a weight, the same scales) plus the head_blocks blocks of 16 rows it rescores in int8.
+    byte a weight, the same scales) plus the head_blocks blocks of 16 rows it rescores in int8
+    (the context's info "head_blocks"; 0: no screen, the whole int8 head every step).
     Norms, biases and the one embedding row are left out (a few KB)."""
     cfg = json.loads((model_dir / "config.json").read_text())
     t = cfg.get("thinker_config", cfg).get("text_config", cfg)
@@ -263,8 +265,11 @@ def fast_step_bytes(model_dir: Path, head_blocks: int = 32) -> int:
 
     shapes = [(nq, hidden), (nkv, hidden), (nkv, hidden), (hidden, nq), (inter, hidden), (inter, hidden)]
     layer = sum(int8(n, k) for n, k in shapes + [(hidden, inter)])
-    screen = -(-vocab // 16) * 16 * hidden // 2 + scales(vocab, hidden)
-    return t["num_hidden_layers"] * layer + screen + int8(16 * head_blocks, hidden)
+    if head_blocks:
+        head = -(-vocab // 16) * 16 * hidden // 2 + scales(vocab, hidden) + int8(16 * head_blocks, hidden)
+    else:
+        head = int8(vocab, hidden)
+    return t["num_hidden_layers"] * layer + head
 
 
 KERNELS_BENCH = Path(__file__).resolve().parents[1] / "build" / "kernels-bench" / "bench_kernels"
@@ -381,14 +386,13 @@ def main() -> None:
     runs: list[list[dict[str, Any]]] = [[] for _ in configs]
     if args.floor:
         build_kernels_bench()
-        print(f"fast decode step: {fast_step_bytes(args.model_dir) / 1e9:.3f} GB of weights")
     for _ in range(args.rounds):  # one worker per column and round, the columns taking turns
         for i, config in enumerate(configs):
             runs[i].append(spawn(argparse.Namespace(**{**vars(args), "config": config}), "ours"))
     for r in runs:
         if "over_floor" in r[0]:
             print(
-                f"{r[0]['label']}: decode / floor "
+                f"{r[0]['label']}: a step reads {r[0]['step_gb']:.3f} GB; decode / floor "
                 + ", ".join(
                     f"{x['decode_ms_per_token']:.2f} / {x['floor_ms']:.2f} ms ({x['read_rate_gbs']:.1f} GB/s)"
                     for x in r
