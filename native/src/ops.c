@@ -7,6 +7,7 @@
 #include "amx.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,13 +90,9 @@ static qw_q8_act q8_quantize(qwen_context *ctx, const float *A, int M, const qw_
     return act;
 }
 
-static void mm_task(void *arg, int t) {
-    mm_job *j = arg;
-    int i = 0;
-    while (t >= j->tasks_per_mat[i]) t -= j->tasks_per_mat[i++];
+/* Columns [n0, n1) of product i (n0 a multiple of 16) */
+static void mm_cols(const mm_job *j, int i, int n0, int n1) {
     const qw_mat *W = j->W[i];
-    const int n0 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t);
-    const int n1 = qw_slice_edge(W->rows, j->tasks_per_mat[i], t + 1);
     if (n1 <= n0) return;
     const float *b = j->bias ? j->bias[i] : NULL;
     if (W->dt == QW_Q8) /* batch-invariant by construction (quant.h) */
@@ -122,8 +119,97 @@ static void mm_task(void *arg, int t) {
         j->k->matmul(j->C[i], W->rows, j->A, W->cols, W->data, W->dt, b, j->M, W->cols, n0, n1);
 }
 
-/* Columns per slice of a product over total_rows output columns (matmul_n's comment): a multiple of
- * 16, 2 slices a thread. Each slice is a new stream of weights from memory for the thread that
+static void mm_task(void *arg, int t) {
+    mm_job *j = arg;
+    int i = 0;
+    while (t >= j->tasks_per_mat[i]) t -= j->tasks_per_mat[i++];
+    const int rows = j->W[i]->rows;
+    mm_cols(j, i, qw_slice_edge(rows, j->tasks_per_mat[i], t), qw_slice_edge(rows, j->tasks_per_mat[i], t + 1));
+}
+
+/* ==== A decode step's products: parts, and their ends taken ====
+ *
+ * A product of a few rows is bound by reading its weights and lasts tens of microseconds; where
+ * the threads end apart, one streams alone until the other is done, and each claim of a slice
+ * crosses between the cores. Both cost most where the two cores sit on different CCDs of an EPYC
+ * (each CCD its own path to memory: 65-72 GB/s together, against ~40 from one; a cache line from
+ * the other core ~200 ns away instead of ~50): there the decoder's products streamed at 0.90 of
+ * the LM head's pace in slices claimed in turn, and at 0.95 as below (Zen 5, in-process pairs).
+ * So each thread owns a part (the columns split evenly, multiples of 16) and takes it from the
+ * front, PART_CHUNK columns at a time (a compare-and-swap on its own cache line, which stays in
+ * its core while nobody else wants it); done with its own, it takes half of what is left of
+ * another part from that part's end, until nothing is left anywhere. The threads meet within a
+ * chunk, and a thread held up (off its core, asleep) has most of its part taken by the others.
+ * Each column is computed as in a slice: the same bits (test_matmul).
+ */
+#define PARTS_ROWS 16 /* rows of a decode step's products (the int8 tables' decode path: M <= 16) */
+#define PART_CHUNK 32 /* 32 KB of int8 weights at K = 1024; 16 streamed a little slower, 64 the same */
+#define PARTS_MAX 16
+
+typedef struct {
+    _Alignas(64) _Atomic uint64_t span; /* the columns not yet taken: [lo, hi) as hi << 32 | lo */
+} mm_part;
+
+typedef struct {
+    const mm_job *j;
+    int off[5]; /* product i's columns are [off[i], off[i + 1]) of the pass (each a multiple of 16) */
+    int parts;
+    mm_part part[PARTS_MAX];
+} parts_job;
+
+/* [*a, *b): PART_CHUNK columns from the front of p, or (back) half of what is left (>= 16) from its end. */
+static int take(mm_part *p, int back, int *a, int *b) {
+    uint64_t v = atomic_load_explicit(&p->span, memory_order_relaxed);
+    for (;;) {
+        const int lo = (int)(uint32_t)v, hi = (int)(v >> 32);
+        if (lo >= hi) return 0;
+        int c = back ? (hi - lo) / 2 / 16 * 16 : PART_CHUNK;
+        if (c < 16) c = 16;
+        if (c > hi - lo) c = hi - lo;
+        const uint64_t nv = back ? (uint64_t)(hi - c) << 32 | (uint32_t)lo : (uint64_t)hi << 32 | (uint32_t)(lo + c);
+        if (atomic_compare_exchange_weak_explicit(&p->span, &v, nv, memory_order_relaxed, memory_order_relaxed)) {
+            *a = back ? hi - c : lo, *b = back ? hi : lo + c;
+            return 1;
+        }
+    }
+}
+
+/* The pass's columns [a, b) across its products. */
+static void parts_cols(const parts_job *pj, int a, int b) {
+    for (int i = 0; i < pj->j->n; i++) {
+        const int n0 = (a > pj->off[i] ? a : pj->off[i]) - pj->off[i];
+        const int n1 = (b < pj->off[i + 1] ? b : pj->off[i + 1]) - pj->off[i];
+        mm_cols(pj->j, i, n0, n1 < pj->j->W[i]->rows ? n1 : pj->j->W[i]->rows);
+    }
+}
+
+/* Task t: part t from its front, then the other parts from their ends. */
+static void parts_task(void *arg, int t) {
+    parts_job *pj = arg;
+    int a, b;
+    while (take(&pj->part[t], 0, &a, &b)) parts_cols(pj, a, b);
+    for (int u = 1; u < pj->parts; u++)
+        while (take(&pj->part[(t + u) % pj->parts], 1, &a, &b)) parts_cols(pj, a, b);
+}
+
+static void run_parts(qwen_context *ctx, const mm_job *j) {
+    parts_job pj;
+    pj.j = j;
+    pj.off[0] = 0;
+    for (int i = 0; i < j->n; i++) pj.off[i + 1] = pj.off[i] + (j->W[i]->rows + 15) / 16 * 16;
+    const int total = pj.off[j->n];
+    pj.parts = ctx->n_threads < PARTS_MAX ? ctx->n_threads : PARTS_MAX;
+    if (pj.parts > total / 16) pj.parts = total / 16 > 0 ? total / 16 : 1;
+    for (int p = 0; p < pj.parts; p++) {
+        const uint64_t lo = (uint64_t)qw_slice_edge(total, pj.parts, p);
+        atomic_init(&pj.part[p].span, (uint64_t)qw_slice_edge(total, pj.parts, p + 1) << 32 | lo);
+    }
+    qw_pool_run(ctx->pool, pj.parts, parts_task, &pj);
+}
+
+/* Columns per slice of a product over total_rows output columns (matmul_n's comment; a decode step's
+ * products take parts instead, above, and the LM head's screen slices): a multiple of 16, 2 slices a
+ * thread. Each slice is a new stream of weights from memory for the thread that
  * claims it: a batch-1 decode step's products streamed at 0.79-0.89 of the LM head screen's pace
  * (one long slice a thread) with 8 slices a thread, 0.72-0.74 with 16, 0.87-0.97 with 2 or 1 (0.6B,
  * Zen 5, rounds alternating within minutes; a step of 10.7-11.0 ms became 9.4-10.2), and steps of
@@ -141,13 +227,13 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
                     const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
                     void (*act)(float *, int)) {
     if (M <= 0) return 0;
-    /* Column slices (slice_width): 2 a thread, so that a thread held up by
-     * another process does not hold up the whole product; multiples of 16 keep
-     * the SIMD kernels on their full-width path. Fewer, longer slices also
-     * set up less (the AMX kernels convert or stream A, configure the tiles,
-     * start a cold panel of weights: Intel Xeon with AMX, 2 threads, encoder of
-     * 10 s 44-47 ms with 4 a thread, 40-42 with 2, 38-41 with 1) and keep a
-     * decode step's weights streaming (slice_width). */
+    /* A decode step's rows take parts (run_parts); more rows, column slices
+     * (slice_width): 2 a thread, so that a thread held up by another process
+     * does not hold up the whole product; multiples of 16 keep the SIMD
+     * kernels on their full-width path. Fewer, longer slices also set up less
+     * (the AMX kernels convert or stream A, configure the tiles, start a cold
+     * panel of weights: Intel Xeon with AMX, 2 threads, encoder of 10 s
+     * 44-47 ms with 4 a thread, 40-42 with 2, 38-41 with 1). */
     int total_rows = 0;
     for (int i = 0; i < n; i++) total_rows += W[i]->rows;
     const int per = slice_width(ctx, total_rows);
@@ -165,6 +251,10 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
     for (int i = 0; i < n; i++) round_all &= W[i]->dt == W[0]->dt && W[i]->cols == W[0]->cols;
     if (round_all && !j.Ab) j.Ab = round_once(ctx, A, M, W[0]->cols, W[0]->dt);
     if (Cb && !j.Ab) return -1;
+    if (M <= PARTS_ROWS && !Cb) { /* a decode step's rows */
+        run_parts(ctx, &j);
+        return 0;
+    }
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;

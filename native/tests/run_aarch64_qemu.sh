@@ -18,6 +18,7 @@ file "$build/libqwen.so"
 export QEMU_CPU=max # every extension qemu has: the dot-product int8 table (neondot) runs
 qemu-aarch64 "$build/test_kernels" | tail -4
 qemu-aarch64 "$build/test_attention" | tail -1
+qemu-aarch64 "$build/test_matmul" | tail -1
 qemu-aarch64 "$build/test_quant" | tail -6
 QEMU_CPU=cortex-a53 qemu-aarch64 "$build/test_quant" | grep -E 'neondot|passed' # Armv8.0: no dot products
 QWEN_TEST_MODEL="${1:-}" qemu-aarch64 "$build/test_api"

@@ -1,7 +1,8 @@
 """The C API test programs (native/tests/test_api.c: the contract on bad input, two contexts at once;
 native/tests/test_align.c: qwen_align on the tiny forced aligner; native/tests/test_pool.c: the thread
 pool, also under ThreadSanitizer; native/tests/test_attention.c: attention over the bf16 KV cache of
-precision fast, every kernel set), built with CMake, plain and under AddressSanitizer; the fuzz targets
+precision fast, every kernel set; native/tests/test_matmul.c: the products across the pool, also under
+ThreadSanitizer), built with CMake, plain and under AddressSanitizer; the fuzz targets
 (native/tests/fuzz_*.c) over their saved inputs, under AddressSanitizer and UBSan too; and the export map.
 The kernel test program has its own file, test_kernels.py."""
 
@@ -34,6 +35,7 @@ def build(
         "test_align",
         "test_pool",
         "test_attention",
+        "test_matmul",
         "replay_checkpoint",
         "replay_json",
         "replay_batch",
@@ -91,6 +93,15 @@ def test_attention_program(programs: Path) -> None:
     assert ", 0 failed" in out, out
     passed = int(out.split("attention: ")[-1].split(" passed")[0])
     assert passed >= 354, out  # at least the scalar table's cases (354 each table)
+
+
+def test_matmul_program(programs: Path) -> None:
+    """qw_matmul_n across 1-24 threads (a decode step's parts and their ends taken; a prefill's slices)
+    gives each column the bits one kernel call over all of them gives, every kernel set."""
+    out = run(programs / "test_matmul")
+    assert ", 0 failed" in out, out
+    passed = int(out.split("matmul: ")[-1].split(" passed")[0])
+    assert passed >= 1800, out  # at least the scalar table's cases (1800 each table)
 
 
 CORPUS = ROOT / "native" / "tests" / "corpus"
@@ -155,9 +166,11 @@ def test_fuzz_corpus_under_ubsan(tmp_path: Path) -> None:
     assert ", 0 failed" in replay(build_dir, "batch", QWEN_FUZZ_CHECKPOINT=seed)
 
 
-def test_pool_program_under_thread_sanitizer(tmp_path: Path) -> None:
-    build_dir = build(tmp_path, "-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=thread", targets=("test_pool",))
-    proc = subprocess.run([str(build_dir / "test_pool")], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("program", ["test_pool", "test_matmul"])
+def test_pool_under_thread_sanitizer(tmp_path: Path, program: str) -> None:
+    """The pool itself, and the products' claims on it (test_matmul: parts taken from both ends)."""
+    build_dir = build(tmp_path, "-DCMAKE_BUILD_TYPE=Debug", "-DQWEN_SANITIZE=thread", targets=(program,))
+    proc = subprocess.run([str(build_dir / program)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and ", 0 failed" in proc.stdout, proc.stdout + proc.stderr
     assert "ThreadSanitizer" not in proc.stderr, proc.stderr
 
