@@ -28,7 +28,10 @@ the blocks it rescores: fast_step_bytes) over the read rate of the int8 product 
 = 1 on the engine's int8 table (bench_kernels, weights from DRAM), taken just before and just after
 the timed runs (their mean), and decode / floor (issue 8's target without AMX: 1.2x). A shared
 box's memory can move 2x within a minute (a Zen 5 read at 35-76 GB/s over 20 minutes), so the
-floor has to come from the same seconds as the decode it judges.
+floor has to come from the same seconds as the decode it judges. Beside each rate, how far apart
+the two threads' cores are (bench_kernels -v cores: a cache line's round trip): that Zen 5 read
+65-72 GB/s when its two vCPUs sat on different CCDs (~400 ns apart), where a step's hand-offs
+between its threads also cost more, and ~40 GB/s on one CCD (~100 ns).
 
 A column `precision:isa@path` runs the libqwen at path (QWEN_LIBRARY; benchmarks/build_rev.sh builds
 one of any git revision). With --rounds N every column runs N times, the columns taking turns
@@ -143,11 +146,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     prompt = engine.prompt_ids(pcm.size)
     best: dict[str, float] = {}
     table = native.kernels.partition("int8 ")[2].split()[0] if "int8 " in native.kernels else ""
-    rates = []
+    rates: list[float] = []
+    trips: list[float | None] = []
     for i in range(args.warmup + args.repeat):
         # --floor: the read rate just before the timed runs (and just after, below)
         if args.floor and table and i == args.warmup:
             rates.append(read_rate_gbs(args.threads, table))
+            trips.append(cores_round_trip_ns(args.threads))
         # Never stop early: an id that cannot occur as the only stop token.
         t0 = time.perf_counter()
         tokens = list(native.generate(pcm, prompt, max_new_tokens=args.tokens, eos_ids=[-1]))
@@ -165,7 +170,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
             best = {k: min(v, best.get(k, v)) for k, v in run.items()}
     if rates:
         rates.append(read_rate_gbs(args.threads, table))
+        trips.append(cores_round_trip_ns(args.threads))
         best["read_rate_gbs"] = float(np.mean(rates))
+        if all(t is not None for t in trips):
+            best["cores_ns"] = float(np.mean([t for t in trips if t is not None]))
         best["step_gb"] = fast_step_bytes(args.model_dir, native.context_info("head_blocks")) / 1e9
         best["floor_ms"] = best["step_gb"] / best["read_rate_gbs"] * 1e3
         best["over_floor"] = best["decode_ms_per_token"] / best["floor_ms"]
@@ -306,6 +314,18 @@ def read_rate_gbs(threads: int, table: str) -> float:
     return rates[0]
 
 
+def cores_round_trip_ns(threads: int) -> float | None:
+    """The round trip of a cache line between two threads (bench_kernels -v cores, ~0.2 s): ~50-120 ns
+    where the cores share an L3, ~400 across the CCDs of an EPYC, where a step's hand-offs cost more."""
+    if threads < 2:
+        return None
+    out = subprocess.run(
+        [str(KERNELS_BENCH), "-t", "2", "-v", "cores"], capture_output=True, text=True
+    ).stdout
+    trips = [float(x.split()[3]) for x in out.splitlines() if x.startswith("cores  round trip")]
+    return trips[0] if trips else None
+
+
 def worker_main(args: argparse.Namespace) -> None:
     result = run_ours(args) if args.worker == "ours" else run_reference(args)
     print("RESULT " + json.dumps(result))
@@ -394,7 +414,8 @@ def main() -> None:
             print(
                 f"{r[0]['label']}: a step reads {r[0]['step_gb']:.3f} GB; decode / floor "
                 + ", ".join(
-                    f"{x['decode_ms_per_token']:.2f} / {x['floor_ms']:.2f} ms ({x['read_rate_gbs']:.1f} GB/s)"
+                    f"{x['decode_ms_per_token']:.2f} / {x['floor_ms']:.2f} ms ({x['read_rate_gbs']:.1f} GB/s"
+                    + (f", cores {x['cores_ns']:.0f} ns apart)" if "cores_ns" in x else ")")
                     for x in r
                 )
             )

@@ -29,6 +29,12 @@
  *                         On the LM head, each table's screen of it too, for as
  *                         many rows as the table screens (quant.h screen_rows;
  *                         "screen" lines: GB/s of its 4-bit bytes).
+ *   cores                 the round trip of a cache line between two threads
+ *                         (-t 2 or more): ~50-120 ns where two cores share an
+ *                         L3 (one CCD of an EPYC), ~400 where they do not, and
+ *                         a decode step's hand-offs between its threads cost
+ *                         that much more (docs/performance.md). Select it with
+ *                         -v cores; bench_engine.py --floor prints it.
  *
  * Threads split the output columns [0, N) into contiguous slices (multiples
  * of 16, like ops.c) and each runs its own loop; time is wall clock, the
@@ -48,6 +54,7 @@
 #include "quant.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,6 +313,55 @@ static void bench_amx(const qw_kernels *ref, int M, int K, int N, int threads, d
     bench(ref, QW_BF16, M, K, N, threads, seconds, 0); /* the reference, same shape */
 }
 
+/* ==== Between the cores ==== */
+
+static atomic_int ping; /* odd: the caller's turn done, the other thread's to answer; -1: stop */
+
+static void *pong(void *arg) {
+    const int n = *(const int *)arg;
+    for (int i = 1; i <= n; i++) {
+        int v;
+        while ((v = atomic_load_explicit(&ping, memory_order_acquire)) != 2 * i - 1)
+            if (v < 0) return NULL;
+        atomic_store_explicit(&ping, 2 * i, memory_order_release);
+    }
+    return NULL;
+}
+
+static int by_value(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of 101 runs of 1000 round trips of one cache line between this thread and another
+ * (given up after a second: the two threads share one CPU). */
+static void bench_cores(void) {
+    enum { RUNS = 101, N = 1000 };
+    int total = RUNS * N;
+    double t[RUNS];
+    pthread_t other;
+    atomic_store(&ping, 0);
+    pthread_create(&other, NULL, pong, &total);
+    const double start = now();
+    for (int r = 0, i = 1; r < RUNS; r++) {
+        const double a = now();
+        for (int e = 0; e < N; e++, i++) {
+            atomic_store_explicit(&ping, 2 * i - 1, memory_order_release);
+            for (unsigned spins = 1; atomic_load_explicit(&ping, memory_order_acquire) != 2 * i; spins++)
+                if (!(spins & 0xffff) && now() - start > 1.0) {
+                    atomic_store(&ping, -1);
+                    pthread_join(other, NULL);
+                    printf("cores: no answer within 1 s (one CPU for both threads?)\n");
+                    return;
+                }
+        }
+        t[r] = (now() - a) / N;
+    }
+    pthread_join(other, NULL);
+    qsort(t, RUNS, sizeof(t[0]), by_value);
+    printf("cores  round trip %.0f ns (the median of %d runs of %d)\n", t[RUNS / 2] * 1e9, RUNS, N);
+}
+
 /* ==== Cases ==== */
 
 int main(int argc, char **argv) {
@@ -326,6 +382,11 @@ int main(int argc, char **argv) {
     const int only_rows = !strcmp(cases, "rows");
     if (threads < 1) threads = 1;
     if (threads > 16) threads = 16;
+    if (only && !strcmp(only, "cores")) {
+        if (threads < 2) printf("cores: needs -t 2 or more\n");
+        else bench_cores();
+        return 0;
+    }
 
     /* (K, N) of the real projections. */
     static const int decode[][2] = {

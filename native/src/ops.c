@@ -141,6 +141,11 @@ static void mm_task(void *arg, int t) {
  * another part from that part's end, until nothing is left anywhere. The threads meet within a
  * chunk, and a thread held up (off its core, asleep) has most of its part taken by the others.
  * Each column is computed as in a slice: the same bits (test_matmul).
+ *
+ * Int8 weights only (precision FAST): their decode path reads 16 columns at a time, so a chunk
+ * costs nothing there. Exact's rows path takes 3 columns a group from 4 rows on, and would take
+ * the rest of every chunk one column at a time; its steps were level either way in the pairs run
+ * (batch 1 27.5 against 27.6 ms a token), so it keeps its slices.
  */
 #define PARTS_ROWS 16 /* rows of a decode step's products (the int8 tables' decode path: M <= 16) */
 #define PART_CHUNK 32 /* 32 KB of int8 weights at K = 1024; 16 streamed a little slower, 64 the same */
@@ -208,7 +213,7 @@ static void run_parts(qwen_context *ctx, const mm_job *j) {
 }
 
 /* Columns per slice of a product over total_rows output columns (matmul_n's comment; a decode step's
- * products take parts instead, above, and the LM head's screen slices): a multiple of 16, 2 slices a
+ * int8 products take parts instead, above; the LM head's screen slices): a multiple of 16, 2 slices a
  * thread. Each slice is a new stream of weights from memory for the thread that
  * claims it: a batch-1 decode step's products streamed at 0.79-0.89 of the LM head screen's pace
  * (one long slice a thread) with 8 slices a thread, 0.72-0.74 with 16, 0.87-0.97 with 2 or 1 (0.6B,
@@ -227,7 +232,7 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
                     const float *const *bias, int M, int rows_invariant, const uint16_t *Ab, uint16_t *Cb,
                     void (*act)(float *, int)) {
     if (M <= 0) return 0;
-    /* A decode step's rows take parts (run_parts); more rows, column slices
+    /* A decode step's rows on int8 weights take parts (run_parts); else column slices
      * (slice_width): 2 a thread, so that a thread held up by another process
      * does not hold up the whole product; multiples of 16 keep the SIMD
      * kernels on their full-width path. Fewer, longer slices also set up less
@@ -251,7 +256,7 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
     for (int i = 0; i < n; i++) round_all &= W[i]->dt == W[0]->dt && W[i]->cols == W[0]->cols;
     if (round_all && !j.Ab) j.Ab = round_once(ctx, A, M, W[0]->cols, W[0]->dt);
     if (Cb && !j.Ab) return -1;
-    if (M <= PARTS_ROWS && !Cb) { /* a decode step's rows */
+    if (M <= PARTS_ROWS && W[0]->dt == QW_Q8) { /* a decode step's rows on int8 weights */
         run_parts(ctx, &j);
         return 0;
     }

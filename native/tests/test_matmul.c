@@ -2,10 +2,11 @@
  * Threaded products test — qw_matmul_n (ops.c) across the pool, bit for bit
  * against one call of the same kernel over all the columns, on this thread:
  *
- *   parts   the rows of a decode step (M <= 16): each thread takes its own
- *           part of the columns from the front, then what is left of the
- *           others from their ends;
- *   slices  more rows (M = 17, 40): column slices claimed in turn;
+ *   parts   the rows of a decode step (M <= 16) on int8 weights: each thread
+ *           takes its own part of the columns from the front, then what is
+ *           left of the others from their ends;
+ *   slices  more rows (M = 17, 40), and f32 weights: column slices claimed
+ *           in turn;
  *
  * with 1, 2, 3, 5 and 24 threads (more than the cores and more than the
  * parts: workers off their core have their parts taken by the others),
