@@ -147,7 +147,8 @@ static void mm_task(void *arg, int t) {
  * the rest of every chunk one column at a time; its steps were level either way in the pairs run
  * (batch 1 27.5 against 27.6 ms a token), so it keeps its slices.
  */
-#define PARTS_ROWS 16 /* rows of a decode step's products (the int8 tables' decode path: M <= 16) */
+#define PARTS_ROWS 15 /* the most rows: a decode step's, below the 16 from which the AMX-INT8 table runs its
+                       * tiles (configured, and an 8 KiB block cleared, each call: a chunk would pay that) */
 #define PART_CHUNK 32 /* 32 KB of int8 weights at K = 1024; 16 streamed a little slower, 64 the same */
 #define PARTS_MAX 16
 
