@@ -29,9 +29,10 @@ the blocks it rescores: fast_step_bytes) over the read rate of the int8 product 
 the timed runs (their mean), and decode / floor (issue 8's target without AMX: 1.2x). A shared
 box's memory can move 2x within a minute (a Zen 5 read at 35-76 GB/s over 20 minutes), so the
 floor has to come from the same seconds as the decode it judges. Beside each rate, how far apart
-the two threads' cores are (bench_kernels -v cores: a cache line's round trip): that Zen 5 read
-65-72 GB/s when its two vCPUs sat on different CCDs (~400 ns apart), where a step's hand-offs
-between its threads also cost more, and ~40 GB/s on one CCD (~100 ns).
+the two threads' cores were before and after the runs (bench_kernels -v cores: a cache line's
+round trip): that Zen 5 read 57-75 GB/s when its two vCPUs sat on different CCDs (~400 ns apart),
+where a step's hand-offs between its threads also cost more, and 35-46 GB/s on one CCD (~60-120
+ns); two different figures mean the placement changed during the run.
 
 A column `precision:isa@path` runs the libqwen at path (QWEN_LIBRARY; benchmarks/build_rev.sh builds
 one of any git revision). With --rounds N every column runs N times, the columns taking turns
@@ -172,8 +173,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
         rates.append(read_rate_gbs(args.threads, table))
         trips.append(cores_round_trip_ns(args.threads))
         best["read_rate_gbs"] = float(np.mean(rates))
-        if all(t is not None for t in trips):
-            best["cores_ns"] = float(np.mean([t for t in trips if t is not None]))
+        if trips[0] is not None and trips[1] is not None:  # before and after: a change between shows
+            best["cores_ns_before"], best["cores_ns_after"] = trips[0], trips[1]
         best["step_gb"] = fast_step_bytes(args.model_dir, native.context_info("head_blocks")) / 1e9
         best["floor_ms"] = best["step_gb"] / best["read_rate_gbs"] * 1e3
         best["over_floor"] = best["decode_ms_per_token"] / best["floor_ms"]
@@ -415,7 +416,11 @@ def main() -> None:
                 f"{r[0]['label']}: a step reads {r[0]['step_gb']:.3f} GB; decode / floor "
                 + ", ".join(
                     f"{x['decode_ms_per_token']:.2f} / {x['floor_ms']:.2f} ms ({x['read_rate_gbs']:.1f} GB/s"
-                    + (f", cores {x['cores_ns']:.0f} ns apart)" if "cores_ns" in x else ")")
+                    + (
+                        f", cores {x['cores_ns_before']:.0f}/{x['cores_ns_after']:.0f} ns apart)"
+                        if "cores_ns_before" in x
+                        else ")"
+                    )
                     for x in r
                 )
             )
