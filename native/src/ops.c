@@ -240,9 +240,6 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
      * (the AMX kernels convert or stream A, configure the tiles, start a cold
      * panel of weights: Intel Xeon with AMX, 2 threads, encoder of 10 s
      * 44-47 ms with 4 a thread, 40-42 with 2, 38-41 with 1). */
-    int total_rows = 0;
-    for (int i = 0; i < n; i++) total_rows += W[i]->rows;
-    const int per = slice_width(ctx, total_rows);
     mm_job j = {ctx->k, n, C, A, W, bias, M, rows_invariant, {0}, ctx->q8, {0}, Ab, Cb, act};
     if (W[0]->dt == QW_Q8) { /* the products of one call share A and so K */
         const qw_q8 *q = W[0]->data;
@@ -261,6 +258,9 @@ static int matmul_n(qwen_context *ctx, int n, float *const *C, const float *A, c
         run_parts(ctx, &j);
         return 0;
     }
+    int total_rows = 0;
+    for (int i = 0; i < n; i++) total_rows += W[i]->rows;
+    const int per = slice_width(ctx, total_rows);
     int tasks = 0;
     for (int i = 0; i < n; i++) {
         j.tasks_per_mat[i] = (W[i]->rows + per - 1) / per;
