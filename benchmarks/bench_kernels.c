@@ -29,6 +29,16 @@
  *                         On the LM head, each table's screen of it too, for as
  *                         many rows as the table screens (quant.h screen_rows;
  *                         "screen" lines: GB/s of its 4-bit bytes).
+ *   attention             a decode step's attention over the int8 KV cache of
+ *                         precision "fast" (ops.c attention_rows: scores of
+ *                         two query heads, softmax, values) per table with its
+ *                         kv8 kernels, T = 175 and 900 cached positions (-m T),
+ *                         each KV head's run of keys and values from DRAM,
+ *                         "packed" back to back or "cache" T + 512 rows apart
+ *                         (a request's capacity, max_new_tokens 512): ns a
+ *                         position and KV head over all threads, and the parts.
+ *   peak                  the register peak of vfmadd231ps, vdpbf16ps and
+ *                         vpdpbusd (bench_peak.c) on -t threads.
  *   cores                 the round trip of a cache line between two threads
  *                         (-t 2 or more): ~50-120 ns where two cores share an
  *                         L3 (one CCD of an EPYC), ~400 where they do not, and
@@ -52,7 +62,9 @@
 #include "amx.h"
 #include "kernels.h"
 #include "quant.h"
+#include "bench_peak.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -362,6 +374,186 @@ static void bench_cores(void) {
     printf("cores  round trip %.0f ns (the median of %d runs of %d)\n", t[RUNS / 2] * 1e9, RUNS, N);
 }
 
+/* ==== Decode attention over the int8 KV cache (precision "fast") ==== */
+
+/* What attention_rows (ops.c) does for one query row of a KV head and its two query heads (the
+ * decoder's grouping): the table's kv8_dot_rows over the head's T cached keys, the scores scaled
+ * and softmaxed per head, then kv8_axpy_rows over the values. Each thread runs its own runs of
+ * keys and values, `run` bytes apart (T rows used of each), from DRAM; phase 0 times the whole,
+ * 1-3 the three parts each over every run (scores, softmax, values), 4 a read of the same lines. */
+typedef struct {
+    const qw_kernels *k;
+    const char *K, *V;
+    size_t run;
+    int nrun, T, reps, phase;
+    float *p, *out;
+    const float *q;
+    long sink;
+} att_job;
+
+#define ATT_HD 128 /* the decoder's head size */
+
+static void *run_att_job(void *arg) {
+    att_job *j = arg;
+    const qw_kernels *k = j->k;
+    const float scale = 1.0f / sqrtf((float)ATT_HD);
+    const size_t used = (size_t)j->T * qw_kv8_row_bytes(ATT_HD);
+    for (int rep = 0; rep < j->reps; rep++)
+        for (int r = 0; r < j->nrun; r++) {
+            const char *K = j->K + (size_t)r * j->run, *V = j->V + (size_t)r * j->run;
+            if (j->phase == 4) {
+                for (size_t o = 0; o < used; o += 64) j->sink += K[o] + V[o];
+                continue;
+            }
+            if (j->phase == 0 || j->phase == 1) k->kv8_dot_rows(j->p, j->T, j->q, ATT_HD, 2, K, j->T, ATT_HD);
+            if (j->phase == 0 || j->phase == 2)
+                for (int h = 0; h < 2; h++) {
+                    float *ph = j->p + (size_t)h * j->T;
+                    for (int s = 0; s < j->T; s++) ph[s] *= scale;
+                    k->softmax(ph, j->T);
+                }
+            if (j->phase == 0 || j->phase == 3) {
+                memset(j->out, 0, 2 * ATT_HD * sizeof(float));
+                k->kv8_axpy_rows(j->out, ATT_HD, j->p, j->T, 2, V, j->T, ATT_HD);
+            }
+        }
+    return NULL;
+}
+
+static double timed_att(att_job *jobs, int threads, int reps, int phase) {
+    pthread_t tid[16];
+    double t0 = now();
+    for (int t = 0; t < threads; t++) {
+        jobs[t].reps = reps, jobs[t].phase = phase;
+        if (t > 0) pthread_create(&tid[t], NULL, run_att_job, &jobs[t]);
+    }
+    run_att_job(&jobs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return now() - t0;
+}
+
+/* T cached positions, runs `cap` rows apart (cap == T: back to back). Prints ns a position and KV
+ * head over all threads, and the cache's GB/s. */
+static void bench_attention(const qw_kernels *k, int T, int cap, int threads, double seconds) {
+    const size_t rb = qw_kv8_row_bytes(ATT_HD), run = (size_t)cap * rb;
+    const int nrun = (int)((96u << 20) / ((size_t)T * 2 * rb)) + 1; /* 96 MB of keys and values a thread */
+    att_job jobs[16];
+    for (int t = 0; t < threads; t++) {
+        char *K = aligned_alloc(4096, (run * nrun + 4095) & ~(size_t)4095);
+        char *V = aligned_alloc(4096, (run * nrun + 4095) & ~(size_t)4095);
+        float *p = malloc((size_t)2 * T * sizeof(float)), *out = malloc(2 * ATT_HD * sizeof(float));
+        float *q = malloc(2 * ATT_HD * sizeof(float));
+        if (!K || !V || !p || !out || !q) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        float x[ATT_HD];
+        for (int i = 0; i < 2 * ATT_HD; i++) q[i] = frand();
+        for (int r = 0; r < nrun; r++) /* only the rows a sequence has written are touched */
+            for (int s = 0; s < T; s++) {
+                for (int i = 0; i < ATT_HD; i++) x[i] = frand();
+                qw_kv8_quantize(K + (size_t)r * run + (size_t)s * rb, x, ATT_HD);
+                for (int i = 0; i < ATT_HD; i++) x[i] = frand();
+                qw_kv8_quantize(V + (size_t)r * run + (size_t)s * rb, x, ATT_HD);
+            }
+        jobs[t] = (att_job){k, K, V, run, nrun, T, 1, 0, p, out, q, 0};
+    }
+    double t1 = timed_att(jobs, threads, 1, 0);
+    int reps = (int)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6));
+    if (reps < 1) reps = 1;
+    double best[5];
+    for (int phase = 0; phase < 5; phase++) {
+        best[phase] = 1e30;
+        for (int r = 0; r < ROUNDS; r++) {
+            const double t = timed_att(jobs, threads, reps, phase) / ((double)reps * nrun * T * threads);
+            if (t < best[phase]) best[phase] = t;
+        }
+    }
+    printf("attention %-10s t=%d T=%-4d %-6s %6.2f ns a position (scores %.2f, softmax %.2f, values %.2f)  %5.1f GB/s;"
+           "  a read of its lines %.2f ns\n",
+           k->name, threads, T, cap == T ? "packed" : "cache", best[0] * 1e9, best[1] * 1e9, best[2] * 1e9,
+           best[3] * 1e9, 2.0 * rb / best[0] * 1e-9, best[4] * 1e9);
+    fflush(stdout);
+    for (int t = 0; t < threads; t++)
+        free((void *)jobs[t].K), free((void *)jobs[t].V), free(jobs[t].p), free(jobs[t].out), free((void *)jobs[t].q);
+}
+
+/* ==== Register peaks (bench_peak.c) ==== */
+
+typedef struct {
+    int which;
+    long n;
+} peak_job;
+
+static int peak_has(int which) {
+    switch (which) {
+    case 0: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case 1: return __builtin_cpu_supports("avx512f");
+    case 2: return __builtin_cpu_supports("avx512bf16");
+    case 3: return __builtin_cpu_supports("avx512vnni");
+    default: return __builtin_cpu_supports("avxvnni");
+    }
+}
+
+static void *run_peak(void *arg) {
+    peak_job *j = arg;
+    volatile double sink = 0; /* the chains' values, so that nothing is dead */
+    switch (j->which) {
+    case 0: sink = bench_peak_fma256(j->n); break;
+    case 1: sink = bench_peak_fma512(j->n); break;
+    case 2: sink = bench_peak_dpbf16(j->n); break;
+    case 3: sink = bench_peak_dpbusd512(j->n); break;
+    default: sink = bench_peak_dpbusd256(j->n); break;
+    }
+    (void)sink;
+    return NULL;
+}
+
+static double timed_peak(int which, long n, int threads) {
+    peak_job jobs[16];
+    pthread_t tid[16];
+    double t0 = now();
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (peak_job){which, n};
+        if (t > 0) pthread_create(&tid[t], NULL, run_peak, &jobs[t]);
+    }
+    run_peak(&jobs[0]);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return now() - t0;
+}
+
+/* Each instruction's operations a second over `threads` threads, on registers only: what a
+ * stage's GFLOP/s or GOP/s is held to (docs/performance.md, What bounds each stage). */
+static void bench_peaks(int threads, double seconds) {
+    static const struct {
+        const char *name, *what;
+        double ops; /* a round's: its instructions' multiply-adds, times 2 */
+    } P[] = {
+        {"fma256", "GFLOP/s  vfmadd231ps ymm (exact, AVX2)", 16 * BENCH_PEAK_YMM},
+        {"fma512", "GFLOP/s  vfmadd231ps zmm (exact, AVX-512)", 32 * BENCH_PEAK_ZMM},
+        {"dpbf16", "GFLOP/s  vdpbf16ps zmm (fast's encoder without AMX)", 64 * BENCH_PEAK_ZMM},
+        {"dpbusd512", "GOP/s    vpdpbusd zmm (fast's int8 products, AVX-512 VNNI)", 128 * BENCH_PEAK_ZMM},
+        {"dpbusd256", "GOP/s    vpdpbusd ymm (AVX-VNNI)", 64 * BENCH_PEAK_YMM},
+    };
+    for (int w = 0; w < 5; w++) {
+        if (!peak_has(w)) {
+            printf("peak %-9s not supported by this CPU, skipped\n", P[w].name);
+            continue;
+        }
+        const long n1 = 1000000;
+        const double t1 = timed_peak(w, n1, threads);
+        long n = (long)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6) * n1);
+        if (n < n1) n = n1;
+        double best = 1e30;
+        for (int r = 0; r < ROUNDS; r++) {
+            const double t = timed_peak(w, n, threads);
+            if (t < best) best = t;
+        }
+        printf("peak %-9s t=%d %8.1f %s\n", P[w].name, threads, (double)n * threads * P[w].ops / best * 1e-9, P[w].what);
+        fflush(stdout);
+    }
+}
+
 /* ==== Cases ==== */
 
 int main(int argc, char **argv) {
@@ -385,6 +577,24 @@ int main(int argc, char **argv) {
     if (only && !strcmp(only, "cores")) {
         if (threads < 2) printf("cores: needs -t 2 or more\n");
         else bench_cores();
+        return 0;
+    }
+    if (only && !strcmp(only, "peak")) {
+        bench_peaks(threads, seconds);
+        return 0;
+    }
+    if (only && !strcmp(only, "attention")) { /* -m T: that many cached positions alone */
+        static const int att_T[] = {175, 900}; /* a 10 s clip and 30 tokens; a 60 s chunk */
+        for (int isa = QWEN_ISA_AVX2; isa <= QWEN_ISA_AVX512; isa++) {
+            const qw_kernels *k = qw_kernels_for(isa, NULL);
+            if (!k || !k->kv8_dot_rows) continue;
+            for (int i = 0; i < 2; i++) {
+                const int T = only_m ? only_m : att_T[i];
+                bench_attention(k, T, T, threads, seconds);
+                bench_attention(k, T, T + 512, threads, seconds); /* a request's cap: max_new_tokens 512 */
+                if (only_m) break;
+            }
+        }
         return 0;
     }
 

@@ -24,5 +24,9 @@ cflags=(-O3 -std=gnu11 -fno-math-errno -ffp-contract=fast -DQWEN_HAVE_AMX -I"$ro
   -c "$root/native/src/quant_avx512vnni.c" -o "$out/quant_avx512vnni.o"
 "$cc" "${cflags[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq -mamx-tile -mamx-int8 -mfma \
   -c "$root/native/src/quant_amx.c" -o "$out/quant_amx.o"
-"$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o "$out"/quant*.o -o "$out/bench_kernels" -lpthread -lm
+# the register peaks (-v peak) with every flag their instructions need; called only where the CPU has them
+"$cc" "${cflags[@]}" -mavx2 -mfma -mavx512f -mavx512bw -mavx512vnni -mavx512bf16 -mavxvnni \
+  -c "$root/benchmarks/bench_peak.c" -o "$out/bench_peak.o"
+"$cc" "${cflags[@]}" "$root/benchmarks/bench_kernels.c" "$out"/kernels*.o "$out"/quant*.o "$out/bench_peak.o" \
+  -o "$out/bench_kernels" -lpthread -lm
 exec "$out/bench_kernels" "$@"
