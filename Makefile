@@ -45,8 +45,9 @@ browser: ## install chromium + chromium-driver (apt-get, as root) for the browse
 		echo "run as root: apt-get update && apt-get install -y chromium chromium-driver"; exit 1; \
 	fi
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff: the checks and the formatting
 	$(BIN)/ruff check qwen_serve tests benchmarks native/tools
+	$(BIN)/ruff format --check qwen_serve tests benchmarks native/tools
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy

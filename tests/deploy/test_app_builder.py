@@ -113,7 +113,13 @@ def test_aligner_deployment_when_its_checkpoint_is_there(tmp_path: Path) -> None
     _checkpoint(tmp_path / "qwen3-asr-0.6b")
     _checkpoint(tmp_path / "qwen3-forcedaligner-0.6b")
     app = build_app(
-        {"models_dir": str(tmp_path), "api_token": "sk-x", "model_pool_size": 3, "precision": "exact", "threads": 2}
+        {
+            "models_dir": str(tmp_path),
+            "api_token": "sk-x",
+            "model_pool_size": 3,
+            "precision": "exact",
+            "threads": 2,
+        }
     )
     settings, _, _, _, aligner, missing = app._bound_deployment.init_args
     assert missing == ""

@@ -93,7 +93,9 @@ def test_problems() -> None:
     assert download.checkpoint_problem(Path("/nonexistent")) == "the directory does not exist"
 
 
-def test_aligner_alone_and_turned_off(tmp_path: Path, fake_hub: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_aligner_alone_and_turned_off(
+    tmp_path: Path, fake_hub: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert download.main(["qwen3-forcedaligner-0.6b", "--models-dir", str(tmp_path)]) == 0
     assert [c["repo_id"] for c in fake_hub] == ["Qwen/Qwen3-ForcedAligner-0.6B"]

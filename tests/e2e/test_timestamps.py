@@ -63,7 +63,9 @@ def test_aligner_deployment_through_its_handle(words_url: str, aligner: Any) -> 
     words = handle.align.remote(pcm, text, chunks, "English").result(timeout_s=120)
     truth = aligner.align_chunks(pcm, text, chunks, "English")
     assert len(words) == len(truth) == 16
-    assert [(w.word, w.start, w.end, w.span) for w in words] == [(w.word, w.start, w.end, w.span) for w in truth]
+    assert [(w.word, w.start, w.end, w.span) for w in words] == [
+        (w.word, w.start, w.end, w.span) for w in truth
+    ]
     assert all(text[w.span[0] : w.span[1]] == w.word for w in words)
     assert all(w.start >= 3.0 for w in words[9:])  # the second chunk's times are shifted by its start
 

@@ -126,7 +126,11 @@ def test_a_growing_turn_prefills_only_what_changed(tiny_dirs: dict[str, Path], p
     with (
         Engine(tiny_dirs["tiny-1.7b"], threads=2, precision=precision) as cached,
         Engine(
-            tiny_dirs["tiny-1.7b"], threads=2, precision=precision, encoder_cache_windows=-1, prefix_cache_tokens=-1
+            tiny_dirs["tiny-1.7b"],
+            threads=2,
+            precision=precision,
+            encoder_cache_windows=-1,
+            prefix_cache_tokens=-1,
         ) as uncached,
     ):
         fixed: list[int] = []

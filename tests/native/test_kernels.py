@@ -134,7 +134,11 @@ def test_int8_kernels(variant: str, tmp_path: Path) -> None:
         native = "tested" if avx512 else "not supported by this CPU: skipped"
         assert f"quant: amx (emulated tiles, native AVX-512) {native}" in out, out
     if os.uname().machine == "x86_64":  # the hardware's AMX-INT8 table where the CPU has it
-        expected = "quant: amx tested" if {"amx_tile", "amx_int8"} <= flags else "amx not supported by this CPU: skipped"
+        expected = (
+            "quant: amx tested"
+            if {"amx_tile", "amx_int8"} <= flags
+            else "amx not supported by this CPU: skipped"
+        )
         assert expected in out, out
     if os.uname().machine in ("aarch64", "arm64"):
         assert "quant: neon tested" in out, out
