@@ -63,9 +63,15 @@ typedef struct {
     void **maps;        /* one mapping per file */
     size_t *map_sizes;
     int n_maps;
-    char *files;        /* a line per file mapped: path, size, mtime, device and inode (the weight
-                         * cache's key) */
+    char *files;        /* a line per file mapped (qw_file_line: the weight cache's key) */
 } qw_safetensors;
+
+/* A file's identity in the weight cache's key, as one line: "<path> <size> <mtime> <device>:<inode>"
+ * from sb (the file's stat), or "<path> -" where sb is NULL (the file could not be read). Every file
+ * the key names (the checkpoint's files, each by its real path; its config.json; the library) is
+ * written this way. */
+struct stat;
+int qw_file_line(char *out, size_t n, const char *path, const struct stat *sb);
 
 int qw_safetensors_open(const char *model_dir, qw_safetensors *st, char *err, size_t err_size);
 void qw_safetensors_close(qw_safetensors *st);

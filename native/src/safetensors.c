@@ -43,6 +43,13 @@ static int parse_dtype(const char *s, qw_dtype *dt, size_t *size) {
     return -1;
 }
 
+int qw_file_line(char *out, size_t n, const char *path, const struct stat *sb) {
+    if (!sb) return snprintf(out, n, "%s -\n", path);
+    return snprintf(out, n, "%s %lld %lld.%09ld %llu:%llu\n", path, (long long)sb->st_size,
+                    (long long)sb->st_mtim.tv_sec, (long)sb->st_mtim.tv_nsec, (unsigned long long)sb->st_dev,
+                    (unsigned long long)sb->st_ino);
+}
+
 static int add_file(qw_safetensors *st, const char *path, char *err, size_t err_size) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
@@ -75,9 +82,7 @@ static int add_file(qw_safetensors *st, const char *path, char *err, size_t err_
     st->map_sizes[st->n_maps] = size;
     st->n_maps++;
     char line[8400], real[4096]; /* the file itself: a symlink (a Hugging Face snapshot's) resolved */
-    const int ln = snprintf(line, sizeof(line), "%s %zu %lld.%09ld %llu:%llu\n", realpath(path, real) ? real : path,
-                            size, (long long)sb.st_mtim.tv_sec,
-                            (long)sb.st_mtim.tv_nsec, (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+    const int ln = qw_file_line(line, sizeof(line), realpath(path, real) ? real : path, &sb);
     const size_t have = st->files ? strlen(st->files) : 0;
     char *files = realloc(st->files, have + (size_t)ln + 1);
     if (!files) {

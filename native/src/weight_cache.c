@@ -63,12 +63,10 @@ static uint64_t fnv1a(const char *s) {
     return h;
 }
 
-/* "path size mtime" of a file, or "path -" where it cannot be read. */
+/* qw_file_line of a file by its path. */
 static int file_line(char *out, size_t n, const char *path) {
     struct stat sb;
-    if (!path || stat(path, &sb) != 0) return snprintf(out, n, "%s -\n", path ? path : "?");
-    return snprintf(out, n, "%s %lld %lld.%09ld\n", path, (long long)sb.st_size, (long long)sb.st_mtim.tv_sec,
-                    (long)sb.st_mtim.tv_nsec);
+    return qw_file_line(out, n, path, stat(path, &sb) == 0 ? &sb : NULL);
 }
 
 static char *build_key(const qwen_context *ctx, const char *model_dir) {
@@ -137,13 +135,13 @@ static int checkpoint_gone(const char *path) {
     footer f;
     char *key = read_key(fd, &f);
     close(fd);
-    /* "config <path> <size> <mtime>" (file_line), the path being the rest */
+    /* "config <path> <size> <mtime> <device>:<inode>" (qw_file_line), the path being the rest */
     char *line = key ? strstr(key, "\nconfig ") : NULL, *end = line ? strchr(line + 8, '\n') : NULL;
-    char *mtime = end ? memrchr(line + 8, ' ', (size_t)(end - line - 8)) : NULL;
-    char *size = mtime ? memrchr(line + 8, ' ', (size_t)(mtime - line - 8)) : NULL;
+    char *at = end; /* the path ends before the line's last three fields */
+    for (int field = 0; field < 3 && at; field++) at = memrchr(line + 8, ' ', (size_t)(at - line - 8));
     int gone = 0;
-    if (size) {
-        *size = 0;
+    if (at) {
+        *at = 0;
         struct stat cb;
         gone = stat(line + 8, &cb) != 0 && errno == ENOENT;
     }
