@@ -8,10 +8,11 @@
  *
  * The file: the arena's bytes from offset 0, then at a page boundary the key
  * (what the bytes depend on: this library file, the kernels and precision, the
- * quantization group, the screen, config.json and each checkpoint file by
- * path, size, mtime and inode), then a footer (magic, the two sizes). It is
- * mapped 2 MiB aligned, so that a file system that keeps large folios (ext4 and
- * XFS on recent kernels) gives it huge pages as the anonymous arena has them.
+ * quantization group, the screen, config.json and each checkpoint file; each
+ * file by path, size, mtime, device and inode), then a footer (magic, the two
+ * sizes). It is mapped 2 MiB aligned, so that a file system that keeps large
+ * folios (ext4 and XFS on recent kernels) gives it huge pages as the anonymous
+ * arena has them.
  * A file with another key is written again: the load that writes it packs
  * straight into a shared mapping of a new file (its room reserved first with
  * fallocate, so that no page fault can find the disk full), which becomes the
