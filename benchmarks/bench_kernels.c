@@ -100,6 +100,24 @@ static void fill_weights(void *w, qw_dtype dt, size_t n) {
 
 /* ==== Timed loop ==== */
 
+/* Runs fn on each of `threads` jobs (job t at jobs + t * size bytes), job 0 on this thread, the
+ * others on their own; returns the seconds until the last one ends. */
+static double on_threads(void *(*fn)(void *), void *jobs, size_t size, int threads) {
+    pthread_t tid[16];
+    double t0 = now();
+    for (int t = 1; t < threads; t++) pthread_create(&tid[t], NULL, fn, (char *)jobs + (size_t)t * size);
+    fn(jobs);
+    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return now() - t0;
+}
+
+/* Thread t's contiguous slice [n0, n1) of N columns (multiples of 16, like ops.c). */
+static void column_slice(int N, int threads, int t, int *n0, int *n1) {
+    const int per = ((N + threads - 1) / threads + 15) & ~15;
+    *n0 = t * per < N ? t * per : N;
+    *n1 = *n0 + per < N ? *n0 + per : N;
+}
+
 typedef struct {
     const qw_kernels *k;
     float *C;
@@ -129,17 +147,12 @@ static void *run_job(void *arg) {
 static double timed(const qw_kernels *k, float *C, const float *A, const char *W, size_t stride, int copies, int reps,
                     int rows, qw_dtype dt, int M, int K, int N, int threads) {
     job jobs[16];
-    pthread_t tid[16];
-    int per = ((N + threads - 1) / threads + 15) & ~15;
-    double t0 = now();
     for (int t = 0; t < threads; t++) {
-        int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+        int n0, n1;
+        column_slice(N, threads, t, &n0, &n1);
         jobs[t] = (job){k, C, A, W, stride, copies, reps, rows, dt, M, K, N, n0, n1};
-        if (t > 0) pthread_create(&tid[t], NULL, run_job, &jobs[t]);
     }
-    run_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
-    return now() - t0;
+    return on_threads(run_job, jobs, sizeof(jobs[0]), threads);
 }
 
 #define ROUNDS 5
@@ -206,17 +219,12 @@ static void *run_q8_job(void *arg) {
 static double timed_q8(const qw_q8_kernels *t, float *C, const qw_q8_act *A, const qw_q8 *W, const qw_q4 *S,
                        int copies, int reps, int M, int N, int threads) {
     q8_job jobs[16];
-    pthread_t tid[16];
-    int per = ((N + threads - 1) / threads + 15) & ~15;
-    double t0 = now();
     for (int i = 0; i < threads; i++) {
-        int n0 = i * per < N ? i * per : N, n1 = n0 + per < N ? n0 + per : N;
+        int n0, n1;
+        column_slice(N, threads, i, &n0, &n1);
         jobs[i] = (q8_job){t, C, A, W, S, copies, reps, M, n0, n1};
-        if (i > 0) pthread_create(&tid[i], NULL, run_q8_job, &jobs[i]);
     }
-    run_q8_job(&jobs[0]);
-    for (int i = 1; i < threads; i++) pthread_join(tid[i], NULL);
-    return now() - t0;
+    return on_threads(run_q8_job, jobs, sizeof(jobs[0]), threads);
 }
 
 /* screen: time the table's screen of the packed weights (quant.h; its bytes the screen's) */
@@ -280,17 +288,12 @@ static void *run_amx_job(void *arg) {
 /* `reps` calls of qw_amx_matmul on `threads` threads (column slices as in timed); returns seconds. */
 static double timed_amx(float *C, const float *A, const void *P, int reps, int M, int K, int N, int threads) {
     amx_job jobs[16];
-    pthread_t tid[16];
-    int per = ((N + threads - 1) / threads + 15) & ~15;
-    double t0 = now();
     for (int t = 0; t < threads; t++) {
-        int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+        int n0, n1;
+        column_slice(N, threads, t, &n0, &n1);
         jobs[t] = (amx_job){C, A, P, reps, M, K, N, n0, n1};
-        if (t > 0) pthread_create(&tid[t], NULL, run_amx_job, &jobs[t]);
     }
-    run_amx_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
-    return now() - t0;
+    return on_threads(run_amx_job, jobs, sizeof(jobs[0]), threads);
 }
 
 /* qw_amx_matmul on bf16 W[N, K], M rows, next to table `ref` on the same data. */
@@ -421,15 +424,8 @@ static void *run_att_job(void *arg) {
 }
 
 static double timed_att(att_job *jobs, int threads, int reps, int phase) {
-    pthread_t tid[16];
-    double t0 = now();
-    for (int t = 0; t < threads; t++) {
-        jobs[t].reps = reps, jobs[t].phase = phase;
-        if (t > 0) pthread_create(&tid[t], NULL, run_att_job, &jobs[t]);
-    }
-    run_att_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
-    return now() - t0;
+    for (int t = 0; t < threads; t++) jobs[t].reps = reps, jobs[t].phase = phase;
+    return on_threads(run_att_job, jobs, sizeof(jobs[0]), threads);
 }
 
 /* T cached positions, runs `cap` rows apart (cap == T: back to back). Prints ns a position and KV
@@ -481,72 +477,55 @@ static void bench_attention(const qw_kernels *k, int T, int cap, int threads, do
 /* ==== Register peaks (bench_peak.c) ==== */
 
 typedef struct {
-    int which;
+    double (*fn)(long n);
     long n;
+    double sink; /* the chains' values, so that nothing is dead */
 } peak_job;
-
-static int peak_has(int which) {
-    switch (which) {
-    case 0: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case 1: return __builtin_cpu_supports("avx512f");
-    case 2: return __builtin_cpu_supports("avx512bf16");
-    case 3: return __builtin_cpu_supports("avx512vnni");
-    default: return __builtin_cpu_supports("avxvnni");
-    }
-}
 
 static void *run_peak(void *arg) {
     peak_job *j = arg;
-    volatile double sink = 0; /* the chains' values, so that nothing is dead */
-    switch (j->which) {
-    case 0: sink = bench_peak_fma256(j->n); break;
-    case 1: sink = bench_peak_fma512(j->n); break;
-    case 2: sink = bench_peak_dpbf16(j->n); break;
-    case 3: sink = bench_peak_dpbusd512(j->n); break;
-    default: sink = bench_peak_dpbusd256(j->n); break;
-    }
-    (void)sink;
+    j->sink = j->fn(j->n);
     return NULL;
 }
 
-static double timed_peak(int which, long n, int threads) {
+static double timed_peak(double (*fn)(long), long n, int threads) {
     peak_job jobs[16];
-    pthread_t tid[16];
-    double t0 = now();
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = (peak_job){which, n};
-        if (t > 0) pthread_create(&tid[t], NULL, run_peak, &jobs[t]);
-    }
-    run_peak(&jobs[0]);
-    for (int t = 1; t < threads; t++) pthread_join(tid[t], NULL);
-    return now() - t0;
+    for (int t = 0; t < threads; t++) jobs[t] = (peak_job){fn, n, 0};
+    return on_threads(run_peak, jobs, sizeof(jobs[0]), threads);
 }
 
 /* Each instruction's operations a second over `threads` threads, on registers only: what a
  * stage's GFLOP/s or GOP/s is held to (docs/performance.md, What bounds each stage). */
 static void bench_peaks(int threads, double seconds) {
-    static const struct {
+    const struct {
         const char *name, *what;
+        double (*fn)(long n);
+        int has; /* the CPU has the instruction */
         double ops; /* a round's: its instructions' multiply-adds, times 2 */
     } P[] = {
-        {"fma256", "GFLOP/s  vfmadd231ps ymm (exact, AVX2)", 16 * BENCH_PEAK_YMM},
-        {"fma512", "GFLOP/s  vfmadd231ps zmm (exact, AVX-512)", 32 * BENCH_PEAK_ZMM},
-        {"dpbf16", "GFLOP/s  vdpbf16ps zmm (fast's encoder without AMX)", 64 * BENCH_PEAK_ZMM},
-        {"dpbusd512", "GOP/s    vpdpbusd zmm (fast's int8 products, AVX-512 VNNI)", 128 * BENCH_PEAK_ZMM},
-        {"dpbusd256", "GOP/s    vpdpbusd ymm (AVX-VNNI)", 64 * BENCH_PEAK_YMM},
+        {"fma256", "GFLOP/s  vfmadd231ps ymm (exact, AVX2)", bench_peak_fma256,
+         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"), 16 * BENCH_PEAK_YMM},
+        {"fma512", "GFLOP/s  vfmadd231ps zmm (exact, AVX-512)", bench_peak_fma512, __builtin_cpu_supports("avx512f"),
+         32 * BENCH_PEAK_ZMM},
+        {"dpbf16", "GFLOP/s  vdpbf16ps zmm (fast's encoder without AMX)", bench_peak_dpbf16,
+         __builtin_cpu_supports("avx512bf16"), 64 * BENCH_PEAK_ZMM},
+        {"dpbusd512", "GOP/s    vpdpbusd zmm (fast's int8 products, AVX-512 VNNI)", bench_peak_dpbusd512,
+         __builtin_cpu_supports("avx512vnni"), 128 * BENCH_PEAK_ZMM},
+        {"dpbusd256", "GOP/s    vpdpbusd ymm (AVX-VNNI)", bench_peak_dpbusd256, __builtin_cpu_supports("avxvnni"),
+         64 * BENCH_PEAK_YMM},
     };
     for (int w = 0; w < 5; w++) {
-        if (!peak_has(w)) {
+        if (!P[w].has) {
             printf("peak %-9s not supported by this CPU, skipped\n", P[w].name);
             continue;
         }
         const long n1 = 1000000;
-        const double t1 = timed_peak(w, n1, threads);
+        const double t1 = timed_peak(P[w].fn, n1, threads);
         long n = (long)(seconds / ROUNDS / (t1 > 1e-6 ? t1 : 1e-6) * n1);
         if (n < n1) n = n1;
         double best = 1e30;
         for (int r = 0; r < ROUNDS; r++) {
-            const double t = timed_peak(w, n, threads);
+            const double t = timed_peak(P[w].fn, n, threads);
             if (t < best) best = t;
         }
         printf("peak %-9s t=%d %8.1f %s\n", P[w].name, threads, (double)n * threads * P[w].ops / best * 1e-9, P[w].what);

@@ -41,29 +41,29 @@
     }                                             \
     T s = SUM(SUM12(SUM, a), SUM12(SUM, b));
 
-float bench_peak_fma512(long n) {
+double bench_peak_fma512(long n) {
     RUN24(__m512, _mm512_set1_ps(1e-6f), FMA512, _mm512_add_ps)
     return _mm512_reduce_add_ps(s);
 }
 
-float bench_peak_dpbf16(long n) {
+double bench_peak_dpbf16(long n) {
     RUN24(__m512, _mm512_set1_ps(1e-6f), BF16, _mm512_add_ps)
     return _mm512_reduce_add_ps(s);
 }
 
-int bench_peak_dpbusd512(long n) {
+double bench_peak_dpbusd512(long n) {
     RUN24(__m512i, _mm512_set1_epi8(1), DP512, _mm512_add_epi32)
     return _mm512_reduce_add_epi32(s);
 }
 
-float bench_peak_fma256(long n) {
+double bench_peak_fma256(long n) {
     RUN12(__m256, _mm256_set1_ps(1e-6f), FMA256, _mm256_add_ps)
     float t[8];
     _mm256_storeu_ps(t, s);
     return t[0];
 }
 
-int bench_peak_dpbusd256(long n) {
+double bench_peak_dpbusd256(long n) {
     RUN12(__m256i, _mm256_set1_epi8(1), DP256, _mm256_add_epi32)
     return _mm256_extract_epi32(s, 0);
 }
