@@ -45,9 +45,11 @@ browser: ## install chromium + chromium-driver (apt-get, as root) for the browse
 		echo "run as root: apt-get update && apt-get install -y chromium chromium-driver"; exit 1; \
 	fi
 
+PY_SOURCES := qwen_serve tests benchmarks native/tools
+
 lint: $(STAMP) ## ruff: the checks and the formatting
-	$(BIN)/ruff check qwen_serve tests benchmarks native/tools
-	$(BIN)/ruff format --check qwen_serve tests benchmarks native/tools
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
