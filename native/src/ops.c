@@ -321,7 +321,7 @@ void qw_matmul_rows(qwen_context *ctx, float *C, const float *A, const qw_mat *W
 
 typedef struct {
     qwen_context *ctx;
-    float *C; /* [M, N] */
+    float *C; /* [M, N]: each row's block maxima (the screen's) first, then its logits */
     const qw_q8_act *act;
     const qw_q8 *W;
     const qw_q4 *S;
@@ -335,12 +335,13 @@ static void screen_task(void *arg, int t) {
     if (n1 > n0) j->ctx->q8->screen(j->C, j->N, j->act, j->S, j->M, n0, n1);
 }
 
-/* Row r: its best blocks by the screen, the rest of the row -inf, those blocks on the int8 matrix. */
+/* Row r: its best blocks by the screen's maxima (the row's first N / 16 floats), the row -inf, then
+ * those blocks on the int8 matrix. */
 static void rescore_task(void *arg, int r) {
     screen_job *j = arg;
     float *row = j->C + (size_t)r * j->N;
     int blocks[QW_Q4_MAX_BLOCKS];
-    const int nb = qw_q4_top_blocks(row, j->N, j->blocks, blocks);
+    const int nb = qw_q4_top_blocks(row, (j->N + 15) / 16, j->blocks, blocks);
     j->whole[r] = !nb;
     if (!nb) return;
     for (int n = 0; n < j->N; n++) row[n] = -INFINITY;

@@ -218,7 +218,29 @@ void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int
                 }
                 acc = fmaf((float)d, qw_bf16_to_f32(sb[g * 16 + j]) * A->scale[(size_t)m * ng + g], acc);
             }
-            C[(size_t)m * ldc + n] = acc;
+            C[(size_t)m * ldc + (n - n0)] = acc;
+        }
+    }
+}
+
+float qw_q4_block_max(const float *v, int n) {
+    float m = v[0];
+    int nan = 0;
+    for (int i = 0; i < n; i++) {
+        m = v[i] > m ? v[i] : m;
+        nan |= v[i] != v[i];
+    }
+    return nan ? NAN : m;
+}
+
+void qw_q4_screen_scalar(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    for (int m = 0; m < M; m++) {
+        const qw_q8_act a = {A->q + (size_t)m * A->Kp, A->scale + (size_t)m * A->ng, 1, A->Kp, A->ng};
+        for (int n = n0; n < n1; n += 16) {
+            const int nr = n1 - n < 16 ? n1 - n : 16;
+            float c[16];
+            qw_q4_screen_ref(c, 16, &a, S, 1, n, n + nr);
+            T[(size_t)m * ldt + n / 16] = qw_q4_block_max(c, nr);
         }
     }
 }
@@ -234,36 +256,41 @@ void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K) {
     }
 }
 
-void qw_q4_screen_tiles(const qw_q4_tile tiles[QW_Q4_MR], float *C, int ldc, const qw_q8_act *A, const qw_q4 *S,
+void qw_q4_screen_tiles(const qw_q4_tile *tiles, int mr, float *T, int ldt, const qw_q8_act *A, const qw_q4 *S,
                         int M, int n0, int n1) {
+    const int K = S->K;
     if (S->ng > QW_Q4_MAX_NG) {
-        qw_q4_screen_ref(C, ldc, A, S, M, n0, n1);
+        qw_q4_screen_scalar(T, ldt, A, S, M, n0, n1);
         return;
     }
-    for (int m = 0; m < M; m += QW_Q4_MR) {
-        const int R = M - m < QW_Q4_MR ? M - m : QW_Q4_MR;
-        int32_t sums[QW_Q4_MR * QW_Q4_MAX_NG];
-        qw_q4_act_sums(sums, A, m, R, S->K);
-        for (int n = n0; n < n1; n += 16)
-            tiles[R - 1](C + (size_t)m * ldc + n, ldc, A->q + (size_t)m * A->Kp, A->Kp, A->scale + (size_t)m * A->ng,
-                         sums, S, n / 16, n1 - n < 16 ? n1 - n : 16);
+    for (int m = 0; m < M; m += QW_Q4_ROWS) {
+        const int R = M - m < QW_Q4_ROWS ? M - m : QW_Q4_ROWS;
+        int32_t sums[QW_Q4_ROWS * QW_Q4_MAX_NG];
+        int8_t qs[QW_Q4_ROWS * QW_Q4_MAX_NG * QW_Q8_GROUP];
+        qw_q4_act_sums(sums, A, m, R, K);
+        for (int r = 0; r < R; r++)
+            for (int k = 0; k < K; k++) qs[(size_t)r * K + k] = (int8_t)(A->q[(size_t)(m + r) * A->Kp + k] ^ 0x80);
+        for (int n = n0; n < n1; n += 16) {
+            const int nr = n1 - n < 16 ? n1 - n : 16;
+            float c[QW_Q4_ROWS][16];
+            for (int p = 0; p < R; p += mr) {
+                const int rp = R - p < mr ? R - p : mr;
+                tiles[rp - 1](c[p], 16, qs + (size_t)p * K, K, A->scale + (size_t)(m + p) * A->ng,
+                              sums + p * QW_Q4_MAX_NG, S, n / 16, nr);
+            }
+            for (int r = 0; r < R; r++) T[(size_t)(m + r) * ldt + n / 16] = qw_q4_block_max(c[r], nr);
+        }
     }
 }
 
-int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks) {
+int qw_q4_top_blocks(const float *bmax, int nblocks, int nb, int *blocks) {
     float top[QW_Q4_MAX_BLOCKS]; /* the best nb so far, the smallest at [0] ... in no other order */
     int n = 0, low = 0;
     if (nb > QW_Q4_MAX_BLOCKS) nb = QW_Q4_MAX_BLOCKS;
     float best = -INFINITY;
-    for (int b = 0; b * 16 < N; b++) {
-        const int e = b * 16 + 16 < N ? b * 16 + 16 : N;
-        float m = row[b * 16];
-        int nan = m != m;
-        for (int i = b * 16 + 1; i < e; i++) {
-            m = row[i] > m ? row[i] : m;
-            nan |= row[i] != row[i];
-        }
-        if (nan) return 0;
+    for (int b = 0; b < nblocks; b++) {
+        const float m = bmax[b];
+        if (m != m) return 0;
         best = m > best ? m : best;
         if (n < nb) {
             top[n] = m, blocks[n] = b;
@@ -278,7 +305,7 @@ int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks) {
 }
 
 const qw_q8_kernels qw_q8_scalar = {"scalar", matmul_q8_scalar, qw_q8_quantize_rows, qw_q8_quantize_group,
-                                    qw_q4_screen_ref, 4};
+                                    qw_q4_screen_scalar, 4};
 
 /* ==== Dispatch ==== */
 

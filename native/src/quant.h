@@ -84,12 +84,15 @@ typedef struct {
     void (*quantize_rows)(uint8_t *q, float *scale, const float *A, int lda, int M, int K, int Kp, int ng);
     /* qw_q8_quantize_group, the same bytes (the packing's pass against a weight group's bf16 scale) */
     void (*quantize_group)(uint8_t *u, const float *x, int n, float inv);
-    /* The screen's values above into C[m, n] for m < M, n in [n0, n1) (n0 a multiple of 16), A
-     * quantized for the int8 matrix S came from; NULL where the table has none (no screening). */
-    void (*screen)(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
+    /* The screen's values above, each block's largest: T[m * ldt + n / 16] for m < M and the blocks
+     * of [n0, n1) (n0 a multiple of 16; a block's values those of its columns below n1), as
+     * qw_q4_block_max gives it (a NaN where one of them is); A quantized for the int8 matrix S came
+     * from. NULL where the table has none (no screening). */
+    void (*screen)(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
     /* The most rows of a step whose head the screen takes: where it beats the whole int8 product
-     * (bench_kernels.sh -v int8, the LM head: the AVX2 and AVX-VNNI products of 5-8 rows are bound
-     * by their dot products, the screens are not; at most QW_HEAD_SCREEN_ROWS, internal.h). */
+     * (bench_kernels.sh -v int8, the LM head: 8 on the x86-64 tables, whose screens of 8 rows read
+     * half the bytes in one pass; 4 on the NEON ones, not measured above 4 rows; at most
+     * QW_HEAD_SCREEN_ROWS, internal.h). */
     int screen_rows;
 } qw_q8_kernels;
 
@@ -131,41 +134,55 @@ void qw_q4_sizes(int N, int K, size_t *q_bytes, size_t *scale_bytes);
 void qw_q4_init(qw_q4 *S, int N, int K, void *q, void *scale);
 /* The screen of W's column blocks [b0, b1) (K a multiple of 8; threads may take disjoint ranges). */
 void qw_q4_from_q8(qw_q4 *S, const qw_q8 *W, int b0, int b1);
-/* The screen's values, plain C: the scalar table's entry and the reference of the others. */
+/* The screen's values, plain C, the reference: C[m * ldc + n - n0] for m < M, n in [n0, n1). */
 void qw_q4_screen_ref(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
-/* The vector tables read the nibbles as they are (q4 + 8, unsigned) against signed activations and
- * take 8 sum qa of the row's group off each sum: for rows [m, m + R) of A, sums[r * QW_Q4_MAX_NG + g]
+/* The largest of v[0, n) (1 <= n <= 16), a NaN where one of them is: the only step from a block's
+ * values to what every table's screen returns of it, so they return the same bits. */
+float qw_q4_block_max(const float *v, int n);
+/* The scalar table's screen entry (the reference's values, then their blocks' largest), and the
+ * vector tables' where ng > QW_Q4_MAX_NG. */
+void qw_q4_screen_scalar(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1);
+/* The vector tables read the nibbles as they are (q4 + 8, unsigned) against the signed activations
+ * qs = qa ^ 0x80 (the dot products' signed operand: broadcast from memory as they are) and take
+ * 8 sum qa of the row's group off each sum: for rows [m, m + R) of A, sums[r * QW_Q4_MAX_NG + g]
  * = 8 * sum_{k in g, k < K} qa[m + r, k]. On the stack of a table's call, so ng <= QW_Q4_MAX_NG
  * (K <= 8192; a larger K takes the reference). */
 #define QW_Q4_MAX_NG 128
 void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K);
-/* A vector table's screen: rows in passes of up to QW_Q4_MR with their sums above, each block of 16
- * columns through tiles[R - 1] (a tile of R rows: R a constant in each). QW_Q4_SCREEN(name, tile)
- * makes a table's screen entry `name` from its tile(R, ...) this way. */
-#define QW_Q4_MR 4
-typedef void (*qw_q4_tile)(float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+/* A vector table's screen: up to QW_Q4_ROWS rows at a time (their sums and signed activations
+ * above, made once), each block of 16 columns through passes of up to mr rows, tiles[R - 1] (a
+ * tile of R rows: R a constant in each; a block's later passes read it from L1, not DRAM), whose
+ * values (C[r * ldc + j], j < nr: the block's columns) stay on the stack for their largest.
+ * QW_Q4_SCREEN(name, tile, mr) makes a table's screen entry `name` from its tile(R, ...) this way,
+ * mr 2, 4 or 8 (the rows its registers hold). */
+#define QW_Q4_ROWS 8
+typedef void (*qw_q4_tile)(float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                            const qw_q4 *S, int b, int nr);
-void qw_q4_screen_tiles(const qw_q4_tile tiles[QW_Q4_MR], float *C, int ldc, const qw_q8_act *A, const qw_q4 *S,
+void qw_q4_screen_tiles(const qw_q4_tile *tiles, int mr, float *T, int ldt, const qw_q8_act *A, const qw_q4 *S,
                         int M, int n0, int n1);
 #define QW_Q4_TILE_R(tile, R)                                                                                          \
-    static void tile##_##R(float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,        \
+    static void tile##_##R(float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,          \
                            const qw_q4 *S, int b, int nr) {                                                            \
-        tile(R, C, ldc, qa, Kp, sa, sums, S, b, nr);                                                                   \
+        tile(R, C, ldc, qs, K, sa, sums, S, b, nr);                                                                    \
     }
-#define QW_Q4_SCREEN(name, tile)                                                                                       \
-    QW_Q4_TILE_R(tile, 1)                                                                                              \
-    QW_Q4_TILE_R(tile, 2)                                                                                              \
-    QW_Q4_TILE_R(tile, 3)                                                                                              \
-    QW_Q4_TILE_R(tile, 4)                                                                                              \
-    static void name(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {                 \
-        static const qw_q4_tile tiles[QW_Q4_MR] = {tile##_1, tile##_2, tile##_3, tile##_4};                           \
-        qw_q4_screen_tiles(tiles, C, ldc, A, S, M, n0, n1);                                                            \
+#define QW_Q4_TILES_2(tile) QW_Q4_TILE_R(tile, 1) QW_Q4_TILE_R(tile, 2)
+#define QW_Q4_TILES_4(tile) QW_Q4_TILES_2(tile) QW_Q4_TILE_R(tile, 3) QW_Q4_TILE_R(tile, 4)
+#define QW_Q4_TILES_8(tile)                                                                                            \
+    QW_Q4_TILES_4(tile) QW_Q4_TILE_R(tile, 5) QW_Q4_TILE_R(tile, 6) QW_Q4_TILE_R(tile, 7) QW_Q4_TILE_R(tile, 8)
+#define QW_Q4_LIST_2(tile) tile##_1, tile##_2
+#define QW_Q4_LIST_4(tile) QW_Q4_LIST_2(tile), tile##_3, tile##_4
+#define QW_Q4_LIST_8(tile) QW_Q4_LIST_4(tile), tile##_5, tile##_6, tile##_7, tile##_8
+#define QW_Q4_SCREEN(name, tile, mr)                                                                                   \
+    QW_Q4_TILES_##mr(tile) static void name(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, int M, int n0,     \
+                                            int n1) {                                                                  \
+        static const qw_q4_tile tiles[mr] = {QW_Q4_LIST_##mr(tile)};                                                   \
+        qw_q4_screen_tiles(tiles, mr, T, ldt, A, S, M, n0, n1);                                                        \
     }
-/* The nb blocks of 16 columns of row[0, N) with the largest values, by their largest value (the
- * last block may be shorter), into blocks (any order): their count, or 0 when the row's largest
- * value is not finite (a NaN or an infinity: the caller takes the whole product then). */
+/* The nb blocks with the largest of a row's nblocks block maxima (a screen's T row), into blocks
+ * (any order): their count, or 0 when one is a NaN or the largest is not finite (the caller takes
+ * the whole product then). */
 #define QW_Q4_MAX_BLOCKS 256
-int qw_q4_top_blocks(const float *row, int N, int nb, int *blocks); /* nb <= QW_Q4_MAX_BLOCKS */
+int qw_q4_top_blocks(const float *bmax, int nblocks, int nb, int *blocks); /* nb <= QW_Q4_MAX_BLOCKS */
 
 /* Quantizes rows of A[M, K] (row stride lda) into q [M, Kp] and scale [M, ng]
  * as described above: the reference, and the scalar tables' entry. */

@@ -249,11 +249,11 @@ static void quantize_rows_amx(uint8_t *q, float *scale, const float *A, int lda,
 static void quantize_group_amx(uint8_t *u, const float *x, int n, float inv) { QA_SMALL.quantize_group(u, x, n, inv); }
 
 /* The LM head's screen: a step's few rows, the VNNI table's (the scalar one's when emulated). */
-static void screen_amx(float *C, int ldc, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
-    QA_SMALL.screen(C, ldc, A, S, M, n0, n1);
+static void screen_amx(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, int M, int n0, int n1) {
+    QA_SMALL.screen(T, ldt, A, S, M, n0, n1);
 }
 
-const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx, quantize_group_amx, screen_amx, 4};
+const qw_q8_kernels QA_TABLE = {"amx", matmul_q8_amx, quantize_rows_amx, quantize_group_amx, screen_amx, 8};
 
 /* A product of 37 x 192 by 192 x 40 (a partial row block and column block, an odd number of
  * groups; bias) on the tiles against the scalar table, bit for bit. */

@@ -84,12 +84,12 @@ QW_INLINE __m256i q4_dot_avx2(__m256i d, __m256i lo, __m256i al, __m256i hi, __m
     return _mm256_add_epi32(d, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-QW_INLINE void q4_tile_avx2(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+QW_INLINE void q4_tile_avx2(int R, float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                             const qw_q4 *S, int b, int nr) {
-    q4_tile256(q4_dot_avx2, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
+    q4_tile256(q4_dot_avx2, R, C, ldc, qs, K, sa, sums, S, b, nr);
 }
 
-QW_Q4_SCREEN(screen_avx2, q4_tile_avx2)
+QW_Q4_SCREEN(screen_avx2, q4_tile_avx2, 4)
 
 const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2,
                                   8};

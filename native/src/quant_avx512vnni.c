@@ -231,30 +231,44 @@ static void quantize_rows_avx512(uint8_t *q, float *scale, const float *A, int l
 /* ==== The LM head's screen (quant.h) ====
  * A 64-byte row of the screen is 8 k of 16 columns: its low nibbles are q4 + 8 at 4 k, its high
  * nibbles at the next 4, each an unsigned operand of vpdpbusd as they are once masked; the rows'
- * activations go in signed (qa, 4 bytes broadcast). So the sums are sum (q4 + 8) qa, and 8 sum qa
- * of the row's group (qw_q4_act_sums) comes off each: exactly sum q4 qa. Up to 4 rows share each
- * unpacked row of weights; a step's head has 1-4 (ops.c). */
-QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+ * signed activations (qs, 4 bytes) are its broadcast memory operand. So the sums are
+ * sum (q4 + 8) qa, and 8 sum qa of the row's group (qw_q4_act_sums) comes off each: exactly
+ * sum q4 qa. Up to 8 rows share each unpacked row of weights (a batch-8 step's head in one pass:
+ * 16 accumulators of 32 registers). */
+#define Q4_MR 8
+
+/* acc + the u8 x s8 dot products of a and the 4 signed bytes at p, broadcast (vpdpbusd's m32bcst:
+ * no broadcast from a general register, which cost 16 vector operations per 64 bytes at 8 rows). */
+QW_INLINE __m512i q4_dp(__m512i acc, __m512i a, const int8_t *p) {
+#ifdef QW_TEST_EMULATE_AVX512
+    int32_t w;
+    __builtin_memcpy(&w, p, 4);
+    return _mm512_dpbusd_epi32(acc, a, _mm512_set1_epi32(w));
+#else
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*(const int32_t *)(const void *)p));
+    return acc;
+#endif
+}
+
+QW_INLINE void q4_tile(int R, float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                        const qw_q4 *S, int b, int nr) {
     const int ng = S->ng;
-    const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
+    const uint8_t *qb = S->q + (size_t)b * 8 * K;
     const uint16_t *sb = S->scale + (size_t)b * ng * 16;
     const __m512i nib = _mm512_set1_epi8(15);
-    __m512 f[QW_Q4_MR];
+    __m512 f[Q4_MR];
     for (int r = 0; r < R; r++) f[r] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g++) {
-        __m512i d[QW_Q4_MR];
+        __m512i d[Q4_MR];
         for (int r = 0; r < R; r++) d[r] = _mm512_set1_epi32(-sums[r * QW_Q4_MAX_NG + g]);
-        const int i1 = (g + 1) * (QW_Q8_GROUP / 8) < S->K / 8 ? (g + 1) * (QW_Q8_GROUP / 8) : S->K / 8;
+        const int i1 = (g + 1) * (QW_Q8_GROUP / 8) < K / 8 ? (g + 1) * (QW_Q8_GROUP / 8) : K / 8;
         for (int i = g * (QW_Q8_GROUP / 8); i < i1; i++) {
             const __m512i v = _mm512_loadu_si512((const void *)(qb + (size_t)i * 64));
             _mm_prefetch((const char *)(qb + (size_t)(i + Q8_PREFETCH) * 64), _MM_HINT_T0);
             const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
             for (int r = 0; r < R; r++) {
-                uint32_t a[2];
-                __builtin_memcpy(a, qa + (size_t)r * Kp + (size_t)i * 8, 8);
-                d[r] = q8_dp(d[r], lo, _mm512_set1_epi32((int)(a[0] ^ 0x80808080u)));
-                d[r] = q8_dp(d[r], hi, _mm512_set1_epi32((int)(a[1] ^ 0x80808080u)));
+                const int8_t *a = qs + (size_t)r * K + (size_t)i * 8;
+                d[r] = q4_dp(q4_dp(d[r], lo, a), hi, a + 4);
             }
         }
         const __m512 s4 = q8_scales16(sb + g * 16);
@@ -264,7 +278,7 @@ QW_INLINE void q4_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, cons
     for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(C + (size_t)r * ldc, lanes(nr), f[r]);
 }
 
-QW_Q4_SCREEN(screen_vnni, q4_tile)
+QW_Q4_SCREEN(screen_vnni, q4_tile, 8)
 
 const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512,
-                                        screen_vnni, 4};
+                                        screen_vnni, 8};

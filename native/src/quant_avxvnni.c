@@ -118,12 +118,12 @@ QW_INLINE __m256i q4v_dot(__m256i d, __m256i lo, __m256i al, __m256i hi, __m256i
     return q8v_dp(q8v_dp(d, lo, al), hi, ah);
 }
 
-QW_INLINE void q4v_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+QW_INLINE void q4v_tile(int R, float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                         const qw_q4 *S, int b, int nr) {
-    q4_tile256(q4v_dot, R, C, ldc, qa, Kp, sa, sums, S, b, nr);
+    q4_tile256(q4v_dot, R, C, ldc, qs, K, sa, sums, S, b, nr);
 }
 
-QW_Q4_SCREEN(screen_avxvnni, q4v_tile)
+QW_Q4_SCREEN(screen_avxvnni, q4v_tile, 4)
 
 /* CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The
  * table is chosen only where AVX2 is (ymm state enabled by the OS). */

@@ -43,6 +43,13 @@ QW_INLINE int8x16_t q8_act4(const uint8_t *qa) {
     return veorq_s8(vreinterpretq_s8_s32(vdupq_n_s32(a4)), vdupq_n_s8((int8_t)0x80));
 }
 
+/* 4 signed activation bytes (the screen's qs), broadcast to the 4 lanes. */
+QW_INLINE int8x16_t q4_act4(const int8_t *qs) {
+    int32_t a4;
+    __builtin_memcpy(&a4, qs, 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(a4));
+}
+
 /* C[0:R, 0:nr] for R rows from the packed column block b. */
 QW_INLINE void q8_tile_neon(int R, float *C, int ldc, const uint8_t *qa, const float *sa, const qw_q8 *W, int b, int nr,
                             const float *bias) {
@@ -132,11 +139,12 @@ static void matmul_q8_neon(float *C, int ldc, const qw_q8_act *A, const qw_q8 *W
  * rows' signed activations as the int8 product's do, into int16 lanes that take a whole group (16
  * products of at most 15 * 127 a lane: 30480 fits); at the group's end saddlp and addp leave one
  * int32 per column, started at -8 sum qa of the row's group: exactly sum q4 qa. Passes of up to 2
- * rows over a block (the second reads its 8 KiB from L1); the f32 accumulators in memory. */
-QW_INLINE void q4_pass_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+ * rows over a block (qw_q4_screen_tiles: the second reads its 8 KiB from L1); the f32 accumulators
+ * in memory. */
+QW_INLINE void q4_tile_neon(int R, float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                             const qw_q4 *S, int b, int nr) {
-    const int ng = S->ng, k8 = S->K / 8;
-    const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
+    const int ng = S->ng, k8 = K / 8;
+    const uint8_t *qb = S->q + (size_t)b * 8 * K;
     const uint16_t *sb = S->scale + (size_t)b * ng * 16;
     const uint8x16_t nib = vdupq_n_u8(15);
     float f[Q8_NEON_MR][16] = {{0.0f}};
@@ -148,8 +156,8 @@ QW_INLINE void q4_pass_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp,
         for (int i = g * (QW_Q8_GROUP / 8); i < i1; i++) {
             int8x16_t al[Q8_NEON_MR], ah[Q8_NEON_MR];
             for (int r = 0; r < R; r++) {
-                al[r] = q8_act4(qa + (size_t)r * Kp + (size_t)i * 8);
-                ah[r] = q8_act4(qa + (size_t)r * Kp + (size_t)i * 8 + 4);
+                al[r] = q4_act4(qs + (size_t)r * K + (size_t)i * 8);
+                ah[r] = q4_act4(qs + (size_t)r * K + (size_t)i * 8 + 4);
             }
             for (int j = 0; j < 4; j++) {
                 const uint8x16_t v = vld1q_u8(qb + (size_t)i * 64 + 16 * j);
@@ -174,17 +182,6 @@ QW_INLINE void q4_pass_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp,
     for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
 }
 
-QW_INLINE void q4_tile_neon(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
-                            const qw_q4 *S, int b, int nr) {
-    if (R > Q8_NEON_MR) {
-        q4_pass_neon(Q8_NEON_MR, C, ldc, qa, Kp, sa, sums, S, b, nr);
-        q4_pass_neon(R - Q8_NEON_MR, C + (size_t)Q8_NEON_MR * ldc, ldc, qa + (size_t)Q8_NEON_MR * Kp, Kp,
-                     sa + (size_t)Q8_NEON_MR * S->ng, sums + Q8_NEON_MR * QW_Q4_MAX_NG, S, b, nr);
-    } else {
-        q4_pass_neon(R, C, ldc, qa, Kp, sa, sums, S, b, nr);
-    }
-}
-
-QW_Q4_SCREEN(screen_neon, q4_tile_neon)
+QW_Q4_SCREEN(screen_neon, q4_tile_neon, 2)
 
 const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon, 4};

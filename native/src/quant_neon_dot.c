@@ -146,10 +146,10 @@ static void matmul_q8_neondot(float *C, int ldc, const qw_q8_act *A, const qw_q8
  * row's 16 activation bytes cover two rows of the screen: lane 0 the first's low nibbles' k, lane 1
  * its high ones', lanes 2 and 3 the second's. The sums start at -8 sum qa of the row's group: exactly
  * sum q4 qa. Register tile: up to 4 rows x 16 columns; the f32 accumulators in memory. */
-QW_INLINE void q4d_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, const float *sa, const int32_t *sums,
+QW_INLINE void q4d_tile(int R, float *C, int ldc, const int8_t *qs, int K, const float *sa, const int32_t *sums,
                         const qw_q4 *S, int b, int nr) {
-    const int ng = S->ng, k8 = S->K / 8;
-    const uint8_t *qb = S->q + (size_t)b * 8 * S->K;
+    const int ng = S->ng, k8 = K / 8;
+    const uint8_t *qb = S->q + (size_t)b * 8 * K;
     const uint16_t *sb = S->scale + (size_t)b * ng * 16;
     const uint8x16_t nib = vdupq_n_u8(15);
     float f[Q8D_MR][16] = {{0.0f}};
@@ -162,9 +162,8 @@ QW_INLINE void q4d_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, con
             const int two = i + 1 < i1; /* a short last group may end on an odd row */
             int8x16_t a[Q8D_MR];
             for (int r = 0; r < R; r++) {
-                const uint8_t *p = qa + (size_t)r * Kp + (size_t)i * 8;
-                a[r] = two ? q8d_act16(p)
-                           : veorq_s8(vreinterpretq_s8_u8(vcombine_u8(vld1_u8(p), vdup_n_u8(0x80))), vdupq_n_s8((int8_t)0x80));
+                const int8_t *p = qs + (size_t)r * K + (size_t)i * 8;
+                a[r] = two ? vld1q_s8(p) : vcombine_s8(vld1_s8(p), vdup_n_s8(0));
             }
             for (int j = 0; j < 4; j++) {
                 const uint8x16_t v0 = vld1q_u8(qb + (size_t)i * 64 + 16 * j);
@@ -190,7 +189,7 @@ QW_INLINE void q4d_tile(int R, float *C, int ldc, const uint8_t *qa, int Kp, con
     for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
 }
 
-QW_Q4_SCREEN(screen_neondot, q4d_tile)
+QW_Q4_SCREEN(screen_neondot, q4d_tile, 4)
 
 const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group,
                                      screen_neondot, 4};

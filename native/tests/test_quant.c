@@ -470,8 +470,10 @@ static void test_screen_build(void) {
         }
 }
 
-/* A table's screen bit for bit the reference's, over M = 1..5 rows and column slices (C elsewhere
- * untouched); the reference within float slack of the double-precision sum of its operands. */
+/* A table's screen (each block's largest value) bit for bit the reference's values' through
+ * qw_q4_block_max, over M = 1..10 rows (each table's passes whole and short, and more rows than one
+ * call's QW_Q4_ROWS) and column slices (T elsewhere untouched); the reference's values within float
+ * slack of the double-precision sum of their operands. */
 static void test_screen(const qw_q8_kernels *t) {
     const int Ns[3] = {16, 40, 100}, Ks[4] = {8, 96, 192, 1024};
     for (int ni = 0; ni < 3; ni++)
@@ -479,26 +481,31 @@ static void test_screen(const qw_q8_kernels *t) {
             const int N = Ns[ni], K = Ks[ki], ng = (K + QW_Q8_GROUP - 1) / QW_Q8_GROUP;
             packed p = make_packed(N, K, QW_F32, 1.0f / sqrtf((float)K));
             screen_buf b = make_screen(&p.W);
-            for (int M = 1; M <= 5; M++)
+            for (int M = 1; M <= 10; M++)
                 for (int slice = 0; slice < 2; slice++) {
-                    const int n0 = slice && N > 16 ? 16 : 0, n1 = slice && N > 32 ? 32 : N, ldc = N + 3;
+                    const int n0 = slice && N > 16 ? 16 : 0, n1 = slice && N > 32 ? 32 : N, ldt = N / 16 + 3;
+                    const int b0 = n0 / 16, b1 = (n1 + 15) / 16;
                     rows_buf rows = make_rows(M, K, &p.W);
                     const uint8_t *qa = rows.qa;
                     const float *sa = rows.sa;
                     const qw_q8_act act = rows.act;
-                    float *C = malloc((size_t)M * ldc * sizeof(float)), *R = malloc((size_t)M * ldc * sizeof(float));
-                    for (int i = 0; i < M * ldc; i++) C[i] = R[i] = 1234.5f;
-                    t->screen(C, ldc, &act, &b.S, M, n0, n1);
-                    qw_q4_screen_ref(R, ldc, &act, &b.S, M, n0, n1);
+                    float *T = malloc((size_t)M * ldt * sizeof(float)), *R = malloc((size_t)M * N * sizeof(float));
+                    for (int i = 0; i < M * ldt; i++) T[i] = 1234.5f;
+                    t->screen(T, ldt, &act, &b.S, M, n0, n1);
+                    qw_q4_screen_ref(R, N, &act, &b.S, M, n0, n1);
                     int bits = 1, untouched = 1, dq = 1;
-                    for (int m = 0; m < M; m++)
-                        for (int n = 0; n < ldc; n++) {
-                            const float c = C[(size_t)m * ldc + n], r = R[(size_t)m * ldc + n];
-                            if (n < n0 || n >= n1) {
+                    for (int m = 0; m < M; m++) {
+                        for (int blk = 0; blk < ldt; blk++) {
+                            const float c = T[(size_t)m * ldt + blk];
+                            if (blk < b0 || blk >= b1) {
                                 untouched = untouched && c == 1234.5f;
                                 continue;
                             }
-                            bits = bits && same_bits(c, r);
+                            const int c0 = blk * 16 - n0, c1 = (blk * 16 + 16 < n1 ? blk * 16 + 16 : n1) - n0;
+                            bits = bits && same_bits(c, qw_q4_block_max(R + (size_t)m * N + c0, c1 - c0));
+                        }
+                        for (int n = n0; n < n1; n++) {
+                            const float r = R[(size_t)m * N + (n - n0)];
                             double ref = 0.0;
                             for (int g = 0; g < ng; g++) {
                                 double d = 0.0;
@@ -508,11 +515,12 @@ static void test_screen(const qw_q8_kernels *t) {
                             }
                             dq = dq && fabs(r - ref) <= 1e-5 * sqrt((double)K) * (1.0 + fabs(ref));
                         }
+                    }
                     check(bits, t->name, "screen bitwise vs the reference M %d K %d N %d [%d, %d)", M, K, N, n0, n1);
                     check(untouched, t->name, "screen wrote outside [%d, %d) (M %d K %d N %d)", n0, n1, M, K, N);
                     if (t == &qw_q8_scalar) check(dq, "screen", "reference vs double M %d K %d N %d", M, K, N);
                     free_rows(&rows);
-                    free(C);
+                    free(T);
                     free(R);
                 }
             free(b.q);
@@ -521,22 +529,37 @@ static void test_screen(const qw_q8_kernels *t) {
         }
 }
 
-/* qw_q4_top_blocks against sorting every block's largest value: nb blocks, none left out larger than
- * one taken; 0 for a row holding a NaN or whose largest value is infinite. */
+/* qw_q4_block_max: the largest value, a NaN where one is (wherever it sits), an infinity kept. */
+static void test_block_max(void) {
+    for (int n = 1; n <= 16; n++) {
+        float v[16];
+        for (int i = 0; i < n; i++) v[i] = frand();
+        float want = v[0];
+        for (int i = 1; i < n; i++) want = v[i] > want ? v[i] : want;
+        check(qw_q4_block_max(v, n) == want, "screen", "block max of %d", n);
+        for (int at = 0; at < n; at++) {
+            const float keep = v[at];
+            v[at] = NAN;
+            check(qw_q4_block_max(v, n) != qw_q4_block_max(v, n), "screen", "block max of %d, a NaN at %d", n, at);
+            v[at] = INFINITY;
+            check(qw_q4_block_max(v, n) == INFINITY, "screen", "block max of %d, an infinity at %d", n, at);
+            v[at] = keep;
+        }
+    }
+}
+
+/* qw_q4_top_blocks against sorting the block maxima: nb blocks, none left out larger than one
+ * taken; 0 for a row holding a NaN or whose largest value is infinite. */
 static void test_top_blocks(void) {
-    const int Ns[4] = {16, 100, 1000, 20000}, nbs[4] = {1, 4, 32, 256};
+    const int Ns[4] = {1, 7, 63, 1250}, nbs[4] = {1, 4, 32, 256};
     for (int ni = 0; ni < 4; ni++)
         for (int bi = 0; bi < 4; bi++) {
-            const int N = Ns[ni], nb = nbs[bi], nblocks = (N + 15) / 16, want = nb < nblocks ? nb : nblocks;
-            float *row = malloc((size_t)N * sizeof(float)), *bmax = malloc((size_t)nblocks * sizeof(float));
-            for (int i = 0; i < N; i++) row[i] = frand() * 10.0f;
-            if (N > 40) row[37] = row[36] = 50.0f; /* a tie inside a block */
-            for (int b = 0; b < nblocks; b++) {
-                bmax[b] = -INFINITY;
-                for (int i = b * 16; i < N && i < b * 16 + 16; i++) bmax[b] = row[i] > bmax[b] ? row[i] : bmax[b];
-            }
+            const int nblocks = Ns[ni], nb = nbs[bi], want = nb < nblocks ? nb : nblocks;
+            float *bmax = malloc((size_t)nblocks * sizeof(float));
+            for (int b = 0; b < nblocks; b++) bmax[b] = frand() * 10.0f;
+            if (nblocks > 40) bmax[37] = bmax[36] = 50.0f; /* a tie */
             int blocks[QW_Q4_MAX_BLOCKS];
-            const int got = qw_q4_top_blocks(row, N, nb, blocks);
+            const int got = qw_q4_top_blocks(bmax, nblocks, nb, blocks);
             int ok = got == want;
             char *in = calloc((size_t)nblocks, 1);
             float low = INFINITY, high = -INFINITY;
@@ -546,12 +569,11 @@ static void test_top_blocks(void) {
             }
             for (int b = 0; b < nblocks && ok; b++)
                 if (!in[b]) high = bmax[b] > high ? bmax[b] : high;
-            check(ok && high <= low, "screen", "top %d blocks of %d columns", nb, N);
-            row[N / 2] = NAN;
-            check(qw_q4_top_blocks(row, N, nb, blocks) == 0, "screen", "a NaN in %d columns: none", N);
-            row[N / 2] = INFINITY;
-            check(qw_q4_top_blocks(row, N, nb, blocks) == 0, "screen", "an infinity in %d columns: none", N);
-            free(row);
+            check(ok && high <= low, "screen", "top %d of %d blocks", nb, nblocks);
+            bmax[nblocks / 2] = NAN;
+            check(qw_q4_top_blocks(bmax, nblocks, nb, blocks) == 0, "screen", "a NaN in %d blocks: none", nblocks);
+            bmax[nblocks / 2] = INFINITY;
+            check(qw_q4_top_blocks(bmax, nblocks, nb, blocks) == 0, "screen", "an infinity in %d blocks: none", nblocks);
             free(bmax);
             free(in);
         }
@@ -577,6 +599,7 @@ static __attribute__((unused)) int cpu_has(const char *what) {
 int main(void) {
     test_packing();
     test_screen_build();
+    test_block_max();
     test_top_blocks();
     test_table(&qw_q8_scalar, 0);
     printf("quant: scalar tested\n");

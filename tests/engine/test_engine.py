@@ -266,9 +266,8 @@ def test_fast_head_screen_keeps_tokens_and_logits(tiny_dir: Path, isa: str) -> N
 @pytest.mark.parametrize("isa", [i for i in exact_isas() if i != "scalar"])
 def test_fast_head_screen_in_a_batch(tiny_dir: Path, isa: str) -> None:
     """A decode step of 8 sequences screens its 8 head rows where the int8 table's screen takes
-    them (head_screen_rows 8: the AVX2 and AVX-VNNI tables, whose products of 5-8 rows are bound
-    by their dot products), else takes the whole head; every sequence's tokens are the whole
-    head's either way."""
+    them (head_screen_rows 8: the x86-64 tables), else takes the whole head (4: the NEON ones);
+    every sequence's tokens are the whole head's either way."""
     pcms = [speech_like(2.0, seed=20 + i) for i in range(8)]
 
     def run(head_screen: int) -> tuple[dict[int, list[int]], int, int]:
