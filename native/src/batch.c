@@ -402,8 +402,9 @@ static qwen_status admission_unit(qwen_context *ctx, qw_seq *s, int alone, int32
     const qw_dec_group g = {s, n, p0 + n == s->n_prompt && !s->align, rows, n_rows};
     const double t0 = qw_now_ms();
     int screened = 0;
-    st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits, s->align ? NULL : ctx->prefill_x,
-                            &screened);
+    /* the head's screen only where the whole row will not be read anyway (qwen_run_params.logprobs) */
+    st = qw_decoder_forward(ctx, x, &g, 1, 0, s->align ? marks : ctx->prefill_logits,
+                            s->align || s->logprobs ? NULL : ctx->prefill_x, &screened);
     s->t_prefill += qw_now_ms() - t0;
     ctx->abort_cb = NULL;
     free(x);
@@ -473,9 +474,14 @@ qwen_status qwen_step(qwen_context *ctx, qwen_event *events, int *n_events) {
         prefill_rows(ctx, admit, n_pre, x + (size_t)m * H);
         groups[m] = (qw_dec_group){admit, n_pre, admit->n_prefilled + n_pre == admit->n_prompt, NULL, 0};
     }
+    /* The head's screen only where no row will read its whole row anyway (qwen_run_params.logprobs):
+     * the screen and then those rows' whole product read more than the whole head of all the rows. */
+    int asks = join && admit->logprobs;
+    for (int i = 0; i < m; i++) asks |= groups[i].s->logprobs;
     const double t0 = qw_now_ms();
     int screened = 0;
-    if (st == QWEN_OK) st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits, ctx->step_x, &screened);
+    if (st == QWEN_OK)
+        st = qw_decoder_forward(ctx, x, groups, m + join, 1, ctx->step_logits, asks ? NULL : ctx->step_x, &screened);
     const double dt = qw_now_ms() - t0;
     free(x);
     int32_t *tokens = ctx->step_tokens;
