@@ -108,7 +108,7 @@ class BusyError(NativeError):
     """No free sequence slot, or not enough of the KV budget left (try again later)."""
 
 
-_lib: ctypes.CDLL | None = None
+_libs: dict[Path, ctypes.CDLL] = {}  # by path: two builds can serve one process (benchmarks/bench_ab.py)
 _lib_lock = threading.Lock()
 
 
@@ -124,13 +124,12 @@ def library_path() -> Path:
     return next((c for c in candidates if c.exists()), here)
 
 
-def load_library() -> ctypes.CDLL:
-    """Loads libqwen once per process and declares its signatures."""
-    global _lib
+def load_library(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
+    """Loads libqwen (library_path(), or the build at path) once per process and declares its signatures."""
+    path = Path(path) if path is not None else library_path()
     with _lib_lock:
-        if _lib is not None:
-            return _lib
-        path = library_path()
+        if path in _libs:
+            return _libs[path]
         if not path.exists():
             raise FileNotFoundError(
                 f"libqwen not found at {path}; build it with `pip install -e .` (or set QWEN_LIBRARY)"
@@ -198,7 +197,7 @@ def load_library() -> ctypes.CDLL:
             fn = getattr(lib, name)
             fn.restype = restype
             fn.argtypes = argtypes
-        _lib = lib
+        _libs[path] = lib
         return lib
 
 
@@ -258,12 +257,13 @@ class NativeModel:
         encoder_windows_per_pass: int = 0,
         head_screen: int = 0,
         weight_cache: str | os.PathLike[str] | None = None,
+        library: str | os.PathLike[str] | None = None,
     ):
         if isa not in ISA:
             raise ValueError(f"isa must be one of {sorted(ISA)}")
         if precision not in PRECISION:
             raise ValueError(f"precision must be one of {sorted(PRECISION)}")
-        self._lib = load_library()
+        self._lib = load_library(library)
         params = self._lib.qwen_default_params()
         params.n_threads = int(threads or 0)
         params.isa = ISA[isa]

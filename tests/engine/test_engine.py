@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from qwen_serve.engine import Engine
-from qwen_serve.engine._native import AbortedError, NativeModel, best_isa, exact_isas
+from qwen_serve.engine._native import (
+    AbortedError,
+    NativeModel,
+    best_isa,
+    exact_isas,
+    library_path,
+    load_library,
+)
 from qwen_serve.testing.clips import speech_like
 from qwen_serve.testing.precision import greedy, teacher_forced
 
@@ -132,6 +139,27 @@ def test_encoder_windows_in_one_pass_give_the_same_bits(tiny_dir: Path, precisio
                 shape = (m.audio_token_count(pcm.size), m.info("output_dim"))
         assert got[0].shape == shape, isa
         assert np.array_equal(got[0], got[1]), isa
+
+
+def test_two_builds_in_one_process(tiny_dir: Path, tmp_path: Path) -> None:
+    """NativeModel(library=) runs on the build at that path beside the default one (benchmarks/bench_ab.py
+    times two builds this way): a copy of the library is loaded apart and decodes the same tokens; a
+    path with no library is a FileNotFoundError that names it."""
+    import shutil
+
+    copy = tmp_path / "b" / library_path().name
+    copy.parent.mkdir()
+    shutil.copy(library_path(), copy)
+    assert load_library(copy) is not load_library() and load_library(copy) is load_library(copy)
+    pcm = speech_like(2.0, seed=7)
+    tokens = []
+    for library in (None, copy):
+        with NativeModel(tiny_dir, threads=2, library=library) as m:
+            prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
+            tokens.append(greedy(m, pcm, prompt + [m.info("audio_end_token_id")], 8)[0])
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 8
+    with pytest.raises(FileNotFoundError, match="nope"):
+        NativeModel(tiny_dir, library=tmp_path / "nope" / "libqwen.so")
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
