@@ -259,14 +259,14 @@ void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K) {
 void qw_q4_screen_tiles(const qw_q4_tile *tiles, int mr, float *T, int ldt, const qw_q8_act *A, const qw_q4 *S,
                         int M, int n0, int n1) {
     const int K = S->K;
-    if (S->ng > QW_Q4_MAX_NG) {
+    int8_t *qs = S->ng > QW_Q4_MAX_NG ? NULL : malloc((size_t)(M < QW_Q4_ROWS ? M : QW_Q4_ROWS) * K);
+    if (!qs) { /* a K past the sums' room, or no memory: the plain C path */
         qw_q4_screen_scalar(T, ldt, A, S, M, n0, n1);
         return;
     }
     for (int m = 0; m < M; m += QW_Q4_ROWS) {
         const int R = M - m < QW_Q4_ROWS ? M - m : QW_Q4_ROWS;
         int32_t sums[QW_Q4_ROWS * QW_Q4_MAX_NG];
-        int8_t qs[QW_Q4_ROWS * QW_Q4_MAX_NG * QW_Q8_GROUP];
         qw_q4_act_sums(sums, A, m, R, K);
         for (int r = 0; r < R; r++)
             for (int k = 0; k < K; k++) qs[(size_t)r * K + k] = (int8_t)(A->q[(size_t)(m + r) * A->Kp + k] ^ 0x80);
@@ -281,6 +281,7 @@ void qw_q4_screen_tiles(const qw_q4_tile *tiles, int mr, float *T, int ldt, cons
             for (int r = 0; r < R; r++) T[(size_t)(m + r) * ldt + n / 16] = qw_q4_block_max(c[r], nr);
         }
     }
+    free(qs);
 }
 
 int qw_q4_top_blocks(const float *bmax, int nblocks, int nb, int *blocks) {

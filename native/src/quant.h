@@ -149,10 +149,11 @@ void qw_q4_screen_scalar(float *T, int ldt, const qw_q8_act *A, const qw_q4 *S, 
  * (K <= 8192; a larger K takes the reference). */
 #define QW_Q4_MAX_NG 128
 void qw_q4_act_sums(int32_t *sums, const qw_q8_act *A, int m, int R, int K);
-/* A vector table's screen: up to QW_Q4_ROWS rows at a time (their sums and signed activations
- * above, made once), each block of 16 columns through passes of up to mr rows, tiles[R - 1] (a
- * tile of R rows: R a constant in each; a block's later passes read it from L1, not DRAM), whose
- * values (C[r * ldc + j], j < nr: the block's columns) stay on the stack for their largest.
+/* A vector table's screen: up to QW_Q4_ROWS rows at a time (their sums above, on the stack, and
+ * their signed activations, R x K bytes malloc'ed once a call: without that memory, the scalar
+ * path), each block of 16 columns through passes of up to mr rows, tiles[R - 1] (a tile of R rows:
+ * R a constant in each; a block's later passes read it from L1, not DRAM), whose values
+ * (C[r * ldc + j], j < nr: the block's columns) stay on the stack for their largest.
  * QW_Q4_SCREEN(name, tile, mr) makes a table's screen entry `name` from its tile(R, ...) this way,
  * mr 2, 4 or 8 (the rows its registers hold). */
 #define QW_Q4_ROWS 8
