@@ -27,15 +27,12 @@ from bench_serve import cpu_model
 from qwen_serve.engine._native import NativeModel, library_path
 
 
-def admitted(
-    path: Path, model_dir: Path, args: argparse.Namespace, batch: int, prompt_len: int
-) -> NativeModel:
+def admitted(path: Path, model_dir: Path, args: argparse.Namespace, batch: int) -> NativeModel:
     """A model on the build at path with `batch` sequences past their prefill."""
     m = NativeModel(model_dir, threads=args.threads, precision="fast", max_sequences=batch, library=path)
     pcm = test_audio(args.clip_seconds)
-    prompt = (
-        [m.info("audio_start_token_id")] + [m.audio_token_id] * prompt_len + [m.info("audio_end_token_id")]
-    )
+    prompt = [m.info("audio_start_token_id")] + [m.audio_token_id] * m.audio_token_count(pcm.size)
+    prompt.append(m.info("audio_end_token_id"))
     for _ in range(batch):
         m.seq_add(
             pcm, prompt, max_new_tokens=args.blocks * args.steps + 64, eos_ids=[-1], logprobs=args.logprobs
@@ -66,10 +63,7 @@ def main() -> None:
     print("| batch | A ms a step | B ms a step | A / B, median of blocks (quartiles) |")
     print("|---|---|---|---|")
     for batch in [int(b) for b in args.batches.split(",")]:
-        first = NativeModel(model_dir, threads=1, precision="fast", library=builds["A"])
-        prompt_len = first.audio_token_count(int(args.clip_seconds * 16000))
-        first.close()
-        models = {name: admitted(path, model_dir, args, batch, prompt_len) for name, path in builds.items()}
+        models = {name: admitted(path, model_dir, args, batch) for name, path in builds.items()}
         times: dict[str, list[float]] = {name: [] for name in builds}
         try:
             for k in range(args.blocks):
