@@ -89,6 +89,7 @@ QW_INLINE void q4_tile_avx2(int R, float *C, int ldc, const int8_t *qs, int K, c
     q4_tile256(q4_dot_avx2, R, C, ldc, qs, K, sa, sums, S, b, nr);
 }
 
+_Static_assert(Q4_MR256 == 4, "the screen's passes are the rows the tile holds");
 QW_Q4_SCREEN(screen_avx2, q4_tile_avx2, 4)
 
 const qw_q8_kernels qw_q8_avx2 = {"avx2", matmul_q8_avx2, qw_q8_quantize_rows, qw_q8_quantize_group, screen_avx2,

@@ -278,6 +278,7 @@ QW_INLINE void q4_tile(int R, float *C, int ldc, const int8_t *qs, int K, const 
     for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(C + (size_t)r * ldc, lanes(nr), f[r]);
 }
 
+_Static_assert(Q4_MR == 8, "the screen's passes are the rows the tile holds");
 QW_Q4_SCREEN(screen_vnni, q4_tile, 8)
 
 const qw_q8_kernels qw_q8_avx512vnni = {"avx512vnni", matmul_q8_vnni, quantize_rows_avx512, quantize_group_avx512,

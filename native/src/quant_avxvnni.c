@@ -123,6 +123,7 @@ QW_INLINE void q4v_tile(int R, float *C, int ldc, const int8_t *qs, int K, const
     q4_tile256(q4v_dot, R, C, ldc, qs, K, sa, sums, S, b, nr);
 }
 
+_Static_assert(Q4_MR256 == 4, "the screen's passes are the rows the tile holds");
 QW_Q4_SCREEN(screen_avxvnni, q4v_tile, 4)
 
 /* CPUID leaf 7 subleaf 1, EAX bit 4 (GCC 12's __builtin_cpu_supports does not know it). The

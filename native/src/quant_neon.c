@@ -182,6 +182,7 @@ QW_INLINE void q4_tile_neon(int R, float *C, int ldc, const int8_t *qs, int K, c
     for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
 }
 
+_Static_assert(Q8_NEON_MR == 2, "the screen's passes are the rows the tile holds");
 QW_Q4_SCREEN(screen_neon, q4_tile_neon, 2)
 
 const qw_q8_kernels qw_q8_neon = {"neon", matmul_q8_neon, qw_q8_quantize_rows, qw_q8_quantize_group, screen_neon, 4};

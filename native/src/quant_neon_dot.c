@@ -189,6 +189,7 @@ QW_INLINE void q4d_tile(int R, float *C, int ldc, const int8_t *qs, int K, const
     for (int r = 0; r < R; r++) __builtin_memcpy(C + (size_t)r * ldc, f[r], (size_t)nr * sizeof(float));
 }
 
+_Static_assert(Q8D_MR == 4, "the screen's passes are the rows the tile holds");
 QW_Q4_SCREEN(screen_neondot, q4d_tile, 4)
 
 const qw_q8_kernels qw_q8_neondot = {"neondot", matmul_q8_neondot, qw_q8_quantize_rows, qw_q8_quantize_group,
