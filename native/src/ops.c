@@ -564,6 +564,18 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
     float stack[ATT_STACK], wide[WIDE], *heap = NULL;
     size_t heap_len = 0;
     int ld;
+    /* The runs' first QW_KV_AHEAD rows (qw_prefetch_kv_row of s - QW_KV_AHEAD), which the table's
+     * prefetch (that far ahead of the row it reads) never reaches: each run starts cold, the cache's
+     * runs a request's capacity apart (the values' too, so they arrive while the scores are
+     * computed). Batch-8 steps 0.971-0.982 (bench_ab.py, 5 s and 30 s clips, Zen 5); batch 1 within
+     * the noise. */
+    if (fused) {
+        const size_t rb = qw_kv_row_bytes(QW_KV8, hd);
+        for (int s = 0; s < QW_KV_AHEAD; s++) {
+            qw_prefetch_kv_row(keys, rb, s - QW_KV_AHEAD, rb);
+            qw_prefetch_kv_row(vals, rb, s - QW_KV_AHEAD, rb);
+        }
+    }
     for (int r = 0; r < m; r++) {
         const int len = attention_len(causal0, r, T);
         const size_t need = (size_t)group * len;
@@ -584,17 +596,6 @@ static void attention_rows(const qw_kernels *k, float *out, int ldo, const float
             continue;
         }
         if (fused) {
-            /* The runs' first QW_KV_AHEAD rows, which the table's prefetch (that far ahead of the row it
-             * reads) never reaches: each run starts cold, the cache's runs a request's capacity apart
-             * (the values' before the scores, so they arrive while those are computed). Batch-8 steps
-             * 0.971-0.982 (bench_ab.py, 5 s and 30 s clips, Zen 5); batch 1 within the noise. */
-            if (r == 0) {
-                const size_t rb = qw_kv_row_bytes(QW_KV8, hd);
-                for (int s = -QW_KV_AHEAD; s < 0; s++) {
-                    qw_prefetch_kv_row(keys, rb, s, rb);
-                    qw_prefetch_kv_row(vals, rb, s, rb);
-                }
-            }
             k->kv8_dot_rows(p, len, qr, hd, group, keys, len, hd);
         } else {
             for (int s0 = 0; s0 < len; s0 += blk) {
