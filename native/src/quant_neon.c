@@ -35,19 +35,16 @@
 
 #define Q8_NEON_MR 2 /* rows of C per register tile */
 
-
-/* qa[4 kq .. 4 kq + 4) as signed bytes, repeated over the 16 lanes. */
-QW_INLINE int8x16_t q8_act4(const uint8_t *qa) {
-    int32_t a4;
-    __builtin_memcpy(&a4, qa, 4);
-    return veorq_s8(vreinterpretq_s8_s32(vdupq_n_s32(a4)), vdupq_n_s8((int8_t)0x80));
-}
-
-/* 4 signed activation bytes (the screen's qs), broadcast to the 4 lanes. */
+/* 4 signed activation bytes (the screen's qs), repeated over the 16 lanes. */
 QW_INLINE int8x16_t q4_act4(const int8_t *qs) {
     int32_t a4;
     __builtin_memcpy(&a4, qs, 4);
     return vreinterpretq_s8_s32(vdupq_n_s32(a4));
+}
+
+/* qa[4 kq .. 4 kq + 4) as signed bytes, repeated over the 16 lanes. */
+QW_INLINE int8x16_t q8_act4(const uint8_t *qa) {
+    return veorq_s8(q4_act4((const int8_t *)(const void *)qa), vdupq_n_s8((int8_t)0x80));
 }
 
 /* C[0:R, 0:nr] for R rows from the packed column block b. */
