@@ -514,7 +514,7 @@ static void bench_peaks(int threads, double seconds) {
         {"dpbusd256", "GOP/s    vpdpbusd ymm (AVX-VNNI)", bench_peak_dpbusd256, __builtin_cpu_supports("avxvnni"),
          64 * BENCH_PEAK_YMM},
     };
-    for (int w = 0; w < 5; w++) {
+    for (int w = 0; w < (int)(sizeof(P) / sizeof(P[0])); w++) {
         if (!P[w].has) {
             printf("peak %-9s not supported by this CPU, skipped\n", P[w].name);
             continue;
