@@ -1,8 +1,10 @@
-"""Two libqwen builds in one process: their decode steps in interleaved blocks, and the ratio.
+"""Two libqwen builds in one process: their decode steps (or encoder and prefill) in interleaved
+blocks, and the ratio.
 
     lib=$(benchmarks/build_rev.sh main)
     .venv/bin/python benchmarks/bench_ab.py "$lib"                   # the working tree's build against main's
     .venv/bin/python benchmarks/bench_ab.py "$lib" --batches 8 --logprobs
+    .venv/bin/python benchmarks/bench_ab.py "$lib" --stage prefill   # a 10 s clip's encoder and prefill
 
 A shared VM's memory and core placement move 10-30% from one minute (and one process) to the
 next, so builds timed in turns of whole processes differ by more than most changes do. Here
@@ -11,12 +13,16 @@ one process, each with its own B sequences (--clip-seconds clips, all admitted f
 turns of --steps decode steps, --blocks times (A then B, then B then A, ...). Each block's
 ratio A / B compares two neighbouring stretches of a few hundred milliseconds; the median and
 quartiles of those ratios are the result. The contexts grow by the same steps on both sides.
+--stage prefill: a block is --steps requests of one --clip-seconds clip (default 10 s) with one
+token each on the official prompt, libqwen's encoder-window and prompt-prefix caches off (as in
+bench_engine.py); the ratios are of the blocks' mean encoder and prefill times (qwen_timing).
 Name the CPU next to every figure (printed first).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -43,23 +49,82 @@ def admitted(path: Path, model_dir: Path, args: argparse.Namespace, batch: int) 
     return m
 
 
+def prefill_ratios(builds: dict[str, Path], model_dir: Path, args: argparse.Namespace) -> None:
+    """--stage prefill: blocks of --steps whole requests a side; the encoder's and prefill's ratios."""
+    from qwen_serve.engine import Engine
+
+    pcm = test_audio(args.clip_seconds)
+    with contextlib.closing(Engine(model_dir, threads=args.threads, precision="fast")) as engine:
+        prompt = engine.prompt_ids(pcm.size)  # the official prompt, as bench_engine.py's
+    models = {
+        name: NativeModel(
+            model_dir,
+            threads=args.threads,
+            precision="fast",
+            library=path,
+            encoder_cache_windows=-1,
+            prefix_cache_tokens=-1,
+        )
+        for name, path in builds.items()
+    }
+    stages = ("encoder", "prefill")
+    times: dict[str, dict[str, list[float]]] = {name: {s: [] for s in stages} for name in builds}
+    try:
+
+        def block(m: NativeModel, runs: int) -> dict[str, float]:
+            got: dict[str, list[float]] = {s: [] for s in stages}
+            for _ in range(runs):
+                assert len(list(m.generate(pcm, prompt, max_new_tokens=1, eos_ids=[-1]))) == 1
+                for s in stages:
+                    got[s].append(m.timing(s))
+            return {s: statistics.fmean(v) for s, v in got.items()}
+
+        for m in models.values():  # warm, as a server is
+            block(m, 2)
+        for k in range(args.blocks):
+            for name in ("A", "B") if k % 2 == 0 else ("B", "A"):
+                for s, v in block(models[name], args.steps).items():
+                    times[name][s].append(v)
+    finally:
+        for m in models.values():
+            m.close()
+    print(f"| stage ({len(prompt)}-token prompt) | A ms | B ms | A / B, median of blocks (quartiles) |")
+    print("|---|---|---|---|")
+    for s in stages:
+        ratios = [a / b for a, b in zip(times["A"][s], times["B"][s], strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        a, b = statistics.median(times["A"][s]), statistics.median(times["B"][s])
+        print(f"| {s} | {a:.1f} | {b:.1f} | {statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f}) |")
+    print(f"{args.blocks} blocks of {args.steps} requests each side, {args.clip_seconds:g} s clips")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("b", type=Path, help="build B: a libqwen path (benchmarks/build_rev.sh REV prints one)")
     p.add_argument("--a", type=Path, default=None, help="build A (default: the installed library)")
     add_checkpoint_args(p)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--blocks", type=int, default=40)
-    p.add_argument("--steps", type=int, default=10, help="decode steps a block")
-    p.add_argument("--clip-seconds", type=float, default=5.0)
+    p.add_argument("--stage", choices=("decode", "prefill"), default="decode")
+    p.add_argument("--batches", default="1,8", help="decode: the batch sizes")
+    p.add_argument("--blocks", type=int, default=None, help="default: decode 40, prefill 20")
+    p.add_argument(
+        "--steps", type=int, default=None, help="decode steps a block (10), or requests (prefill, 2)"
+    )
+    p.add_argument("--clip-seconds", type=float, default=None, help="default: decode 5, prefill 10")
     p.add_argument("--logprobs", action="store_true", help="every sequence asks for log-probabilities")
     args = p.parse_args()
+    prefill = args.stage == "prefill"
+    args.blocks = args.blocks or (20 if prefill else 40)
+    args.steps = args.steps or (2 if prefill else 10)
+    args.clip_seconds = args.clip_seconds or (10.0 if prefill else 5.0)
     model_dir = checkpoint_dir(args)
     builds = {"A": (args.a or library_path()).resolve(), "B": args.b.resolve()}
     print(f"CPU: {cpu_model()}, {args.threads} threads, {model_dir.name}, precision fast")
     for name, path in builds.items():
         print(f"{name}: {path}")
+    if prefill:
+        prefill_ratios(builds, model_dir, args)
+        return
     print("| batch | A ms a step | B ms a step | A / B, median of blocks (quartiles) |")
     print("|---|---|---|---|")
     for batch in [int(b) for b in args.batches.split(",")]:
