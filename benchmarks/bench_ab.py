@@ -33,6 +33,19 @@ from bench_serve import cpu_model
 from qwen_serve.engine._native import NativeModel, library_path
 
 
+def turns(blocks: int) -> list[str]:
+    """The builds' turns: A then B, then B then A, ... for `blocks` blocks."""
+    return [name for k in range(blocks) for name in (("A", "B") if k % 2 == 0 else ("B", "A"))]
+
+
+def row(label: str, a: list[float], b: list[float], digits: int) -> str:
+    """A table row: both sides' median and the median ratio A / B of the blocks (quartiles)."""
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    ma, mb = statistics.median(a), statistics.median(b)
+    return f"| {label} | {ma:.{digits}f} | {mb:.{digits}f} | {statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f}) |"
+
+
 def admitted(path: Path, model_dir: Path, args: argparse.Namespace, batch: int) -> NativeModel:
     """A model on the build at path with `batch` sequences past their prefill."""
     m = NativeModel(model_dir, threads=args.threads, precision="fast", max_sequences=batch, library=path)
@@ -54,8 +67,9 @@ def prefill_ratios(builds: dict[str, Path], model_dir: Path, args: argparse.Name
     from qwen_serve.engine import Engine
 
     pcm = test_audio(args.clip_seconds)
-    with contextlib.closing(Engine(model_dir, threads=args.threads, precision="fast")) as engine:
-        prompt = engine.prompt_ids(pcm.size)  # the official prompt, as bench_engine.py's
+    # the official prompt, as bench_engine.py's (an exact Engine: its weights map, nothing is quantized)
+    with contextlib.closing(Engine(model_dir, threads=args.threads)) as engine:
+        prompt = engine.prompt_ids(pcm.size)
     models = {
         name: NativeModel(
             model_dir,
@@ -81,20 +95,16 @@ def prefill_ratios(builds: dict[str, Path], model_dir: Path, args: argparse.Name
 
         for m in models.values():  # warm, as a server is
             block(m, 2)
-        for k in range(args.blocks):
-            for name in ("A", "B") if k % 2 == 0 else ("B", "A"):
-                for s, v in block(models[name], args.steps).items():
-                    times[name][s].append(v)
+        for name in turns(args.blocks):
+            for s, v in block(models[name], args.steps).items():
+                times[name][s].append(v)
     finally:
         for m in models.values():
             m.close()
     print(f"| stage ({len(prompt)}-token prompt) | A ms | B ms | A / B, median of blocks (quartiles) |")
     print("|---|---|---|---|")
     for s in stages:
-        ratios = [a / b for a, b in zip(times["A"][s], times["B"][s], strict=True)]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        a, b = statistics.median(times["A"][s]), statistics.median(times["B"][s])
-        print(f"| {s} | {a:.1f} | {b:.1f} | {statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f}) |")
+        print(row(s, times["A"][s], times["B"][s], 1))
     print(f"{args.blocks} blocks of {args.steps} requests each side, {args.clip_seconds:g} s clips")
 
 
@@ -131,20 +141,16 @@ def main() -> None:
         models = {name: admitted(path, model_dir, args, batch) for name, path in builds.items()}
         times: dict[str, list[float]] = {name: [] for name in builds}
         try:
-            for k in range(args.blocks):
-                for name in ("A", "B") if k % 2 == 0 else ("B", "A"):
-                    m = models[name]
-                    t0 = time.perf_counter()
-                    for _ in range(args.steps):
-                        m.step()
-                    times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
+            for name in turns(args.blocks):
+                m = models[name]
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    m.step()
+                times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
         finally:
             for m in models.values():
                 m.close()
-        ratios = [a / b for a, b in zip(times["A"], times["B"], strict=True)]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        a, b = statistics.median(times["A"]), statistics.median(times["B"])
-        print(f"| {batch} | {a:.2f} | {b:.2f} | {statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f}) |")
+        print(row(str(batch), times["A"], times["B"], 2))
     print(f"{args.blocks} blocks of {args.steps} steps each side, {args.clip_seconds:g} s clips")
 
 
